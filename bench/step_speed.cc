@@ -1,0 +1,161 @@
+// One training step (forward, backward, optimizer) for IVON and Adam through the same training
+// loop, side by side in one process: MLP 784-512-512-10 at batch 256 and LeNet-5 at batch 128.
+// LibTorch's own torch::optim::Adam (per-tensor) runs beside them for reference. At the end the
+// program prints the median IVON/Adam time ratio per model and each optimizer's persistent
+// state.
+//
+//   build/bench/step_speed --benchmark_repetitions=15 --benchmark_enable_random_interleaving=true
+//   build/bench/step_speed --device=cuda ...   (on a GPU machine)
+#include <benchmark/benchmark.h>
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "bench/bench_util.h"
+#include "core/model.h"
+#include "core/train.h"
+
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
+ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads");
+
+namespace adaptd::bench {
+namespace {
+
+at::Device Device() { return at::Device(absl::GetFlag(FLAGS_device)); }
+
+// Waits for queued GPU work so that each iteration's time is the work's, not the launch's.
+void Sync(const at::Tensor& t) {
+  if (t.is_cuda()) t.cpu();
+}
+
+enum Net { kMlp = 0, kLeNet = 1 };
+enum Opt { kIvon = 0, kAdam = 1, kTorchAdam = 2 };
+const char* kNetNames[] = {"mlp784-512-512-10/b256", "lenet5/b128"};
+const char* kOptNames[] = {"ivon", "adam", "torch_optim_adam"};
+
+std::map<std::string, int64_t>& StateBytes() {
+  static std::map<std::string, int64_t> m;
+  return m;
+}
+
+ModelSpec SpecFor(Net net) {
+  ModelSpec s;
+  s.num_classes = 10;
+  if (net == kMlp) {
+    s.architecture = Architecture::kMlp;
+    s.input_shape = {784};
+    s.hidden = {512, 512};
+  } else {
+    s.architecture = Architecture::kLeNet5;
+    s.input_shape = {1, 28, 28};
+  }
+  return s;
+}
+
+void BM_Step(benchmark::State& state) {
+  const Net net = static_cast<Net>(state.range(0));
+  const Opt opt = static_cast<Opt>(state.range(1));
+  const int64_t batch = net == kMlp ? 256 : 128;
+  auto model = OrDie(BuildModel(SpecFor(net), 0), "model");
+  model->To(Device());
+  std::vector<int64_t> shape = {batch};
+  for (int64_t d : model->spec().input_shape) shape.push_back(d);
+  const at::Tensor x = at::rand(shape).to(Device());
+  const at::Tensor y = at::randint(0, 10, {batch}, at::kLong).to(Device());
+  if (opt == kTorchAdam) {
+    torch::optim::Adam adam(model->Parameters(), torch::optim::AdamOptions(1e-3));
+    for (auto _ : state) {
+      adam.zero_grad();
+      at::cross_entropy_loss(model->Forward(x), y).backward();
+      adam.step();
+      Sync(model->Parameters()[0]);
+    }
+    int64_t bytes = 0;
+    for (const auto& entry : adam.state()) {
+      const auto& s = static_cast<const torch::optim::AdamParamState&>(*entry.second);
+      bytes += (s.exp_avg().numel() + s.exp_avg_sq().numel()) * 4;
+    }
+    StateBytes()[std::string(kNetNames[net]) + "/" + kOptNames[opt]] = bytes;
+    return;
+  }
+  TrainOptions o;
+  o.optimizer = opt == kIvon ? OptimizerKind::kIvon : OptimizerKind::kAdam;
+  o.ivon.ess = 60000;
+  o.ivon.hess_init = 0.1;
+  o.ivon.weight_decay = 1e-3;
+  o.lr = 1e-3;
+  o.cosine = false;
+  auto trainer = OrDie(Trainer::Create(model.get(), o, 1 << 30), "trainer");
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(OrDie(trainer->Step(x, y), "step"));
+    Sync(trainer->flat().params());
+  }
+  StateBytes()[std::string(kNetNames[net]) + "/" + kOptNames[opt]] = trainer->OptimizerStateBytes();
+  state.counters["params"] = static_cast<double>(trainer->flat().numel());
+}
+
+BENCHMARK(BM_Step)
+    ->ArgNames({"net", "opt"})
+    ->ArgsProduct({{kMlp, kLeNet}, {kIvon, kAdam, kTorchAdam}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5);
+
+// Console output plus a record of each benchmark's median for the ratio table.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& r : runs) {
+      if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median") {
+        medians_[r.run_name.str()] = r.GetAdjustedRealTime();
+      } else if (r.run_type == Run::RT_Iteration) {
+        singles_[r.run_name.str()] = r.GetAdjustedRealTime();
+      }
+    }
+  }
+  void PrintRatios() const {
+    const auto& t = medians_.empty() ? singles_ : medians_;
+    std::printf("\n| model | IVON (ms) | Adam (ms) | IVON/Adam | torch::optim::Adam (ms) | IVON state | Adam state |\n");
+    std::printf("|---|---|---|---|---|---|---|\n");
+    for (int net = 0; net < 2; ++net) {
+      auto at = [&](int opt) {
+        const std::string key = "BM_Step/net:" + std::to_string(net) + "/opt:" + std::to_string(opt) + "/min_time:0.500";
+        auto it = t.find(key);
+        return it == t.end() ? -1.0 : it->second;
+      };
+      auto bytes = [&](int opt) {
+        auto it = StateBytes().find(std::string(kNetNames[net]) + "/" + kOptNames[opt]);
+        return it == StateBytes().end() ? -1.0 : static_cast<double>(it->second) / (1 << 20);
+      };
+      std::printf("| %s | %.3f | %.3f | %.3f | %.3f | %.2f MiB | %.2f MiB |\n", kNetNames[net],
+                  at(kIvon), at(kAdam), at(kIvon) / at(kAdam), at(kTorchAdam), bytes(kIvon),
+                  bytes(kAdam));
+    }
+    std::printf("(%s of the per-run times; state = persistent optimizer buffers)\n",
+                medians_.empty() ? "single runs" : "medians");
+  }
+
+ private:
+  std::map<std::string, double> medians_, singles_;
+};
+
+}  // namespace
+}  // namespace adaptd::bench
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);  // takes its --benchmark_* flags out of argv
+  absl::ParseCommandLine(argc, argv);
+  at::set_num_threads(absl::GetFlag(FLAGS_threads));
+  std::printf("device: %s, %d intra-op threads\n", absl::GetFlag(FLAGS_device).c_str(),
+              at::get_num_threads());
+  adaptd::bench::RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  reporter.PrintRatios();
+  benchmark::Shutdown();
+  return 0;
+}

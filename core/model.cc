@@ -1,0 +1,254 @@
+#include "core/model.h"
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/status_macros.h"
+#include "core/torch_status.h"
+
+namespace adaptd {
+namespace {
+
+torch::nn::AnyModule Activation(const std::string& name) {
+  if (name == "tanh") return torch::nn::AnyModule(torch::nn::Tanh());
+  return torch::nn::AnyModule(torch::nn::ReLU());
+}
+
+// Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) for each weight and the bias that follows it.
+void InitParameters(torch::nn::Module& module, uint64_t seed) {
+  at::NoGradGuard no_grad;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  double bound = 1.0;
+  for (auto& p : module.parameters()) {
+    if (p.dim() >= 2) bound = 1.0 / std::sqrt(static_cast<double>(p.numel() / p.size(0)));
+    p.uniform_(-bound, bound, gen);
+  }
+}
+
+class SequentialModel : public Model {
+ public:
+  SequentialModel(ModelSpec spec, torch::nn::Sequential net)
+      : Model(std::move(spec)), net_(std::move(net)) {}
+  at::Tensor Forward(const at::Tensor& x) override { return net_->forward(x); }
+  std::vector<at::Tensor> Parameters() override { return net_->parameters(); }
+  void SetTraining(bool training) override { net_->train(training); }
+  void To(const at::Device& device) override { net_->to(device); }
+
+ private:
+  torch::nn::Sequential net_;
+};
+
+class ScriptModel : public Model {
+ public:
+  ScriptModel(ModelSpec spec, torch::jit::Module module)
+      : Model(std::move(spec)), module_(std::move(module)) {}
+  at::Tensor Forward(const at::Tensor& x) override {
+    return module_.forward({x}).toTensor();
+  }
+  std::vector<at::Tensor> Parameters() override {
+    std::vector<at::Tensor> out;
+    for (const at::Tensor& p : module_.parameters()) out.push_back(p);
+    return out;
+  }
+  void SetTraining(bool training) override { training ? module_.train() : module_.eval(); }
+  void To(const at::Device& device) override { module_.to(device); }
+
+ private:
+  torch::jit::Module module_;
+};
+
+torch::nn::Sequential BuildSequential(const ModelSpec& spec) {
+  namespace nn = torch::nn;
+  nn::Sequential net;
+  switch (spec.architecture) {
+    case Architecture::kLogReg:
+      net->push_back(nn::Flatten());
+      net->push_back(nn::Linear(spec.InputNumel(), spec.num_classes));
+      break;
+    case Architecture::kMlp: {
+      net->push_back(nn::Flatten());
+      int64_t in = spec.InputNumel();
+      for (int64_t width : spec.hidden) {
+        net->push_back(nn::Linear(in, width));
+        net->push_back(Activation(spec.activation));
+        in = width;
+      }
+      net->push_back(nn::Linear(in, spec.num_classes));
+      break;
+    }
+    case Architecture::kLeNet5:
+      // LeCun et al. (1998) with padding 2 so that 28x28 inputs give the classic 5x5x16 maps.
+      net->push_back(nn::Conv2d(nn::Conv2dOptions(1, 6, 5).padding(2)));
+      net->push_back(Activation(spec.activation));
+      net->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2)));
+      net->push_back(nn::Conv2d(nn::Conv2dOptions(6, 16, 5)));
+      net->push_back(Activation(spec.activation));
+      net->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2)));
+      net->push_back(nn::Flatten());
+      net->push_back(nn::Linear(16 * 5 * 5, 120));
+      net->push_back(Activation(spec.activation));
+      net->push_back(nn::Linear(120, 84));
+      net->push_back(Activation(spec.activation));
+      net->push_back(nn::Linear(84, spec.num_classes));
+      break;
+    case Architecture::kTorchScript:
+      break;
+  }
+  return net;
+}
+
+}  // namespace
+
+absl::StatusOr<Architecture> ParseArchitecture(const std::string& name) {
+  if (name == "logreg") return Architecture::kLogReg;
+  if (name == "mlp") return Architecture::kMlp;
+  if (name == "lenet5") return Architecture::kLeNet5;
+  if (name == "torchscript") return Architecture::kTorchScript;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown architecture '", name, "'; expected one of logreg, mlp, lenet5, torchscript"));
+}
+
+std::string ArchitectureName(Architecture a) {
+  switch (a) {
+    case Architecture::kLogReg: return "logreg";
+    case Architecture::kMlp: return "mlp";
+    case Architecture::kLeNet5: return "lenet5";
+    case Architecture::kTorchScript: return "torchscript";
+  }
+  return "unknown";
+}
+
+int64_t ModelSpec::InputNumel() const {
+  int64_t n = 1;
+  for (int64_t d : input_shape) n *= d;
+  return n;
+}
+
+absl::Status ModelSpec::Validate() const {
+  if (input_shape.empty()) {
+    return absl::InvalidArgumentError("model spec: input_shape must have at least one dimension; got []");
+  }
+  for (int64_t d : input_shape) {
+    if (d <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model spec: input_shape dimensions must be > 0; got ", ShapeString(input_shape)));
+    }
+  }
+  if (num_classes < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model spec: num_classes must be >= 2; got ", num_classes));
+  }
+  if (activation != "relu" && activation != "tanh") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model spec: activation must be 'relu' or 'tanh'; got '", activation, "'"));
+  }
+  if (architecture == Architecture::kMlp) {
+    for (int64_t w : hidden) {
+      if (w <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model spec: hidden widths must be > 0; got ", ShapeString(hidden)));
+      }
+    }
+  }
+  if (architecture == Architecture::kLeNet5 &&
+      input_shape != std::vector<int64_t>{1, 28, 28}) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model spec: lenet5 needs input_shape [1, 28, 28]; got ", ShapeString(input_shape)));
+  }
+  if (architecture == Architecture::kTorchScript && torchscript.empty()) {
+    return absl::InvalidArgumentError("model spec: torchscript architecture needs the module's bytes; got none");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::CheckInput(const at::Tensor& x) const {
+  const auto& shape = spec_.input_shape;
+  bool ok = x.defined() && x.scalar_type() == at::kFloat &&
+            x.dim() == static_cast<int64_t>(shape.size()) + 1 && x.size(0) >= 1;
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = x.size(i + 1) == shape[i];
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("model input must be float32 [N, ",
+                                                 absl::StrJoin(shape, ", "), "] with N >= 1; got ",
+                                                 DescribeTensor(x)));
+}
+
+int64_t Model::NumParameters() {
+  int64_t n = 0;
+  for (const at::Tensor& p : Parameters()) n += p.numel();
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> BuildModel(const ModelSpec& spec, uint64_t seed) {
+  ADAPTD_RETURN_IF_ERROR(spec.Validate());
+  if (spec.architecture != Architecture::kTorchScript) {
+    return CallTorch([&]() -> absl::StatusOr<std::unique_ptr<Model>> {
+      torch::nn::Sequential net = BuildSequential(spec);
+      InitParameters(*net, seed);
+      return std::unique_ptr<Model>(new SequentialModel(spec, std::move(net)));
+    });
+  }
+  torch::jit::Module module;
+  try {
+    std::istringstream in(spec.torchscript);
+    module = torch::jit::load(in, at::kCPU);
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "malformed TorchScript module (", spec.torchscript.size(),
+        " bytes): expected the output of torch.jit.save; loading failed with: ",
+        std::string(e.what_without_backtrace()).substr(0, 300)));
+  }
+  auto model = std::make_unique<ScriptModel>(spec, std::move(module));
+  if (model->Parameters().empty()) {
+    return absl::InvalidArgumentError("TorchScript module has no parameters to train");
+  }
+  // Modules built in C++ (or frozen) may store parameters without requires_grad; adaptd trains
+  // every parameter it is given.
+  for (at::Tensor& p : model->Parameters()) p.requires_grad_(true);
+  // A dry run on one zero example checks the declared shapes against the module.
+  std::vector<int64_t> shape = {1};
+  shape.insert(shape.end(), spec.input_shape.begin(), spec.input_shape.end());
+  try {
+    at::NoGradGuard no_grad;
+    at::Tensor out = model->Forward(at::zeros(shape));
+    if (out.dim() != 2 || out.size(0) != 1 || out.size(1) != spec.num_classes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TorchScript module maps ", ShapeString(shape), " to ", DescribeTensor(out),
+          "; expected logits [1, ", spec.num_classes, "]"));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TorchScript module failed on an input of shape ", ShapeString(shape), ": ",
+        std::string(e.what_without_backtrace()).substr(0, 300)));
+  }
+  return std::unique_ptr<Model>(std::move(model));
+}
+
+absl::StatusOr<at::Tensor> MakeLabelMask(const std::vector<int64_t>& labels, int64_t num_classes) {
+  if (labels.empty()) return absl::InvalidArgumentError("label set must not be empty");
+  at::Tensor mask = at::zeros({num_classes}, at::kBool);
+  auto acc = mask.accessor<bool, 1>();
+  for (int64_t l : labels) {
+    if (l < 0 || l >= num_classes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("label ", l, " in the label set is outside [0, ", num_classes, ")"));
+    }
+    if (acc[l]) return absl::InvalidArgumentError(absl::StrCat("label ", l, " appears twice in the label set"));
+    acc[l] = true;
+  }
+  return mask;
+}
+
+at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask) {
+  if (!mask.defined()) return logits;
+  return logits.masked_fill(mask.to(logits.device()).logical_not(),
+                            -std::numeric_limits<float>::infinity());
+}
+
+}  // namespace adaptd

@@ -1,0 +1,45 @@
+// The one seam where LibTorch exceptions become absl::Status, plus small validators that
+// describe tensors in error messages.
+#ifndef ADAPTD_CORE_TORCH_STATUS_H_
+#define ADAPTD_CORE_TORCH_STATUS_H_
+
+#include <string>
+#include <utility>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace adaptd {
+
+// Runs `fn` (returning absl::Status or absl::StatusOr<T>) and converts LibTorch exceptions:
+// out-of-memory becomes RESOURCE_EXHAUSTED; any other c10::Error INTERNAL (inputs are validated
+// before LibTorch sees them, so a throw after validation is our bug).
+template <typename Fn>
+auto CallTorch(Fn&& fn) -> decltype(fn()) {
+  try {
+    return std::forward<Fn>(fn)();
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(std::string(e.what_without_backtrace()));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(std::string(e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  }
+}
+
+// "[256, 1, 28, 28] float32" style description for error messages.
+std::string DescribeTensor(const at::Tensor& t);
+
+// "[256, 1, 28, 28]".
+std::string ShapeString(c10::IntArrayRef shape);
+
+// INVALID_ARGUMENT unless every element of a floating tensor is finite. `what` names the
+// tensor in the message.
+absl::Status CheckFinite(const at::Tensor& t, const std::string& what);
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_CORE_TORCH_STATUS_H_

@@ -1,0 +1,238 @@
+#include "core/train.h"
+
+#include <cmath>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "core/torch_status.h"
+
+namespace adaptd {
+namespace {
+
+at::Generator MakeGenerator(const at::Device& device, uint64_t seed) {
+  if (device.is_cuda()) {
+    at::Generator gen = at::globalContext().defaultGenerator(device).clone();
+    gen.set_current_seed(seed);
+    return gen;
+  }
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
+}  // namespace
+
+absl::StatusOr<OptimizerKind> ParseOptimizer(const std::string& name) {
+  if (name == "ivon") return OptimizerKind::kIvon;
+  if (name == "adam") return OptimizerKind::kAdam;
+  if (name == "sgd") return OptimizerKind::kSgd;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown optimizer '", name, "'; expected one of ivon, adam, sgd"));
+}
+
+std::string OptimizerName(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::kIvon: return "ivon";
+    case OptimizerKind::kAdam: return "adam";
+    case OptimizerKind::kSgd: return "sgd";
+  }
+  return "unknown";
+}
+
+absl::Status TrainOptions::Validate() const {
+  if (optimizer == OptimizerKind::kIvon) ADAPTD_RETURN_IF_ERROR(ivon.Validate());
+  if (!(lr >= 0) || !std::isfinite(lr)) {
+    return absl::InvalidArgumentError(absl::StrCat("lr must be finite and >= 0; got ", lr));
+  }
+  if (!(weight_decay >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("weight_decay must be >= 0; got ", weight_decay));
+  }
+  if (batch_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size must be >= 1; got ", batch_size));
+  }
+  if (train_samples < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("train_samples must be >= 1; got ", train_samples));
+  }
+  return absl::OkStatus();
+}
+
+Trainer::Trainer(Model* model, const TrainOptions& options, int64_t total_steps,
+                 FlatParameters flat)
+    : model_(model),
+      options_(options),
+      total_steps_(total_steps),
+      flat_(std::move(flat)),
+      gen_(MakeGenerator(flat_.params().device(), options.seed)),
+      shuffle_gen_(MakeGenerator(at::kCPU, options.seed ^ 0x5eedULL)) {}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Model* model, const TrainOptions& options,
+                                                         int64_t total_steps) {
+  ADAPTD_RETURN_IF_ERROR(options.Validate());
+  if (total_steps < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("total_steps must be >= 1; got ", total_steps));
+  }
+  ADAPTD_ASSIGN_OR_RETURN(FlatParameters flat, FlatParameters::Bind(model->Parameters()));
+  std::unique_ptr<Trainer> t(new Trainer(model, options, total_steps, std::move(flat)));
+  if (options.optimizer == OptimizerKind::kIvon) {
+    ADAPTD_ASSIGN_OR_RETURN(t->ivon_, Ivon::Create(t->flat_.params(), t->flat_.grads(), options.ivon));
+  } else {
+    t->moment1_ = at::zeros_like(t->flat_.params());
+    if (options.optimizer == OptimizerKind::kAdam) t->moment2_ = at::zeros_like(t->flat_.params());
+  }
+  return t;
+}
+
+double Trainer::NextLr() const {
+  const double peak = options_.optimizer == OptimizerKind::kIvon ? options_.ivon.lr : options_.lr;
+  if (!options_.cosine) return peak;
+  const double frac = std::min(1.0, static_cast<double>(steps_) / static_cast<double>(total_steps_));
+  return peak * 0.5 * (1.0 + std::cos(M_PI * frac));
+}
+
+absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
+                                     const at::Tensor& label_mask) {
+  ADAPTD_RETURN_IF_ERROR(model_->CheckInput(x));
+  if (!y.defined() || y.scalar_type() != at::kLong || y.dim() != 1 || y.size(0) != x.size(0)) {
+    return absl::InvalidArgumentError(absl::StrCat("labels must be int64 [", x.size(0), "]; got ",
+                                                   DescribeTensor(y)));
+  }
+  return CallTorch([&]() -> absl::StatusOr<double> {
+    const double lr = NextLr();
+    model_->SetTraining(true);
+    auto loss_at_current_weights = [&]() {
+      at::Tensor logits = MaskLogits(model_->Forward(x), label_mask);
+      at::Tensor loss = at::cross_entropy_loss(logits, y);
+      loss.backward();
+      return loss.item<double>();
+    };
+    double loss_sum = 0;
+    if (ivon_) {
+      for (int64_t s = 0; s < options_.train_samples; ++s) {
+        ADAPTD_RETURN_IF_ERROR(ivon_->BeginSample(gen_));
+        loss_sum += loss_at_current_weights();
+        ADAPTD_RETURN_IF_ERROR(ivon_->EndSample());
+      }
+      ADAPTD_RETURN_IF_ERROR(ivon_->Step(lr));
+      ++steps_;
+      return loss_sum / static_cast<double>(options_.train_samples);
+    }
+    flat_.ZeroGrad();
+    loss_sum = loss_at_current_weights();
+    at::NoGradGuard no_grad;
+    at::Tensor p = flat_.params();
+    at::Tensor g = flat_.grads();
+    if (options_.weight_decay > 0) g.add_(p, options_.weight_decay);
+    ++steps_;
+    if (options_.optimizer == OptimizerKind::kSgd) {
+      moment1_.mul_(options_.momentum).add_(g);
+      p.sub_(moment1_, lr);
+    } else {  // Adam (Kingma & Ba, 2015, Algorithm 1), as torch.optim.Adam computes it.
+      const double b1 = options_.adam_beta1, b2 = options_.adam_beta2;
+      moment1_.mul_(b1).add_(g, 1.0 - b1);
+      moment2_.mul_(b2).addcmul_(g, g, 1.0 - b2);
+      const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_));
+      const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_));
+      at::Tensor denom = moment2_.sqrt().div_(std::sqrt(bc2)).add_(options_.adam_eps);
+      p.addcdiv_(moment1_, denom, -lr / bc1);
+    }
+    return loss_sum;
+  });
+}
+
+absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor& label_mask,
+                                           const ProgressFn& progress) {
+  const int64_t n = data.size();
+  if (n == 0) return absl::InvalidArgumentError("cannot train on an empty data set");
+  const at::Tensor order = at::randperm(n, shuffle_gen_, at::TensorOptions().dtype(at::kLong));
+  const at::Device device = flat_.params().device();
+  double loss_sum = 0;
+  int64_t batches = 0;
+  for (int64_t start = 0; start < n; start += options_.batch_size) {
+    const at::Tensor idx = order.narrow(0, start, std::min(options_.batch_size, n - start));
+    const double lr = NextLr();
+    ADAPTD_ASSIGN_OR_RETURN(double loss, Step(data.x.index_select(0, idx).to(device),
+                                              data.y.index_select(0, idx).to(device), label_mask));
+    loss_sum += loss;
+    ++batches;
+    if (progress) progress(StepReport{steps_, total_steps_, loss, lr});
+  }
+  return loss_sum / static_cast<double>(batches);
+}
+
+int64_t Trainer::OptimizerStateBytes() const {
+  if (ivon_) return ivon_->StateBytes();
+  int64_t bytes = moment1_.numel() * moment1_.element_size();
+  if (moment2_.defined()) bytes += moment2_.numel() * moment2_.element_size();
+  return bytes;
+}
+
+std::string Trainer::SaveState() const {
+  TensorMap state;
+  state["trainer.params"] = flat_.params();
+  state["trainer.steps"] = ScalarTensor(steps_);
+  state["trainer.total_steps"] = ScalarTensor(total_steps_);
+  state["trainer.optimizer"] = ScalarTensor(static_cast<int64_t>(options_.optimizer));
+  state["trainer.generator"] = gen_.get_state();
+  state["trainer.shuffle_generator"] = shuffle_gen_.get_state();
+  if (ivon_) ivon_->AppendTo(state);
+  if (moment1_.defined()) state["trainer.moment1"] = moment1_;
+  if (moment2_.defined()) state["trainer.moment2"] = moment2_;
+  return SerializeTensors(state);
+}
+
+absl::Status Trainer::LoadState(const std::string& bytes) {
+  ADAPTD_ASSIGN_OR_RETURN(TensorMap state, ParseTensors(bytes));
+  ADAPTD_ASSIGN_OR_RETURN(int64_t kind, GetInt(state, "trainer.optimizer"));
+  if (kind != static_cast<int64_t>(options_.optimizer)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint was written by optimizer ", OptimizerName(static_cast<OptimizerKind>(kind)),
+        "; this trainer uses ", OptimizerName(options_.optimizer)));
+  }
+  const at::Tensor& p = flat_.params();
+  ADAPTD_ASSIGN_OR_RETURN(at::Tensor params,
+                          GetTensor(state, "trainer.params", p.scalar_type(), p.numel()));
+  ADAPTD_ASSIGN_OR_RETURN(int64_t steps, GetInt(state, "trainer.steps"));
+  ADAPTD_ASSIGN_OR_RETURN(int64_t total, GetInt(state, "trainer.total_steps"));
+  ADAPTD_ASSIGN_OR_RETURN(at::Tensor gen_state, GetTensor(state, "trainer.generator", at::kByte));
+  ADAPTD_ASSIGN_OR_RETURN(at::Tensor shuffle_state,
+                          GetTensor(state, "trainer.shuffle_generator", at::kByte));
+  at::Tensor m1, m2;
+  if (!ivon_) {
+    ADAPTD_ASSIGN_OR_RETURN(m1, GetTensor(state, "trainer.moment1", p.scalar_type(), p.numel()));
+    if (moment2_.defined()) {
+      ADAPTD_ASSIGN_OR_RETURN(m2, GetTensor(state, "trainer.moment2", p.scalar_type(), p.numel()));
+    }
+  }
+  return CallTorch([&]() -> absl::Status {
+    at::NoGradGuard no_grad;
+    // Generators first: they are the only part that can still be rejected, and a rejected
+    // checkpoint must leave the trainer as it was.
+    const at::Tensor old_gen = gen_.get_state(), old_shuffle = shuffle_gen_.get_state();
+    try {
+      gen_.set_state(gen_state);
+      shuffle_gen_.set_state(shuffle_state);
+    } catch (const c10::Error& e) {
+      gen_.set_state(old_gen);
+      shuffle_gen_.set_state(old_shuffle);
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint generator state is invalid: ",
+                                                     std::string(e.what_without_backtrace()).substr(0, 200)));
+    }
+    if (ivon_) {
+      const absl::Status s = ivon_->LoadFrom(state);
+      if (!s.ok()) {
+        gen_.set_state(old_gen);
+        shuffle_gen_.set_state(old_shuffle);
+        return s;
+      }
+    }
+    flat_.params().copy_(params);
+    if (m1.defined()) moment1_.copy_(m1);
+    if (m2.defined()) moment2_.copy_(m2);
+    steps_ = steps;
+    total_steps_ = total;
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace adaptd

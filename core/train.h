@@ -1,0 +1,116 @@
+// The training loop shared by IVON and its baselines (Adam, SGD): minibatches, a cosine learning
+// rate schedule, multi-head label masks, progress reports and bit-exact checkpoints.
+#ifndef ADAPTD_CORE_TRAIN_H_
+#define ADAPTD_CORE_TRAIN_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/data/readers.h"
+#include "core/flat_params.h"
+#include "core/ivon.h"
+#include "core/model.h"
+#include "core/tensor_io.h"
+
+namespace adaptd {
+
+enum class OptimizerKind { kIvon, kAdam, kSgd };
+
+// "ivon", "adam", "sgd"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<OptimizerKind> ParseOptimizer(const std::string& name);
+std::string OptimizerName(OptimizerKind kind);
+
+struct TrainOptions {
+  OptimizerKind optimizer = OptimizerKind::kIvon;
+  // IVON hyperparameters; ivon.lr is IVON's peak learning rate.
+  IvonOptions ivon;
+  // Adam / SGD peak learning rate, L2 weight decay (added to the gradient) and SGD momentum.
+  double lr = 1e-3;
+  double weight_decay = 0.0;
+  double momentum = 0.9;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  // Cosine decay of the learning rate from its peak to 0 over total_steps; else constant.
+  bool cosine = true;
+  int64_t batch_size = 256;
+  // IVON weight samples per step (S).
+  int64_t train_samples = 1;
+  // Seeds the trainer's generator: shuffling and weight sampling.
+  uint64_t seed = 0;
+
+  absl::Status Validate() const;
+};
+
+struct StepReport {
+  int64_t step = 0;         // steps taken so far, this one included
+  int64_t total_steps = 0;  // the schedule's length
+  double loss = 0;          // this minibatch's mean loss
+  double lr = 0;            // the learning rate this step used
+};
+using ProgressFn = std::function<void(const StepReport&)>;
+
+// Owns the optimizer state of one model; not thread-safe. The model must outlive the trainer.
+class Trainer {
+ public:
+  // `total_steps` is the schedule's length (epochs * batches per epoch). INVALID_ARGUMENT for
+  // bad options; the model's parameters are rebound into flat buffers (FlatParameters).
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(Model* model, const TrainOptions& options,
+                                                         int64_t total_steps);
+
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // One optimizer step on a minibatch (x float32 [B, ...], y int64 [B]). `label_mask` (bool [K],
+  // optional) restricts the logits to a task's head. Returns the minibatch's mean loss.
+  absl::StatusOr<double> Step(const at::Tensor& x, const at::Tensor& y,
+                              const at::Tensor& label_mask = at::Tensor());
+
+  // One shuffled pass over `data` in minibatches; returns the mean training loss.
+  absl::StatusOr<double> TrainEpoch(const Dataset& data, const at::Tensor& label_mask = at::Tensor(),
+                                    const ProgressFn& progress = nullptr);
+
+  // The learning rate the next step will use.
+  double NextLr() const;
+  int64_t steps_taken() const { return steps_; }
+  int64_t total_steps() const { return total_steps_; }
+
+  // IVON's posterior; nullptr for Adam and SGD.
+  const Ivon* ivon() const { return ivon_.get(); }
+  Model& model() { return *model_; }
+  FlatParameters& flat() { return flat_; }
+  // Weight-sampling generator, on the parameters' device.
+  at::Generator& generator() { return gen_; }
+  const TrainOptions& options() const { return options_; }
+  // Persistent optimizer state in bytes (IVON: m, g, h; Adam: two moments; SGD: momentum).
+  int64_t OptimizerStateBytes() const;
+
+  // Everything needed to continue bit-identically: weights, optimizer state, step, generator.
+  std::string SaveState() const;
+  absl::Status LoadState(const std::string& bytes);
+
+ private:
+  Trainer(Model* model, const TrainOptions& options, int64_t total_steps, FlatParameters flat);
+
+  Model* model_;  // Not owned.
+  TrainOptions options_;
+  int64_t total_steps_;
+  int64_t steps_ = 0;
+  FlatParameters flat_;
+  at::Generator gen_;          // weight samples (device of the parameters)
+  at::Generator shuffle_gen_;  // minibatch order (CPU)
+  std::unique_ptr<Ivon> ivon_;
+  at::Tensor moment1_;  // Adam first moment / SGD momentum buffer
+  at::Tensor moment2_;  // Adam second moment
+};
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_CORE_TRAIN_H_

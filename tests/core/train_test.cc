@@ -1,0 +1,197 @@
+#include "core/train.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "core/metrics.h"
+#include "core/predictive.h"
+
+namespace adaptd {
+namespace {
+
+// Two Gaussian blobs per class in 10-D: learnable, not linearly trivial.
+Dataset Blobs(int64_t n, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  Dataset d;
+  d.y = at::randint(0, 3, {n}, gen, at::kLong);
+  const at::Tensor centers = at::randn({3, 10}, at::make_generator<at::CPUGeneratorImpl>(1)) * 2;
+  d.x = centers.index_select(0, d.y) + at::randn({n, 10}, gen);
+  return d;
+}
+
+ModelSpec MlpSpec() {
+  ModelSpec s;
+  s.architecture = Architecture::kMlp;
+  s.input_shape = {10};
+  s.num_classes = 3;
+  s.hidden = {16};
+  return s;
+}
+
+TrainOptions IvonOptionsFor(int64_t n) {
+  TrainOptions o;
+  o.optimizer = OptimizerKind::kIvon;
+  o.ivon.ess = static_cast<double>(n);
+  o.ivon.lr = 0.2;
+  o.ivon.hess_init = 0.1;
+  o.ivon.weight_decay = 1e-3;
+  o.ivon.beta2 = 0.999;
+  o.batch_size = 32;
+  o.seed = 17;
+  return o;
+}
+
+// Train 3 epochs straight, versus 1 epoch, save, rebuild everything, load, 2 more epochs.
+TEST(TrainTest, SaveLoadContinueIsBitIdentical) {
+  for (auto kind : {OptimizerKind::kIvon, OptimizerKind::kAdam, OptimizerKind::kSgd}) {
+    const Dataset data = Blobs(300, 2);
+    TrainOptions o = IvonOptionsFor(300);
+    o.optimizer = kind;
+    o.lr = kind == OptimizerKind::kAdam ? 1e-2 : 0.05;
+    o.weight_decay = 1e-4;
+    o.train_samples = kind == OptimizerKind::kIvon ? 2 : 1;
+    const int64_t total = 3 * 10;
+
+    auto model_a = BuildModel(MlpSpec(), 1);
+    ASSERT_TRUE(model_a.ok());
+    auto a = Trainer::Create(model_a->get(), o, total);
+    ASSERT_TRUE(a.ok()) << a.status();
+    for (int e = 0; e < 3; ++e) ASSERT_TRUE((*a)->TrainEpoch(data).ok());
+
+    auto model_b = BuildModel(MlpSpec(), 1);
+    auto b = Trainer::Create(model_b->get(), o, total);
+    ASSERT_TRUE((*b)->TrainEpoch(data).ok());
+    const std::string saved = (*b)->SaveState();
+
+    auto model_c = BuildModel(MlpSpec(), 99);  // different initial weights: load must overwrite
+    TrainOptions other_seed = o;
+    other_seed.seed = 1234;
+    auto c = Trainer::Create(model_c->get(), other_seed, total);
+    ASSERT_TRUE((*c)->LoadState(saved).ok());
+    for (int e = 0; e < 2; ++e) ASSERT_TRUE((*c)->TrainEpoch(data).ok());
+
+    EXPECT_TRUE(at::equal((*a)->flat().params(), (*c)->flat().params())) << OptimizerName(kind);
+    if (kind == OptimizerKind::kIvon) {
+      EXPECT_TRUE(at::equal((*a)->ivon()->posterior().hess(), (*c)->ivon()->posterior().hess()));
+      EXPECT_TRUE(at::equal((*a)->ivon()->momentum(), (*c)->ivon()->momentum()));
+    }
+    EXPECT_EQ((*a)->steps_taken(), (*c)->steps_taken());
+  }
+}
+
+TEST(TrainTest, LoadRejectsAnotherOptimizersCheckpoint) {
+  const Dataset data = Blobs(64, 2);
+  auto model = BuildModel(MlpSpec(), 1);
+  TrainOptions o = IvonOptionsFor(64);
+  auto ivon = Trainer::Create(model->get(), o, 10);
+  ASSERT_TRUE(ivon.ok());
+  ASSERT_TRUE((*ivon)->TrainEpoch(data).ok());
+  auto model2 = BuildModel(MlpSpec(), 1);
+  o.optimizer = OptimizerKind::kAdam;
+  auto adam = Trainer::Create(model2->get(), o, 10);
+  const absl::Status s = (*adam)->LoadState((*ivon)->SaveState());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("written by optimizer ivon"));
+  EXPECT_EQ((*adam)->LoadState("junk").code(), absl::StatusCode::kInvalidArgument);
+}
+
+// IVON learns the blobs, and posterior averaging yields a valid, no-worse predictive.
+TEST(TrainTest, IvonLearnsAndPosteriorAveragingIsCalibrated) {
+  const Dataset train = Blobs(1500, 3), test = Blobs(1500, 4);
+  auto model = BuildModel(MlpSpec(), 1);
+  TrainOptions o = IvonOptionsFor(1500);
+  const int64_t epochs = 15, per_epoch = (1500 + 31) / 32;
+  auto t = Trainer::Create(model->get(), o, epochs * per_epoch);
+  ASSERT_TRUE(t.ok());
+  int64_t reports = 0;
+  for (int e = 0; e < epochs; ++e) {
+    ASSERT_TRUE((*t)->TrainEpoch(train, at::Tensor(), [&](const StepReport& r) {
+      EXPECT_EQ(r.step, ++reports);
+      EXPECT_TRUE(std::isfinite(r.loss));
+    }).ok());
+  }
+  EXPECT_EQ(reports, epochs * per_epoch);
+  EXPECT_NEAR((*t)->NextLr(), 0.0, 1e-12);  // cosine schedule ended at zero
+  PredictOptions mean_opts;
+  auto mean = PredictProbs(**model, (*t)->flat(), &(*t)->ivon()->posterior(), test.x, mean_opts,
+                           (*t)->generator());
+  PredictOptions bayes_opts;
+  bayes_opts.mode = PredictMode::kBayes;
+  bayes_opts.samples = 32;
+  auto bayes = PredictProbs(**model, (*t)->flat(), &(*t)->ivon()->posterior(), test.x, bayes_opts,
+                            (*t)->generator());
+  ASSERT_TRUE(mean.ok() && bayes.ok());
+  EXPECT_TRUE(at::allclose(bayes->sum(1), at::ones({1500}), 1e-5, 1e-5));
+  auto cm = ComputeCalibration(*mean, test.y);
+  auto cb = ComputeCalibration(*bayes, test.y);
+  EXPECT_GT(cm->accuracy, 0.9);
+  EXPECT_GT(cb->accuracy, cm->accuracy - 0.01);
+  EXPECT_LT(cb->nll, cm->nll + 0.01);
+  // Predicting restored the posterior mean into the weights.
+  EXPECT_TRUE(at::equal((*t)->flat().params(), (*t)->ivon()->posterior().mean()));
+}
+
+// The same loop on a GPU: IVON learns, and a checkpoint continues bit-identically there too.
+TEST(TrainTest, IvonTrainsAndResumesOnCuda) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const Dataset train = Blobs(1500, 3), test = Blobs(1500, 4);
+  auto run = [&](int epochs_before_save, std::string* saved, const std::string* load) {
+    auto model = BuildModel(MlpSpec(), 1);
+    (*model)->To(at::kCUDA);
+    auto t = Trainer::Create(model->get(), IvonOptionsFor(1500), 15 * 47);
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (load) EXPECT_TRUE((*t)->LoadState(*load).ok());
+    for (int e = 0; e < epochs_before_save; ++e) EXPECT_TRUE((*t)->TrainEpoch(train).ok());
+    if (saved) *saved = (*t)->SaveState();
+    PredictOptions po;
+    po.mode = PredictMode::kBayes;
+    po.samples = 8;
+    auto p = PredictProbs(**model, (*t)->flat(), &(*t)->ivon()->posterior(), test.x, po,
+                          (*t)->generator());
+    EXPECT_TRUE(p.ok()) << p.status();
+    return std::make_pair((*t)->flat().params().cpu(), Accuracy(*p, test.y));
+  };
+  std::string checkpoint;
+  const auto straight = run(15, nullptr, nullptr);
+  EXPECT_GT(straight.second, 0.9);
+  run(5, &checkpoint, nullptr);
+  const auto resumed = run(10, nullptr, &checkpoint);
+  EXPECT_TRUE(at::equal(straight.first, resumed.first));
+}
+
+TEST(TrainTest, MultiHeadMaskKeepsPredictionsInTheHead) {
+  const Dataset data = Blobs(200, 5);
+  auto model = BuildModel(MlpSpec(), 1);
+  auto mask = MakeLabelMask({0, 2}, 3);
+  ASSERT_TRUE(mask.ok());
+  const at::Tensor keep = data.y.ne(1).nonzero().squeeze(1);
+  const Dataset head = data.Select(keep);
+  auto t = Trainer::Create(model->get(), IvonOptionsFor(head.size()), 20);
+  ASSERT_TRUE((*t)->TrainEpoch(head, *mask).ok());
+  PredictOptions po;
+  po.label_mask = *mask;
+  auto p = PredictProbs(**model, (*t)->flat(), &(*t)->ivon()->posterior(), head.x, po, (*t)->generator());
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->select(1, 1).abs().max().item<float>(), 0.0f);
+}
+
+TEST(TrainTest, BadInputIsInvalidArgumentAndChangesNothing) {
+  auto model = BuildModel(MlpSpec(), 1);
+  auto t = Trainer::Create(model->get(), IvonOptionsFor(10), 10);
+  ASSERT_TRUE(t.ok());
+  const at::Tensor before = (*t)->flat().params().clone();
+  EXPECT_EQ((*t)->Step(at::zeros({4, 9}), at::zeros({4}, at::kLong)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*t)->Step(at::zeros({4, 10}), at::zeros({3}, at::kLong)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(at::equal(before, (*t)->flat().params()));
+  EXPECT_EQ((*t)->steps_taken(), 0);
+  TrainOptions bad = IvonOptionsFor(10);
+  bad.batch_size = 0;
+  EXPECT_EQ(Trainer::Create(model->get(), bad, 10).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace adaptd

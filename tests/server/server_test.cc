@@ -1,0 +1,62 @@
+// The real server on 127.0.0.1:0, called through the real client.
+#include "server/server.h"
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "server/grpc_status.h"
+
+namespace adaptd {
+namespace {
+
+TEST(ServerTest, ServesServerInfoToTheClient) {
+  ServerOptions o;
+  o.port = 0;
+  auto server = Server::Create(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_GT((*server)->port(), 0);
+  auto client = AdaptdClient::Create(absl::StrCat("127.0.0.1:", (*server)->port()));
+  ASSERT_TRUE(client.ok());
+  auto info = (*client)->GetServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_FALSE(info->version().empty());
+  EXPECT_EQ(info->device(), "cpu");
+  EXPECT_GE(info->optimizers_size(), 3);
+  EXPECT_EQ(info->optimizers(0), "ivon");
+  (*server)->Shutdown();
+}
+
+TEST(ServerTest, ClientReportsUnavailableWithoutServer) {
+  ServerOptions o;
+  o.port = 0;
+  int port;
+  {
+    auto server = Server::Create(o);
+    ASSERT_TRUE(server.ok());
+    port = (*server)->port();
+  }  // destroyed: nothing listens there now
+  ClientOptions co;
+  co.timeout_seconds = 2;
+  auto client = AdaptdClient::Create(absl::StrCat("127.0.0.1:", port), co);
+  ASSERT_TRUE(client.ok());
+  const auto code = (*client)->GetServerInfo().status().code();
+  EXPECT_TRUE(code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded)
+      << code;
+}
+
+TEST(GrpcStatusTest, EveryCodeRoundTrips) {
+  for (int c = 0; c <= 16; ++c) {
+    const absl::Status s(static_cast<absl::StatusCode>(c), c == 0 ? "" : "message");
+    const absl::Status back = FromGrpcStatus(ToGrpcStatus(s));
+    EXPECT_EQ(back.code(), s.code()) << c;
+    EXPECT_EQ(back.message(), s.message()) << c;
+  }
+  const std::string longmsg(5000, 'x');
+  const grpc::Status capped = ToGrpcStatus(absl::InternalError(longmsg));
+  EXPECT_LT(capped.error_message().size(), 1100u);
+  EXPECT_NE(capped.error_message().find("(truncated)"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace adaptd
