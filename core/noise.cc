@@ -40,9 +40,12 @@ inline float LogPoly(float x) {
   const uint32_t bits = AsBits(x);
   float e = static_cast<float>(static_cast<int32_t>((bits >> 23) & 0xffu) - 126);
   float mm = AsFloat((bits & 0x007fffffu) | 0x3f000000u);  // in [0.5, 1)
-  const bool small = mm < 0.707106781186547524f;
-  e = small ? e - 1.0f : e;
-  const float r = small ? (mm + mm - 1.0f) : (mm - 1.0f);
+  // Selects are written as integer arithmetic so that the loop has no control flow and
+  // vectorises: small = 1 when mm < sqrt(1/2), i.e. when the mantissa bits are <= 0x3504f3.
+  const int32_t mbits = static_cast<int32_t>(bits & 0x007fffffu);
+  const float small = static_cast<float>(-((mbits - 0x3504f4) >> 31));
+  e -= small;
+  const float r = mm - 1.0f + small * mm;
   const float z = r * r;
   float y = 7.0376836292e-2f;
   y = y * r - 1.1514610310e-1f;
@@ -69,112 +72,134 @@ inline void SinCos2PiPoly(float t, float* s_out, float* c_out) {
   const float s = a + a * a2 * (-1.6666654611e-1f + a2 * (8.3321608736e-3f + a2 * -1.9515295891e-4f));
   const float c = 1.0f - 0.5f * a2 +
                   a2 * a2 * (4.166664568298827e-2f + a2 * (-1.388731625493765e-3f + a2 * 2.443315711809948e-5f));
-  const int qi = static_cast<int>(q) & 3;
-  // Rotating (c, s) by qi quarter turns.
-  const float sq = (qi == 0) ? s : (qi == 1) ? c : (qi == 2) ? -s : -c;
-  const float cq = (qi == 0) ? c : (qi == 1) ? -s : (qi == 2) ? -c : s;
-  *s_out = sq;
-  *c_out = cq;
+  const int32_t qi = static_cast<int32_t>(q) & 3;
+  // Rotating by qi quarter turns: (s, c) -> (s, c), (c, -s), (-s, -c), (-c, s); as arithmetic.
+  const float odd = static_cast<float>(qi & 1);
+  const float sign_s = static_cast<float>(1 - (qi & 2));
+  const float sign_c = static_cast<float>(1 - 2 * (((qi + 1) >> 1) & 1));
+  *s_out = sign_s * (odd * c + (1.0f - odd) * s);
+  *c_out = sign_c * (odd * s + (1.0f - odd) * c);
 }
 
-// The two 24-bit uniforms of pair k: u1 in (0, 1], u2 in [0, 1).
+// The two 24-bit uniforms of pair k: u1 in (0, 1], u2 in [0, 1). (The shifted values are below
+// 2^24, so the signed conversions are exact and vectorise, unlike unsigned ones.)
 inline void Uniforms(uint32_t k, uint32_t key0, uint32_t key1, float* u1, float* u2) {
   const uint32_t h1 = Fmix32(Fmix32(k ^ key0) + key1);
   const uint32_t h2 = Fmix32(Fmix32(k ^ key1) + key0);
   constexpr float kScale = 1.0f / 16777216.0f;  // 2^-24
-  *u1 = static_cast<float>((h1 >> 8) + 1u) * kScale;
-  *u2 = static_cast<float>(h2 >> 8) * kScale;
+  *u1 = static_cast<float>(static_cast<int32_t>((h1 >> 8) + 1u)) * kScale;
+  *u2 = static_cast<float>(static_cast<int32_t>(h2 >> 8)) * kScale;
 }
 
-// The pair loop. The mean/hess form writes mean + z / sqrt(ess (hess + delta)).
+// Layout: pair k (0 <= k < half, half = n / 2) fills element k with r cos and element k + half
+// with r sin, so that loads and stores are contiguous and the loop vectorises. An odd n's last
+// element takes the cosine of pair `half`.
+//
+// The affine form writes mean + z / sqrt(ess (hess + delta)).
 // target_clones gives an AVX2 body where the CPU has it and a baseline one elsewhere.
 template <bool kAffine>
-__attribute__((always_inline)) inline void PairsFloatBody(float* out, const float* mean,
-                                                          const float* hess, float ess, float delta,
-                                                          int64_t begin, int64_t end, int64_t n,
-                                                          uint32_t key0, uint32_t key1) {
+__attribute__((always_inline)) inline void PairsFloatBody(float* __restrict out,
+                                                          const float* __restrict mean,
+                                                          const float* __restrict hess, float ess,
+                                                          float delta, int64_t begin, int64_t end,
+                                                          int64_t half, uint32_t key0,
+                                                          uint32_t key1) {
+  float* __restrict out2 = out + half;
   for (int64_t k = begin; k < end; ++k) {
     float u1, u2, s, c;
     Uniforms(static_cast<uint32_t>(k), key0, key1, &u1, &u2);
-    const float r = std::sqrt(-2.0f * LogPoly(u1));
+    const float r2 = -2.0f * LogPoly(u1);  // the squared Box-Muller radius
     SinCos2PiPoly(u2, &s, &c);
-    const int64_t i = 2 * k;
-    float z0 = r * c, z1 = r * s;
     if (kAffine) {
-      z0 = mean[i] + z0 / std::sqrt(ess * (hess[i] + delta));
-    }
-    out[i] = z0;
-    if (i + 1 < n) {
-      if (kAffine) z1 = mean[i + 1] + z1 / std::sqrt(ess * (hess[i + 1] + delta));
-      out[i + 1] = z1;
+      // sigma * r = sqrt(r^2 / (ess (h + delta))): one square root per element, none shared.
+      out[k] = mean[k] + c * std::sqrt(r2 / (ess * (hess[k] + delta)));
+      out2[k] = mean[k + half] + s * std::sqrt(r2 / (ess * (hess[k + half] + delta)));
+    } else {
+      const float r = std::sqrt(r2);
+      out[k] = r * c;
+      out2[k] = r * s;
     }
   }
 }
 
 __attribute__((target_clones("avx2", "default"))) void PairsFloat(float* out, int64_t begin,
-                                                                  int64_t end, int64_t n,
+                                                                  int64_t end, int64_t half,
                                                                   uint32_t key0, uint32_t key1) {
-  PairsFloatBody<false>(out, nullptr, nullptr, 0.f, 0.f, begin, end, n, key0, key1);
+  PairsFloatBody<false>(out, nullptr, nullptr, 0.f, 0.f, begin, end, half, key0, key1);
 }
 
 __attribute__((target_clones("avx2", "default"))) void PairsFloatAffine(
     float* out, const float* mean, const float* hess, float ess, float delta, int64_t begin,
-    int64_t end, int64_t n, uint32_t key0, uint32_t key1) {
-  PairsFloatBody<true>(out, mean, hess, ess, delta, begin, end, n, key0, key1);
+    int64_t end, int64_t half, uint32_t key0, uint32_t key1) {
+  PairsFloatBody<true>(out, mean, hess, ess, delta, begin, end, half, key0, key1);
 }
 
-// Float64: the same uniforms, transformed with libm in double precision.
+// Float64: the same uniforms and layout, transformed with libm in double precision.
 template <bool kAffine>
 void PairsDouble(double* out, const double* mean, const double* hess, double ess, double delta,
-                 int64_t begin, int64_t end, int64_t n, uint32_t key0, uint32_t key1) {
+                 int64_t begin, int64_t end, int64_t half, uint32_t key0, uint32_t key1) {
   for (int64_t k = begin; k < end; ++k) {
     float u1, u2;
     Uniforms(static_cast<uint32_t>(k), key0, key1, &u1, &u2);
     const double r = std::sqrt(-2.0 * std::log(static_cast<double>(u1)));
     const double angle = 6.283185307179586476925 * static_cast<double>(u2);
-    const int64_t i = 2 * k;
     double z0 = r * std::cos(angle), z1 = r * std::sin(angle);
-    if (kAffine) z0 = mean[i] + z0 / std::sqrt(ess * (hess[i] + delta));
-    out[i] = z0;
-    if (i + 1 < n) {
-      if (kAffine) z1 = mean[i + 1] + z1 / std::sqrt(ess * (hess[i + 1] + delta));
-      out[i + 1] = z1;
+    if (kAffine) {
+      z0 = mean[k] + z0 / std::sqrt(ess * (hess[k] + delta));
+      z1 = mean[k + half] + z1 / std::sqrt(ess * (hess[k + half] + delta));
     }
+    out[k] = z0;
+    out[k + half] = z1;
   }
+}
+
+// The last element of an odd-sized draw: the cosine of pair `half`, written at 2 * half.
+template <typename T>
+void OddTail(T* out, const T* mean, const T* hess, double ess, double delta, int64_t half,
+             uint32_t key0, uint32_t key1) {
+  float u1, u2;
+  Uniforms(static_cast<uint32_t>(half), key0, key1, &u1, &u2);
+  double z = std::sqrt(-2.0 * std::log(static_cast<double>(u1))) *
+             std::cos(6.283185307179586476925 * static_cast<double>(u2));
+  const int64_t i = 2 * half;
+  if (mean) z = mean[i] + z / std::sqrt(ess * (hess[i] + delta));
+  out[i] = static_cast<T>(z);
 }
 
 void Fill(at::Tensor& out, const at::Tensor* mean, const at::Tensor* hess, double ess,
           double delta, uint64_t seed) {
   TORCH_CHECK(out.device().is_cpu() && out.is_contiguous(), "noise: out must be contiguous CPU");
   const int64_t n = out.numel();
-  const int64_t pairs = (n + 1) / 2;
-  TORCH_CHECK(pairs <= (int64_t{1} << 32), "noise: at most 2^33 elements per draw");
+  const int64_t half = n / 2;
+  TORCH_CHECK(half < (int64_t{1} << 32), "noise: fewer than 2^33 elements per draw");
   const uint32_t key0 = static_cast<uint32_t>(seed);
   const uint32_t key1 = static_cast<uint32_t>(seed >> 32) ^ 0x9e3779b9u;
   if (out.scalar_type() == at::kFloat) {
     float* o = out.data_ptr<float>();
     const float* m = mean ? mean->data_ptr<float>() : nullptr;
     const float* h = hess ? hess->data_ptr<float>() : nullptr;
-    at::parallel_for(0, pairs, kGrainPairs, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, half, kGrainPairs, [&](int64_t b, int64_t e) {
       if (m) {
-        PairsFloatAffine(o, m, h, static_cast<float>(ess), static_cast<float>(delta), b, e, n,
+        PairsFloatAffine(o, m, h, static_cast<float>(ess), static_cast<float>(delta), b, e, half,
                          key0, key1);
       } else {
-        PairsFloat(o, b, e, n, key0, key1);
+        PairsFloat(o, b, e, half, key0, key1);
       }
     });
+    if (n % 2) OddTail(o, m, h, ess, delta, half, key0, key1);
   } else {
     TORCH_CHECK(out.scalar_type() == at::kDouble, "noise: float32 or float64 expected");
     double* o = out.data_ptr<double>();
     const double* m = mean ? mean->data_ptr<double>() : nullptr;
     const double* h = hess ? hess->data_ptr<double>() : nullptr;
-    at::parallel_for(0, pairs, kGrainPairs, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, half, kGrainPairs, [&](int64_t b, int64_t e) {
       if (m) {
-        PairsDouble<true>(o, m, h, ess, delta, b, e, n, key0, key1);
+        PairsDouble<true>(o, m, h, ess, delta, b, e, half, key0, key1);
       } else {
-        PairsDouble<false>(o, nullptr, nullptr, 0, 0, b, e, n, key0, key1);
+        PairsDouble<false>(o, nullptr, nullptr, 0, 0, b, e, half, key0, key1);
       }
     });
+    if (n % 2) OddTail(o, m, h, ess, delta, half, key0, key1);
   }
 }
 

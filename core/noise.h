@@ -1,8 +1,9 @@
 // Fast, reproducible Gaussian noise for weight sampling.
 //
 // Element i of a draw depends only on (seed, i): the result is the same for any thread count,
-// and a draw can be regenerated from its seed instead of being stored. Pairs of elements come
-// from one Box-Muller transform of two 24-bit uniforms taken from a counter-based hash, so the
+// and a draw can be regenerated from its seed instead of being stored. Elements k and k + n/2
+// come from one Box-Muller transform of two 24-bit uniforms taken from a counter-based hash of
+// (seed, k), so the
 // magnitude of a draw is at most sqrt(2 ln 2^24) ~= 5.77 (P(|z| > 5.77) ~= 8e-9 for a true
 // normal). Float math uses vectorisable polynomial log/sin/cos (relative error < 1e-6).
 #ifndef ADAPTD_CORE_NOISE_H_
