@@ -20,7 +20,7 @@ step() { echo; echo "== $* =="; }
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+torch_prefix="${ADAPTD_TORCH_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}"
 
 prefix="$torch_prefix"
 cmake_extra=()

@@ -142,7 +142,9 @@ TEST(TrainTest, IvonTrainsAndResumesOnCuda) {
     (*model)->To(at::kCUDA);
     auto t = Trainer::Create(model->get(), IvonOptionsFor(1500), 15 * 47);
     EXPECT_TRUE(t.ok()) << t.status();
-    if (load) EXPECT_TRUE((*t)->LoadState(*load).ok());
+    if (load) {
+      EXPECT_TRUE((*t)->LoadState(*load).ok());
+    }
     for (int e = 0; e < epochs_before_save; ++e) EXPECT_TRUE((*t)->TrainEpoch(train).ok());
     if (saved) *saved = (*t)->SaveState();
     PredictOptions po;
