@@ -135,6 +135,12 @@ Ivon::Ivon(at::Tensor params, at::Tensor grads, Posterior posterior, const IvonO
 
 absl::StatusOr<std::unique_ptr<Ivon>> Ivon::Create(at::Tensor params, at::Tensor grads,
                                                    const IvonOptions& options) {
+  return Create(std::move(params), std::move(grads), options, at::Tensor());
+}
+
+absl::StatusOr<std::unique_ptr<Ivon>> Ivon::Create(at::Tensor params, at::Tensor grads,
+                                                   const IvonOptions& options,
+                                                   const at::Tensor& initial_hess) {
   ADAPTD_RETURN_IF_ERROR(options.Validate());
   if (!params.defined() || params.dim() != 1 || !params.is_contiguous() ||
       (params.scalar_type() != at::kFloat && params.scalar_type() != at::kDouble)) {
@@ -151,10 +157,17 @@ absl::StatusOr<std::unique_ptr<Ivon>> Ivon::Create(at::Tensor params, at::Tensor
   }
   return CallTorch([&]() -> absl::StatusOr<std::unique_ptr<Ivon>> {
     at::NoGradGuard no_grad;
-    ADAPTD_ASSIGN_OR_RETURN(
-        Posterior posterior,
-        Posterior::Create(params.detach().clone(), at::full_like(params, options.hess_init),
-                          options.ess, options.weight_decay));
+    at::Tensor hess = at::full_like(params, options.hess_init);
+    if (initial_hess.defined()) {
+      if (!initial_hess.sizes().equals(params.sizes())) {
+        return absl::InvalidArgumentError(absl::StrCat("initial hess must be ", DescribeTensor(params),
+                                                       "; got ", DescribeTensor(initial_hess)));
+      }
+      hess = initial_hess.to(params.options()).clone();
+    }
+    ADAPTD_ASSIGN_OR_RETURN(Posterior posterior,
+                            Posterior::Create(params.detach().clone(), std::move(hess),
+                                              options.ess, options.weight_decay));
     return std::unique_ptr<Ivon>(new Ivon(params, grads, std::move(posterior), options));
   });
 }

@@ -59,6 +59,12 @@ class Ivon {
   // REQUIRES: 1-D, same size, dtype float32/float64 and device. INVALID_ARGUMENT otherwise.
   static absl::StatusOr<std::unique_ptr<Ivon>> Create(at::Tensor params, at::Tensor grads,
                                                       const IvonOptions& options);
+  // As above, with the Hessian estimate starting at `initial_hess` (flat, like params) instead
+  // of options.hess_init everywhere: a posterior carried over from earlier data. hess_init still
+  // sets the learning-rate rescaling.
+  static absl::StatusOr<std::unique_ptr<Ivon>> Create(at::Tensor params, at::Tensor grads,
+                                                      const IvonOptions& options,
+                                                      const at::Tensor& initial_hess);
 
   Ivon(const Ivon&) = delete;
   Ivon& operator=(const Ivon&) = delete;

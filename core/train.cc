@@ -67,7 +67,8 @@ Trainer::Trainer(Model* model, const TrainOptions& options, int64_t total_steps,
       shuffle_gen_(MakeGenerator(at::kCPU, options.seed ^ 0x5eedULL)) {}
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Model* model, const TrainOptions& options,
-                                                         int64_t total_steps) {
+                                                         int64_t total_steps,
+                                                         const at::Tensor& initial_hess) {
   ADAPTD_RETURN_IF_ERROR(options.Validate());
   if (total_steps < 1) {
     return absl::InvalidArgumentError(absl::StrCat("total_steps must be >= 1; got ", total_steps));
@@ -75,7 +76,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Model* model, const Tra
   ADAPTD_ASSIGN_OR_RETURN(FlatParameters flat, FlatParameters::Bind(model->Parameters()));
   std::unique_ptr<Trainer> t(new Trainer(model, options, total_steps, std::move(flat)));
   if (options.optimizer == OptimizerKind::kIvon) {
-    ADAPTD_ASSIGN_OR_RETURN(t->ivon_, Ivon::Create(t->flat_.params(), t->flat_.grads(), options.ivon));
+    ADAPTD_ASSIGN_OR_RETURN(t->ivon_, Ivon::Create(t->flat_.params(), t->flat_.grads(),
+                                                   options.ivon, initial_hess));
   } else {
     t->moment1_ = at::zeros_like(t->flat_.params());
     if (options.optimizer == OptimizerKind::kAdam) t->moment2_ = at::zeros_like(t->flat_.params());
@@ -91,7 +93,7 @@ double Trainer::NextLr() const {
 }
 
 absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
-                                     const at::Tensor& label_mask) {
+                                     const at::Tensor& label_mask, const ExtraLossFn& extra) {
   ADAPTD_RETURN_IF_ERROR(model_->CheckInput(x));
   if (!y.defined() || y.scalar_type() != at::kLong || y.dim() != 1 || y.size(0) != x.size(0)) {
     return absl::InvalidArgumentError(absl::StrCat("labels must be int64 [", x.size(0), "]; got ",
@@ -103,6 +105,7 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
     auto loss_at_current_weights = [&]() {
       at::Tensor logits = MaskLogits(model_->Forward(x), label_mask);
       at::Tensor loss = at::cross_entropy_loss(logits, y);
+      if (extra) loss = loss + extra();
       loss.backward();
       return loss.item<double>();
     };
@@ -141,7 +144,8 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
 }
 
 absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor& label_mask,
-                                           const ProgressFn& progress) {
+                                           const ProgressFn& progress, const ExtraLossFn& extra,
+                                           const std::function<bool()>& should_stop) {
   const int64_t n = data.size();
   if (n == 0) return absl::InvalidArgumentError("cannot train on an empty data set");
   const at::Tensor order = at::randperm(n, shuffle_gen_, at::TensorOptions().dtype(at::kLong));
@@ -149,10 +153,16 @@ absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor
   double loss_sum = 0;
   int64_t batches = 0;
   for (int64_t start = 0; start < n; start += options_.batch_size) {
+    if (should_stop && should_stop()) {
+      return absl::CancelledError(absl::StrCat("training cancelled after ", steps_, " steps"));
+    }
     const at::Tensor idx = order.narrow(0, start, std::min(options_.batch_size, n - start));
     const double lr = NextLr();
+    const at::Tensor mask = (label_mask.defined() && label_mask.dim() == 2)
+                                ? label_mask.index_select(0, idx).to(device)
+                                : label_mask;
     ADAPTD_ASSIGN_OR_RETURN(double loss, Step(data.x.index_select(0, idx).to(device),
-                                              data.y.index_select(0, idx).to(device), label_mask));
+                                              data.y.index_select(0, idx).to(device), mask, extra));
     loss_sum += loss;
     ++batches;
     if (progress) progress(StepReport{steps_, total_steps_, loss, lr});

@@ -57,25 +57,37 @@ struct StepReport {
 };
 using ProgressFn = std::function<void(const StepReport&)>;
 
+// An extra term added to each minibatch's mean loss before backward (a regulariser such as a
+// K-prior), evaluated at the weights the step uses (IVON: at each weight sample). It returns a
+// scalar tensor connected to the model's parameters, in the same units as the mean loss.
+using ExtraLossFn = std::function<at::Tensor()>;
+
 // Owns the optimizer state of one model; not thread-safe. The model must outlive the trainer.
 class Trainer {
  public:
   // `total_steps` is the schedule's length (epochs * batches per epoch). INVALID_ARGUMENT for
   // bad options; the model's parameters are rebound into flat buffers (FlatParameters).
+  // `initial_hess` (optional, flat) starts IVON's Hessian from a carried-over posterior.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(Model* model, const TrainOptions& options,
-                                                         int64_t total_steps);
+                                                         int64_t total_steps,
+                                                         const at::Tensor& initial_hess = at::Tensor());
 
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
-  // One optimizer step on a minibatch (x float32 [B, ...], y int64 [B]). `label_mask` (bool [K],
-  // optional) restricts the logits to a task's head. Returns the minibatch's mean loss.
+  // One optimizer step on a minibatch (x float32 [B, ...], y int64 [B]). `label_mask` (bool [K]
+  // or per example [B, K], optional) restricts the logits to a task's head. Returns the
+  // minibatch's mean loss (with the extra term, if any).
   absl::StatusOr<double> Step(const at::Tensor& x, const at::Tensor& y,
-                              const at::Tensor& label_mask = at::Tensor());
+                              const at::Tensor& label_mask = at::Tensor(),
+                              const ExtraLossFn& extra = nullptr);
 
-  // One shuffled pass over `data` in minibatches; returns the mean training loss.
+  // One shuffled pass over `data` in minibatches; returns the mean training loss. A per-example
+  // `label_mask` is [N, K]. `should_stop` is polled between steps: CANCELLED when it says so.
   absl::StatusOr<double> TrainEpoch(const Dataset& data, const at::Tensor& label_mask = at::Tensor(),
-                                    const ProgressFn& progress = nullptr);
+                                    const ProgressFn& progress = nullptr,
+                                    const ExtraLossFn& extra = nullptr,
+                                    const std::function<bool()>& should_stop = nullptr);
 
   // The learning rate the next step will use.
   double NextLr() const;

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -258,6 +259,10 @@ absl::StatusOr<at::Tensor> ReadNpyFile(const std::string& path) {
 
 absl::StatusOr<Dataset> ParseCsv(absl::string_view text, const CsvOptions& options) {
   std::vector<absl::string_view> lines = absl::StrSplit(text, '\n', absl::SkipWhitespace());
+  if (options.skip_lines < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("CSV skip_lines must be >= 0; got ", options.skip_lines));
+  }
+  lines.erase(lines.begin(), lines.begin() + std::min<size_t>(lines.size(), options.skip_lines));
   if (lines.empty()) return absl::InvalidArgumentError("CSV is empty");
   size_t first = 0;
   int label_col = options.label_index;
@@ -329,7 +334,8 @@ absl::StatusOr<Dataset> ParseCsv(absl::string_view text, const CsvOptions& optio
 }
 
 absl::StatusOr<Dataset> ReadCsvFile(const std::string& path, const CsvOptions& options) {
-  ADAPTD_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  ADAPTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+  ADAPTD_ASSIGN_OR_RETURN(std::string text, MaybeGunzip(bytes));
   auto d = ParseCsv(text, options);
   if (!d.ok()) return absl::Status(d.status().code(), absl::StrCat(path, ": ", d.status().message()));
   return d;

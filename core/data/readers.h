@@ -46,9 +46,13 @@ struct CsvOptions {
   int label_index = -1;  // -1: the last column
   bool has_header = true;
   char delimiter = ',';
+  // Lines to skip before the header (or the first row), e.g. 1 for scikit-learn's bundled CSVs,
+  // whose first line holds counts and class names.
+  int skip_lines = 0;
 };
 
-// Parses CSV text: every column other than the label is a float32 feature.
+// Parses CSV text: every column other than the label is a float32 feature. ReadCsvFile also
+// accepts gzip-compressed files.
 absl::StatusOr<Dataset> ParseCsv(absl::string_view text, const CsvOptions& options);
 absl::StatusOr<Dataset> ReadCsvFile(const std::string& path, const CsvOptions& options);
 

@@ -150,6 +150,24 @@ TEST(CsvTest, ParsesLabelColumnByNameOrIndex) {
   EXPECT_EQ(e->y[0].item<int64_t>(), 1);
 }
 
+TEST(CsvTest, ScikitLearnBundledSets) {
+  const std::string dir = "/usr/lib/python3/dist-packages/sklearn/datasets/data/";
+  if (::access((dir + "breast_cancer.csv").c_str(), R_OK) != 0) GTEST_SKIP() << "no python3-sklearn";
+  CsvOptions o;
+  o.has_header = false;
+  o.skip_lines = 1;  // "569,30,malignant,benign"
+  auto cancer = ReadCsvFile(dir + "breast_cancer.csv", o);
+  ASSERT_TRUE(cancer.ok()) << cancer.status();
+  EXPECT_EQ(cancer->x.sizes(), (std::vector<int64_t>{569, 30}));
+  EXPECT_EQ(cancer->y.sum().item<int64_t>(), 357);  // benign
+  CsvOptions plain;
+  plain.has_header = false;
+  auto digits = ReadCsvFile(dir + "digits.csv.gz", plain);
+  ASSERT_TRUE(digits.ok()) << digits.status();
+  EXPECT_EQ(digits->x.sizes(), (std::vector<int64_t>{1797, 64}));
+  EXPECT_EQ(digits->y.max().item<int64_t>(), 9);
+}
+
 TEST(CsvTest, MalformedInputGivesClearErrors) {
   CsvOptions o;
   o.label_column = "y";

@@ -1,0 +1,252 @@
+// Continual-learning benchmark harness: runs a method over a task stream for several seeds and
+// prints the accuracy matrix a[i][j] (after task i, on task j), average accuracy, forgetting,
+// backward transfer and adaptation time per task.
+//
+//   build/bench/cl_bench --benchmark=split-fmnist-til --method=kprior --memory=40 --seeds=3 \
+//       --json=til-kprior.json
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
+#include "core/continual.h"
+#include "core/data/tasks.h"
+
+ABSL_FLAG(std::string, benchmark, "split-fmnist-til",
+          "split-fmnist-til | split-fmnist-cil | permuted-fmnist | digits-add");
+ABSL_FLAG(std::string, method, "kprior", "comma-separated: kprior, fromp, ewc, replay, finetune, joint");
+ABSL_FLAG(int64_t, memory, -1, "memory points per task (-1: the benchmark's default)");
+ABSL_FLAG(double, memory_fraction, -1, "digits-add: memory as a fraction of the base task (overrides --memory)");
+ABSL_FLAG(int, seeds, 3, "seeds 0..S-1");
+ABSL_FLAG(int64_t, epochs, -1, "epochs per task (-1: the benchmark's default)");
+ABSL_FLAG(int, tasks, 10, "permuted-fmnist: number of tasks");
+ABSL_FLAG(double, lr, -1, "IVON learning rate (-1: default)");
+ABSL_FLAG(double, beta2, -1, "IVON beta2 (-1: default)");
+ABSL_FLAG(double, h0, -1, "IVON initial Hessian (-1: default)");
+ABSL_FLAG(double, clip, -1, "IVON element-wise clip radius of the update (-1: default)");
+ABSL_FLAG(double, memory_weight, -2, "memory term weight (-1: exact |M|/N; -2: the benchmark's default)");
+ABSL_FLAG(double, fromp_tau, -1, "FROMP tau (-1: default)");
+ABSL_FLAG(double, ewc_lambda, 1.0, "EWC penalty multiplier");
+ABSL_FLAG(int64_t, memory_batch, -1, "memory examples per step (-1: default)");
+ABSL_FLAG(int, replay_correction, -1, "K-prior replay correction: 0 or 1 (-1: the benchmark's default)");
+ABSL_FLAG(std::string, selection, "", "memory selection: lambda or random (empty: default)");
+ABSL_FLAG(std::string, weight_precision, "", "K-prior weight term: posterior or prior (empty: default)");
+ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads");
+ABSL_FLAG(std::string, json, "", "write every run's matrix and summary to this file");
+
+namespace adaptd::bench {
+namespace {
+
+struct Defaults {
+  ModelSpec spec;
+  AdaptConfig config;
+};
+
+Defaults DefaultsFor(const TaskStream& s, const std::string& name) {
+  Defaults d;
+  d.spec.architecture = Architecture::kMlp;
+  d.spec.input_shape = s.input_shape;
+  d.spec.num_classes = s.num_classes;
+  AdaptConfig& c = d.config;
+  c.ivon.lr = 0.1;
+  c.ivon.hess_init = 0.1;
+  c.ivon.beta1 = 0.9;
+  c.ivon.beta2 = 0.9999;
+  c.ivon.weight_decay = 1e-3;
+  c.batch_size = 128;
+  c.memory_batch_size = 64;
+  c.memory_weight = 1.0;
+  if (name == "split-fmnist-til" || name == "split-fmnist-cil") {
+    d.spec.hidden = {256, 256};
+    c.epochs = 15;
+    c.memory_points = name == "split-fmnist-til" ? 40 : 200;
+    c.fromp_tau = 10;
+    c.replay_correction = name == "split-fmnist-cil";
+  } else if (name == "permuted-fmnist") {
+    d.spec.hidden = {100, 100};
+    c.epochs = 10;
+    c.memory_points = 200;
+    c.fromp_tau = 0.5;
+  } else {  // digits-add: logistic regression, the K-prior's exact GLM setting
+    d.spec.architecture = Architecture::kLogReg;
+    c.epochs = 300;
+    c.batch_size = 64;
+    c.memory_points = 113;
+    c.memory_weight = -1;
+    c.posterior_precision = false;
+    c.ivon.weight_decay = 50.0 / 1130.0;  // delta = 50 in total units over the base task
+    c.ivon.lr = 0.2;
+    c.ivon.hess_init = 1.0;
+    c.ivon.beta2 = 0.999;
+    c.memory_batch_size = 128;
+  }
+  return d;
+}
+
+struct RunResult {
+  std::vector<std::vector<double>> acc;  // acc[i][j]
+  std::vector<double> seconds;
+};
+
+double Mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / v.size();
+}
+double Std(const std::vector<double>& v) {
+  const double m = Mean(v);
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return v.size() < 2 ? 0 : std::sqrt(s / (v.size() - 1));
+}
+
+struct Summary {
+  double average = 0, forgetting = 0, bwt = 0;
+};
+
+Summary Summarise(const RunResult& r) {
+  const size_t t = r.acc.size();
+  Summary s;
+  s.average = Mean(r.acc[t - 1]);
+  std::vector<double> f, b;
+  for (size_t j = 0; j + 1 < t; ++j) {
+    double best = 0;
+    for (size_t i = j; i + 1 < t; ++i) best = std::max(best, r.acc[i][j]);
+    f.push_back(best - r.acc[t - 1][j]);
+    b.push_back(r.acc[t - 1][j] - r.acc[j][j]);
+  }
+  s.forgetting = Mean(f);
+  s.bwt = Mean(b);
+  return s;
+}
+
+int Main() {
+  at::set_num_threads(absl::GetFlag(FLAGS_threads));
+  const std::string name = absl::GetFlag(FLAGS_benchmark);
+  absl::StatusOr<TaskStream> stream;
+  if (name == "split-fmnist-til") stream = SplitFashionMnist(kFashionMnistDir, true);
+  else if (name == "split-fmnist-cil") stream = SplitFashionMnist(kFashionMnistDir, false);
+  else if (name == "permuted-fmnist") stream = PermutedFashionMnist(kFashionMnistDir, absl::GetFlag(FLAGS_tasks));
+  else if (name == "digits-add") stream = DigitsAdd(kSklearnDataDir, 0);
+  else Die("--benchmark", absl::InvalidArgumentError("unknown benchmark " + name));
+  if (!stream.ok()) Die("loading the task stream", stream.status());
+  std::string json = "[";
+  std::vector<std::string> table;
+  for (const std::string& mname : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_method), ','))) {
+    const Method method = OrDie(ParseMethod(mname), "--method");
+    std::vector<double> averages, forgets, bwts;
+    std::vector<std::vector<double>> times;
+    for (int seed = 0; seed < absl::GetFlag(FLAGS_seeds); ++seed) {
+      // digits-add draws its train/test split from the seed too.
+      if (name == "digits-add") stream = OrDie(DigitsAdd(kSklearnDataDir, seed), "digits");
+      Defaults d = DefaultsFor(*stream, name);
+      AdaptConfig c = d.config;
+      c.method = method;
+      c.seed = static_cast<uint64_t>(seed);
+      if (absl::GetFlag(FLAGS_memory) >= 0) c.memory_points = absl::GetFlag(FLAGS_memory);
+      if (absl::GetFlag(FLAGS_memory_fraction) > 0) {
+        c.memory_points = static_cast<int64_t>(std::lround(absl::GetFlag(FLAGS_memory_fraction) *
+                                                           stream->tasks[0].train.size()));
+      }
+      if (absl::GetFlag(FLAGS_epochs) > 0) c.epochs = absl::GetFlag(FLAGS_epochs);
+      if (absl::GetFlag(FLAGS_lr) > 0) c.ivon.lr = absl::GetFlag(FLAGS_lr);
+      if (absl::GetFlag(FLAGS_beta2) > 0) c.ivon.beta2 = absl::GetFlag(FLAGS_beta2);
+      if (absl::GetFlag(FLAGS_h0) > 0) c.ivon.hess_init = absl::GetFlag(FLAGS_h0);
+      if (absl::GetFlag(FLAGS_clip) > 0) c.ivon.clip_radius = absl::GetFlag(FLAGS_clip);
+      if (absl::GetFlag(FLAGS_memory_weight) > -2) c.memory_weight = absl::GetFlag(FLAGS_memory_weight);
+      if (absl::GetFlag(FLAGS_fromp_tau) >= 0) c.fromp_tau = absl::GetFlag(FLAGS_fromp_tau);
+      c.ewc_lambda = absl::GetFlag(FLAGS_ewc_lambda);
+      if (absl::GetFlag(FLAGS_memory_batch) > 0) c.memory_batch_size = absl::GetFlag(FLAGS_memory_batch);
+      if (absl::GetFlag(FLAGS_replay_correction) >= 0) c.replay_correction = absl::GetFlag(FLAGS_replay_correction) == 1;
+      if (!absl::GetFlag(FLAGS_selection).empty()) {
+        c.selection = OrDie(ParseSelection(absl::GetFlag(FLAGS_selection)), "--selection");
+      }
+      if (!absl::GetFlag(FLAGS_weight_precision).empty()) {
+        c.posterior_precision = absl::GetFlag(FLAGS_weight_precision) == "posterior";
+      }
+      if (name == "digits-add") c.ivon.weight_decay = 50.0 / stream->tasks[0].train.size();
+      ContinualState state = OrDie(InitialState(d.spec, seed), "initial state");
+      RunResult run;
+      for (size_t i = 0; i < stream->tasks.size(); ++i) {
+        AdaptResult r = OrDie(Adapt(state, stream->tasks[i], c), "adapting");
+        state = std::move(r.state);
+        run.seconds.push_back(r.stats.seconds);
+        std::vector<double> row;
+        for (size_t j = 0; j < stream->tasks.size(); ++j) {
+          row.push_back(j <= i || name == "digits-add"
+                            ? OrDie(EvaluateAccuracy(state, stream->tests[j], stream->test_masks[j]), "eval")
+                            : std::nan(""));
+        }
+        run.acc.push_back(row);
+        std::printf("[%s %s seed %d] task %zu: %.1f s, loss %.4f, memory %lld, acc on seen tasks %s\n",
+                    name.c_str(), mname.c_str(), seed, i, r.stats.seconds, r.stats.final_loss,
+                    static_cast<long long>(r.stats.memory_size),
+                    absl::StrJoin(std::vector<double>(row.begin(), row.begin() + i + 1), " ",
+                                  [](std::string* out, double v) { absl::StrAppend(out, absl::SixDigits(100 * v)); })
+                        .c_str());
+        std::fflush(stdout);
+      }
+      // For digits-add, every task is tested on the same full test set: the score is the last.
+      if (name == "digits-add") {
+        for (auto& row : run.acc) row = {row.back()};
+      }
+      const Summary s = Summarise(run);
+      averages.push_back(s.average);
+      forgets.push_back(s.forgetting);
+      bwts.push_back(s.bwt);
+      times.push_back(run.seconds);
+      std::printf("accuracy matrix (%%), rows: after task i; columns: task j\n");
+      for (const auto& row : run.acc) {
+        std::printf("  %s\n", absl::StrJoin(row, " ", [](std::string* out, double v) {
+                                absl::StrAppend(out, std::isnan(v) ? std::string("   -  ") : absl::StrFormat("%6.2f", 100 * v));
+                              }).c_str());
+      }
+      absl::StrAppend(&json, json.size() > 1 ? "," : "", "\n {\"benchmark\": \"", name,
+                      "\", \"method\": \"", mname, "\", \"seed\": ", seed, ", \"memory\": ",
+                      c.memory_points, ", \"epochs\": ", c.epochs, ", \"average\": ", s.average,
+                      ", \"forgetting\": ", s.forgetting, ", \"bwt\": ", s.bwt, ", \"seconds\": [",
+                      absl::StrJoin(run.seconds, ", "), "], \"acc\": [",
+                      absl::StrJoin(run.acc, ", ", [](std::string* out, const std::vector<double>& r) {
+                        absl::StrAppend(out, "[", absl::StrJoin(r, ", ", [](std::string* o, double v) {
+                          absl::StrAppend(o, std::isnan(v) ? std::string("null") : absl::StrCat(v));
+                        }), "]");
+                      }), "]}");
+    }
+    std::vector<double> mean_times(times[0].size(), 0.0);
+    for (const auto& t : times) {
+      for (size_t i = 0; i < t.size(); ++i) mean_times[i] += t[i] / times.size();
+    }
+    table.push_back(absl::StrFormat(
+        "| %s | %s | %lld | %.2f ± %.2f | %.2f ± %.2f | %.2f ± %.2f | %s |", name, mname,
+        static_cast<long long>(absl::GetFlag(FLAGS_memory) >= 0 ? absl::GetFlag(FLAGS_memory) : -1),
+        100 * Mean(averages), 100 * Std(averages), 100 * Mean(forgets), 100 * Std(forgets),
+        100 * Mean(bwts), 100 * Std(bwts),
+        absl::StrJoin(mean_times, " ", [](std::string* out, double v) { absl::StrAppend(out, absl::StrFormat("%.1f", v)); })));
+  }
+  std::printf("\n| benchmark | method | memory/task | average accuracy (%%) | forgetting (pp) | BWT (pp) | seconds per task |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (const auto& row : table) std::printf("%s\n", row.c_str());
+  std::printf("(mean ± std over %d seeds; memory/task -1 = the benchmark's default)\n", absl::GetFlag(FLAGS_seeds));
+  json += "\n]\n";
+  if (!absl::GetFlag(FLAGS_json).empty()) std::ofstream(absl::GetFlag(FLAGS_json)) << json;
+  return 0;
+}
+
+}  // namespace
+}  // namespace adaptd::bench
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return adaptd::bench::Main();
+}

@@ -1,0 +1,449 @@
+#include "core/continual.h"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/flat_params.h"
+#include "core/kprior.h"
+#include "core/status_macros.h"
+#include "core/torch_status.h"
+
+namespace adaptd {
+namespace {
+
+// Rows of `task_masks` for each example's task, or undefined for a single head.
+at::Tensor MasksFor(const at::Tensor& task_masks, const at::Tensor& task_ids) {
+  if (!task_masks.defined()) return at::Tensor();
+  return task_masks.index_select(0, task_ids);
+}
+
+// `masks` with row `task_id` set to `mask` (grown with all-false rows as needed).
+at::Tensor WithTaskMask(const at::Tensor& masks, int64_t task_id, const at::Tensor& mask) {
+  const int64_t k = mask.numel();
+  const int64_t rows = std::max<int64_t>(masks.defined() ? masks.size(0) : 0, task_id + 1);
+  at::Tensor out = at::zeros({rows, k}, at::kBool);
+  if (masks.defined()) out.narrow(0, 0, masks.size(0)).copy_(masks);
+  out[task_id].copy_(mask);
+  return out;
+}
+
+// Memory rows as a dataset-like view on the model's device.
+at::Tensor Logits(Model& model, const at::Tensor& x, const at::Tensor& masks) {
+  const at::Device device = model.Parameters()[0].device();
+  at::Tensor logits = model.Forward(x.to(device));
+  return masks.defined() ? MaskLogits(logits, masks.to(device)) : logits;
+}
+
+// FROMP's per-task, per-class kernel blocks (Pan et al. 2020, Eq. 7 and opt_fromp.py):
+// K_{s,k} = J_{s,k} Sigma J_{s,k}^T + jitter I with J the Jacobian of the class-k probability
+// at task s's memorable points, fixed for the task; the step adds J(w)^T K^-1 (m(w) - m_old).
+struct FrompBlock {
+  at::Tensor rows;   // memory rows of task s
+  int64_t klass;     // class k
+  at::Tensor kinv;   // [M_s, M_s]
+  at::Tensor m_old;  // [M_s] old probabilities of class k
+};
+
+absl::StatusOr<std::vector<FrompBlock>> BuildFrompBlocks(Model& model, FlatParameters& flat,
+                                                         const Memory& memory,
+                                                         const at::Tensor& task_masks,
+                                                         const at::Tensor& sigma2, double jitter) {
+  std::vector<FrompBlock> blocks;
+  if (memory.size() == 0) return blocks;
+  model.SetTraining(false);
+  const int64_t num_classes = model.spec().num_classes;
+  const at::Tensor tasks = std::get<0>(at::_unique(memory.task));
+  const at::Device device = flat.params().device();
+  for (int64_t t = 0; t < tasks.numel(); ++t) {
+    const int64_t task = tasks[t].item<int64_t>();
+    const at::Tensor rows = memory.task.eq(task).nonzero().squeeze(1);
+    const int64_t m = rows.numel();
+    const at::Tensor x = memory.x.index_select(0, rows).to(device);
+    const at::Tensor masks = MasksFor(task_masks, memory.task.index_select(0, rows));
+    std::vector<int64_t> head;
+    for (int64_t k = 0; k < num_classes; ++k) {
+      if (!masks.defined() || masks[0][k].item<bool>()) head.push_back(k);
+    }
+    for (int64_t k : head) {
+      at::Tensor jac = at::empty({m, flat.numel()}, flat.params().options());
+      for (int64_t i = 0; i < m; ++i) {
+        flat.ZeroGrad();
+        const at::Tensor logits = Logits(model, x.narrow(0, i, 1), masks.defined() ? masks.narrow(0, i, 1) : masks);
+        at::softmax(logits, 1)[0][k].backward();
+        jac[i].copy_(flat.grads());
+      }
+      at::Tensor kernel = (jac * sigma2).matmul(jac.t());
+      kernel.diagonal().add_(jitter);
+      const at::Tensor chol = at::linalg_cholesky(kernel);
+      FrompBlock b;
+      b.rows = rows;
+      b.klass = k;
+      b.kinv = at::cholesky_inverse(chol);
+      b.m_old = memory.soft.index_select(0, rows).select(1, k).to(device);
+      blocks.push_back(std::move(b));
+    }
+  }
+  flat.ZeroGrad();
+  return blocks;
+}
+
+// Per-example empirical Fisher, summed over the task: N * B * mean_batches(g_batch^2), since a
+// minibatch gradient's square is about 1/B of a per-example one near an optimum (the Avalanche
+// estimator, rescaled to per-example total units).
+at::Tensor EmpiricalFisher(Model& model, FlatParameters& flat, const Dataset& data,
+                           const at::Tensor& mask, int64_t batch) {
+  model.SetTraining(false);
+  at::Tensor sum = at::zeros_like(flat.params());
+  int64_t batches = 0;
+  const at::Device device = flat.params().device();
+  for (int64_t s = 0; s < data.size(); s += batch) {
+    const int64_t len = std::min(batch, data.size() - s);
+    flat.ZeroGrad();
+    at::cross_entropy_loss(MaskLogits(model.Forward(data.x.narrow(0, s, len).to(device)), mask),
+                           data.y.narrow(0, s, len).to(device))
+        .backward();
+    sum.add_(flat.grads().square());
+    ++batches;
+  }
+  flat.ZeroGrad();
+  return sum * (static_cast<double>(data.size()) * static_cast<double>(batch) / batches);
+}
+
+// Reservoir sampling (Vitter's algorithm R) of the task's examples into `buffer`.
+Memory ReservoirUpdate(const Memory& buffer, const TaskData& task, int64_t capacity,
+                       int64_t* stream_seen, at::Generator& gen) {
+  Memory out = buffer;
+  std::vector<int64_t> take;        // task rows appended
+  std::vector<std::pair<int64_t, int64_t>> replace;  // (buffer slot, task row)
+  int64_t size = buffer.size();
+  for (int64_t i = 0; i < task.train.size(); ++i) {
+    ++*stream_seen;
+    if (size < capacity) {
+      take.push_back(i);
+      ++size;
+    } else {
+      const int64_t j = at::randint(0, *stream_seen, {1}, gen, at::kLong).item<int64_t>();
+      if (j < capacity) replace.emplace_back(j, i);
+    }
+  }
+  // Replacements may target slots appended from this task: resolve in order on a slot map.
+  std::vector<int64_t> slot_row(size, -1);  // -1: keep the old buffer row; else task row
+  for (size_t t = 0; t < take.size(); ++t) slot_row[buffer.size() + t] = take[t];
+  for (auto [slot, row] : replace) slot_row[slot] = row;
+  std::vector<int64_t> keep_slots, new_slots, new_rows;
+  for (int64_t s = 0; s < size; ++s) {
+    if (slot_row[s] < 0) {
+      keep_slots.push_back(s);
+    } else {
+      new_rows.push_back(slot_row[s]);
+    }
+  }
+  Memory kept = buffer.size() ? buffer.Select(at::tensor(keep_slots, at::kLong)) : Memory();
+  if (new_rows.empty()) return kept;
+  const at::Tensor rows = at::tensor(new_rows, at::kLong);
+  Memory added;
+  added.x = task.train.x.index_select(0, rows);
+  added.y = task.train.y.index_select(0, rows);
+  added.task = at::full({rows.numel()}, task.task_id, at::kLong);
+  added.id = task.ids.defined() ? task.ids.index_select(0, rows) : rows;
+  return Memory::Concat(kept, added);
+}
+
+}  // namespace
+
+absl::StatusOr<Method> ParseMethod(const std::string& name) {
+  static const std::pair<const char*, Method> kNames[] = {
+      {"kprior", Method::kKPrior}, {"fromp", Method::kFromp},       {"ewc", Method::kEwc},
+      {"replay", Method::kReplay}, {"finetune", Method::kFinetune}, {"joint", Method::kJoint}};
+  for (const auto& [n, m] : kNames) {
+    if (name == n) return m;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown method '", name, "'; expected one of kprior, fromp, ewc, replay, finetune, joint"));
+}
+
+std::string MethodName(Method method) {
+  switch (method) {
+    case Method::kKPrior: return "kprior";
+    case Method::kFromp: return "fromp";
+    case Method::kEwc: return "ewc";
+    case Method::kReplay: return "replay";
+    case Method::kFinetune: return "finetune";
+    case Method::kJoint: return "joint";
+  }
+  return "unknown";
+}
+
+absl::Status AdaptConfig::Validate() const {
+  IvonOptions o = ivon;
+  o.ess = 1;  // set per task
+  ADAPTD_RETURN_IF_ERROR(o.Validate());
+  if (epochs < 1 || batch_size < 1 || memory_batch_size < 1 || memory_points < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "epochs, batch_size and memory_batch_size must be >= 1 and memory_points >= 0; got ",
+        epochs, ", ", batch_size, ", ", memory_batch_size, ", ", memory_points));
+  }
+  if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0)) {
+    return absl::InvalidArgumentError("fromp_jitter must be > 0, fromp_tau and ewc_lambda >= 0");
+  }
+  return absl::OkStatus();
+}
+
+at::Tensor ContinualState::Precision() const { return (hess + delta) * ess; }
+
+absl::StatusOr<ContinualState> InitialState(const ModelSpec& spec, uint64_t seed) {
+  ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, BuildModel(spec, seed));
+  ContinualState s;
+  s.spec = spec;
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& p : model->Parameters()) flat.push_back(p.detach().reshape({-1}));
+  s.mean = at::cat(flat);
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> MaterializeModel(const ContinualState& state) {
+  ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, BuildModel(state.spec, 0));
+  at::NoGradGuard no_grad;
+  int64_t offset = 0;
+  for (at::Tensor& p : model->Parameters()) {
+    p.copy_(state.mean.narrow(0, offset, p.numel()).view(p.sizes()));
+    offset += p.numel();
+  }
+  return model;
+}
+
+absl::StatusOr<double> EvaluateAccuracy(const ContinualState& state, const Dataset& test,
+                                        const at::Tensor& label_mask) {
+  ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, MaterializeModel(state));
+  ADAPTD_RETURN_IF_ERROR(model->CheckInput(test.x));
+  return CallTorch([&]() -> absl::StatusOr<double> {
+    at::NoGradGuard no_grad;
+    model->SetTraining(false);
+    int64_t correct = 0;
+    for (int64_t s = 0; s < test.size(); s += 2000) {
+      const int64_t len = std::min<int64_t>(2000, test.size() - s);
+      const at::Tensor pred = MaskLogits(model->Forward(test.x.narrow(0, s, len)), label_mask).argmax(1);
+      correct += pred.eq(test.y.narrow(0, s, len)).sum().item<int64_t>();
+    }
+    return static_cast<double>(correct) / static_cast<double>(test.size());
+  });
+}
+
+absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& task,
+                                  const AdaptConfig& config, const ProgressFn& progress,
+                                  const std::function<bool()>& should_stop) {
+  const auto start = std::chrono::steady_clock::now();
+  ADAPTD_RETURN_IF_ERROR(config.Validate());
+  const Dataset& data = task.train;
+  const int64_t k = state.spec.num_classes;
+  if (data.size() == 0) return absl::InvalidArgumentError("the task has no training examples");
+  if (!data.y.defined() || data.y.scalar_type() != at::kLong || data.y.dim() != 1 ||
+      data.x.size(0) != data.y.size(0)) {
+    return absl::InvalidArgumentError(absl::StrCat("task labels must be int64 [", data.x.size(0),
+                                                   "]; got ", DescribeTensor(data.y)));
+  }
+  if (task.label_mask.defined() &&
+      (task.label_mask.scalar_type() != at::kBool || task.label_mask.numel() != k)) {
+    return absl::InvalidArgumentError(absl::StrCat("label_mask must be bool [", k, "]; got ",
+                                                   DescribeTensor(task.label_mask)));
+  }
+  if (task.label_mask.defined() != state.task_masks.defined() && state.tasks_seen > 0) {
+    return absl::InvalidArgumentError(
+        "tasks must all use a head (label_mask) or all use the single head; this task differs");
+  }
+  if (task.task_id < 0) return absl::InvalidArgumentError("task_id must be >= 0");
+  {
+    const int64_t lo = data.y.min().item<int64_t>(), hi = data.y.max().item<int64_t>();
+    if (lo < 0 || hi >= k) {
+      return absl::InvalidArgumentError(absl::StrCat("labels must lie in [0, ", k, "); found ", lo, "..", hi));
+    }
+    if (task.label_mask.defined() && !task.label_mask.index_select(0, data.y).all().item<bool>()) {
+      return absl::InvalidArgumentError("some labels lie outside the task's label set");
+    }
+  }
+  const bool first = state.tasks_seen == 0;
+  ContinualState next = state;
+  if (task.label_mask.defined()) next.task_masks = WithTaskMask(state.task_masks, task.task_id, task.label_mask);
+
+  ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model,
+                          config.method == Method::kJoint ? BuildModel(state.spec, config.seed)
+                                                          : MaterializeModel(state));
+  ADAPTD_RETURN_IF_ERROR(model->CheckInput(data.x.narrow(0, 0, 1)));
+
+  return CallTorch([&]() -> absl::StatusOr<AdaptResult> {
+    // What to train on.
+    Dataset train = data;
+    at::Tensor train_mask = task.label_mask;
+    if (config.method == Method::kJoint) {
+      Memory now;
+      now.x = data.x;
+      now.y = data.y;
+      now.task = at::full({data.size()}, task.task_id, at::kLong);
+      now.id = task.ids.defined() ? task.ids : at::arange(data.size(), at::kLong);
+      next.seen = Memory::Concat(state.seen, now);
+      train = Dataset{next.seen.x, next.seen.y};
+      train_mask = MasksFor(next.task_masks, next.seen.task);
+    }
+    const int64_t n = train.size();
+
+    // The old model's targets on the memory (K-prior and FROMP regularise towards them).
+    Memory memory = state.memory;
+    const bool uses_targets = config.method == Method::kKPrior || config.method == Method::kFromp;
+    if (uses_targets && memory.size() > 0) {
+      ADAPTD_RETURN_IF_ERROR(RefreshTargets(*model, memory, next.task_masks));
+    }
+
+    TrainOptions to;
+    to.optimizer = OptimizerKind::kIvon;
+    to.ivon = config.ivon;
+    to.ivon.ess = static_cast<double>(n);
+    to.batch_size = config.batch_size;
+    to.seed = config.seed + 7919 * static_cast<uint64_t>(state.tasks_seen);
+    to.cosine = true;
+    at::Tensor initial_hess;
+    at::Tensor weight_precision;  // total units
+    if (!first && config.method != Method::kJoint) {
+      // Keep the prior's precision (total units) fixed while ess follows the task's size.
+      to.ivon.weight_decay = state.prior_ess * state.prior_delta / static_cast<double>(n);
+    }
+    if (!first && config.method == Method::kKPrior) {
+      // The old posterior (or prior) becomes the prior: its precision carries the past, so the
+      // IVON prior delta is off and the Hessian starts from the old precision per new example.
+      weight_precision = config.posterior_precision
+                             ? state.Precision()
+                             : at::full({1}, state.prior_ess * state.prior_delta, state.mean.options());
+      to.ivon.weight_decay = 0.0;
+      initial_hess = (config.posterior_precision ? weight_precision / static_cast<double>(n)
+                                                 : at::full_like(state.mean, config.ivon.hess_init));
+    }
+    const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
+    ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
+                            Trainer::Create(model.get(), to, config.epochs * steps_per_epoch, initial_hess));
+    FlatParameters& flat = trainer->flat();
+    const at::Device device = flat.params().device();
+    at::Generator mem_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6d656dULL);
+
+    std::vector<FrompBlock> fromp_blocks;
+    if (config.method == Method::kFromp && !first && memory.size() > 0) {
+      const at::Tensor sigma2 = state.Precision().reciprocal().to(device);
+      ADAPTD_ASSIGN_OR_RETURN(fromp_blocks, BuildFrompBlocks(*model, flat, memory, next.task_masks,
+                                                             sigma2, config.fromp_jitter));
+    }
+    const at::Tensor anchor = state.mean.to(device);
+    const double mem_weight = config.memory_weight < 0
+                                  ? static_cast<double>(memory.size()) / static_cast<double>(n)
+                                  : config.memory_weight;
+    const at::Tensor mem_x = memory.size() ? memory.x.to(device) : at::Tensor();
+    const at::Tensor mem_masks = memory.size() ? MasksFor(next.task_masks, memory.task) : at::Tensor();
+
+    // A random memory minibatch: rows, logits with heads, and the rows' tensors.
+    auto memory_batch = [&]() {
+      const int64_t b = std::min(config.memory_batch_size, memory.size());
+      const at::Tensor rows = at::randperm(memory.size(), mem_gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b);
+      return rows;
+    };
+    ExtraLossFn extra;
+    switch (config.method) {
+      case Method::kKPrior:
+        if (first) break;
+        extra = [&]() {
+          at::Tensor term = WeightSpaceTerm(flat.views(), anchor, weight_precision.to(device)) /
+                            static_cast<double>(n);
+          if (memory.size() > 0) {
+            const at::Tensor rows = memory_batch();
+            const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
+            const at::Tensor logits = Logits(*model, mem_x.index_select(0, rows.to(device)), masks);
+            const at::Tensor soft = memory.soft.index_select(0, rows).to(device);
+            at::Tensor f = FunctionSpaceTerm(logits, soft, Likelihood::kCategorical);
+            if (config.replay_correction) {
+              f = f + ReplayCorrectionTerm(logits, soft, memory.y.index_select(0, rows).to(device));
+            }
+            term = term + f * (mem_weight / static_cast<double>(rows.numel()));
+          }
+          return term;
+        };
+        break;
+      case Method::kFromp:
+        if (fromp_blocks.empty()) break;
+        extra = [&]() {
+          const at::Tensor probs = at::softmax(Logits(*model, mem_x, mem_masks), 1);
+          at::Tensor term = at::zeros({}, probs.options());
+          for (const FrompBlock& b : fromp_blocks) {
+            const at::Tensor m = probs.index_select(0, b.rows.to(device)).select(1, b.klass);
+            const at::Tensor v = b.kinv.matmul((m - b.m_old).detach().unsqueeze(1)).squeeze(1);
+            term = term + (v.detach() * m).sum();
+          }
+          return term * config.fromp_tau;
+        };
+        break;
+      case Method::kEwc:
+        if (first || !state.fisher.defined()) break;
+        extra = [&]() {
+          return WeightSpaceTerm(flat.views(), anchor, state.fisher.to(device)) *
+                 (config.ewc_lambda / static_cast<double>(n));
+        };
+        break;
+      case Method::kReplay:
+        if (memory.size() == 0) break;
+        extra = [&]() {
+          const at::Tensor rows = memory_batch();
+          const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
+          const at::Tensor logits = Logits(*model, mem_x.index_select(0, rows.to(device)), masks);
+          return at::cross_entropy_loss(logits, memory.y.index_select(0, rows).to(device)) * mem_weight;
+        };
+        break;
+      case Method::kFinetune:
+      case Method::kJoint:
+        break;
+    }
+
+    double loss = 0;
+    for (int64_t e = 0; e < config.epochs; ++e) {
+      ADAPTD_ASSIGN_OR_RETURN(loss, trainer->TrainEpoch(train, train_mask, progress, extra, should_stop));
+    }
+
+    // What the next task needs.
+    const Posterior& post = trainer->ivon()->posterior();
+    next.mean = post.mean().detach().clone().cpu();
+    next.hess = post.hess().detach().clone().cpu();
+    next.ess = post.ess();
+    next.delta = post.delta();
+    if (first) {
+      next.prior_delta = config.ivon.weight_decay;
+      next.prior_ess = static_cast<double>(n);
+    }
+    if (uses_targets && config.memory_points > 0) {
+      SelectionOptions so;
+      so.method = config.selection;
+      so.points = config.memory_points;
+      so.seed = to.seed;
+      ADAPTD_ASSIGN_OR_RETURN(Memory selected, SelectMemory(*model, data, task.ids, task.task_id,
+                                                            task.label_mask, so));
+      next.memory = Memory::Concat(memory, selected);
+    } else if (config.method == Method::kReplay) {
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x72657365ULL);
+      next.memory = ReservoirUpdate(state.memory, task, config.memory_points * (state.tasks_seen + 1),
+                                    &next.stream_seen, gen);
+    } else if (config.method == Method::kEwc) {
+      const at::Tensor f = EmpiricalFisher(*model, flat, data, task.label_mask, config.batch_size).cpu();
+      next.fisher = state.fisher.defined() ? state.fisher + f : f;
+    }
+    next.tasks_seen = state.tasks_seen + 1;
+
+    AdaptResult result;
+    result.state = std::move(next);
+    result.stats.steps = trainer->steps_taken();
+    result.stats.final_loss = loss;
+    result.stats.memory_size = result.state.memory.size();
+    result.stats.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return result;
+  });
+}
+
+}  // namespace adaptd

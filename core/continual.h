@@ -1,0 +1,124 @@
+// Continual adaptation: one task at a time, without the old data, under one of several
+// regularisers. The K-prior is the default; FROMP, EWC, experience replay, fine-tuning and joint
+// retraining are the baselines (ALGORITHMS.md §2, §3, §3.5).
+//
+// Adapt(state, task, config) trains IVON on the task's data plus the method's term for the
+// past, then selects the task's memorable examples and returns the new state. State values are
+// immutable: Adapt never modifies its input, so a service can publish one version while the
+// next is being built.
+#ifndef ADAPTD_CORE_CONTINUAL_H_
+#define ADAPTD_CORE_CONTINUAL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "core/data/readers.h"
+#include "core/ivon.h"
+#include "core/memory.h"
+#include "core/model.h"
+#include "core/train.h"
+
+namespace adaptd {
+
+enum class Method { kKPrior, kFromp, kEwc, kReplay, kFinetune, kJoint };
+
+// "kprior", "fromp", "ewc", "replay", "finetune", "joint"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<Method> ParseMethod(const std::string& name);
+std::string MethodName(Method method);
+
+struct AdaptConfig {
+  Method method = Method::kKPrior;
+  // IVON hyperparameters. ess is set per task to the number of examples trained on;
+  // weight_decay is the first task's prior precision per example (delta).
+  IvonOptions ivon;
+  int64_t epochs = 10;
+  int64_t batch_size = 128;
+  // Memory examples kept per task (K-prior, FROMP) or, times the tasks seen, the replay buffer's
+  // capacity (experience replay).
+  int64_t memory_points = 40;
+  SelectionMethod selection = SelectionMethod::kLambda;
+  // Memory examples drawn per step for the K-prior / replay terms.
+  int64_t memory_batch_size = 64;
+  // Weight of the memory term's per-example mean, relative to the new data's mean loss.
+  // Negative: |M| / N_new, the exact K-prior scaling (memory and new examples weigh the same).
+  double memory_weight = 1.0;
+  // K-prior: also apply the replay correction (class-incremental streams).
+  bool replay_correction = false;
+  // K-prior weight-space precision: the old IVON posterior's lambda (h + delta) (true), or the
+  // prior precision lambda delta alone (false: the exact K-prior of the GLM identity).
+  bool posterior_precision = true;
+  // FROMP: the function-space term's weight (tau) and the kernel jitter.
+  double fromp_tau = 1.0;
+  double fromp_jitter = 1e-5;
+  // EWC: multiplies the Laplace penalty 1/2 (w - w*)^T F (w - w*) (F: the summed per-example
+  // empirical Fisher of all past tasks).
+  double ewc_lambda = 1.0;
+  uint64_t seed = 0;
+
+  absl::Status Validate() const;
+};
+
+struct TaskData {
+  int64_t task_id = 0;   // 0, 1, 2, ... (the order tasks arrive in)
+  Dataset train;
+  at::Tensor label_mask;  // bool [K]: the task's head (multi-head); undefined: single head
+  at::Tensor ids;         // int64 [N] example ids (optional; default: positions)
+};
+
+// Everything carried from one task to the next.
+struct ContinualState {
+  ModelSpec spec;
+  at::Tensor mean;        // flat posterior mean (the model's weights)
+  at::Tensor hess;        // flat IVON Hessian estimate h
+  double ess = 0;         // lambda of the last task: precision = ess (hess + delta)
+  double delta = 0;       // IVON weight decay of the last task
+  double prior_delta = 0; // the first task's prior precision per example
+  double prior_ess = 0;   // and its ess: prior precision = prior_ess * prior_delta
+  Memory memory;          // memorable examples (K-prior, FROMP) or the replay buffer
+  at::Tensor task_masks;  // bool [T, K]: row t = task t's head; undefined for single head
+  at::Tensor fisher;      // EWC: summed empirical Fisher of past tasks (flat)
+  Memory seen;            // joint retraining only: every example so far
+  int64_t stream_seen = 0;  // replay: examples the reservoir has seen
+  int64_t tasks_seen = 0;
+
+  // Posterior precision ess (hess + delta), flat.
+  at::Tensor Precision() const;
+};
+
+// A fresh state: weights from `seed`, nothing learnt yet.
+absl::StatusOr<ContinualState> InitialState(const ModelSpec& spec, uint64_t seed);
+
+struct AdaptStats {
+  int64_t steps = 0;
+  double final_loss = 0;  // mean training loss of the last epoch
+  double seconds = 0;     // wall time of the whole adaptation
+  int64_t memory_size = 0;
+};
+
+struct AdaptResult {
+  ContinualState state;
+  AdaptStats stats;
+};
+
+// Learns `task`. INVALID_ARGUMENT for bad config or data (shapes, labels outside the head);
+// CANCELLED when `should_stop` returns true between steps. `progress` gets every step.
+absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& task,
+                                  const AdaptConfig& config, const ProgressFn& progress = nullptr,
+                                  const std::function<bool()>& should_stop = nullptr);
+
+// The state's model with its mean weights.
+absl::StatusOr<std::unique_ptr<Model>> MaterializeModel(const ContinualState& state);
+
+// Accuracy of the state's mean model on `test` within `label_mask` (optional head).
+absl::StatusOr<double> EvaluateAccuracy(const ContinualState& state, const Dataset& test,
+                                        const at::Tensor& label_mask);
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_CORE_CONTINUAL_H_

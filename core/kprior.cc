@@ -1,0 +1,35 @@
+#include "core/kprior.h"
+
+#include <torch/torch.h>
+
+namespace adaptd {
+
+at::Tensor FunctionSpaceTerm(const at::Tensor& f, const at::Tensor& target, Likelihood likelihood) {
+  if (likelihood == Likelihood::kGaussian) return 0.5 * (f - target).square().sum();
+  const at::Tensor log_p = at::log_softmax(f, 1);
+  // Masked classes have target 0 and log_p = -inf: zero them before the product.
+  const at::Tensor safe = log_p.masked_fill(target.eq(0), 0.0);
+  return -(target * safe).sum();
+}
+
+at::Tensor ReplayCorrectionTerm(const at::Tensor& logits, const at::Tensor& p_old,
+                                const at::Tensor& labels) {
+  const at::Tensor onehot = at::zeros_like(p_old).scatter_(1, labels.unsqueeze(1), 1.0);
+  const at::Tensor safe = logits.masked_fill(logits.isinf(), 0.0);
+  return (safe * (p_old - onehot).detach()).sum();
+}
+
+at::Tensor WeightSpaceTerm(const std::vector<at::Tensor>& parameters, const at::Tensor& anchor,
+                           const at::Tensor& precision) {
+  at::Tensor total = at::zeros({}, anchor.options());
+  int64_t offset = 0;
+  for (const at::Tensor& p : parameters) {
+    const int64_t n = p.numel();
+    const at::Tensor prec = precision.numel() == 1 ? precision.reshape({}) : precision.narrow(0, offset, n);
+    total = total + (prec * (p.reshape({-1}) - anchor.narrow(0, offset, n)).square()).sum();
+    offset += n;
+  }
+  return 0.5 * total;
+}
+
+}  // namespace adaptd

@@ -1,0 +1,42 @@
+// Regularisers for adapting a model to new data without its old data, as loss terms on the
+// current weights (autograd gives their gradients; under IVON they are evaluated at each weight
+// sample, so the Price estimator also sees their curvature).
+//
+// K-prior (Khan & Swaroop, "Knowledge-Adaptation Priors", NeurIPS 2021, §3):
+//   K(w) = sum_{i in M} D_f(f_i(w) || f_i(w_old)) + 1/2 (w - w_old)^T P (w - w_old),
+// where D_f is the Bregman divergence of the likelihood's log-partition (categorical:
+// cross-entropy against the old soft labels; Gaussian: half the squared difference) and P the
+// weight-space precision. With P = the old prior precision and M = all old data, the gradient of
+// new loss + K equals the full-batch retraining gradient for GLMs (ALGORITHMS.md §2.1).
+#ifndef ADAPTD_CORE_KPRIOR_H_
+#define ADAPTD_CORE_KPRIOR_H_
+
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace adaptd {
+
+enum class Likelihood { kCategorical, kGaussian };
+
+// sum_i D_f(f_i || f_i_old) for outputs f [M, K]. Categorical: f are logits (masked classes at
+// -inf are ignored), `target` the old probabilities [M, K]; the term is
+// -sum_i sum_k target_ik log softmax(f_i)_k. Gaussian: f and target are outputs; 1/2 sum (f - target)^2.
+at::Tensor FunctionSpaceTerm(const at::Tensor& f, const at::Tensor& target, Likelihood likelihood);
+
+// The replay correction of the deep-net K-prior (Daxberger et al., TMLR 2023, "NN error
+// correction"): sum_i f_i . (p_old_i - onehot(y_i)) with p_old fixed. Its gradient
+// J^T (p_old - y) added to the soft-label term's J^T (p - p_old) gives the true-label gradient
+// J^T (p - y) on memory points, which class-incremental streams need.
+at::Tensor ReplayCorrectionTerm(const at::Tensor& logits, const at::Tensor& p_old,
+                                const at::Tensor& labels);
+
+// 1/2 sum_j precision_j (w_j - anchor_j)^2, where w is the model's parameters in order (e.g.
+// FlatParameters::views()) and anchor/precision are flat vectors over them (precision may have
+// one element, used for all).
+at::Tensor WeightSpaceTerm(const std::vector<at::Tensor>& parameters, const at::Tensor& anchor,
+                           const at::Tensor& precision);
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_CORE_KPRIOR_H_

@@ -1,0 +1,208 @@
+#include "core/memory.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "core/torch_status.h"
+
+namespace adaptd {
+namespace {
+
+at::Tensor CatOrEmpty(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.defined() || a.size(0) == 0) return b;
+  if (!b.defined() || b.size(0) == 0) return a;
+  return at::cat({a, b});
+}
+
+// Logits of `x` under `model` with per-example heads (rows of `masks` picked by `task`).
+at::Tensor HeadLogits(Model& model, const at::Tensor& x, const at::Tensor& task,
+                      const at::Tensor& task_masks) {
+  const at::Device device = model.Parameters()[0].device();
+  at::Tensor logits = model.Forward(x.to(device));
+  if (task_masks.defined()) {
+    const at::Tensor mask = task_masks.to(device).index_select(0, task.to(device));
+    logits = logits.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  return logits;
+}
+
+}  // namespace
+
+Memory Memory::Select(const at::Tensor& index) const {
+  Memory m;
+  m.x = x.index_select(0, index);
+  m.y = y.index_select(0, index);
+  m.task = task.index_select(0, index);
+  m.id = id.index_select(0, index);
+  if (soft.defined()) m.soft = soft.index_select(0, index);
+  if (logits.defined()) m.logits = logits.index_select(0, index);
+  return m;
+}
+
+Memory Memory::Concat(const Memory& a, const Memory& b) {
+  Memory m;
+  m.x = CatOrEmpty(a.x, b.x);
+  m.y = CatOrEmpty(a.y, b.y);
+  m.task = CatOrEmpty(a.task, b.task);
+  m.id = CatOrEmpty(a.id, b.id);
+  m.soft = CatOrEmpty(a.soft, b.soft);
+  m.logits = CatOrEmpty(a.logits, b.logits);
+  return m;
+}
+
+Memory Memory::Clone() const {
+  Memory m;
+  for (auto [dst, src] : {std::pair{&m.x, &x}, {&m.y, &y}, {&m.task, &task}, {&m.id, &id},
+                          {&m.soft, &soft}, {&m.logits, &logits}}) {
+    if (src->defined()) *dst = src->clone();
+  }
+  return m;
+}
+
+void Memory::AppendTo(TensorMap& out, const std::string& prefix) const {
+  if (size() == 0) return;
+  out[prefix + "x"] = x;
+  out[prefix + "y"] = y;
+  out[prefix + "task"] = task;
+  out[prefix + "id"] = id;
+  if (soft.defined()) out[prefix + "soft"] = soft;
+  if (logits.defined()) out[prefix + "logits"] = logits;
+}
+
+absl::StatusOr<Memory> Memory::FromTensors(const TensorMap& in, const std::string& prefix) {
+  Memory m;
+  if (in.find(prefix + "y") == in.end()) return m;  // empty memory
+  ADAPTD_ASSIGN_OR_RETURN(m.y, GetTensor(in, prefix + "y", at::kLong));
+  const int64_t n = m.y.numel();
+  ADAPTD_ASSIGN_OR_RETURN(m.x, GetTensor(in, prefix + "x", at::kFloat));
+  ADAPTD_ASSIGN_OR_RETURN(m.task, GetTensor(in, prefix + "task", at::kLong, n));
+  ADAPTD_ASSIGN_OR_RETURN(m.id, GetTensor(in, prefix + "id", at::kLong, n));
+  if (m.x.dim() < 1 || m.x.size(0) != n) {
+    return absl::InvalidArgumentError(absl::StrCat("memory x is ", DescribeTensor(m.x),
+                                                   "; expected ", n, " rows"));
+  }
+  if (in.count(prefix + "soft")) {
+    ADAPTD_ASSIGN_OR_RETURN(m.soft, GetTensor(in, prefix + "soft", at::kFloat));
+  }
+  if (in.count(prefix + "logits")) {
+    ADAPTD_ASSIGN_OR_RETURN(m.logits, GetTensor(in, prefix + "logits", at::kFloat));
+  }
+  return m;
+}
+
+absl::StatusOr<SelectionMethod> ParseSelection(const std::string& name) {
+  if (name == "lambda") return SelectionMethod::kLambda;
+  if (name == "random") return SelectionMethod::kRandom;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown memory selection '", name, "'; expected lambda or random"));
+}
+
+at::Tensor LambdaScores(const at::Tensor& probs) { return (probs * (1 - probs)).sum(1); }
+
+absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at::Tensor& ids,
+                                    int64_t task_id, const at::Tensor& label_mask,
+                                    const SelectionOptions& options) {
+  const int64_t n = data.size();
+  if (n == 0) return absl::InvalidArgumentError("cannot select memory from an empty task");
+  if (options.points < 0 || options.batch_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("memory points must be >= 0 and batch_size >= 1; got ",
+                                                   options.points, " and ", options.batch_size));
+  }
+  if (ids.defined() && (ids.dim() != 1 || ids.size(0) != n)) {
+    return absl::InvalidArgumentError(absl::StrCat("ids must be int64 [", n, "]; got ", DescribeTensor(ids)));
+  }
+  ADAPTD_RETURN_IF_ERROR(model.CheckInput(data.x.narrow(0, 0, 1)));
+  return CallTorch([&]() -> absl::StatusOr<Memory> {
+    at::NoGradGuard no_grad;
+    model.SetTraining(false);
+    const int64_t k = model.spec().num_classes;
+    // Per-class quota; shortfalls are redistributed below.
+    const at::Tensor counts = at::bincount(data.y, {}, k);
+    std::vector<int64_t> quota(k, 0);
+    int64_t left = std::min(options.points, n);
+    {
+      std::vector<int64_t> avail(k);
+      for (int64_t c = 0; c < k; ++c) avail[c] = counts[c].item<int64_t>();
+      while (left > 0) {
+        int64_t open = 0;
+        for (int64_t c = 0; c < k; ++c) open += avail[c] > quota[c];
+        if (open == 0) break;
+        const int64_t share = std::max<int64_t>(1, left / open);
+        for (int64_t c = 0; c < k && left > 0; ++c) {
+          const int64_t add = std::min({share, avail[c] - quota[c], left});
+          if (add > 0) {
+            quota[c] += add;
+            left -= add;
+          }
+        }
+      }
+    }
+    // Streaming top-quota per class over (score, index) candidates.
+    std::vector<at::Tensor> best_score(k), best_index(k);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+    for (int64_t start = 0; start < n; start += options.batch_size) {
+      const int64_t len = std::min(options.batch_size, n - start);
+      at::Tensor score;
+      if (options.method == SelectionMethod::kLambda) {
+        const at::Tensor logits = MaskLogits(
+            model.Forward(data.x.narrow(0, start, len).to(model.Parameters()[0].device())), label_mask);
+        score = LambdaScores(at::softmax(logits, 1)).cpu();
+      } else {
+        score = at::rand({len}, gen, at::kDouble).to(at::kFloat);
+      }
+      const at::Tensor index = at::arange(start, start + len, at::kLong);
+      const at::Tensor y = data.y.narrow(0, start, len);
+      for (int64_t c = 0; c < k; ++c) {
+        if (quota[c] == 0) continue;
+        const at::Tensor sel = y.eq(c).nonzero().squeeze(1);
+        if (sel.numel() == 0) continue;
+        at::Tensor s = CatOrEmpty(best_score[c], score.index_select(0, sel));
+        at::Tensor i = CatOrEmpty(best_index[c], index.index_select(0, sel));
+        if (s.numel() > quota[c]) {
+          const auto top = s.topk(quota[c]);
+          s = std::get<0>(top);
+          i = i.index_select(0, std::get<1>(top));
+        }
+        best_score[c] = s;
+        best_index[c] = i;
+      }
+    }
+    std::vector<at::Tensor> picked;
+    for (int64_t c = 0; c < k; ++c) {
+      if (best_index[c].defined()) picked.push_back(best_index[c]);
+    }
+    Memory m;
+    if (picked.empty()) return m;
+    const at::Tensor index = at::cat(picked);
+    m.x = data.x.index_select(0, index);
+    m.y = data.y.index_select(0, index);
+    m.task = at::full({index.numel()}, task_id, at::kLong);
+    m.id = ids.defined() ? ids.index_select(0, index) : index.clone();
+    const at::Tensor logits = MaskLogits(
+        model.Forward(m.x.to(model.Parameters()[0].device())), label_mask).cpu();
+    m.logits = logits;
+    m.soft = at::softmax(logits, 1);
+    return m;
+  });
+}
+
+absl::Status RefreshTargets(Model& model, Memory& memory, const at::Tensor& task_masks) {
+  if (memory.size() == 0) return absl::OkStatus();
+  return CallTorch([&]() -> absl::Status {
+    at::NoGradGuard no_grad;
+    model.SetTraining(false);
+    std::vector<at::Tensor> parts;
+    for (int64_t s = 0; s < memory.size(); s += 1000) {
+      const int64_t len = std::min<int64_t>(1000, memory.size() - s);
+      parts.push_back(HeadLogits(model, memory.x.narrow(0, s, len), memory.task.narrow(0, s, len),
+                                 task_masks).cpu());
+    }
+    memory.logits = at::cat(parts);
+    memory.soft = at::softmax(memory.logits, 1);
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace adaptd

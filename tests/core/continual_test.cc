@@ -1,0 +1,281 @@
+// K-priors and continual adaptation against oracles: the GLM gradient identity (K-prior with all
+// old data == batch retraining), brute-force memory selection, and Adapt's contracts.
+#include "core/continual.h"
+
+#include <unistd.h>
+
+#include <functional>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "core/data/tasks.h"
+#include "core/kprior.h"
+#include "core/memory.h"
+
+namespace adaptd {
+namespace {
+
+using Objective = std::function<at::Tensor(const at::Tensor&)>;
+
+// Newton's method with exact autograd Hessians, in float64: converges to machine precision on
+// the smooth, strictly convex objectives below.
+at::Tensor Newton(const Objective& f, at::Tensor w, int max_iters = 30) {
+  for (int it = 0; it < max_iters; ++it) {
+    w = w.detach().requires_grad_(true);
+    const at::Tensor g = torch::autograd::grad({f(w)}, {w}, {}, true, true)[0];
+    at::Tensor h = at::empty({w.numel(), w.numel()}, at::kDouble);
+    for (int64_t i = 0; i < w.numel(); ++i) {
+      h[i].copy_(torch::autograd::grad({g[i]}, {w}, {}, true)[0]);
+    }
+    const at::Tensor step = at::linalg_solve(h, g.detach().unsqueeze(1)).squeeze(1);
+    w = w.detach() - step;
+    if (g.abs().max().item<double>() < 1e-13) break;
+  }
+  return w.detach();
+}
+
+bool HaveDigits() {
+  return ::access((std::string(kSklearnDataDir) + "/digits.csv.gz").c_str(), R_OK) == 0;
+}
+
+// Logistic regression (2-class softmax with bias) on digits mod 2: base digits 0-8, add 9.
+TEST(KPriorTest, FullMemoryLogisticRegressionEqualsBatchRetraining) {
+  if (!HaveDigits()) GTEST_SKIP() << "no python3-sklearn";
+  auto stream = DigitsAdd(kSklearnDataDir, 1);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto features = [](const at::Tensor& x) {
+    return at::cat({x.to(at::kDouble), at::ones({x.size(0), 1}, at::kDouble)}, 1);
+  };
+  const at::Tensor x_old = features(stream->tasks[0].train.x), y_old = stream->tasks[0].train.y;
+  const at::Tensor x_new = features(stream->tasks[1].train.x), y_new = stream->tasks[1].train.y;
+  const int64_t d = x_old.size(1);
+  constexpr double kDelta = 50.0;  // prior precision, total units
+  auto logits = [&](const at::Tensor& x, const at::Tensor& w) { return x.matmul(w.view({d, 2})); };
+  auto nll = [&](const at::Tensor& x, const at::Tensor& y, const at::Tensor& w) {
+    return at::cross_entropy_loss(logits(x, w), y, {}, at::Reduction::Sum);
+  };
+  const at::Tensor w0 = at::zeros({2 * d}, at::kDouble);
+  const at::Tensor w_old = Newton([&](const at::Tensor& w) {
+    return nll(x_old, y_old, w) + 0.5 * kDelta * w.square().sum();
+  }, w0);
+  const at::Tensor w_batch = Newton([&](const at::Tensor& w) {
+    return nll(x_old, y_old, w) + nll(x_new, y_new, w) + 0.5 * kDelta * w.square().sum();
+  }, w0);
+  // K-prior with 100% memory: the old data only through soft labels and the weight term.
+  const at::Tensor soft = at::softmax(logits(x_old, w_old), 1);
+  const at::Tensor prec = at::full({1}, kDelta, at::kDouble);
+  const at::Tensor w_kprior = Newton([&](const at::Tensor& w) {
+    return nll(x_new, y_new, w) + FunctionSpaceTerm(logits(x_old, w), soft, Likelihood::kCategorical) +
+           WeightSpaceTerm({w}, w_old, prec);
+  }, w_old);
+  const double rel = ((w_kprior - w_batch).abs().max() / w_batch.abs().max()).item<double>();
+  std::cout << "K-prior vs batch, max relative weight difference: " << rel << "\n";
+  EXPECT_LT(rel, 1e-4);
+  // Sanity: the old solution itself is far from the batch solution, so the match is not trivial.
+  EXPECT_GT(((w_old - w_batch).abs().max() / w_batch.abs().max()).item<double>(), 1e-2);
+}
+
+// Linear regression, Gaussian likelihood: the K-prior with all old data gives the closed-form
+// batch solution (X^T X + delta I)^-1 X^T y.
+TEST(KPriorTest, FullMemoryLinearRegressionEqualsClosedForm) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor x_old = at::randn({300, 8}, gen, f64), x_new = at::randn({60, 8}, gen, f64) + 0.5;
+  const at::Tensor w_true = at::randn({8}, gen, f64);
+  const at::Tensor y_old = x_old.matmul(w_true) + 0.3 * at::randn({300}, gen, f64);
+  const at::Tensor y_new = x_new.matmul(w_true) + 0.3 * at::randn({60}, gen, f64);
+  constexpr double kDelta = 2.0;
+  auto solve = [&](const at::Tensor& x, const at::Tensor& y) {
+    return at::linalg_solve(x.t().matmul(x) + kDelta * at::eye(8, f64), x.t().matmul(y).unsqueeze(1)).squeeze(1);
+  };
+  const at::Tensor w_old = solve(x_old, y_old);
+  const at::Tensor w_batch = solve(at::cat({x_old, x_new}), at::cat({y_old, y_new}));
+  const at::Tensor f_old = x_old.matmul(w_old);
+  const at::Tensor prec = at::full({1}, kDelta, f64);
+  const at::Tensor w_kprior = Newton([&](const at::Tensor& w) {
+    return 0.5 * (y_new - x_new.matmul(w)).square().sum() +
+           FunctionSpaceTerm(x_old.matmul(w).unsqueeze(1), f_old.unsqueeze(1), Likelihood::kGaussian) +
+           WeightSpaceTerm({w}, w_old, prec);
+  }, at::zeros({8}, f64), 3);
+  const double rel = ((w_kprior - w_batch).abs().max() / w_batch.abs().max()).item<double>();
+  EXPECT_LT(rel, 1e-8) << rel;
+}
+
+// The replay correction turns the soft-label gradient into the true-label one.
+TEST(KPriorTest, ReplayCorrectionGivesTrueLabelGradient) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(2);
+  const at::Tensor logits = at::randn({6, 4}, gen, at::kDouble).requires_grad_();
+  const at::Tensor p_old = at::softmax(at::randn({6, 4}, gen, at::kDouble), 1);
+  const at::Tensor y = at::tensor({0, 3, 1, 1, 2, 0}, at::kLong);
+  const at::Tensor corrected = FunctionSpaceTerm(logits, p_old, Likelihood::kCategorical) +
+                               ReplayCorrectionTerm(logits, p_old, y);
+  const at::Tensor g1 = torch::autograd::grad({corrected}, {logits})[0];
+  const at::Tensor g2 = torch::autograd::grad(
+      {at::cross_entropy_loss(logits, y, {}, at::Reduction::Sum)}, {logits})[0];
+  EXPECT_TRUE(at::allclose(g1, g2, 1e-12, 1e-12));
+}
+
+ModelSpec SmallMlp(int64_t classes = 4) {
+  ModelSpec s;
+  s.architecture = Architecture::kMlp;
+  s.input_shape = {6};
+  s.num_classes = classes;
+  s.hidden = {8};
+  return s;
+}
+
+Dataset Blobs(int64_t n, int64_t classes, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  Dataset d;
+  d.y = at::randint(0, classes, {n}, gen, at::kLong);
+  const at::Tensor centers = at::randn({classes, 6}, at::make_generator<at::CPUGeneratorImpl>(1)) * 2;
+  d.x = centers.index_select(0, d.y) + at::randn({n, 6}, gen);
+  return d;
+}
+
+// Top-lambda per class, streamed in small batches, equals sorting every score at once.
+TEST(MemoryTest, StreamingSelectionMatchesBruteForce) {
+  auto model = BuildModel(SmallMlp(), 3);
+  ASSERT_TRUE(model.ok());
+  const Dataset d = Blobs(500, 4, 8);
+  SelectionOptions o;
+  o.points = 40;
+  o.batch_size = 37;  // many partial batches
+  auto mem = SelectMemory(**model, d, at::Tensor(), 2, at::Tensor(), o);
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  ASSERT_EQ(mem->size(), 40);
+  EXPECT_TRUE(mem->task.eq(2).all().item<bool>());
+  at::NoGradGuard g;
+  const at::Tensor scores = LambdaScores(at::softmax((*model)->Forward(d.x), 1));
+  for (int64_t c = 0; c < 4; ++c) {
+    const at::Tensor rows = d.y.eq(c).nonzero().squeeze(1);
+    const at::Tensor top = rows.index_select(0, std::get<1>(scores.index_select(0, rows).topk(10)));
+    const at::Tensor picked = mem->id.index_select(0, mem->y.eq(c).nonzero().squeeze(1));
+    EXPECT_TRUE(at::equal(std::get<0>(top.sort()), std::get<0>(picked.sort()))) << "class " << c;
+  }
+  // The stored targets are the model's predictions on the stored inputs.
+  EXPECT_TRUE(at::allclose(mem->soft, at::softmax((*model)->Forward(mem->x), 1)));
+}
+
+TEST(MemoryTest, ShortClassesDonateTheirQuota) {
+  auto model = BuildModel(SmallMlp(), 3);
+  Dataset d = Blobs(400, 4, 9);
+  const at::Tensor keep = d.y.ne(3).logical_or(at::arange(400).lt(40));  // few class-3 points
+  d = d.Select(keep.nonzero().squeeze(1));
+  const int64_t class3 = d.y.eq(3).sum().item<int64_t>();
+  ASSERT_LT(class3, 15);
+  SelectionOptions o;
+  o.points = 60;
+  auto mem = SelectMemory(**model, d, at::Tensor(), 0, at::Tensor(), o);
+  ASSERT_TRUE(mem.ok());
+  EXPECT_EQ(mem->size(), 60);
+  EXPECT_EQ(mem->y.eq(3).sum().item<int64_t>(), class3);
+}
+
+AdaptConfig SmallConfig(Method m) {
+  AdaptConfig c;
+  c.method = m;
+  c.ivon.lr = 0.2;
+  c.ivon.hess_init = 0.1;
+  c.ivon.weight_decay = 1e-3;
+  c.ivon.beta2 = 0.999;
+  c.epochs = 2;
+  c.batch_size = 32;
+  c.memory_points = 20;
+  return c;
+}
+
+TEST(AdaptTest, EveryMethodRunsTwoTasksAndKeepsItsState) {
+  for (Method m : {Method::kKPrior, Method::kFromp, Method::kEwc, Method::kReplay,
+                   Method::kFinetune, Method::kJoint}) {
+    auto s0 = InitialState(SmallMlp(), 1);
+    ASSERT_TRUE(s0.ok());
+    TaskData t0{0, Blobs(200, 4, 1), at::Tensor(), at::Tensor()};
+    TaskData t1{1, Blobs(150, 4, 2), at::Tensor(), at::Tensor()};
+    int64_t steps = 0;
+    auto r0 = Adapt(*s0, t0, SmallConfig(m), [&](const StepReport& r) { steps = r.step; });
+    ASSERT_TRUE(r0.ok()) << MethodName(m) << ": " << r0.status();
+    EXPECT_EQ(steps, 2 * 7);
+    auto r1 = Adapt(r0->state, t1, SmallConfig(m));
+    ASSERT_TRUE(r1.ok()) << MethodName(m) << ": " << r1.status();
+    EXPECT_EQ(r1->state.tasks_seen, 2);
+    EXPECT_FALSE(at::equal(r0->state.mean, r1->state.mean));
+    switch (m) {
+      case Method::kKPrior:
+      case Method::kFromp:
+        EXPECT_EQ(r1->state.memory.size(), 40) << MethodName(m);
+        break;
+      case Method::kReplay:
+        EXPECT_EQ(r1->state.memory.size(), 40);  // capacity: 20 per task seen
+        EXPECT_EQ(r1->state.stream_seen, 350);
+        break;
+      case Method::kJoint:
+        EXPECT_EQ(r1->state.seen.size(), 350);
+        EXPECT_EQ(r1->stats.steps, 2 * 11);
+        break;
+      case Method::kEwc:
+        EXPECT_TRUE(r1->state.fisher.defined());
+        EXPECT_GT(r1->state.fisher.sum().item<double>(), r0->state.fisher.sum().item<double>());
+        break;
+      case Method::kFinetune:
+        EXPECT_EQ(r1->state.memory.size(), 0);
+        break;
+    }
+  }
+}
+
+TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  const at::Tensor before = s0->mean.clone();
+  TaskData bad{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()};
+  bad.train.y[3] = 7;
+  auto r = Adapt(*s0, bad, SmallConfig(Method::kKPrior));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), testing::HasSubstr("labels must lie in [0, 4)"));
+  TaskData wrong_shape{0, Dataset{at::zeros({10, 5}), at::zeros({10}, at::kLong)}, at::Tensor(), at::Tensor()};
+  EXPECT_EQ(Adapt(*s0, wrong_shape, SmallConfig(Method::kKPrior)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto head = MakeLabelMask({0, 1}, 4);
+  TaskData outside{0, Blobs(50, 4, 1), *head, at::Tensor()};
+  EXPECT_THAT(std::string(Adapt(*s0, outside, SmallConfig(Method::kKPrior)).status().message()),
+              testing::HasSubstr("outside the task's label set"));
+  TaskData good{0, Blobs(100, 4, 1), at::Tensor(), at::Tensor()};
+  int calls = 0;
+  auto cancelled = Adapt(*s0, good, SmallConfig(Method::kKPrior), nullptr, [&] { return ++calls > 3; });
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(at::equal(before, s0->mean));  // the input state never changes
+}
+
+// Task-incremental heads: each task is evaluated within its own two classes.
+TEST(AdaptTest, MultiHeadTasksTrainWithinTheirHeads) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  const Dataset all = Blobs(400, 4, 3);
+  std::vector<TaskData> tasks;
+  for (int t = 0; t < 2; ++t) {
+    auto mask = MakeLabelMask({2 * t, 2 * t + 1}, 4);
+    const at::Tensor keep = all.y.eq(2 * t).logical_or(all.y.eq(2 * t + 1));
+    tasks.push_back(TaskData{t, all.Select(keep.nonzero().squeeze(1)), *mask, at::Tensor()});
+  }
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.epochs = 5;
+  auto r0 = Adapt(*s0, tasks[0], c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  auto r1 = Adapt(r0->state, tasks[1], c);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(r1->state.task_masks.size(0), 2);
+  for (int t = 0; t < 2; ++t) {
+    auto acc = EvaluateAccuracy(r1->state, tasks[t].train, tasks[t].label_mask);
+    ASSERT_TRUE(acc.ok());
+    EXPECT_GT(*acc, 0.9) << "task " << t;
+  }
+  // A single-head task after multi-head ones is refused.
+  TaskData single{2, all, at::Tensor(), at::Tensor()};
+  EXPECT_EQ(Adapt(r1->state, single, c).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace adaptd
