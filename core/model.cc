@@ -40,10 +40,71 @@ class SequentialModel : public Model {
   std::vector<at::Tensor> Parameters() override { return net_->parameters(); }
   void SetTraining(bool training) override { net_->train(training); }
   void To(const at::Device& device) override { net_->to(device); }
+  std::vector<Layer> Layers() override;
 
  private:
   torch::nn::Sequential net_;
 };
+
+// Square kernels, zero padding, no dilation or groups: anything else reports no layers, and
+// callers fall back to generic autograd.
+std::vector<Layer> SequentialModel::Layers() {
+  namespace nn = torch::nn;
+  const std::vector<at::Tensor> params = net_->parameters();
+  auto index_of = [&](const at::Tensor& t) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (t.defined() && params[i].is_same(t)) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  auto square = [](auto a) { return (*a)[0] == (*a)[1]; };
+  std::vector<Layer> layers;
+  for (const auto& child : net_->children()) {
+    Layer l;
+    if (child->as<nn::Flatten>()) {
+      l.kind = Layer::Kind::kFlatten;
+    } else if (child->as<nn::ReLU>()) {
+      l.kind = Layer::Kind::kRelu;
+    } else if (child->as<nn::Tanh>()) {
+      l.kind = Layer::Kind::kTanh;
+    } else if (auto* lin = child->as<nn::Linear>()) {
+      l.kind = Layer::Kind::kLinear;
+      l.weight_index = index_of(lin->weight);
+      l.bias_index = index_of(lin->bias);
+    } else if (auto* conv = child->as<nn::Conv2d>()) {
+      const auto& o = conv->options;
+      const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+      if (pad == nullptr || !square(*pad) || !square(o.kernel_size()) || !square(o.stride()) ||
+          (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 || o.groups() != 1 ||
+          !c10::get_if<torch::enumtype::kZeros>(&o.padding_mode())) {
+        return {};
+      }
+      l.kind = Layer::Kind::kConv2d;
+      l.weight_index = index_of(conv->weight);
+      l.bias_index = index_of(conv->bias);
+      l.kernel = (*o.kernel_size())[0];
+      l.stride = (*o.stride())[0];
+      l.padding = (**pad)[0];
+    } else if (auto* pool = child->as<nn::MaxPool2d>()) {
+      const auto& o = pool->options;
+      if (!square(o.kernel_size()) || !square(o.stride()) || (*o.padding())[0] != 0 ||
+          (*o.padding())[1] != 0 || (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 ||
+          o.ceil_mode()) {
+        return {};
+      }
+      l.kind = Layer::Kind::kMaxPool2d;
+      l.kernel = (*o.kernel_size())[0];
+      l.stride = (*o.stride())[0];
+    } else {
+      return {};
+    }
+    if ((l.kind == Layer::Kind::kLinear || l.kind == Layer::Kind::kConv2d) && l.weight_index < 0) {
+      return {};
+    }
+    layers.push_back(l);
+  }
+  return layers;
+}
 
 class ScriptModel : public Model {
  public:

@@ -38,6 +38,22 @@ struct ModelSpec {
   int64_t InputNumel() const;
 };
 
+// One stage of a built-in model's forward pass. Code that exploits layer structure (the
+// per-example gradient identities of core/jacobian.h) walks Model::Layers() in order.
+struct Layer {
+  enum class Kind { kFlatten, kLinear, kConv2d, kRelu, kTanh, kMaxPool2d };
+  Kind kind = Kind::kFlatten;
+  // kLinear, kConv2d: indices into Model::Parameters() of the weight ([out, in] or
+  // [out, in, k, k]) and the bias ([out]; -1 when there is none).
+  int weight_index = -1;
+  int bias_index = -1;
+  // kConv2d: square kernel, stride and zero padding. kMaxPool2d: square kernel and stride (no
+  // padding, no dilation).
+  int64_t kernel = 0;
+  int64_t stride = 1;
+  int64_t padding = 0;
+};
+
 // Not thread-safe: forward passes and training mutate module state. Readers that must run
 // concurrently use separate instances (CloneModel).
 class Model {
@@ -50,6 +66,9 @@ class Model {
   virtual void SetTraining(bool training) = 0;
   // Moves the module to `device` (parameters become new tensors: rebind any FlatParameters).
   virtual void To(const at::Device& device) = 0;
+  // The forward pass as a sequence of known layers, or empty when the model is not such a
+  // sequence (TorchScript modules, or a layer configuration outside Layer's vocabulary).
+  virtual std::vector<Layer> Layers() { return {}; }
 
   const ModelSpec& spec() const { return spec_; }
   // INVALID_ARGUMENT unless x is float32 [N, input_shape...] with N >= 1.

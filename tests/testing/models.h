@@ -1,0 +1,74 @@
+// Small models for tests: built-in specs, a scripted (TorchScript) MLP, float64 conversion and
+// seeded inputs.
+#ifndef ADAPTD_TESTS_TESTING_MODELS_H_
+#define ADAPTD_TESTS_TESTING_MODELS_H_
+
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Generator.h>
+#include <gtest/gtest.h>
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "core/model.h"
+
+namespace adaptd::testing_models {
+
+inline ModelSpec Spec(Architecture a, std::vector<int64_t> input, int64_t classes,
+                      std::vector<int64_t> hidden = {}, std::string activation = "relu") {
+  ModelSpec s;
+  s.architecture = a;
+  s.input_shape = std::move(input);
+  s.num_classes = classes;
+  s.hidden = std::move(hidden);
+  s.activation = std::move(activation);
+  return s;
+}
+
+inline std::unique_ptr<Model> BuildOrDie(const ModelSpec& spec, uint64_t seed = 0) {
+  auto m = BuildModel(spec, seed);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? std::move(m).value() : nullptr;
+}
+
+// A TorchScript MLP in -> 8 (tanh) -> classes: no layer list, so it takes the autograd paths.
+inline ModelSpec ScriptedMlpSpec(int64_t in, int64_t classes) {
+  torch::jit::Module m("ScriptedMlp");
+  at::Generator gen = at::detail::createCPUGenerator(/*seed_val=*/301);
+  m.register_parameter("w1", at::randn({8, in}, gen) * 0.5, false);
+  m.register_parameter("b1", at::randn({8}, gen) * 0.1, false);
+  m.register_parameter("w2", at::randn({classes, 8}, gen) * 0.5, false);
+  m.register_parameter("b2", at::zeros({classes}), false);
+  m.define(R"(
+    def forward(self, x):
+        h = (x.matmul(self.w1.t()) + self.b1).tanh()
+        return h.matmul(self.w2.t()) + self.b2
+  )");
+  std::ostringstream bytes;
+  m.save(bytes);
+  ModelSpec s = Spec(Architecture::kTorchScript, {in}, classes);
+  s.torchscript = bytes.str();
+  return s;
+}
+
+// Switches every parameter to float64 in place (the module keeps its structure), for oracles
+// that compare to rounding.
+inline void ConvertToDouble(Model& model) {
+  at::NoGradGuard no_grad;
+  for (at::Tensor& p : model.Parameters()) p.set_data(p.to(at::kDouble));
+}
+
+// Standard normal inputs [n, input_shape...].
+inline at::Tensor RandomInput(Model& model, int64_t n, at::Generator& gen,
+                              at::ScalarType dtype = at::kFloat) {
+  std::vector<int64_t> shape = {n};
+  for (int64_t d : model.spec().input_shape) shape.push_back(d);
+  return at::randn(shape, gen, at::TensorOptions().dtype(dtype));
+}
+
+}  // namespace adaptd::testing_models
+
+#endif  // ADAPTD_TESTS_TESTING_MODELS_H_
