@@ -61,4 +61,65 @@ absl::StatusOr<Calibration> ComputeCalibration(const at::Tensor& probs, const at
   });
 }
 
+absl::StatusOr<ContinualSummary> SummarizeAccuracyMatrix(
+    const std::vector<std::vector<double>>& acc) {
+  const size_t t = acc.size();
+  if (t == 0) return absl::InvalidArgumentError("accuracy matrix is empty");
+  for (size_t i = 0; i < t; ++i) {
+    if (acc[i].size() != t) {
+      return absl::InvalidArgumentError(absl::StrCat("accuracy matrix row ", i, " has ",
+                                                     acc[i].size(), " entries; expected ", t));
+    }
+  }
+  ContinualSummary s;
+  for (size_t j = 0; j < t; ++j) s.average += acc[t - 1][j] / static_cast<double>(t);
+  if (t == 1) return s;
+  for (size_t j = 0; j + 1 < t; ++j) {
+    double best = acc[j][j];
+    for (size_t i = j; i + 1 < t; ++i) best = std::max(best, acc[i][j]);
+    s.forgetting += (best - acc[t - 1][j]) / static_cast<double>(t - 1);
+    s.bwt += (acc[t - 1][j] - acc[j][j]) / static_cast<double>(t - 1);
+  }
+  return s;
+}
+
+absl::StatusOr<double> Auroc(const at::Tensor& scores, const at::Tensor& positive) {
+  if (!scores.defined() || scores.dim() != 1 || !scores.is_floating_point()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scores must be floating [N]; got ", DescribeTensor(scores)));
+  }
+  if (!positive.defined() || positive.scalar_type() != at::kBool || positive.dim() != 1 ||
+      positive.size(0) != scores.size(0)) {
+    return absl::InvalidArgumentError(absl::StrCat("positive must be bool [", scores.size(0),
+                                                   "]; got ", DescribeTensor(positive)));
+  }
+  return CallTorch([&]() -> absl::StatusOr<double> {
+    const at::Tensor s = scores.to(at::kCPU, at::kDouble).contiguous();
+    if (!s.isfinite().all().item<bool>()) {
+      return absl::InvalidArgumentError("scores must be finite");
+    }
+    const at::Tensor pos = positive.cpu();
+    const int64_t n = s.size(0), n_pos = pos.sum().item<int64_t>(), n_neg = n - n_pos;
+    if (n_pos == 0 || n_neg == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AUROC needs both classes; got ", n_pos, " positives and ", n_neg, " negatives"));
+    }
+    // Sum of the positives' ranks (1-based, ties sharing their average rank) in ascending order.
+    const auto [sorted, order] = s.sort();
+    const double* v = sorted.data_ptr<double>();
+    const at::Tensor pos_sorted = pos.index_select(0, order).contiguous();
+    const bool* is_pos = pos_sorted.data_ptr<bool>();
+    double rank_sum = 0;
+    for (int64_t i = 0; i < n;) {
+      int64_t j = i;
+      int64_t tied_pos = 0;
+      for (; j < n && v[j] == v[i]; ++j) tied_pos += is_pos[j];
+      rank_sum += tied_pos * 0.5 * static_cast<double>(i + 1 + j);  // ranks i+1 .. j
+      i = j;
+    }
+    const double u = rank_sum - 0.5 * static_cast<double>(n_pos) * static_cast<double>(n_pos + 1);
+    return u / (static_cast<double>(n_pos) * static_cast<double>(n_neg));
+  });
+}
+
 }  // namespace adaptd

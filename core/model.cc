@@ -306,6 +306,15 @@ absl::StatusOr<at::Tensor> MakeLabelMask(const std::vector<int64_t>& labels, int
   return mask;
 }
 
+absl::Status CheckLabelMask(const at::Tensor& mask, int64_t num_classes) {
+  if (!mask.defined()) return absl::OkStatus();
+  if (mask.scalar_type() != at::kBool || mask.dim() != 1 || mask.size(0) != num_classes) {
+    return absl::InvalidArgumentError(absl::StrCat("label_mask must be bool [", num_classes,
+                                                   "]; got ", DescribeTensor(mask)));
+  }
+  return absl::OkStatus();
+}
+
 at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask) {
   if (!mask.defined()) return logits;
   return logits.masked_fill(mask.to(logits.device()).logical_not(),

@@ -91,6 +91,9 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(const ModelSpec& spec, uint64_
 // INVALID_ARGUMENT for an empty set, duplicates or labels outside [0, num_classes).
 absl::StatusOr<at::Tensor> MakeLabelMask(const std::vector<int64_t>& labels, int64_t num_classes);
 
+// INVALID_ARGUMENT unless `mask` is undefined (no head) or bool [num_classes].
+absl::Status CheckLabelMask(const at::Tensor& mask, int64_t num_classes);
+
 // Logits with classes outside `mask` set to -inf, so softmax and cross-entropy see only the
 // task's head. An undefined mask returns the logits unchanged.
 at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask);

@@ -12,15 +12,6 @@
 namespace adaptd {
 namespace {
 
-absl::Status CheckLabelMask(const at::Tensor& mask, int64_t classes) {
-  if (!mask.defined()) return absl::OkStatus();
-  if (mask.scalar_type() != at::kBool || mask.dim() != 1 || mask.size(0) != classes) {
-    return absl::InvalidArgumentError(absl::StrCat("label_mask must be bool [", classes, "]; got ",
-                                                   DescribeTensor(mask)));
-  }
-  return absl::OkStatus();
-}
-
 // The model's own input check, in the parameters' dtype: a model switched to float64 (an
 // oracle in tests) takes float64 inputs of the same shapes.
 absl::Status CheckModelInput(Model& model, const at::Tensor& x) {

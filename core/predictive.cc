@@ -1,57 +1,125 @@
 #include "core/predictive.h"
 
+#include <cmath>
+#include <memory>
+
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/jacobian.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 
 namespace adaptd {
+namespace {
 
-absl::StatusOr<at::Tensor> PredictProbs(Model& model, FlatParameters& flat,
-                                        const Posterior* posterior, const at::Tensor& x,
-                                        const PredictOptions& options, const at::Generator& gen) {
+// -sum_k p_k log p_k per row, with 0 log 0 = 0.
+at::Tensor Entropy(const at::Tensor& p) { return at::special_entr(p).sum(-1); }
+
+// Running sums over S probability draws per example: E p, E p^2 and E H[p].
+struct Moments {
+  at::Tensor sum_p, sum_p2, sum_h;
+  Moments(int64_t n, int64_t k, const at::TensorOptions& opts)
+      : sum_p(at::zeros({n, k}, opts)), sum_p2(at::zeros({n, k}, opts)), sum_h(at::zeros({n}, opts)) {}
+  // p: [B, K] (one draw for each of B examples starting at `start`) or [S, B, K].
+  void Add(int64_t start, const at::Tensor& p) {
+    const at::Tensor draws = p.dim() == 3 ? p : p.unsqueeze(0);
+    const int64_t len = draws.size(1);
+    sum_p.narrow(0, start, len).add_(draws.sum(0).cpu());
+    sum_p2.narrow(0, start, len).add_(draws.square().sum(0).cpu());
+    sum_h.narrow(0, start, len).add_(Entropy(draws).sum(0).cpu());
+  }
+  // Mean probabilities, their standard deviation and the expected entropy over `s` draws.
+  void Finish(double s, Prediction& out) const {
+    out.probs = sum_p / s;
+    out.std = (sum_p2 / s - out.probs.square()).clamp_min_(0).sqrt_();
+    out.expected_entropy = sum_h / s;
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Posterior* posterior,
+                                   const at::Tensor& x, const PredictOptions& options,
+                                   const at::Generator& gen) {
   ADAPTD_RETURN_IF_ERROR(model.CheckInput(x));
-  if (options.mode == PredictMode::kBayes && posterior == nullptr) {
-    return absl::InvalidArgumentError("bayes prediction needs a posterior; this model has none (trained with adam or sgd?)");
+  ADAPTD_RETURN_IF_ERROR(CheckLabelMask(options.label_mask, model.spec().num_classes));
+  if (options.mode != PredictMode::kMean && posterior == nullptr) {
+    return absl::InvalidArgumentError(
+        "bayes and linearized prediction need a posterior; this model has none (trained with "
+        "adam or sgd?)");
   }
   if (options.samples < 1 || options.batch_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("samples and batch_size must be >= 1; got ",
                                                    options.samples, " and ", options.batch_size));
   }
-  return CallTorch([&]() -> absl::StatusOr<at::Tensor> {
+  std::unique_ptr<LogitJacobian> jacobian;
+  if (options.mode == PredictMode::kLinearized) {
+    ADAPTD_ASSIGN_OR_RETURN(jacobian, LogitJacobian::Create(model));
+  }
+  return CallTorch([&]() -> absl::StatusOr<Prediction> {
     at::NoGradGuard no_grad;
     model.SetTraining(false);
-    const at::Device device = flat.params().device();
-    const int64_t n = x.size(0);
-    auto forward_probs = [&](int64_t start, int64_t len) {
-      const at::Tensor xb = x.narrow(0, start, len).to(device);
-      return at::softmax(MaskLogits(model.Forward(xb), options.label_mask), 1);
+    at::Tensor params = flat.params();
+    const at::Device device = params.device();
+    const int64_t n = x.size(0), k = model.spec().num_classes;
+    auto logits = [&](int64_t start, int64_t len) {
+      return MaskLogits(model.Forward(x.narrow(0, start, len).to(device)), options.label_mask);
     };
-    at::Tensor probs;
+    Prediction out;
+    Moments m(n, k, at::TensorOptions().dtype(params.scalar_type()));
     if (options.mode == PredictMode::kMean) {
-      if (posterior) flat.params().copy_(posterior->mean());
-      std::vector<at::Tensor> parts;
-      for (int64_t s = 0; s < n; s += options.batch_size) {
-        parts.push_back(forward_probs(s, std::min(options.batch_size, n - s)).cpu());
+      if (posterior) params.copy_(posterior->mean());
+      for (int64_t b = 0; b < n; b += options.batch_size) {
+        m.Add(b, at::softmax(logits(b, std::min(options.batch_size, n - b)), 1));
       }
-      probs = at::cat(parts);
-    } else {
+      m.Finish(1.0, out);
+      out.std.zero_();  // a point estimate has no spread (and E p^2 - (E p)^2 only rounds to 0)
+    } else if (options.mode == PredictMode::kBayes) {
       // Sample-major: each weight sample is drawn once and applied to every batch.
-      probs = at::zeros({n, model.spec().num_classes}, at::kFloat);
-      at::Tensor params = flat.params();
       for (int64_t s = 0; s < options.samples; ++s) {
         ADAPTD_RETURN_IF_ERROR(posterior->SampleInto(params, gen));
         for (int64_t b = 0; b < n; b += options.batch_size) {
-          const int64_t len = std::min(options.batch_size, n - b);
-          probs.narrow(0, b, len).add_(forward_probs(b, len).cpu());
+          m.Add(b, at::softmax(logits(b, std::min(options.batch_size, n - b)), 1));
         }
       }
-      probs.div_(static_cast<double>(options.samples));
       params.copy_(posterior->mean());
+      m.Finish(static_cast<double>(options.samples), out);
+    } else {
+      params.copy_(posterior->mean());
+      const Covariance sigma = Covariance::FromPosterior(*posterior);
+      out.probs = at::empty({n, k}, m.sum_p.options());
+      for (int64_t b = 0; b < n; b += options.batch_size) {
+        const int64_t len = std::min(options.batch_size, n - b);
+        ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output g,
+                                jacobian->SigmaGram(x.narrow(0, b, len), sigma, /*full=*/true));
+        const at::Tensor f = MaskLogits(g.logits, options.label_mask);
+        const at::Tensor var = g.value.diagonal(0, 1, 2);
+        out.probs.narrow(0, b, len).copy_(at::softmax(f / (1 + M_PI / 8 * var).sqrt(), 1));
+        // Draws f + L eps with L L^T = J Sigma J^T (L from the eigendecomposition: J Sigma J^T is
+        // only semi-definite when some direction of the logits does not move).
+        auto [evals, evecs] = at::linalg_eigh(g.value);
+        const at::Tensor l = evecs * evals.clamp_min(0).sqrt().unsqueeze(1);
+        const at::Tensor eps = at::randn({options.samples, len, k}, gen, f.options());
+        const at::Tensor draws = f + at::matmul(l, eps.unsqueeze(3)).squeeze(3);
+        m.Add(b, at::softmax(draws, 2));
+      }
+      const at::Tensor probit = out.probs;
+      m.Finish(static_cast<double>(options.samples), out);
+      out.probs = probit;
     }
-    return probs;
+    out.label = out.probs.argmax(1);
+    out.total_entropy = Entropy(out.probs);
+    out.mutual_information = (out.total_entropy - out.expected_entropy).clamp_min(0);
+    return out;
   });
+}
+
+absl::StatusOr<at::Tensor> PredictProbs(Model& model, FlatParameters& flat,
+                                        const Posterior* posterior, const at::Tensor& x,
+                                        const PredictOptions& options, const at::Generator& gen) {
+  ADAPTD_ASSIGN_OR_RETURN(Prediction p, Predict(model, flat, posterior, x, options, gen));
+  return p.probs;
 }
 
 }  // namespace adaptd

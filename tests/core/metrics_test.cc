@@ -55,12 +55,59 @@ TEST(MetricsTest, PerfectPredictionsScoreZero) {
   EXPECT_NEAR(c->brier, 0.0, 1e-7);
 }
 
+TEST(MetricsTest, ContinualSummaryByHand) {
+  // After task 0: 0.9; after task 1: 0.8 (task 0), 0.95; after task 2: 0.7, 0.9, 0.99.
+  const std::vector<std::vector<double>> acc = {
+      {0.90, 0, 0}, {0.80, 0.95, 0}, {0.70, 0.90, 0.99}};
+  auto s = SummarizeAccuracyMatrix(acc);
+  ASSERT_TRUE(s.ok());
+  EXPECT_NEAR(s->average, (0.70 + 0.90 + 0.99) / 3, 1e-15);
+  EXPECT_NEAR(s->forgetting, ((0.90 - 0.70) + (0.95 - 0.90)) / 2, 1e-15);
+  EXPECT_NEAR(s->bwt, ((0.70 - 0.90) + (0.90 - 0.95)) / 2, 1e-15);
+  // Accuracy that rises after training can make the best earlier value exceed the diagonal.
+  auto up = SummarizeAccuracyMatrix({{0.5, 0}, {0.6, 0.9}});
+  EXPECT_NEAR(up->forgetting, -0.1, 1e-15);
+  EXPECT_NEAR(up->bwt, 0.1, 1e-15);
+  EXPECT_EQ(SummarizeAccuracyMatrix({{0.5, 0}}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(MetricsTest, RejectsMismatchedInput) {
   EXPECT_EQ(ComputeCalibration(at::zeros({3, 2}), at::zeros({4}, at::kLong)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ComputeCalibration(at::zeros({3, 2}), at::tensor({0, 1, 2}, at::kLong)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ComputeCalibration(at::zeros({3}), at::zeros({3}, at::kLong)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MetricsTest, AurocMatchesPairCountingWithTies) {
+  // Hand-computed: positives {0.9, 0.5, 0.3}, negatives {0.5, 0.2}. Pairs (pos > neg): 0.9 beats
+  // both, 0.5 ties 0.5 (one half) and beats 0.2, 0.3 beats 0.2: 4.5 of 6.
+  const at::Tensor s = at::tensor({0.9, 0.5, 0.3, 0.5, 0.2});
+  const at::Tensor pos = at::tensor({1, 1, 1, 0, 0}).to(at::kBool);
+  auto auc = Auroc(s, pos);
+  ASSERT_TRUE(auc.ok()) << auc.status();
+  EXPECT_DOUBLE_EQ(*auc, 4.5 / 6.0);
+  EXPECT_DOUBLE_EQ(*Auroc(s, pos.logical_not()), 1.5 / 6.0);
+  // Random scores with many ties against brute-force pair counting.
+  at::Generator gen = at::detail::createCPUGenerator(/*seed_val=*/301);
+  const at::Tensor r = at::randint(0, 20, {300}, gen).to(at::kFloat);
+  const at::Tensor p = at::rand({300}, gen).lt(0.3);
+  const at::Tensor sp = r.masked_select(p), sn = r.masked_select(p.logical_not());
+  const at::Tensor gt = sp.unsqueeze(1).gt(sn.unsqueeze(0)).to(at::kDouble);
+  const at::Tensor eq = sp.unsqueeze(1).eq(sn.unsqueeze(0)).to(at::kDouble);
+  const double brute = (gt + 0.5 * eq).mean().item<double>();
+  EXPECT_NEAR(*Auroc(r, p), brute, 1e-12);
+}
+
+TEST(MetricsTest, AurocRejectsBadInput) {
+  EXPECT_EQ(Auroc(at::zeros({3}), at::ones({3}, at::kBool)).status().code(),
+            absl::StatusCode::kInvalidArgument);  // no negatives
+  EXPECT_EQ(Auroc(at::zeros({3}), at::ones({2}, at::kBool)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Auroc(at::tensor({0.f, NAN}), at::tensor({1, 0}).to(at::kBool)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Auroc(at::zeros({2}, at::kLong), at::tensor({1, 0}).to(at::kBool)).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 

@@ -259,23 +259,10 @@ struct Oracle {
 };
 
 Oracle ComputeOracle(Model& model, const at::Tensor& x, const at::Tensor& y) {
+  const ExplicitJacobian j = ComputeExplicitJacobian(model, x);
   Oracle o;
-  std::vector<at::Tensor> params = model.Parameters();
-  std::vector<at::Tensor> rows, logits;
-  for (int64_t i = 0; i < x.size(0); ++i) {
-    const at::Tensor f = model.Forward(x.narrow(0, i, 1));
-    for (int64_t c = 0; c < f.size(1); ++c) {
-      std::vector<at::Tensor> g = torch::autograd::grad({f[0][c]}, params, {}, true, false, true);
-      std::vector<at::Tensor> flat;
-      for (size_t j = 0; j < g.size(); ++j) {
-        flat.push_back(g[j].defined() ? g[j].reshape({-1}) : at::zeros({params[j].numel()}, params[j].options()));
-      }
-      rows.push_back(at::cat(flat));
-    }
-    logits.push_back(f.detach());
-  }
-  o.logits = at::cat(logits);
-  o.jac = at::stack(rows).view({x.size(0), o.logits.size(1), -1});
+  o.logits = j.logits;
+  o.jac = j.jac;
   o.probs = at::softmax(o.logits, 1);
   o.error = o.probs - at::one_hot(y, o.logits.size(1)).to(o.probs.scalar_type());
   o.lambda = o.probs * (1 - o.probs);

@@ -69,6 +69,33 @@ inline at::Tensor RandomInput(Model& model, int64_t n, at::Generator& gen,
   return at::randn(shape, gen, at::TensorOptions().dtype(dtype));
 }
 
+// Exact per-example Jacobians of the logits by autograd, one backward pass per example and
+// class, written independently of core/jacobian.h: logits [N, K] and jac [N, K, P].
+struct ExplicitJacobian {
+  at::Tensor logits, jac;
+};
+inline ExplicitJacobian ComputeExplicitJacobian(Model& model, const at::Tensor& x) {
+  const std::vector<at::Tensor> params = model.Parameters();
+  std::vector<at::Tensor> rows, logits;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    const at::Tensor f = model.Forward(x.narrow(0, i, 1));
+    for (int64_t c = 0; c < f.size(1); ++c) {
+      const std::vector<at::Tensor> g = torch::autograd::grad({f[0][c]}, params, {}, true, false, true);
+      std::vector<at::Tensor> flat;
+      for (size_t j = 0; j < g.size(); ++j) {
+        flat.push_back(g[j].defined() ? g[j].reshape({-1})
+                                      : at::zeros({params[j].numel()}, params[j].options()));
+      }
+      rows.push_back(at::cat(flat));
+    }
+    logits.push_back(f.detach());
+  }
+  ExplicitJacobian out;
+  out.logits = at::cat(logits);
+  out.jac = at::stack(rows).view({x.size(0), out.logits.size(1), -1});
+  return out;
+}
+
 }  // namespace adaptd::testing_models
 
 #endif  // ADAPTD_TESTS_TESTING_MODELS_H_
