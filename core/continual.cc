@@ -422,6 +422,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       so.method = config.selection;
       so.points = config.memory_points;
       so.seed = to.seed;
+      if (so.method == SelectionMethod::kSensitivity) so.variance = post.Precision().reciprocal();
       ADAPTD_ASSIGN_OR_RETURN(Memory selected, SelectMemory(*model, data, task.ids, task.task_id,
                                                             task.label_mask, so));
       next.memory = Memory::Concat(memory, selected);

@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/jacobian.h"
+#include "core/mpe.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 
@@ -94,9 +96,10 @@ absl::StatusOr<Memory> Memory::FromTensors(const TensorMap& in, const std::strin
 
 absl::StatusOr<SelectionMethod> ParseSelection(const std::string& name) {
   if (name == "lambda") return SelectionMethod::kLambda;
+  if (name == "sensitivity") return SelectionMethod::kSensitivity;
   if (name == "random") return SelectionMethod::kRandom;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown memory selection '", name, "'; expected lambda or random"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown memory selection '", name, "'; expected lambda, sensitivity or random"));
 }
 
 at::Tensor LambdaScores(const at::Tensor& probs) { return (probs * (1 - probs)).sum(1); }
@@ -114,6 +117,13 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
     return absl::InvalidArgumentError(absl::StrCat("ids must be int64 [", n, "]; got ", DescribeTensor(ids)));
   }
   ADAPTD_RETURN_IF_ERROR(model.CheckInput(data.x.narrow(0, 0, 1)));
+  Covariance covariance;
+  if (options.method == SelectionMethod::kSensitivity) {
+    if (!options.variance.defined()) {
+      return absl::InvalidArgumentError("sensitivity selection needs the posterior variance; got none");
+    }
+    ADAPTD_ASSIGN_OR_RETURN(covariance, Covariance::Diagonal(options.variance));
+  }
   return CallTorch([&]() -> absl::StatusOr<Memory> {
     at::NoGradGuard no_grad;
     model.SetTraining(false);
@@ -149,6 +159,12 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
         const at::Tensor logits = MaskLogits(
             model.Forward(data.x.narrow(0, start, len).to(model.Parameters()[0].device())), label_mask);
         score = LambdaScores(at::softmax(logits, 1)).cpu();
+      } else if (options.method == SelectionMethod::kSensitivity) {
+        MpeOptions mo;
+        mo.label_mask = label_mask;
+        const Dataset batch{data.x.narrow(0, start, len), data.y.narrow(0, start, len)};
+        ADAPTD_ASSIGN_OR_RETURN(MemoryMap map, ComputeMemoryMap(model, covariance, batch, mo));
+        score = map.sensitivity.cpu().to(at::kFloat);
       } else {
         score = at::rand({len}, gen, at::kDouble).to(at::kFloat);
       }

@@ -39,9 +39,12 @@ struct Memory {
                                             const std::string& prefix = "memory.");
 };
 
-enum class SelectionMethod { kLambda, kRandom };
+// kLambda: lambda_i = sum_k p_ik (1 - p_ik) (FROMP, K-prior). kSensitivity: the MPE
+// sensitivity sum_k |e_ik lambda_ik v_ik| (Nickl et al. 2023), which needs the posterior
+// variance. kRandom: uniform, the baseline.
+enum class SelectionMethod { kLambda, kSensitivity, kRandom };
 
-// "lambda" or "random"; INVALID_ARGUMENT otherwise.
+// "lambda", "sensitivity" or "random"; INVALID_ARGUMENT otherwise.
 absl::StatusOr<SelectionMethod> ParseSelection(const std::string& name);
 
 struct SelectionOptions {
@@ -51,6 +54,7 @@ struct SelectionOptions {
   int64_t points = 40;
   int64_t batch_size = 1000;  // examples scored per forward pass
   uint64_t seed = 0;          // random selection
+  at::Tensor variance;        // kSensitivity: the posterior's sigma^2, flat over parameters
 };
 
 // lambda_i = sum_k p_ik (1 - p_ik) for probabilities [N, K].

@@ -13,7 +13,9 @@
 
 #include "core/data/tasks.h"
 #include "core/kprior.h"
+#include "core/jacobian.h"
 #include "core/memory.h"
+#include "core/mpe.h"
 
 namespace adaptd {
 namespace {
@@ -158,6 +160,34 @@ TEST(MemoryTest, StreamingSelectionMatchesBruteForce) {
   }
   // The stored targets are the model's predictions on the stored inputs.
   EXPECT_TRUE(at::allclose(mem->soft, at::softmax((*model)->Forward(mem->x), 1)));
+}
+
+// Sensitivity selection keeps, per class, the examples with the largest MPE sensitivity.
+TEST(MemoryTest, SensitivitySelectionMatchesTheMemoryMap) {
+  auto model = BuildModel(SmallMlp(), 3);
+  ASSERT_TRUE(model.ok());
+  const Dataset d = Blobs(300, 4, 8);
+  const int64_t p = (*model)->NumParameters();
+  const at::Tensor variance = at::full({p}, 1e-3);
+  SelectionOptions o;
+  o.method = SelectionMethod::kSensitivity;
+  o.points = 20;
+  o.batch_size = 64;
+  o.variance = variance;
+  auto mem = SelectMemory(**model, d, at::Tensor(), 0, at::Tensor(), o);
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  auto cov = Covariance::Diagonal(variance);
+  auto map = ComputeMemoryMap(**model, *cov, d);
+  ASSERT_TRUE(map.ok());
+  for (int64_t c = 0; c < 4; ++c) {
+    const at::Tensor rows = d.y.eq(c).nonzero().squeeze(1);
+    const at::Tensor top = rows.index_select(0, std::get<1>(map->sensitivity.index_select(0, rows).topk(5)));
+    const at::Tensor picked = mem->id.index_select(0, mem->y.eq(c).nonzero().squeeze(1));
+    EXPECT_TRUE(at::equal(std::get<0>(top.sort()), std::get<0>(picked.sort()))) << "class " << c;
+  }
+  o.variance = at::Tensor();
+  EXPECT_EQ(SelectMemory(**model, d, at::Tensor(), 0, at::Tensor(), o).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(MemoryTest, ShortClassesDonateTheirQuota) {
