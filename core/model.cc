@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/script.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -50,6 +51,12 @@ class SequentialModel : public Model {
 // callers fall back to generic autograd.
 std::vector<Layer> SequentialModel::Layers() {
   namespace nn = torch::nn;
+  // LibTorch 2 keeps the conv options' alternatives in std::variant, 1.x in c10::variant.
+#if TORCH_VERSION_MAJOR >= 2
+  using std::get_if;
+#else
+  using c10::get_if;
+#endif
   const std::vector<at::Tensor> params = net_->parameters();
   auto index_of = [&](const at::Tensor& t) {
     for (size_t i = 0; i < params.size(); ++i) {
@@ -73,10 +80,10 @@ std::vector<Layer> SequentialModel::Layers() {
       l.bias_index = index_of(lin->bias);
     } else if (auto* conv = child->as<nn::Conv2d>()) {
       const auto& o = conv->options;
-      const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+      const auto* pad = get_if<torch::ExpandingArray<2>>(&o.padding());
       if (pad == nullptr || !square(*pad) || !square(o.kernel_size()) || !square(o.stride()) ||
           (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 || o.groups() != 1 ||
-          !c10::get_if<torch::enumtype::kZeros>(&o.padding_mode())) {
+          !get_if<torch::enumtype::kZeros>(&o.padding_mode())) {
         return {};
       }
       l.kind = Layer::Kind::kConv2d;

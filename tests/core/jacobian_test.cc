@@ -182,5 +182,30 @@ TEST(JacobianTest, BadInputIsInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// The tensor-op path on CUDA against the CPU (where LeNet-5 takes the fused kernel).
+TEST(JacobianTest, CudaMatchesCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto [cpu, gpu] = LeNetOnCpuAndCuda(5);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(301);
+  const at::Tensor x = RandomInput(*cpu, 16, gen);
+  const int64_t p = cpu->NumParameters();
+  const at::Tensor var = at::rand({p}, gen) * 1e-3 + 1e-4;
+  const at::Tensor u = at::randn({p}, gen);
+  auto jc = LogitJacobian::Create(*cpu);
+  auto jg = LogitJacobian::Create(*gpu);
+  ASSERT_TRUE(jc.ok() && jg.ok());
+  for (bool full : {false, true}) {
+    auto c = (*jc)->SigmaGram(x, *Covariance::Diagonal(var), full);
+    auto g = (*jg)->SigmaGram(x.cuda(), *Covariance::Diagonal(var.cuda()), full);
+    ASSERT_TRUE(c.ok() && g.ok()) << c.status() << g.status();
+    EXPECT_TRUE(g->value.is_cuda());
+    EXPECT_TRUE(at::allclose(g->value.cpu(), c->value, 1e-3, 1e-7 * c->value.abs().max().item<double>()));
+  }
+  auto c = (*jc)->Jvp(x, u);
+  auto g = (*jg)->Jvp(x.cuda(), u.cuda());
+  ASSERT_TRUE(c.ok() && g.ok());
+  EXPECT_TRUE(at::allclose(g->value.cpu(), c->value, 1e-3, 1e-4 * c->value.abs().max().item<double>()));
+}
+
 }  // namespace
 }  // namespace adaptd

@@ -449,5 +449,46 @@ TEST(MpeTest, BadInputIsInvalidArgument) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// The same queries on a CUDA copy of the model (the tensor-op path; the fused kernel is CPU
+// only) agree with the CPU in float32.
+TEST(MpeTest, CudaMatchesCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto [cpu, gpu] = LeNetOnCpuAndCuda(5);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(301);
+  const at::Tensor x = RandomInput(*cpu, 300, gen);
+  const Dataset data{x, at::randint(0, 10, {300}, gen, at::TensorOptions().dtype(at::kLong))};
+  const at::Tensor var = at::rand({cpu->NumParameters()}, gen) * 1e-3 + 1e-4;
+  const Covariance sigma_cpu = *Covariance::Diagonal(var);
+  const Covariance sigma_gpu = *Covariance::Diagonal(var.cuda());
+  MpeOptions o;
+  o.batch_size = 128;
+  auto map_cpu = ComputeMemoryMap(*cpu, sigma_cpu, data, o);
+  auto map_gpu = ComputeMemoryMap(*gpu, sigma_gpu, data, o);
+  ASSERT_TRUE(map_cpu.ok() && map_gpu.ok()) << map_cpu.status() << map_gpu.status();
+  EXPECT_TRUE(map_gpu->variance.device().is_cpu());
+  // float32 sums over ~60,000 parameters in different orders (and TF32 off by default):
+  // relative agreement ~1e-5.
+  EXPECT_TRUE(at::allclose(map_gpu->variance, map_cpu->variance, 1e-3, 1e-7));
+  EXPECT_TRUE(at::allclose(map_gpu->sensitivity, map_cpu->sensitivity, 1e-3, 1e-8));
+  o.loo = LooMode::kFull;
+  auto loo_cpu = EstimateLoo(*cpu, sigma_cpu, data, o);
+  auto loo_gpu = EstimateLoo(*gpu, sigma_gpu, data, o);
+  ASSERT_TRUE(loo_cpu.ok() && loo_gpu.ok()) << loo_cpu.status() << loo_gpu.status();
+  EXPECT_NEAR(loo_gpu->nll, loo_cpu->nll, 1e-4);
+  InfluenceOptions io;
+  io.exclude_self = true;
+  auto s_cpu = InfluenceScorer::Create(*cpu, sigma_cpu, x[0], io);
+  auto s_gpu = InfluenceScorer::Create(*gpu, sigma_gpu, x[0].cuda(), io);
+  ASSERT_TRUE(s_cpu.ok() && s_gpu.ok()) << s_cpu.status() << s_gpu.status();
+  auto i_cpu = (*s_cpu)->Add(data.x, data.y, 0);
+  auto i_gpu = (*s_gpu)->Add(data.x, data.y, 0);
+  ASSERT_TRUE(i_cpu.ok() && i_gpu.ok()) << i_cpu.status() << i_gpu.status();
+  EXPECT_TRUE(at::allclose(*i_gpu, *i_cpu, 1e-3, 1e-3 * i_cpu->abs().max().item<double>()));
+  auto self_cpu = SelfInfluence(*cpu, sigma_cpu, data, o);
+  auto self_gpu = SelfInfluence(*gpu, sigma_gpu, data, o);
+  ASSERT_TRUE(self_cpu.ok() && self_gpu.ok());
+  EXPECT_TRUE(at::allclose(*self_gpu, *self_cpu, 1e-3, 1e-3 * self_cpu->abs().max().item<double>()));
+}
+
 }  // namespace
 }  // namespace adaptd

@@ -19,6 +19,11 @@ using namespace testing_models;  // NOLINT: test helpers
 
 at::Tensor Entropy(const at::Tensor& p) { return -(p * p.clamp_min(1e-30).log()).sum(-1); }
 
+// Population standard deviation over the first dimension.
+at::Tensor StdOverDraws(const at::Tensor& d) {
+  return (d.square().mean(0) - d.mean(0).square()).clamp_min(0).sqrt();
+}
+
 class PredictiveTest : public testing::Test {
  protected:
   void SetUp() override {
@@ -79,7 +84,7 @@ TEST_F(PredictiveTest, BayesDecompositionMatchesHandSampling) {
   const at::Tensor mean = d.mean(0);
   // float32 sums of 16 draws: ~1e-7; 1e-5 is slack.
   EXPECT_TRUE(at::allclose(p.probs, mean, 1e-5, 1e-6));
-  EXPECT_TRUE(at::allclose(p.std, d.std(0, /*unbiased=*/false), 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(p.std, StdOverDraws(d), 1e-4, 1e-5));
   EXPECT_TRUE(at::allclose(p.expected_entropy, Entropy(d).mean(0), 1e-5, 1e-5));
   EXPECT_TRUE(at::allclose(p.total_entropy, Entropy(mean), 1e-5, 1e-5));
   EXPECT_TRUE(at::allclose(p.mutual_information, Entropy(mean) - Entropy(d).mean(0), 1e-4, 1e-5));
@@ -112,11 +117,11 @@ TEST_F(PredictiveTest, LinearizedMatchesProbitAndIndependentMonteCarlo) {
   const at::Tensor l = at::linalg_cholesky(gram + 1e-12 * at::eye(4, at::kDouble));
   const at::Tensor eps = at::randn({kSamples, 7, 4, 1}, gen, at::kDouble);
   const at::Tensor d = at::softmax(f + at::matmul(l, eps).squeeze(3), 2);  // [S, N, K]
-  const at::Tensor std = d.std(0, /*unbiased=*/false);
-  ASSERT_GT(std.max().item<double>(), 0.02) << "the posterior must spread the predictions";
+  const at::Tensor spread = StdOverDraws(d);
+  ASSERT_GT(spread.max().item<double>(), 0.02) << "the posterior must spread the predictions";
   // Two independent estimates from 20000 draws each: the standard deviation's relative error
   // is about 1/sqrt(2 S) = 0.5% per estimate, the expected entropy's below 1e-3; allow 4 sigma.
-  EXPECT_LT(((p.std.to(at::kDouble) - std).abs() / (std + 1e-3)).max().item<double>(), 0.03);
+  EXPECT_LT(((p.std.to(at::kDouble) - spread).abs() / (spread + 1e-3)).max().item<double>(), 0.03);
   EXPECT_LT((p.expected_entropy.to(at::kDouble) - Entropy(d).mean(0)).abs().max().item<double>(),
             5e-3);
   EXPECT_GE(p.mutual_information.min().item<float>(), 0.f);
@@ -141,6 +146,25 @@ TEST_F(PredictiveTest, BadInputIsInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Predict(*model_, flat_, &posterior_, at::zeros({2, 5}), {}, gen).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Linearized prediction on a CUDA copy: the same probit probabilities as on the CPU.
+TEST_F(PredictiveTest, LinearizedOnCudaMatchesCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const Prediction cpu = Run(PredictMode::kLinearized, 64, 11);
+  auto gpu_model = BuildOrDie(Spec(Architecture::kMlp, {6}, 4, {8}, "tanh"), 3);
+  gpu_model->To(at::kCUDA);
+  FlatParameters flat = *FlatParameters::Bind(gpu_model->Parameters());
+  Posterior post = *Posterior::Create(posterior_.mean().cuda(), posterior_.hess().cuda(),
+                                      posterior_.ess(), posterior_.delta());
+  PredictOptions o;
+  o.mode = PredictMode::kLinearized;
+  at::Generator gen = at::globalContext().defaultGenerator(at::Device(at::kCUDA, 0)).clone();
+  auto gpu = Predict(*gpu_model, flat, &post, x_, o, gen);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  EXPECT_TRUE(gpu->probs.device().is_cpu());
+  EXPECT_TRUE(at::allclose(gpu->probs, cpu.probs, 1e-4, 1e-6));
+  EXPECT_GE(gpu->mutual_information.min().item<float>(), 0.f);
 }
 
 }  // namespace

@@ -69,6 +69,18 @@ inline at::Tensor RandomInput(Model& model, int64_t n, at::Generator& gen,
   return at::randn(shape, gen, at::TensorOptions().dtype(dtype));
 }
 
+// The same LeNet-5 (same seed, so the same weights) on the CPU and on CUDA, for tests that
+// check the device paths against each other. REQUIRES: a CUDA device.
+struct CpuAndCuda {
+  std::unique_ptr<Model> cpu, gpu;
+};
+inline CpuAndCuda LeNetOnCpuAndCuda(uint64_t seed) {
+  const ModelSpec spec = Spec(Architecture::kLeNet5, {1, 28, 28}, 10);
+  CpuAndCuda m{BuildOrDie(spec, seed), BuildOrDie(spec, seed)};
+  m.gpu->To(at::kCUDA);
+  return m;
+}
+
 // Exact per-example Jacobians of the logits by autograd, one backward pass per example and
 // class, written independently of core/jacobian.h: logits [N, K] and jac [N, K, P].
 struct ExplicitJacobian {
