@@ -7,11 +7,33 @@
 
 #include "absl/status/statusor.h"
 #include "core/data/readers.h"
+#include "core/model.h"
+#include "core/train.h"
 
 namespace adaptd::bench {
 
 // Fashion-MNIST train or test split from `dir` (the Debian package's layout).
 absl::StatusOr<Dataset> LoadFashionMnist(const std::string& dir, bool train);
+
+// LeNet-5 for 28x28 grey images with `classes` outputs.
+ModelSpec LeNet5Spec(int64_t classes);
+
+// The MPE paper's IVON settings for LeNet-5 on Fashion-MNIST (ALGORITHMS.md §1.4): lr 0.1 with
+// a cosine schedule to 0, h0 0.1, beta1 0.9, beta2 0.99999, weight decay 1e-3, batch 256, and
+// ess = the training-set size.
+TrainOptions MpeIvonOptions(int64_t train_size, uint64_t seed);
+
+// Samples `count` distinct indices of [0, n) and gives each a new label different from its
+// own, uniformly among the other classes: label noise for mislabel-detection benchmarks.
+// Returns the noisy labels and a bool [n] mask of the flipped examples.
+struct FlippedLabels {
+  at::Tensor labels;
+  at::Tensor flipped;
+};
+FlippedLabels FlipLabels(const at::Tensor& labels, int64_t classes, int64_t count, uint64_t seed);
+
+// Writes `json` to `path` unless `path` is empty (the --json flag's contract).
+void WriteJson(const std::string& path, const std::string& json);
 
 class Stopwatch {
  public:

@@ -17,6 +17,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "bench/bench_util.h"
+#include "bench/median_reporter.h"
 #include "core/model.h"
 #include "core/train.h"
 
@@ -106,27 +107,14 @@ BENCHMARK(BM_Step)
     ->MinTime(0.5);
 
 // Console output plus a record of each benchmark's median for the ratio table.
-class RatioReporter : public benchmark::ConsoleReporter {
+class RatioReporter : public MedianReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median") {
-        medians_[r.run_name.str()] = r.GetAdjustedRealTime();
-      } else if (r.run_type == Run::RT_Iteration) {
-        singles_[r.run_name.str()] = r.GetAdjustedRealTime();
-      }
-    }
-  }
   void PrintRatios() const {
-    const auto& t = medians_.empty() ? singles_ : medians_;
     std::printf("\n| model | IVON (ms) | Adam (ms) | IVON/Adam | torch::optim::Adam (ms) | IVON state | Adam state |\n");
     std::printf("|---|---|---|---|---|---|---|\n");
     for (int net = 0; net < 2; ++net) {
       auto at = [&](int opt) {
-        const std::string key = "BM_Step/net:" + std::to_string(net) + "/opt:" + std::to_string(opt) + "/min_time:0.500";
-        auto it = t.find(key);
-        return it == t.end() ? -1.0 : it->second;
+        return Time("BM_Step/net:" + std::to_string(net) + "/opt:" + std::to_string(opt) + "/min_time:0.500");
       };
       auto bytes = [&](int opt) {
         auto it = StateBytes().find(std::string(kNetNames[net]) + "/" + kOptNames[opt]);
@@ -136,12 +124,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
                   at(kIvon), at(kAdam), at(kIvon) / at(kAdam), at(kTorchAdam), bytes(kIvon),
                   bytes(kAdam));
     }
-    std::printf("(%s of the per-run times; state = persistent optimizer buffers)\n",
-                medians_.empty() ? "single runs" : "medians");
+    std::printf("(%s of the per-run times; state = persistent optimizer buffers)\n", Kind());
   }
-
- private:
-  std::map<std::string, double> medians_, singles_;
 };
 
 }  // namespace
@@ -150,12 +134,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);  // takes its --benchmark_* flags out of argv
   absl::ParseCommandLine(argc, argv);
-  at::set_num_threads(absl::GetFlag(FLAGS_threads));
-  std::printf("device: %s, %d intra-op threads\n", absl::GetFlag(FLAGS_device).c_str(),
-              at::get_num_threads());
   adaptd::bench::RatioReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  reporter.PrintRatios();
-  benchmark::Shutdown();
-  return 0;
+  return adaptd::bench::RunBenchmarks(reporter, absl::GetFlag(FLAGS_device),
+                                      absl::GetFlag(FLAGS_threads));
 }
