@@ -32,7 +32,7 @@ at::Tensor WithTaskMask(const at::Tensor& masks, int64_t task_id, const at::Tens
   return out;
 }
 
-// Memory rows as a dataset-like view on the model's device.
+// Logits of `x` on the model's device, restricted to per-example heads when `masks` is defined.
 at::Tensor Logits(Model& model, const at::Tensor& x, const at::Tensor& masks) {
   const at::Device device = model.Parameters()[0].device();
   at::Tensor logits = model.Forward(x.to(device));
@@ -341,11 +341,10 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     const at::Tensor mem_x = memory.size() ? memory.x.to(device) : at::Tensor();
     const at::Tensor mem_masks = memory.size() ? MasksFor(next.task_masks, memory.task) : at::Tensor();
 
-    // A random memory minibatch: rows, logits with heads, and the rows' tensors.
+    // The rows of a random memory minibatch.
     auto memory_batch = [&]() {
       const int64_t b = std::min(config.memory_batch_size, memory.size());
-      const at::Tensor rows = at::randperm(memory.size(), mem_gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b);
-      return rows;
+      return at::randperm(memory.size(), mem_gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b);
     };
     ExtraLossFn extra;
     switch (config.method) {
@@ -375,8 +374,11 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
           at::Tensor term = at::zeros({}, probs.options());
           for (const FrompBlock& b : fromp_blocks) {
             const at::Tensor m = probs.index_select(0, b.rows.to(device)).select(1, b.klass);
-            const at::Tensor v = b.kinv.matmul((m - b.m_old).detach().unsqueeze(1)).squeeze(1);
-            term = term + (v.detach() * m).sum();
+            const at::Tensor delta = (m - b.m_old).detach();
+            const at::Tensor v = b.kinv.matmul(delta.unsqueeze(1)).squeeze(1);
+            // Value 1/2 delta^T K^-1 delta; gradient J^T K^-1 delta (K fixed within the task).
+            const at::Tensor surrogate = (v * m).sum();
+            term = term + surrogate - surrogate.detach() + 0.5 * (delta * v).sum();
           }
           return term * config.fromp_tau;
         };
