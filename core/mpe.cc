@@ -222,17 +222,18 @@ absl::StatusOr<LooEstimate> EstimateLoo(Model& model, const Covariance& sigma, c
 
 absl::StatusOr<at::Tensor> SelfInfluence(Model& model, const Covariance& sigma, const Dataset& data,
                                          const MpeOptions& options) {
+  MpeOptions full = options;
+  full.loo = LooMode::kFull;  // a couples the classes: the whole K x K block
   at::Tensor out;
   ADAPTD_RETURN_IF_ERROR(ForEachBatch(
-      model, sigma, data, options, /*full=*/true, [&](const Batch& b) -> absl::Status {
+      model, sigma, data, full, /*full=*/true, [&](const Batch& b) -> absl::Status {
+        ADAPTD_ASSIGN_OR_RETURN(at::Tensor shift, BatchShift(b, full));
         const at::Tensor& p = b.terms.probs;
         const at::Tensor c = p.argmax(1, /*keepdim=*/true);
-        // a = d p_c / d f = p_c (onehot(c) - p)
+        // a = d p_c / d f = p_c (onehot(c) - p); the change of p_c is a . (the logits' shift).
         const at::Tensor a = p.gather(1, c) * (at::zeros_like(p).scatter_(1, c, 1.0) - p);
-        const at::Tensor s =
-            at::bmm(a.unsqueeze(1), at::bmm(b.gram, b.terms.error.unsqueeze(2))).view({-1});
         if (!out.defined()) out = CpuLike(data.size(), 0, b.logits);
-        out.narrow(0, b.start, s.size(0)).copy_(s);
+        out.narrow(0, b.start, a.size(0)).copy_((a * shift).sum(1));
         return absl::OkStatus();
       }));
   return out;

@@ -105,7 +105,9 @@ absl::StatusOr<LooEstimate> EstimateLoo(Model& model, const Covariance& sigma, c
 
 // Each example's self-influence: the signed change of its own predicted-class probability if
 // it were removed, grad p_{i,c_i}^T Sigma grad l_i = a_i^T (J_i Sigma J_i^T) e_i with
-// a_i = d p_{c_i} / d f = p_{c_i} (onehot(c_i) - p_i) and c_i = argmax p_i. [N]
+// a_i = d p_{c_i} / d f = p_{c_i} (onehot(c_i) - p_i) and c_i = argmax p_i; with
+// options.exclude_self, a_i^T Gamma_i (I - Lambda_i Gamma_i)^-1 e_i. Always the full K x K
+// block (options.loo is ignored). [N]
 absl::StatusOr<at::Tensor> SelfInfluence(Model& model, const Covariance& sigma,
                                          const Dataset& data, const MpeOptions& options = {});
 

@@ -328,6 +328,14 @@ TEST_P(MpeDeepTest, DataSetQuantitiesMatchExplicitJacobians) {
   const at::Tensor c = o.probs.argmax(1, true);
   const at::Tensor a = o.probs.gather(1, c) * (at::zeros_like(o.probs).scatter_(1, c, 1.0) - o.probs);
   EXPECT_TRUE(close(*self, (a.unsqueeze(2) * gram * o.error.unsqueeze(1)).sum({1, 2})));
+  // Excluding the example's own curvature: a^T Gamma (I - Lambda Gamma)^-1 e.
+  const at::Tensor lam = at::diag_embed(o.probs) - o.probs.unsqueeze(2) * o.probs.unsqueeze(1);
+  const at::Tensor z = at::linalg_solve(at::eye(k, at::kDouble) - at::bmm(lam, gram), o.error.unsqueeze(2));
+  opts.exclude_self = true;
+  auto self_excluded = SelfInfluence(*model, sigma, data, opts);
+  ASSERT_TRUE(self_excluded.ok()) << self_excluded.status();
+  EXPECT_TRUE(close(*self_excluded, (a * at::bmm(gram, z).squeeze(2)).sum(1)));
+  opts.exclude_self = false;
 
   // Influence on a query: (Sigma grad p*)^T J_j^T e_j for every j, and the top-k lists.
   const at::Tensor query = RandomInput(*model, 1, gen, at::kDouble);
@@ -338,8 +346,6 @@ TEST_P(MpeDeepTest, DataSetQuantitiesMatchExplicitJacobians) {
   const at::Tensor expected = (at::matmul(o.jac, u) * o.error).sum(1);
   {
     // Excluding each example's curvature: (J_j u)^T (I - Lambda_j Gamma_j)^-1 e_j.
-    const at::Tensor lam = at::diag_embed(o.probs) - o.probs.unsqueeze(2) * o.probs.unsqueeze(1);
-    const at::Tensor z = at::linalg_solve(at::eye(k, at::kDouble) - at::bmm(lam, gram), o.error.unsqueeze(2));
     const at::Tensor excluded = (at::matmul(o.jac, u) * z.squeeze(2)).sum(1);
     InfluenceOptions io;
     io.exclude_self = true;
