@@ -27,19 +27,22 @@ struct Row {
   Row() { Zero(); }
   explicit Row(T* /*scratch*/, int64_t /*n*/) { Zero(); }
   void Zero() { v = V{}; }
-  static V Load(const T* x) {
+  void Fma(const T* x, T a) {  // v += a x
     V r;
     std::memcpy(&r, x, sizeof(V));
-    return r;
+    v += a * r;
   }
-  void Fma(const T* x, T a) { v += a * Load(x); }  // v += a x
-  void AddTo(T* y) const {                            // y += v
-    const V r = Load(y) + v;
+  void AddTo(T* y) const {  // y += v
+    V r;
+    std::memcpy(&r, y, sizeof(V));
+    r += v;
     std::memcpy(y, &r, sizeof(V));
   }
   void Store(T* y) const { std::memcpy(y, &v, sizeof(V)); }
   void SquareTo(T* y, T a) const {  // y += a v^2
-    const V r = Load(y) + a * v * v;
+    V r;
+    std::memcpy(&r, y, sizeof(V));
+    r += a * v * v;
     std::memcpy(y, &r, sizeof(V));
   }
 };
