@@ -16,6 +16,7 @@
 #include "core/jacobian.h"
 #include "core/memory.h"
 #include "core/mpe.h"
+#include "tests/testing/models.h"
 
 namespace adaptd {
 namespace {
@@ -130,12 +131,7 @@ ModelSpec SmallMlp(int64_t classes = 4) {
 }
 
 Dataset Blobs(int64_t n, int64_t classes, uint64_t seed) {
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  Dataset d;
-  d.y = at::randint(0, classes, {n}, gen, at::kLong);
-  const at::Tensor centers = at::randn({classes, 6}, at::make_generator<at::CPUGeneratorImpl>(1)) * 2;
-  d.x = centers.index_select(0, d.y) + at::randn({n, 6}, gen);
-  return d;
+  return testing_models::Blobs(n, classes, /*dim=*/6, seed);
 }
 
 // Top-lambda per class, streamed in small batches, equals sorting every score at once.

@@ -7,18 +7,14 @@
 
 #include "core/metrics.h"
 #include "core/predictive.h"
+#include "tests/testing/models.h"
 
 namespace adaptd {
 namespace {
 
 // Two Gaussian blobs per class in 10-D: learnable, not linearly trivial.
 Dataset Blobs(int64_t n, uint64_t seed) {
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  Dataset d;
-  d.y = at::randint(0, 3, {n}, gen, at::kLong);
-  const at::Tensor centers = at::randn({3, 10}, at::make_generator<at::CPUGeneratorImpl>(1)) * 2;
-  d.x = centers.index_select(0, d.y) + at::randn({n, 10}, gen);
-  return d;
+  return testing_models::Blobs(n, /*classes=*/3, /*dim=*/10, seed);
 }
 
 ModelSpec MlpSpec() {

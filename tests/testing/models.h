@@ -13,6 +13,7 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include "core/data/readers.h"
 #include "core/model.h"
 
 namespace adaptd::testing_models {
@@ -26,6 +27,17 @@ inline ModelSpec Spec(Architecture a, std::vector<int64_t> input, int64_t classe
   s.hidden = std::move(hidden);
   s.activation = std::move(activation);
   return s;
+}
+
+// n labelled points: one Gaussian blob (unit variance) per class around centres drawn with a
+// fixed seed and scaled by 2, so every caller sees the same classes; `seed` draws the points.
+inline Dataset Blobs(int64_t n, int64_t classes, int64_t dim, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  Dataset d;
+  d.y = at::randint(0, classes, {n}, gen, at::kLong);
+  const at::Tensor centers = at::randn({classes, dim}, at::detail::createCPUGenerator(1)) * 2;
+  d.x = centers.index_select(0, d.y) + at::randn({n, dim}, gen);
+  return d;
 }
 
 inline std::unique_ptr<Model> BuildOrDie(const ModelSpec& spec, uint64_t seed = 0) {
