@@ -196,6 +196,64 @@ absl::Status AdaptConfig::Validate() const {
 
 at::Tensor ContinualState::Precision() const { return (hess + delta) * ess; }
 
+absl::StatusOr<Posterior> ContinualState::ToPosterior() const {
+  if (tasks_seen == 0 || !hess.defined()) {
+    return absl::FailedPreconditionError(
+        "the model has learnt no task yet, so it has no posterior: stream training data first");
+  }
+  return Posterior::Create(mean, hess, ess, delta);
+}
+
+void ContinualState::AppendTo(TensorMap& out) const {
+  out["state.mean"] = mean;
+  if (hess.defined()) out["state.hess"] = hess;
+  if (task_masks.defined()) out["state.task_masks"] = task_masks;
+  if (fisher.defined()) out["state.fisher"] = fisher;
+  out["state.ess"] = ScalarTensor(ess);
+  out["state.delta"] = ScalarTensor(delta);
+  out["state.prior_delta"] = ScalarTensor(prior_delta);
+  out["state.prior_ess"] = ScalarTensor(prior_ess);
+  out["state.stream_seen"] = ScalarTensor(stream_seen);
+  out["state.tasks_seen"] = ScalarTensor(tasks_seen);
+  memory.AppendTo(out, "state.memory.");
+  seen.AppendTo(out, "state.seen.");
+}
+
+absl::StatusOr<ContinualState> ContinualState::FromTensors(const TensorMap& in,
+                                                           const ModelSpec& spec) {
+  ContinualState s;
+  s.spec = spec;
+  ADAPTD_ASSIGN_OR_RETURN(s.mean, GetTensor(in, "state.mean", at::kFloat));
+  if (s.mean.dim() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("state.mean must be 1-D; it is ", DescribeTensor(s.mean)));
+  }
+  const int64_t p = s.mean.numel();
+  if (in.count("state.hess")) {
+    ADAPTD_ASSIGN_OR_RETURN(s.hess, GetTensor(in, "state.hess", at::kFloat, p));
+  }
+  if (in.count("state.fisher")) {
+    ADAPTD_ASSIGN_OR_RETURN(s.fisher, GetTensor(in, "state.fisher", at::kFloat, p));
+  }
+  if (in.count("state.task_masks")) {
+    ADAPTD_ASSIGN_OR_RETURN(s.task_masks, GetTensor(in, "state.task_masks", at::kBool));
+    if (s.task_masks.dim() != 2 || s.task_masks.size(1) != spec.num_classes) {
+      return absl::InvalidArgumentError(absl::StrCat("state.task_masks must be [T, ",
+                                                     spec.num_classes, "]; it is ",
+                                                     DescribeTensor(s.task_masks)));
+    }
+  }
+  ADAPTD_ASSIGN_OR_RETURN(s.ess, GetDouble(in, "state.ess"));
+  ADAPTD_ASSIGN_OR_RETURN(s.delta, GetDouble(in, "state.delta"));
+  ADAPTD_ASSIGN_OR_RETURN(s.prior_delta, GetDouble(in, "state.prior_delta"));
+  ADAPTD_ASSIGN_OR_RETURN(s.prior_ess, GetDouble(in, "state.prior_ess"));
+  ADAPTD_ASSIGN_OR_RETURN(s.stream_seen, GetInt(in, "state.stream_seen"));
+  ADAPTD_ASSIGN_OR_RETURN(s.tasks_seen, GetInt(in, "state.tasks_seen"));
+  ADAPTD_ASSIGN_OR_RETURN(s.memory, Memory::FromTensors(in, "state.memory."));
+  ADAPTD_ASSIGN_OR_RETURN(s.seen, Memory::FromTensors(in, "state.seen."));
+  return s;
+}
+
 absl::StatusOr<ContinualState> InitialState(const ModelSpec& spec, uint64_t seed) {
   ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, BuildModel(spec, seed));
   ContinualState s;

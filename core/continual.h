@@ -22,6 +22,8 @@
 #include "core/ivon.h"
 #include "core/memory.h"
 #include "core/model.h"
+#include "core/posterior.h"
+#include "core/tensor_io.h"
 #include "core/train.h"
 
 namespace adaptd {
@@ -89,6 +91,13 @@ struct ContinualState {
 
   // Posterior precision ess (hess + delta), flat.
   at::Tensor Precision() const;
+  // The posterior of the last task; FAILED_PRECONDITION before the first task (no hess yet).
+  absl::StatusOr<Posterior> ToPosterior() const;
+
+  // Serialization of everything but `spec` (the caller stores the spec its own way); a
+  // bit-exact round trip. FromTensors: INVALID_ARGUMENT for missing or inconsistent tensors.
+  void AppendTo(TensorMap& out) const;
+  static absl::StatusOr<ContinualState> FromTensors(const TensorMap& in, const ModelSpec& spec);
 };
 
 // A fresh state: weights from `seed`, nothing learnt yet.

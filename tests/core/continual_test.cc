@@ -228,6 +228,18 @@ TEST(AdaptTest, EveryMethodRunsTwoTasksAndKeepsItsState) {
     auto r1 = Adapt(r0->state, t1, SmallConfig(m));
     ASSERT_TRUE(r1.ok()) << MethodName(m) << ": " << r1.status();
     EXPECT_EQ(r1->state.tasks_seen, 2);
+    // A checkpoint of the state between the tasks continues bit-identically.
+    TensorMap saved;
+    r0->state.AppendTo(saved);
+    auto parsed = ParseTensors(SerializeTensors(saved));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    auto restored = ContinualState::FromTensors(*parsed, r0->state.spec);
+    ASSERT_TRUE(restored.ok()) << MethodName(m) << ": " << restored.status();
+    auto r1_restored = Adapt(*restored, t1, SmallConfig(m));
+    ASSERT_TRUE(r1_restored.ok()) << r1_restored.status();
+    EXPECT_TRUE(at::equal(r1->state.mean, r1_restored->state.mean)) << MethodName(m);
+    EXPECT_TRUE(at::equal(r1->state.hess, r1_restored->state.hess)) << MethodName(m);
+    EXPECT_EQ(r1->state.memory.size(), r1_restored->state.memory.size()) << MethodName(m);
     EXPECT_FALSE(at::equal(r0->state.mean, r1->state.mean));
     switch (m) {
       case Method::kKPrior:
