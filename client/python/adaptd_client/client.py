@@ -1,0 +1,374 @@
+"""Client: one method per adaptd RPC, numpy arrays in and out."""
+
+import math
+import threading
+
+import grpc
+import numpy as np
+
+from adaptd_client._stubs import (admin_pb2, admin_pb2_grpc, learning_pb2, learning_pb2_grpc,
+                                  model_pb2, query_pb2, query_pb2_grpc)
+from adaptd_client.errors import AdaptdError, JobError, wrap_rpc_errors, wrap_rpc_stream
+from adaptd_client.messages import enum_value, make_message
+from adaptd_client.tensors import as_features, as_int64, from_tensor, to_tensor
+
+TERMINAL_JOB_STATES = frozenset(
+    {learning_pb2.JOB_STATE_SUCCEEDED, learning_pb2.JOB_STATE_FAILED, learning_pb2.JOB_STATE_CANCELLED})
+
+# Room left in each message for everything but the tensors' bytes.
+_MESSAGE_OVERHEAD = 64 << 10
+
+
+def ids_from_ranges(ranges):
+    """The example ids of a StreamExamplesResponse's `ids` ranges, in order, as int64 [N]."""
+    parts = [np.arange(r.first, r.first + r.count, dtype=np.int64) for r in ranges]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _optional_int(value):
+    # None leaves a proto3 `optional` field unset.
+    return None if value is None else int(value)
+
+
+class Client:
+    """A connection to an adaptd server.
+
+    target: "host:port". token: sent as `authorization: Bearer <token>` on every call.
+    root_certs: PEM bytes, or the path of a PEM file, of the CAs that sign the server's
+    certificate; given, the channel uses TLS, else it is plaintext. max_message_bytes must match
+    the server's --max_message_mb. timeout: the deadline in seconds of every unary call (methods
+    take `timeout=` to override it); streams (stream_examples, watch_job, export/import) have no
+    deadline unless given one.
+
+    Errors from the server raise AdaptdError (.code, a grpc.StatusCode, and .message); values
+    the client can check itself raise TypeError or ValueError before anything is sent. Safe to
+    share between threads. Use as a context manager, or call close().
+    """
+
+    def __init__(self, target, token=None, root_certs=None, max_message_bytes=64 << 20,
+                 timeout=30, options=None):
+        self.target = target
+        self.timeout = timeout
+        self.max_message_bytes = int(max_message_bytes)
+        channel_options = [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+        ]
+        channel_options.extend(options or [])
+        if root_certs is not None:
+            if isinstance(root_certs, str):
+                with open(root_certs, "rb") as f:
+                    root_certs = f.read()
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certs)
+            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=channel_options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._learning = learning_pb2_grpc.LearningServiceStub(self._channel)
+        self._query = query_pb2_grpc.QueryServiceStub(self._channel)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"Client({self.target!r})"
+
+    def _deadline(self, timeout):
+        return self.timeout if timeout is None else timeout
+
+    # --- AdminService -------------------------------------------------------------------------
+
+    @wrap_rpc_errors
+    def server_info(self, timeout=None):
+        """GetServerInfoResponse: version, torch_version, device, architectures, methods, ..."""
+        return self._admin.GetServerInfo(admin_pb2.GetServerInfoRequest(),
+                                         timeout=self._deadline(timeout), metadata=self._metadata)
+
+    @wrap_rpc_errors
+    def create_model(self, name, spec=None, config=None, timeout=None, **spec_fields):
+        """Creates a model at version 0 and returns its ModelInfo.
+
+        spec: a ModelSpec or a dict of its fields; keyword arguments add to it, e.g.
+        create_model("m", architecture="mlp", input_shape=[784], num_classes=10, hidden=[256]).
+        config: a LearningConfig or a dict, e.g. {"epochs": 2, "head_mode": "multi",
+        "ivon": {"lr": 0.05}}.
+        """
+        request = admin_pb2.CreateModelRequest(
+            name=name,
+            spec=make_message(model_pb2.ModelSpec, spec, **spec_fields),
+            config=make_message(model_pb2.LearningConfig, config))
+        return self._admin.CreateModel(request, timeout=self._deadline(timeout),
+                                       metadata=self._metadata)
+
+    @wrap_rpc_errors
+    def get_model(self, name, timeout=None):
+        """ModelInfo: spec, config, current version, tasks, jobs pending."""
+        return self._admin.GetModel(admin_pb2.GetModelRequest(name=name),
+                                    timeout=self._deadline(timeout), metadata=self._metadata)
+
+    @wrap_rpc_errors
+    def list_models(self, timeout=None):
+        """A list of ModelInfo."""
+        response = self._admin.ListModels(admin_pb2.ListModelsRequest(),
+                                          timeout=self._deadline(timeout), metadata=self._metadata)
+        return list(response.models)
+
+    @wrap_rpc_errors
+    def delete_model(self, name, timeout=None):
+        self._admin.DeleteModel(admin_pb2.DeleteModelRequest(name=name),
+                                timeout=self._deadline(timeout), metadata=self._metadata)
+
+    @wrap_rpc_errors
+    def list_versions(self, name, timeout=None):
+        """A list of VersionInfo, oldest first."""
+        response = self._admin.ListVersions(admin_pb2.ListVersionsRequest(name=name),
+                                            timeout=self._deadline(timeout),
+                                            metadata=self._metadata)
+        return list(response.versions)
+
+    @wrap_rpc_errors
+    def rollback(self, name, version, timeout=None):
+        """Publishes a copy of `version` as a new version; returns the ModelInfo."""
+        return self._admin.Rollback(admin_pb2.RollbackRequest(name=name, version=int(version)),
+                                    timeout=self._deadline(timeout), metadata=self._metadata)
+
+    @wrap_rpc_errors
+    def export_model(self, name, timeout=None):
+        """The snapshot of the model's current version, as bytes."""
+        chunks = self._admin.Export(admin_pb2.ExportRequest(name=name), timeout=timeout,
+                                    metadata=self._metadata)
+        return b"".join(chunk.data for chunk in chunks)
+
+    @wrap_rpc_errors
+    def import_model(self, name, data, chunk_bytes=1 << 20, timeout=None):
+        """Creates model `name` from a snapshot (bytes from export_model); returns its ModelInfo."""
+        view = memoryview(data).cast("B")
+        step = max(1, min(int(chunk_bytes), self.max_message_bytes - _MESSAGE_OVERHEAD))
+
+        def chunks():
+            yield admin_pb2.SnapshotChunk(name=name, data=bytes(view[:step]))
+            for start in range(step, len(view), step):
+                yield admin_pb2.SnapshotChunk(data=bytes(view[start:start + step]))
+
+        return self._admin.Import(chunks(), timeout=timeout, metadata=self._metadata)
+
+    # --- LearningService ----------------------------------------------------------------------
+
+    def stream_examples(self, model, task_id, x, y, split="train", classes=None, keep_open=False,
+                        batch_size=1024, client_ids=None, progress=None, timeout=None):
+        """Streams examples x [N, input_shape...] with labels y [N] to task `task_id`.
+
+        x is sent as float32 (uint8 as is: the server scales it by 1/255); y and client_ids as
+        int64. split: "train" or "eval". classes: the task's classes (multi-head models, first
+        stream of a task). keep_open: more training streams of this task follow, do not adapt
+        yet. Batches hold at most batch_size examples and fit max_message_bytes.
+        progress(sent, total) is called as batches go out.
+
+        Returns the StreamExamplesResponse: examples stored, their ids (ids_from_ranges) and
+        the job_ids of adaptation jobs it queued. The stream is all-or-nothing.
+        """
+        x = as_features(x)
+        y = as_int64(y, "y")
+        if x.ndim < 1:
+            raise ValueError("x must be [N, input_shape...]")
+        n = x.shape[0]
+        if y.shape != (n,):
+            raise ValueError(f"y must have shape [{n}] to match x {list(x.shape)}, "
+                             f"got {list(y.shape)}")
+        if client_ids is not None:
+            client_ids = as_int64(client_ids, "client_ids")
+            if client_ids.shape != (n,):
+                raise ValueError(f"client_ids must have shape [{n}], got {list(client_ids.shape)}")
+        if int(batch_size) < 1:
+            raise ValueError("batch_size must be positive")
+        per_example = x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64)) + 16
+        fits = max(1, (self.max_message_bytes - _MESSAGE_OVERHEAD) // per_example)
+        step = int(min(int(batch_size), fits))
+        header = learning_pb2.StreamHeader(
+            model=model, task_id=int(task_id),
+            split=enum_value(learning_pb2.Split.DESCRIPTOR, split),
+            classes=[int(c) for c in (classes if classes is not None else [])],
+            keep_open=bool(keep_open))
+        failure = []
+        started = threading.Event()
+        calls = []
+
+        def requests():
+            yield learning_pb2.StreamExamplesRequest(header=header)
+            for start in range(0, n, step):
+                end = min(n, start + step)
+                batch = learning_pb2.ExampleBatch(x=to_tensor(x[start:end]),
+                                                  y=to_tensor(y[start:end]))
+                if client_ids is not None:
+                    batch.client_ids.CopyFrom(to_tensor(client_ids[start:end]))
+                yield learning_pb2.StreamExamplesRequest(batch=batch)
+                if progress is not None:
+                    try:
+                        progress(end, n)
+                    except BaseException as error:  # re-raised below, in the caller
+                        # Cancel rather than end the stream: a cancelled stream stores nothing.
+                        failure.append(error)
+                        started.wait()
+                        calls[0].cancel()
+                        return
+
+        call = self._learning.StreamExamples.future(requests(), timeout=timeout,
+                                                    metadata=self._metadata)
+        calls.append(call)
+        started.set()
+        try:
+            return call.result()
+        except grpc.FutureCancelledError:
+            if failure:
+                raise failure[0] from None
+            raise AdaptdError(grpc.StatusCode.CANCELLED, "stream cancelled") from None
+        except grpc.RpcError as error:
+            if failure:
+                raise failure[0] from None
+            raise AdaptdError.from_rpc_error(error) from None
+        except BaseException:
+            call.cancel()  # e.g. KeyboardInterrupt while waiting: store nothing
+            raise
+
+    def watch_job(self, job_id, timeout=None):
+        """Yields the job's JobStatus on every change until it reaches a terminal state."""
+        call = self._learning.WatchJob(learning_pb2.WatchJobRequest(job_id=job_id),
+                                       timeout=timeout, metadata=self._metadata)
+        return wrap_rpc_stream(call)
+
+    def wait_job(self, job_id, timeout=None, check=True):
+        """Blocks until the job ends and returns its last JobStatus.
+
+        With check, a job that FAILED or was CANCELLED raises JobError. timeout: seconds in all
+        (DEADLINE_EXCEEDED raises AdaptdError).
+        """
+        last = None
+        for status in self.watch_job(job_id, timeout=timeout):
+            last = status
+            if status.state in TERMINAL_JOB_STATES:
+                break
+        if last is None or last.state not in TERMINAL_JOB_STATES:
+            state = "no status" if last is None else learning_pb2.JobState.Name(last.state)
+            raise AdaptdError(grpc.StatusCode.UNKNOWN,
+                              f"watch of job {job_id} ended before the job did ({state})")
+        if check and last.state != learning_pb2.JOB_STATE_SUCCEEDED:
+            raise JobError(last)
+        return last
+
+    def wait_jobs(self, job_ids, timeout=None, check=True):
+        """wait_job for each id in turn; a list of their last JobStatus."""
+        return [self.wait_job(job_id, timeout=timeout, check=check) for job_id in job_ids]
+
+    @wrap_rpc_errors
+    def cancel_job(self, job_id, timeout=None):
+        """Cancels a queued or running job; returns its JobStatus."""
+        return self._learning.CancelJob(learning_pb2.CancelJobRequest(job_id=job_id),
+                                        timeout=self._deadline(timeout), metadata=self._metadata)
+
+    # --- QueryService -------------------------------------------------------------------------
+
+    @wrap_rpc_errors
+    def predict(self, model, x, mode="bayes", samples=64, task_id=None, version=None, seed=0,
+                timeout=None):
+        """Predictions for x [B, input_shape...] (float32, or uint8 scaled by 1/255).
+
+        mode: "bayes" (average over posterior samples), "mean" or "linearized". Returns a dict:
+        version (int), probs float32 [B, K], labels int64 [B], total_entropy,
+        expected_entropy, mutual_information float32 [B] and std float32 [B, K]; None for
+        any the server left out.
+        """
+        request = query_pb2.PredictRequest(
+            model=model, x=to_tensor(as_features(x)),
+            mode=enum_value(query_pb2.PredictMode.DESCRIPTOR, mode), samples=int(samples),
+            seed=int(seed), task_id=_optional_int(task_id), version=_optional_int(version))
+        response = self._query.Predict(request, timeout=self._deadline(timeout),
+                                       metadata=self._metadata)
+        result = {"version": response.version}
+        for name in ("probs", "labels", "total_entropy", "expected_entropy", "mutual_information",
+                     "std"):
+            result[name] = from_tensor(getattr(response, name))
+        return result
+
+    @wrap_rpc_errors
+    def influence(self, model, x, top_k=10, scope="memory", task_id=None, version=None,
+                  timeout=None):
+        """The training examples most influential on one query example x.
+
+        scope: "memory" (the examples the model keeps) or "all". Returns a dict: version,
+        query_class, query_probability, examples_scored, and per example (most influential
+        first) example_ids, client_ids (-1: none given), task_ids, labels (int64) and
+        scores (float64; negative = the example supports the prediction).
+        """
+        request = query_pb2.InfluenceRequest(
+            model=model, x=to_tensor(as_features(x)), top_k=int(top_k),
+            scope=enum_value(query_pb2.Scope.DESCRIPTOR, scope), task_id=_optional_int(task_id),
+            version=_optional_int(version))
+        response = self._query.Influence(request, timeout=self._deadline(timeout),
+                                         metadata=self._metadata)
+        examples = response.examples
+        return {
+            "version": response.version,
+            "query_class": response.query_class,
+            "query_probability": response.query_probability,
+            "examples_scored": response.examples_scored,
+            "example_ids": np.array([e.example_id for e in examples], dtype=np.int64),
+            "client_ids": np.array([e.client_id for e in examples], dtype=np.int64),
+            "task_ids": np.array([e.task_id for e in examples], dtype=np.int64),
+            "labels": np.array([e.label for e in examples], dtype=np.int64),
+            "scores": np.array([e.score for e in examples], dtype=np.float64),
+        }
+
+    @wrap_rpc_errors
+    def memory_map(self, model, scope="memory", version=None, timeout=None):
+        """Per-example MPE coordinates and the leave-one-out estimate.
+
+        Returns a dict: version, example_ids, client_ids, labels, task_ids (int64 [N]),
+        error, variance, lambda (float32 [N, K]), sensitivity (float32 [N]), loo_nll and
+        loo_accuracy (floats).
+        """
+        request = query_pb2.MemoryMapRequest(
+            model=model, scope=enum_value(query_pb2.Scope.DESCRIPTOR, scope),
+            version=_optional_int(version))
+        response = self._query.MemoryMap(request, timeout=self._deadline(timeout),
+                                         metadata=self._metadata)
+        result = {"version": response.version}
+        for name in ("example_ids", "client_ids", "labels", "task_ids", "error", "variance",
+                     "lambda", "sensitivity"):
+            result[name] = from_tensor(getattr(response, name))
+        result["loo_nll"] = response.loo_nll
+        result["loo_accuracy"] = response.loo_accuracy
+        return result
+
+    @wrap_rpc_errors
+    def evaluate(self, model, timeout=None):
+        """Accuracy of every version on every task's evaluation examples.
+
+        Returns a dict: version (current), versions and task_ids (int64 [R], one per row;
+        task -1: version 0 or a rollback), accuracy (float64 [R, T], NaN where a task had no
+        evaluation examples), average_accuracy, forgetting (float64 [T]),
+        average_forgetting, backward_transfer.
+        """
+        response = self._query.Evaluate(query_pb2.EvaluateRequest(model=model),
+                                        timeout=self._deadline(timeout), metadata=self._metadata)
+        rows = response.rows
+        width = max((len(row.accuracy) for row in rows), default=0)
+        accuracy = np.full((len(rows), width), math.nan, dtype=np.float64)
+        for i, row in enumerate(rows):
+            accuracy[i, :len(row.accuracy)] = row.accuracy
+        return {
+            "version": response.version,
+            "versions": np.array([row.version for row in rows], dtype=np.int64),
+            "task_ids": np.array([row.task_id for row in rows], dtype=np.int64),
+            "accuracy": accuracy,
+            "average_accuracy": response.average_accuracy,
+            "forgetting": np.array(response.forgetting, dtype=np.float64),
+            "average_forgetting": response.average_forgetting,
+            "backward_transfer": response.backward_transfer,
+        }

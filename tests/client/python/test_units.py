@@ -1,0 +1,146 @@
+"""The client's own logic, no server: tensors, request building, errors."""
+
+import grpc
+import numpy as np
+import pytest
+
+from adaptd.v1 import learning_pb2, model_pb2, query_pb2, tensor_pb2
+from adaptd_client import AdaptdError, Client, JobError, from_tensor, ids_from_ranges, to_tensor
+from adaptd_client.messages import enum_value, make_message
+
+
+@pytest.mark.parametrize("dtype, wire", [
+    (np.float32, tensor_pb2.DATA_TYPE_FLOAT32),
+    (np.float64, tensor_pb2.DATA_TYPE_FLOAT64),
+    (np.uint8, tensor_pb2.DATA_TYPE_UINT8),
+    (np.int64, tensor_pb2.DATA_TYPE_INT64),
+])
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 3), (2, 1, 4, 3)])
+def test_tensor_round_trip(dtype, wire, shape):
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal(shape) * 100).astype(dtype)
+    tensor = to_tensor(array)
+    assert tensor.dtype == wire
+    assert list(tensor.shape) == list(shape)
+    assert len(tensor.raw_data) == array.size * array.itemsize
+    # Through the wire format too.
+    decoded = from_tensor(tensor_pb2.Tensor.FromString(tensor.SerializeToString()))
+    assert decoded.dtype == np.dtype(dtype)
+    assert decoded.shape == tuple(shape)
+    np.testing.assert_array_equal(decoded, array)
+    decoded[...] = 0  # a writable copy
+
+
+def test_tensor_bytes_are_little_endian_row_major():
+    tensor = to_tensor(np.array([[1, 2], [3, 256]], dtype=np.int64))
+    assert tensor.raw_data == b"".join(v.to_bytes(8, "little") for v in (1, 2, 3, 256))
+    tensor = to_tensor(np.array([1.0], dtype=np.float32))
+    assert tensor.raw_data == bytes.fromhex("0000803f")
+
+
+def test_big_endian_and_strided_arrays_are_normalised():
+    big = np.arange(6, dtype=">f4").reshape(2, 3)
+    np.testing.assert_array_equal(from_tensor(to_tensor(big)), big)
+    assert to_tensor(big).raw_data == np.arange(6, dtype="<f4").tobytes()
+    strided = np.arange(24, dtype=np.int64).reshape(4, 6)[::2, ::3]
+    np.testing.assert_array_equal(from_tensor(to_tensor(strided)), strided)
+    transposed = np.arange(6, dtype=np.float64).reshape(2, 3).T
+    np.testing.assert_array_equal(from_tensor(to_tensor(transposed)), transposed)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float16, np.bool_, np.complex64, object])
+def test_unsupported_dtypes_are_refused(dtype):
+    with pytest.raises(TypeError, match="supported dtypes"):
+        to_tensor(np.zeros(3, dtype=dtype))
+
+
+def test_malformed_tensors_are_refused():
+    with pytest.raises(ValueError, match="needs 24 bytes, got 23"):
+        from_tensor(tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT64, shape=[3],
+                                      raw_data=b"\0" * 23))
+    with pytest.raises(ValueError, match="negative"):
+        from_tensor(tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[-1]))
+    with pytest.raises(ValueError, match="unknown tensor dtype"):
+        from_tensor(tensor_pb2.Tensor(dtype=99, shape=[1], raw_data=b"\0"))
+    with pytest.raises(ValueError, match="no dtype"):
+        from_tensor(tensor_pb2.Tensor(shape=[1], raw_data=b"\0"))
+    assert from_tensor(tensor_pb2.Tensor()) is None
+
+
+def test_enum_names():
+    mode = query_pb2.PredictMode.DESCRIPTOR
+    assert enum_value(mode, "bayes") == query_pb2.PREDICT_MODE_BAYES
+    assert enum_value(mode, "MEAN") == query_pb2.PREDICT_MODE_MEAN
+    assert enum_value(mode, "PREDICT_MODE_LINEARIZED") == query_pb2.PREDICT_MODE_LINEARIZED
+    assert enum_value(mode, 2) == query_pb2.PREDICT_MODE_MEAN
+    assert enum_value(learning_pb2.Split.DESCRIPTOR, "eval") == learning_pb2.SPLIT_EVAL
+    assert enum_value(query_pb2.Scope.DESCRIPTOR, "all") == query_pb2.SCOPE_ALL
+    with pytest.raises(ValueError, match=r"\['bayes', 'mean', 'linearized'\]"):
+        enum_value(mode, "median")
+    with pytest.raises(ValueError):
+        enum_value(mode, 17)
+
+
+def test_messages_from_dicts_and_keywords():
+    spec = make_message(model_pb2.ModelSpec, {"architecture": "mlp", "input_shape": [2]},
+                        num_classes=np.int64(4), hidden=np.array([8, 8]))
+    assert spec == model_pb2.ModelSpec(architecture="mlp", input_shape=[2], num_classes=4,
+                                       hidden=[8, 8])
+    config = make_message(model_pb2.LearningConfig,
+                          {"epochs": 2, "head_mode": "multi", "ivon": {"lr": 0.05},
+                           "memory_weight": 0.0})
+    assert config.head_mode == model_pb2.HEAD_MODE_MULTI
+    assert config.ivon.lr == 0.05
+    assert config.HasField("memory_weight")
+    original = model_pb2.LearningConfig(epochs=3)
+    assert make_message(model_pb2.LearningConfig, original) == original
+    assert make_message(model_pb2.LearningConfig, None) == model_pb2.LearningConfig()
+    with pytest.raises(ValueError, match="ModelSpec has no field 'layers'"):
+        make_message(model_pb2.ModelSpec, {"layers": [3]})
+    with pytest.raises(TypeError, match="LearningConfig.epochs"):
+        make_message(model_pb2.LearningConfig, {"epochs": "ten"})
+    with pytest.raises(ValueError, match="unknown HeadMode 'dual'"):
+        make_message(model_pb2.LearningConfig, {"head_mode": "dual"})
+    with pytest.raises(TypeError, match="expected a ModelSpec or a dict"):
+        make_message(model_pb2.ModelSpec, [1, 2])
+
+
+def test_ids_from_ranges():
+    ranges = [learning_pb2.IdRange(first=10, count=3), learning_pb2.IdRange(first=40, count=2)]
+    np.testing.assert_array_equal(ids_from_ranges(ranges), [10, 11, 12, 40, 41])
+    assert ids_from_ranges([]).dtype == np.int64
+
+
+def test_errors_carry_code_and_message():
+    error = AdaptdError(grpc.StatusCode.NOT_FOUND, "model 'x' not found")
+    assert error.code == grpc.StatusCode.NOT_FOUND
+    assert error.message == "model 'x' not found"
+    assert str(error) == "NOT_FOUND: model 'x' not found"
+    status = learning_pb2.JobStatus(job_id="j1", model="m", state=learning_pb2.JOB_STATE_FAILED,
+                                    message="diverged")
+    assert "j1" in str(JobError(status)) and "JOB_STATE_FAILED: diverged" in str(JobError(status))
+
+
+def test_unreachable_server_raises_unavailable():
+    # Port 1 is privileged and unused: the connection is refused at once.
+    with Client("127.0.0.1:1", timeout=5) as client:
+        with pytest.raises(AdaptdError) as raised:
+            client.list_models()
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_arguments_are_checked_before_sending():
+    with Client("127.0.0.1:1") as client:
+        x = np.zeros((4, 2), dtype=np.float32)
+        with pytest.raises(ValueError, match=r"y must have shape \[4\]"):
+            client.stream_examples("m", 0, x, np.zeros(3, dtype=np.int64))
+        with pytest.raises(TypeError, match="y must hold integers"):
+            client.stream_examples("m", 0, x, np.full(4, 0.5))
+        with pytest.raises(TypeError, match="x must be numeric"):
+            client.stream_examples("m", 0, x.astype(np.complex64), np.zeros(4))
+        with pytest.raises(ValueError, match=r"client_ids must have shape \[4\]"):
+            client.stream_examples("m", 0, x, np.zeros(4), client_ids=[1, 2])
+        with pytest.raises(ValueError, match="unknown Split 'test'"):
+            client.stream_examples("m", 0, x, np.zeros(4), split="test")
+        with pytest.raises(ValueError, match="unknown PredictMode"):
+            client.predict("m", x, mode="vote")
