@@ -1,4 +1,5 @@
-// The adaptd server binary. Flags become ServerOptions; SIGINT/SIGTERM shut down gracefully.
+// The adaptd server binary. Flags become ServerOptions; SIGINT/SIGTERM shut down gracefully
+// (calls in flight finish, a running adaptation resumes on the next start).
 #include <signal.h>
 
 #include <cstdio>
@@ -9,21 +10,59 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "core/tensor_io.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free one (printed on start)");
-ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads");
+ABSL_FLAG(std::string, data_dir, "", "catalog, example logs and checkpoints (required)");
+ABSL_FLAG(int, threads, 1,
+          "LibTorch intra-op threads shared by training and queries (more than the free cores "
+          "makes OpenMP spin and everything slower)");
 ABSL_FLAG(int, max_message_mb, 64, "largest gRPC message in MiB; clients must match");
+ABSL_FLAG(std::string, tokens_file, "", "bearer tokens: one \"<token> <role>\" per line");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA for client certificates (enables mTLS)");
+ABSL_FLAG(int, metrics_port, -1, "Prometheus metrics on this HTTP port; -1 off, 0 any free port");
+ABSL_FLAG(int64_t, queue_capacity, 16, "adaptation jobs queued per model");
+ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across models");
+
+namespace {
+
+std::string ReadOrDie(const std::string& path, const char* flag) {
+  if (path.empty()) return "";
+  auto text = adaptd::ReadFile(path);
+  if (!text.ok()) {
+    std::fprintf(stderr, "adaptd: --%s: %s\n", flag, text.status().ToString().c_str());
+    std::exit(2);
+  }
+  return *text;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("adaptd: continual-learning training service");
+  absl::SetProgramUsageMessage("adaptd: continual-learning training service\n"
+                               "  adaptd --data_dir=DIR [--port=50051] [--metrics_port=9090]");
   absl::ParseCommandLine(argc, argv);
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   adaptd::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  options.tokens = ReadOrDie(absl::GetFlag(FLAGS_tokens_file), "tokens_file");
+  if (!absl::GetFlag(FLAGS_tokens_file).empty() && options.tokens.find_first_not_of(" \n\t") == std::string::npos) {
+    std::fprintf(stderr, "adaptd: --tokens_file names no token; refusing to run open\n");
+    return 2;
+  }
+  options.tls_cert = ReadOrDie(absl::GetFlag(FLAGS_tls_cert), "tls_cert");
+  options.tls_key = ReadOrDie(absl::GetFlag(FLAGS_tls_key), "tls_key");
+  options.tls_client_ca = ReadOrDie(absl::GetFlag(FLAGS_tls_client_ca), "tls_client_ca");
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
+  options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
 
   // Block the shutdown signals in every thread; one thread waits for them.
   sigset_t signals;
@@ -38,6 +77,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("adaptd listening on %s:%d\n", options.host.c_str(), (*server)->port());
+  if ((*server)->metrics_port() > 0) {
+    std::printf("adaptd metrics on http://%s:%d/metrics\n", options.host.c_str(),
+                (*server)->metrics_port());
+  }
   std::fflush(stdout);
   std::thread waiter([&] {
     int sig = 0;
@@ -48,5 +91,6 @@ int main(int argc, char** argv) {
   });
   (*server)->Wait();
   waiter.join();
+  (*server)->Shutdown();
   return 0;
 }

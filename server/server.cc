@@ -2,71 +2,94 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
-#include <vector>
 
-#include <ATen/Parallel.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/grpcpp.h>
-#include <torch/version.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/str_cat.h"
-#include "adaptd/v1/admin.grpc.pb.h"
-#include "core/model.h"
-#include "core/train.h"
-
-#ifndef ADAPTD_VERSION
-#define ADAPTD_VERSION "0.0.0"
-#endif
+#include "core/status_macros.h"
+#include "server/auth.h"
+#include "server/metrics.h"
+#include "server/registry.h"
+#include "server/services.h"
 
 namespace adaptd {
-namespace {
-
-class AdminServiceImpl final : public v1::AdminService::CallbackService {
-  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
-                                          const v1::GetServerInfoRequest* request,
-                                          v1::GetServerInfoResponse* response) override {
-    response->set_version(ADAPTD_VERSION);
-    response->set_torch_version(TORCH_VERSION);
-    response->set_device("cpu");
-    response->set_intra_op_threads(at::get_num_threads());
-    for (auto k : {OptimizerKind::kIvon, OptimizerKind::kAdam, OptimizerKind::kSgd}) {
-      response->add_optimizers(OptimizerName(k));
-    }
-    for (auto a : {Architecture::kLogReg, Architecture::kMlp, Architecture::kLeNet5,
-                   Architecture::kTorchScript}) {
-      response->add_architectures(ArchitectureName(a));
-    }
-    auto* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
-  }
-};
-
-}  // namespace
 
 class Server::Impl {
  public:
-  AdminServiceImpl admin;
+  Metrics metrics;
+  int metrics_port = -1;
+  TokenAuth auth;
+  std::unique_ptr<Registry> registry;
+  std::unique_ptr<v1::AdminService::Service> admin;
+  std::unique_ptr<v1::LearningService::Service> learning;
+  std::unique_ptr<v1::QueryService::Service> query;
   std::unique_ptr<grpc::Server> server;
+  std::once_flag shutdown_once;
 };
 
 Server::Server(std::unique_ptr<Impl> impl, int port) : impl_(std::move(impl)), port_(port) {}
 
 Server::~Server() { Shutdown(0); }
 
+int Server::metrics_port() const { return impl_->metrics_port; }
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
+  if (options.max_message_bytes < (1 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("max_message_bytes must be at least 1 MiB; got ",
+                                                   options.max_message_bytes));
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("TLS needs both a certificate and a key");
+  }
+  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
+    return absl::InvalidArgumentError("mTLS (a client CA) needs the server's certificate and key");
+  }
   auto impl = std::make_unique<Impl>();
+  ADAPTD_ASSIGN_OR_RETURN(impl->auth, TokenAuth::Parse(options.tokens));
+  RegistryOptions ro;
+  ro.data_dir = options.data_dir;
+  ro.queue_capacity = options.queue_capacity;
+  ro.max_concurrent_jobs = options.max_concurrent_jobs;
+  ro.metrics = &impl->metrics;
+  ADAPTD_ASSIGN_OR_RETURN(impl->registry, Registry::Open(ro));
+  if (options.metrics_port >= 0) {
+    ADAPTD_ASSIGN_OR_RETURN(impl->metrics_port, impl->metrics.Serve(options.host, options.metrics_port));
+  }
+
+  ServiceContext sc;
+  sc.registry = impl->registry.get();
+  sc.metrics = &impl->metrics;
+  sc.auth = &impl->auth;
+  sc.max_message_bytes = options.max_message_bytes;
+  impl->admin = MakeAdminService(sc);
+  impl->learning = MakeLearningService(sc);
+  impl->query = MakeQueryService(sc);
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl(
+        options.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                      : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = options.tls_client_ca;
+    ssl.pem_key_cert_pairs.push_back({options.tls_key, options.tls_cert});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string address = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(address, credentials, &port);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
-  builder.RegisterService(&impl->admin);
+  builder.RegisterService(impl->admin.get());
+  builder.RegisterService(impl->learning.get());
+  builder.RegisterService(impl->query.get());
   impl->server = builder.BuildAndStart();
   if (!impl->server || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
@@ -77,10 +100,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
 void Server::Wait() { impl_->server->Wait(); }
 
 void Server::Shutdown(double grace_seconds) {
-  if (impl_ && impl_->server) {
-    impl_->server->Shutdown(std::chrono::system_clock::now() +
-                            std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000)));
-  }
+  if (!impl_) return;
+  std::call_once(impl_->shutdown_once, [&] {
+    if (impl_->server) {
+      impl_->server->Shutdown(std::chrono::system_clock::now() +
+                              std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000)));
+    }
+    if (impl_->registry) impl_->registry->Shutdown();
+  });
 }
 
 }  // namespace adaptd

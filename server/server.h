@@ -1,4 +1,5 @@
-// The adaptd gRPC server: owns the services and the grpc::Server that runs them.
+// The adaptd gRPC server: the registry of models, the three services, health and reflection,
+// and the metrics endpoint.
 #ifndef ADAPTD_SERVER_SERVER_H_
 #define ADAPTD_SERVER_SERVER_H_
 
@@ -7,35 +8,48 @@
 
 #include "absl/status/statusor.h"
 
-namespace grpc {
-class Server;
-}  // namespace grpc
-
 namespace adaptd {
 
 struct ServerOptions {
   // Address to listen on; port 0 picks a free port (see Server::port()).
   std::string host = "127.0.0.1";
   int port = 50051;
+  // Where the catalog, example logs and checkpoints live. Required.
+  std::string data_dir;
   // Largest request or response message, in bytes. Clients must set the same limit.
   int max_message_bytes = 64 << 20;
+  // "<token> <role>" lines (see server/auth.h); empty: no authentication.
+  std::string tokens;
+  // PEM contents. With a certificate and key the server speaks TLS only; with a client CA as
+  // well it requires and verifies client certificates (mTLS).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // Prometheus text on http://host:metrics_port/metrics; -1: off, 0: a free port.
+  int metrics_port = -1;
+  // Adaptation jobs queued per model, and trained at once across models.
+  int64_t queue_capacity = 16;
+  int max_concurrent_jobs = 1;
 };
 
 // Thread-safe.
 class Server {
  public:
-  // Starts serving. UNAVAILABLE if the address cannot be bound.
+  // Recovers the data directory and starts serving. INVALID_ARGUMENT for bad options,
+  // UNAVAILABLE if an address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Server>> Create(const ServerOptions& options);
   ~Server();
 
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // The port actually bound.
+  // The ports actually bound (metrics: -1 when off).
   int port() const { return port_; }
+  int metrics_port() const;
   // Blocks until Shutdown() is called from another thread.
   void Wait();
-  // Stops accepting calls and waits (up to `grace_seconds`) for calls in flight.
+  // Stops accepting calls, waits (up to `grace_seconds`) for calls in flight, then stops the
+  // models' actors: a running adaptation is interrupted and resumes on the next start.
   void Shutdown(double grace_seconds = 5.0);
 
  private:

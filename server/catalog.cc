@@ -1,0 +1,301 @@
+#include "server/catalog.h"
+
+#include <sqlite3.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/status_macros.h"
+
+namespace adaptd {
+namespace {
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS models(
+  name TEXT PRIMARY KEY, spec BLOB NOT NULL, config BLOB NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks(
+  model TEXT NOT NULL, task_id INTEGER NOT NULL, classes TEXT NOT NULL,
+  PRIMARY KEY(model, task_id));
+CREATE TABLE IF NOT EXISTS versions(
+  model TEXT NOT NULL, version INTEGER NOT NULL, info BLOB NOT NULL,
+  checkpoint_crc INTEGER NOT NULL, PRIMARY KEY(model, version));
+CREATE TABLE IF NOT EXISTS jobs(
+  id TEXT PRIMARY KEY, model TEXT NOT NULL, task_id INTEGER NOT NULL, begin_pos INTEGER NOT NULL,
+  end_pos INTEGER NOT NULL, state INTEGER NOT NULL, message TEXT NOT NULL,
+  version INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+)sql";
+
+absl::Status SqlError(sqlite3* db, const std::string& what) {
+  return absl::InternalError(absl::StrCat("catalog: ", what, ": ", sqlite3_errmsg(db)));
+}
+
+// One prepared statement; binds are 1-based, in the order given.
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+
+  Statement& Bind(int64_t v) {
+    if (rc_ == SQLITE_OK) rc_ = sqlite3_bind_int64(stmt_, ++index_, v);
+    return *this;
+  }
+  Statement& Bind(const std::string& v, bool blob = false) {
+    if (rc_ != SQLITE_OK) return *this;
+    rc_ = blob ? sqlite3_bind_blob(stmt_, ++index_, v.data(), static_cast<int>(v.size()),
+                                   SQLITE_TRANSIENT)
+               : sqlite3_bind_text(stmt_, ++index_, v.data(), static_cast<int>(v.size()),
+                                   SQLITE_TRANSIENT);
+    return *this;
+  }
+  // Runs a statement that returns no rows.
+  absl::Status Run() {
+    if (rc_ != SQLITE_OK) return SqlError(db_, "prepare");
+    const int rc = sqlite3_step(stmt_);
+    return rc == SQLITE_DONE ? absl::OkStatus() : SqlError(db_, "step");
+  }
+  // Next row: true while there is one.
+  absl::StatusOr<bool> Next() {
+    if (rc_ != SQLITE_OK) return SqlError(db_, "prepare");
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return SqlError(db_, "step");
+  }
+  int Columns() const { return sqlite3_column_count(stmt_); }
+  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  std::string Bytes(int col) const {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    const int n = sqlite3_column_bytes(stmt_, col);
+    return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string();
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+  int index_ = 0;
+};
+
+std::string JoinClasses(const std::vector<int64_t>& c) { return absl::StrJoin(c, ","); }
+
+std::vector<int64_t> SplitClasses(const std::string& s) {
+  std::vector<int64_t> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    if (comma == std::string::npos) comma = s.size();
+    out.push_back(std::stoll(s.substr(pos, comma - pos)));
+    pos = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                             SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
+    const std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::InternalError(absl::StrCat("catalog: open ", path, ": ", msg));
+  }
+  auto catalog = std::unique_ptr<Catalog>(new Catalog(db));
+  std::lock_guard<std::mutex> lock(catalog->mu_);
+  ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(
+      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"));
+  ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(kSchema));
+  return catalog;
+}
+
+Catalog::~Catalog() { sqlite3_close(db_); }
+
+absl::Status Catalog::ExecLocked(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    const std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    return absl::InternalError(absl::StrCat("catalog: ", msg));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Catalog::InsertModel(const ModelRow& row) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_, "INSERT INTO models(name, spec, config, created_ms) VALUES(?, ?, ?, ?)");
+  return st.Bind(row.name).Bind(row.spec, true).Bind(row.config, true).Bind(row.created_ms).Run();
+}
+
+absl::Status Catalog::DeleteModel(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
+  absl::Status status;
+  for (const char* sql : {"DELETE FROM models WHERE name = ?", "DELETE FROM tasks WHERE model = ?",
+                          "DELETE FROM versions WHERE model = ?",
+                          "DELETE FROM jobs WHERE model = ?"}) {
+    status = Statement(db_, sql).Bind(name).Run();
+    if (!status.ok()) break;
+  }
+  if (!status.ok()) {
+    (void)ExecLocked("ROLLBACK");
+    return status;
+  }
+  return ExecLocked("COMMIT");
+}
+
+absl::StatusOr<std::vector<ModelRow>> Catalog::ListModels() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_, "SELECT name, spec, config, created_ms FROM models ORDER BY name");
+  std::vector<ModelRow> rows;
+  while (true) {
+    ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+    if (!more) break;
+    rows.push_back({st.Bytes(0), st.Bytes(1), st.Bytes(2), st.Int(3)});
+  }
+  return rows;
+}
+
+absl::Status Catalog::UpsertTask(const std::string& model, const TaskRow& row) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_, "INSERT OR REPLACE INTO tasks(model, task_id, classes) VALUES(?, ?, ?)");
+  return st.Bind(model).Bind(row.task_id).Bind(JoinClasses(row.classes)).Run();
+}
+
+absl::StatusOr<std::vector<TaskRow>> Catalog::ListTasks(const std::string& model) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_, "SELECT task_id, classes FROM tasks WHERE model = ? ORDER BY task_id");
+  st.Bind(model);
+  std::vector<TaskRow> rows;
+  while (true) {
+    ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+    if (!more) break;
+    rows.push_back({st.Int(0), SplitClasses(st.Bytes(1))});
+  }
+  return rows;
+}
+
+absl::StatusOr<std::vector<VersionRow>> Catalog::ListVersions(const std::string& model) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_,
+               "SELECT version, info, checkpoint_crc FROM versions WHERE model = ? "
+               "ORDER BY version");
+  st.Bind(model);
+  std::vector<VersionRow> rows;
+  while (true) {
+    ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+    if (!more) break;
+    rows.push_back({st.Int(0), st.Bytes(1), static_cast<uint32_t>(st.Int(2))});
+  }
+  return rows;
+}
+
+absl::Status Catalog::InsertJob(const JobRow& row) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_,
+               "INSERT INTO jobs(id, model, task_id, begin_pos, end_pos, state, message, version, "
+               "created_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  return st.Bind(row.id)
+      .Bind(row.model)
+      .Bind(row.task_id)
+      .Bind(row.begin)
+      .Bind(row.end)
+      .Bind(row.state)
+      .Bind(row.message)
+      .Bind(row.version)
+      .Bind(row.created_ms)
+      .Run();
+}
+
+absl::Status Catalog::UpdateJob(const std::string& id, int state, const std::string& message,
+                                int64_t version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_, "UPDATE jobs SET state = ?, message = ?, version = ? WHERE id = ?");
+  return st.Bind(state).Bind(message).Bind(version).Bind(id).Run();
+}
+
+absl::Status Catalog::SetJobRange(const std::string& id, int64_t begin, int64_t end) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_, "UPDATE jobs SET begin_pos = ?, end_pos = ? WHERE id = ?");
+  return st.Bind(begin).Bind(end).Bind(id).Run();
+}
+
+absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_,
+               "SELECT id, model, task_id, begin_pos, end_pos, state, message, version, created_ms "
+               "FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
+  st.Bind(model);
+  std::vector<JobRow> rows;
+  while (true) {
+    ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+    if (!more) break;
+    JobRow r;
+    r.id = st.Bytes(0);
+    r.model = st.Bytes(1);
+    r.task_id = st.Int(2);
+    r.begin = st.Int(3);
+    r.end = st.Int(4);
+    r.state = static_cast<int>(st.Int(5));
+    r.message = st.Bytes(6);
+    r.version = st.Int(7);
+    r.created_ms = st.Int(8);
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+absl::Status Catalog::Publish(const std::string& model, const VersionRow& version,
+                              const std::string& job_id, int job_state,
+                              const std::string& message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
+  absl::Status status =
+      Statement(db_, "INSERT INTO versions(model, version, info, checkpoint_crc) VALUES(?, ?, ?, ?)")
+          .Bind(model)
+          .Bind(version.version)
+          .Bind(version.info, true)
+          .Bind(static_cast<int64_t>(version.checkpoint_crc))
+          .Run();
+  if (status.ok() && !job_id.empty()) {
+    status = Statement(db_, "UPDATE jobs SET state = ?, message = ?, version = ? WHERE id = ?")
+                 .Bind(job_state)
+                 .Bind(message)
+                 .Bind(version.version)
+                 .Bind(job_id)
+                 .Run();
+  }
+  if (!status.ok()) {
+    (void)ExecLocked("ROLLBACK");
+    return status;
+  }
+  return ExecLocked("COMMIT");
+}
+
+absl::StatusOr<std::string> Catalog::Dump() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string out;
+  for (const char* sql :
+       {"SELECT 'model', name, hex(spec), hex(config), created_ms FROM models ORDER BY name",
+        "SELECT 'task', model, task_id, classes FROM tasks ORDER BY model, task_id",
+        "SELECT 'version', model, version, hex(info), checkpoint_crc FROM versions "
+        "ORDER BY model, version",
+        "SELECT 'job', id, model, task_id, begin_pos, end_pos, state, message, version FROM jobs "
+        "ORDER BY id"}) {
+    Statement st(db_, sql);
+    while (true) {
+      ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+      if (!more) break;
+      for (int c = 0; c < st.Columns(); ++c) {
+        absl::StrAppend(&out, st.Bytes(c), "|");
+      }
+      out += "\n";
+    }
+  }
+  return out;
+}
+
+}  // namespace adaptd

@@ -1,0 +1,90 @@
+// The catalog: models, tasks, versions and jobs in SQLite (WAL, synchronous=FULL), so that a
+// row written is a row that survives a crash. Blobs hold the public protos (ModelSpec,
+// LearningConfig, VersionInfo) serialized.
+#ifndef ADAPTD_SERVER_CATALOG_H_
+#define ADAPTD_SERVER_CATALOG_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+struct sqlite3;
+
+namespace adaptd {
+
+struct ModelRow {
+  std::string name;
+  std::string spec;    // v1::ModelSpec
+  std::string config;  // v1::LearningConfig
+  int64_t created_ms = 0;
+};
+
+struct TaskRow {
+  int64_t task_id = 0;
+  std::vector<int64_t> classes;
+};
+
+struct VersionRow {
+  int64_t version = 0;
+  std::string info;            // v1::VersionInfo
+  uint32_t checkpoint_crc = 0; // CRC-32C of the checkpoint file's bytes
+};
+
+struct JobRow {
+  std::string id;
+  std::string model;
+  int64_t task_id = 0;
+  // The task's training examples [begin, end) (positions in arrival order) the job learns.
+  int64_t begin = 0;
+  int64_t end = 0;
+  int state = 0;  // v1::JobState
+  std::string message;
+  int64_t version = -1;
+  int64_t created_ms = 0;
+};
+
+// Thread-safe (one connection behind a mutex).
+class Catalog {
+ public:
+  static absl::StatusOr<std::unique_ptr<Catalog>> Open(const std::string& path);
+  ~Catalog();
+
+  absl::Status InsertModel(const ModelRow& row);
+  // Removes the model and every row that belongs to it, in one transaction.
+  absl::Status DeleteModel(const std::string& name);
+  absl::StatusOr<std::vector<ModelRow>> ListModels();
+
+  absl::Status UpsertTask(const std::string& model, const TaskRow& row);
+  absl::StatusOr<std::vector<TaskRow>> ListTasks(const std::string& model);
+
+  absl::StatusOr<std::vector<VersionRow>> ListVersions(const std::string& model);
+
+  absl::Status InsertJob(const JobRow& row);
+  absl::Status UpdateJob(const std::string& id, int state, const std::string& message,
+                         int64_t version);
+  // The examples a job learns, fixed when it starts.
+  absl::Status SetJobRange(const std::string& id, int64_t begin, int64_t end);
+  absl::StatusOr<std::vector<JobRow>> ListJobs(const std::string& model);
+
+  // Publishing: the version row and the job's success in one transaction (job_id may be
+  // empty for rollbacks and imports).
+  absl::Status Publish(const std::string& model, const VersionRow& version,
+                       const std::string& job_id, int job_state, const std::string& message);
+
+  // Every row of every table as text, in a fixed order: tests compare it before and after.
+  absl::StatusOr<std::string> Dump();
+
+ private:
+  explicit Catalog(sqlite3* db) : db_(db) {}
+  absl::Status ExecLocked(const std::string& sql);
+  std::mutex mu_;
+  sqlite3* db_;
+};
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_SERVER_CATALOG_H_

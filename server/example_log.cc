@@ -1,0 +1,159 @@
+#include "server/example_log.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "core/tensor_io.h"
+#include "server/crc32c.h"
+
+namespace adaptd {
+namespace {
+
+enum RecordType : uint8_t { kBatch = 1, kCommit = 2 };
+constexpr size_t kHeaderBytes = 8;
+// A batch larger than this is refused before it reaches the log (the gRPC limit is lower).
+constexpr uint32_t kMaxRecordBytes = 1u << 30;
+
+void PutU32(std::string& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+
+uint32_t GetU32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  return v;
+}
+
+void AppendRecord(std::string& out, RecordType type, absl::string_view body) {
+  std::string payload;
+  payload.reserve(1 + body.size());
+  payload.push_back(static_cast<char>(type));
+  payload.append(body.data(), body.size());
+  PutU32(out, static_cast<uint32_t>(payload.size()));
+  PutU32(out, Crc32c(payload));
+  out += payload;
+}
+
+std::string EncodeBatch(const ExampleBatchData& b) {
+  TensorMap m;
+  m["split"] = ScalarTensor(static_cast<int64_t>(b.split));
+  m["x"] = b.x;
+  m["y"] = b.y;
+  m["ids"] = b.ids;
+  m["client_ids"] = b.client_ids;
+  return SerializeTensors(m);
+}
+
+absl::StatusOr<ExampleBatchData> DecodeBatch(absl::string_view body) {
+  ADAPTD_ASSIGN_OR_RETURN(TensorMap m, ParseTensors(body));
+  ExampleBatchData b;
+  ADAPTD_ASSIGN_OR_RETURN(int64_t split, GetInt(m, "split"));
+  b.split = static_cast<ExampleSplit>(split);
+  ADAPTD_ASSIGN_OR_RETURN(b.y, GetTensor(m, "y", at::kLong));
+  const int64_t n = b.y.numel();
+  ADAPTD_ASSIGN_OR_RETURN(b.x, GetTensor(m, "x", at::kFloat));
+  ADAPTD_ASSIGN_OR_RETURN(b.ids, GetTensor(m, "ids", at::kLong, n));
+  ADAPTD_ASSIGN_OR_RETURN(b.client_ids, GetTensor(m, "client_ids", at::kLong, n));
+  return b;
+}
+
+absl::Status Errno(const std::string& what, const std::string& path);
+
+absl::Status FsyncParentDirectory(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return Errno("open", dir);
+  const int rc = ::fsync(dfd);
+  ::close(dfd);
+  return rc == 0 ? absl::OkStatus() : Errno("fsync", dir);
+}
+
+absl::Status Errno(const std::string& what, const std::string& path) {
+  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::Open(const std::string& path,
+                                                             LogRecovery* recovery) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("open", path);
+  auto log = std::unique_ptr<ExampleLog>(new ExampleLog(path, fd, 0));
+  ADAPTD_RETURN_IF_ERROR(FsyncParentDirectory(path));  // the file's own entry is durable too
+  ADAPTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+
+  std::vector<ExampleBatchData> pending;
+  size_t pos = 0;
+  size_t committed_end = 0;
+  while (pos + kHeaderBytes <= bytes.size()) {
+    const uint32_t len = GetU32(bytes.data() + pos);
+    const uint32_t crc = GetU32(bytes.data() + pos + 4);
+    if (len == 0 || len > kMaxRecordBytes || pos + kHeaderBytes + len > bytes.size()) break;
+    const absl::string_view payload(bytes.data() + pos + kHeaderBytes, len);
+    if (Crc32c(payload) != crc) break;  // torn (or damaged) record: the tail ends here
+    const auto type = static_cast<RecordType>(payload[0]);
+    if (type == kBatch) {
+      auto batch = DecodeBatch(payload.substr(1));
+      if (!batch.ok()) break;
+      pending.push_back(*std::move(batch));
+    } else if (type == kCommit) {
+      for (auto& b : pending) recovery->batches.push_back(std::move(b));
+      pending.clear();
+      committed_end = pos + kHeaderBytes + len;
+    } else {
+      break;
+    }
+    pos += kHeaderBytes + len;
+  }
+  recovery->truncated_bytes = static_cast<int64_t>(bytes.size() - committed_end);
+  if (committed_end != bytes.size()) {
+    if (::ftruncate(fd, static_cast<off_t>(committed_end)) != 0 || ::fsync(fd) != 0) {
+      return Errno("truncate", path);
+    }
+  }
+  log->size_ = static_cast<int64_t>(committed_end);
+  return log;
+}
+
+ExampleLog::~ExampleLog() { ::close(fd_); }
+
+absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& batches) {
+  std::string out;
+  for (const auto& b : batches) {
+    const std::string body = EncodeBatch(b);
+    if (body.size() + 1 > kMaxRecordBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("a batch of ", body.size(),
+                                                     " bytes exceeds the log's record limit"));
+    }
+    AppendRecord(out, kBatch, body);
+  }
+  AppendRecord(out, kCommit, "");
+  size_t done = 0;
+  absl::Status status;
+  while (done < out.size()) {
+    const ssize_t n = ::pwrite(fd_, out.data() + done, out.size() - done,
+                               static_cast<off_t>(size_ + static_cast<int64_t>(done)));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      status = Errno("write", path_);
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (status.ok() && ::fdatasync(fd_) != 0) status = Errno("fsync", path_);
+  if (!status.ok()) {
+    // Leave no partial stream behind; Open() would drop it anyway.
+    (void)::ftruncate(fd_, static_cast<off_t>(size_));
+    return status;
+  }
+  size_ += static_cast<int64_t>(out.size());
+  return absl::OkStatus();
+}
+
+}  // namespace adaptd

@@ -1,0 +1,70 @@
+// The durable log of one task's examples (DESIGN.md "Persistence").
+//
+// File format: a sequence of records [u32 length][u32 crc32c][u8 type][body], little-endian,
+// where length counts the type byte and the body, and the checksum covers them. A kBatch body
+// is a SerializeTensors map (split, x, y, ids, client_ids); a kCommit record has no body and
+// makes every batch since the previous commit part of the log. One stream writes its batches
+// and one commit record in a single append followed by fsync, so a stream is all-or-nothing:
+// after a crash, Open() truncates whatever follows the last commit record (a torn write or a
+// stream that never finished).
+#ifndef ADAPTD_SERVER_EXAMPLE_LOG_H_
+#define ADAPTD_SERVER_EXAMPLE_LOG_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+
+namespace adaptd {
+
+enum class ExampleSplit : int64_t { kTrain = 0, kEval = 1 };
+
+// A validated batch: x float32 [B, input...], y int64 [B], ids int64 [B] (the server's),
+// client_ids int64 [B] (-1 where the client gave none).
+struct ExampleBatchData {
+  ExampleSplit split = ExampleSplit::kTrain;
+  at::Tensor x;
+  at::Tensor y;
+  at::Tensor ids;
+  at::Tensor client_ids;
+  int64_t size() const { return y.defined() ? y.size(0) : 0; }
+};
+
+struct LogRecovery {
+  std::vector<ExampleBatchData> batches;  // every committed batch, in order
+  int64_t truncated_bytes = 0;            // dropped after the last commit record
+};
+
+// Thread-compatible: the owner serializes Append calls.
+class ExampleLog {
+ public:
+  // Opens or creates the log at `path`, reads its committed batches into `recovery` and
+  // truncates the file after the last commit record. DATA_LOSS if a record before the last
+  // commit fails its checksum (the file was damaged after it was written).
+  static absl::StatusOr<std::unique_ptr<ExampleLog>> Open(const std::string& path,
+                                                          LogRecovery* recovery);
+  ~ExampleLog();
+
+  ExampleLog(const ExampleLog&) = delete;
+  ExampleLog& operator=(const ExampleLog&) = delete;
+
+  // Appends the batches and a commit record, then fsyncs: durable when it returns OK. On
+  // failure the file is cut back to its previous length.
+  absl::Status AppendCommitted(const std::vector<ExampleBatchData>& batches);
+
+  int64_t size_bytes() const { return size_; }
+
+ private:
+  ExampleLog(std::string path, int fd, int64_t size) : path_(std::move(path)), fd_(fd), size_(size) {}
+  std::string path_;
+  int fd_;
+  int64_t size_;
+};
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_SERVER_EXAMPLE_LOG_H_

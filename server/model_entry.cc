@@ -1,0 +1,1056 @@
+#include "server/model_entry.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <set>
+
+#include <torch/torch.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/status_macros.h"
+#include "core/tensor_io.h"
+#include "core/torch_status.h"
+#include "server/convert.h"
+#include "server/crc32c.h"
+#include "server/metrics.h"
+
+namespace adaptd {
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string NewJobId() {
+  static std::mutex mu;
+  static std::mt19937_64 rng(std::random_device{}());
+  std::lock_guard<std::mutex> lock(mu);
+  char buf[20];
+  std::snprintf(buf, sizeof(buf), "j%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+absl::Status MakeDirs(const std::string& path) {
+  std::string prefix;
+  for (size_t pos = 0; pos != std::string::npos;) {
+    pos = path.find('/', pos + 1);
+    prefix = path.substr(0, pos);
+    if (prefix.empty()) continue;
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      return absl::InternalError(absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoveTree(const std::string& path) {
+  DIR* dir = ::opendir(path.c_str());
+  if (dir == nullptr) return errno == ENOENT ? absl::OkStatus()
+                                             : absl::InternalError(absl::StrCat(
+                                                   "opendir ", path, ": ", std::strerror(errno)));
+  std::vector<std::string> children;
+  while (dirent* e = ::readdir(dir)) {
+    const std::string n = e->d_name;
+    if (n != "." && n != "..") children.push_back(path + "/" + n);
+  }
+  ::closedir(dir);
+  for (const auto& c : children) {
+    struct stat st;
+    if (::lstat(c.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      ADAPTD_RETURN_IF_ERROR(RemoveTree(c));
+    } else if (::unlink(c.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("unlink ", c, ": ", std::strerror(errno)));
+    }
+  }
+  if (::rmdir(path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("rmdir ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> ListDir(const std::string& path) {
+  std::vector<std::string> out;
+  if (DIR* dir = ::opendir(path.c_str())) {
+    while (dirent* e = ::readdir(dir)) out.push_back(e->d_name);
+    ::closedir(dir);
+  }
+  return out;
+}
+
+// Bytes <-> uint8 tensors, so protos ride inside tensor maps.
+at::Tensor BytesTensor(const std::string& bytes) {
+  at::Tensor t = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
+  if (!bytes.empty()) std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+  return t;
+}
+
+absl::StatusOr<std::string> TensorBytes(const TensorMap& m, const std::string& name) {
+  ADAPTD_ASSIGN_OR_RETURN(at::Tensor t, GetTensor(m, name, at::kByte));
+  return std::string(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()));
+}
+
+template <typename Proto>
+absl::StatusOr<Proto> ProtoFromMap(const TensorMap& m, const std::string& name) {
+  ADAPTD_ASSIGN_OR_RETURN(std::string bytes, TensorBytes(m, name));
+  Proto p;
+  if (!p.ParseFromString(bytes)) {
+    return absl::DataLossError(absl::StrCat("'", name, "' does not parse as ", p.GetTypeName()));
+  }
+  return p;
+}
+
+v1::VersionInfo Diagnose(v1::VersionInfo info, const ContinualState& s) {
+  info.set_memory_size(s.memory.size());
+  auto posterior = s.ToPosterior();
+  if (posterior.ok()) {
+    info.set_mean_hess(s.hess.mean().item<double>());
+    info.set_mean_sigma(posterior->Sigma().mean().item<double>());
+  }
+  return info;
+}
+
+at::Tensor Cat(const std::vector<at::Tensor>& parts, at::ScalarType dtype) {
+  return parts.empty() ? at::empty({0}, dtype) : at::cat(parts);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// JobSlots, Job
+
+bool JobSlots::Acquire(const std::function<bool()>& stop) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (free_ == 0) {
+    if (stop()) return false;
+    cv_.wait_for(lock, std::chrono::milliseconds(100));
+  }
+  --free_;
+  return true;
+}
+
+void JobSlots::Release() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++free_;
+  }
+  cv_.notify_one();
+}
+
+Job::Job(const JobRow& row)
+    : id_(row.id), task_id_(row.task_id), begin_(row.begin), end_(row.end) {
+  status_.set_job_id(row.id);
+  status_.set_model(row.model);
+  status_.set_task_id(row.task_id);
+  status_.set_state(static_cast<v1::JobState>(row.state));
+  status_.set_message(row.message);
+  status_.set_version(row.version);
+  status_.set_examples(row.end - row.begin);
+}
+
+v1::JobStatus Job::Status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return status_;
+}
+
+bool Job::terminal() const {
+  const auto s = Status().state();
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
+         s == v1::JOB_STATE_CANCELLED;
+}
+
+uint64_t Job::WaitForChange(uint64_t seen, int timeout_ms, v1::JobStatus* out) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return seq_ > seen; });
+  *out = status_;
+  return seq_;
+}
+
+void Job::Update(const std::function<void(v1::JobStatus&)>& f, bool urgent) {
+  bool notify;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    f(status_);
+    ++seq_;
+    const int64_t now = NowMs();
+    notify = urgent || now - last_notify_ms_ >= 100;
+    if (notify) last_notify_ms_ = now;
+  }
+  if (notify) cv_.notify_all();
+}
+
+// ---------------------------------------------------------------------------------------------
+// ModelVersion
+
+absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelVersion::Create(v1::VersionInfo info,
+                                                                          ContinualState state) {
+  return std::shared_ptr<const ModelVersion>(new ModelVersion(std::move(info), std::move(state)));
+}
+
+ModelVersion::Lease::~Lease() {
+  if (instance_ == nullptr) return;
+  std::lock_guard<std::mutex> lock(owner_->pool_mu_);
+  owner_->pool_.push_back(std::move(instance_));
+}
+
+absl::StatusOr<ModelVersion::Lease> ModelVersion::Acquire() const {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (!pool_.empty()) {
+      auto instance = std::move(pool_.back());
+      pool_.pop_back();
+      return Lease(this, std::move(instance));
+    }
+  }
+  auto instance = std::make_unique<Lease::Instance>();
+  ADAPTD_ASSIGN_OR_RETURN(instance->model, MaterializeModel(state_));
+  ADAPTD_ASSIGN_OR_RETURN(instance->flat, FlatParameters::Bind(instance->model->Parameters()));
+  instance->model->SetTraining(false);
+  return Lease(this, std::move(instance));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ModelEntry: creation and recovery
+
+ModelEntry::ModelEntry(std::string name, ModelSpec spec, v1::LearningConfig config,
+                       AdaptConfig adapt, ModelEntryOptions options)
+    : name_(std::move(name)),
+      spec_(std::move(spec)),
+      config_(std::move(config)),
+      adapt_(std::move(adapt)),
+      options_(std::move(options)) {}
+
+ModelEntry::~ModelEntry() { Stop(); }
+
+std::string ModelEntry::CheckpointPath(int64_t version) const {
+  return absl::StrCat(options_.dir, "/versions/", version, ".ckpt");
+}
+
+std::string ModelEntry::LogPath(int64_t task_id) const {
+  return absl::StrCat(options_.dir, "/examples/", task_id, ".log");
+}
+
+absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Create(const std::string& name,
+                                                               const v1::ModelSpec& spec_proto,
+                                                               const v1::LearningConfig& config,
+                                                               const ModelEntryOptions& options) {
+  ADAPTD_ASSIGN_OR_RETURN(ModelSpec spec, SpecFromProto(spec_proto));
+  ADAPTD_ASSIGN_OR_RETURN(v1::LearningConfig normalized, NormalizeConfig(config));
+  ADAPTD_ASSIGN_OR_RETURN(AdaptConfig adapt, ConfigFromProto(normalized));
+  ADAPTD_ASSIGN_OR_RETURN(ContinualState state, InitialState(spec, normalized.seed()));
+  auto entry = std::unique_ptr<ModelEntry>(
+      new ModelEntry(name, std::move(spec), std::move(normalized), std::move(adapt), options));
+  ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/examples"));
+  ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/versions"));
+  ModelRow row{name, SpecToProto(entry->spec_).SerializeAsString(),
+               entry->config_.SerializeAsString(), NowMs()};
+  ADAPTD_RETURN_IF_ERROR(options.catalog->InsertModel(row));
+  v1::VersionInfo info;
+  info.set_version(0);
+  info.set_task_id(-1);
+  info.set_rolled_back_from(-1);
+  info.set_created_unix_ms(row.created_ms);
+  absl::Status published = entry->Publish(std::move(info), std::move(state), "");
+  if (!published.ok()) {
+    (void)options.catalog->DeleteModel(name);
+    return published;
+  }
+  entry->Start();
+  return entry;
+}
+
+absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelEntry::LoadVersion(
+    const v1::VersionInfo& info, uint32_t crc) const {
+  const std::string path = CheckpointPath(info.version());
+  ADAPTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+  if (Crc32c(bytes) != crc) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, " fails its checksum"));
+  }
+  ADAPTD_ASSIGN_OR_RETURN(TensorMap map, ParseTensors(bytes));
+  ADAPTD_ASSIGN_OR_RETURN(ContinualState state, ContinualState::FromTensors(map, spec_));
+  return ModelVersion::Create(info, std::move(state));
+}
+
+absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& row,
+                                                                const ModelEntryOptions& options) {
+  v1::ModelSpec spec_proto;
+  v1::LearningConfig config;
+  if (!spec_proto.ParseFromString(row.spec) || !config.ParseFromString(row.config)) {
+    return absl::DataLossError(absl::StrCat("model ", row.name, ": catalog row does not parse"));
+  }
+  ADAPTD_ASSIGN_OR_RETURN(ModelSpec spec, SpecFromProto(spec_proto));
+  ADAPTD_ASSIGN_OR_RETURN(AdaptConfig adapt, ConfigFromProto(config));
+  auto entry = std::unique_ptr<ModelEntry>(
+      new ModelEntry(row.name, std::move(spec), std::move(config), std::move(adapt), options));
+  ModelEntry& e = *entry;
+
+  // Examples: every committed batch of every task; torn tails are cut off.
+  ADAPTD_ASSIGN_OR_RETURN(std::vector<TaskRow> tasks, options.catalog->ListTasks(row.name));
+  for (const TaskRow& t : tasks) {
+    TaskExamples& te = e.tasks_[t.task_id];
+    te.classes = t.classes;
+    LogRecovery rec;
+    ADAPTD_ASSIGN_OR_RETURN(te.log, ExampleLog::Open(e.LogPath(t.task_id), &rec));
+    if (rec.truncated_bytes > 0) {
+      std::fprintf(stderr, "adaptd: model %s task %lld: dropped %lld bytes of an unfinished stream\n",
+                   row.name.c_str(), static_cast<long long>(t.task_id),
+                   static_cast<long long>(rec.truncated_bytes));
+    }
+    for (auto& b : rec.batches) {
+      if (b.size() > 0) {
+        e.next_example_id_ = std::max(e.next_example_id_, b.ids.max().item<int64_t>() + 1);
+      }
+      if (b.split == ExampleSplit::kTrain) {
+        te.train_count += b.size();
+        te.train.push_back(std::move(b));
+      } else {
+        te.eval_count += b.size();
+        te.eval.push_back(std::move(b));
+      }
+    }
+  }
+
+  // Versions: every checkpoint must match the checksum the catalog recorded.
+  ADAPTD_ASSIGN_OR_RETURN(std::vector<VersionRow> versions, options.catalog->ListVersions(row.name));
+  if (versions.empty()) {
+    return absl::DataLossError(absl::StrCat("model ", row.name, " has no published version"));
+  }
+  std::set<std::string> known;
+  for (const VersionRow& v : versions) {
+    v1::VersionInfo info;
+    if (!info.ParseFromString(v.info)) {
+      return absl::DataLossError(absl::StrCat("model ", row.name, " version ", v.version,
+                                              ": catalog row does not parse"));
+    }
+    ADAPTD_ASSIGN_OR_RETURN(auto loaded, e.LoadVersion(info, v.checkpoint_crc));
+    e.versions_.emplace_back(info, v.checkpoint_crc);
+    e.current_ = std::move(loaded);
+    known.insert(absl::StrCat(v.version, ".ckpt"));
+  }
+  // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
+  for (const std::string& f : ListDir(options.dir + "/versions")) {
+    if (f != "." && f != ".." && known.count(f) == 0) {
+      ::unlink((options.dir + "/versions/" + f).c_str());
+    }
+  }
+
+  // Jobs: finished ones are history; queued or running ones start again from the published
+  // version (adaptation is deterministic given the version, the data and the seed).
+  ADAPTD_ASSIGN_OR_RETURN(std::vector<JobRow> jobs, options.catalog->ListJobs(row.name));
+  for (JobRow& j : jobs) {
+    if (j.state == v1::JOB_STATE_SUCCEEDED && e.tasks_.count(j.task_id)) {
+      TaskExamples& te = e.tasks_[j.task_id];
+      te.learned = std::max(te.learned, j.end);
+    }
+  }
+  for (JobRow& j : jobs) {
+    const bool interrupted = j.state == v1::JOB_STATE_QUEUED || j.state == v1::JOB_STATE_RUNNING;
+    if (interrupted) {
+      j.message = j.state == v1::JOB_STATE_RUNNING
+                      ? "interrupted by a server restart while running; resumed from the start"
+                      : "queued before a server restart; resumed";
+      j.state = v1::JOB_STATE_QUEUED;
+      ADAPTD_RETURN_IF_ERROR(options.catalog->UpdateJob(j.id, j.state, j.message, -1));
+    }
+    auto job = std::make_shared<Job>(j);
+    e.jobs_.push_back(job);
+    if (interrupted) e.queue_.push_back(job);
+    if (options.on_job) options.on_job(job);
+  }
+  entry->Start();
+  return entry;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+std::shared_ptr<const ModelVersion> ModelEntry::Current() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_;
+}
+
+absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelEntry::Version(int64_t version) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (version < 0 || version == current_->version()) return current_;
+  auto cached = cache_.find(version);
+  if (cached != cache_.end()) return cached->second;
+  for (const auto& [info, crc] : versions_) {
+    if (info.version() != version) continue;
+    const v1::VersionInfo found = info;
+    const uint32_t found_crc = crc;
+    lock.unlock();
+    ADAPTD_ASSIGN_OR_RETURN(auto loaded, LoadVersion(found, found_crc));
+    lock.lock();
+    if (cache_.size() >= 4) cache_.erase(cache_.begin());
+    cache_[version] = loaded;
+    return loaded;
+  }
+  return absl::NotFoundError(absl::StrCat("model ", name_, " has no version ", version,
+                                          "; its versions are 0..", versions_.back().first.version()));
+}
+
+v1::ModelInfo ModelEntry::Info() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  v1::ModelInfo info;
+  info.set_name(name_);
+  *info.mutable_spec() = SpecToProto(spec_);
+  info.mutable_spec()->clear_torchscript();  // can be large; Export carries it
+  *info.mutable_config() = config_;
+  info.set_num_parameters(current_->state().mean.numel());
+  *info.mutable_current() = current_->info();
+  for (const auto& [id, t] : tasks_) {
+    v1::TaskInfo* ti = info.add_tasks();
+    ti->set_task_id(id);
+    ti->set_train_examples(t.train_count);
+    ti->set_eval_examples(t.eval_count);
+    for (int64_t c : t.classes) ti->add_classes(c);
+    ti->set_pending_examples(t.train_count - t.learned);
+  }
+  info.set_version_count(static_cast<int64_t>(versions_.size()));
+  info.set_jobs_pending(static_cast<int64_t>(queue_.size()) + (running_ ? 1 : 0));
+  return info;
+}
+
+std::vector<v1::VersionInfo> ModelEntry::Versions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<v1::VersionInfo> out;
+  for (const auto& v : versions_) out.push_back(v.first);
+  return out;
+}
+
+std::vector<std::shared_ptr<Job>> ModelEntry::Jobs() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return jobs_;
+}
+
+Dataset ModelEntry::Concat(const std::vector<ExampleBatchData>& batches, at::Tensor* ids,
+                           at::Tensor* client_ids) {
+  std::vector<at::Tensor> xs, ys, is, cs;
+  for (const auto& b : batches) {
+    xs.push_back(b.x);
+    ys.push_back(b.y);
+    is.push_back(b.ids);
+    cs.push_back(b.client_ids);
+  }
+  Dataset d;
+  d.x = xs.empty() ? at::Tensor() : at::cat(xs);
+  d.y = Cat(ys, at::kLong);
+  if (ids) *ids = Cat(is, at::kLong);
+  if (client_ids) *client_ids = Cat(cs, at::kLong);
+  return d;
+}
+
+ModelEntry::Examples ModelEntry::MemoryExamples(const ModelVersion& version) const {
+  const Memory& m = version.state().memory;
+  Examples e;
+  if (m.size() == 0) return e;
+  e.data.x = m.x;
+  e.data.y = m.y;
+  e.ids = m.id;
+  e.task_ids = m.task;
+  // Client ids: look the server ids up among the stored examples.
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<int64_t, int64_t> client;
+  for (const auto& [tid, t] : tasks_) {
+    for (const auto& b : t.train) {
+      auto ids = b.ids.accessor<int64_t, 1>();
+      auto cids = b.client_ids.accessor<int64_t, 1>();
+      for (int64_t i = 0; i < b.size(); ++i) client[ids[i]] = cids[i];
+    }
+  }
+  e.client_ids = at::full({m.size()}, -1, at::kLong);
+  auto out = e.client_ids.accessor<int64_t, 1>();
+  auto mid = m.id.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < m.size(); ++i) {
+    auto it = client.find(mid[i]);
+    if (it != client.end()) out[i] = it->second;
+  }
+  return e;
+}
+
+ModelEntry::Examples ModelEntry::AllTrainingExamples() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<ExampleBatchData> all;
+  std::vector<at::Tensor> tasks;
+  for (const auto& [tid, t] : tasks_) {
+    for (const auto& b : t.train) {
+      all.push_back(b);
+      tasks.push_back(at::full({b.size()}, tid, at::kLong));
+    }
+  }
+  Examples e;
+  e.data = Concat(all, &e.ids, &e.client_ids);
+  e.task_ids = Cat(tasks, at::kLong);
+  return e;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+absl::StatusOr<StreamPlan> ModelEntry::PlanStream(const v1::StreamHeader& h) const {
+  StreamPlan plan;
+  plan.header = h;
+  switch (h.split()) {
+    case v1::SPLIT_UNSPECIFIED:
+    case v1::SPLIT_TRAIN:
+      plan.split = ExampleSplit::kTrain;
+      break;
+    case v1::SPLIT_EVAL:
+      plan.split = ExampleSplit::kEval;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("header.split must be SPLIT_TRAIN or SPLIT_EVAL; got ", h.split()));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t next_task = tasks_.empty() ? 0 : tasks_.rbegin()->first + 1;
+  if (h.task_id() < 0 || h.task_id() > next_task) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.task_id must be an existing task or the next one, in [0, ", next_task,
+        "]; got ", h.task_id()));
+  }
+  const std::vector<int64_t> named(h.classes().begin(), h.classes().end());
+  for (int64_t c : named) {
+    if (c < 0 || c >= spec_.num_classes) {
+      return absl::InvalidArgumentError(absl::StrCat("header.classes must lie in [0, ",
+                                                     spec_.num_classes, "); got ", c));
+    }
+  }
+  if (std::set<int64_t>(named.begin(), named.end()).size() != named.size()) {
+    return absl::InvalidArgumentError("header.classes must not repeat a class");
+  }
+  auto it = tasks_.find(h.task_id());
+  plan.new_task = it == tasks_.end();
+  const bool multi = config_.head_mode() == v1::HEAD_MODE_MULTI;
+  if (!plan.new_task && !it->second.classes.empty()) {
+    if (!named.empty() && named != it->second.classes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "header.classes must match task ", h.task_id(), "'s classes [",
+          absl::StrJoin(it->second.classes, ", "), "]; got [", absl::StrJoin(named, ", "), "]"));
+    }
+    plan.classes = it->second.classes;
+  } else {
+    if (multi && named.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model ", name_, " is multi-head: the first stream of task ", h.task_id(),
+          " must name its classes in header.classes"));
+    }
+    plan.classes = named;
+  }
+  if (plan.split == ExampleSplit::kTrain) {
+    const int64_t queued = static_cast<int64_t>(queue_.size());
+    if (!h.keep_open() && queued >= options_.queue_capacity) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model ", name_, " has ", queued, " adaptation jobs queued (the limit is ",
+          options_.queue_capacity, "); wait for them or cancel some"));
+    }
+  }
+  return plan;
+}
+
+absl::StatusOr<ExampleBatchData> ModelEntry::ValidateBatch(const StreamPlan& plan,
+                                                           const v1::ExampleBatch& batch) const {
+  ExampleBatchData b;
+  b.split = plan.split;
+  ADAPTD_ASSIGN_OR_RETURN(b.x, InputsFromProto(batch.x(), spec_, false, "batch.x"));
+  const int64_t n = b.x.size(0);
+  ADAPTD_ASSIGN_OR_RETURN(b.y, LabelsFromProto(batch.y(), n, spec_.num_classes, "batch.y"));
+  if (!plan.classes.empty()) {
+    const at::Tensor allowed = at::zeros({spec_.num_classes}, at::kBool);
+    for (int64_t c : plan.classes) allowed[c] = true;
+    const at::Tensor outside = allowed.index_select(0, b.y).logical_not();
+    if (outside.any().item<bool>()) {
+      const int64_t first = outside.nonzero()[0][0].item<int64_t>();
+      return absl::InvalidArgumentError(absl::StrCat(
+          "batch.y[", first, "] = ", b.y[first].item<int64_t>(), " is not one of task ",
+          plan.header.task_id(), "'s classes [", absl::StrJoin(plan.classes, ", "), "]"));
+    }
+  }
+  if (batch.has_client_ids()) {
+    ADAPTD_ASSIGN_OR_RETURN(
+        b.client_ids, LabelsFromProto(batch.client_ids(), n,
+                                      std::numeric_limits<int64_t>::max(), "batch.client_ids"));
+  } else {
+    b.client_ids = at::full({n}, -1, at::kLong);
+  }
+  return b;
+}
+
+absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
+                                                std::vector<ExampleBatchData> batches,
+                                                bool adapt) {
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
+  const int64_t task_id = plan.header.task_id();
+  CommitResult result;
+  int64_t total = 0;
+  for (const auto& b : batches) total += b.size();
+  int64_t first_id;
+  ExampleLog* log;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the server is shutting down");
+    first_id = next_example_id_;
+    auto it = tasks_.find(task_id);
+    log = it == tasks_.end() ? nullptr : it->second.log.get();
+    if (it == tasks_.end()) {
+      const int64_t next_task = tasks_.empty() ? 0 : tasks_.rbegin()->first + 1;
+      if (task_id != next_task) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "task ", task_id, " is no longer the next task (another stream started task ",
+            next_task - 1, ")"));
+      }
+    }
+  }
+  // New task: its catalog row and log file first (nothing is acknowledged yet).
+  std::unique_ptr<ExampleLog> new_log;
+  if (log == nullptr) {
+    ADAPTD_RETURN_IF_ERROR(options_.catalog->UpsertTask(name_, {task_id, plan.classes}));
+    LogRecovery rec;
+    ADAPTD_ASSIGN_OR_RETURN(new_log, ExampleLog::Open(LogPath(task_id), &rec));
+    log = new_log.get();
+  }
+  int64_t id = first_id;
+  for (auto& b : batches) {
+    b.ids = at::arange(id, id + b.size(), at::kLong);
+    id += b.size();
+  }
+  if (total > 0) ADAPTD_RETURN_IF_ERROR(log->AppendCommitted(batches));
+  // Durable: now the in-memory state follows.
+  std::lock_guard<std::mutex> lock(mu_);
+  next_example_id_ = id;
+  TaskExamples& te = tasks_[task_id];
+  if (new_log) {
+    te.log = std::move(new_log);
+    te.classes = plan.classes;
+    plan.new_task = false;
+  }
+  for (auto& b : batches) {
+    if (b.size() == 0) continue;
+    auto& list = b.split == ExampleSplit::kTrain ? te.train : te.eval;
+    (b.split == ExampleSplit::kTrain ? te.train_count : te.eval_count) += b.size();
+    list.push_back(std::move(b));
+  }
+  if (total > 0) result.id_ranges.emplace_back(first_id, total);
+  if (options_.metrics) options_.metrics->AddExamples(name_, total);
+  if (adapt && plan.split == ExampleSplit::kTrain) {
+    ADAPTD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, QueueJobLocked(task_id));
+    if (job) result.job_ids.push_back(job->id());
+  }
+  result.version = current_->version();
+  return result;
+}
+
+absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id) {
+  const TaskExamples& te = tasks_.at(task_id);
+  if (te.train_count == te.learned) return std::shared_ptr<Job>();
+  JobRow row;
+  row.id = NewJobId();
+  row.model = name_;
+  row.task_id = task_id;
+  row.begin = te.learned;
+  row.end = te.train_count;
+  row.state = v1::JOB_STATE_QUEUED;
+  row.message = "queued";
+  row.created_ms = NowMs();
+  ADAPTD_RETURN_IF_ERROR(options_.catalog->InsertJob(row));
+  auto job = std::make_shared<Job>(row);
+  jobs_.push_back(job);
+  queue_.push_back(job);
+  if (options_.on_job) options_.on_job(job);
+  if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+  cv_.notify_all();
+  return job;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+void ModelEntry::Start() { actor_ = std::thread([this] { RunActor(); }); }
+
+void ModelEntry::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !actor_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (actor_.joinable()) actor_.join();
+}
+
+void ModelEntry::RunActor() {
+  while (true) {
+    std::shared_ptr<Job> job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      job = queue_.front();
+      queue_.pop_front();
+      running_ = job;
+      if (options_.metrics) {
+        options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+      }
+    }
+    RunJob(job);
+    std::lock_guard<std::mutex> lock(mu_);
+    running_.reset();
+  }
+}
+
+void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
+  auto stopping = [this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stopping_;
+  };
+  auto finish = [&](v1::JobState state, const std::string& message) {
+    (void)options_.catalog->UpdateJob(job->id(), state, message, -1);
+    job->Update([&](v1::JobStatus& s) {
+      s.set_state(state);
+      s.set_message(message);
+    });
+  };
+  if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while queued");
+  if (!options_.slots->Acquire(stopping)) return;  // shutting down: stays queued
+  struct SlotGuard {
+    JobSlots* slots;
+    ~SlotGuard() { slots->Release(); }
+  } slot{options_.slots};
+
+  // The data: the task's training examples not yet learnt, fixed now.
+  TaskData task;
+  task.task_id = job->task_id();
+  int64_t begin, end;
+  std::vector<std::pair<int64_t, Dataset>> evals;  // task id, eval set
+  std::map<int64_t, at::Tensor> masks;
+  std::shared_ptr<const ModelVersion> base;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const TaskExamples& te = tasks_.at(job->task_id());
+    begin = te.learned;
+    end = te.train_count;
+    Dataset all = Concat(te.train, &task.ids, nullptr);
+    task.train = all.Select(at::arange(begin, end, at::kLong));
+    task.ids = task.ids.narrow(0, begin, end - begin);
+    task.label_mask = LabelMaskLocked(job->task_id());
+    for (const auto& [tid, t] : tasks_) {
+      if (t.eval_count > 0) evals.emplace_back(tid, Concat(t.eval, nullptr, nullptr));
+      masks[tid] = LabelMaskLocked(tid);
+    }
+    base = current_;
+  }
+  if (end == begin) {
+    return finish(v1::JOB_STATE_SUCCEEDED, "nothing new to learn: an earlier job learnt these examples");
+  }
+  (void)options_.catalog->SetJobRange(job->id(), begin, end);
+  (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_RUNNING, "running", -1);
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  job->Update([&](v1::JobStatus& s) {
+    s.set_state(v1::JOB_STATE_RUNNING);
+    s.set_message(absl::StrCat("learning ", end - begin, " examples of task ", task.task_id,
+                               " from version ", base->version()));
+    s.set_examples(end - begin);
+  });
+  auto progress = [&](const StepReport& r) {
+    const double t = elapsed();
+    job->Update(
+        [&](v1::JobStatus& s) {
+          s.set_step(r.step);
+          s.set_total_steps(r.total_steps);
+          s.set_loss(r.loss);
+          s.set_elapsed_seconds(t);
+          s.set_eta_seconds(r.step > 0 ? t / r.step * (r.total_steps - r.step) : 0);
+        },
+        /*urgent=*/false);
+  };
+  auto should_stop = [&] { return job->cancel_requested() || stopping(); };
+  auto result = Adapt(base->state(), task, adapt_, progress, should_stop);
+  if (!result.ok()) {
+    if (stopping() && !job->cancel_requested()) {
+      // Shutdown: the job stays queued in the catalog and resumes on the next start.
+      (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED,
+                                        "interrupted by shutdown; resumes on restart", -1);
+      job->Update([&](v1::JobStatus& s) {
+        s.set_state(v1::JOB_STATE_QUEUED);
+        s.set_message("interrupted by shutdown; resumes on restart");
+      });
+      return;
+    }
+    if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while running");
+    return finish(v1::JOB_STATE_FAILED, result.status().ToString());
+  }
+
+  // Evaluate the new state on every task's evaluation examples.
+  v1::VersionInfo info;
+  info.set_task_id(task.task_id);
+  info.set_rolled_back_from(-1);
+  info.set_created_unix_ms(NowMs());
+  info.set_steps(result->stats.steps);
+  info.set_final_loss(result->stats.final_loss);
+  info.set_job_id(job->id());
+  for (const auto& [tid, data] : evals) {
+    auto acc = EvaluateAccuracy(result->state, data, masks[tid]);
+    if (!acc.ok()) return finish(v1::JOB_STATE_FAILED, acc.status().ToString());
+    v1::TaskAccuracy* a = info.add_eval();
+    a->set_task_id(tid);
+    a->set_accuracy(*acc);
+    a->set_examples(data.size());
+  }
+  info.set_adapt_seconds(elapsed());
+  absl::Status published;
+  {
+    std::lock_guard<std::mutex> commit_lock(commit_mu_);
+    published = Publish(std::move(info), std::move(result->state), job->id());
+  }
+  if (!published.ok()) return finish(v1::JOB_STATE_FAILED, published.ToString());
+  int64_t version;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    TaskExamples& te = tasks_.at(job->task_id());
+    te.learned = std::max(te.learned, end);
+    version = current_->version();
+  }
+  if (options_.metrics) options_.metrics->ObserveAdaptation(name_, elapsed());
+  job->Update([&](v1::JobStatus& s) {
+    s.set_state(v1::JOB_STATE_SUCCEEDED);
+    s.set_version(version);
+    s.set_elapsed_seconds(elapsed());
+    s.set_eta_seconds(0);
+    s.set_message(absl::StrCat("published version ", version));
+  });
+}
+
+at::Tensor ModelEntry::LabelMaskLocked(int64_t task_id) const {
+  if (config_.head_mode() != v1::HEAD_MODE_MULTI) return at::Tensor();
+  auto it = tasks_.find(task_id);
+  if (it == tasks_.end() || it->second.classes.empty()) return at::Tensor();
+  auto mask = MakeLabelMask(it->second.classes, spec_.num_classes);
+  return mask.ok() ? *mask : at::Tensor();
+}
+
+absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
+                                 const std::string& job_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    info.set_version(versions_.empty() ? 0 : versions_.back().first.version() + 1);
+  }
+  info = Diagnose(std::move(info), state);
+  TensorMap map;
+  state.AppendTo(map);
+  map["version_info"] = BytesTensor(info.SerializeAsString());
+  const std::string bytes = SerializeTensors(map);
+  ADAPTD_RETURN_IF_ERROR(WriteFileAtomically(CheckpointPath(info.version()), bytes));
+  const uint32_t crc = Crc32c(bytes);
+  ADAPTD_RETURN_IF_ERROR(options_.catalog->Publish(
+      name_, {info.version(), info.SerializeAsString(), crc}, job_id, v1::JOB_STATE_SUCCEEDED,
+      absl::StrCat("published version ", info.version())));
+  ADAPTD_ASSIGN_OR_RETURN(auto version, ModelVersion::Create(info, std::move(state)));
+  std::lock_guard<std::mutex> lock(mu_);
+  versions_.emplace_back(info, crc);
+  current_ = std::move(version);
+  if (options_.metrics) {
+    options_.metrics->SetModelVersion(name_, info.version());
+    options_.metrics->SetMemorySize(name_, info.memory_size());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job) {
+  job->RequestCancel();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = std::find(queue_.begin(), queue_.end(), job);
+  if (it != queue_.end()) {
+    queue_.erase(it);
+    ADAPTD_RETURN_IF_ERROR(
+        options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1));
+    job->Update([](v1::JobStatus& s) {
+      s.set_state(v1::JOB_STATE_CANCELLED);
+      s.set_message("cancelled while queued");
+    });
+    if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+  }
+  return job->Status();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollback, export, import, destroy
+
+absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!queue_.empty() || running_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model ", name_, " has adaptation jobs queued or running; wait for them or cancel "
+          "them before rolling back"));
+    }
+  }
+  ADAPTD_ASSIGN_OR_RETURN(auto target, Version(version));
+  v1::VersionInfo info = target->info();
+  info.set_task_id(-1);
+  info.set_rolled_back_from(target->version());
+  info.set_created_unix_ms(NowMs());
+  info.set_job_id("");
+  info.set_adapt_seconds(0);
+  {
+    std::lock_guard<std::mutex> commit_lock(commit_mu_);
+    ADAPTD_RETURN_IF_ERROR(Publish(std::move(info), target->state(), ""));
+  }
+  return Info();
+}
+
+absl::StatusOr<std::string> ModelEntry::Export() const {
+  TensorMap map;
+  std::shared_ptr<const ModelVersion> version;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    version = current_;
+    map["snapshot.spec"] = BytesTensor(SpecToProto(spec_).SerializeAsString());
+    map["snapshot.config"] = BytesTensor(config_.SerializeAsString());
+    int64_t i = 0;
+    for (const auto& [tid, t] : tasks_) {
+      map[absl::StrCat("task.", tid, ".classes")] =
+          at::tensor(c10::ArrayRef<int64_t>(t.classes), at::kLong).reshape({-1});
+      map[absl::StrCat("task.", tid, ".learned")] = ScalarTensor(t.learned);
+      for (const auto* list : {&t.train, &t.eval}) {
+        for (const auto& b : *list) {
+          const std::string p = absl::StrCat("batch.", i++, ".");
+          map[p + "task"] = ScalarTensor(tid);
+          map[p + "split"] = ScalarTensor(static_cast<int64_t>(b.split));
+          map[p + "x"] = b.x;
+          map[p + "y"] = b.y;
+          map[p + "ids"] = b.ids;
+          map[p + "client_ids"] = b.client_ids;
+        }
+      }
+    }
+  }
+  map["snapshot.version_info"] = BytesTensor(version->info().SerializeAsString());
+  version->state().AppendTo(map);
+  return SerializeTensors(map);
+}
+
+absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string& name,
+                                                               const std::string& snapshot,
+                                                               const ModelEntryOptions& options) {
+  auto parsed = ParseTensors(snapshot);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the snapshot is not an adaptd export: ", parsed.status().message()));
+  }
+  const TensorMap& map = *parsed;
+  ADAPTD_ASSIGN_OR_RETURN(auto spec_proto, ProtoFromMap<v1::ModelSpec>(map, "snapshot.spec"));
+  ADAPTD_ASSIGN_OR_RETURN(auto config, ProtoFromMap<v1::LearningConfig>(map, "snapshot.config"));
+  ADAPTD_ASSIGN_OR_RETURN(auto info, ProtoFromMap<v1::VersionInfo>(map, "snapshot.version_info"));
+  ADAPTD_ASSIGN_OR_RETURN(ModelSpec spec, SpecFromProto(spec_proto));
+  ADAPTD_ASSIGN_OR_RETURN(v1::LearningConfig normalized, NormalizeConfig(config));
+  ADAPTD_ASSIGN_OR_RETURN(AdaptConfig adapt, ConfigFromProto(normalized));
+  ADAPTD_ASSIGN_OR_RETURN(ContinualState state, ContinualState::FromTensors(map, spec));
+  if (state.mean.numel() != InitialState(spec, 0)->mean.numel()) {
+    return absl::InvalidArgumentError("the snapshot's weights do not fit its model spec");
+  }
+  // Tasks and their examples, validated before anything is written.
+  std::map<int64_t, TaskExamples> tasks;
+  for (int64_t i = 0;; ++i) {
+    const std::string p = absl::StrCat("batch.", i, ".");
+    if (!map.count(p + "y")) break;
+    ADAPTD_ASSIGN_OR_RETURN(int64_t tid, GetInt(map, p + "task"));
+    ADAPTD_ASSIGN_OR_RETURN(int64_t split, GetInt(map, p + "split"));
+    ExampleBatchData b;
+    b.split = split == 1 ? ExampleSplit::kEval : ExampleSplit::kTrain;
+    ADAPTD_ASSIGN_OR_RETURN(b.y, GetTensor(map, p + "y", at::kLong));
+    ADAPTD_ASSIGN_OR_RETURN(b.x, GetTensor(map, p + "x", at::kFloat));
+    ADAPTD_ASSIGN_OR_RETURN(b.ids, GetTensor(map, p + "ids", at::kLong, b.y.numel()));
+    ADAPTD_ASSIGN_OR_RETURN(b.client_ids, GetTensor(map, p + "client_ids", at::kLong, b.y.numel()));
+    std::vector<int64_t> want = {b.y.numel()};
+    want.insert(want.end(), spec.input_shape.begin(), spec.input_shape.end());
+    if (b.x.sizes().vec() != want) {
+      return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, "x is ",
+                                                     DescribeTensor(b.x), "; expected ",
+                                                     ShapeString(want)));
+    }
+    tasks[tid];
+    auto& list = b.split == ExampleSplit::kTrain ? tasks[tid].train : tasks[tid].eval;
+    list.push_back(std::move(b));
+  }
+  for (auto& [tid, t] : tasks) {
+    const std::string key = absl::StrCat("task.", tid, ".classes");
+    if (map.count(key)) {
+      const at::Tensor c = map.at(key).to(at::kLong).contiguous();
+      t.classes.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+    }
+    auto learned = GetInt(map, absl::StrCat("task.", tid, ".learned"));
+    t.learned = learned.ok() ? *learned : 0;
+  }
+
+  auto entry = std::unique_ptr<ModelEntry>(
+      new ModelEntry(name, std::move(spec), std::move(normalized), std::move(adapt), options));
+  ModelEntry& e = *entry;
+  ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/examples"));
+  ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/versions"));
+  ADAPTD_RETURN_IF_ERROR(options.catalog->InsertModel(
+      {name, SpecToProto(e.spec_).SerializeAsString(), e.config_.SerializeAsString(), NowMs()}));
+  auto undo = [&](absl::Status s) {
+    (void)options.catalog->DeleteModel(name);
+    (void)RemoveTree(options.dir);
+    return s;
+  };
+  for (auto& [tid, t] : tasks) {
+    absl::Status s = options.catalog->UpsertTask(name, {tid, t.classes});
+    LogRecovery rec;
+    auto log = ExampleLog::Open(e.LogPath(tid), &rec);
+    if (!s.ok() || !log.ok()) return undo(s.ok() ? log.status() : s);
+    std::vector<ExampleBatchData> all = t.train;
+    all.insert(all.end(), t.eval.begin(), t.eval.end());
+    s = (*log)->AppendCommitted(all);
+    if (!s.ok()) return undo(s);
+    t.log = *std::move(log);
+    for (const auto& b : all) {
+      if (b.size() > 0) e.next_example_id_ = std::max(e.next_example_id_, b.ids.max().item<int64_t>() + 1);
+      (b.split == ExampleSplit::kTrain ? t.train_count : t.eval_count) += b.size();
+    }
+    // Learnt examples stay learnt: a job marks them so that recovery agrees.
+    if (t.learned > 0) {
+      JobRow row{NewJobId(), name, tid, 0, t.learned, v1::JOB_STATE_SUCCEEDED,
+                 "learnt before the export", 0, NowMs()};
+      s = options.catalog->InsertJob(row);
+      if (!s.ok()) return undo(s);
+    }
+  }
+  e.tasks_ = std::move(tasks);
+  info.set_job_id("");
+  absl::Status s = e.Publish(info, std::move(state), "");
+  if (!s.ok()) return undo(s);
+  entry->Start();
+  return entry;
+}
+
+absl::Status ModelEntry::Destroy() {
+  Stop();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& job : queue_) {
+      job->Update([](v1::JobStatus& s) {
+        s.set_state(v1::JOB_STATE_CANCELLED);
+        s.set_message("the model was deleted");
+      });
+    }
+    queue_.clear();
+    for (auto& [tid, t] : tasks_) t.log.reset();
+  }
+  return RemoveTree(options_.dir);
+}
+
+}  // namespace adaptd

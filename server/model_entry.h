@@ -1,0 +1,255 @@
+// One deployed model: its examples, its published versions, its adaptation jobs and the actor
+// thread that runs them (DESIGN.md "Concurrency", "Persistence").
+//
+// Readers take a shared_ptr<const ModelVersion> and compute without locks: a version's state
+// is a deep copy that nothing modifies. One writer per model: the actor thread runs one job at
+// a time and publishes each result as a new immutable version. Streams commit their examples
+// to the task's log (fsync) before anything in memory changes.
+#ifndef ADAPTD_SERVER_MODEL_ENTRY_H_
+#define ADAPTD_SERVER_MODEL_ENTRY_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "adaptd/v1/learning.pb.h"
+#include "adaptd/v1/model.pb.h"
+#include "core/continual.h"
+#include "core/flat_params.h"
+#include "server/catalog.h"
+#include "server/example_log.h"
+
+namespace adaptd {
+
+class Metrics;
+
+// Bounds the adaptation jobs that train at once across all models.
+class JobSlots {
+ public:
+  explicit JobSlots(int slots) : free_(slots) {}
+  // Waits for a slot; false if `stop` became true first (checked every 100 ms).
+  bool Acquire(const std::function<bool()>& stop);
+  void Release();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int free_;
+};
+
+// One adaptation job. Thread-safe.
+class Job {
+ public:
+  explicit Job(const JobRow& row);
+
+  const std::string& id() const { return id_; }
+  int64_t task_id() const { return task_id_; }
+  int64_t begin() const { return begin_; }
+  int64_t end() const { return end_; }
+
+  v1::JobStatus Status() const;
+  bool terminal() const;
+  // Waits until the status changes past `seen` (a sequence number) or `timeout_ms` passes;
+  // fills `out` and returns the current sequence number.
+  uint64_t WaitForChange(uint64_t seen, int timeout_ms, v1::JobStatus* out) const;
+  // Applies `f` to the status; watchers wake at once if `urgent`, else at most every 100 ms.
+  void Update(const std::function<void(v1::JobStatus&)>& f, bool urgent = true);
+
+  void RequestCancel() { cancel_.store(true); }
+  bool cancel_requested() const { return cancel_.load(); }
+
+ private:
+  const std::string id_;
+  const int64_t task_id_, begin_, end_;
+  std::atomic<bool> cancel_{false};
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  v1::JobStatus status_;
+  uint64_t seq_ = 1;
+  int64_t last_notify_ms_ = 0;
+};
+
+// A published version: immutable after Create.
+class ModelVersion {
+ public:
+  static absl::StatusOr<std::shared_ptr<const ModelVersion>> Create(v1::VersionInfo info,
+                                                                    ContinualState state);
+
+  int64_t version() const { return info_.version(); }
+  const v1::VersionInfo& info() const { return info_; }
+  const ContinualState& state() const { return state_; }
+
+  // A private copy of the model at this version's mean, for one caller at a time; returned to
+  // a pool when the lease ends.
+  class Lease {
+   public:
+    struct Instance {
+      std::unique_ptr<Model> model;
+      FlatParameters flat;
+    };
+    Lease(const ModelVersion* owner, std::unique_ptr<Instance> instance)
+        : owner_(owner), instance_(std::move(instance)) {}
+    Lease(Lease&&) = default;
+    ~Lease();
+    Model& model() { return *instance_->model; }
+    FlatParameters& flat() { return instance_->flat; }
+
+   private:
+    const ModelVersion* owner_;
+    std::unique_ptr<Instance> instance_;
+  };
+  absl::StatusOr<Lease> Acquire() const;
+
+ private:
+  ModelVersion(v1::VersionInfo info, ContinualState state)
+      : info_(std::move(info)), state_(std::move(state)) {}
+  const v1::VersionInfo info_;
+  const ContinualState state_;
+  mutable std::mutex pool_mu_;
+  mutable std::vector<std::unique_ptr<Lease::Instance>> pool_;
+};
+
+struct ModelEntryOptions {
+  std::string dir;             // <data_dir>/models/<name>
+  int64_t queue_capacity = 16; // jobs queued per model
+  Catalog* catalog = nullptr;
+  JobSlots* slots = nullptr;
+  Metrics* metrics = nullptr;
+  // Called when a job is created (the registry indexes jobs by id).
+  std::function<void(std::shared_ptr<Job>)> on_job;
+};
+
+// A stream's validated header.
+struct StreamPlan {
+  v1::StreamHeader header;
+  ExampleSplit split = ExampleSplit::kTrain;
+  std::vector<int64_t> classes;  // the head (multi-head), else what the header named
+  bool new_task = false;
+};
+
+struct CommitResult {
+  std::vector<std::pair<int64_t, int64_t>> id_ranges;  // (first, count)
+  std::vector<std::string> job_ids;
+  int64_t version = 0;
+};
+
+class ModelEntry {
+ public:
+  // A new model: writes version 0 (the prior) and the catalog row.
+  static absl::StatusOr<std::unique_ptr<ModelEntry>> Create(const std::string& name,
+                                                            const v1::ModelSpec& spec,
+                                                            const v1::LearningConfig& config,
+                                                            const ModelEntryOptions& options);
+  // A model from the catalog: reads its logs (dropping uncommitted tails), verifies its
+  // checkpoints and requeues the jobs a crash interrupted.
+  static absl::StatusOr<std::unique_ptr<ModelEntry>> Recover(const ModelRow& row,
+                                                             const ModelEntryOptions& options);
+  // A model from an exported snapshot.
+  static absl::StatusOr<std::unique_ptr<ModelEntry>> Import(const std::string& name,
+                                                            const std::string& snapshot,
+                                                            const ModelEntryOptions& options);
+  ~ModelEntry();
+
+  const std::string& name() const { return name_; }
+  const ModelSpec& spec() const { return spec_; }
+
+  std::shared_ptr<const ModelVersion> Current() const;
+  // `version` < 0: the current one. NOT_FOUND for a version that does not exist.
+  absl::StatusOr<std::shared_ptr<const ModelVersion>> Version(int64_t version) const;
+
+  v1::ModelInfo Info() const;
+  std::vector<v1::VersionInfo> Versions() const;
+  std::vector<std::shared_ptr<Job>> Jobs() const;
+
+  // Streams: validate the header, then each batch, then commit them all (durable on return).
+  absl::StatusOr<StreamPlan> PlanStream(const v1::StreamHeader& header) const;
+  absl::StatusOr<ExampleBatchData> ValidateBatch(const StreamPlan& plan,
+                                                 const v1::ExampleBatch& batch) const;
+  // `adapt`: queue a job that learns the task's training examples not yet learnt.
+  absl::StatusOr<CommitResult> Commit(StreamPlan& plan, std::vector<ExampleBatchData> batches,
+                                      bool adapt);
+  // Online mode's chunk size (0: off).
+  int64_t adapt_every() const { return config_.adapt_every(); }
+
+  // A queued job is cancelled at once; a running one stops at its next step. Cancelling a
+  // finished job changes nothing.
+  absl::StatusOr<v1::JobStatus> Cancel(const std::shared_ptr<Job>& job);
+
+  absl::StatusOr<v1::ModelInfo> Rollback(int64_t version);
+  absl::StatusOr<std::string> Export() const;
+
+  // Labelled examples of `scope` with their ids, for Influence and MemoryMap: the version's
+  // memory, or every training example stored.
+  struct Examples {
+    Dataset data;
+    at::Tensor ids, client_ids, task_ids;
+  };
+  Examples MemoryExamples(const ModelVersion& version) const;
+  Examples AllTrainingExamples() const;
+
+  // Stops the actor: the running job is interrupted and stays queued for the next start.
+  void Stop();
+  // Stops and removes every file of the model (the caller removes the catalog rows).
+  absl::Status Destroy();
+
+ private:
+  struct TaskExamples {
+    std::vector<int64_t> classes;
+    std::unique_ptr<ExampleLog> log;
+    std::vector<ExampleBatchData> train, eval;
+    int64_t train_count = 0, eval_count = 0;
+    int64_t learned = 0;  // training examples [0, learned) were learnt by a finished job
+  };
+
+  ModelEntry(std::string name, ModelSpec spec, v1::LearningConfig config, AdaptConfig adapt,
+             ModelEntryOptions options);
+
+  std::string CheckpointPath(int64_t version) const;
+  std::string LogPath(int64_t task_id) const;
+  absl::StatusOr<std::shared_ptr<const ModelVersion>> LoadVersion(const v1::VersionInfo& info,
+                                                                  uint32_t crc) const;
+  // Writes the checkpoint, commits the catalog row (and the job's success), then publishes.
+  absl::Status Publish(v1::VersionInfo info, ContinualState state, const std::string& job_id);
+  absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
+  void Start();
+  void RunActor();
+  void RunJob(const std::shared_ptr<Job>& job);
+  at::Tensor LabelMaskLocked(int64_t task_id) const;
+  static Dataset Concat(const std::vector<ExampleBatchData>& batches, at::Tensor* ids,
+                        at::Tensor* client_ids);
+
+  const std::string name_;
+  const ModelSpec spec_;
+  const v1::LearningConfig config_;
+  const AdaptConfig adapt_;
+  const ModelEntryOptions options_;
+
+  std::mutex commit_mu_;  // serializes log appends and publishing
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<int64_t, TaskExamples> tasks_;
+  int64_t next_example_id_ = 0;
+  std::vector<std::pair<v1::VersionInfo, uint32_t>> versions_;  // with checkpoint CRC-32C
+  std::shared_ptr<const ModelVersion> current_;
+  mutable std::map<int64_t, std::shared_ptr<const ModelVersion>> cache_;  // older versions
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::vector<std::shared_ptr<Job>> jobs_;
+  std::shared_ptr<Job> running_;
+  bool stopping_ = false;
+  std::thread actor_;
+};
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_SERVER_MODEL_ENTRY_H_

@@ -1,0 +1,65 @@
+// Every model the server holds, by name, and every job by id. Opening a registry recovers the
+// data directory: catalog, example logs, checkpoints, interrupted jobs.
+#ifndef ADAPTD_SERVER_REGISTRY_H_
+#define ADAPTD_SERVER_REGISTRY_H_
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/catalog.h"
+#include "server/model_entry.h"
+
+namespace adaptd {
+
+struct RegistryOptions {
+  std::string data_dir;
+  int64_t queue_capacity = 16;
+  int max_concurrent_jobs = 1;
+  Metrics* metrics = nullptr;
+};
+
+// Thread-safe.
+class Registry {
+ public:
+  static absl::StatusOr<std::unique_ptr<Registry>> Open(const RegistryOptions& options);
+  ~Registry();
+
+  // NOT_FOUND naming the model when there is none.
+  absl::StatusOr<std::shared_ptr<ModelEntry>> Get(const std::string& name) const;
+  std::vector<std::shared_ptr<ModelEntry>> List() const;
+  // ALREADY_EXISTS, or INVALID_ARGUMENT for a bad name, spec or config.
+  absl::StatusOr<std::shared_ptr<ModelEntry>> Create(const std::string& name,
+                                                     const v1::ModelSpec& spec,
+                                                     const v1::LearningConfig& config);
+  absl::StatusOr<std::shared_ptr<ModelEntry>> Import(const std::string& name,
+                                                     const std::string& snapshot);
+  absl::Status Delete(const std::string& name);
+
+  absl::StatusOr<std::shared_ptr<Job>> FindJob(const std::string& id) const;
+  // Cancels a queued job at once; a running one stops at its next step.
+  absl::StatusOr<v1::JobStatus> CancelJob(const std::string& id);
+
+  Catalog* catalog() { return catalog_.get(); }
+  // Stops every actor: running jobs stay queued for the next start.
+  void Shutdown();
+
+ private:
+  explicit Registry(const RegistryOptions& options) : options_(options), slots_(options.max_concurrent_jobs) {}
+  ModelEntryOptions EntryOptions(const std::string& name);
+  absl::Status CheckNewName(const std::string& name) const;
+
+  const RegistryOptions options_;
+  JobSlots slots_;
+  std::unique_ptr<Catalog> catalog_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<ModelEntry>> models_;
+  std::map<std::string, std::weak_ptr<Job>> jobs_;
+};
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_SERVER_REGISTRY_H_

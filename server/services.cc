@@ -1,0 +1,583 @@
+#include "server/services.h"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <map>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/jacobian.h"
+#include "core/metrics.h"
+#include "core/mpe.h"
+#include "core/predictive.h"
+#include "core/status_macros.h"
+#include "core/torch_status.h"
+#include "server/convert.h"
+#include "server/grpc_status.h"
+
+#ifndef ADAPTD_VERSION
+#define ADAPTD_VERSION "0.0.0"
+#endif
+
+namespace adaptd {
+namespace {
+
+constexpr int64_t kMaxSamples = 4096;
+constexpr int64_t kMaxTopK = 10000;
+constexpr size_t kSnapshotChunk = 1 << 20;
+
+// Runs one RPC: role check, the body (LibTorch exceptions become statuses), metrics.
+template <typename Body>
+grpc::Status Handle(const ServiceContext& c, const char* method, grpc::ServerContext* context,
+                    Role need, Body&& body) {
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status status = c.auth->Check(*context, need);
+  if (status.ok()) status = CallTorch([&]() -> absl::Status { return body(); });
+  if (c.metrics) {
+    c.metrics->ObserveRequest(
+        method, absl::StatusCodeToString(status.code()),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return ToGrpcStatus(status);
+}
+
+absl::StatusOr<std::shared_ptr<const ModelVersion>> VersionOf(const ModelEntry& entry,
+                                                              bool has_version, int64_t version) {
+  if (has_version && version < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("version must be >= 0; got ", version));
+  }
+  return entry.Version(has_version ? version : -1);
+}
+
+// The head of `task_id` for multi-head models; undefined when no task is named.
+absl::StatusOr<at::Tensor> HeadMask(const ContinualState& state, bool has_task, int64_t task_id) {
+  if (!has_task) return at::Tensor();
+  if (!state.task_masks.defined()) {
+    return absl::InvalidArgumentError(
+        "task_id applies to multi-head models; this one has a single head (or has learnt no "
+        "task yet)");
+  }
+  if (task_id < 0 || task_id >= state.task_masks.size(0) ||
+      !state.task_masks[task_id].any().item<bool>()) {
+    return absl::InvalidArgumentError(absl::StrCat("task_id must be a task this version knows, in [0, ",
+                                                   state.task_masks.size(0), "); got ", task_id));
+  }
+  return state.task_masks[task_id];
+}
+
+at::Generator SeededGenerator(uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return gen;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class AdminServiceImpl final : public v1::AdminService::Service {
+ public:
+  explicit AdminServiceImpl(const ServiceContext& c) : c_(c) {}
+
+  grpc::Status GetServerInfo(grpc::ServerContext* ctx, const v1::GetServerInfoRequest*,
+                             v1::GetServerInfoResponse* response) override {
+    return Handle(c_, "GetServerInfo", ctx, Role::kReader, [&]() -> absl::Status {
+      response->set_version(ADAPTD_VERSION);
+      response->set_torch_version(TORCH_VERSION);
+      response->set_device("cpu");
+      response->set_intra_op_threads(at::get_num_threads());
+      for (auto k : {OptimizerKind::kIvon, OptimizerKind::kAdam, OptimizerKind::kSgd}) {
+        response->add_optimizers(OptimizerName(k));
+      }
+      for (auto a : {Architecture::kLogReg, Architecture::kMlp, Architecture::kLeNet5,
+                     Architecture::kTorchScript}) {
+        response->add_architectures(ArchitectureName(a));
+      }
+      for (auto m : {Method::kKPrior, Method::kFromp, Method::kEwc, Method::kReplay,
+                     Method::kFinetune, Method::kJoint}) {
+        response->add_methods(MethodName(m));
+      }
+      response->set_max_message_bytes(c_.max_message_bytes);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status CreateModel(grpc::ServerContext* ctx, const v1::CreateModelRequest* request,
+                           v1::ModelInfo* response) override {
+    return Handle(c_, "CreateModel", ctx, Role::kAdmin, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Create(request->name(), request->spec(),
+                                                              request->config()));
+      *response = entry->Info();
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status GetModel(grpc::ServerContext* ctx, const v1::GetModelRequest* request,
+                        v1::ModelInfo* response) override {
+    return Handle(c_, "GetModel", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->name()));
+      *response = entry->Info();
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse* response) override {
+    return Handle(c_, "ListModels", ctx, Role::kReader, [&]() -> absl::Status {
+      for (const auto& e : c_.registry->List()) *response->add_models() = e->Info();
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status DeleteModel(grpc::ServerContext* ctx, const v1::DeleteModelRequest* request,
+                           v1::DeleteModelResponse*) override {
+    return Handle(c_, "DeleteModel", ctx, Role::kAdmin,
+                  [&]() -> absl::Status { return c_.registry->Delete(request->name()); });
+  }
+
+  grpc::Status ListVersions(grpc::ServerContext* ctx, const v1::ListVersionsRequest* request,
+                            v1::ListVersionsResponse* response) override {
+    return Handle(c_, "ListVersions", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->name()));
+      for (const auto& v : entry->Versions()) *response->add_versions() = v;
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status Rollback(grpc::ServerContext* ctx, const v1::RollbackRequest* request,
+                        v1::ModelInfo* response) override {
+    return Handle(c_, "Rollback", ctx, Role::kAdmin, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->name()));
+      if (request->version() < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("version must be >= 0; got ", request->version()));
+      }
+      ADAPTD_ASSIGN_OR_RETURN(*response, entry->Rollback(request->version()));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status Export(grpc::ServerContext* ctx, const v1::ExportRequest* request,
+                      grpc::ServerWriter<v1::SnapshotChunk>* writer) override {
+    return Handle(c_, "Export", ctx, Role::kAdmin, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->name()));
+      ADAPTD_ASSIGN_OR_RETURN(std::string bytes, entry->Export());
+      for (size_t pos = 0; pos < bytes.size(); pos += kSnapshotChunk) {
+        v1::SnapshotChunk chunk;
+        chunk.set_data(bytes.substr(pos, kSnapshotChunk));
+        if (!writer->Write(chunk)) return absl::CancelledError("the client went away");
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status Import(grpc::ServerContext* ctx, grpc::ServerReader<v1::SnapshotChunk>* reader,
+                      v1::ModelInfo* response) override {
+    return Handle(c_, "Import", ctx, Role::kAdmin, [&]() -> absl::Status {
+      v1::SnapshotChunk chunk;
+      std::string name, bytes;
+      bool first = true;
+      while (reader->Read(&chunk)) {
+        if (first) name = chunk.name();
+        else if (!chunk.name().empty() && chunk.name() != name) {
+          return absl::InvalidArgumentError("only the first snapshot chunk may name the model");
+        }
+        first = false;
+        bytes += chunk.data();
+      }
+      if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled the import");
+      if (first) return absl::InvalidArgumentError("an import needs at least one chunk");
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Import(name, bytes));
+      *response = entry->Info();
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  ServiceContext c_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class LearningServiceImpl final : public v1::LearningService::Service {
+ public:
+  explicit LearningServiceImpl(const ServiceContext& c) : c_(c) {}
+
+  grpc::Status StreamExamples(grpc::ServerContext* ctx,
+                              grpc::ServerReader<v1::StreamExamplesRequest>* reader,
+                              v1::StreamExamplesResponse* response) override {
+    return Handle(c_, "StreamExamples", ctx, Role::kWriter, [&]() -> absl::Status {
+      v1::StreamExamplesRequest msg;
+      if (!reader->Read(&msg)) return absl::InvalidArgumentError("the stream carried no header");
+      if (!msg.has_header()) {
+        return absl::InvalidArgumentError("the first message of a stream must be its header");
+      }
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(msg.header().model()));
+      ADAPTD_ASSIGN_OR_RETURN(StreamPlan plan, entry->PlanStream(msg.header()));
+      response->set_model(entry->name());
+      response->set_task_id(plan.header.task_id());
+      const bool online = entry->adapt_every() > 0 && plan.split == ExampleSplit::kTrain;
+      std::vector<ExampleBatchData> pending;
+      int64_t pending_examples = 0, batches = 0;
+      auto commit = [&](bool adapt) -> absl::Status {
+        ADAPTD_ASSIGN_OR_RETURN(CommitResult r, entry->Commit(plan, std::move(pending), adapt));
+        pending.clear();
+        pending_examples = 0;
+        for (const auto& [first, count] : r.id_ranges) {
+          v1::IdRange* range = response->add_ids();
+          range->set_first(first);
+          range->set_count(count);
+          response->set_examples(response->examples() + count);
+        }
+        for (const auto& id : r.job_ids) response->add_job_ids(id);
+        response->set_version(r.version);
+        return absl::OkStatus();
+      };
+      while (reader->Read(&msg)) {
+        if (!msg.has_batch()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "message ", batches + 1, " of the stream must be a batch; only the first is a header"));
+        }
+        auto batch = entry->ValidateBatch(plan, msg.batch());
+        if (!batch.ok()) {
+          return absl::Status(batch.status().code(),
+                              absl::StrCat("batch ", batches, ": ", batch.status().message()));
+        }
+        ++batches;
+        pending_examples += batch->size();
+        pending.push_back(*std::move(batch));
+        if (online && pending_examples >= entry->adapt_every()) {
+          ADAPTD_RETURN_IF_ERROR(commit(true));
+        }
+      }
+      if (ctx->IsCancelled()) {
+        return absl::CancelledError("the client cancelled the stream; nothing more was stored");
+      }
+      response->set_batches(batches);
+      // The close: durable before it is acknowledged; a training stream closes its task.
+      return commit(!plan.header.keep_open());
+    });
+  }
+
+  grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* request,
+                        grpc::ServerWriter<v1::JobStatus>* writer) override {
+    return Handle(c_, "WatchJob", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto job, c_.registry->FindJob(request->job_id()));
+      uint64_t seen = 0;
+      while (!ctx->IsCancelled()) {
+        v1::JobStatus status;
+        const uint64_t seq = job->WaitForChange(seen, 500, &status);
+        if (seq != seen) {
+          if (!writer->Write(status)) return absl::OkStatus();  // the client went away
+          seen = seq;
+        }
+        const auto s = status.state();
+        if (s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
+            s == v1::JOB_STATE_CANCELLED) {
+          return absl::OkStatus();
+        }
+      }
+      return absl::CancelledError("the watch was cancelled");
+    });
+  }
+
+  grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* request,
+                         v1::JobStatus* response) override {
+    return Handle(c_, "CancelJob", ctx, Role::kWriter, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(*response, c_.registry->CancelJob(request->job_id()));
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  ServiceContext c_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class QueryServiceImpl final : public v1::QueryService::Service {
+ public:
+  explicit QueryServiceImpl(const ServiceContext& c) : c_(c) {}
+
+  grpc::Status Predict(grpc::ServerContext* ctx, const v1::PredictRequest* request,
+                       v1::PredictResponse* response) override {
+    return Handle(c_, "Predict", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
+      ADAPTD_ASSIGN_OR_RETURN(auto version,
+                              VersionOf(*entry, request->has_version(), request->version()));
+      ADAPTD_ASSIGN_OR_RETURN(at::Tensor x, InputsFromProto(request->x(), entry->spec(), false, "x"));
+      PredictOptions o;
+      switch (request->mode()) {
+        case v1::PREDICT_MODE_UNSPECIFIED:
+        case v1::PREDICT_MODE_BAYES:
+          o.mode = PredictMode::kBayes;
+          break;
+        case v1::PREDICT_MODE_MEAN:
+          o.mode = PredictMode::kMean;
+          break;
+        case v1::PREDICT_MODE_LINEARIZED:
+          o.mode = PredictMode::kLinearized;
+          break;
+        default:
+          return absl::InvalidArgumentError(absl::StrCat("mode must be a PredictMode; got ", request->mode()));
+      }
+      if (request->samples() < 0 || request->samples() > kMaxSamples) {
+        return absl::InvalidArgumentError(absl::StrCat("samples must lie in [0, ", kMaxSamples,
+                                                       "] (0: 64); got ", request->samples()));
+      }
+      o.samples = request->samples() == 0 ? 64 : request->samples();
+      const ContinualState& state = version->state();
+      ADAPTD_ASSIGN_OR_RETURN(o.label_mask, HeadMask(state, request->has_task_id(), request->task_id()));
+      Posterior posterior;
+      const Posterior* p = nullptr;
+      if (o.mode != PredictMode::kMean) {
+        ADAPTD_ASSIGN_OR_RETURN(posterior, state.ToPosterior());
+        p = &posterior;
+      }
+      ADAPTD_ASSIGN_OR_RETURN(ModelVersion::Lease lease, version->Acquire());
+      ADAPTD_ASSIGN_OR_RETURN(Prediction pred, adaptd::Predict(lease.model(), lease.flat(), p, x, o,
+                                                               SeededGenerator(request->seed())));
+      response->set_version(version->version());
+      *response->mutable_probs() = TensorToProto(pred.probs);
+      *response->mutable_labels() = TensorToProto(pred.label);
+      *response->mutable_total_entropy() = TensorToProto(pred.total_entropy);
+      *response->mutable_expected_entropy() = TensorToProto(pred.expected_entropy);
+      *response->mutable_mutual_information() = TensorToProto(pred.mutual_information);
+      *response->mutable_std() = TensorToProto(pred.std);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status Influence(grpc::ServerContext* ctx, const v1::InfluenceRequest* request,
+                         v1::InfluenceResponse* response) override {
+    return Handle(c_, "Influence", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
+      ADAPTD_ASSIGN_OR_RETURN(auto version,
+                              VersionOf(*entry, request->has_version(), request->version()));
+      ADAPTD_ASSIGN_OR_RETURN(at::Tensor x, InputsFromProto(request->x(), entry->spec(), true, "x"));
+      if (x.size(0) != 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("x must be one query example; got a batch of ", x.size(0)));
+      }
+      if (request->top_k() < 0 || request->top_k() > kMaxTopK) {
+        return absl::InvalidArgumentError(absl::StrCat("top_k must lie in [0, ", kMaxTopK,
+                                                       "] (0: 10); got ", request->top_k()));
+      }
+      const ContinualState& state = version->state();
+      InfluenceOptions o;
+      o.top_k = request->top_k() == 0 ? 10 : request->top_k();
+      ADAPTD_ASSIGN_OR_RETURN(o.label_mask, HeadMask(state, request->has_task_id(), request->task_id()));
+      if (state.task_masks.defined() && !request->has_task_id()) {
+        return absl::InvalidArgumentError(
+            "this model is multi-head: name the query's task_id (influence is measured within "
+            "one head)");
+      }
+      ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, state.ToPosterior());
+      ADAPTD_ASSIGN_OR_RETURN(ModelEntry::Examples ex, ExamplesFor(*entry, *version, request->scope()));
+      if (request->has_task_id()) ex = OfTask(ex, request->task_id());
+      ADAPTD_ASSIGN_OR_RETURN(ModelVersion::Lease lease, version->Acquire());
+      const Covariance sigma = Covariance::FromPosterior(posterior);
+      ADAPTD_ASSIGN_OR_RETURN(auto scorer, InfluenceScorer::Create(lease.model(), sigma, x, o));
+      const int64_t n = ex.data.size(), batch = 1024;
+      for (int64_t b = 0; b < n; b += batch) {
+        const int64_t len = std::min(batch, n - b);
+        ADAPTD_RETURN_IF_ERROR(
+            scorer->Add(ex.data.x.narrow(0, b, len), ex.data.y.narrow(0, b, len), b).status());
+      }
+      response->set_version(version->version());
+      response->set_query_class(scorer->query_class());
+      response->set_query_probability(scorer->query_probability());
+      response->set_examples_scored(n);
+      for (const InfluenceEntry& e : scorer->Top()) {
+        v1::InfluentialExample* out = response->add_examples();
+        out->set_example_id(ex.ids[e.index].item<int64_t>());
+        out->set_client_id(ex.client_ids[e.index].item<int64_t>());
+        out->set_task_id(ex.task_ids[e.index].item<int64_t>());
+        out->set_label(ex.data.y[e.index].item<int64_t>());
+        out->set_score(e.influence);
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status MemoryMap(grpc::ServerContext* ctx, const v1::MemoryMapRequest* request,
+                         v1::MemoryMapResponse* response) override {
+    return Handle(c_, "MemoryMap", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
+      ADAPTD_ASSIGN_OR_RETURN(auto version,
+                              VersionOf(*entry, request->has_version(), request->version()));
+      const ContinualState& state = version->state();
+      ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, state.ToPosterior());
+      ADAPTD_ASSIGN_OR_RETURN(ModelEntry::Examples ex, ExamplesFor(*entry, *version, request->scope()));
+      response->set_version(version->version());
+      const int64_t n = ex.data.size();
+      const int64_t k = entry->spec().num_classes;
+      if (n == 0) {
+        for (auto* t : {response->mutable_error(), response->mutable_variance(), response->mutable_lambda()}) {
+          *t = TensorToProto(at::zeros({0, k}));
+        }
+        *response->mutable_sensitivity() = TensorToProto(at::zeros({0}));
+        for (auto* t : {response->mutable_example_ids(), response->mutable_client_ids(),
+                        response->mutable_labels(), response->mutable_task_ids()}) {
+          *t = TensorToProto(at::zeros({0}, at::kLong));
+        }
+        return absl::OkStatus();
+      }
+      ADAPTD_ASSIGN_OR_RETURN(ModelVersion::Lease lease, version->Acquire());
+      const Covariance sigma = Covariance::FromPosterior(posterior);
+      // Multi-head: each example is scored within its own task's head.
+      std::vector<int64_t> groups = {-1};
+      if (state.task_masks.defined()) {
+        const at::Tensor u = std::get<0>(at::_unique(ex.task_ids));
+        groups.assign(u.data_ptr<int64_t>(), u.data_ptr<int64_t>() + u.numel());
+      }
+      std::vector<at::Tensor> order, err, var, lam, sens;
+      double nll_sum = 0, acc_sum = 0;
+      for (int64_t g : groups) {
+        const at::Tensor index = g < 0 ? at::arange(ex.data.size(), at::kLong)
+                                       : ex.task_ids.eq(g).nonzero().reshape({-1});
+        if (index.numel() == 0) continue;
+        MpeOptions o;
+        if (g >= 0) {
+          ADAPTD_ASSIGN_OR_RETURN(o.label_mask, HeadMask(state, true, g));
+        }
+        const Dataset d = ex.data.Select(index);
+        ADAPTD_ASSIGN_OR_RETURN(adaptd::MemoryMap map, ComputeMemoryMap(lease.model(), sigma, d, o));
+        ADAPTD_ASSIGN_OR_RETURN(LooEstimate loo, EstimateLoo(lease.model(), sigma, d, o));
+        order.push_back(index);
+        err.push_back(map.error.cpu());
+        var.push_back(map.variance.cpu());
+        lam.push_back(map.lambda.cpu());
+        sens.push_back(map.sensitivity.cpu());
+        nll_sum += loo.nll * d.size();
+        acc_sum += loo.accuracy * d.size();
+      }
+      const at::Tensor idx = at::cat(order);
+      *response->mutable_example_ids() = TensorToProto(ex.ids.index_select(0, idx));
+      *response->mutable_client_ids() = TensorToProto(ex.client_ids.index_select(0, idx));
+      *response->mutable_labels() = TensorToProto(ex.data.y.index_select(0, idx));
+      *response->mutable_task_ids() = TensorToProto(ex.task_ids.index_select(0, idx));
+      *response->mutable_error() = TensorToProto(at::cat(err).to(at::kFloat));
+      *response->mutable_variance() = TensorToProto(at::cat(var).to(at::kFloat));
+      *response->mutable_lambda() = TensorToProto(at::cat(lam).to(at::kFloat));
+      *response->mutable_sensitivity() = TensorToProto(at::cat(sens).to(at::kFloat));
+      response->set_loo_nll(nll_sum / n);
+      response->set_loo_accuracy(acc_sum / n);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status Evaluate(grpc::ServerContext* ctx, const v1::EvaluateRequest* request,
+                        v1::EvaluateResponse* response) override {
+    return Handle(c_, "Evaluate", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
+      const std::vector<v1::VersionInfo> versions = entry->Versions();
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      int64_t tasks = 0;
+      for (const auto& v : versions) {
+        for (const auto& a : v.eval()) tasks = std::max(tasks, a.task_id() + 1);
+      }
+      auto row_of = [&](const v1::VersionInfo& v) {
+        std::vector<double> row(tasks, nan);
+        for (const auto& a : v.eval()) row[a.task_id()] = a.accuracy();
+        return row;
+      };
+      for (const auto& v : versions) {
+        v1::AccuracyRow* r = response->add_rows();
+        r->set_version(v.version());
+        r->set_task_id(v.task_id());
+        for (double a : row_of(v)) r->add_accuracy(a);
+      }
+      const v1::VersionInfo& current = entry->Current()->info();
+      response->set_version(current.version());
+      // The continual-learning matrix: after each task (the last version that learnt it, up to
+      // the current version), on every task.
+      std::map<int64_t, std::vector<double>> after_task;
+      for (const auto& v : versions) {
+        if (v.version() > current.version()) break;
+        if (v.task_id() >= 0) after_task[v.task_id()] = row_of(v);
+      }
+      const std::vector<double> now = row_of(current);
+      double sum = 0;
+      int64_t seen = 0;
+      for (double a : now) {
+        if (!std::isnan(a)) {
+          sum += a;
+          ++seen;
+        }
+      }
+      response->set_average_accuracy(seen ? sum / seen : nan);
+      double forgetting_sum = 0;
+      int64_t forgetting_n = 0;
+      for (int64_t j = 0; j < tasks; ++j) {
+        double best = nan;
+        for (const auto& [t, row] : after_task) {
+          if (t >= j && !std::isnan(row[j]) && (std::isnan(best) || row[j] > best)) best = row[j];
+        }
+        const double f = std::isnan(best) || std::isnan(now[j]) ? nan : best - now[j];
+        response->add_forgetting(f);
+        if (!std::isnan(f) && after_task.count(j) && after_task.rbegin()->first > j) {
+          forgetting_sum += f;
+          ++forgetting_n;
+        }
+      }
+      response->set_average_forgetting(forgetting_n ? forgetting_sum / forgetting_n : nan);
+      double bwt = 0;
+      int64_t bwt_n = 0;
+      for (const auto& [t, row] : after_task) {
+        if (t < tasks && !after_task.empty() && t < after_task.rbegin()->first &&
+            !std::isnan(row[t]) && !std::isnan(now[t])) {
+          bwt += now[t] - row[t];
+          ++bwt_n;
+        }
+      }
+      response->set_backward_transfer(bwt_n ? bwt / bwt_n : nan);
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  static absl::StatusOr<ModelEntry::Examples> ExamplesFor(const ModelEntry& entry,
+                                                          const ModelVersion& version,
+                                                          v1::Scope scope) {
+    switch (scope) {
+      case v1::SCOPE_UNSPECIFIED:
+      case v1::SCOPE_MEMORY:
+        return entry.MemoryExamples(version);
+      case v1::SCOPE_ALL:
+        return entry.AllTrainingExamples();
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("scope must be SCOPE_MEMORY or SCOPE_ALL; got ", scope));
+    }
+  }
+
+  static ModelEntry::Examples OfTask(const ModelEntry::Examples& ex, int64_t task_id) {
+    if (ex.data.size() == 0) return ex;
+    const at::Tensor index = ex.task_ids.eq(task_id).nonzero().reshape({-1});
+    ModelEntry::Examples out;
+    out.data = ex.data.Select(index);
+    out.ids = ex.ids.index_select(0, index);
+    out.client_ids = ex.client_ids.index_select(0, index);
+    out.task_ids = ex.task_ids.index_select(0, index);
+    return out;
+  }
+
+  ServiceContext c_;
+};
+
+}  // namespace
+
+std::unique_ptr<v1::AdminService::Service> MakeAdminService(const ServiceContext& c) {
+  return std::make_unique<AdminServiceImpl>(c);
+}
+std::unique_ptr<v1::LearningService::Service> MakeLearningService(const ServiceContext& c) {
+  return std::make_unique<LearningServiceImpl>(c);
+}
+std::unique_ptr<v1::QueryService::Service> MakeQueryService(const ServiceContext& c) {
+  return std::make_unique<QueryServiceImpl>(c);
+}
+
+}  // namespace adaptd
