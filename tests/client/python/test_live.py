@@ -31,6 +31,7 @@ class Trained:
         self.client_ids = {}
         self.responses = {}
         self.jobs = {}
+        self.watched = []
 
     def all_ids(self):
         return np.concatenate([ids_from_ranges(r.ids) for r in self.responses.values()])
@@ -54,6 +55,9 @@ def trained(client):
         response = client.stream_examples(state.name, task, x, y, client_ids=ids, batch_size=50)
         state.x[task], state.y[task], state.client_ids[task] = x, y, ids
         state.responses[task] = response
+        # Follow the first job as it runs; wait for the second.
+        if task == 0:
+            state.watched = list(client.watch_job(response.job_ids[0], timeout=120))
         state.jobs[task] = client.wait_jobs(response.job_ids, timeout=120)
     yield state
     client.delete_model(state.name)
@@ -153,6 +157,16 @@ def test_jobs_publish_versions(client, trained):
     assert versions[2].memory_size > 0
 
 
+def test_watch_follows_a_job(trained):
+    states = [s.state for s in trained.watched]
+    assert states[-1] == learning_pb2.JOB_STATE_SUCCEEDED
+    assert states.count(learning_pb2.JOB_STATE_SUCCEEDED) == 1, "nothing after the end"
+    steps = [s.step for s in trained.watched]
+    assert steps == sorted(steps)
+    assert trained.watched[-1].version == 1
+    assert all(s.job_id == trained.responses[0].job_ids[0] for s in trained.watched)
+
+
 def test_watch_finished_job(client, trained):
     job_id = trained.responses[0].job_ids[0]
     statuses = list(client.watch_job(job_id, timeout=30))
@@ -206,13 +220,14 @@ def test_predictions_learn_the_latest_task(client, trained):
     latest = TASKS - 1
     result = client.predict(trained.name, trained.x[latest], mode="mean")
     accuracy = np.mean(result["labels"] == trained.y[latest])
-    assert accuracy > 0.5, f"accuracy {accuracy} on well-separated blobs the model just learnt"
+    assert accuracy > 0.8, f"accuracy {accuracy} on well-separated blobs the model just learnt"
 
 
 def test_influence(client, trained):
     query = trained.x[1][:1]
     memory = client.influence(trained.name, query, top_k=5)
     assert memory["version"] == 2
+    assert memory["examples_scored"] == client.get_model(trained.name).current.memory_size
     assert 0 < len(memory["example_ids"]) <= 5
     assert 0 <= memory["query_class"] < NUM_CLASSES
     assert 0 < memory["query_probability"] <= 1
