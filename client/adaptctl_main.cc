@@ -1,52 +1,211 @@
-// adaptctl: the command-line client.
-//   adaptctl [--target=host:port] info
-#include <cstdio>
+// adaptctl: the command-line client. `adaptctl` with no command lists the commands.
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/str_join.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/adaptctl.h"
 #include "client/client.h"
 
-ABSL_FLAG(std::string, target, "127.0.0.1:50051", "adaptd server address");
-ABSL_FLAG(double, timeout, 30, "per-call deadline in seconds");
+namespace {
+// Flag defaults come from the options structs, so that they are written once.
+const adaptd::CtlOptions& Defaults() {
+  static const auto* defaults = new adaptd::CtlOptions();
+  return *defaults;
+}
+}  // namespace
+
+// Connection.
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "adaptd server address, host:port");
+ABSL_FLAG(std::string, target, "", "the same as --server (an older name)");
+ABSL_FLAG(std::string, token, "",
+          "bearer token sent with every call; default: the ADAPTD_TOKEN environment variable");
+ABSL_FLAG(std::string, tls_ca, "", "PEM file of root certificates: connect with TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM file of a client certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM file of the client certificate's key");
+ABSL_FLAG(double, timeout, adaptd::ClientOptions().timeout_seconds,
+          "deadline of each call in seconds (not of streams or job watches)");
+ABSL_FLAG(int, max_message_mb, adaptd::ClientOptions().max_message_bytes >> 20,
+          "largest message in MiB; match the server's --max_message_mb");
+
+// create (and demo)
+ABSL_FLAG(std::string, arch, Defaults().arch, "create: logreg, mlp, lenet5 or torchscript");
+ABSL_FLAG(std::string, input_shape, Defaults().input_shape,
+          "create: one example's shape, e.g. 784 or 1,28,28");
+ABSL_FLAG(std::string, classes, Defaults().classes,
+          "create: the number of classes; stream: the task's classes, e.g. 0,1");
+ABSL_FLAG(std::string, hidden, Defaults().hidden, "create: MLP hidden widths");
+ABSL_FLAG(std::string, activation, Defaults().activation, "create: relu or tanh (empty: relu)");
+ABSL_FLAG(std::string, method, Defaults().method,
+          "create: kprior, fromp, ewc, replay, finetune or joint (empty: the server's default)");
+ABSL_FLAG(std::string, head, Defaults().head, "create: single or multi");
+ABSL_FLAG(int64_t, epochs, Defaults().epochs, "create: epochs per task (0: default)");
+ABSL_FLAG(int64_t, batch_size, Defaults().batch_size, "create: training batch size (0: default)");
+ABSL_FLAG(double, lr, Defaults().lr, "create: IVON peak learning rate (0: default)");
+ABSL_FLAG(int64_t, memory_points, Defaults().memory_points,
+          "create: memorable examples kept per task (0: default)");
+ABSL_FLAG(std::string, selection, Defaults().selection, "create: lambda, sensitivity or random");
+ABSL_FLAG(int64_t, adapt_every, Defaults().adapt_every,
+          "create: online mode, adapt after every N training examples (0: when a stream closes)");
+ABSL_FLAG(bool, replay_correction, Defaults().replay_correction,
+          "create: K-prior replay correction (class-incremental)");
+ABSL_FLAG(std::string, torchscript, Defaults().torchscript,
+          "create: a module saved with torch.jit.save (sets --arch torchscript)");
+ABSL_FLAG(uint64_t, seed, Defaults().seed, "create: the model's seed; predict: the sampling seed");
+
+// stream and data files
+ABSL_FLAG(int64_t, task, Defaults().task,
+          "stream: the task (0, 1, ...); predict, influence: predict within this task's classes");
+ABSL_FLAG(std::string, split, Defaults().split, "stream: train or eval");
+ABSL_FLAG(std::string, format, Defaults().format, "idx, csv or npy (empty: by file name)");
+ABSL_FLAG(std::string, labels, Defaults().labels,
+          "IDX or NPY labels files, comma-separated, one per data file");
+ABSL_FLAG(int64_t, batch, Defaults().batch, "stream: examples per message");
+ABSL_FLAG(bool, keep_open, Defaults().keep_open,
+          "stream: more training streams of this task follow; do not adapt yet");
+ABSL_FLAG(bool, watch, Defaults().watch, "stream: then follow the adaptation jobs it queued");
+ABSL_FLAG(bool, select_classes, Defaults().select_classes,
+          "stream: send only the examples whose label is in --classes");
+ABSL_FLAG(int64_t, limit, Defaults().limit, "stream: send at most this many examples (0: all)");
+ABSL_FLAG(int, label_column, Defaults().label_column,
+          "CSV: the label column; negative counts from the end");
+ABSL_FLAG(bool, csv_header, Defaults().csv_header, "CSV: skip the first line");
+ABSL_FLAG(bool, csv_labels, Defaults().csv_labels, "CSV: one column holds labels");
+
+// queries
+ABSL_FLAG(int64_t, index, Defaults().index, "predict, influence: the first example of FILE");
+ABSL_FLAG(int64_t, count, Defaults().count, "predict: how many examples");
+ABSL_FLAG(std::string, mode, Defaults().mode, "predict: bayes, mean or linearized");
+ABSL_FLAG(int64_t, samples, Defaults().samples, "predict: samples (0: default)");
+ABSL_FLAG(int64_t, version, Defaults().version, "queries: a published version (-1: current)");
+ABSL_FLAG(int64_t, top_k, Defaults().top_k, "influence: how many examples");
+ABSL_FLAG(std::string, scope, Defaults().scope, "influence, memory-map: memory or all");
+ABSL_FLAG(std::string, csv, Defaults().csv, "memory-map: write the table to this CSV file");
+ABSL_FLAG(std::string, svg, Defaults().svg, "memory-map: write a scatter plot to this SVG file");
+
+// demo
+ABSL_FLAG(std::string, data_dir, Defaults().data_dir, "demo: the Fashion-MNIST files");
+ABSL_FLAG(int64_t, per_task, Defaults().per_task, "demo: training examples per task");
+ABSL_FLAG(std::string, model, Defaults().model, "demo: the model to create");
 
 namespace {
 
-int Info(adaptd::AdaptdClient& client) {
-  auto info = client.GetServerInfo();
-  if (!info.ok()) {
-    std::fprintf(stderr, "adaptctl: %s\n", info.status().ToString().c_str());
-    return 1;
+adaptd::CtlOptions OptionsFromFlags() {
+  adaptd::CtlOptions o;
+  o.arch = absl::GetFlag(FLAGS_arch);
+  o.input_shape = absl::GetFlag(FLAGS_input_shape);
+  o.classes = absl::GetFlag(FLAGS_classes);
+  o.hidden = absl::GetFlag(FLAGS_hidden);
+  o.activation = absl::GetFlag(FLAGS_activation);
+  o.method = absl::GetFlag(FLAGS_method);
+  o.head = absl::GetFlag(FLAGS_head);
+  o.epochs = absl::GetFlag(FLAGS_epochs);
+  o.batch_size = absl::GetFlag(FLAGS_batch_size);
+  o.lr = absl::GetFlag(FLAGS_lr);
+  o.memory_points = absl::GetFlag(FLAGS_memory_points);
+  o.selection = absl::GetFlag(FLAGS_selection);
+  o.adapt_every = absl::GetFlag(FLAGS_adapt_every);
+  o.replay_correction = absl::GetFlag(FLAGS_replay_correction);
+  o.torchscript = absl::GetFlag(FLAGS_torchscript);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.task = absl::GetFlag(FLAGS_task);
+  o.split = absl::GetFlag(FLAGS_split);
+  o.format = absl::GetFlag(FLAGS_format);
+  o.labels = absl::GetFlag(FLAGS_labels);
+  o.batch = absl::GetFlag(FLAGS_batch);
+  o.keep_open = absl::GetFlag(FLAGS_keep_open);
+  o.watch = absl::GetFlag(FLAGS_watch);
+  o.select_classes = absl::GetFlag(FLAGS_select_classes);
+  o.limit = absl::GetFlag(FLAGS_limit);
+  o.label_column = absl::GetFlag(FLAGS_label_column);
+  o.csv_header = absl::GetFlag(FLAGS_csv_header);
+  o.csv_labels = absl::GetFlag(FLAGS_csv_labels);
+  o.index = absl::GetFlag(FLAGS_index);
+  o.count = absl::GetFlag(FLAGS_count);
+  o.mode = absl::GetFlag(FLAGS_mode);
+  o.samples = absl::GetFlag(FLAGS_samples);
+  o.version = absl::GetFlag(FLAGS_version);
+  o.top_k = absl::GetFlag(FLAGS_top_k);
+  o.scope = absl::GetFlag(FLAGS_scope);
+  o.csv = absl::GetFlag(FLAGS_csv);
+  o.svg = absl::GetFlag(FLAGS_svg);
+  o.data_dir = absl::GetFlag(FLAGS_data_dir);
+  o.per_task = absl::GetFlag(FLAGS_per_task);
+  o.model = absl::GetFlag(FLAGS_model);
+  return o;
+}
+
+absl::StatusOr<std::string> ReadPem(const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+absl::StatusOr<adaptd::ClientOptions> ClientOptionsFromFlags() {
+  adaptd::ClientOptions o;
+  o.timeout_seconds = absl::GetFlag(FLAGS_timeout);
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  o.token = absl::GetFlag(FLAGS_token);
+  if (o.token.empty()) {
+    const char* env = std::getenv("ADAPTD_TOKEN");
+    if (env != nullptr) o.token = env;
   }
-  std::printf("adaptd %s (LibTorch %s) on %s, %d intra-op threads\n", info->version().c_str(),
-              info->torch_version().c_str(), info->device().c_str(), info->intra_op_threads());
-  std::printf("optimizers:    %s\n", absl::StrJoin(info->optimizers(), ", ").c_str());
-  std::printf("architectures: %s\n", absl::StrJoin(info->architectures(), ", ").c_str());
-  return 0;
+  for (const auto& [flag, pem] : {std::make_pair(&FLAGS_tls_ca, &o.root_certs_pem),
+                                  std::make_pair(&FLAGS_tls_cert, &o.client_cert_pem),
+                                  std::make_pair(&FLAGS_tls_key, &o.client_key_pem)}) {
+    absl::StatusOr<std::string> text = ReadPem(absl::GetFlag(*flag));
+    if (!text.ok()) return text.status();
+    *pem = *std::move(text);
+  }
+  return o;
+}
+
+int Fail(const absl::Status& status) {
+  absl::FPrintF(stderr, "adaptctl: %s\n", status.ToString());
+  return 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("adaptctl [--target=host:port] <command>\ncommands: info");
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() != 2) {
-    std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage());
+  absl::SetProgramUsageMessage(adaptd::CtlUsage());
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() < 2) {
+    absl::FPrintF(stderr, "%s", adaptd::CtlUsage());
     return 2;
   }
-  adaptd::ClientOptions options;
-  options.timeout_seconds = absl::GetFlag(FLAGS_timeout);
-  auto client = adaptd::AdaptdClient::Create(absl::GetFlag(FLAGS_target), options);
-  if (!client.ok()) {
-    std::fprintf(stderr, "adaptctl: %s\n", client.status().ToString().c_str());
-    return 1;
+  const std::string name = positional[1];
+  const std::vector<std::string> args(positional.begin() + 2, positional.end());
+  const adaptd::CtlCommand* command = nullptr;
+  for (const adaptd::CtlCommand& c : adaptd::CtlCommands()) {
+    if (name == c.name) command = &c;
   }
-  const std::string command = args[1];
-  if (command == "info") return Info(**client);
-  std::fprintf(stderr, "adaptctl: unknown command '%s'\nusage: %s\n", command.c_str(),
-               absl::ProgramUsageMessage());
-  return 2;
+  if (command == nullptr) {
+    absl::FPrintF(stderr, "adaptctl: unknown command '%s'\n\n%s", name, adaptd::CtlUsage());
+    return 2;
+  }
+  const int n = static_cast<int>(args.size());
+  if (n < command->min_args || (command->max_args >= 0 && n > command->max_args)) {
+    absl::FPrintF(stderr, "usage: adaptctl [flags] %s %s\n  %s\n", command->name, command->args,
+                  command->help);
+    return 2;
+  }
+
+  absl::StatusOr<adaptd::ClientOptions> client_options = ClientOptionsFromFlags();
+  if (!client_options.ok()) return Fail(client_options.status());
+  const std::string target = absl::GetFlag(FLAGS_target).empty() ? absl::GetFlag(FLAGS_server)
+                                                                 : absl::GetFlag(FLAGS_target);
+  absl::StatusOr<std::unique_ptr<adaptd::AdaptdClient>> client =
+      adaptd::AdaptdClient::Create(target, *client_options);
+  if (!client.ok()) return Fail(client.status());
+  const absl::Status status = command->run(**client, OptionsFromFlags(), args);
+  if (!status.ok()) return Fail(status);
+  return 0;
 }

@@ -1,47 +1,375 @@
 #include "client/client.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <utility>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 
 namespace adaptd {
+namespace {
+
+// Import chunk size: far below any sensible message limit, large enough that per-message
+// overhead does not matter.
+constexpr int64_t kImportChunkBytes = 1 << 20;
+
+std::chrono::system_clock::time_point DeadlineAfter(double seconds) {
+  return std::chrono::system_clock::now() +
+         std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
+}
+
+// The examples in a batch: its labels' length, or x's leading dimension when it has none.
+int64_t ExamplesIn(const v1::ExampleBatch& batch) {
+  if (batch.y().shape_size() > 0) return batch.y().shape(0);
+  if (batch.x().shape_size() > 0) return batch.x().shape(0);
+  return 0;
+}
+
+}  // namespace
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   // grpc::StatusCode and absl::StatusCode share their numeric values (both follow
   // google.rpc.Code); codes outside that range become UNKNOWN.
   const int code = static_cast<int>(status.error_code());
-  const auto absl_code = (code > 0 && code <= 16) ? static_cast<absl::StatusCode>(code)
-                                                   : absl::StatusCode::kUnknown;
+  const auto absl_code =
+      (code > 0 && code <= 16) ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown;
   return absl::Status(absl_code, status.error_message());
 }
 
-AdaptdClient::AdaptdClient(std::unique_ptr<v1::AdminService::Stub> admin,
-                           const ClientOptions& options)
-    : admin_(std::move(admin)), options_(options) {}
+AdaptdClient::AdaptdClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
+    : options_(options),
+      admin_(v1::AdminService::NewStub(channel)),
+      learning_(v1::LearningService::NewStub(channel)),
+      query_(v1::QueryService::NewStub(channel)) {}
 
 absl::StatusOr<std::unique_ptr<AdaptdClient>> AdaptdClient::Create(const std::string& target,
                                                                    const ClientOptions& options) {
   if (target.empty()) return absl::InvalidArgumentError("target must be host:port; got ''");
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_message_bytes must be positive; got ", options.max_message_bytes));
+  }
+  if (!(options.timeout_seconds > 0) || !(options.stream_timeout_seconds >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("timeouts must be positive (streams: 0 for none); got ",
+                     options.timeout_seconds, " and ", options.stream_timeout_seconds));
+  }
+  if (options.client_cert_pem.empty() != options.client_key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs its key, and a key its certificate");
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (!options.root_certs_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.root_certs_pem;
+    ssl.pem_cert_chain = options.client_cert_pem;
+    ssl.pem_private_key = options.client_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+  } else if (!options.client_cert_pem.empty()) {
+    // A certificate on a plaintext channel would silently not be sent: refuse instead.
+    return absl::InvalidArgumentError("a client certificate needs TLS: give the root certificates");
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  return std::unique_ptr<AdaptdClient>(
-      new AdaptdClient(v1::AdminService::NewStub(channel), options));
+  auto channel = grpc::CreateCustomChannel(target, credentials, args);
+  return std::unique_ptr<AdaptdClient>(new AdaptdClient(std::move(channel), options));
 }
 
-absl::StatusOr<v1::GetServerInfoResponse> AdaptdClient::GetServerInfo() {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(options_.timeout_seconds * 1000)));
-  v1::GetServerInfoResponse response;
-  const absl::Status s =
-      FromGrpcStatus(admin_->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &response));
-  if (!s.ok()) return s;
+void AdaptdClient::Prepare(grpc::ClientContext& context, bool streaming) const {
+  if (!streaming) {
+    context.set_deadline(DeadlineAfter(options_.timeout_seconds));
+  } else if (options_.stream_timeout_seconds > 0) {
+    context.set_deadline(DeadlineAfter(options_.stream_timeout_seconds));
+  }
+  if (!options_.token.empty()) {
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
+  }
+}
+
+// Runs one unary call: `call(context, response)` returns the grpc::Status of the stub method.
+template <typename Response, typename Call>
+absl::StatusOr<Response> AdaptdClient::Unary(const Call& call) const {
+  grpc::ClientContext context;
+  Prepare(context, /*streaming=*/false);
+  Response response;
+  const absl::Status status = FromGrpcStatus(call(&context, &response));
+  if (!status.ok()) return status;
   return response;
+}
+
+absl::StatusOr<v1::GetServerInfoResponse> AdaptdClient::GetServerInfo() const {
+  return Unary<v1::GetServerInfoResponse>([&](auto* context, auto* response) {
+    return admin_->GetServerInfo(context, v1::GetServerInfoRequest(), response);
+  });
+}
+
+absl::StatusOr<v1::ModelInfo> AdaptdClient::CreateModel(
+    const v1::CreateModelRequest& request) const {
+  return Unary<v1::ModelInfo>([&](auto* context, auto* response) {
+    return admin_->CreateModel(context, request, response);
+  });
+}
+
+absl::StatusOr<v1::ModelInfo> AdaptdClient::GetModel(const std::string& name) const {
+  v1::GetModelRequest request;
+  request.set_name(name);
+  return Unary<v1::ModelInfo>(
+      [&](auto* context, auto* response) { return admin_->GetModel(context, request, response); });
+}
+
+absl::StatusOr<v1::ListModelsResponse> AdaptdClient::ListModels() const {
+  return Unary<v1::ListModelsResponse>([&](auto* context, auto* response) {
+    return admin_->ListModels(context, v1::ListModelsRequest(), response);
+  });
+}
+
+absl::StatusOr<v1::DeleteModelResponse> AdaptdClient::DeleteModel(const std::string& name) const {
+  v1::DeleteModelRequest request;
+  request.set_name(name);
+  return Unary<v1::DeleteModelResponse>([&](auto* context, auto* response) {
+    return admin_->DeleteModel(context, request, response);
+  });
+}
+
+absl::StatusOr<v1::ListVersionsResponse> AdaptdClient::ListVersions(const std::string& name) const {
+  v1::ListVersionsRequest request;
+  request.set_name(name);
+  return Unary<v1::ListVersionsResponse>([&](auto* context, auto* response) {
+    return admin_->ListVersions(context, request, response);
+  });
+}
+
+absl::StatusOr<v1::ModelInfo> AdaptdClient::Rollback(const std::string& name,
+                                                     int64_t version) const {
+  v1::RollbackRequest request;
+  request.set_name(name);
+  request.set_version(version);
+  return Unary<v1::ModelInfo>(
+      [&](auto* context, auto* response) { return admin_->Rollback(context, request, response); });
+}
+
+absl::Status AdaptdClient::ExportTo(
+    const std::string& name, const std::function<absl::Status(const std::string&)>& sink) const {
+  grpc::ClientContext context;
+  Prepare(context, /*streaming=*/true);
+  v1::ExportRequest request;
+  request.set_name(name);
+  auto reader = admin_->Export(&context, request);
+  v1::SnapshotChunk chunk;
+  while (reader->Read(&chunk)) {
+    absl::Status written = sink(chunk.data());
+    if (!written.ok()) {
+      // Stop the server's stream too; the local error is the one worth reporting.
+      context.TryCancel();
+      reader->Finish().IgnoreError();
+      return written;
+    }
+  }
+  return FromGrpcStatus(reader->Finish());
+}
+
+absl::StatusOr<std::string> AdaptdClient::Export(const std::string& name) const {
+  std::string snapshot;
+  absl::Status status = ExportTo(name, [&](const std::string& data) {
+    snapshot.append(data);
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return snapshot;
+}
+
+absl::StatusOr<int64_t> AdaptdClient::ExportToFile(const std::string& name,
+                                                   const std::string& path) const {
+  const std::string partial = path + ".partial";
+  std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::NotFoundError(absl::StrCat("cannot write ", partial));
+  int64_t size = 0;
+  absl::Status status = ExportTo(name, [&](const std::string& data) {
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+    size += static_cast<int64_t>(data.size());
+    return out ? absl::OkStatus()
+               : absl::DataLossError(absl::StrCat("writing ", partial, " failed"));
+  });
+  out.close();
+  if (status.ok() && !out)
+    status = absl::DataLossError(absl::StrCat("writing ", partial, " failed"));
+  if (status.ok() && std::rename(partial.c_str(), path.c_str()) != 0) {
+    status = absl::DataLossError(absl::StrCat("cannot rename ", partial, " to ", path));
+  }
+  if (!status.ok()) {
+    std::remove(partial.c_str());
+    return status;
+  }
+  return size;
+}
+
+absl::StatusOr<v1::ModelInfo> AdaptdClient::ImportFrom(
+    const std::string& name,
+    const std::function<absl::StatusOr<std::optional<std::string>>()>& next_chunk) const {
+  grpc::ClientContext context;
+  Prepare(context, /*streaming=*/true);
+  v1::ModelInfo response;
+  auto writer = admin_->Import(&context, &response);
+  bool first = true;
+  bool open = true;
+  while (open) {
+    absl::StatusOr<std::optional<std::string>> data = next_chunk();
+    if (!data.ok() || (first && !data->has_value())) {
+      context.TryCancel();
+      writer->Finish().IgnoreError();
+      if (!data.ok()) return data.status();
+      return absl::InvalidArgumentError("the snapshot is empty");
+    }
+    if (!data->has_value()) break;
+    v1::SnapshotChunk chunk;
+    if (first) chunk.set_name(name);
+    first = false;
+    *chunk.mutable_data() = std::move(**data);
+    // A failed write means the server has ended the call; Finish says why.
+    open = writer->Write(chunk);
+  }
+  if (open) writer->WritesDone();
+  const absl::Status status = FromGrpcStatus(writer->Finish());
+  if (!status.ok()) return status;
+  if (!open) return absl::InternalError("the server closed the import stream early");
+  return response;
+}
+
+absl::StatusOr<v1::ModelInfo> AdaptdClient::Import(const std::string& name,
+                                                   const std::string& snapshot) const {
+  const int64_t size = static_cast<int64_t>(snapshot.size());
+  const int64_t step = std::min<int64_t>(kImportChunkBytes, options_.max_message_bytes / 2 + 1);
+  int64_t offset = 0;
+  return ImportFrom(name, [&]() -> absl::StatusOr<std::optional<std::string>> {
+    if (offset >= size) return std::optional<std::string>();
+    std::string data = snapshot.substr(offset, step);
+    offset += step;
+    return std::optional<std::string>(std::move(data));
+  });
+}
+
+absl::StatusOr<v1::ModelInfo> AdaptdClient::ImportFromFile(const std::string& name,
+                                                           const std::string& path) const {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  const int64_t step = std::min<int64_t>(kImportChunkBytes, options_.max_message_bytes / 2 + 1);
+  return ImportFrom(name, [&]() -> absl::StatusOr<std::optional<std::string>> {
+    std::string data(step, '\0');
+    in.read(data.data(), step);
+    if (in.bad()) return absl::DataLossError(absl::StrCat("reading ", path, " failed"));
+    data.resize(static_cast<size_t>(in.gcount()));
+    if (data.empty()) return std::optional<std::string>();
+    return std::optional<std::string>(std::move(data));
+  });
+}
+
+absl::StatusOr<v1::StreamExamplesResponse> AdaptdClient::StreamExamples(
+    const v1::StreamHeader& header, const BatchSource& next, const StreamProgress& progress) const {
+  grpc::ClientContext context;
+  Prepare(context, /*streaming=*/true);
+  v1::StreamExamplesResponse response;
+  auto writer = learning_->StreamExamples(&context, &response);
+  v1::StreamExamplesRequest request;
+  *request.mutable_header() = header;
+  bool open = writer->Write(request);
+  int64_t sent = 0;
+  while (open) {
+    absl::StatusOr<std::optional<v1::ExampleBatch>> batch = next();
+    if (!batch.ok()) {
+      // Cancelling makes the server drop the whole stream: nothing half-sent is stored.
+      context.TryCancel();
+      writer->Finish().IgnoreError();
+      return batch.status();
+    }
+    if (!batch->has_value()) break;
+    const int64_t examples = ExamplesIn(**batch);
+    request.Clear();
+    request.mutable_batch()->Swap(&**batch);
+    open = writer->Write(request);
+    if (open) {
+      sent += examples;
+      if (progress) progress(sent);
+    }
+  }
+  if (open) writer->WritesDone();
+  const absl::Status status = FromGrpcStatus(writer->Finish());
+  if (!status.ok()) return status;
+  if (!open) return absl::InternalError("the server closed the example stream early");
+  return response;
+}
+
+absl::StatusOr<v1::StreamExamplesResponse> AdaptdClient::StreamExamples(
+    const v1::StreamHeader& header, const std::vector<v1::ExampleBatch>& batches,
+    const StreamProgress& progress) const {
+  size_t i = 0;
+  return StreamExamples(
+      header,
+      [&]() -> absl::StatusOr<std::optional<v1::ExampleBatch>> {
+        if (i == batches.size()) return std::optional<v1::ExampleBatch>();
+        return std::optional<v1::ExampleBatch>(batches[i++]);
+      },
+      progress);
+}
+
+absl::StatusOr<v1::JobStatus> AdaptdClient::WatchJob(const std::string& job_id,
+                                                     const JobCallback& on_status) const {
+  grpc::ClientContext context;
+  Prepare(context, /*streaming=*/true);
+  v1::WatchJobRequest request;
+  request.set_job_id(job_id);
+  auto reader = learning_->WatchJob(&context, request);
+  std::optional<v1::JobStatus> last;
+  v1::JobStatus status;
+  while (reader->Read(&status)) {
+    if (on_status) on_status(status);
+    last = status;
+  }
+  const absl::Status finished = FromGrpcStatus(reader->Finish());
+  if (!finished.ok()) return finished;
+  if (!last.has_value()) {
+    return absl::InternalError(absl::StrCat("watching job ", job_id, " ended without a status"));
+  }
+  return *std::move(last);
+}
+
+absl::StatusOr<v1::JobStatus> AdaptdClient::CancelJob(const std::string& job_id) const {
+  v1::CancelJobRequest request;
+  request.set_job_id(job_id);
+  return Unary<v1::JobStatus>([&](auto* context, auto* response) {
+    return learning_->CancelJob(context, request, response);
+  });
+}
+
+absl::StatusOr<v1::PredictResponse> AdaptdClient::Predict(const v1::PredictRequest& request) const {
+  return Unary<v1::PredictResponse>(
+      [&](auto* context, auto* response) { return query_->Predict(context, request, response); });
+}
+
+absl::StatusOr<v1::InfluenceResponse> AdaptdClient::Influence(
+    const v1::InfluenceRequest& request) const {
+  return Unary<v1::InfluenceResponse>(
+      [&](auto* context, auto* response) { return query_->Influence(context, request, response); });
+}
+
+absl::StatusOr<v1::MemoryMapResponse> AdaptdClient::MemoryMap(
+    const v1::MemoryMapRequest& request) const {
+  return Unary<v1::MemoryMapResponse>(
+      [&](auto* context, auto* response) { return query_->MemoryMap(context, request, response); });
+}
+
+absl::StatusOr<v1::EvaluateResponse> AdaptdClient::Evaluate(const std::string& name) const {
+  v1::EvaluateRequest request;
+  request.set_model(name);
+  return Unary<v1::EvaluateResponse>(
+      [&](auto* context, auto* response) { return query_->Evaluate(context, request, response); });
 }
 
 }  // namespace adaptd

@@ -2,14 +2,22 @@
 #ifndef ADAPTD_CLIENT_CLIENT_H_
 #define ADAPTD_CLIENT_CLIENT_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
 #include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "adaptd/v1/admin.grpc.pb.h"
+#include "adaptd/v1/learning.grpc.pb.h"
+#include "adaptd/v1/query.grpc.pb.h"
 
 namespace adaptd {
 
@@ -17,26 +25,105 @@ namespace adaptd {
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 struct ClientOptions {
-  // Must match the server's --max_message_mb.
+  // Largest message sent or received, in bytes. Must match the server's limit: a batch or an
+  // export chunk above it fails with RESOURCE_EXHAUSTED.
   int max_message_bytes = 64 << 20;
-  // Per-call deadline in seconds.
+  // Deadline of each unary call, in seconds.
   double timeout_seconds = 30;
+  // Deadline of streaming calls (StreamExamples, WatchJob, Export, Import), in seconds; 0 means
+  // none, because a job may train for hours and an upload is as long as its data.
+  double stream_timeout_seconds = 0;
+  // Sent as `authorization: Bearer <token>` on every call when non-empty.
+  std::string token;
+  // TLS. With `root_certs_pem` set the channel uses TLS and trusts these roots; the client
+  // certificate and key (both or neither) add mutual TLS. Without roots the channel is
+  // plaintext, and a client certificate is an error.
+  std::string root_certs_pem;
+  std::string client_cert_pem;
+  std::string client_key_pem;
 };
 
-// Thread-safe: calls may run concurrently from many threads.
+// Yields the batches of one StreamExamples call: a batch, std::nullopt at the end, or an error
+// that cancels the stream (the server then stores none of it).
+using BatchSource = std::function<absl::StatusOr<std::optional<v1::ExampleBatch>>()>;
+// Called after each batch is written with the examples sent so far.
+using StreamProgress = std::function<void(int64_t examples_sent)>;
+// Called with every job status WatchJob receives.
+using JobCallback = std::function<void(const v1::JobStatus&)>;
+
+// A client for the three adaptd services over one channel.
+//
+// Thread-safe: calls may run concurrently from many threads. Errors are the server's status
+// mapped by FromGrpcStatus (UNAVAILABLE when no server answers, DEADLINE_EXCEEDED after
+// `timeout_seconds`), or INVALID_ARGUMENT / NOT_FOUND for local input such as a missing file.
 class AdaptdClient {
  public:
   // `target` is "host:port". Connects lazily; the first call reports UNAVAILABLE if no server
-  // answers.
+  // answers. INVALID_ARGUMENT for an empty target or inconsistent TLS options.
   static absl::StatusOr<std::unique_ptr<AdaptdClient>> Create(const std::string& target,
                                                               const ClientOptions& options = {});
 
-  absl::StatusOr<v1::GetServerInfoResponse> GetServerInfo();
+  AdaptdClient(const AdaptdClient&) = delete;
+  AdaptdClient& operator=(const AdaptdClient&) = delete;
+
+  // AdminService.
+  absl::StatusOr<v1::GetServerInfoResponse> GetServerInfo() const;
+  absl::StatusOr<v1::ModelInfo> CreateModel(const v1::CreateModelRequest& request) const;
+  absl::StatusOr<v1::ModelInfo> GetModel(const std::string& name) const;
+  absl::StatusOr<v1::ListModelsResponse> ListModels() const;
+  absl::StatusOr<v1::DeleteModelResponse> DeleteModel(const std::string& name) const;
+  absl::StatusOr<v1::ListVersionsResponse> ListVersions(const std::string& name) const;
+  absl::StatusOr<v1::ModelInfo> Rollback(const std::string& name, int64_t version) const;
+  // The snapshot's bytes.
+  absl::StatusOr<std::string> Export(const std::string& name) const;
+  // Writes the snapshot to `path` and returns its size in bytes. The file appears only when the
+  // whole snapshot has arrived (it is written next to `path` and renamed).
+  absl::StatusOr<int64_t> ExportToFile(const std::string& name, const std::string& path) const;
+  // Creates model `name` from a snapshot made by Export.
+  absl::StatusOr<v1::ModelInfo> Import(const std::string& name, const std::string& snapshot) const;
+  absl::StatusOr<v1::ModelInfo> ImportFromFile(const std::string& name,
+                                               const std::string& path) const;
+
+  // LearningService.
+  // Sends `header`, then every batch `next` yields. `progress` (may be null) follows the upload.
+  absl::StatusOr<v1::StreamExamplesResponse> StreamExamples(
+      const v1::StreamHeader& header, const BatchSource& next,
+      const StreamProgress& progress = nullptr) const;
+  absl::StatusOr<v1::StreamExamplesResponse> StreamExamples(
+      const v1::StreamHeader& header, const std::vector<v1::ExampleBatch>& batches,
+      const StreamProgress& progress = nullptr) const;
+  // Follows a job until it ends and returns its last status (which may be FAILED or CANCELLED:
+  // that is the job's outcome, not an RPC error). `on_status` (may be null) sees every update.
+  absl::StatusOr<v1::JobStatus> WatchJob(const std::string& job_id,
+                                         const JobCallback& on_status = nullptr) const;
+  absl::StatusOr<v1::JobStatus> CancelJob(const std::string& job_id) const;
+
+  // QueryService.
+  absl::StatusOr<v1::PredictResponse> Predict(const v1::PredictRequest& request) const;
+  absl::StatusOr<v1::InfluenceResponse> Influence(const v1::InfluenceRequest& request) const;
+  absl::StatusOr<v1::MemoryMapResponse> MemoryMap(const v1::MemoryMapRequest& request) const;
+  absl::StatusOr<v1::EvaluateResponse> Evaluate(const std::string& name) const;
 
  private:
-  AdaptdClient(std::unique_ptr<v1::AdminService::Stub> admin, const ClientOptions& options);
-  std::unique_ptr<v1::AdminService::Stub> admin_;
-  ClientOptions options_;
+  AdaptdClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+
+  // Deadline and credentials for one call; `streaming` selects the stream deadline.
+  void Prepare(grpc::ClientContext& context, bool streaming) const;
+  template <typename Response, typename Call>
+  absl::StatusOr<Response> Unary(const Call& call) const;
+  // Streams the Export chunks of `name` to `sink`, which may fail (e.g. a full disk).
+  absl::Status ExportTo(const std::string& name,
+                        const std::function<absl::Status(const std::string&)>& sink) const;
+  // Streams what `next_chunk` yields (std::nullopt at the end) as an Import of `name`.
+  absl::StatusOr<v1::ModelInfo> ImportFrom(
+      const std::string& name,
+      const std::function<absl::StatusOr<std::optional<std::string>>()>& next_chunk) const;
+
+  const ClientOptions options_;
+  // Stubs are thread-safe; they share the channel.
+  const std::unique_ptr<v1::AdminService::Stub> admin_;
+  const std::unique_ptr<v1::LearningService::Stub> learning_;
+  const std::unique_ptr<v1::QueryService::Stub> query_;
 };
 
 }  // namespace adaptd

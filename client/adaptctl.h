@@ -1,0 +1,115 @@
+// adaptctl's commands, separate from its flags (adaptctl_main.cc) so that tests can run them.
+#ifndef ADAPTD_CLIENT_ADAPTCTL_H_
+#define ADAPTD_CLIENT_ADAPTCTL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "client/client.h"
+#include "client/datasets.h"
+
+namespace adaptd {
+
+// Every command option of adaptctl, with its default. adaptctl_main.cc fills it from flags of
+// the same names; each field's meaning is its flag's help.
+struct CtlOptions {
+  // create
+  std::string arch = "mlp";
+  std::string input_shape = "784";
+  // create: the number of classes; stream: the task's classes, e.g. "0,1".
+  std::string classes;
+  std::string hidden = "256,256";
+  std::string activation;
+  std::string method;
+  std::string head;
+  int64_t epochs = 0;
+  int64_t batch_size = 0;
+  double lr = 0;
+  int64_t memory_points = 0;
+  std::string selection;
+  int64_t adapt_every = 0;
+  bool replay_correction = false;
+  std::string torchscript;
+  uint64_t seed = 0;
+
+  // stream and the data files of predict and influence
+  int64_t task = -1;
+  std::string split = "train";
+  std::string format;
+  std::string labels;
+  int64_t batch = 1000;
+  bool keep_open = false;
+  bool watch = false;
+  bool select_classes = false;
+  int64_t limit = 0;
+  int label_column = -1;
+  bool csv_header = false;
+  bool csv_labels = true;
+
+  // queries
+  int64_t index = 0;
+  int64_t count = 10;
+  std::string mode = "bayes";
+  int64_t samples = 0;
+  int64_t version = -1;
+  int64_t top_k = 10;
+  std::string scope = "memory";
+  std::string csv;
+  std::string svg;
+
+  // demo
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  int64_t per_task = 2000;
+  std::string model = "split-fmnist";
+};
+
+// A subcommand: `adaptctl [flags] name args...`.
+struct CtlCommand {
+  const char* name;
+  // The positional arguments, for the usage text, e.g. "NAME FILE...".
+  const char* args;
+  int min_args;
+  int max_args;  // -1: no limit
+  const char* help;
+  absl::Status (*run)(const AdaptdClient& client, const CtlOptions& options,
+                      const std::vector<std::string>& args);
+};
+
+const std::vector<CtlCommand>& CtlCommands();
+// The commands and their arguments, one per line.
+std::string CtlUsage();
+
+// Parsers for option values; INVALID_ARGUMENT names the value and what was expected.
+absl::StatusOr<std::vector<int64_t>> ParseInt64List(const std::string& text);
+absl::StatusOr<v1::Split> ParseSplit(const std::string& text);
+absl::StatusOr<v1::HeadMode> ParseHeadMode(const std::string& text);
+absl::StatusOr<v1::PredictMode> ParsePredictMode(const std::string& text);
+absl::StatusOr<v1::Scope> ParseScope(const std::string& text);
+
+// The CreateModel request the create options describe (the TorchScript file is read here).
+absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& name,
+                                                          const CtlOptions& options);
+// Reads `files` (in --format or by extension, --labels matched one to one) into one set.
+absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& files,
+                                            const CtlOptions& options);
+
+// Uploads `examples` in batches of `batch` with a progress bar on stderr.
+absl::StatusOr<v1::StreamExamplesResponse> StreamWithProgress(const AdaptdClient& client,
+                                                              const v1::StreamHeader& header,
+                                                              const ExampleSet& examples,
+                                                              int64_t batch);
+// Follows a job with a progress bar on stderr; FAILED_PRECONDITION (with the job's message) if
+// it failed, CANCELLED if it was cancelled.
+absl::StatusOr<v1::JobStatus> WatchWithProgress(const AdaptdClient& client,
+                                                const std::string& job_id);
+
+// `adaptctl demo split-fmnist`: the end-to-end continual-learning tour (adaptctl_demo.cc).
+absl::Status RunDemo(const AdaptdClient& client, const CtlOptions& options,
+                     const std::vector<std::string>& args);
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_CLIENT_ADAPTCTL_H_

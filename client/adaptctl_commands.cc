@@ -1,0 +1,507 @@
+// adaptctl's commands: each turns options and positional arguments into calls of the client
+// and prints the answer on stdout; progress goes to stderr.
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "client/adaptctl.h"
+#include "client/memory_map.h"
+#include "client/progress.h"
+#include "client/report.h"
+#include "client/tensor.h"
+#include "core/status_macros.h"
+
+namespace adaptd {
+namespace {
+
+absl::Status WriteTextFile(const std::string& path, const std::string& content) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << content;
+  out.close();
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> ParseInt64(const std::string& text, const char* what) {
+  int64_t value;
+  if (!absl::SimpleAtoi(text, &value)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " must be an integer; got '", text, "'"));
+  }
+  return value;
+}
+
+// Gives `examples` the model's input shape, so that files of images ([N, 28, 28]) feed
+// flat models ([784]) and flat files feed convolutional ones.
+absl::Status FitToModel(const AdaptdClient& client, const std::string& model,
+                        ExampleSet& examples) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo info, client.GetModel(model));
+  const std::vector<int64_t> shape(info.spec().input_shape().begin(),
+                                   info.spec().input_shape().end());
+  return ReshapeExamples(examples, shape);
+}
+
+// Rows [options.index, options.index + options.count) of the first file argument, fitted to
+// the model.
+absl::StatusOr<ExampleSet> QueryExamples(const AdaptdClient& client, const std::string& model,
+                                         const std::string& file, const CtlOptions& options) {
+  ADAPTD_ASSIGN_OR_RETURN(ExampleSet all, LoadExampleFiles({file}, options));
+  if (options.index < 0 || options.index >= all.size()) {
+    return absl::OutOfRangeError(absl::StrCat("--index ", options.index, " outside the ",
+                                              all.size(), " examples of ", file));
+  }
+  const int64_t count = std::min(std::max<int64_t>(options.count, 1), all.size() - options.index);
+  std::vector<int64_t> rows(count);
+  for (int64_t i = 0; i < count; ++i) rows[i] = options.index + i;
+  ADAPTD_ASSIGN_OR_RETURN(ExampleSet some, TakeRows(all, rows));
+  ADAPTD_RETURN_IF_ERROR(FitToModel(client, model, some));
+  return some;
+}
+
+absl::Status Info(const AdaptdClient& client, const CtlOptions&, const std::vector<std::string>&) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::GetServerInfoResponse info, client.GetServerInfo());
+  absl::PrintF("%s", FormatServerInfo(info));
+  return absl::OkStatus();
+}
+
+absl::Status Create(const AdaptdClient& client, const CtlOptions& options,
+                    const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::CreateModelRequest request, BuildCreateRequest(args[0], options));
+  ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo model, client.CreateModel(request));
+  absl::PrintF("%s", FormatModelInfo(model));
+  return absl::OkStatus();
+}
+
+absl::Status List(const AdaptdClient& client, const CtlOptions&, const std::vector<std::string>&) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::ListModelsResponse models, client.ListModels());
+  absl::PrintF("%s", FormatModelList(models));
+  return absl::OkStatus();
+}
+
+absl::Status Get(const AdaptdClient& client, const CtlOptions&,
+                 const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo model, client.GetModel(args[0]));
+  absl::PrintF("%s", FormatModelInfo(model));
+  return absl::OkStatus();
+}
+
+absl::Status Delete(const AdaptdClient& client, const CtlOptions&,
+                    const std::vector<std::string>& args) {
+  ADAPTD_RETURN_IF_ERROR(client.DeleteModel(args[0]).status());
+  absl::PrintF("deleted %s\n", args[0]);
+  return absl::OkStatus();
+}
+
+absl::Status Versions(const AdaptdClient& client, const CtlOptions&,
+                      const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::ListVersionsResponse versions, client.ListVersions(args[0]));
+  absl::PrintF("%s", FormatVersions(versions));
+  return absl::OkStatus();
+}
+
+absl::Status Rollback(const AdaptdClient& client, const CtlOptions&,
+                      const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(int64_t version, ParseInt64(args[1], "VERSION"));
+  ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo model, client.Rollback(args[0], version));
+  absl::PrintF("%s: version %d now serves, a copy of version %d\n", model.name(),
+               model.current().version(), model.current().rolled_back_from());
+  return absl::OkStatus();
+}
+
+absl::Status Export(const AdaptdClient& client, const CtlOptions&,
+                    const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(int64_t bytes, client.ExportToFile(args[0], args[1]));
+  absl::PrintF("exported %s to %s (%d bytes)\n", args[0], args[1], bytes);
+  return absl::OkStatus();
+}
+
+absl::Status Import(const AdaptdClient& client, const CtlOptions&,
+                    const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo model, client.ImportFromFile(args[0], args[1]));
+  absl::PrintF("%s", FormatModelInfo(model));
+  return absl::OkStatus();
+}
+
+absl::Status Stream(const AdaptdClient& client, const CtlOptions& options,
+                    const std::vector<std::string>& args) {
+  if (options.task < 0) return absl::InvalidArgumentError("stream needs --task");
+  if (options.batch <= 0) return absl::InvalidArgumentError("--batch must be positive");
+  v1::StreamHeader header;
+  header.set_model(args[0]);
+  header.set_task_id(options.task);
+  ADAPTD_ASSIGN_OR_RETURN(v1::Split split, ParseSplit(options.split));
+  header.set_split(split);
+  header.set_keep_open(options.keep_open);
+  std::vector<int64_t> classes;
+  if (!options.classes.empty()) {
+    ADAPTD_ASSIGN_OR_RETURN(classes, ParseInt64List(options.classes));
+  }
+  for (int64_t c : classes) header.add_classes(c);
+
+  const std::vector<std::string> files(args.begin() + 1, args.end());
+  ADAPTD_ASSIGN_OR_RETURN(ExampleSet examples, LoadExampleFiles(files, options));
+  if (examples.labels.empty()) {
+    return absl::InvalidArgumentError(
+        "streamed examples need labels (--labels, or a CSV label column)");
+  }
+  if (options.select_classes || options.limit > 0) {
+    if (options.select_classes && classes.empty()) {
+      return absl::InvalidArgumentError("--select_classes needs --classes");
+    }
+    std::vector<int64_t> rows;
+    if (options.select_classes) {
+      rows = RowsWithLabels(examples, classes, options.limit);
+    } else {
+      for (int64_t i = 0; i < std::min(options.limit, examples.size()); ++i) rows.push_back(i);
+    }
+    ADAPTD_ASSIGN_OR_RETURN(examples, TakeRows(examples, rows));
+  }
+  if (examples.size() == 0) return absl::InvalidArgumentError("no examples to stream");
+  ADAPTD_RETURN_IF_ERROR(FitToModel(client, args[0], examples));
+
+  ADAPTD_ASSIGN_OR_RETURN(v1::StreamExamplesResponse response,
+                          StreamWithProgress(client, header, examples, options.batch));
+  absl::PrintF("%s task %d: %d examples in %d batches acknowledged at version %d\n",
+               response.model(), response.task_id(), response.examples(), response.batches(),
+               response.version());
+  for (const v1::IdRange& ids : response.ids()) {
+    absl::PrintF("  example ids %d..%d\n", ids.first(), ids.first() + ids.count() - 1);
+  }
+  for (const std::string& job : response.job_ids()) absl::PrintF("  job %s queued\n", job);
+  if (!options.watch) return absl::OkStatus();
+  for (const std::string& job : response.job_ids()) {
+    ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, WatchWithProgress(client, job));
+    absl::PrintF("job %s %s: %s\n", job, JobStateName(status.state()), status.message());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Watch(const AdaptdClient& client, const CtlOptions&,
+                   const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, WatchWithProgress(client, args[0]));
+  absl::PrintF("job %s (%s task %d) %s: %s\n", status.job_id(), status.model(), status.task_id(),
+               JobStateName(status.state()), status.message());
+  return absl::OkStatus();
+}
+
+absl::Status Cancel(const AdaptdClient& client, const CtlOptions&,
+                    const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, client.CancelJob(args[0]));
+  // Cancelling a queued or running job is a request the job honours between steps; `watch`
+  // shows when it has stopped.
+  const bool ended = status.state() == v1::JOB_STATE_SUCCEEDED ||
+                     status.state() == v1::JOB_STATE_FAILED ||
+                     status.state() == v1::JOB_STATE_CANCELLED;
+  if (ended) {
+    absl::PrintF("job %s had already ended: %s, %s\n", status.job_id(),
+                 JobStateName(status.state()), status.message());
+  } else {
+    absl::PrintF("job %s: cancellation requested (it was %s)\n", status.job_id(),
+                 JobStateName(status.state()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Predict(const AdaptdClient& client, const CtlOptions& options,
+                     const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(ExampleSet examples, QueryExamples(client, args[0], args[1], options));
+  v1::PredictRequest request;
+  request.set_model(args[0]);
+  *request.mutable_x() = examples.x;
+  ADAPTD_ASSIGN_OR_RETURN(v1::PredictMode mode, ParsePredictMode(options.mode));
+  request.set_mode(mode);
+  request.set_samples(options.samples);
+  request.set_seed(options.seed);
+  if (options.task >= 0) request.set_task_id(options.task);
+  if (options.version >= 0) request.set_version(options.version);
+  ADAPTD_ASSIGN_OR_RETURN(v1::PredictResponse response, client.Predict(request));
+  ADAPTD_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, PredictionsFromResponse(response));
+  absl::PrintF("version %d\n", response.version());
+  absl::PrintF("%s", FormatPredictions(predictions, options.index, examples.labels));
+  return absl::OkStatus();
+}
+
+absl::Status Influence(const AdaptdClient& client, const CtlOptions& options,
+                       const std::vector<std::string>& args) {
+  CtlOptions one = options;
+  one.count = 1;
+  ADAPTD_ASSIGN_OR_RETURN(ExampleSet example, QueryExamples(client, args[0], args[1], one));
+  v1::InfluenceRequest request;
+  request.set_model(args[0]);
+  *request.mutable_x() = example.x;
+  request.set_top_k(options.top_k);
+  ADAPTD_ASSIGN_OR_RETURN(v1::Scope scope, ParseScope(options.scope));
+  request.set_scope(scope);
+  if (options.task >= 0) request.set_task_id(options.task);
+  if (options.version >= 0) request.set_version(options.version);
+  ADAPTD_ASSIGN_OR_RETURN(v1::InfluenceResponse response, client.Influence(request));
+  absl::PrintF("query: example %d of %s", options.index, args[1]);
+  if (!example.labels.empty()) absl::PrintF(" (label %d)", example.labels[0]);
+  absl::PrintF("\n%s", FormatInfluence(response));
+  return absl::OkStatus();
+}
+
+absl::Status MemoryMap(const AdaptdClient& client, const CtlOptions& options,
+                       const std::vector<std::string>& args) {
+  v1::MemoryMapRequest request;
+  request.set_model(args[0]);
+  ADAPTD_ASSIGN_OR_RETURN(v1::Scope scope, ParseScope(options.scope));
+  request.set_scope(scope);
+  if (options.version >= 0) request.set_version(options.version);
+  ADAPTD_ASSIGN_OR_RETURN(v1::MemoryMapResponse response, client.MemoryMap(request));
+  ADAPTD_ASSIGN_OR_RETURN(MemoryMapTable table, MemoryMapFromResponse(response));
+  absl::PrintF("%s version %d: %d examples, LOO NLL %.4f, LOO accuracy %.1f%%\n", args[0],
+               table.version, table.points.size(), table.loo_nll, 100 * table.loo_accuracy);
+  std::vector<MemoryMapPoint> sorted = table.points;
+  std::sort(sorted.begin(), sorted.end(), [](const MemoryMapPoint& a, const MemoryMapPoint& b) {
+    return a.sensitivity > b.sensitivity;
+  });
+  if (!sorted.empty()) absl::PrintF("most sensitive:\n");
+  for (size_t i = 0; i < std::min<size_t>(5, sorted.size()); ++i) {
+    const MemoryMapPoint& p = sorted[i];
+    absl::PrintF(
+        "  example %d (client id %d, task %d, label %d): sensitivity %.3e, e %.3f, "
+        "v %.3e\n",
+        p.example_id, p.client_id, p.task_id, p.label, p.sensitivity, p.error, p.variance);
+  }
+  if (!options.csv.empty()) {
+    ADAPTD_RETURN_IF_ERROR(WriteTextFile(options.csv, MemoryMapCsv(table)));
+    absl::PrintF("wrote %s\n", options.csv);
+  }
+  if (!options.svg.empty()) {
+    ADAPTD_RETURN_IF_ERROR(WriteTextFile(options.svg, MemoryMapSvg(table, args[0])));
+    absl::PrintF("wrote %s\n", options.svg);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Evaluate(const AdaptdClient& client, const CtlOptions&,
+                      const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::EvaluateResponse evaluation, client.Evaluate(args[0]));
+  absl::PrintF("%s", FormatEvaluation(evaluation));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+const std::vector<CtlCommand>& CtlCommands() {
+  static const auto* commands = new std::vector<CtlCommand>{
+      {"info", "", 0, 0, "the server's version, device and what it can train", Info},
+      {"create", "NAME", 1, 1,
+       "create a model (--arch --input_shape --classes --hidden; --method --head --epochs "
+       "--batch_size --lr --memory_points --selection --adapt_every --replay_correction "
+       "--torchscript --seed)",
+       Create},
+      {"list", "", 0, 0, "list the models", List},
+      {"get", "NAME", 1, 1, "a model's spec, configuration, version and tasks", Get},
+      {"delete", "NAME", 1, 1, "delete a model with its versions and examples", Delete},
+      {"versions", "NAME", 1, 1, "a model's versions with their accuracy per task", Versions},
+      {"rollback", "NAME VERSION", 2, 2, "publish a copy of an earlier version", Rollback},
+      {"export", "NAME FILE", 2, 2, "save a snapshot of the current version", Export},
+      {"import", "NAME FILE", 2, 2, "create a model from a snapshot", Import},
+      {"stream", "NAME FILE...", 2, -1,
+       "upload examples to a task (--task --split --classes --format --labels --batch "
+       "--keep_open --watch --select_classes --limit)",
+       Stream},
+      {"watch", "JOB_ID", 1, 1, "follow an adaptation job", Watch},
+      {"cancel", "JOB_ID", 1, 1, "cancel an adaptation job", Cancel},
+      {"predict", "NAME FILE", 2, 2,
+       "predictions with uncertainty (--index --count --mode --samples --task --version)", Predict},
+      {"influence", "NAME FILE", 2, 2,
+       "training examples that most influence a prediction (--index --top_k --scope --task)",
+       Influence},
+      {"memory-map", "NAME", 1, 1, "per-example error and variance (--csv --svg --scope)",
+       MemoryMap},
+      {"evaluate", "NAME", 1, 1, "accuracy matrix, forgetting and backward transfer", Evaluate},
+      {"demo", "split-fmnist", 1, 1,
+       "continual learning on Split Fashion-MNIST, end to end (--data_dir --per_task --epochs "
+       "--model --head)",
+       RunDemo},
+  };
+  return *commands;
+}
+
+std::string CtlUsage() {
+  std::string usage = "adaptctl [--server=host:port] [flags] COMMAND [ARGS]\n\ncommands:\n";
+  for (const CtlCommand& c : CtlCommands()) {
+    absl::StrAppend(&usage,
+                    absl::StrFormat("  %-28s %s\n", absl::StrCat(c.name, " ", c.args), c.help));
+  }
+  absl::StrAppend(&usage, "\nflags: adaptctl --helpfull\n");
+  return usage;
+}
+
+absl::StatusOr<std::vector<int64_t>> ParseInt64List(const std::string& text) {
+  std::vector<int64_t> values;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int64_t v;
+    if (!absl::SimpleAtoi(part, &v)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", text, "' is not a comma-separated list of integers"));
+    }
+    values.push_back(v);
+  }
+  return values;
+}
+
+absl::StatusOr<v1::Split> ParseSplit(const std::string& text) {
+  if (text == "train") return v1::SPLIT_TRAIN;
+  if (text == "eval") return v1::SPLIT_EVAL;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--split must be train or eval; got '", text, "'"));
+}
+
+absl::StatusOr<v1::HeadMode> ParseHeadMode(const std::string& text) {
+  if (text.empty()) return v1::HEAD_MODE_UNSPECIFIED;
+  if (text == "single") return v1::HEAD_MODE_SINGLE;
+  if (text == "multi") return v1::HEAD_MODE_MULTI;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--head must be single or multi; got '", text, "'"));
+}
+
+absl::StatusOr<v1::PredictMode> ParsePredictMode(const std::string& text) {
+  if (text == "bayes") return v1::PREDICT_MODE_BAYES;
+  if (text == "mean") return v1::PREDICT_MODE_MEAN;
+  if (text == "linearized") return v1::PREDICT_MODE_LINEARIZED;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--mode must be bayes, mean or linearized; got '", text, "'"));
+}
+
+absl::StatusOr<v1::Scope> ParseScope(const std::string& text) {
+  if (text == "memory") return v1::SCOPE_MEMORY;
+  if (text == "all") return v1::SCOPE_ALL;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--scope must be memory or all; got '", text, "'"));
+}
+
+absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& name,
+                                                          const CtlOptions& options) {
+  v1::CreateModelRequest request;
+  request.set_name(name);
+  v1::ModelSpec& spec = *request.mutable_spec();
+  spec.set_architecture(options.torchscript.empty() ? options.arch : "torchscript");
+  if (options.classes.empty()) return absl::InvalidArgumentError("create needs --classes");
+  ADAPTD_ASSIGN_OR_RETURN(int64_t classes, ParseInt64(options.classes, "--classes"));
+  spec.set_num_classes(classes);
+  ADAPTD_ASSIGN_OR_RETURN(std::vector<int64_t> input_shape, ParseInt64List(options.input_shape));
+  for (int64_t d : input_shape) spec.add_input_shape(d);
+  if (spec.architecture() == "mlp") {
+    ADAPTD_ASSIGN_OR_RETURN(std::vector<int64_t> hidden, ParseInt64List(options.hidden));
+    for (int64_t h : hidden) spec.add_hidden(h);
+  }
+  spec.set_activation(options.activation);
+  if (!options.torchscript.empty()) {
+    std::ifstream in(options.torchscript, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", options.torchscript));
+    spec.mutable_torchscript()->assign(std::istreambuf_iterator<char>(in),
+                                       std::istreambuf_iterator<char>());
+  }
+
+  v1::LearningConfig& config = *request.mutable_config();
+  config.set_method(options.method);
+  ADAPTD_ASSIGN_OR_RETURN(v1::HeadMode head, ParseHeadMode(options.head));
+  config.set_head_mode(head);
+  config.set_epochs(options.epochs);
+  config.set_batch_size(options.batch_size);
+  config.mutable_ivon()->set_lr(options.lr);
+  config.set_memory_points(options.memory_points);
+  config.set_selection(options.selection);
+  config.set_adapt_every(options.adapt_every);
+  config.set_replay_correction(options.replay_correction);
+  config.set_seed(options.seed);
+  return request;
+}
+
+absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& files,
+                                            const CtlOptions& options) {
+  const std::vector<std::string> labels =
+      options.labels.empty() ? std::vector<std::string>()
+                             : absl::StrSplit(options.labels, ',', absl::SkipEmpty());
+  CsvOptions csv;
+  csv.has_labels = options.csv_labels;
+  csv.label_column = options.label_column;
+  csv.skip_header = options.csv_header;
+  ExampleSet all;
+  for (size_t i = 0; i < files.size(); ++i) {
+    DataFormat format;
+    if (!options.format.empty()) {
+      ADAPTD_ASSIGN_OR_RETURN(format, ParseDataFormat(options.format));
+    } else {
+      ADAPTD_ASSIGN_OR_RETURN(format, DataFormatOfPath(files[i]));
+    }
+    std::string labels_path;
+    if (format != DataFormat::kCsv && !labels.empty()) {
+      if (labels.size() != files.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("--labels names ", labels.size(),
+                                                       " files for ", files.size(), " data files"));
+      }
+      labels_path = labels[i];
+    }
+    ADAPTD_ASSIGN_OR_RETURN(ExampleSet one, ReadExamples(files[i], format, labels_path, csv));
+    ADAPTD_RETURN_IF_ERROR(AppendExamples(all, one));
+  }
+  return all;
+}
+
+absl::StatusOr<v1::StreamExamplesResponse> StreamWithProgress(const AdaptdClient& client,
+                                                              const v1::StreamHeader& header,
+                                                              const ExampleSet& examples,
+                                                              int64_t batch) {
+  // What stdout holds goes first, so that a log of both streams reads in order.
+  std::fflush(stdout);
+  const int64_t total = examples.size();
+  const absl::Time start = absl::Now();
+  const auto elapsed = [&] { return absl::ToDoubleSeconds(absl::Now() - start); };
+  ProgressLine line(stderr, ProgressLine::IsTerminal(stderr));
+  int64_t begin = 0;
+  int64_t sent = 0;
+  absl::StatusOr<v1::StreamExamplesResponse> response = client.StreamExamples(
+      header,
+      [&]() -> absl::StatusOr<std::optional<v1::ExampleBatch>> {
+        if (begin >= total) return std::optional<v1::ExampleBatch>();
+        const int64_t count = std::min(batch, total - begin);
+        ADAPTD_ASSIGN_OR_RETURN(v1::ExampleBatch next, MakeBatch(examples, begin, count));
+        begin += count;
+        return std::optional<v1::ExampleBatch>(std::move(next));
+      },
+      [&](int64_t examples_sent) {
+        sent = examples_sent;
+        line.Update(UploadProgressText(sent, total, elapsed()));
+      });
+  line.Finish(UploadProgressText(sent, total, elapsed()) + (response.ok() ? "" : "  failed"));
+  return response;
+}
+
+absl::StatusOr<v1::JobStatus> WatchWithProgress(const AdaptdClient& client,
+                                                const std::string& job_id) {
+  std::fflush(stdout);
+  ProgressLine line(stderr, ProgressLine::IsTerminal(stderr));
+  std::optional<v1::JobStatus> last;
+  absl::StatusOr<v1::JobStatus> status = client.WatchJob(job_id, [&](const v1::JobStatus& s) {
+    line.Update(JobProgressText(s));
+    last = s;
+  });
+  if (!status.ok()) {
+    if (last.has_value()) line.Finish(JobProgressText(*last) + "  (watch failed)");
+    return status;
+  }
+  line.Finish(JobProgressText(*status));
+  if (status->state() == v1::JOB_STATE_FAILED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " failed: ", status->message()));
+  }
+  if (status->state() == v1::JOB_STATE_CANCELLED) {
+    return absl::CancelledError(
+        absl::StrCat("job ", job_id, " was cancelled: ", status->message()));
+  }
+  return status;
+}
+
+}  // namespace adaptd

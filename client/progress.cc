@@ -1,0 +1,101 @@
+#include "client/progress.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+
+namespace adaptd {
+
+std::string ProgressBar(double fraction, int width) {
+  if (!(fraction > 0)) fraction = 0;  // also NaN
+  fraction = std::min(fraction, 1.0);
+  const int filled = static_cast<int>(std::lround(fraction * width));
+  return absl::StrCat("[", std::string(filled, '#'), std::string(width - filled, '-'), "]");
+}
+
+std::string FormatDuration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const int64_t s = static_cast<int64_t>(std::llround(seconds));
+  if (s < 60) return absl::StrCat(s, "s");
+  if (s < 3600) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%dh%02dm", s / 3600, (s % 3600) / 60);
+}
+
+std::string JobStateName(v1::JobState state) {
+  switch (state) {
+    case v1::JOB_STATE_QUEUED:
+      return "queued";
+    case v1::JOB_STATE_RUNNING:
+      return "running";
+    case v1::JOB_STATE_SUCCEEDED:
+      return "succeeded";
+    case v1::JOB_STATE_FAILED:
+      return "failed";
+    case v1::JOB_STATE_CANCELLED:
+      return "cancelled";
+    default:
+      return "unknown";
+  }
+}
+
+std::string UploadProgressText(int64_t sent, int64_t total, double seconds) {
+  const double fraction = total > 0 ? static_cast<double>(sent) / total : 1.0;
+  const double rate = seconds > 0 ? sent / seconds : 0;
+  const std::string rate_text =
+      rate >= 1e4 ? absl::StrFormat("%.1fk/s", rate / 1e3) : absl::StrFormat("%.0f/s", rate);
+  return absl::StrFormat("%s %d/%d examples %4.0f%%  %s", ProgressBar(fraction), sent, total,
+                         100 * fraction, rate_text);
+}
+
+std::string JobProgressText(const v1::JobStatus& status) {
+  const std::string state = JobStateName(status.state());
+  if (status.total_steps() <= 0) return absl::StrCat(ProgressBar(0), " ", state);
+  const double fraction = static_cast<double>(status.step()) / status.total_steps();
+  std::string text = absl::StrFormat("%s step %d/%d  loss %.4f", ProgressBar(fraction),
+                                     status.step(), status.total_steps(), status.loss());
+  if (status.state() == v1::JOB_STATE_RUNNING) {
+    absl::StrAppend(&text, "  ETA ", FormatDuration(status.eta_seconds()));
+  } else if (status.elapsed_seconds() > 0) {
+    absl::StrAppend(&text, "  in ", FormatDuration(status.elapsed_seconds()));
+  }
+  absl::StrAppend(&text, "  ", state);
+  return text;
+}
+
+ProgressLine::ProgressLine(std::FILE* out, bool interactive)
+    : out_(out), interactive_(interactive) {}
+
+bool ProgressLine::IsTerminal(std::FILE* out) { return isatty(fileno(out)) == 1; }
+
+void ProgressLine::Update(const std::string& text) {
+  if (!interactive_) return;
+  const absl::Time now = absl::Now();
+  if (now - last_draw_ < absl::Milliseconds(100)) return;
+  last_draw_ = now;
+  Draw(text);
+}
+
+void ProgressLine::Finish(const std::string& text) {
+  if (interactive_) {
+    Draw(text);
+    std::fputc('\n', out_);
+  } else {
+    std::fprintf(out_, "%s\n", text.c_str());
+  }
+  std::fflush(out_);
+}
+
+void ProgressLine::Draw(const std::string& text) {
+  // Pad with spaces over what a longer previous line left behind.
+  const size_t pad = last_width_ > text.size() ? last_width_ - text.size() : 0;
+  std::fprintf(out_, "\r%s%s", text.c_str(), std::string(pad, ' ').c_str());
+  std::fflush(out_);
+  last_width_ = text.size();
+}
+
+}  // namespace adaptd

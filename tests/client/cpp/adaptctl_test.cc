@@ -1,0 +1,146 @@
+// adaptctl's option parsing and helpers, and its streaming against the scripted server.
+#include "client/adaptctl.h"
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "client/tensor.h"
+#include "tests/client/cpp/fake_server.h"
+#include "tests/client/cpp/test_files.h"
+
+namespace adaptd {
+namespace {
+
+TEST(AdaptctlTest, ParsesOptionValues) {
+  EXPECT_EQ(*ParseInt64List("256, 128,64"), (std::vector<int64_t>{256, 128, 64}));
+  EXPECT_TRUE(ParseInt64List("")->empty());
+  EXPECT_EQ(ParseInt64List("1,x").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*ParseSplit("eval"), v1::SPLIT_EVAL);
+  EXPECT_FALSE(ParseSplit("test").ok());
+  EXPECT_EQ(*ParseHeadMode(""), v1::HEAD_MODE_UNSPECIFIED);
+  EXPECT_EQ(*ParseHeadMode("multi"), v1::HEAD_MODE_MULTI);
+  EXPECT_FALSE(ParseHeadMode("many").ok());
+  EXPECT_EQ(*ParsePredictMode("linearized"), v1::PREDICT_MODE_LINEARIZED);
+  EXPECT_FALSE(ParsePredictMode("sampled").ok());
+  EXPECT_EQ(*ParseScope("all"), v1::SCOPE_ALL);
+  EXPECT_FALSE(ParseScope("some").ok());
+}
+
+TEST(AdaptctlTest, BuildsTheCreateRequest) {
+  CtlOptions o;
+  o.classes = "10";
+  o.method = "ewc";
+  o.head = "multi";
+  o.epochs = 3;
+  o.lr = 0.05;
+  o.memory_points = 20;
+  o.replay_correction = true;
+  absl::StatusOr<v1::CreateModelRequest> r = BuildCreateRequest("fm", o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->name(), "fm");
+  EXPECT_EQ(r->spec().architecture(), "mlp");
+  EXPECT_EQ(FormatShape(r->spec().input_shape()), "[784]");
+  EXPECT_EQ(FormatShape(r->spec().hidden()), "[256, 256]");
+  EXPECT_EQ(r->spec().num_classes(), 10);
+  EXPECT_EQ(r->config().method(), "ewc");
+  EXPECT_EQ(r->config().head_mode(), v1::HEAD_MODE_MULTI);
+  EXPECT_EQ(r->config().epochs(), 3);
+  EXPECT_DOUBLE_EQ(r->config().ivon().lr(), 0.05);
+  EXPECT_EQ(r->config().memory_points(), 20);
+  EXPECT_TRUE(r->config().replay_correction());
+
+  // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
+  o.arch = "lenet5";
+  o.input_shape = "1,28,28";
+  EXPECT_EQ(BuildCreateRequest("c", o)->spec().hidden_size(), 0);
+  o.torchscript = WriteFile("module.pt", "TORCHSCRIPT");
+  EXPECT_EQ(BuildCreateRequest("t", o)->spec().architecture(), "torchscript");
+  EXPECT_EQ(BuildCreateRequest("t", o)->spec().torchscript(), "TORCHSCRIPT");
+
+  CtlOptions missing;
+  EXPECT_NE(BuildCreateRequest("m", missing).status().message().find("--classes"),
+            absl::string_view::npos);
+}
+
+TEST(AdaptctlTest, LoadsSeveralFilesAsOneSet) {
+  const std::string a = WriteFile("a.csv", "1,2,0\n3,4,1\n");
+  const std::string b = WriteFile("b.csv", "5,6,1\n");
+  absl::StatusOr<ExampleSet> set = LoadExampleFiles({a, b}, CtlOptions());
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(*FloatValues(set->x), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(set->labels, (std::vector<int64_t>{0, 1, 1}));
+  EXPECT_EQ(set->ids, (std::vector<int64_t>{0, 1, 2}));
+
+  // IDX images take their labels from --labels, one file for each.
+  CtlOptions o;
+  o.labels = WriteFile("labels-idx1-ubyte", Idx(0x08, {2}, "\3\4"));
+  const std::string images = WriteFile("images-idx3-ubyte", Idx(0x08, {2, 1, 2}, "abcd"));
+  absl::StatusOr<ExampleSet> idx = LoadExampleFiles({images}, o);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  EXPECT_EQ(idx->labels, (std::vector<int64_t>{3, 4}));
+  const absl::Status count = LoadExampleFiles({images, images}, o).status();
+  EXPECT_NE(count.message().find("--labels names 1 files for 2 data files"),
+            absl::string_view::npos)
+      << count;
+  o.format = "npy";
+  EXPECT_NE(LoadExampleFiles({images}, o).status().message().find("bad magic"),
+            absl::string_view::npos);
+}
+
+TEST(AdaptctlTest, UsageListsEveryCommand) {
+  const std::string usage = CtlUsage();
+  std::set<std::string> names;
+  for (const CtlCommand& c : CtlCommands()) {
+    EXPECT_NE(usage.find(absl::StrCat("  ", c.name, " ")), std::string::npos) << c.name;
+    EXPECT_TRUE(names.insert(c.name).second) << "twice: " << c.name;
+  }
+  for (const char* name :
+       {"info", "create", "list", "get", "delete", "versions", "rollback", "export", "import",
+        "stream", "watch", "cancel", "predict", "influence", "memory-map", "evaluate", "demo"}) {
+    EXPECT_EQ(names.count(name), 1u) << name;
+  }
+}
+
+TEST(AdaptctlTest, StreamsInBatchesWithClientIds) {
+  FakeServer server;
+  ClientOptions co;
+  co.timeout_seconds = 10;
+  co.stream_timeout_seconds = 10;
+  auto client = AdaptdClient::Create(server.target(), co);
+  ASSERT_TRUE(client.ok());
+  ExampleSet set;
+  std::vector<float> x(25 * 4);
+  std::vector<int64_t> y(25, 1);
+  set.x = *FloatTensor(x, {25, 4});
+  set.labels = y;
+  for (int64_t i = 0; i < 25; ++i) set.ids.push_back(100 + i);
+  v1::StreamHeader header;
+  header.set_model("m");
+  absl::StatusOr<v1::StreamExamplesResponse> r =
+      StreamWithProgress(**client, header, set, /*batch=*/10);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->examples(), 25);
+  absl::MutexLock lock(&server.log().mu);
+  EXPECT_EQ(server.log().batch_sizes, (std::vector<int64_t>{10, 10, 5}));
+  ASSERT_EQ(server.log().client_ids.size(), 25u);
+  EXPECT_EQ(server.log().client_ids.front(), 100);
+  EXPECT_EQ(server.log().client_ids.back(), 124);
+}
+
+TEST(AdaptctlTest, WatchTurnsAFailedJobIntoAnError) {
+  FakeServer server;
+  auto client = AdaptdClient::Create(server.target());
+  ASSERT_TRUE(client.ok());
+  absl::StatusOr<v1::JobStatus> ok = WatchWithProgress(**client, "job-1");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->version(), 1);
+  const absl::Status failed = WatchWithProgress(**client, "job-fail").status();
+  EXPECT_EQ(failed.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(failed.message().find("loss is NaN"), absl::string_view::npos) << failed;
+}
+
+}  // namespace
+}  // namespace adaptd

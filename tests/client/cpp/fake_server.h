@@ -1,0 +1,220 @@
+// A scripted adaptd server on 127.0.0.1:0 for the client's own tests: it answers with fixed
+// data and records what the client sent, so that the client's streaming, chunking, metadata
+// and status mapping can be checked without the real server (and without LibTorch).
+#ifndef ADAPTD_TESTS_CLIENT_CPP_FAKE_SERVER_H_
+#define ADAPTD_TESTS_CLIENT_CPP_FAKE_SERVER_H_
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "adaptd/v1/admin.grpc.pb.h"
+#include "adaptd/v1/learning.grpc.pb.h"
+#include "adaptd/v1/query.grpc.pb.h"
+
+namespace adaptd {
+
+// What the fake saw. Thread-safe.
+struct FakeLog {
+  absl::Mutex mu;
+  std::string authorization ABSL_GUARDED_BY(mu);
+  v1::StreamHeader header ABSL_GUARDED_BY(mu);
+  std::vector<int64_t> batch_sizes ABSL_GUARDED_BY(mu);
+  std::vector<int64_t> client_ids ABSL_GUARDED_BY(mu);
+  std::vector<std::string> import_names ABSL_GUARDED_BY(mu);  // one per chunk
+  std::string import_data ABSL_GUARDED_BY(mu);
+};
+
+class FakeAdmin final : public v1::AdminService::Service {
+ public:
+  explicit FakeAdmin(FakeLog* log) : log_(log) {}
+
+  // Exports these chunks for any model but "missing".
+  static std::vector<std::string> Chunks() { return {"snap", "shot-", "bytes"}; }
+
+  grpc::Status GetServerInfo(grpc::ServerContext* context, const v1::GetServerInfoRequest*,
+                             v1::GetServerInfoResponse* response) override {
+    absl::MutexLock lock(&log_->mu);
+    const auto& metadata = context->client_metadata();
+    auto it = metadata.find("authorization");
+    log_->authorization =
+        it == metadata.end() ? "" : std::string(it->second.data(), it->second.size());
+    response->set_version("fake");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetModel(grpc::ServerContext*, const v1::GetModelRequest* request,
+                        v1::ModelInfo* response) override {
+    if (request->name() == "missing") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no model 'missing'");
+    }
+    response->set_name(request->name());
+    response->mutable_spec()->add_input_shape(4);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Export(grpc::ServerContext*, const v1::ExportRequest* request,
+                      grpc::ServerWriter<v1::SnapshotChunk>* writer) override {
+    if (request->name() == "missing") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no model 'missing'");
+    }
+    for (const std::string& data : Chunks()) {
+      v1::SnapshotChunk chunk;
+      chunk.set_data(data);
+      writer->Write(chunk);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Import(grpc::ServerContext*, grpc::ServerReader<v1::SnapshotChunk>* reader,
+                      v1::ModelInfo* response) override {
+    v1::SnapshotChunk chunk;
+    absl::MutexLock lock(&log_->mu);
+    log_->import_names.clear();
+    log_->import_data.clear();
+    while (reader->Read(&chunk)) {
+      log_->import_names.push_back(chunk.name());
+      log_->import_data += chunk.data();
+    }
+    if (log_->import_names.empty() || log_->import_names[0].empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first chunk names the model");
+    }
+    response->set_name(log_->import_names[0]);
+    response->set_num_parameters(static_cast<int64_t>(log_->import_data.size()));
+    return grpc::Status::OK;
+  }
+
+ private:
+  FakeLog* const log_;
+};
+
+class FakeLearning final : public v1::LearningService::Service {
+ public:
+  explicit FakeLearning(FakeLog* log) : log_(log) {}
+
+  // Records each batch's size and client ids; a batch whose x has no dtype is rejected, as the
+  // real server rejects malformed batches.
+  grpc::Status StreamExamples(grpc::ServerContext*,
+                              grpc::ServerReader<v1::StreamExamplesRequest>* reader,
+                              v1::StreamExamplesResponse* response) override {
+    v1::StreamExamplesRequest request;
+    int64_t examples = 0;
+    int64_t batches = 0;
+    absl::MutexLock lock(&log_->mu);
+    log_->batch_sizes.clear();
+    log_->client_ids.clear();
+    while (reader->Read(&request)) {
+      if (request.has_header()) {
+        log_->header = request.header();
+        continue;
+      }
+      const v1::ExampleBatch& batch = request.batch();
+      if (batch.x().dtype() == v1::DATA_TYPE_UNSPECIFIED) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            absl::StrCat("batch ", batches, ": x has no dtype"));
+      }
+      const int64_t n = batch.x().shape(0);
+      log_->batch_sizes.push_back(n);
+      const std::string& raw = batch.client_ids().raw_data();
+      for (size_t i = 0; i + 8 <= raw.size(); i += 8) {
+        int64_t id;
+        std::memcpy(&id, raw.data() + i, 8);
+        log_->client_ids.push_back(id);
+      }
+      examples += n;
+      ++batches;
+    }
+    response->set_model(log_->header.model());
+    response->set_task_id(log_->header.task_id());
+    response->set_examples(examples);
+    response->set_batches(batches);
+    if (log_->header.split() != v1::SPLIT_EVAL && !log_->header.keep_open()) {
+      response->add_job_ids("job-1");
+    }
+    return grpc::Status::OK;
+  }
+
+  // "job-1" goes queued -> running -> succeeded; "job-fail" fails; others are unknown.
+  grpc::Status WatchJob(grpc::ServerContext*, const v1::WatchJobRequest* request,
+                        grpc::ServerWriter<v1::JobStatus>* writer) override {
+    if (request->job_id() != "job-1" && request->job_id() != "job-fail") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such job");
+    }
+    v1::JobStatus status;
+    status.set_job_id(request->job_id());
+    status.set_total_steps(10);
+    status.set_state(v1::JOB_STATE_QUEUED);
+    writer->Write(status);
+    status.set_state(v1::JOB_STATE_RUNNING);
+    status.set_step(5);
+    writer->Write(status);
+    if (request->job_id() == "job-fail") {
+      status.set_state(v1::JOB_STATE_FAILED);
+      status.set_message("loss is NaN");
+    } else {
+      status.set_state(v1::JOB_STATE_SUCCEEDED);
+      status.set_step(10);
+      status.set_version(1);
+    }
+    writer->Write(status);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* request,
+                         v1::JobStatus* response) override {
+    response->set_job_id(request->job_id());
+    response->set_state(v1::JOB_STATE_CANCELLED);
+    return grpc::Status::OK;
+  }
+
+ private:
+  FakeLog* const log_;
+};
+
+// Predict answers with the version the request names (or 3); other queries are unimplemented.
+class FakeQuery final : public v1::QueryService::Service {
+ public:
+  grpc::Status Predict(grpc::ServerContext*, const v1::PredictRequest* request,
+                       v1::PredictResponse* response) override {
+    if (request->x().shape_size() == 0) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x is empty");
+    }
+    response->set_version(request->has_version() ? request->version() : 3);
+    return grpc::Status::OK;
+  }
+};
+
+// Serves the fakes until destroyed.
+class FakeServer {
+ public:
+  FakeServer() : admin_(&log_), learning_(&log_) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(&admin_);
+    builder.RegisterService(&learning_);
+    builder.RegisterService(&query_);
+    server_ = builder.BuildAndStart();
+  }
+  ~FakeServer() { server_->Shutdown(); }
+
+  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
+  FakeLog& log() { return log_; }
+
+ private:
+  FakeLog log_;
+  FakeAdmin admin_;
+  FakeLearning learning_;
+  FakeQuery query_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+}  // namespace adaptd
+
+#endif  // ADAPTD_TESTS_CLIENT_CPP_FAKE_SERVER_H_

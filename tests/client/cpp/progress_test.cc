@@ -1,0 +1,79 @@
+#include "client/progress.h"
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace adaptd {
+namespace {
+
+TEST(ProgressTest, BarFillsInProportionAndClamps) {
+  EXPECT_EQ(ProgressBar(0.5, 10), "[#####-----]");
+  EXPECT_EQ(ProgressBar(0, 4), "[----]");
+  EXPECT_EQ(ProgressBar(1.7, 4), "[####]");
+  EXPECT_EQ(ProgressBar(-1, 4), "[----]");
+  EXPECT_EQ(ProgressBar(std::nan(""), 4), "[----]");
+}
+
+TEST(ProgressTest, Durations) {
+  EXPECT_EQ(FormatDuration(4.6), "5s");
+  EXPECT_EQ(FormatDuration(65), "1m05s");
+  EXPECT_EQ(FormatDuration(3725), "1h02m");
+  EXPECT_EQ(FormatDuration(-1), "?");
+}
+
+TEST(ProgressTest, UploadAndJobTexts) {
+  EXPECT_EQ(UploadProgressText(12000, 60000, 2),
+            "[######------------------------] 12000/60000 "
+            "examples   20%  6000/s");
+  v1::JobStatus status;
+  status.set_state(v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(JobProgressText(status), "[------------------------------] queued");
+  status.set_state(v1::JOB_STATE_RUNNING);
+  status.set_step(150);
+  status.set_total_steps(600);
+  status.set_loss(0.43125);
+  status.set_eta_seconds(75);
+  EXPECT_EQ(JobProgressText(status),
+            "[########----------------------] step 150/600  loss 0.4313  ETA 1m15s  running");
+  status.set_state(v1::JOB_STATE_SUCCEEDED);
+  status.set_step(600);
+  status.set_elapsed_seconds(12);
+  EXPECT_NE(JobProgressText(status).find("in 12s  succeeded"), std::string::npos);
+}
+
+std::string Contents(std::FILE* f) {
+  std::rewind(f);
+  std::string text;
+  for (int c; (c = std::fgetc(f)) != EOF;) text += static_cast<char>(c);
+  return text;
+}
+
+TEST(ProgressLineTest, OnlyTheFinalLineWhenNotATerminal) {
+  std::FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  {
+    ProgressLine line(f, /*interactive=*/false);
+    line.Update("one");
+    line.Update("two");
+    line.Finish("done");
+  }
+  EXPECT_EQ(Contents(f), "done\n");
+  std::fclose(f);
+}
+
+TEST(ProgressLineTest, RedrawsInPlaceOnATerminal) {
+  std::FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  ProgressLine line(f, /*interactive=*/true);
+  line.Update("longer text");
+  line.Finish("short");
+  // The final draw blanks what the longer line left.
+  EXPECT_EQ(Contents(f), "\rlonger text\rshort      \n");
+  std::fclose(f);
+}
+
+}  // namespace
+}  // namespace adaptd

@@ -1,0 +1,131 @@
+#include "client/report.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "client/tensor.h"
+
+namespace adaptd {
+namespace {
+
+bool Has(const std::string& text, const std::string& what) {
+  return text.find(what) != std::string::npos;
+}
+
+v1::PredictResponse TwoPredictions() {
+  v1::PredictResponse r;
+  *r.mutable_probs() = *FloatTensor({0.1f, 0.7f, 0.2f, 0.6f, 0.3f, 0.1f}, {2, 3});
+  *r.mutable_labels() = *Int64Tensor({1, 0}, {2});
+  *r.mutable_total_entropy() = *FloatTensor({0.8f, 0.9f}, {2});
+  *r.mutable_expected_entropy() = *FloatTensor({0.7f, 0.6f}, {2});
+  *r.mutable_mutual_information() = *FloatTensor({0.1f, 0.3f}, {2});
+  return r;
+}
+
+TEST(ReportTest, PredictionsTakeTheProbabilityOfThePredictedLabel) {
+  absl::StatusOr<std::vector<Prediction>> p = PredictionsFromResponse(TwoPredictions());
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->size(), 2u);
+  EXPECT_EQ((*p)[0].label, 1);
+  EXPECT_FLOAT_EQ((*p)[0].probability, 0.7f);
+  EXPECT_FLOAT_EQ((*p)[1].probability, 0.6f);
+  EXPECT_FLOAT_EQ((*p)[1].epistemic, 0.3f);
+  EXPECT_FLOAT_EQ((*p)[1].aleatoric, 0.6f);
+
+  v1::PredictResponse short_entropy = TwoPredictions();
+  *short_entropy.mutable_total_entropy() = *FloatTensor({0.8f}, {1});
+  EXPECT_EQ(PredictionsFromResponse(short_entropy).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  v1::PredictResponse bad_label = TwoPredictions();
+  *bad_label.mutable_labels() = *Int64Tensor({1, 3}, {2});
+  EXPECT_EQ(PredictionsFromResponse(bad_label).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ReportTest, PredictionTableMarksMistakesAndCountsAccuracy) {
+  const std::vector<Prediction> p = *PredictionsFromResponse(TwoPredictions());
+  const std::string table = FormatPredictions(p, 40, {1, 2});
+  EXPECT_TRUE(Has(table, "     40      1      0.7000")) << table;
+  EXPECT_TRUE(Has(table, "     41      0      0.6000")) << table;
+  EXPECT_TRUE(Has(table, "2 x\n")) << table;
+  EXPECT_TRUE(Has(table, "accuracy 50.0% (1 of 2)")) << table;
+  EXPECT_FALSE(Has(FormatPredictions(p, 0, {}), "accuracy"));
+}
+
+TEST(ReportTest, EvaluationShowsTheMatrixForgettingAndTransfer) {
+  v1::EvaluateResponse e;
+  e.set_version(2);
+  v1::AccuracyRow* r0 = e.add_rows();
+  r0->set_version(0);
+  r0->set_task_id(-1);
+  r0->add_accuracy(0.5);
+  r0->add_accuracy(NAN);
+  v1::AccuracyRow* r1 = e.add_rows();
+  r1->set_version(1);
+  r1->set_task_id(0);
+  r1->add_accuracy(0.99);
+  r1->add_accuracy(NAN);
+  v1::AccuracyRow* r2 = e.add_rows();
+  r2->set_version(2);
+  r2->set_task_id(1);
+  r2->add_accuracy(0.95);
+  r2->add_accuracy(0.975);
+  e.set_average_accuracy(0.96);
+  e.add_forgetting(0.04);
+  e.add_forgetting(0);
+  e.set_average_forgetting(0.02);
+  e.set_backward_transfer(-0.04);
+  const std::string text = FormatEvaluation(e);
+  EXPECT_TRUE(Has(text, "version learnt |  task 0  task 1\n")) << text;
+  EXPECT_TRUE(Has(text, "      0      - |    50.0       -\n")) << text;
+  EXPECT_TRUE(Has(text, "      2      1 |    95.0    97.5\n")) << text;
+  EXPECT_TRUE(Has(text, "forgetting     |     4.0     0.0\n")) << text;
+  EXPECT_TRUE(Has(text, "average accuracy   96.0% (version 2)")) << text;
+  EXPECT_TRUE(Has(text, "backward transfer  -4.0 points")) << text;
+}
+
+TEST(ReportTest, ModelInfoNamesDefaults) {
+  v1::ModelInfo m;
+  m.set_name("fm");
+  m.mutable_spec()->set_architecture("mlp");
+  m.mutable_spec()->add_input_shape(784);
+  m.mutable_spec()->set_num_classes(10);
+  m.mutable_spec()->add_hidden(256);
+  m.mutable_config()->set_method("kprior");
+  m.mutable_config()->set_head_mode(v1::HEAD_MODE_MULTI);
+  v1::TaskInfo* t = m.add_tasks();
+  t->set_task_id(0);
+  t->add_classes(0);
+  t->add_classes(1);
+  t->set_train_examples(2000);
+  const std::string text = FormatModelInfo(m);
+  EXPECT_TRUE(Has(text, "model fm: mlp [784] -> 10 classes, hidden [256]")) << text;
+  EXPECT_TRUE(Has(text, "method kprior, head multi")) << text;
+  EXPECT_TRUE(Has(text, "epochs default")) << text;
+  EXPECT_TRUE(Has(text, "task 0: 2000 train, 0 eval, classes [0, 1]")) << text;
+}
+
+TEST(ReportTest, InfluenceListsExamplesInOrder) {
+  v1::InfluenceResponse r;
+  r.set_query_class(3);
+  r.set_query_probability(0.5);
+  for (int i = 0; i < 2; ++i) {
+    v1::InfluentialExample* e = r.add_examples();
+    e->set_example_id(100 + i);
+    e->set_client_id(i == 0 ? -1 : 7);
+    e->set_score(-0.25 / (i + 1));
+  }
+  const std::string text = FormatInfluence(r);
+  EXPECT_TRUE(Has(text, "predicts class 3 with probability 0.5000")) << text;
+  const size_t first = text.find("   1        100          -");
+  const size_t second = text.find("   2        101          7");
+  EXPECT_NE(first, std::string::npos) << text;
+  EXPECT_NE(second, std::string::npos) << text;
+  EXPECT_LT(first, second);
+  EXPECT_TRUE(Has(text, "-2.500e-01")) << text;
+}
+
+}  // namespace
+}  // namespace adaptd
