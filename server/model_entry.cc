@@ -595,6 +595,11 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
   CommitResult result;
   int64_t total = 0;
   for (const auto& b : batches) total += b.size();
+  if (total == 0 && (!adapt || plan.new_task)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    result.version = current_->version();
+    return result;  // nothing to store: an empty stream creates no task
+  }
   int64_t first_id;
   ExampleLog* log;
   {

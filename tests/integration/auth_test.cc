@@ -1,0 +1,111 @@
+// Bearer-token roles, and TLS / mutual TLS with certificates made for the test.
+#include <cstdlib>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "core/tensor_io.h"
+#include "tests/integration/fixtures.h"
+#include "tests/integration/server_process.h"
+
+namespace adaptd {
+namespace {
+
+using namespace testing_service;  // NOLINT
+
+absl::StatusCode Code(const absl::Status& s) { return s.code(); }
+template <typename T>
+absl::StatusCode Code(const absl::StatusOr<T>& s) {
+  return s.status().code();
+}
+
+TEST(AuthTest, RolesGateTheCalls) {
+  TempDir dir;
+  const std::string tokens = dir.path() + "/tokens";
+  std::ofstream(tokens) << "# token role\nadmintok admin\nwritetok writer\nreadtok reader\n";
+  auto server = ServerProcess::Start(dir.path() + "/data", {"--tokens_file=" + tokens});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto admin = (*server)->Client("admintok");
+  auto writer = (*server)->Client("writetok");
+  auto reader = (*server)->Client("readtok");
+  auto anonymous = (*server)->Client();
+  auto stranger = (*server)->Client("guess");
+
+  EXPECT_EQ(Code(anonymous->ListModels()), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Code(stranger->ListModels()), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Code(anonymous->GetServerInfo()), absl::StatusCode::kUnauthenticated);
+
+  EXPECT_EQ(Code(reader->CreateModel(BlobModel("m", false))), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Code(writer->CreateModel(BlobModel("m", false))), absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(admin->CreateModel(BlobModel("m", false)).ok());
+
+  const Dataset d = BlobTask(100, {0, 1}, 1);
+  auto denied = StreamData(*reader, "m", 0, v1::SPLIT_TRAIN, {}, d);
+  EXPECT_EQ(Code(denied), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(denied.status().message().find("needs the writer role; the token has reader"),
+            std::string::npos)
+      << denied.status();
+  EXPECT_EQ(Code(StreamData(*anonymous, "m", 0, v1::SPLIT_TRAIN, {}, d)),
+            absl::StatusCode::kUnauthenticated);
+  auto streamed = StreamData(*writer, "m", 0, v1::SPLIT_TRAIN, {}, d);
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  WaitJobs(*reader, *streamed);  // readers may watch jobs
+
+  EXPECT_TRUE(reader->GetModel("m").ok());
+  EXPECT_EQ(reader->GetModel("m")->tasks(0).train_examples(), 100);
+  EXPECT_EQ(Code(reader->DeleteModel("m")), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Code(writer->DeleteModel("m")), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Code(reader->Rollback("m", 0)), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Code(reader->Export("m")), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(reader->GetModel("m").ok());  // nothing was deleted
+  ASSERT_TRUE(admin->DeleteModel("m").ok());
+}
+
+// Writes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
+bool MakeCertificates(const std::string& d) {
+  const std::string cmd =
+      "cd '" + d + "' && "
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key "
+      "-out ca.pem && "
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr && "
+      "printf 'subjectAltName=IP:127.0.0.1' > san.ext && "
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+      "-extfile san.ext -out server.pem && "
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr && "
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+      "-out client.pem";
+  return std::system((cmd + " > /dev/null 2>&1").c_str()) == 0;
+}
+
+std::string Read(const std::string& path) {
+  auto s = ReadFile(path);
+  return s.ok() ? *s : "";
+}
+
+TEST(AuthTest, TlsAndMutualTls) {
+  TempDir dir;
+  if (!MakeCertificates(dir.path())) GTEST_SKIP() << "openssl is not available";
+  const std::string& d = dir.path();
+  auto server = ServerProcess::Start(d + "/data", {"--tls_cert=" + d + "/server.pem",
+                                                   "--tls_key=" + d + "/server.key",
+                                                   "--tls_client_ca=" + d + "/ca.pem"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions o;
+  o.timeout_seconds = 10;
+  auto plain = AdaptdClient::Create((*server)->target(), o);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE((*plain)->GetServerInfo().ok());  // plaintext cannot talk to a TLS server
+  o.root_certs_pem = Read(d + "/ca.pem");
+  auto no_cert = AdaptdClient::Create((*server)->target(), o);
+  ASSERT_TRUE(no_cert.ok());
+  EXPECT_FALSE((*no_cert)->GetServerInfo().ok());  // mTLS: a client certificate is required
+  o.client_cert_pem = Read(d + "/client.pem");
+  o.client_key_pem = Read(d + "/client.key");
+  auto mutual = AdaptdClient::Create((*server)->target(), o);
+  ASSERT_TRUE(mutual.ok());
+  auto info = (*mutual)->GetServerInfo();
+  EXPECT_TRUE(info.ok()) << info.status();
+}
+
+}  // namespace
+}  // namespace adaptd

@@ -1,0 +1,172 @@
+// Bad input gets the right status code with a message naming what was expected and what came,
+// and changes nothing: the catalog and every file under the data directory are compared before
+// and after.
+#include <cmath>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "server/convert.h"
+#include "tests/integration/fixtures.h"
+#include "tests/integration/server_process.h"
+
+namespace adaptd {
+namespace {
+
+using namespace testing_service;  // NOLINT
+
+#define EXPECT_STATUS(expr, want, text)                                                 \
+  do {                                                                                  \
+    const absl::Status s_ = (expr);                                                     \
+    EXPECT_EQ(s_.code(), absl::StatusCode::want) << #expr << ": " << s_;                \
+    EXPECT_NE(std::string(s_.message()).find(text), std::string::npos) << #expr << ": " << s_; \
+  } while (0)
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = ServerProcess::Start(dir_.path(), {"--max_message_mb=1"});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    client_ = server_->Client();
+    ASSERT_TRUE(client_->CreateModel(BlobModel("m", false)).ok());
+    ASSERT_TRUE(client_->CreateModel(BlobModel("h", true)).ok());
+    auto s = StreamData(*client_, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 1));
+    ASSERT_TRUE(s.ok()) << s.status();
+    WaitJobs(*client_, *s);
+    catalog_before_ = CatalogDump(dir_.path());
+    files_before_ = DirDigest(dir_.path());
+  }
+
+  void TearDown() override {
+    EXPECT_EQ(CatalogDump(dir_.path()), catalog_before_);
+    EXPECT_EQ(DirDigest(dir_.path()), files_before_);
+  }
+
+  // One stream of `batches` to model `model` task `task`.
+  absl::Status Stream(const std::vector<v1::ExampleBatch>& batches, const std::string& model = "m",
+                      int64_t task = 1, std::vector<int64_t> classes = {}) {
+    v1::StreamHeader h;
+    h.set_model(model);
+    h.set_task_id(task);
+    for (int64_t c : classes) h.add_classes(c);
+    return client_->StreamExamples(h, batches).status();
+  }
+
+  TempDir dir_;
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<AdaptdClient> client_;
+  std::string catalog_before_;
+  std::map<std::string, uint32_t> files_before_;
+};
+
+TEST_F(BadInputTest, StreamsAreRejectedWholeAndChangeNothing) {
+  const Dataset good = BlobTask(16, {2, 3}, 5);
+  const v1::ExampleBatch ok_batch = MakeBatch(good.x, good.y);
+
+  EXPECT_STATUS(Stream({MakeBatch(good.x.to(at::kDouble), good.y)}), kInvalidArgument,
+                "batch.x: dtype must be float32 (or uint8 pixels); got float64");
+  EXPECT_STATUS(Stream({MakeBatch(good.x.narrow(1, 0, 5), good.y)}), kInvalidArgument,
+                "batch.x: shape must be [B, 6] with B >= 1; got [16, 5]");
+  at::Tensor nan_x = good.x.clone();
+  nan_x[3][2] = std::nanf("");
+  EXPECT_STATUS(Stream({MakeBatch(nan_x, good.y)}), kInvalidArgument,
+                "must be finite; found 1 NaN/Inf value(s), the first at flat index 20");
+  at::Tensor inf_x = good.x.clone();
+  inf_x[0][0] = INFINITY;
+  EXPECT_STATUS(Stream({MakeBatch(inf_x, good.y)}), kInvalidArgument, "must be finite");
+  at::Tensor bad_y = good.y.clone();
+  bad_y[4] = 7;
+  EXPECT_STATUS(Stream({MakeBatch(good.x, bad_y)}), kInvalidArgument,
+                "batch.y: labels must lie in [0, 4); got values in [2, 7]");
+  EXPECT_STATUS(Stream({MakeBatch(good.x, good.y.to(at::kFloat))}), kInvalidArgument,
+                "batch.y: dtype must be int64; got float32");
+  EXPECT_STATUS(Stream({MakeBatch(good.x, good.y.narrow(0, 0, 15))}), kInvalidArgument,
+                "batch.y: shape must be [16] (one per example); got [15]");
+  v1::ExampleBatch truncated = ok_batch;
+  truncated.mutable_x()->mutable_raw_data()->resize(100);
+  EXPECT_STATUS(Stream({truncated}), kInvalidArgument,
+                "a float32 tensor of shape [16, 6] needs 384 bytes of raw_data; got 100");
+  // A bad batch after good ones: the whole stream is refused, the good batches too.
+  EXPECT_STATUS(Stream({ok_batch, ok_batch, MakeBatch(nan_x, good.y)}), kInvalidArgument,
+                "batch 2: batch.x must be finite");
+  // Over the server's 1 MiB limit (gRPC refuses it before the handler sees it).
+  const Dataset big = BlobTask(50000, {2, 3}, 6);
+  EXPECT_STATUS(Stream({MakeBatch(big.x, big.y)}), kResourceExhausted, "");
+  EXPECT_STATUS(Stream({ok_batch, MakeBatch(big.x, big.y)}), kResourceExhausted, "");
+  // Headers.
+  EXPECT_STATUS(Stream({ok_batch}, "nope"), kNotFound, "no model named \"nope\"");
+  EXPECT_STATUS(Stream({ok_batch}, "m", 5), kInvalidArgument,
+                "header.task_id must be an existing task or the next one, in [0, 1]; got 5");
+  EXPECT_STATUS(Stream({ok_batch}, "h", 0), kInvalidArgument,
+                "must name its classes in header.classes");
+  EXPECT_STATUS(Stream({ok_batch}, "h", 0, {0, 1}), kInvalidArgument,
+                "is not one of task 0's classes [0, 1]");
+  EXPECT_STATUS(Stream({ok_batch}, "h", 0, {0, 9}), kInvalidArgument,
+                "header.classes must lie in [0, 4); got 9");
+  // The first message must be the header.
+  v1::StreamHeader empty;
+  EXPECT_STATUS(client_->StreamExamples(empty, std::vector<v1::ExampleBatch>{}).status(), kNotFound,
+                "no model named \"\"");
+}
+
+TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
+  v1::CreateModelRequest ts = BlobModel("ts", false);
+  ts.mutable_spec()->set_architecture("torchscript");
+  ts.mutable_spec()->set_torchscript("PK\x03\x04 definitely not a module");
+  EXPECT_STATUS(client_->CreateModel(ts).status(), kInvalidArgument, "TorchScript");
+  v1::CreateModelRequest arch = BlobModel("x", false);
+  arch.mutable_spec()->set_architecture("transformer");
+  EXPECT_STATUS(client_->CreateModel(arch).status(), kInvalidArgument, "transformer");
+  v1::CreateModelRequest opt = BlobModel("x", false);
+  opt.mutable_config()->set_optimizer("adam");
+  EXPECT_STATUS(client_->CreateModel(opt).status(), kInvalidArgument,
+                "config.optimizer must be \"ivon\"");
+  v1::CreateModelRequest method = BlobModel("x", false);
+  method.mutable_config()->set_method("magic");
+  EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");
+  EXPECT_STATUS(client_->CreateModel(BlobModel("a/b", false)).status(), kInvalidArgument,
+                "model name must match");
+  EXPECT_STATUS(client_->CreateModel(BlobModel("m", false)).status(), kAlreadyExists,
+                "a model named \"m\" exists");
+
+  const Dataset q = BlobTask(4, {0, 1}, 8);
+  v1::PredictRequest p;
+  p.set_model("m");
+  *p.mutable_x() = TensorToProto(q.x.narrow(1, 0, 3));
+  EXPECT_STATUS(client_->Predict(p).status(), kInvalidArgument, "x: shape must be [B, 6]");
+  at::Tensor nan_x = q.x.clone();
+  nan_x[0][0] = std::nanf("");
+  *p.mutable_x() = TensorToProto(nan_x);
+  EXPECT_STATUS(client_->Predict(p).status(), kInvalidArgument, "x must be finite");
+  *p.mutable_x() = TensorToProto(q.x);
+  p.set_version(99);
+  EXPECT_STATUS(client_->Predict(p).status(), kNotFound, "has no version 99");
+  p.clear_version();
+  p.set_samples(-1);
+  EXPECT_STATUS(client_->Predict(p).status(), kInvalidArgument, "samples must lie in");
+  p.set_samples(0);
+  p.set_task_id(0);
+  EXPECT_STATUS(client_->Predict(p).status(), kInvalidArgument, "multi-head");
+  p.set_model("h");
+  p.clear_task_id();
+  p.set_mode(v1::PREDICT_MODE_BAYES);
+  EXPECT_STATUS(client_->Predict(p).status(), kFailedPrecondition, "no posterior");
+  p.set_model("nope");
+  EXPECT_STATUS(client_->Predict(p).status(), kNotFound, "no model named \"nope\"");
+
+  v1::InfluenceRequest inf;
+  inf.set_model("m");
+  *inf.mutable_x() = TensorToProto(q.x);
+  EXPECT_STATUS(client_->Influence(inf).status(), kInvalidArgument,
+                "x must be one query example; got a batch of 4");
+  EXPECT_STATUS(client_->Rollback("m", 99).status(), kNotFound, "has no version 99");
+  EXPECT_STATUS(client_->Import("new", "not a snapshot").status(), kInvalidArgument,
+                "the snapshot is not an adaptd export");
+  EXPECT_STATUS(client_->DeleteModel("nope").status(), kNotFound, "no model named");
+  EXPECT_STATUS(client_->CancelJob("j123").status(), kNotFound, "no job with id");
+  EXPECT_STATUS(client_->WatchJob("j123").status(), kNotFound, "no job with id");
+}
+
+}  // namespace
+}  // namespace adaptd

@@ -1,0 +1,53 @@
+// Shared pieces of the integration tests: synthetic tasks, batches and streams through the
+// real client, and digests of what the server keeps on disk.
+#ifndef ADAPTD_TESTS_INTEGRATION_FIXTURES_H_
+#define ADAPTD_TESTS_INTEGRATION_FIXTURES_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "client/client.h"
+#include "core/data/readers.h"
+
+namespace adaptd {
+namespace testing_service {
+
+constexpr int64_t kDim = 6;
+constexpr int64_t kClasses = 4;
+
+// n examples of `classes` around fixed centres in kDim dimensions.
+Dataset BlobTask(int64_t n, const std::vector<int64_t>& classes, uint64_t seed);
+
+v1::ExampleBatch MakeBatch(const at::Tensor& x, const at::Tensor& y,
+                           const at::Tensor& client_ids = at::Tensor());
+
+// Streams `data` in batches of `batch_size`.
+absl::StatusOr<v1::StreamExamplesResponse> StreamData(const AdaptdClient& client,
+                                                      const std::string& model, int64_t task,
+                                                      v1::Split split,
+                                                      const std::vector<int64_t>& classes,
+                                                      const Dataset& data,
+                                                      int64_t batch_size = 64,
+                                                      bool keep_open = false);
+
+// An MLP kDim -> 16 -> kClasses learning with the K-prior (multi-head when `multi`).
+v1::CreateModelRequest BlobModel(const std::string& name, bool multi, int64_t epochs = 3);
+
+// Waits for every job and expects each to succeed; returns the last version published.
+int64_t WaitJobs(const AdaptdClient& client, const v1::StreamExamplesResponse& response);
+
+// CRC-32C of every file under `dir` (recursively; SQLite's own files are left out: compare the
+// catalog with Catalog::Dump).
+std::map<std::string, uint32_t> DirDigest(const std::string& dir);
+
+// The catalog's rows as text (opened beside the running server; WAL allows it).
+std::string CatalogDump(const std::string& data_dir);
+
+}  // namespace testing_service
+}  // namespace adaptd
+
+#endif  // ADAPTD_TESTS_INTEGRATION_FIXTURES_H_

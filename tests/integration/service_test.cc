@@ -1,0 +1,290 @@
+// Every RPC of the real server, through the real C++ client.
+#include <httplib.h>
+
+#include <gtest/gtest.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <torch/torch.h>
+
+#include "server/convert.h"
+#include "tests/integration/fixtures.h"
+#include "tests/integration/server_process.h"
+
+namespace adaptd {
+namespace {
+
+using namespace testing_service;  // NOLINT
+
+at::Tensor Floats(const v1::Tensor& t) {
+  auto out = TensorFromProto(t, "response");
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? *out : at::Tensor();
+}
+
+v1::PredictRequest PredictOn(const std::string& model, const at::Tensor& x, v1::PredictMode mode) {
+  v1::PredictRequest r;
+  r.set_model(model);
+  *r.mutable_x() = TensorToProto(x);
+  r.set_mode(mode);
+  r.set_samples(32);
+  r.set_seed(11);
+  return r;
+}
+
+TEST(ServiceTest, EveryRpcThroughTheClient) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+
+  auto info = client->GetServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->methods(0), "kprior");
+  EXPECT_EQ(info->max_message_bytes(), 64 << 20);
+
+  // A multi-head model learns two tasks; each task's evaluation data comes first.
+  auto created = client->CreateModel(BlobModel("m", /*multi=*/true));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->current().version(), 0);
+  EXPECT_EQ(created->config().method(), "kprior");  // defaults are filled in
+  EXPECT_EQ(created->config().ivon().beta2(), 0.9999);
+  const std::vector<std::vector<int64_t>> heads = {{0, 1}, {2, 3}};
+  std::vector<Dataset> evals;
+  int64_t version = 0;
+  for (int t = 0; t < 2; ++t) {
+    evals.push_back(BlobTask(100, heads[t], 100 + t));
+    ASSERT_TRUE(StreamData(*client, "m", t, v1::SPLIT_EVAL, heads[t], evals[t]).ok());
+    auto streamed = StreamData(*client, "m", t, v1::SPLIT_TRAIN, heads[t], BlobTask(300, heads[t], t));
+    ASSERT_TRUE(streamed.ok()) << streamed.status();
+    EXPECT_EQ(streamed->examples(), 300);
+    ASSERT_EQ(streamed->job_ids_size(), 1);
+    std::vector<int64_t> steps;
+    auto last = client->WatchJob(streamed->job_ids(0),
+                                 [&](const v1::JobStatus& s) { steps.push_back(s.step()); });
+    ASSERT_TRUE(last.ok()) << last.status();
+    EXPECT_EQ(last->state(), v1::JOB_STATE_SUCCEEDED) << last->message();
+    EXPECT_EQ(last->total_steps(), 3 * 10);  // 3 epochs of ceil(300 / 32) steps
+    EXPECT_GE(steps.size(), 2u);
+    EXPECT_TRUE(std::is_sorted(steps.begin(), steps.end()));
+    EXPECT_GT(last->version(), version);
+    version = last->version();
+  }
+
+  auto model = client->GetModel("m");
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(model->current().version(), version);
+  ASSERT_EQ(model->tasks_size(), 2);
+  EXPECT_EQ(model->tasks(1).train_examples(), 300);
+  EXPECT_EQ(model->tasks(1).pending_examples(), 0);
+  EXPECT_EQ(model->current().memory_size(), 40);
+  EXPECT_GT(model->current().mean_sigma(), 0);
+  auto listed = client->ListModels();
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->models_size(), 1);
+  EXPECT_EQ(listed->models(0).name(), "m");
+
+  // Predict in every mode, within task 1's head: the other head's classes get probability 0.
+  for (auto mode : {v1::PREDICT_MODE_BAYES, v1::PREDICT_MODE_MEAN, v1::PREDICT_MODE_LINEARIZED}) {
+    v1::PredictRequest r = PredictOn("m", evals[1].x.narrow(0, 0, 20), mode);
+    r.set_task_id(1);
+    auto p = client->Predict(r);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(p->version(), version);
+    const at::Tensor probs = Floats(p->probs());
+    ASSERT_EQ(probs.sizes(), (std::vector<int64_t>{20, kClasses}));
+    EXPECT_TRUE(at::allclose(probs.sum(1), at::ones({20}), 1e-4, 1e-5));
+    EXPECT_EQ(probs.narrow(1, 0, 2).abs().max().item<float>(), 0.0f);
+    const at::Tensor labels = Floats(p->labels());
+    EXPECT_GT(labels.eq(evals[1].y.narrow(0, 0, 20)).to(at::kFloat).mean().item<float>(), 0.7);
+    const at::Tensor mi = Floats(p->mutual_information());
+    if (mode == v1::PREDICT_MODE_MEAN) {
+      EXPECT_EQ(mi.abs().max().item<float>(), 0.0f);
+    } else {
+      EXPECT_GT(mi.max().item<float>(), 0.0f);
+    }
+  }
+
+  // Influence over the memory and over every stored example: ids the streams were given.
+  for (auto scope : {v1::SCOPE_MEMORY, v1::SCOPE_ALL}) {
+    v1::InfluenceRequest r;
+    r.set_model("m");
+    *r.mutable_x() = TensorToProto(evals[0].x[0]);
+    r.set_top_k(5);
+    r.set_scope(scope);
+    r.set_task_id(0);
+    auto inf = client->Influence(r);
+    ASSERT_TRUE(inf.ok()) << inf.status();
+    EXPECT_EQ(inf->examples_scored(), scope == v1::SCOPE_ALL ? 300 : 20);
+    ASSERT_EQ(inf->examples_size(), 5);
+    for (const auto& e : inf->examples()) {
+      EXPECT_EQ(e.task_id(), 0);
+      EXPECT_GE(e.example_id(), 100);  // task 0's train ids follow its 100 eval ids
+      EXPECT_LT(e.example_id(), 400);
+    }
+    EXPECT_GE(std::abs(inf->examples(0).score()), std::abs(inf->examples(4).score()));
+  }
+
+  // The memory map: one row per memorable example, each scored in its own head.
+  v1::MemoryMapRequest mm;
+  mm.set_model("m");
+  auto map = client->MemoryMap(mm);
+  ASSERT_TRUE(map.ok()) << map.status();
+  const at::Tensor err = Floats(map->error());
+  ASSERT_EQ(err.sizes(), (std::vector<int64_t>{40, kClasses}));
+  EXPECT_TRUE(at::allclose(err.sum(1), at::zeros({40}), 1e-4, 1e-5));  // p - onehot(y)
+  EXPECT_GE(Floats(map->sensitivity()).min().item<float>(), 0.0f);
+  EXPECT_GT(map->loo_nll(), 0.0);
+  EXPECT_GT(map->loo_accuracy(), 0.5);
+
+  // Evaluate: one row per version; task 0 measured after both tasks.
+  auto eval = client->Evaluate("m");
+  ASSERT_TRUE(eval.ok()) << eval.status();
+  ASSERT_EQ(eval->rows_size(), 3);
+  EXPECT_EQ(eval->rows(2).accuracy_size(), 2);
+  EXPECT_GT(eval->rows(2).accuracy(0), 0.8);
+  EXPECT_GT(eval->rows(2).accuracy(1), 0.8);
+  EXPECT_NEAR(eval->average_accuracy(),
+              (eval->rows(2).accuracy(0) + eval->rows(2).accuracy(1)) / 2, 1e-12);
+  EXPECT_NEAR(eval->forgetting(0), eval->rows(1).accuracy(0) - eval->rows(2).accuracy(0), 1e-12);
+
+  // Versions, rollback (a new version with the old state), pinned predictions.
+  auto versions = client->ListVersions("m");
+  ASSERT_TRUE(versions.ok());
+  ASSERT_EQ(versions->versions_size(), 3);
+  auto rolled = client->Rollback("m", 1);
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(rolled->current().version(), 3);
+  EXPECT_EQ(rolled->current().rolled_back_from(), 1);
+  v1::PredictRequest now = PredictOn("m", evals[0].x, v1::PREDICT_MODE_MEAN);
+  v1::PredictRequest at1 = now;
+  at1.set_version(1);
+  auto p_now = client->Predict(now);
+  auto p_at1 = client->Predict(at1);
+  ASSERT_TRUE(p_now.ok() && p_at1.ok());
+  EXPECT_EQ(p_now->version(), 3);
+  EXPECT_EQ(p_now->probs().raw_data(), p_at1->probs().raw_data());
+
+  // Export and import: the copy answers exactly as the original.
+  auto snapshot = client->Export("m");
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  auto imported = client->Import("copy", *snapshot);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->tasks_size(), 2);
+  v1::PredictRequest on_copy = now;
+  on_copy.set_model("copy");
+  auto p_copy = client->Predict(on_copy);
+  ASSERT_TRUE(p_copy.ok());
+  EXPECT_EQ(p_copy->probs().raw_data(), p_now->probs().raw_data());
+
+  // Cancel: a long job is cancelled while queued or running, and publishes nothing.
+  v1::CreateModelRequest slow = BlobModel("slow", false, /*epochs=*/400);
+  ASSERT_TRUE(client->CreateModel(slow).ok());
+  auto streamed = StreamData(*client, "slow", 0, v1::SPLIT_TRAIN, {}, BlobTask(600, {0, 1, 2, 3}, 9));
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  auto cancelled = client->CancelJob(streamed->job_ids(0));
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  auto final_status = client->WatchJob(streamed->job_ids(0));
+  ASSERT_TRUE(final_status.ok());
+  EXPECT_EQ(final_status->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(client->GetModel("slow")->current().version(), 0);
+
+  ASSERT_TRUE(client->DeleteModel("slow").ok());
+  ASSERT_TRUE(client->DeleteModel("copy").ok());
+  EXPECT_EQ(client->GetModel("copy").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client->ListModels()->models_size(), 1);
+}
+
+// Health, reflection and metrics, as an operator's tools see them.
+TEST(ServiceTest, HealthReflectionAndMetrics) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--metrics_port=0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", false)).ok());
+  auto streamed = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(200, {0, 1, 2, 3}, 1));
+  ASSERT_TRUE(streamed.ok());
+  WaitJobs(*client, *streamed);
+
+  auto channel = grpc::CreateChannel((*server)->target(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  // grpc.health.v1.Health/Check with service "": HealthCheckResponse{status: SERVING} = 08 01.
+  {
+    grpc::ClientContext ctx;
+    grpc::ByteBuffer request, response;
+    grpc::Slice empty;
+    request = grpc::ByteBuffer(&empty, 1);
+    grpc::Status status;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                      &response, [&](grpc::Status s) {
+                        std::lock_guard<std::mutex> lock(mu);
+                        status = s;
+                        done = true;
+                        cv.notify_one();
+                      });
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return done; });
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(response.Dump(&slices).ok());
+    std::string bytes;
+    for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  }
+  // Reflection: ServerReflectionInfo with list_services = "" (field 7) names our services.
+  {
+    grpc::ClientContext ctx;
+    grpc::CompletionQueue cq;
+    auto call = generic.PrepareCall(
+        &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+    void* tag;
+    bool ok;
+    call->StartCall(reinterpret_cast<void*>(1));
+    ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+    const std::string req("\x3a\x00", 2);
+    grpc::Slice slice(req);
+    call->Write(grpc::ByteBuffer(&slice, 1), reinterpret_cast<void*>(2));
+    ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+    grpc::ByteBuffer response;
+    call->Read(&response, reinterpret_cast<void*>(3));
+    ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(response.Dump(&slices).ok());
+    std::string bytes;
+    for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    for (const char* service : {"adaptd.v1.AdminService", "adaptd.v1.LearningService",
+                                "adaptd.v1.QueryService", "grpc.health.v1.Health"}) {
+      EXPECT_NE(bytes.find(service), std::string::npos) << service;
+    }
+    call->WritesDone(reinterpret_cast<void*>(4));
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    grpc::Status status;
+    call->Finish(&status, reinterpret_cast<void*>(5));
+    while (cq.Next(&tag, &ok) && tag != reinterpret_cast<void*>(5)) {
+    }
+    cq.Shutdown();
+    while (cq.Next(&tag, &ok)) {
+    }
+  }
+  // Metrics: the families an operator scrapes, with this model's values.
+  ASSERT_GT((*server)->metrics_port(), 0);
+  httplib::Client http("127.0.0.1", (*server)->metrics_port());
+  auto res = http.Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  const std::string& text = res->body;
+  EXPECT_NE(text.find("adaptd_requests_total{code=\"OK\",method=\"StreamExamples\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("adaptd_examples_ingested_total{model=\"m\"} 200"), std::string::npos);
+  EXPECT_NE(text.find("adaptd_model_version{model=\"m\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("adaptd_memory_examples{model=\"m\"} 20"), std::string::npos);
+  EXPECT_NE(text.find("adaptd_adaptation_seconds_count{model=\"m\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("adaptd_request_seconds_bucket"), std::string::npos);
+  EXPECT_NE(text.find("adaptd_job_queue_depth{model=\"m\"} 0"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace adaptd
