@@ -299,6 +299,12 @@ absl::StatusOr<v1::StreamExamplesResponse> AdaptdClient::StreamExamples(
       if (progress) progress(sent);
     }
   }
+  if (open) {
+    // The end message tells the server the stream is complete (see learning.proto).
+    request.Clear();
+    request.mutable_end()->set_examples(sent);
+    open = writer->Write(request);
+  }
   if (open) writer->WritesDone();
   const absl::Status status = FromGrpcStatus(writer->Finish());
   if (!status.ok()) return status;

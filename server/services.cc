@@ -235,7 +235,19 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         response->set_version(r.version);
         return absl::OkStatus();
       };
+      bool ended = false;
+      int64_t received = 0;
       while (reader->Read(&msg)) {
+        if (ended) return absl::InvalidArgumentError("nothing may follow the stream's end message");
+        if (msg.has_end()) {
+          if (msg.end().examples() != received) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "the end message counts ", msg.end().examples(), " examples; ", received,
+                " arrived"));
+          }
+          ended = true;
+          continue;
+        }
         if (!msg.has_batch()) {
           return absl::InvalidArgumentError(absl::StrCat(
               "message ", batches + 1, " of the stream must be a batch; only the first is a header"));
@@ -246,14 +258,17 @@ class LearningServiceImpl final : public v1::LearningService::Service {
                               absl::StrCat("batch ", batches, ": ", batch.status().message()));
         }
         ++batches;
+        received += batch->size();
         pending_examples += batch->size();
         pending.push_back(*std::move(batch));
         if (online && pending_examples >= entry->adapt_every()) {
           ADAPTD_RETURN_IF_ERROR(commit(true));
         }
       }
-      if (ctx->IsCancelled()) {
-        return absl::CancelledError("the client cancelled the stream; nothing more was stored");
+      if (!ended || ctx->IsCancelled()) {
+        return absl::AbortedError(
+            "the stream ended without its end message (cancelled or cut short); nothing more "
+            "was stored");
       }
       response->set_batches(batches);
       // The close: durable before it is acknowledged; a training stream closes its task.

@@ -2,6 +2,7 @@
 #include "server/server.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
@@ -10,9 +11,16 @@
 namespace adaptd {
 namespace {
 
+// A fresh data directory per test (the server requires one).
+std::string NewDataDir() {
+  std::string templ = ::testing::TempDir() + "adaptd_server_test_XXXXXX";
+  return ::mkdtemp(templ.data()) ? templ : "";
+}
+
 TEST(ServerTest, ServesServerInfoToTheClient) {
   ServerOptions o;
   o.port = 0;
+  o.data_dir = NewDataDir();
   auto server = Server::Create(o);
   ASSERT_TRUE(server.ok()) << server.status();
   ASSERT_GT((*server)->port(), 0);
@@ -30,6 +38,7 @@ TEST(ServerTest, ServesServerInfoToTheClient) {
 TEST(ServerTest, ClientReportsUnavailableWithoutServer) {
   ServerOptions o;
   o.port = 0;
+  o.data_dir = NewDataDir();
   int port;
   {
     auto server = Server::Create(o);
@@ -43,6 +52,12 @@ TEST(ServerTest, ClientReportsUnavailableWithoutServer) {
   const auto code = (*client)->GetServerInfo().status().code();
   EXPECT_TRUE(code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded)
       << code;
+}
+
+TEST(ServerTest, RefusesToStartWithoutADataDirectory) {
+  ServerOptions o;
+  o.port = 0;
+  EXPECT_EQ(Server::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(GrpcStatusTest, EveryCodeRoundTrips) {

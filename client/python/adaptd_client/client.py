@@ -218,6 +218,9 @@ class Client:
                         started.wait()
                         calls[0].cancel()
                         return
+            # The end message tells the server the stream is complete (see learning.proto).
+            yield learning_pb2.StreamExamplesRequest(
+                end=learning_pb2.StreamEnd(examples=n))
 
         call = self._learning.StreamExamples.future(requests(), timeout=timeout,
                                                     metadata=self._metadata)

@@ -114,6 +114,12 @@ class FakeLearning final : public v1::LearningService::Service {
         log_->header = request.header();
         continue;
       }
+      if (request.has_end()) {  // the real server checks the count the same way
+        if (request.end().examples() != examples) {
+          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "end count mismatch");
+        }
+        continue;
+      }
       const v1::ExampleBatch& batch = request.batch();
       if (batch.x().dtype() == v1::DATA_TYPE_UNSPECIFIED) {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

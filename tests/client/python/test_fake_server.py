@@ -52,8 +52,11 @@ class Learning(learning_pb2_grpc.LearningServiceServicer):
         context.add_callback(self.recorder.cancelled.set)
         requests = list(request_iterator)
         self.recorder.streams.append(requests)
-        batches = [r.batch for r in requests[1:]]
+        batches = [r.batch for r in requests[1:] if r.HasField("batch")]
         examples = sum(from_tensor(b.y).shape[0] for b in batches)
+        ends = [r.end.examples for r in requests if r.HasField("end")]
+        if ends != [examples]:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream lacks its end message")
         return learning_pb2.StreamExamplesResponse(
             model=requests[0].header.model, task_id=requests[0].header.task_id,
             examples=examples, batches=len(batches),
@@ -114,7 +117,8 @@ def test_stream_sends_header_then_batches(fake):
                                           classes=[4, 5], batch_size=4,
                                           client_ids=np.arange(100, 110, dtype=np.int32))
     assert response.examples == 10 and response.batches == 3
-    header, *batches = fake.streams[-1]
+    header, *batches, end = fake.streams[-1]
+    assert end.end.examples == 10
     assert header.header == learning_pb2.StreamHeader(model="m", task_id=3,
                                                       split=learning_pb2.SPLIT_EVAL,
                                                       classes=[4, 5])
@@ -131,7 +135,7 @@ def test_batches_fit_the_message_limit(fake):
     x = np.zeros((10, 40000), dtype=np.float32)  # 160 kB per example
     with Client(fake.target, max_message_bytes=1 << 20) as client:
         client.stream_examples("m", 0, x, np.zeros(10), batch_size=1024)
-    sizes = [b.batch.x.shape[0] for b in fake.streams[-1][1:]]
+    sizes = [b.batch.x.shape[0] for b in fake.streams[-1][1:-1]]
     assert sum(sizes) == 10 and max(sizes) * 160000 < 1 << 20
 
 
