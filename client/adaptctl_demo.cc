@@ -4,7 +4,7 @@
 // the task's test images (evaluation examples) and then its training images, and watches the
 // adaptation job that closing the training stream queues. Afterwards it asks the questions the
 // service exists for: how much was forgotten, which predictions are uncertain, and which
-// training examples a prediction rests on.
+// training examples that most influence a prediction.
 #include <algorithm>
 #include <fstream>
 #include <utility>
@@ -181,8 +181,10 @@ absl::Status RunDemo(const AdaptdClient& client, const CtlOptions& options,
   influence.set_scope(v1::SCOPE_ALL);
   influence.set_task_id(uncertain.task);
   ADAPTD_ASSIGN_OR_RETURN(v1::InfluenceResponse influential, client.Influence(influence));
-  absl::PrintF("\nthe training examples test image %d rests on most (%d scored):\n",
-               uncertain.test_index, influential.examples_scored());
+  absl::PrintF(
+      "\nthe training examples that most influence test image %d (%d scored); score = change of "
+      "p(%s) if the example were removed (negative: it supports the prediction):\n",
+      uncertain.test_index, influential.examples_scored(), ClassName(influential.query_class()));
   for (const v1::InfluentialExample& e : influential.examples()) {
     absl::PrintF("  example %d (training image %d, task %d, %s): score %+.3e\n", e.example_id(),
                  e.client_id(), e.task_id(), ClassName(e.label()), e.score());

@@ -755,7 +755,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     base = current_;
   }
   if (end == begin) {
-    return finish(v1::JOB_STATE_SUCCEEDED, "nothing new to learn: an earlier job learnt these examples");
+    job->Update([](v1::JobStatus& s) { s.set_examples(0); });
+    return finish(v1::JOB_STATE_SUCCEEDED,
+                  "nothing new to learn: an earlier job learnt these examples");
   }
   (void)options_.catalog->SetJobRange(job->id(), begin, end);
   (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_RUNNING, "running", -1);

@@ -194,6 +194,53 @@ TEST(ServiceTest, EveryRpcThroughTheClient) {
   EXPECT_EQ(client->ListModels()->models_size(), 1);
 }
 
+// Online mode adapts every N examples within a stream; keep_open defers adaptation to a later
+// stream of the same task.
+TEST(ServiceTest, OnlineModeAndKeepOpen) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest online = BlobModel("online", false, 1);
+  online.mutable_config()->set_adapt_every(100);
+  ASSERT_TRUE(client->CreateModel(online).ok());
+  // 250 examples in batches of 50: chunks of 100, 100 and (at the end) 50.
+  auto s = StreamData(*client, "online", 0, v1::SPLIT_TRAIN, {}, BlobTask(250, {0, 1}, 1), 50);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->examples(), 250);
+  ASSERT_EQ(s->job_ids_size(), 3);
+  // A job learns every example pending when it starts, so a later job may find nothing new
+  // (the stream outran the training); between them the jobs learn each example once.
+  int64_t learnt = 0, publishing = 0;
+  for (const auto& id : s->job_ids()) {
+    auto last = client->WatchJob(id);
+    ASSERT_TRUE(last.ok()) << last.status();
+    EXPECT_EQ(last->state(), v1::JOB_STATE_SUCCEEDED) << last->message();
+    learnt += last->examples();
+    publishing += last->examples() > 0;
+  }
+  EXPECT_EQ(learnt, 250);
+  auto versions = client->ListVersions("online");
+  ASSERT_TRUE(versions.ok());
+  ASSERT_EQ(versions->versions_size(), 1 + publishing);
+  for (int v = 1; v <= publishing; ++v) EXPECT_EQ(versions->versions(v).task_id(), 0);
+  EXPECT_EQ(client->GetModel("online")->tasks(0).pending_examples(), 0);
+
+  ASSERT_TRUE(client->CreateModel(BlobModel("open", false, 1)).ok());
+  auto first = StreamData(*client, "open", 0, v1::SPLIT_TRAIN, {}, BlobTask(60, {0, 1}, 2), 64,
+                          /*keep_open=*/true);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->job_ids_size(), 0);
+  EXPECT_EQ(client->GetModel("open")->tasks(0).pending_examples(), 60);
+  auto second = StreamData(*client, "open", 0, v1::SPLIT_TRAIN, {}, BlobTask(40, {0, 1}, 3));
+  ASSERT_TRUE(second.ok());
+  ASSERT_EQ(second->job_ids_size(), 1);
+  auto last = client->WatchJob(second->job_ids(0));
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->examples(), 100);  // both streams' examples, learnt together
+  EXPECT_EQ(client->GetModel("open")->tasks(0).pending_examples(), 0);
+}
+
 // Health, reflection and metrics, as an operator's tools see them.
 TEST(ServiceTest, HealthReflectionAndMetrics) {
   TempDir dir;
