@@ -191,6 +191,16 @@ absl::Status Watch(const AdaptdClient& client, const CtlOptions&,
   return absl::OkStatus();
 }
 
+absl::Status Jobs(const AdaptdClient& client, const CtlOptions&,
+                  const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(v1::ListJobsResponse jobs, client.ListJobs(args[0]));
+  for (const v1::JobStatus& j : jobs.jobs()) {
+    absl::PrintF("%s  task %d  %-9s  %d examples  %s\n", j.job_id(), j.task_id(),
+                 JobStateName(j.state()), j.examples(), j.message());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Cancel(const AdaptdClient& client, const CtlOptions&,
                     const std::vector<std::string>& args) {
   ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, client.CancelJob(args[0]));
@@ -311,6 +321,7 @@ const std::vector<CtlCommand>& CtlCommands() {
        "--keep_open --watch --select_classes --limit)",
        Stream},
       {"watch", "JOB_ID", 1, 1, "follow an adaptation job", Watch},
+      {"jobs", "NAME", 1, 1, "a model's adaptation jobs, oldest first", Jobs},
       {"cancel", "JOB_ID", 1, 1, "cancel an adaptation job", Cancel},
       {"predict", "NAME FILE", 2, 2,
        "predictions with uncertainty (--index --count --mode --samples --task --version)", Predict},

@@ -354,6 +354,14 @@ absl::StatusOr<v1::JobStatus> AdaptdClient::CancelJob(const std::string& job_id)
   });
 }
 
+absl::StatusOr<v1::ListJobsResponse> AdaptdClient::ListJobs(const std::string& model) const {
+  v1::ListJobsRequest request;
+  request.set_model(model);
+  return Unary<v1::ListJobsResponse>([&](auto* context, auto* response) {
+    return learning_->ListJobs(context, request, response);
+  });
+}
+
 absl::StatusOr<v1::PredictResponse> AdaptdClient::Predict(const v1::PredictRequest& request) const {
   return Unary<v1::PredictResponse>(
       [&](auto* context, auto* response) { return query_->Predict(context, request, response); });

@@ -97,6 +97,8 @@ class AdaptdClient {
   absl::StatusOr<v1::JobStatus> WatchJob(const std::string& job_id,
                                          const JobCallback& on_status = nullptr) const;
   absl::StatusOr<v1::JobStatus> CancelJob(const std::string& job_id) const;
+  // A model's jobs, oldest first.
+  absl::StatusOr<v1::ListJobsResponse> ListJobs(const std::string& model) const;
 
   // QueryService.
   absl::StatusOr<v1::PredictResponse> Predict(const v1::PredictRequest& request) const;

@@ -298,6 +298,15 @@ class LearningServiceImpl final : public v1::LearningService::Service {
     });
   }
 
+  grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* request,
+                        v1::ListJobsResponse* response) override {
+    return Handle(c_, "ListJobs", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
+      for (const auto& job : entry->Jobs()) *response->add_jobs() = job->Status();
+      return absl::OkStatus();
+    });
+  }
+
   grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* request,
                          v1::JobStatus* response) override {
     return Handle(c_, "CancelJob", ctx, Role::kWriter, [&]() -> absl::Status {

@@ -187,6 +187,11 @@ TEST(ServiceTest, EveryRpcThroughTheClient) {
   ASSERT_TRUE(final_status.ok());
   EXPECT_EQ(final_status->state(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(client->GetModel("slow")->current().version(), 0);
+  auto jobs = client->ListJobs("m");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  ASSERT_EQ(jobs->jobs_size(), 2);
+  EXPECT_EQ(jobs->jobs(1).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(jobs->jobs(1).version(), 2);
 
   ASSERT_TRUE(client->DeleteModel("slow").ok());
   ASSERT_TRUE(client->DeleteModel("copy").ok());

@@ -275,6 +275,13 @@ class Client:
         return self._learning.CancelJob(learning_pb2.CancelJobRequest(job_id=job_id),
                                         timeout=self._deadline(timeout), metadata=self._metadata)
 
+    @wrap_rpc_errors
+    def list_jobs(self, model, timeout=None):
+        """A model's jobs (JobStatus), oldest first."""
+        return list(self._learning.ListJobs(learning_pb2.ListJobsRequest(model=model),
+                                            timeout=self._deadline(timeout),
+                                            metadata=self._metadata).jobs)
+
     # --- QueryService -------------------------------------------------------------------------
 
     @wrap_rpc_errors

@@ -156,6 +156,10 @@ def test_jobs_publish_versions(client, trained):
     assert [v.job_id for v in versions[1:]] == [s[0].job_id for s in trained.jobs.values()]
     assert versions[2].memory_size > 0
 
+    jobs = client.list_jobs(trained.name)
+    assert [j.job_id for j in jobs] == [s[0].job_id for s in trained.jobs.values()]
+    assert [j.version for j in jobs] == [1, 2]
+
 
 def test_watch_follows_a_job(trained):
     states = [s.state for s in trained.watched]
