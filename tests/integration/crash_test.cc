@@ -4,6 +4,8 @@
 #include <atomic>
 #include <thread>
 
+#include <sys/wait.h>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -181,6 +183,45 @@ TEST(CrashTest, KillDuringAdaptationResumesToTheUninterruptedResult) {
       EXPECT_EQ(p->probs().raw_data(), first);
     }
   }
+}
+
+}  // namespace
+}  // namespace adaptd
+
+namespace adaptd {
+namespace {
+
+using namespace testing_service;  // NOLINT
+
+// SIGTERM: the server exits cleanly (status 0); the job it interrupted stays queued and
+// completes after the restart.
+TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest r = BlobModel("m", false, /*epochs=*/300);
+  r.mutable_spec()->set_hidden(0, 256);
+  ASSERT_TRUE(client->CreateModel(r).ok());
+  auto s = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(300, {0, 1}, 1));
+  ASSERT_TRUE(s.ok()) << s.status();
+  int exit_status = -1;
+  (void)client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
+    if (exit_status < 0 && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
+      exit_status = (*server)->Terminate();
+    }
+  });
+  ASSERT_GE(exit_status, 0) << "the job ended before it could be interrupted";
+  EXPECT_TRUE(WIFEXITED(exit_status) && WEXITSTATUS(exit_status) == 0) << exit_status;
+  server->reset();
+
+  auto restarted = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto client2 = (*restarted)->Client();
+  auto last = client2->WatchJob(s->job_ids(0));
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->state(), v1::JOB_STATE_SUCCEEDED) << last->message();
+  EXPECT_EQ(last->version(), 1);
 }
 
 }  // namespace
