@@ -39,6 +39,15 @@ void AppendRecord(std::string& out, RecordType type, absl::string_view body) {
   out += payload;
 }
 
+// True when a whole record with a matching checksum starts at `pos`.
+bool ValidRecordAt(const std::string& bytes, size_t pos) {
+  if (pos + kHeaderBytes > bytes.size()) return false;
+  const uint32_t len = GetU32(bytes.data() + pos);
+  if (len == 0 || len > kMaxRecordBytes || pos + kHeaderBytes + len > bytes.size()) return false;
+  return Crc32c(absl::string_view(bytes.data() + pos + kHeaderBytes, len)) ==
+         GetU32(bytes.data() + pos + 4);
+}
+
 std::string EncodeBatch(const ExampleBatchData& b) {
   TensorMap m;
   m["split"] = ScalarTensor(static_cast<int64_t>(b.split));
@@ -96,7 +105,15 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::Open(const std::string& 
     const uint32_t crc = GetU32(bytes.data() + pos + 4);
     if (len == 0 || len > kMaxRecordBytes || pos + kHeaderBytes + len > bytes.size()) break;
     const absl::string_view payload(bytes.data() + pos + kHeaderBytes, len);
-    if (Crc32c(payload) != crc) break;  // torn (or damaged) record: the tail ends here
+    if (Crc32c(payload) != crc) {
+      // A torn write leaves a bad record only at the end. A valid record after this one means
+      // the file was damaged after it was written: refuse rather than drop what follows.
+      if (ValidRecordAt(bytes, pos + kHeaderBytes + len)) {
+        return absl::DataLossError(absl::StrCat(path, ": the record at byte ", pos,
+                                                " fails its checksum and valid records follow it"));
+      }
+      break;
+    }
     const auto type = static_cast<RecordType>(payload[0]);
     if (type == kBatch) {
       auto batch = DecodeBatch(payload.substr(1));

@@ -43,8 +43,9 @@ struct LogRecovery {
 class ExampleLog {
  public:
   // Opens or creates the log at `path`, reads its committed batches into `recovery` and
-  // truncates the file after the last commit record. DATA_LOSS if a record before the last
-  // commit fails its checksum (the file was damaged after it was written).
+  // truncates the file after the last commit record (a torn or uncommitted tail). DATA_LOSS if
+  // a record fails its checksum while a valid record follows it (damage after the write, not
+  // a crash): the file is left as it is.
   static absl::StatusOr<std::unique_ptr<ExampleLog>> Open(const std::string& path,
                                                           LogRecovery* recovery);
   ~ExampleLog();

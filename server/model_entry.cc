@@ -354,6 +354,10 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
       te.learned = std::max(te.learned, j.end);
     }
   }
+  if (options.metrics) {
+    options.metrics->SetModelVersion(row.name, e.current_->version());
+    options.metrics->SetMemorySize(row.name, e.current_->info().memory_size());
+  }
   for (JobRow& j : jobs) {
     const bool interrupted = j.state == v1::JOB_STATE_QUEUED || j.state == v1::JOB_STATE_RUNNING;
     if (interrupted) {

@@ -1,0 +1,163 @@
+// The storage pieces on their own: CRC-32C, the example log's recovery of torn and
+// uncommitted tails, and the catalog's transactions.
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "core/tensor_io.h"
+#include "server/catalog.h"
+#include "server/crc32c.h"
+#include "server/example_log.h"
+
+namespace adaptd {
+namespace {
+
+std::string NewDir() {
+  std::string templ = ::testing::TempDir() + "adaptd_store_test_XXXXXX";
+  return ::mkdtemp(templ.data()) ? templ : "";
+}
+
+TEST(Crc32cTest, MatchesTheStandardCheckValues) {
+  // The check value of CRC-32C (Castagnoli) and RFC 3720's test vectors.
+  EXPECT_EQ(Crc32c("123456789"), 0xE3069283u);
+  EXPECT_EQ(Crc32c(std::string(32, '\0')), 0x8A9136AAu);
+  EXPECT_EQ(Crc32c(std::string(32, '\xff')), 0x62A8AB43u);
+  std::string ascending(32, '\0');
+  for (int i = 0; i < 32; ++i) ascending[i] = static_cast<char>(i);
+  EXPECT_EQ(Crc32c(ascending), 0x46DD794Eu);
+  // Extending equals checksumming the concatenation, at every split point.
+  const std::string text = "the quick brown fox jumps over the lazy dog";
+  for (size_t cut = 0; cut <= text.size(); ++cut) {
+    EXPECT_EQ(Crc32cExtend(Crc32c(text.substr(0, cut)), text.substr(cut)), Crc32c(text)) << cut;
+  }
+}
+
+ExampleBatchData Batch(int64_t first_id, int64_t n, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  ExampleBatchData b;
+  b.x = at::randn({n, 3}, gen);
+  b.y = at::randint(0, 4, {n}, gen, at::kLong);
+  b.ids = at::arange(first_id, first_id + n, at::kLong);
+  b.client_ids = at::full({n}, -1, at::kLong);
+  return b;
+}
+
+void Append(const std::string& path, const std::string& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  ::close(fd);
+}
+
+TEST(ExampleLogTest, RecoveryKeepsCommittedStreamsAndCutsEverythingAfter) {
+  const std::string path = NewDir() + "/0.log";
+  const ExampleBatchData a = Batch(0, 5, 1), b = Batch(5, 7, 2), c = Batch(12, 3, 3);
+  int64_t committed_size;
+  {
+    LogRecovery rec;
+    auto log = ExampleLog::Open(path, &rec);
+    ASSERT_TRUE(log.ok()) << log.status();
+    EXPECT_TRUE(rec.batches.empty());
+    ASSERT_TRUE((*log)->AppendCommitted({a, b}).ok());
+    ASSERT_TRUE((*log)->AppendCommitted({c}).ok());
+    committed_size = (*log)->size_bytes();
+  }
+  // A stream that never committed (a whole batch record, no commit record), then a torn
+  // record: both must go.
+  auto bytes = ReadFile(path);
+  ASSERT_TRUE(bytes.ok());
+  {
+    // Re-create an uncommitted batch record by copying the first record of the file.
+    const uint32_t len = static_cast<uint8_t>((*bytes)[0]) | static_cast<uint8_t>((*bytes)[1]) << 8 |
+                         static_cast<uint8_t>((*bytes)[2]) << 16 |
+                         static_cast<uint32_t>(static_cast<uint8_t>((*bytes)[3])) << 24;
+    Append(path, bytes->substr(0, 8 + len));
+    Append(path, bytes->substr(0, 8 + len / 2));  // torn
+  }
+  LogRecovery rec;
+  auto log = ExampleLog::Open(path, &rec);
+  ASSERT_TRUE(log.ok()) << log.status();
+  EXPECT_GT(rec.truncated_bytes, 0);
+  EXPECT_EQ((*log)->size_bytes(), committed_size);
+  ASSERT_EQ(rec.batches.size(), 3u);
+  for (const auto& [got, want] : {std::pair{&rec.batches[0], &a}, {&rec.batches[1], &b},
+                                  {&rec.batches[2], &c}}) {
+    EXPECT_TRUE(at::equal(got->x, want->x));
+    EXPECT_TRUE(at::equal(got->y, want->y));
+    EXPECT_TRUE(at::equal(got->ids, want->ids));
+  }
+  // The file itself was cut back, so a second open reads the same and cuts nothing.
+  LogRecovery again;
+  ASSERT_TRUE(ExampleLog::Open(path, &again).ok());
+  EXPECT_EQ(again.truncated_bytes, 0);
+  EXPECT_EQ(again.batches.size(), 3u);
+}
+
+TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
+  const std::string path = NewDir() + "/0.log";
+  {
+    LogRecovery rec;
+    auto log = ExampleLog::Open(path, &rec);
+    ASSERT_TRUE(log.ok());
+    ASSERT_TRUE((*log)->AppendCommitted({Batch(0, 4, 1)}).ok());
+    ASSERT_TRUE((*log)->AppendCommitted({Batch(4, 4, 2)}).ok());
+  }
+  auto bytes = ReadFile(path);
+  ASSERT_TRUE(bytes.ok());
+  std::string damaged = *bytes;
+  damaged[damaged.size() - 20] ^= 0x01;  // inside the second stream's batch record
+  ASSERT_TRUE(WriteFileAtomically(path, damaged).ok());
+  // Damage with a valid commit record after it is not a torn tail: refuse, change nothing.
+  LogRecovery rec;
+  const auto damaged_open = ExampleLog::Open(path, &rec);
+  EXPECT_EQ(damaged_open.status().code(), absl::StatusCode::kDataLoss) << damaged_open.status();
+  EXPECT_EQ(*ReadFile(path), damaged);
+  // The same damage in the last record (nothing valid after it) reads as a torn tail.
+  ASSERT_TRUE(WriteFileAtomically(path, damaged.substr(0, damaged.size() - 9)).ok());
+  LogRecovery tail;
+  ASSERT_TRUE(ExampleLog::Open(path, &tail).ok());
+  ASSERT_EQ(tail.batches.size(), 1u);
+  EXPECT_EQ(tail.batches[0].ids[0].item<int64_t>(), 0);
+}
+
+TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
+  const std::string dir = NewDir();
+  auto catalog = Catalog::Open(dir + "/catalog.sqlite");
+  ASSERT_TRUE(catalog.ok()) << catalog.status();
+  Catalog& c = **catalog;
+  ASSERT_TRUE(c.InsertModel({"m", "spec", "config", 1}).ok());
+  EXPECT_FALSE(c.InsertModel({"m", "spec", "config", 2}).ok());  // the name is the key
+  ASSERT_TRUE(c.UpsertTask("m", {0, {3, 4}}).ok());
+  ASSERT_TRUE(c.InsertJob({"j1", "m", 0, 0, 10, 1, "queued", -1, 5}).ok());
+  ASSERT_TRUE(c.Publish("m", {1, "info", 77}, "j1", 3, "published version 1").ok());
+  // A second row for the same version fails, and the job's update in it is rolled back.
+  EXPECT_FALSE(c.Publish("m", {1, "other", 78}, "j1", 4, "should not stick").ok());
+  auto jobs = c.ListJobs("m");
+  ASSERT_TRUE(jobs.ok());
+  ASSERT_EQ(jobs->size(), 1u);
+  EXPECT_EQ((*jobs)[0].state, 3);
+  EXPECT_EQ((*jobs)[0].version, 1);
+  EXPECT_EQ((*jobs)[0].message, "published version 1");
+  auto versions = c.ListVersions("m");
+  ASSERT_TRUE(versions.ok());
+  ASSERT_EQ(versions->size(), 1u);
+  EXPECT_EQ((*versions)[0].checkpoint_crc, 77u);
+  auto tasks = c.ListTasks("m");
+  ASSERT_TRUE(tasks.ok());
+  ASSERT_EQ(tasks->size(), 1u);
+  EXPECT_EQ((*tasks)[0].classes, (std::vector<int64_t>{3, 4}));
+  // Reopening sees the same rows (they were committed).
+  const std::string before = *c.Dump();
+  catalog->reset();
+  auto reopened = Catalog::Open(dir + "/catalog.sqlite");
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ(*(*reopened)->Dump(), before);
+  ASSERT_TRUE((*reopened)->DeleteModel("m").ok());
+  EXPECT_EQ(*(*reopened)->Dump(), "");
+}
+
+}  // namespace
+}  // namespace adaptd
