@@ -103,18 +103,4 @@ int ServerProcess::Terminate() {
   return status;
 }
 
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string templ = std::string(base ? base : "/tmp") + "/adaptd_test_XXXXXX";
-  char* made = ::mkdtemp(templ.data());
-  path_ = made ? made : "";
-}
-
-TempDir::~TempDir() {
-  if (!path_.empty()) {
-    const std::string cmd = "rm -rf '" + path_ + "'";
-    (void)std::system(cmd.c_str());
-  }
-}
-
 }  // namespace adaptd

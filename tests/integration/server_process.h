@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
+#include "tests/testing/temp_dir.h"
 
 namespace adaptd {
 
@@ -38,17 +39,6 @@ class ServerProcess {
   pid_t pid_;
   int port_;
   int metrics_port_;
-};
-
-// A fresh temporary directory, removed (recursively) when the object goes away.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
 };
 
 }  // namespace adaptd

@@ -2,6 +2,8 @@
 #include "server/server.h"
 
 #include <gtest/gtest.h>
+
+#include "tests/testing/temp_dir.h"
 #include <stdlib.h>
 
 #include "absl/strings/str_cat.h"
@@ -11,16 +13,12 @@
 namespace adaptd {
 namespace {
 
-// A fresh data directory per test (the server requires one).
-std::string NewDataDir() {
-  std::string templ = ::testing::TempDir() + "adaptd_server_test_XXXXXX";
-  return ::mkdtemp(templ.data()) ? templ : "";
-}
 
 TEST(ServerTest, ServesServerInfoToTheClient) {
   ServerOptions o;
   o.port = 0;
-  o.data_dir = NewDataDir();
+  TempDir dir;
+  o.data_dir = dir.path();
   auto server = Server::Create(o);
   ASSERT_TRUE(server.ok()) << server.status();
   ASSERT_GT((*server)->port(), 0);
@@ -38,7 +36,8 @@ TEST(ServerTest, ServesServerInfoToTheClient) {
 TEST(ServerTest, ClientReportsUnavailableWithoutServer) {
   ServerOptions o;
   o.port = 0;
-  o.data_dir = NewDataDir();
+  TempDir dir;
+  o.data_dir = dir.path();
   int port;
   {
     auto server = Server::Create(o);

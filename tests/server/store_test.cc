@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+
+#include "tests/testing/temp_dir.h"
 #include <torch/torch.h>
 
 #include "core/tensor_io.h"
@@ -15,10 +17,6 @@
 namespace adaptd {
 namespace {
 
-std::string NewDir() {
-  std::string templ = ::testing::TempDir() + "adaptd_store_test_XXXXXX";
-  return ::mkdtemp(templ.data()) ? templ : "";
-}
 
 TEST(Crc32cTest, MatchesTheStandardCheckValues) {
   // The check value of CRC-32C (Castagnoli) and RFC 3720's test vectors.
@@ -53,7 +51,8 @@ void Append(const std::string& path, const std::string& bytes) {
 }
 
 TEST(ExampleLogTest, RecoveryKeepsCommittedStreamsAndCutsEverythingAfter) {
-  const std::string path = NewDir() + "/0.log";
+  TempDir dir;
+  const std::string path = dir.path() + "/0.log";
   const ExampleBatchData a = Batch(0, 5, 1), b = Batch(5, 7, 2), c = Batch(12, 3, 3);
   int64_t committed_size;
   {
@@ -97,7 +96,8 @@ TEST(ExampleLogTest, RecoveryKeepsCommittedStreamsAndCutsEverythingAfter) {
 }
 
 TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
-  const std::string path = NewDir() + "/0.log";
+  TempDir dir;
+  const std::string path = dir.path() + "/0.log";
   {
     LogRecovery rec;
     auto log = ExampleLog::Open(path, &rec);
@@ -124,7 +124,8 @@ TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
 }
 
 TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
-  const std::string dir = NewDir();
+  TempDir tmp;
+  const std::string dir = tmp.path();
   auto catalog = Catalog::Open(dir + "/catalog.sqlite");
   ASSERT_TRUE(catalog.ok()) << catalog.status();
   Catalog& c = **catalog;
