@@ -608,7 +608,10 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
   ExampleLog* log;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return absl::UnavailableError("the server is shutting down");
+    if (stopping_) {
+      return absl::UnavailableError(absl::StrCat(
+          "model ", name_, " is being deleted or the server is shutting down; nothing was stored"));
+    }
     first_id = next_example_id_;
     auto it = tasks_.find(task_id);
     log = it == tasks_.end() ? nullptr : it->second.log.get();
