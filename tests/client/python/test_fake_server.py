@@ -51,12 +51,14 @@ class Learning(learning_pb2_grpc.LearningServiceServicer):
     def StreamExamples(self, request_iterator, context):
         context.add_callback(self.recorder.cancelled.set)
         requests = list(request_iterator)
-        self.recorder.streams.append(requests)
         batches = [r.batch for r in requests[1:] if r.HasField("batch")]
         examples = sum(from_tensor(b.y).shape[0] for b in batches)
         ends = [r.end.examples for r in requests if r.HasField("end")]
         if ends != [examples]:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream lacks its end message")
+            # As the real server: a stream without its end message (cancelled, or cut short)
+            # stores nothing, even when its half-close arrives before the cancellation.
+            context.abort(grpc.StatusCode.ABORTED, "the stream lacks its end message")
+        self.recorder.streams.append(requests)
         return learning_pb2.StreamExamplesResponse(
             model=requests[0].header.model, task_id=requests[0].header.task_id,
             examples=examples, batches=len(batches),
