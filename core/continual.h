@@ -105,7 +105,7 @@ absl::StatusOr<ContinualState> InitialState(const ModelSpec& spec, uint64_t seed
 
 struct AdaptStats {
   int64_t steps = 0;
-  double final_loss = 0;  // mean training loss of the last epoch
+  double final_loss = 0;  // mean cross-entropy on the new data over the last epoch
   double seconds = 0;     // wall time of the whole adaptation
   int64_t memory_size = 0;
 };

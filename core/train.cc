@@ -102,12 +102,13 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
   return CallTorch([&]() -> absl::StatusOr<double> {
     const double lr = NextLr();
     model_->SetTraining(true);
+    // Returns the data term alone: a regulariser's value (the K-prior's weight term has a
+    // noise floor of about P / 2N at IVON's weight samples) would hide how well the data fit.
     auto loss_at_current_weights = [&]() {
       at::Tensor logits = MaskLogits(model_->Forward(x), label_mask);
-      at::Tensor loss = at::cross_entropy_loss(logits, y);
-      if (extra) loss = loss + extra();
-      loss.backward();
-      return loss.item<double>();
+      const at::Tensor data_loss = at::cross_entropy_loss(logits, y);
+      (extra ? data_loss + extra() : data_loss).backward();
+      return data_loss.item<double>();
     };
     double loss_sum = 0;
     if (ivon_) {

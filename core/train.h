@@ -52,7 +52,7 @@ struct TrainOptions {
 struct StepReport {
   int64_t step = 0;         // steps taken so far, this one included
   int64_t total_steps = 0;  // the schedule's length
-  double loss = 0;          // this minibatch's mean loss
+  double loss = 0;          // this minibatch's mean cross-entropy (regularisers excluded)
   double lr = 0;            // the learning rate this step used
 };
 using ProgressFn = std::function<void(const StepReport&)>;
@@ -77,12 +77,12 @@ class Trainer {
 
   // One optimizer step on a minibatch (x float32 [B, ...], y int64 [B]). `label_mask` (bool [K]
   // or per example [B, K], optional) restricts the logits to a task's head. Returns the
-  // minibatch's mean loss (with the extra term, if any).
+  // minibatch's mean cross-entropy (the data term; `extra` is trained on but not included).
   absl::StatusOr<double> Step(const at::Tensor& x, const at::Tensor& y,
                               const at::Tensor& label_mask = at::Tensor(),
                               const ExtraLossFn& extra = nullptr);
 
-  // One shuffled pass over `data` in minibatches; returns the mean training loss. A per-example
+  // One shuffled pass over `data` in minibatches; returns the mean cross-entropy. A per-example
   // `label_mask` is [N, K]. `should_stop` is polled between steps: CANCELLED when it says so.
   absl::StatusOr<double> TrainEpoch(const Dataset& data, const at::Tensor& label_mask = at::Tensor(),
                                     const ProgressFn& progress = nullptr,
