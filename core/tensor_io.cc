@@ -189,6 +189,20 @@ absl::StatusOr<int64_t> GetInt(const TensorMap& map, const std::string& name) {
   return t.item<int64_t>();
 }
 
+absl::Status FsyncParentDirectory(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    return absl::InternalError(absl::StrCat("open ", dir, ": ", std::strerror(errno)));
+  }
+  const int rc = ::fsync(dfd);
+  const int err = errno;
+  ::close(dfd);
+  if (rc != 0) return absl::InternalError(absl::StrCat("fsync ", dir, ": ", std::strerror(err)));
+  return absl::OkStatus();
+}
+
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes) {
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -212,14 +226,7 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view byte
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("rename to ", path, ": ", std::strerror(errno)));
   }
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
+  return FsyncParentDirectory(path);  // the rename itself must survive a crash
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {

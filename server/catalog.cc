@@ -114,6 +114,13 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
 
 Catalog::~Catalog() { sqlite3_close(db_); }
 
+absl::Status Catalog::CommitLocked() {
+  absl::Status s = ExecLocked("COMMIT");
+  // A failed COMMIT can leave the transaction open; later statements would join it.
+  if (!s.ok() && !sqlite3_get_autocommit(db_)) (void)ExecLocked("ROLLBACK");
+  return s;
+}
+
 absl::Status Catalog::ExecLocked(const std::string& sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
@@ -144,7 +151,7 @@ absl::Status Catalog::DeleteModel(const std::string& name) {
     (void)ExecLocked("ROLLBACK");
     return status;
   }
-  return ExecLocked("COMMIT");
+  return CommitLocked();
 }
 
 absl::StatusOr<std::vector<ModelRow>> Catalog::ListModels() {
@@ -272,7 +279,7 @@ absl::Status Catalog::Publish(const std::string& model, const VersionRow& versio
     (void)ExecLocked("ROLLBACK");
     return status;
   }
-  return ExecLocked("COMMIT");
+  return CommitLocked();
 }
 
 absl::StatusOr<std::string> Catalog::Dump() {

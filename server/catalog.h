@@ -81,6 +81,7 @@ class Catalog {
  private:
   explicit Catalog(sqlite3* db) : db_(db) {}
   absl::Status ExecLocked(const std::string& sql);
+  absl::Status CommitLocked();
   std::mutex mu_;
   sqlite3* db_;
 };

@@ -73,16 +73,6 @@ absl::StatusOr<ExampleBatchData> DecodeBatch(absl::string_view body) {
 
 absl::Status Errno(const std::string& what, const std::string& path);
 
-absl::Status FsyncParentDirectory(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return Errno("open", dir);
-  const int rc = ::fsync(dfd);
-  ::close(dfd);
-  return rc == 0 ? absl::OkStatus() : Errno("fsync", dir);
-}
-
 absl::Status Errno(const std::string& what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
 }
@@ -91,7 +81,18 @@ absl::Status Errno(const std::string& what, const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::Open(const std::string& path,
                                                              LogRecovery* recovery) {
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  return OpenFile(path, recovery, /*fresh=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::Create(const std::string& path) {
+  LogRecovery ignored;
+  return OpenFile(path, &ignored, /*fresh=*/true);
+}
+
+absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::string& path,
+                                                                 LogRecovery* recovery,
+                                                                 bool fresh) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (fresh ? O_TRUNC : 0), 0644);
   if (fd < 0) return Errno("open", path);
   auto log = std::unique_ptr<ExampleLog>(new ExampleLog(path, fd, 0));
   ADAPTD_RETURN_IF_ERROR(FsyncParentDirectory(path));  // the file's own entry is durable too
@@ -114,17 +115,23 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::Open(const std::string& 
       }
       break;
     }
+    // A record that passes its checksum was written whole: if it still does not decode, the
+    // format is not ours (or a bug wrote it); never truncate acknowledged data over that.
     const auto type = static_cast<RecordType>(payload[0]);
     if (type == kBatch) {
       auto batch = DecodeBatch(payload.substr(1));
-      if (!batch.ok()) break;
+      if (!batch.ok()) {
+        return absl::DataLossError(absl::StrCat(path, ": the batch record at byte ", pos,
+                                                " does not decode: ", batch.status().message()));
+      }
       pending.push_back(*std::move(batch));
     } else if (type == kCommit) {
       for (auto& b : pending) recovery->batches.push_back(std::move(b));
       pending.clear();
       committed_end = pos + kHeaderBytes + len;
     } else {
-      break;
+      return absl::DataLossError(absl::StrCat(path, ": the record at byte ", pos,
+                                              " has unknown type ", static_cast<int>(type)));
     }
     pos += kHeaderBytes + len;
   }

@@ -45,9 +45,12 @@ class ExampleLog {
   // Opens or creates the log at `path`, reads its committed batches into `recovery` and
   // truncates the file after the last commit record (a torn or uncommitted tail). DATA_LOSS if
   // a record fails its checksum while a valid record follows it (damage after the write, not
-  // a crash): the file is left as it is.
+  // a crash), or if a whole record does not decode: the file is left as it is.
   static absl::StatusOr<std::unique_ptr<ExampleLog>> Open(const std::string& path,
                                                           LogRecovery* recovery);
+  // An empty log at `path`: whatever a file there held (left by a model whose catalog rows are
+  // gone) is discarded.
+  static absl::StatusOr<std::unique_ptr<ExampleLog>> Create(const std::string& path);
   ~ExampleLog();
 
   ExampleLog(const ExampleLog&) = delete;
@@ -60,6 +63,8 @@ class ExampleLog {
   int64_t size_bytes() const { return size_; }
 
  private:
+  static absl::StatusOr<std::unique_ptr<ExampleLog>> OpenFile(const std::string& path,
+                                                              LogRecovery* recovery, bool fresh);
   ExampleLog(std::string path, int fd, int64_t size) : path_(std::move(path)), fd_(fd), size_(size) {}
   std::string path_;
   int fd_;

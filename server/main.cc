@@ -11,6 +11,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "core/tensor_io.h"
+#include "server/auth.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)");
@@ -26,6 +27,9 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA for client certificates (enables mTLS)");
 ABSL_FLAG(int, metrics_port, -1, "Prometheus metrics on this HTTP port; -1 off, 0 any free port");
 ABSL_FLAG(int64_t, queue_capacity, 16, "adaptation jobs queued per model");
+ABSL_FLAG(int64_t, max_stream_mb, 4096,
+          "examples one stream may hold before its end message, in MiB (streams are "
+          "all-or-nothing, so they are kept in memory until then)");
 ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across models");
 
 namespace {
@@ -53,15 +57,19 @@ int main(int argc, char** argv) {
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   options.tokens = ReadOrDie(absl::GetFlag(FLAGS_tokens_file), "tokens_file");
-  if (!absl::GetFlag(FLAGS_tokens_file).empty() && options.tokens.find_first_not_of(" \n\t") == std::string::npos) {
-    std::fprintf(stderr, "adaptd: --tokens_file names no token; refusing to run open\n");
-    return 2;
+  if (!absl::GetFlag(FLAGS_tokens_file).empty()) {
+    auto auth = adaptd::TokenAuth::Parse(options.tokens);
+    if (auth.ok() && !auth->enabled()) {
+      std::fprintf(stderr, "adaptd: --tokens_file names no token; refusing to run open\n");
+      return 2;
+    }
   }
   options.tls_cert = ReadOrDie(absl::GetFlag(FLAGS_tls_cert), "tls_cert");
   options.tls_key = ReadOrDie(absl::GetFlag(FLAGS_tls_key), "tls_key");
   options.tls_client_ca = ReadOrDie(absl::GetFlag(FLAGS_tls_client_ca), "tls_client_ca");
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
+  options.max_stream_bytes = absl::GetFlag(FLAGS_max_stream_mb) << 20;
   options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
 
   // Block the shutdown signals in every thread; one thread waits for them.

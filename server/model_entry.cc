@@ -22,10 +22,13 @@
 #include "core/torch_status.h"
 #include "server/convert.h"
 #include "server/crc32c.h"
+#include "server/fs_util.h"
 #include "server/metrics.h"
 
 namespace adaptd {
 namespace {
+
+constexpr char kInterruptedByShutdown[] = "interrupted by shutdown; resumes on restart";
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -40,53 +43,6 @@ std::string NewJobId() {
   char buf[20];
   std::snprintf(buf, sizeof(buf), "j%016llx", static_cast<unsigned long long>(rng()));
   return buf;
-}
-
-absl::Status MakeDirs(const std::string& path) {
-  std::string prefix;
-  for (size_t pos = 0; pos != std::string::npos;) {
-    pos = path.find('/', pos + 1);
-    prefix = path.substr(0, pos);
-    if (prefix.empty()) continue;
-    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      return absl::InternalError(absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status RemoveTree(const std::string& path) {
-  DIR* dir = ::opendir(path.c_str());
-  if (dir == nullptr) return errno == ENOENT ? absl::OkStatus()
-                                             : absl::InternalError(absl::StrCat(
-                                                   "opendir ", path, ": ", std::strerror(errno)));
-  std::vector<std::string> children;
-  while (dirent* e = ::readdir(dir)) {
-    const std::string n = e->d_name;
-    if (n != "." && n != "..") children.push_back(path + "/" + n);
-  }
-  ::closedir(dir);
-  for (const auto& c : children) {
-    struct stat st;
-    if (::lstat(c.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-      ADAPTD_RETURN_IF_ERROR(RemoveTree(c));
-    } else if (::unlink(c.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat("unlink ", c, ": ", std::strerror(errno)));
-    }
-  }
-  if (::rmdir(path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("rmdir ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
-}
-
-std::vector<std::string> ListDir(const std::string& path) {
-  std::vector<std::string> out;
-  if (DIR* dir = ::opendir(path.c_str())) {
-    while (dirent* e = ::readdir(dir)) out.push_back(e->d_name);
-    ::closedir(dir);
-  }
-  return out;
 }
 
 // Bytes <-> uint8 tensors, so protos ride inside tensor maps.
@@ -340,7 +296,7 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   }
   // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
   for (const std::string& f : ListDir(options.dir + "/versions")) {
-    if (f != "." && f != ".." && known.count(f) == 0) {
+    if (known.count(f) == 0) {
       ::unlink((options.dir + "/versions/" + f).c_str());
     }
   }
@@ -358,16 +314,21 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     options.metrics->SetModelVersion(row.name, e.current_->version());
     options.metrics->SetMemorySize(row.name, e.current_->info().memory_size());
   }
+  constexpr char kResumedRunning[] =
+      "interrupted by a server restart while running; resumed from the start";
   for (JobRow& j : jobs) {
     const bool interrupted = j.state == v1::JOB_STATE_QUEUED || j.state == v1::JOB_STATE_RUNNING;
+    // Started before the crash (now, or before an earlier restart): its range is fixed.
+    const bool was_running =
+        j.state == v1::JOB_STATE_RUNNING ||
+        (interrupted && (j.message == kResumedRunning || j.message == kInterruptedByShutdown));
     if (interrupted) {
-      j.message = j.state == v1::JOB_STATE_RUNNING
-                      ? "interrupted by a server restart while running; resumed from the start"
-                      : "queued before a server restart; resumed";
+      j.message = was_running ? kResumedRunning : "queued before a server restart; resumed";
       j.state = v1::JOB_STATE_QUEUED;
       ADAPTD_RETURN_IF_ERROR(options.catalog->UpdateJob(j.id, j.state, j.message, -1));
     }
     auto job = std::make_shared<Job>(j);
+    if (was_running) job->set_resumed_range();
     e.jobs_.push_back(job);
     if (interrupted) e.queue_.push_back(job);
     if (options.on_job) options.on_job(job);
@@ -582,9 +543,13 @@ absl::StatusOr<ExampleBatchData> ModelEntry::ValidateBatch(const StreamPlan& pla
     }
   }
   if (batch.has_client_ids()) {
-    ADAPTD_ASSIGN_OR_RETURN(
-        b.client_ids, LabelsFromProto(batch.client_ids(), n,
-                                      std::numeric_limits<int64_t>::max(), "batch.client_ids"));
+    const v1::Tensor& c = batch.client_ids();
+    if (c.dtype() != v1::DATA_TYPE_INT64 || c.shape_size() != 1 || c.shape(0) != n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "batch.client_ids must be int64 [", n, "] (one per example); got dtype ",
+          v1::DataType_Name(c.dtype()), " shape [", absl::StrJoin(c.shape(), ", "), "]"));
+    }
+    ADAPTD_ASSIGN_OR_RETURN(b.client_ids, TensorFromProto(c, "batch.client_ids"));
   } else {
     b.client_ids = at::full({n}, -1, at::kLong);
   }
@@ -622,14 +587,18 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
             "task ", task_id, " is no longer the next task (another stream started task ",
             next_task - 1, ")"));
       }
+    } else if (plan.new_task && it->second.classes != plan.classes) {
+      // Two first streams of one task raced; the batches were checked against other classes.
+      return absl::AbortedError(absl::StrCat(
+          "another stream started task ", task_id, " first, with classes [",
+          absl::StrJoin(it->second.classes, ", "), "]; nothing was stored"));
     }
   }
-  // New task: its catalog row and log file first (nothing is acknowledged yet).
+  // A new task gets a fresh log (a file left by a deleted model of the same name is emptied);
+  // its catalog row follows the durable append, so a failed stream leaves no task behind.
   std::unique_ptr<ExampleLog> new_log;
   if (log == nullptr) {
-    ADAPTD_RETURN_IF_ERROR(options_.catalog->UpsertTask(name_, {task_id, plan.classes}));
-    LogRecovery rec;
-    ADAPTD_ASSIGN_OR_RETURN(new_log, ExampleLog::Open(LogPath(task_id), &rec));
+    ADAPTD_ASSIGN_OR_RETURN(new_log, ExampleLog::Create(LogPath(task_id)));
     log = new_log.get();
   }
   int64_t id = first_id;
@@ -638,7 +607,8 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
     id += b.size();
   }
   if (total > 0) ADAPTD_RETURN_IF_ERROR(log->AppendCommitted(batches));
-  // Durable: now the in-memory state follows.
+  if (new_log) ADAPTD_RETURN_IF_ERROR(options_.catalog->UpsertTask(name_, {task_id, plan.classes}));
+  // Durable and visible after a restart: acknowledged from here on.
   std::lock_guard<std::mutex> lock(mu_);
   next_example_id_ = id;
   TaskExamples& te = tasks_[task_id];
@@ -656,8 +626,14 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
   if (total > 0) result.id_ranges.emplace_back(first_id, total);
   if (options_.metrics) options_.metrics->AddExamples(name_, total);
   if (adapt && plan.split == ExampleSplit::kTrain) {
-    ADAPTD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, QueueJobLocked(task_id));
-    if (job) result.job_ids.push_back(job->id());
+    auto job = QueueJobLocked(task_id);
+    if (!job.ok()) {
+      // The examples are stored; they stay pending until the task's next stream queues a job.
+      std::fprintf(stderr, "adaptd: model %s task %lld: could not queue a job: %s\n",
+                   name_.c_str(), static_cast<long long>(task_id), job.status().ToString().c_str());
+    } else if (*job) {
+      result.job_ids.push_back((*job)->id());
+    }
   }
   result.version = current_->version();
   return result;
@@ -698,6 +674,9 @@ void ModelEntry::Stop() {
   }
   cv_.notify_all();
   if (actor_.joinable()) actor_.join();
+  // A stream that passed its stopping_ check before it was set finishes its append now; any
+  // later one sees stopping_ and stores nothing.
+  std::lock_guard<std::mutex> fence(commit_mu_);
 }
 
 void ModelEntry::RunActor() {
@@ -714,7 +693,17 @@ void ModelEntry::RunActor() {
         options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
       }
     }
-    RunJob(job);
+    try {
+      RunJob(job);
+    } catch (const std::exception& e) {
+      // A job must never take the server down (and a crash loop would replay it forever).
+      const std::string message = absl::StrCat("internal error: ", e.what());
+      (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_FAILED, message, -1);
+      job->Update([&](v1::JobStatus& s) {
+        s.set_state(v1::JOB_STATE_FAILED);
+        s.set_message(message);
+      });
+    }
     std::lock_guard<std::mutex> lock(mu_);
     running_.reset();
   }
@@ -746,20 +735,36 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   std::vector<std::pair<int64_t, Dataset>> evals;  // task id, eval set
   std::map<int64_t, at::Tensor> masks;
   std::shared_ptr<const ModelVersion> base;
+  std::vector<ExampleBatchData> train_batches;
+  std::vector<std::pair<int64_t, std::vector<ExampleBatchData>>> eval_batches;
   {
+    // Only tensor handles are copied under the lock (batches are never modified); the
+    // concatenation happens outside it, so queries are not held up.
     std::lock_guard<std::mutex> lock(mu_);
     const TaskExamples& te = tasks_.at(job->task_id());
     begin = te.learned;
     end = te.train_count;
-    Dataset all = Concat(te.train, &task.ids, nullptr);
-    task.train = all.Select(at::arange(begin, end, at::kLong));
-    task.ids = task.ids.narrow(0, begin, end - begin);
+    // A job a crash interrupted while running learns exactly the range it had started on, so
+    // that its result equals the uninterrupted one even if more examples arrived since.
+    if (job->resumed_range() && job->begin() == begin && job->end() > begin &&
+        job->end() <= end) {
+      end = job->end();
+    }
+    train_batches = te.train;
     task.label_mask = LabelMaskLocked(job->task_id());
     for (const auto& [tid, t] : tasks_) {
-      if (t.eval_count > 0) evals.emplace_back(tid, Concat(t.eval, nullptr, nullptr));
+      if (t.eval_count > 0) eval_batches.emplace_back(tid, t.eval);
       masks[tid] = LabelMaskLocked(tid);
     }
     base = current_;
+  }
+  {
+    Dataset all = Concat(train_batches, &task.ids, nullptr);
+    task.train = all.Select(at::arange(begin, end, at::kLong));
+    task.ids = task.ids.narrow(0, begin, end - begin);
+    for (const auto& [tid, batches] : eval_batches) {
+      evals.emplace_back(tid, Concat(batches, nullptr, nullptr));
+    }
   }
   if (end == begin) {
     job->Update([](v1::JobStatus& s) { s.set_examples(0); });
@@ -795,11 +800,11 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   if (!result.ok()) {
     if (stopping() && !job->cancel_requested()) {
       // Shutdown: the job stays queued in the catalog and resumes on the next start.
-      (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED,
-                                        "interrupted by shutdown; resumes on restart", -1);
+      (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED, kInterruptedByShutdown,
+                                        -1);
       job->Update([&](v1::JobStatus& s) {
         s.set_state(v1::JOB_STATE_QUEUED);
-        s.set_message("interrupted by shutdown; resumes on restart");
+        s.set_message(kInterruptedByShutdown);
       });
       return;
     }
@@ -827,6 +832,13 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   absl::Status published;
   {
     std::lock_guard<std::mutex> commit_lock(commit_mu_);
+    if (Current() != base) {
+      // A rollback published a version while this job trained from the one before it.
+      return finish(v1::JOB_STATE_FAILED,
+                    absl::StrCat("version ", Current()->version(), " was published while this job "
+                                 "trained from version ", base->version(), " (a rollback); its "
+                                 "examples stay pending for the task's next stream"));
+    }
     published = Publish(std::move(info), std::move(result->state), job->id());
   }
   if (!published.ok()) return finish(v1::JOB_STATE_FAILED, published.ToString());
@@ -905,6 +917,7 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
 absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the model is being deleted");
     if (!queue_.empty() || running_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model ", name_, " has adaptation jobs queued or running; wait for them or cancel "
@@ -982,9 +995,19 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     if (!map.count(p + "y")) break;
     ADAPTD_ASSIGN_OR_RETURN(int64_t tid, GetInt(map, p + "task"));
     ADAPTD_ASSIGN_OR_RETURN(int64_t split, GetInt(map, p + "split"));
+    if (tid < 0 || (split != 0 && split != 1)) {
+      return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, ": task ", tid, ", split ",
+                                                     split, "; expected task >= 0, split 0 or 1"));
+    }
     ExampleBatchData b;
     b.split = split == 1 ? ExampleSplit::kEval : ExampleSplit::kTrain;
     ADAPTD_ASSIGN_OR_RETURN(b.y, GetTensor(map, p + "y", at::kLong));
+    if (b.y.dim() != 1 || (b.y.numel() > 0 && (b.y.min().item<int64_t>() < 0 ||
+                                               b.y.max().item<int64_t>() >= spec.num_classes))) {
+      return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, "y is ", DescribeTensor(b.y),
+                                                     "; expected 1-D labels in [0, ",
+                                                     spec.num_classes, ")"));
+    }
     ADAPTD_ASSIGN_OR_RETURN(b.x, GetTensor(map, p + "x", at::kFloat));
     ADAPTD_ASSIGN_OR_RETURN(b.ids, GetTensor(map, p + "ids", at::kLong, b.y.numel()));
     ADAPTD_ASSIGN_OR_RETURN(b.client_ids, GetTensor(map, p + "client_ids", at::kLong, b.y.numel()));
@@ -1007,6 +1030,27 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     }
     auto learned = GetInt(map, absl::StrCat("task.", tid, ".learned"));
     t.learned = learned.ok() ? *learned : 0;
+    int64_t train = 0;
+    for (const auto& b : t.train) train += b.size();
+    const bool classes_ok = std::all_of(t.classes.begin(), t.classes.end(), [&](int64_t c) {
+      return c >= 0 && c < spec.num_classes;
+    });
+    if (t.learned < 0 || t.learned > train || !classes_ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "snapshot task ", tid, ": ", t.learned, " examples learnt of ", train,
+          ", classes [", absl::StrJoin(t.classes, ", "), "] (must lie in [0, ",
+          spec.num_classes, "))"));
+    }
+  }
+  // Tasks are numbered 0, 1, ... in arrival order; so are the evaluation results.
+  if (!tasks.empty() && tasks.rbegin()->first != static_cast<int64_t>(tasks.size()) - 1) {
+    return absl::InvalidArgumentError("snapshot tasks must be numbered 0, 1, 2, ... without gaps");
+  }
+  for (const auto& a : info.eval()) {
+    if (tasks.count(a.task_id()) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "snapshot version evaluates task ", a.task_id(), ", which the snapshot lacks"));
+    }
   }
 
   auto entry = std::unique_ptr<ModelEntry>(
@@ -1021,15 +1065,27 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     (void)RemoveTree(options.dir);
     return s;
   };
+  // Exceptions too must reach the undo: CallTorch turns them into statuses.
+  absl::Status written = CallTorch(
+      [&]() -> absl::Status { return e.WriteImported(tasks, name, info, std::move(state)); });
+  if (!written.ok()) return undo(written);
+  entry->Start();
+  return entry;
+}
+
+absl::Status ModelEntry::WriteImported(std::map<int64_t, TaskExamples>& tasks,
+                                       const std::string& name, v1::VersionInfo info,
+                                       ContinualState state) {
+  ModelEntry& e = *this;
+  const ModelEntryOptions& options = options_;
   for (auto& [tid, t] : tasks) {
     absl::Status s = options.catalog->UpsertTask(name, {tid, t.classes});
-    LogRecovery rec;
-    auto log = ExampleLog::Open(e.LogPath(tid), &rec);
-    if (!s.ok() || !log.ok()) return undo(s.ok() ? log.status() : s);
+    auto log = ExampleLog::Create(e.LogPath(tid));
+    if (!s.ok() || !log.ok()) return s.ok() ? log.status() : s;
     std::vector<ExampleBatchData> all = t.train;
     all.insert(all.end(), t.eval.begin(), t.eval.end());
     s = (*log)->AppendCommitted(all);
-    if (!s.ok()) return undo(s);
+    if (!s.ok()) return s;
     t.log = *std::move(log);
     for (const auto& b : all) {
       if (b.size() > 0) e.next_example_id_ = std::max(e.next_example_id_, b.ids.max().item<int64_t>() + 1);
@@ -1040,22 +1096,22 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
       JobRow row{NewJobId(), name, tid, 0, t.learned, v1::JOB_STATE_SUCCEEDED,
                  "learnt before the export", 0, NowMs()};
       s = options.catalog->InsertJob(row);
-      if (!s.ok()) return undo(s);
+      if (!s.ok()) return s;
     }
   }
   e.tasks_ = std::move(tasks);
   info.set_job_id("");
-  absl::Status s = e.Publish(info, std::move(state), "");
-  if (!s.ok()) return undo(s);
-  entry->Start();
-  return entry;
+  return e.Publish(info, std::move(state), "");
 }
 
 absl::Status ModelEntry::Destroy() {
   Stop();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& job : queue_) {
+    // Every job that has not ended (queued, or interrupted by the stop) ends here, so that
+    // watchers see a final state.
+    for (auto& job : jobs_) {
+      if (job->terminal()) continue;
       job->Update([](v1::JobStatus& s) {
         s.set_state(v1::JOB_STATE_CANCELLED);
         s.set_message("the model was deleted");

@@ -66,6 +66,10 @@ class Job {
   // Applies `f` to the status; watchers wake at once if `urgent`, else at most every 100 ms.
   void Update(const std::function<void(v1::JobStatus&)>& f, bool urgent = true);
 
+  // Set on recovery for a job a crash interrupted while it ran: it learns [begin, end) again.
+  void set_resumed_range() { resumed_range_ = true; }
+  bool resumed_range() const { return resumed_range_; }
+
   void RequestCancel() { cancel_.store(true); }
   bool cancel_requested() const { return cancel_.load(); }
 
@@ -73,6 +77,7 @@ class Job {
   const std::string id_;
   const int64_t task_id_, begin_, end_;
   std::atomic<bool> cancel_{false};
+  bool resumed_range_ = false;
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   v1::JobStatus status_;
@@ -222,6 +227,9 @@ class ModelEntry {
   // Writes the checkpoint, commits the catalog row (and the job's success), then publishes.
   absl::Status Publish(v1::VersionInfo info, ContinualState state, const std::string& job_id);
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
+  // Import's writes: logs, task and job rows, then version 0 (the caller undoes on error).
+  absl::Status WriteImported(std::map<int64_t, TaskExamples>& tasks, const std::string& name,
+                             v1::VersionInfo info, ContinualState state);
   void Start();
   void RunActor();
   void RunJob(const std::shared_ptr<Job>& job);

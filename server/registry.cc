@@ -4,9 +4,11 @@
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "server/fs_util.h"
 #include "server/metrics.h"
 
 namespace adaptd {
@@ -26,23 +28,39 @@ bool ValidName(const std::string& name) {
 
 absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
   if (options.data_dir.empty()) return absl::InvalidArgumentError("--data_dir is required");
-  for (const std::string& d : {options.data_dir, options.data_dir + "/models"}) {
-    if (::mkdir(d.c_str(), 0755) != 0 && errno != EEXIST) {
-      return absl::InternalError(absl::StrCat("mkdir ", d, ": ", std::strerror(errno)));
-    }
-  }
+  ADAPTD_RETURN_IF_ERROR(MakeDirs(options.data_dir + "/models"));
   auto registry = std::unique_ptr<Registry>(new Registry(options));
-  ADAPTD_ASSIGN_OR_RETURN(registry->catalog_, Catalog::Open(options.data_dir + "/catalog.sqlite"));
-  ADAPTD_ASSIGN_OR_RETURN(std::vector<ModelRow> rows, registry->catalog_->ListModels());
+  Registry& r = *registry;
+  ADAPTD_ASSIGN_OR_RETURN(r.catalog_, Catalog::Open(options.data_dir + "/catalog.sqlite"));
+  ADAPTD_ASSIGN_OR_RETURN(std::vector<ModelRow> rows, r.catalog_->ListModels());
+  std::set<std::string> known;
   for (const ModelRow& row : rows) {
-    auto entry = ModelEntry::Recover(row, registry->EntryOptions(row.name));
-    if (!entry.ok()) {
-      // One damaged model must not keep the others offline; it stays on disk for inspection.
-      std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", row.name.c_str(),
-                   entry.status().ToString().c_str());
+    ADAPTD_ASSIGN_OR_RETURN(std::vector<VersionRow> versions, r.catalog_->ListVersions(row.name));
+    if (versions.empty()) {
+      // Creation (or import) never reached version 0, so it was never acknowledged.
+      std::fprintf(stderr, "adaptd: removing model %s: its creation did not complete\n",
+                   row.name.c_str());
+      ADAPTD_RETURN_IF_ERROR(r.catalog_->DeleteModel(row.name));
       continue;
     }
-    registry->models_[row.name] = *std::move(entry);
+    known.insert(row.name);
+    auto entry = ModelEntry::Recover(row, r.EntryOptions(row.name));
+    if (!entry.ok()) {
+      // One damaged model must not keep the others offline; it stays on disk for inspection
+      // until DeleteModel removes it.
+      std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", row.name.c_str(),
+                   entry.status().ToString().c_str());
+      r.failed_[row.name] = entry.status().ToString();
+      continue;
+    }
+    r.models_[row.name] = *std::move(entry);
+  }
+  // Directories without a catalog row: a deletion or creation a crash interrupted.
+  for (const std::string& dir : ListDir(options.data_dir + "/models")) {
+    if (known.count(dir) == 0) {
+      std::fprintf(stderr, "adaptd: removing models/%s: no catalog row\n", dir.c_str());
+      ADAPTD_RETURN_IF_ERROR(RemoveTree(options.data_dir + "/models/" + dir));
+    }
   }
   return registry;
 }
@@ -85,6 +103,12 @@ absl::Status Registry::CheckNewName(const std::string& name) const {
   if (models_.count(name)) {
     return absl::AlreadyExistsError(absl::StrCat("a model named \"", name, "\" exists"));
   }
+  auto failed = failed_.find(name);
+  if (failed != failed_.end()) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "a model named \"", name, "\" exists on disk but could not be loaded (", failed->second,
+        "); DeleteModel removes it"));
+  }
   return absl::OkStatus();
 }
 
@@ -118,15 +142,27 @@ absl::Status Registry::Delete(const std::string& name) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(name);
     if (it == models_.end()) {
+      if (failed_.erase(name) > 0) {  // a model that could not be loaded at start
+        ADAPTD_RETURN_IF_ERROR(catalog_->DeleteModel(name));
+        return RemoveTree(options_.data_dir + "/models/" + name);
+      }
       return absl::NotFoundError(absl::StrCat("no model named \"", name, "\""));
     }
     entry = it->second;
     models_.erase(it);
   }
-  // The catalog first: once its rows are gone the model is gone, even if a crash leaves files.
+  // Stop the actor and fence in-flight streams first, so nothing writes a row for the model
+  // after its rows are gone; then the catalog (once its rows are gone the model is gone, and a
+  // start removes any files a crash leaves), then the files.
+  entry->Stop();
   ADAPTD_RETURN_IF_ERROR(catalog_->DeleteModel(name));
   if (options_.metrics) options_.metrics->RemoveModel(name);
-  return entry->Destroy();
+  absl::Status removed = entry->Destroy();
+  if (!removed.ok()) {
+    std::fprintf(stderr, "adaptd: model %s deleted, but its files remain: %s\n", name.c_str(),
+                 removed.ToString().c_str());
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<Job>> Registry::FindJob(const std::string& id) const {

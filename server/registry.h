@@ -58,6 +58,8 @@ class Registry {
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<ModelEntry>> models_;
   std::map<std::string, std::weak_ptr<Job>> jobs_;
+  // Models in the catalog that failed to load at start, with the reason.
+  std::map<std::string, std::string> failed_;
 };
 
 }  // namespace adaptd

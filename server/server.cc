@@ -66,6 +66,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   sc.metrics = &impl->metrics;
   sc.auth = &impl->auth;
   sc.max_message_bytes = options.max_message_bytes;
+  sc.max_stream_bytes = options.max_stream_bytes;
   impl->admin = MakeAdminService(sc);
   impl->learning = MakeLearningService(sc);
   impl->query = MakeQueryService(sc);

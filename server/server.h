@@ -29,6 +29,8 @@ struct ServerOptions {
   int metrics_port = -1;
   // Adaptation jobs queued per model, and trained at once across models.
   int64_t queue_capacity = 16;
+  // Bytes of examples one stream may buffer before its end message.
+  int64_t max_stream_bytes = int64_t{4} << 30;
   int max_concurrent_jobs = 1;
 };
 

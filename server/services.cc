@@ -220,11 +220,12 @@ class LearningServiceImpl final : public v1::LearningService::Service {
       response->set_task_id(plan.header.task_id());
       const bool online = entry->adapt_every() > 0 && plan.split == ExampleSplit::kTrain;
       std::vector<ExampleBatchData> pending;
-      int64_t pending_examples = 0, batches = 0;
+      int64_t pending_examples = 0, pending_bytes = 0, batches = 0;
       auto commit = [&](bool adapt) -> absl::Status {
         ADAPTD_ASSIGN_OR_RETURN(CommitResult r, entry->Commit(plan, std::move(pending), adapt));
         pending.clear();
         pending_examples = 0;
+        pending_bytes = 0;
         for (const auto& [first, count] : r.id_ranges) {
           v1::IdRange* range = response->add_ids();
           range->set_first(first);
@@ -260,6 +261,13 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         ++batches;
         received += batch->size();
         pending_examples += batch->size();
+        pending_bytes += batch->x.numel() * static_cast<int64_t>(sizeof(float));
+        if (pending_bytes > c_.max_stream_bytes) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "the stream holds more than ", c_.max_stream_bytes >> 20,
+              " MiB of examples before its end message (the server's --max_stream_mb); send "
+              "them as several streams with keep_open; nothing was stored"));
+        }
         pending.push_back(*std::move(batch));
         if (online && pending_examples >= entry->adapt_every()) {
           ADAPTD_RETURN_IF_ERROR(commit(true));
@@ -505,7 +513,9 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       }
       auto row_of = [&](const v1::VersionInfo& v) {
         std::vector<double> row(tasks, nan);
-        for (const auto& a : v.eval()) row[a.task_id()] = a.accuracy();
+        for (const auto& a : v.eval()) {
+          if (a.task_id() >= 0 && a.task_id() < tasks) row[a.task_id()] = a.accuracy();
+        }
         return row;
       };
       for (const auto& v : versions) {

@@ -9,7 +9,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <fstream>
+
 #include "core/tensor_io.h"
+#include "server/catalog.h"
 #include "server/convert.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
@@ -222,6 +225,111 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
   ASSERT_TRUE(last.ok()) << last.status();
   EXPECT_EQ(last->state(), v1::JOB_STATE_SUCCEEDED) << last->message();
   EXPECT_EQ(last->version(), 1);
+}
+
+}  // namespace
+}  // namespace adaptd
+
+namespace adaptd {
+namespace {
+
+using namespace testing_service;  // NOLINT
+
+// Deleting a model while its job trains and re-creating the name leaves nothing of the old one.
+TEST(LifecycleTest, DeleteDuringAJobThenRecreateStartsClean) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest r = BlobModel("d", false, /*epochs=*/300);
+  r.mutable_spec()->set_hidden(0, 256);
+  ASSERT_TRUE(client->CreateModel(r).ok());
+  auto s = StreamData(*client, "d", 0, v1::SPLIT_TRAIN, {}, BlobTask(300, {0, 1}, 1));
+  ASSERT_TRUE(s.ok());
+  bool deleted = false;
+  (void)client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
+    if (!deleted && st.state() == v1::JOB_STATE_RUNNING && st.step() > 20) {
+      deleted = true;
+      EXPECT_TRUE(client->DeleteModel("d").ok());
+    }
+  });
+  ASSERT_TRUE(deleted);
+  ASSERT_TRUE(client->CreateModel(BlobModel("d", false, 1)).ok());
+  auto fresh = client->GetModel("d");
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_EQ(fresh->tasks_size(), 0);
+  EXPECT_EQ(fresh->version_count(), 1);
+  EXPECT_EQ(client->ListJobs("d")->jobs_size(), 0);
+  // And the same after a restart: no row of the old model came back.
+  (*server)->Terminate();
+  server->reset();
+  auto restarted = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto again = (*restarted)->Client()->GetModel("d");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->tasks_size(), 0);
+  EXPECT_EQ(again->version_count(), 1);
+}
+
+// A creation that a crash cut before version 0 (a model row, no version) and a directory
+// without a catalog row are cleaned up at start; the name is free again.
+TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
+  TempDir dir;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+  }
+  {
+    auto catalog = Catalog::Open(dir.path() + "/catalog.sqlite");
+    ASSERT_TRUE(catalog.ok());
+    ASSERT_TRUE((*catalog)->InsertModel({"half", "", "", 1}).ok());
+  }
+  ASSERT_EQ(std::system(("mkdir -p '" + dir.path() + "/models/stray/examples' && touch '" +
+                         dir.path() + "/models/stray/examples/0.log'").c_str()), 0);
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  EXPECT_EQ(client->ListModels()->models_size(), 0);
+  EXPECT_EQ(CatalogDump(dir.path()), "");
+  EXPECT_TRUE(DirDigest(dir.path() + "/models").empty());
+  EXPECT_TRUE(client->CreateModel(BlobModel("half", false, 1)).ok());
+}
+
+// A snapshot that claims more learnt examples than it holds is refused, changing nothing.
+TEST(LifecycleTest, ImportValidatesTheSnapshot) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", false, 1)).ok());
+  auto s = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 1));
+  ASSERT_TRUE(s.ok());
+  WaitJobs(*client, *s);
+  auto snapshot = client->Export("m");
+  ASSERT_TRUE(snapshot.ok());
+  auto map = ParseTensors(*snapshot);
+  ASSERT_TRUE(map.ok());
+  const std::string catalog_before = CatalogDump(dir.path());
+  const auto files_before = DirDigest(dir.path());
+  TensorMap bad = *map;
+  bad["task.0.learned"] = ScalarTensor(int64_t{51});
+  auto refused = client->Import("copy", SerializeTensors(bad));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("51 examples learnt of 50"), std::string::npos);
+  bad = *map;
+  bad["batch.0.y"] = at::full({50}, 7, at::kLong);
+  EXPECT_EQ(client->Import("copy", SerializeTensors(bad)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CatalogDump(dir.path()), catalog_before);
+  EXPECT_EQ(DirDigest(dir.path()), files_before);
+  EXPECT_TRUE(client->Import("copy", *snapshot).ok());
+}
+
+TEST(LifecycleTest, ATokensFileWithoutTokensIsRefused) {
+  TempDir dir;
+  const std::string tokens = dir.path() + "/tokens";
+  std::ofstream(tokens) << "# nobody yet\n\n";
+  EXPECT_FALSE(ServerProcess::Start(dir.path() + "/data", {"--tokens_file=" + tokens}).ok());
 }
 
 }  // namespace

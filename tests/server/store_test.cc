@@ -162,3 +162,39 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
 
 }  // namespace
 }  // namespace adaptd
+
+namespace adaptd {
+namespace {
+
+std::string Record(uint8_t type, const std::string& body) {
+  std::string payload(1, static_cast<char>(type));
+  payload += body;
+  std::string out;
+  for (uint32_t v : {static_cast<uint32_t>(payload.size()), Crc32c(payload)}) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+  }
+  return out + payload;
+}
+
+TEST(ExampleLogTest, AWholeRecordThatDoesNotDecodeIsDataLoss) {
+  TempDir dir;
+  const std::string path = dir.path() + "/0.log";
+  // Checksums match, so no crash wrote these: a batch body that is not a tensor map, and a
+  // record of a type this version does not know. Neither may cut the log.
+  for (const std::string& bad : {Record(1, "not a tensor map"), Record(9, "")}) {
+    const std::string bytes = bad + Record(2, "");
+    ASSERT_TRUE(WriteFileAtomically(path, bytes).ok());
+    LogRecovery rec;
+    const auto log = ExampleLog::Open(path, &rec);
+    EXPECT_EQ(log.status().code(), absl::StatusCode::kDataLoss) << log.status();
+    EXPECT_EQ(*ReadFile(path), bytes);
+  }
+  // ExampleLog::Create starts over whatever the file held.
+  auto fresh = ExampleLog::Create(path);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ((*fresh)->size_bytes(), 0);
+  EXPECT_EQ(ReadFile(path)->size(), 0u);
+}
+
+}  // namespace
+}  // namespace adaptd

@@ -1,0 +1,65 @@
+#include "server/fs_util.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "core/tensor_io.h"
+
+namespace adaptd {
+
+absl::Status MakeDirs(const std::string& path) {
+  std::string prefix;
+  for (size_t pos = 0; pos != std::string::npos;) {
+    pos = path.find('/', pos + 1);
+    prefix = path.substr(0, pos);
+    if (prefix.empty()) continue;
+    if (::mkdir(prefix.c_str(), 0755) == 0) {
+      ADAPTD_RETURN_IF_ERROR(FsyncParentDirectory(prefix));  // the new entry is durable
+    } else if (errno != EEXIST) {
+      return absl::InternalError(absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoveTree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    return errno == ENOENT ? absl::OkStatus()
+                           : absl::InternalError(absl::StrCat("stat ", path, ": ",
+                                                              std::strerror(errno)));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlink(path.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("unlink ", path, ": ", std::strerror(errno)));
+    }
+    return absl::OkStatus();
+  }
+  for (const std::string& child : ListDir(path)) {
+    ADAPTD_RETURN_IF_ERROR(RemoveTree(path + "/" + child));
+  }
+  if (::rmdir(path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("rmdir ", path, ": ", std::strerror(errno)));
+  }
+  return FsyncParentDirectory(path);
+}
+
+std::vector<std::string> ListDir(const std::string& path) {
+  std::vector<std::string> out;
+  if (DIR* dir = ::opendir(path.c_str())) {
+    while (dirent* e = ::readdir(dir)) {
+      const std::string n = e->d_name;
+      if (n != "." && n != "..") out.push_back(n);
+    }
+    ::closedir(dir);
+  }
+  return out;
+}
+
+}  // namespace adaptd
