@@ -31,6 +31,8 @@ ABSL_FLAG(int64_t, max_stream_mb, 4096,
           "examples one stream may hold before its end message, in MiB (streams are "
           "all-or-nothing, so they are kept in memory until then)");
 ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across models");
+ABSL_FLAG(int, training_nice, 10,
+          "nice value of the training threads, so that queries come first (0: same priority)");
 
 namespace {
 
@@ -71,6 +73,7 @@ int main(int argc, char** argv) {
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_stream_bytes = absl::GetFlag(FLAGS_max_stream_mb) << 20;
   options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
+  options.training_nice = absl::GetFlag(FLAGS_training_nice);
 
   // Block the shutdown signals in every thread; one thread waits for them.
   sigset_t signals;

@@ -1,6 +1,8 @@
 #include "server/model_entry.h"
 
 #include <dirent.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -680,6 +682,12 @@ void ModelEntry::Stop() {
 }
 
 void ModelEntry::RunActor() {
+  // Training runs below the query threads' priority: a query never waits for training, and on
+  // a machine with few cores it should not wait for a time slice either.
+  if (options_.training_nice > 0) {
+    (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)),
+                        options_.training_nice);
+  }
   while (true) {
     std::shared_ptr<Job> job;
     {

@@ -131,6 +131,8 @@ struct ModelEntryOptions {
   Catalog* catalog = nullptr;
   JobSlots* slots = nullptr;
   Metrics* metrics = nullptr;
+  // The actor thread's nice value (0: the server's own priority).
+  int training_nice = 10;
   // Called when a job is created (the registry indexes jobs by id).
   std::function<void(std::shared_ptr<Job>)> on_job;
 };

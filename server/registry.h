@@ -19,6 +19,7 @@ struct RegistryOptions {
   std::string data_dir;
   int64_t queue_capacity = 16;
   int max_concurrent_jobs = 1;
+  int training_nice = 10;
   Metrics* metrics = nullptr;
 };
 

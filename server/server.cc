@@ -55,6 +55,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   ro.data_dir = options.data_dir;
   ro.queue_capacity = options.queue_capacity;
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
+  ro.training_nice = options.training_nice;
   ro.metrics = &impl->metrics;
   ADAPTD_ASSIGN_OR_RETURN(impl->registry, Registry::Open(ro));
   if (options.metrics_port >= 0) {

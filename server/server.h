@@ -32,6 +32,8 @@ struct ServerOptions {
   // Bytes of examples one stream may buffer before its end message.
   int64_t max_stream_bytes = int64_t{4} << 30;
   int max_concurrent_jobs = 1;
+  // Nice value of the threads that train (queries keep the server's priority).
+  int training_nice = 10;
 };
 
 // Thread-safe.
