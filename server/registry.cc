@@ -101,7 +101,7 @@ absl::Status Registry::CheckNewName(const std::string& name) const {
     return absl::InvalidArgumentError(absl::StrCat(
         "model name must match [A-Za-z0-9_.-]{1,64}; got \"", name, "\""));
   }
-  if (models_.count(name)) {
+  if (models_.count(name) || reserved_.count(name)) {
     return absl::AlreadyExistsError(absl::StrCat("a model named \"", name, "\" exists"));
   }
   auto failed = failed_.find(name);
@@ -116,23 +116,36 @@ absl::Status Registry::CheckNewName(const std::string& name) const {
 absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Create(const std::string& name,
                                                              const v1::ModelSpec& spec,
                                                              const v1::LearningConfig& config) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ADAPTD_RETURN_IF_ERROR(CheckNewName(name));
-  // Entry options take mu_ only from the job callback, which Create does not call.
-  ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<ModelEntry> entry,
-                          ModelEntry::Create(name, spec, config, EntryOptions(name)));
-  std::shared_ptr<ModelEntry> shared = std::move(entry);
-  models_[name] = shared;
-  return shared;
+  return Add(name, [&](const ModelEntryOptions& o) {
+    return ModelEntry::Create(name, spec, config, o);
+  });
 }
 
 absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Import(const std::string& name,
                                                              const std::string& snapshot) {
+  return Add(name, [&](const ModelEntryOptions& o) {
+    return ModelEntry::Import(name, snapshot, o);
+  });
+}
+
+absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Add(
+    const std::string& name,
+    const std::function<absl::StatusOr<std::unique_ptr<ModelEntry>>(const ModelEntryOptions&)>&
+        make) {
+  // The name is reserved under the lock; the slow part (a TorchScript load, fsyncs, an
+  // import's logs) runs outside it, so other calls' lookups never wait for a creation.
+  ModelEntryOptions options;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ADAPTD_RETURN_IF_ERROR(CheckNewName(name));
+    reserved_.insert(name);
+    options = EntryOptions(name);
+  }
+  auto entry = make(options);
   std::lock_guard<std::mutex> lock(mu_);
-  ADAPTD_RETURN_IF_ERROR(CheckNewName(name));
-  ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<ModelEntry> entry,
-                          ModelEntry::Import(name, snapshot, EntryOptions(name)));
-  std::shared_ptr<ModelEntry> shared = std::move(entry);
+  reserved_.erase(name);
+  if (!entry.ok()) return entry.status();
+  std::shared_ptr<ModelEntry> shared = *std::move(entry);
   models_[name] = shared;
   return shared;
 }

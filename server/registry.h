@@ -3,7 +3,9 @@
 #ifndef ADAPTD_SERVER_REGISTRY_H_
 #define ADAPTD_SERVER_REGISTRY_H_
 
+#include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -51,6 +53,11 @@ class Registry {
  private:
   explicit Registry(const RegistryOptions& options) : options_(options), slots_(options.max_concurrent_jobs) {}
   ModelEntryOptions EntryOptions(const std::string& name);
+  // Create and Import: reserve the name, build the entry with `make`, publish it.
+  absl::StatusOr<std::shared_ptr<ModelEntry>> Add(
+      const std::string& name,
+      const std::function<absl::StatusOr<std::unique_ptr<ModelEntry>>(const ModelEntryOptions&)>&
+          make);
   absl::Status CheckNewName(const std::string& name) const;
 
   const RegistryOptions options_;
@@ -59,6 +66,8 @@ class Registry {
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<ModelEntry>> models_;
   std::map<std::string, std::weak_ptr<Job>> jobs_;
+  // Names whose creation or import is under way.
+  std::set<std::string> reserved_;
   // Models in the catalog that failed to load at start, with the reason.
   std::map<std::string, std::string> failed_;
 };
