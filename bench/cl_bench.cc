@@ -2,14 +2,13 @@
 // prints the accuracy matrix a[i][j] (after task i, on task j), average accuracy, forgetting,
 // backward transfer and adaptation time per task.
 //
-//   build/bench/cl_bench --benchmark=split-fmnist-til --method=kprior --memory=40 --seeds=3 \
-//       --json=til-kprior.json
+//   build/bench/cl_bench --benchmark=split-fmnist-til --method=kprior --memory=40 --seeds=3
+//       --json=til-kprior.json  (one command)
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -235,7 +234,7 @@ int Main() {
   for (const auto& row : table) std::printf("%s\n", row.c_str());
   std::printf("(mean ± std over %d seeds; memory/task -1 = the benchmark's default)\n", absl::GetFlag(FLAGS_seeds));
   json += "\n]\n";
-  if (!absl::GetFlag(FLAGS_json).empty()) std::ofstream(absl::GetFlag(FLAGS_json)) << json;
+  WriteJson(absl::GetFlag(FLAGS_json), json);
   return 0;
 }
 

@@ -8,7 +8,6 @@
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -117,7 +116,7 @@ int Main() {
                     r.c.ece, ", \"brier\": ", r.c.brier, ", \"train_seconds\": ", r.train_seconds, "}");
   }
   json += "\n]\n";
-  if (!absl::GetFlag(FLAGS_json).empty()) std::ofstream(absl::GetFlag(FLAGS_json)) << json;
+  WriteJson(absl::GetFlag(FLAGS_json), json);
   return 0;
 }
 
