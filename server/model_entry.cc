@@ -385,7 +385,7 @@ v1::ModelInfo ModelEntry::Info() const {
     ti->set_pending_examples(t.train_count - t.learned);
   }
   info.set_version_count(static_cast<int64_t>(versions_.size()));
-  info.set_jobs_pending(static_cast<int64_t>(queue_.size()) + (running_ ? 1 : 0));
+  info.set_jobs_pending(static_cast<int64_t>(queue_.size()) + (RunningLocked() ? 1 : 0));
   return info;
 }
 
@@ -666,6 +666,12 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
 // ---------------------------------------------------------------------------------------------
 // The actor
 
+bool ModelEntry::RunningLocked() const {
+  // The actor clears running_ only after the job has reported its end to watchers: a job that
+  // has ended no longer counts, or a client acting on that report would race the actor.
+  return running_ && !running_->terminal();
+}
+
 void ModelEntry::Start() { actor_ = std::thread([this] { RunActor(); }); }
 
 void ModelEntry::Stop() {
@@ -926,7 +932,7 @@ absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the model is being deleted");
-    if (!queue_.empty() || running_) {
+    if (!queue_.empty() || RunningLocked()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model ", name_, " has adaptation jobs queued or running; wait for them or cancel "
           "them before rolling back"));

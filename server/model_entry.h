@@ -233,6 +233,7 @@ class ModelEntry {
   absl::Status WriteImported(std::map<int64_t, TaskExamples>& tasks, const std::string& name,
                              v1::VersionInfo info, ContinualState state);
   void Start();
+  bool RunningLocked() const;  // a job is training (REQUIRES: mu_ held)
   void RunActor();
   void RunJob(const std::shared_ptr<Job>& job);
   at::Tensor LabelMaskLocked(int64_t task_id) const;
