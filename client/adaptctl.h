@@ -32,6 +32,7 @@ struct CtlOptions {
   std::string selection;
   int64_t adapt_every = 0;
   bool replay_correction = false;
+  double distill_temperature = 0;
   std::string torchscript;
   uint64_t seed = 0;
 

@@ -55,6 +55,8 @@ ABSL_FLAG(int64_t, adapt_every, Defaults().adapt_every,
           "create: online mode, adapt after every N training examples (0: when a stream closes)");
 ABSL_FLAG(bool, replay_correction, Defaults().replay_correction,
           "create: K-prior replay correction (class-incremental)");
+ABSL_FLAG(double, distill_temperature, Defaults().distill_temperature,
+          "create: K-prior distillation temperature on the memory (0: off; 2 suits class-incremental)");
 ABSL_FLAG(std::string, torchscript, Defaults().torchscript,
           "create: a module saved with torch.jit.save (sets --arch torchscript)");
 ABSL_FLAG(uint64_t, seed, Defaults().seed, "create: the model's seed; predict: the sampling seed");
@@ -112,6 +114,7 @@ adaptd::CtlOptions OptionsFromFlags() {
   o.selection = absl::GetFlag(FLAGS_selection);
   o.adapt_every = absl::GetFlag(FLAGS_adapt_every);
   o.replay_correction = absl::GetFlag(FLAGS_replay_correction);
+  o.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);
   o.torchscript = absl::GetFlag(FLAGS_torchscript);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.task = absl::GetFlag(FLAGS_task);

@@ -98,6 +98,9 @@ std::string FormatModelInfo(const v1::ModelInfo& model) {
                   OrDefault(config.selection()), ")");
   if (config.adapt_every() > 0) absl::StrAppend(&text, ", adapt every ", config.adapt_every());
   if (config.replay_correction()) absl::StrAppend(&text, ", replay correction");
+  if (config.distill_temperature() > 0) {
+    absl::StrAppend(&text, ", distillation at T = ", config.distill_temperature());
+  }
   absl::StrAppend(&text, "\nversion ", model.current().version(), " of ", model.version_count(),
                   ", memory ", model.current().memory_size(), " examples, ", model.jobs_pending(),
                   " jobs pending\n");

@@ -191,6 +191,10 @@ absl::Status AdaptConfig::Validate() const {
   if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0)) {
     return absl::InvalidArgumentError("fromp_jitter must be > 0, fromp_tau and ewc_lambda >= 0");
   }
+  if (!(distill_temperature >= 0) || !std::isfinite(distill_temperature)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "distill_temperature must be >= 0 and finite (0: off); got ", distill_temperature));
+  }
   return absl::OkStatus();
 }
 
@@ -419,6 +423,10 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
             at::Tensor f = FunctionSpaceTerm(logits, soft, Likelihood::kCategorical);
             if (config.replay_correction) {
               f = f + ReplayCorrectionTerm(logits, soft, memory.y.index_select(0, rows).to(device));
+            }
+            if (config.distill_temperature > 0) {
+              f = f + DistillationTerm(logits, memory.logits.index_select(0, rows).to(device),
+                                       config.distill_temperature);
             }
             term = term + f * (mem_weight / static_cast<double>(rows.numel()));
           }

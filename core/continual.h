@@ -52,6 +52,10 @@ struct AdaptConfig {
   double memory_weight = 1.0;
   // K-prior: also apply the replay correction (class-incremental streams).
   bool replay_correction = false;
+  // K-prior: when > 0, also distil the old model on the memory at this temperature,
+  // T^2 CE(softmax(f / T), softmax(f_old / T)) at the memory term's weight (DistillationTerm;
+  // Daxberger et al.'s functional term, T = 2 there). 0: off.
+  double distill_temperature = 0;
   // K-prior weight-space precision: the old IVON posterior's lambda (h + delta) (true), or the
   // prior precision lambda delta alone (false: the exact K-prior of the GLM identity).
   bool posterior_precision = true;

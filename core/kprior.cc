@@ -19,6 +19,12 @@ at::Tensor ReplayCorrectionTerm(const at::Tensor& logits, const at::Tensor& p_ol
   return (safe * (p_old - onehot).detach()).sum();
 }
 
+at::Tensor DistillationTerm(const at::Tensor& logits, const at::Tensor& old_logits, double temperature) {
+  const at::Tensor soft = at::softmax(old_logits / temperature, 1).detach();
+  return FunctionSpaceTerm(logits / temperature, soft, Likelihood::kCategorical) *
+         (temperature * temperature);
+}
+
 at::Tensor WeightSpaceTerm(const std::vector<at::Tensor>& parameters, const at::Tensor& anchor,
                            const at::Tensor& precision) {
   at::Tensor total = at::zeros({}, anchor.options());

@@ -31,6 +31,15 @@ at::Tensor FunctionSpaceTerm(const at::Tensor& f, const at::Tensor& target, Like
 at::Tensor ReplayCorrectionTerm(const at::Tensor& logits, const at::Tensor& p_old,
                                 const at::Tensor& labels);
 
+// Knowledge distillation at temperature T > 0 (Hinton et al.'s scaling):
+//   T^2 sum_i CE(softmax(f_i / T), softmax(f_old_i / T)),
+// whose gradient with respect to f_i is T (softmax(f_i / T) - softmax(f_old_i / T)). Softened
+// targets carry the old model's ranking of the other classes, which confident soft labels at
+// T = 1 no longer do. The deep-net K-prior uses it on the memory beside the soft-label term and
+// the replay correction (Daxberger et al., "EWC + FR + replay", T = 2). Classes at -inf in both
+// f and f_old (masked) are ignored.
+at::Tensor DistillationTerm(const at::Tensor& logits, const at::Tensor& old_logits, double temperature);
+
 // 1/2 sum_j precision_j (w_j - anchor_j)^2, where w is the model's parameters in order (e.g.
 // FlatParameters::views()) and anchor/precision are flat vectors over them (precision may have
 // one element, used for all).

@@ -121,6 +121,30 @@ TEST(KPriorTest, ReplayCorrectionGivesTrueLabelGradient) {
   EXPECT_TRUE(at::allclose(g1, g2, 1e-12, 1e-12));
 }
 
+// Distillation's gradient is T (softmax(f / T) - softmax(f_old / T)) (closed form, float64);
+// T = 1 is the soft-label term itself, and masked classes (-inf) take no part.
+TEST(KPriorTest, DistillationTermHasTheClosedFormGradient) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor raw = at::randn({5, 4}, gen, at::kDouble) * 3;
+  at::Tensor old = at::randn({5, 4}, gen, at::kDouble) * 3;
+  raw.select(1, 3).fill_(-inf);  // a masked class
+  old.select(1, 3).fill_(-inf);
+  for (double t : {1.0, 2.0, 4.5}) {
+    const at::Tensor logits = raw.clone().requires_grad_();
+    const at::Tensor term = DistillationTerm(logits, old, t);
+    ASSERT_TRUE(std::isfinite(term.item<double>())) << t;
+    const at::Tensor g = torch::autograd::grad({term}, {logits})[0];
+    const at::Tensor expected = t * (at::softmax(raw / t, 1) - at::softmax(old / t, 1));
+    EXPECT_TRUE(at::allclose(g, expected, 1e-12, 1e-12)) << "T = " << t;
+    EXPECT_EQ(g.select(1, 3).abs().sum().item<double>(), 0.0);
+    if (t == 1.0) {
+      const at::Tensor soft = FunctionSpaceTerm(raw, at::softmax(old, 1), Likelihood::kCategorical);
+      EXPECT_NEAR(term.item<double>(), soft.item<double>(), 1e-12);
+    }
+  }
+}
+
 ModelSpec SmallMlp(int64_t classes = 4) {
   ModelSpec s;
   s.architecture = Architecture::kMlp;
@@ -281,11 +305,44 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   TaskData outside{0, Blobs(50, 4, 1), *head, at::Tensor()};
   EXPECT_THAT(std::string(Adapt(*s0, outside, SmallConfig(Method::kKPrior)).status().message()),
               testing::HasSubstr("outside the task's label set"));
+  AdaptConfig cold = SmallConfig(Method::kKPrior);
+  cold.distill_temperature = -1;
+  EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, cold)
+                              .status().message()),
+              testing::HasSubstr("distill_temperature must be >= 0 and finite (0: off); got -1"));
   TaskData good{0, Blobs(100, 4, 1), at::Tensor(), at::Tensor()};
   int calls = 0;
   auto cancelled = Adapt(*s0, good, SmallConfig(Method::kKPrior), nullptr, [&] { return ++calls > 3; });
   EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(at::equal(before, s0->mean));  // the input state never changes
+}
+
+// Distilling on the memory keeps the old model's softened predictions there closer than the
+// replay-corrected term alone does (same seeds, same data).
+TEST(AdaptTest, DistillationKeepsTheMemoryCloserToTheOldModel) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.replay_correction = true;
+  c.epochs = 5;
+  auto r0 = Adapt(*s0, TaskData{0, Blobs(200, 4, 1), at::Tensor(), at::Tensor()}, c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  const Memory& m = r0->state.memory;
+  auto divergence = [&](double t) {
+    AdaptConfig d = c;
+    d.distill_temperature = t;
+    auto r1 = Adapt(r0->state, TaskData{1, Blobs(200, 4, 7), at::Tensor(), at::Tensor()}, d);
+    EXPECT_TRUE(r1.ok()) << r1.status();
+    auto model = MaterializeModel(r1->state);
+    EXPECT_TRUE(model.ok()) << model.status();
+    torch::NoGradGuard no_grad;
+    const at::Tensor now = at::log_softmax((*model)->Forward(m.x) / 2.0, 1);
+    const at::Tensor before = at::softmax(m.logits / 2.0, 1);
+    return (before * (before.log() - now)).sum(1).mean().item<double>();  // KL(old || new)
+  };
+  const double without = divergence(0);
+  const double with = divergence(2);
+  EXPECT_LT(with, without);
 }
 
 // Task-incremental heads: each task is evaluated within its own two classes.

@@ -38,6 +38,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   o.lr = 0.05;
   o.memory_points = 20;
   o.replay_correction = true;
+  o.distill_temperature = 2;
   absl::StatusOr<v1::CreateModelRequest> r = BuildCreateRequest("fm", o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->name(), "fm");
@@ -51,6 +52,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_DOUBLE_EQ(r->config().ivon().lr(), 0.05);
   EXPECT_EQ(r->config().memory_points(), 20);
   EXPECT_TRUE(r->config().replay_correction());
+  EXPECT_DOUBLE_EQ(r->config().distill_temperature(), 2);
 
   // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
   o.arch = "lenet5";
