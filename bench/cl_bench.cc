@@ -14,6 +14,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -42,6 +43,13 @@ ABSL_FLAG(int64_t, memory_batch, -1, "memory examples per step (-1: default)");
 ABSL_FLAG(int, replay_correction, -1, "K-prior replay correction: 0 or 1 (-1: the benchmark's default)");
 ABSL_FLAG(std::string, selection, "", "memory selection: lambda or random (empty: default)");
 ABSL_FLAG(std::string, weight_precision, "", "K-prior weight term: posterior or prior (empty: default)");
+ABSL_FLAG(std::string, hidden, "",
+          "MLP hidden widths, e.g. 100 or 256,256; 0: logistic regression (empty: the benchmark's "
+          "default)");
+ABSL_FLAG(double, delta, 8,
+          "digits-add: prior precision over the base task (weight decay delta / N); 8 is the "
+          "K-prior paper's 50 on USPS's 7,291 images, per example");
+ABSL_FLAG(double, distill_temperature, -1, "K-prior distillation temperature, 0: off (-1: default)");
 ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads");
 ABSL_FLAG(std::string, json, "", "write every run's matrix and summary to this file");
 
@@ -80,8 +88,8 @@ Defaults DefaultsFor(const TaskStream& s, const std::string& name, Method method
     c.epochs = 10;
     c.memory_points = 200;
     c.fromp_tau = 0.5;
-  } else {  // digits-add: logistic regression, the K-prior's exact GLM setting
-    d.spec.architecture = Architecture::kLogReg;
+  } else {  // digits-add: the K-prior paper's USPS protocol and model (its Fig. 1, MLP [100])
+    d.spec.hidden = {100};
     c.epochs = 300;
     c.batch_size = 64;
     c.memory_points = 113;
@@ -100,6 +108,9 @@ Defaults DefaultsFor(const TaskStream& s, const std::string& name, Method method
       c.selection = SelectionMethod::kRandom;
       c.posterior_precision = name == "split-fmnist-cil";
       c.memory_weight = name == "split-fmnist-cil" ? 3.0 : 5.0;
+      // CIL: distilling at T = 2 beside the corrected (replay) term: 81.87 % against 80.66 %
+      // over 3 seeds. On TIL, softened targets in place of the T = 1 term did not help.
+      if (name == "split-fmnist-cil") c.distill_temperature = 2.0;
       // Permuted: half the learning rate forgets less (82.97 % against 81.64 % on seed 0).
       if (name == "permuted-fmnist") c.ivon.lr = 0.05;
     } else if (method == Method::kFromp) {
@@ -164,6 +175,9 @@ int Main() {
       if (absl::GetFlag(FLAGS_memory_weight) > -2) c.memory_weight = absl::GetFlag(FLAGS_memory_weight);
       if (absl::GetFlag(FLAGS_fromp_tau) >= 0) c.fromp_tau = absl::GetFlag(FLAGS_fromp_tau);
       c.ewc_lambda = absl::GetFlag(FLAGS_ewc_lambda);
+      if (absl::GetFlag(FLAGS_distill_temperature) >= 0) {
+        c.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);
+      }
       if (absl::GetFlag(FLAGS_memory_batch) > 0) c.memory_batch_size = absl::GetFlag(FLAGS_memory_batch);
       if (absl::GetFlag(FLAGS_replay_correction) >= 0) c.replay_correction = absl::GetFlag(FLAGS_replay_correction) == 1;
       if (!absl::GetFlag(FLAGS_selection).empty()) {
@@ -172,7 +186,21 @@ int Main() {
       if (!absl::GetFlag(FLAGS_weight_precision).empty()) {
         c.posterior_precision = absl::GetFlag(FLAGS_weight_precision) == "posterior";
       }
-      if (name == "digits-add") c.ivon.weight_decay = 50.0 / stream->tasks[0].train.size();
+      if (name == "digits-add") c.ivon.weight_decay = absl::GetFlag(FLAGS_delta) / stream->tasks[0].train.size();
+      if (absl::GetFlag(FLAGS_hidden) == "0") {
+        d.spec.architecture = Architecture::kLogReg;
+        d.spec.hidden.clear();
+      } else if (!absl::GetFlag(FLAGS_hidden).empty()) {
+        d.spec.architecture = Architecture::kMlp;
+        d.spec.hidden.clear();
+        for (absl::string_view w : absl::StrSplit(absl::GetFlag(FLAGS_hidden), ',')) {
+          int64_t width = 0;
+          if (!absl::SimpleAtoi(w, &width) || width <= 0) {
+            Die("--hidden", absl::InvalidArgumentError(absl::StrCat("expected positive widths, got ", w)));
+          }
+          d.spec.hidden.push_back(width);
+        }
+      }
       ContinualState state = OrDie(InitialState(d.spec, seed), "initial state");
       RunResult run;
       for (size_t i = 0; i < stream->tasks.size(); ++i) {

@@ -39,6 +39,10 @@ ABSL_FLAG(std::string, eval_epochs, "25,50,100,200", "epochs after which to rank
 ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads");
 ABSL_FLAG(uint64_t, seed, 0, "seed for initialisation, shuffling, sampling and the flips");
 ABSL_FLAG(std::string, json, "", "also write the results to this file");
+ABSL_FLAG(int64_t, batch_size, 256, "minibatch size");
+ABSL_FLAG(double, ess_factor, 1.0,
+          "IVON's effective sample size as a multiple of the subset's size (> 1: a colder "
+          "posterior, less weight noise)");
 
 namespace adaptd::bench {
 namespace {
@@ -74,15 +78,17 @@ int MislabelMain() {
     int64_t v = 0;
     if (absl::SimpleAtoi(e, &v) && v >= 1 && v <= epochs) eval.push_back(v);
   }
-  const TrainOptions o = MpeIvonOptions(n, seed);
+  TrainOptions o = MpeIvonOptions(n, seed);
+  o.ivon.ess *= absl::GetFlag(FLAGS_ess_factor);
+  o.batch_size = absl::GetFlag(FLAGS_batch_size);
   auto model = OrDie(BuildModel(LeNet5Spec(10), seed), "building LeNet-5");
   const int64_t steps = epochs * ((n + o.batch_size - 1) / o.batch_size);
   auto trainer = OrDie(Trainer::Create(model.get(), o, steps), "creating the trainer");
   const Posterior& posterior = trainer->ivon()->posterior();
-  std::printf("IVON LeNet-5 on %lld Fashion-MNIST examples with %lld labels flipped (%.1f%%), %lld epochs, %d threads\n",
+  std::printf("IVON LeNet-5 on %lld Fashion-MNIST examples with %lld labels flipped (%.1f%%), %lld epochs, ess %.0f, %d threads\n",
               static_cast<long long>(n), static_cast<long long>(count),
               100.0 * static_cast<double>(count) / static_cast<double>(n),
-              static_cast<long long>(epochs), at::get_num_threads());
+              static_cast<long long>(epochs), o.ivon.ess, at::get_num_threads());
   std::printf("\n| epoch | train acc (noisy labels) | flipped fitted | test acc | sensitivity: top 5%% holds | sensitivity AUROC | logit-space: top 5%% | AUROC | MC residuals: top 5%% | AUROC | loss: top 5%% | AUROC |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::string json = "[";
