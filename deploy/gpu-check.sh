@@ -7,7 +7,8 @@
 # zlib's headers then come from Debian's .deb files placed in .gpu/debs beforehand:
 #   mkdir -p .gpu/debs && (cd .gpu/debs && apt-get download libabsl-dev libabsl20220623 \
 #     libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian zlib1g-dev)
-# They are unpacked under .gpu/root, never into /.
+# They are unpacked under .gpu/root, never into /. Fashion-MNIST's four files may be carried in
+# .gpu/fashion-mnist too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-build-gpu/out}"
@@ -36,6 +37,12 @@ if [ -d .gpu/debs ]; then
   prefix="$torch_prefix;$root/usr"
   cmake_extra+=(-DZLIB_INCLUDE_DIR="$root/usr/include" -DZLIB_LIBRARY="$libdir/libz.so")
   export LD_LIBRARY_PATH="$libdir:${LD_LIBRARY_PATH:-}"
+fi
+
+# Fashion-MNIST for the tests that need it, when carried in .gpu/fashion-mnist (the GPU machine
+# has no Debian dataset package).
+if [ -d .gpu/fashion-mnist ] && [ ! -e /usr/share/datasets/fashion-mnist ]; then
+  mkdir -p /usr/share/datasets && cp -r .gpu/fashion-mnist /usr/share/datasets/fashion-mnist
 fi
 
 step "configure and build (core, core_tests, step_speed)"
