@@ -144,6 +144,13 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
   });
 }
 
+absl::Status Trainer::Diverged(const std::string& what, double lr) const {
+  return absl::AbortedError(absl::StrCat(
+      "training diverged: ", what, " at step ", steps_, " of ", total_steps_,
+      " (learning rate ", lr, "); nothing was kept. Lower the learning rate, raise the initial "
+      "Hessian (hess_init) or set a clip radius"));
+}
+
 absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor& label_mask,
                                            const ProgressFn& progress, const ExtraLossFn& extra,
                                            const std::function<bool()>& should_stop) {
@@ -152,21 +159,27 @@ absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor
   const at::Tensor order = at::randperm(n, shuffle_gen_, at::TensorOptions().dtype(at::kLong));
   const at::Device device = flat_.params().device();
   double loss_sum = 0;
+  double lr = 0;
   int64_t batches = 0;
   for (int64_t start = 0; start < n; start += options_.batch_size) {
     if (should_stop && should_stop()) {
       return absl::CancelledError(absl::StrCat("training cancelled after ", steps_, " steps"));
     }
     const at::Tensor idx = order.narrow(0, start, std::min(options_.batch_size, n - start));
-    const double lr = NextLr();
+    lr = NextLr();
     const at::Tensor mask = (label_mask.defined() && label_mask.dim() == 2)
                                 ? label_mask.index_select(0, idx).to(device)
                                 : label_mask;
     ADAPTD_ASSIGN_OR_RETURN(double loss, Step(data.x.index_select(0, idx).to(device),
                                               data.y.index_select(0, idx).to(device), mask, extra));
+    if (!std::isfinite(loss)) return Diverged(absl::StrCat("the loss became ", loss), lr);
     loss_sum += loss;
     ++batches;
     if (progress) progress(StepReport{steps_, total_steps_, loss, lr});
+  }
+  // The last step's update is not seen by any loss of this epoch.
+  if (!flat_.params().isfinite().all().item<bool>()) {
+    return Diverged("the weights are no longer finite", lr);
   }
   return loss_sum / static_cast<double>(batches);
 }

@@ -84,6 +84,8 @@ class Trainer {
 
   // One shuffled pass over `data` in minibatches; returns the mean cross-entropy. A per-example
   // `label_mask` is [N, K]. `should_stop` is polled between steps: CANCELLED when it says so.
+  // ABORTED, naming the step, when training diverges (a minibatch loss that is not finite, or
+  // weights that are not at the epoch's end): the weights are then garbage and must be dropped.
   absl::StatusOr<double> TrainEpoch(const Dataset& data, const at::Tensor& label_mask = at::Tensor(),
                                     const ProgressFn& progress = nullptr,
                                     const ExtraLossFn& extra = nullptr,
@@ -110,6 +112,7 @@ class Trainer {
 
  private:
   Trainer(Model* model, const TrainOptions& options, int64_t total_steps, FlatParameters flat);
+  absl::Status Diverged(const std::string& what, double lr) const;
 
   Model* model_;  // Not owned.
   TrainOptions options_;

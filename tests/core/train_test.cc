@@ -77,6 +77,29 @@ TEST(TrainTest, SaveLoadContinueIsBitIdentical) {
   }
 }
 
+// A learning rate far too large makes IVON diverge: TrainEpoch says so (ABORTED, with the step
+// and the advice) instead of returning a NaN loss, and so does Adapt.
+TEST(TrainTest, DivergenceIsAnErrorNamingTheStep) {
+  const Dataset data = Blobs(200, 2);
+  auto model = BuildModel(MlpSpec(), 1);
+  TrainOptions o = IvonOptionsFor(200);
+  o.ivon.lr = 1e30;
+  o.ivon.hess_init = 1e-8;
+  auto t = Trainer::Create(model->get(), o, 10 * 7);
+  ASSERT_TRUE(t.ok());
+  absl::Status status;
+  for (int e = 0; e < 10 && status.ok(); ++e) status = (*t)->TrainEpoch(data).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kAborted) << status;
+  EXPECT_THAT(std::string(status.message()), testing::HasSubstr("training diverged: "));
+  EXPECT_THAT(std::string(status.message()), testing::HasSubstr("Lower the learning rate"));
+  EXPECT_THAT(std::string(status.message()), testing::ContainsRegex("at step [0-9]+ of 70"));
+
+  // A sane rate on the same data trains without complaint.
+  auto model2 = BuildModel(MlpSpec(), 1);
+  auto sane = Trainer::Create(model2->get(), IvonOptionsFor(200), 10 * 7);
+  for (int e = 0; e < 10; ++e) ASSERT_TRUE((*sane)->TrainEpoch(data).ok());
+}
+
 TEST(TrainTest, LoadRejectsAnotherOptimizersCheckpoint) {
   const Dataset data = Blobs(64, 2);
   auto model = BuildModel(MlpSpec(), 1);

@@ -1,6 +1,7 @@
 // Every RPC of the real server, through the real C++ client.
 #include <httplib.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -244,6 +245,36 @@ TEST(ServiceTest, OnlineModeAndKeepOpen) {
   ASSERT_TRUE(last.ok());
   EXPECT_EQ(last->examples(), 100);  // both streams' examples, learnt together
   EXPECT_EQ(client->GetModel("open")->tasks(0).pending_examples(), 0);
+}
+
+// A job whose training diverges fails with the reason and publishes nothing: the model keeps
+// answering from its last good version, and the examples stay pending.
+TEST(ServiceTest, ADivergingJobFailsAndPublishesNothing) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest wild = BlobModel("wild", false, 5);
+  wild.mutable_config()->mutable_ivon()->set_lr(1e30);
+  wild.mutable_config()->mutable_ivon()->set_hess_init(1e-8);
+  ASSERT_TRUE(client->CreateModel(wild).ok());
+  auto s = StreamData(*client, "wild", 0, v1::SPLIT_TRAIN, {}, BlobTask(200, {0, 1, 2, 3}, 1));
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(s->job_ids_size(), 1);
+  auto last = client->WatchJob(s->job_ids(0));
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(last->message(), testing::HasSubstr("training diverged"));
+  auto versions = client->ListVersions("wild");
+  ASSERT_TRUE(versions.ok());
+  EXPECT_EQ(versions->versions_size(), 1);  // version 0 only
+  EXPECT_EQ(client->GetModel("wild")->tasks(0).pending_examples(), 200);
+  auto p = client->Predict(PredictOn("wild", BlobTask(5, {0, 1}, 9).x, v1::PREDICT_MODE_MEAN));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->version(), 0);
+  const at::Tensor probs = Floats(p->probs());
+  EXPECT_TRUE(probs.isfinite().all().item<bool>());
+  EXPECT_TRUE(at::allclose(probs.sum(1), at::ones({5}), 1e-5, 1e-5));
 }
 
 // Health, reflection and metrics, as an operator's tools see them.
