@@ -147,8 +147,8 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
 absl::Status Trainer::Diverged(const std::string& what, double lr) const {
   return absl::AbortedError(absl::StrCat(
       "training diverged: ", what, " at step ", steps_, " of ", total_steps_,
-      " (learning rate ", lr, "); nothing was kept. Lower the learning rate, raise the initial "
-      "Hessian (hess_init) or set a clip radius"));
+      " (learning rate ", lr, "). Lower the learning rate, raise the initial Hessian "
+      "(hess_init) or set a clip radius"));
 }
 
 absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor& label_mask,
