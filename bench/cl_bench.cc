@@ -33,6 +33,9 @@ ABSL_FLAG(int, seeds, 3, "seeds 0..S-1");
 ABSL_FLAG(int64_t, epochs, -1, "epochs per task (-1: the benchmark's default)");
 ABSL_FLAG(int, tasks, 10, "permuted-fmnist: number of tasks");
 ABSL_FLAG(double, lr, -1, "IVON learning rate (-1: default)");
+ABSL_FLAG(double, new_input_weight, -1,
+          "K-prior: weight of the function term on the new task's inputs, 0: off (-1: default)");
+ABSL_FLAG(int, first_seed, 0, "run seeds first_seed .. first_seed + seeds - 1 (tune on one range, report another)");
 ABSL_FLAG(double, beta2, -1, "IVON beta2 (-1: default)");
 ABSL_FLAG(double, h0, -1, "IVON initial Hessian (-1: default)");
 ABSL_FLAG(double, clip, -1, "IVON element-wise clip radius of the update (-1: default)");
@@ -100,6 +103,10 @@ Defaults DefaultsFor(const TaskStream& s, const std::string& name, Method method
     c.ivon.hess_init = 1.0;
     c.ivon.beta2 = 0.999;
     c.memory_batch_size = 128;
+    // The replay correction: the memory's soft-label gradients become true-label ones, which
+    // also fixes the base model's own errors on the memory. Chosen on seeds 10-19 (10 %: 96.63
+    // against 96.07 without it, joint 96.11); the reported seeds are 0-9.
+    c.replay_correction = true;
   }
   if (name != "digits-add") {
     if (method == Method::kKPrior) {
@@ -111,6 +118,13 @@ Defaults DefaultsFor(const TaskStream& s, const std::string& name, Method method
       // CIL: distilling at T = 2 beside the corrected (replay) term: 81.87 % against 80.66 %
       // over 3 seeds. On TIL, softened targets in place of the T = 1 term did not help.
       if (name == "split-fmnist-cil") c.distill_temperature = 2.0;
+      // TIL: the function term also on the new task's inputs, through the past heads, with
+      // IVON's update clipped at 0.1. Chosen on seeds 10-12 (98.89 against 98.41 for the plain
+      // K-prior; weights 1, 2, 3 all gave 98.88-98.89); the reported seeds are 0-2.
+      if (name == "split-fmnist-til") {
+        c.new_input_weight = 1.0;
+        c.ivon.clip_radius = 0.1;
+      }
       // Permuted: half the learning rate forgets less (82.97 % against 81.64 % on seed 0).
       if (name == "permuted-fmnist") c.ivon.lr = 0.05;
     } else if (method == Method::kFromp) {
@@ -155,7 +169,8 @@ int Main() {
     const Method method = OrDie(ParseMethod(mname), "--method");
     std::vector<double> averages, forgets, bwts;
     std::vector<std::vector<double>> times;
-    for (int seed = 0; seed < absl::GetFlag(FLAGS_seeds); ++seed) {
+    const int first_seed = absl::GetFlag(FLAGS_first_seed);
+    for (int seed = first_seed; seed < first_seed + absl::GetFlag(FLAGS_seeds); ++seed) {
       // digits-add draws its train/test split from the seed too.
       if (name == "digits-add") stream = OrDie(DigitsAdd(kSklearnDataDir, seed), "digits");
       Defaults d = DefaultsFor(*stream, name, method);
@@ -178,6 +193,7 @@ int Main() {
       if (absl::GetFlag(FLAGS_distill_temperature) >= 0) {
         c.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);
       }
+      if (absl::GetFlag(FLAGS_new_input_weight) >= 0) c.new_input_weight = absl::GetFlag(FLAGS_new_input_weight);
       if (absl::GetFlag(FLAGS_memory_batch) > 0) c.memory_batch_size = absl::GetFlag(FLAGS_memory_batch);
       if (absl::GetFlag(FLAGS_replay_correction) >= 0) c.replay_correction = absl::GetFlag(FLAGS_replay_correction) == 1;
       if (!absl::GetFlag(FLAGS_selection).empty()) {

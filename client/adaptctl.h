@@ -33,6 +33,7 @@ struct CtlOptions {
   int64_t adapt_every = 0;
   bool replay_correction = false;
   double distill_temperature = 0;
+  double new_input_weight = 0;
   std::string torchscript;
   uint64_t seed = 0;
 

@@ -57,6 +57,9 @@ ABSL_FLAG(bool, replay_correction, Defaults().replay_correction,
           "create: K-prior replay correction (class-incremental)");
 ABSL_FLAG(double, distill_temperature, Defaults().distill_temperature,
           "create: K-prior distillation temperature on the memory (0: off; 2 suits class-incremental)");
+ABSL_FLAG(double, new_input_weight, Defaults().new_input_weight,
+          "create: K-prior function term on the new task's inputs, through the past heads or "
+          "old classes (0: off; 1 suits multi-head)");
 ABSL_FLAG(std::string, torchscript, Defaults().torchscript,
           "create: a module saved with torch.jit.save (sets --arch torchscript)");
 ABSL_FLAG(uint64_t, seed, Defaults().seed, "create: the model's seed; predict: the sampling seed");
@@ -115,6 +118,7 @@ adaptd::CtlOptions OptionsFromFlags() {
   o.adapt_every = absl::GetFlag(FLAGS_adapt_every);
   o.replay_correction = absl::GetFlag(FLAGS_replay_correction);
   o.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);
+  o.new_input_weight = absl::GetFlag(FLAGS_new_input_weight);
   o.torchscript = absl::GetFlag(FLAGS_torchscript);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.task = absl::GetFlag(FLAGS_task);

@@ -49,6 +49,40 @@ struct FrompBlock {
   at::Tensor m_old;  // [M_s] old probabilities of class k
 };
 
+// The label sets the old model was taught that the new task leaves alone: the past tasks' heads
+// (multi-head) or the old classes (single head: the memory's labels), each less the new task's
+// classes. A set of fewer than two classes constrains nothing and is dropped. Bool [G, K];
+// undefined when none is left (e.g. every past class reappears, as in a permuted stream).
+at::Tensor UntouchedLabelSets(const ContinualState& state, const TaskData& task, int64_t k) {
+  const at::Tensor taught = task.label_mask.defined()
+                                ? task.label_mask.clone()
+                                : at::zeros({k}, at::kBool).index_fill_(0, task.train.y, true);
+  std::vector<at::Tensor> sets;
+  if (state.task_masks.defined()) {
+    for (int64_t t = 0; t < state.task_masks.size(0); ++t) {
+      if (t != task.task_id) sets.push_back(state.task_masks[t]);
+    }
+  } else if (state.memory.size() > 0) {
+    sets.push_back(at::zeros({k}, at::kBool).index_fill_(0, state.memory.y, true));
+  }
+  std::vector<at::Tensor> kept;
+  for (const at::Tensor& set : sets) {
+    const at::Tensor left = set.logical_and(taught.logical_not());
+    if (left.sum().item<int64_t>() >= 2) kept.push_back(left);
+  }
+  return kept.empty() ? at::Tensor() : at::stack(kept);
+}
+
+// The model's logits on every row of `x`, in chunks, without gradients.
+at::Tensor BatchedLogits(Model& model, const at::Tensor& x) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> parts;
+  for (int64_t s = 0; s < x.size(0); s += 1024) {
+    parts.push_back(Logits(model, x.narrow(0, s, std::min<int64_t>(1024, x.size(0) - s)), at::Tensor()));
+  }
+  return at::cat(parts);
+}
+
 absl::StatusOr<std::vector<FrompBlock>> BuildFrompBlocks(Model& model, FlatParameters& flat,
                                                          const Memory& memory,
                                                          const at::Tensor& task_masks,
@@ -194,6 +228,10 @@ absl::Status AdaptConfig::Validate() const {
   if (!(distill_temperature >= 0) || !std::isfinite(distill_temperature)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "distill_temperature must be >= 0 and finite (0: off); got ", distill_temperature));
+  }
+  if (!(new_input_weight >= 0) || !std::isfinite(new_input_weight)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("new_input_weight must be >= 0 and finite (0: off); got ", new_input_weight));
   }
   return absl::OkStatus();
 }
@@ -397,6 +435,17 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
                                                              sigma2, config.fromp_jitter));
     }
     const at::Tensor anchor = state.mean.to(device);
+    // The new-input term: the old model's logits on the new task's inputs, kept on the label sets
+    // the new task leaves alone.
+    at::Tensor label_sets, old_new_logits;
+    if (config.method == Method::kKPrior && !first && config.new_input_weight > 0) {
+      label_sets = UntouchedLabelSets(state, task, k);
+      if (label_sets.defined()) {
+        old_new_logits = BatchedLogits(*model, train.x);
+        label_sets = label_sets.to(device);
+      }
+    }
+    at::Generator new_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6e6577ULL);
     const double mem_weight = config.memory_weight < 0
                                   ? static_cast<double>(memory.size()) / static_cast<double>(n)
                                   : config.memory_weight;
@@ -429,6 +478,14 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
                                        config.distill_temperature);
             }
             term = term + f * (mem_weight / static_cast<double>(rows.numel()));
+          }
+          if (label_sets.defined()) {
+            const int64_t b = std::min(config.memory_batch_size, n);
+            const at::Tensor rows =
+                at::randperm(n, new_gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b);
+            const at::Tensor logits = Logits(*model, train.x.index_select(0, rows), at::Tensor());
+            const at::Tensor old = old_new_logits.index_select(0, rows.to(device));
+            term = term + LabelSetTerm(logits, old, label_sets) * (config.new_input_weight / static_cast<double>(b));
           }
           return term;
         };

@@ -56,6 +56,11 @@ struct AdaptConfig {
   // T^2 CE(softmax(f / T), softmax(f_old / T)) at the memory term's weight (DistillationTerm;
   // Daxberger et al.'s functional term, T = 2 there). 0: off.
   double distill_temperature = 0;
+  // K-prior: weight of the function term on the new task's own inputs (LabelSetTerm on a
+  // minibatch of memory_batch_size of them, per example): the old model's outputs there are kept
+  // on the label sets the new task leaves alone (past heads; on a single head, the old classes
+  // that the task does not teach), as in learning without forgetting. 0: off.
+  double new_input_weight = 0;
   // K-prior weight-space precision: the old IVON posterior's lambda (h + delta) (true), or the
   // prior precision lambda delta alone (false: the exact K-prior of the GLM identity).
   bool posterior_precision = true;

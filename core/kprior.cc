@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "core/model.h"
+
 namespace adaptd {
 
 at::Tensor FunctionSpaceTerm(const at::Tensor& f, const at::Tensor& target, Likelihood likelihood) {
@@ -23,6 +25,15 @@ at::Tensor DistillationTerm(const at::Tensor& logits, const at::Tensor& old_logi
   const at::Tensor soft = at::softmax(old_logits / temperature, 1).detach();
   return FunctionSpaceTerm(logits / temperature, soft, Likelihood::kCategorical) *
          (temperature * temperature);
+}
+
+at::Tensor LabelSetTerm(const at::Tensor& logits, const at::Tensor& old_logits, const at::Tensor& groups) {
+  const int64_t b = logits.size(0), g = groups.size(0);
+  // Row i * G + j: example i restricted to group j.
+  const at::Tensor masks = groups.to(logits.device()).repeat({b, 1});
+  const at::Tensor f = MaskLogits(logits.repeat_interleave(g, 0), masks);
+  const at::Tensor f_old = MaskLogits(old_logits.repeat_interleave(g, 0), masks);
+  return DistillationTerm(f, f_old, 1.0);
 }
 
 at::Tensor WeightSpaceTerm(const std::vector<at::Tensor>& parameters, const at::Tensor& anchor,

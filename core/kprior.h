@@ -40,6 +40,16 @@ at::Tensor ReplayCorrectionTerm(const at::Tensor& logits, const at::Tensor& p_ol
 // f and f_old (masked) are ignored.
 at::Tensor DistillationTerm(const at::Tensor& logits, const at::Tensor& old_logits, double temperature);
 
+// The function term on inputs that are not in the memory, for the label sets the old model was
+// taught (groups [G, K], bool; each row one label set: a past task's head, or the old classes of a
+// single head):
+//   sum_i sum_g CE(softmax_g(f_i), softmax_g(f_old_i)),
+// where softmax_g restricts the softmax to group g. Its gradient with respect to f_i is
+// sum_g (softmax_g(f_i) - softmax_g(f_old_i)) on each group's classes. On the new task's inputs
+// this keeps how the old model ranks its own classes there (learning without forgetting, Li &
+// Hoiem 2016) without constraining the classes the new task teaches.
+at::Tensor LabelSetTerm(const at::Tensor& logits, const at::Tensor& old_logits, const at::Tensor& groups);
+
 // 1/2 sum_j precision_j (w_j - anchor_j)^2, where w is the model's parameters in order (e.g.
 // FlatParameters::views()) and anchor/precision are flat vectors over them (precision may have
 // one element, used for all).

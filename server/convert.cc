@@ -144,6 +144,7 @@ absl::StatusOr<AdaptConfig> ConfigFromProto(const v1::LearningConfig& c) {
   a.memory_weight = c.memory_weight();
   a.replay_correction = c.replay_correction();
   a.distill_temperature = c.distill_temperature();
+  a.new_input_weight = c.new_input_weight();
   a.fromp_tau = c.fromp_tau();
   a.ewc_lambda = c.ewc_lambda();
   a.seed = c.seed();

@@ -145,6 +145,42 @@ TEST(KPriorTest, DistillationTermHasTheClosedFormGradient) {
   }
 }
 
+// Per example, the gradient is the sum over the label sets of the restricted softmax
+// differences; classes outside every set get none, and a shift of the old logits that is constant
+// within each set changes nothing.
+TEST(KPriorTest, LabelSetTermHasTheClosedFormGradient) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const at::Tensor raw = at::randn({6, 7}, gen, at::kDouble) * 3;
+  const at::Tensor old = at::randn({6, 7}, gen, at::kDouble) * 3;
+  // Two label sets, {0, 1, 2} and {3, 4}; classes 5 and 6 belong to neither.
+  const at::Tensor groups = at::zeros({2, 7}, at::kBool);
+  groups[0].narrow(0, 0, 3).fill_(true);
+  groups[1].narrow(0, 3, 2).fill_(true);
+  const at::Tensor logits = raw.clone().requires_grad_();
+  const at::Tensor term = LabelSetTerm(logits, old, groups);
+  const at::Tensor g = torch::autograd::grad({term}, {logits})[0];
+  at::Tensor expected = at::zeros_like(raw);
+  double value = 0;
+  for (int64_t j = 0; j < 2; ++j) {
+    const at::Tensor idx = groups[j].nonzero().squeeze(1);
+    const at::Tensor p = at::softmax(raw.index_select(1, idx), 1);
+    const at::Tensor q = at::softmax(old.index_select(1, idx), 1);
+    expected.index_add_(1, idx, p - q);
+    value += -(q * p.log()).sum().item<double>();
+  }
+  EXPECT_TRUE(at::allclose(g, expected, 1e-12, 1e-12));
+  EXPECT_NEAR(term.item<double>(), value, 1e-10);
+  EXPECT_EQ(g.narrow(1, 5, 2).abs().sum().item<double>(), 0.0);
+  // Old logits shifted by a constant per set (and anything outside the sets): same gradient.
+  at::Tensor shifted = old.clone();
+  shifted.narrow(1, 0, 3).add_(1.5);
+  shifted.narrow(1, 3, 2).sub_(4.0);
+  shifted.narrow(1, 5, 2).add_(100.0);
+  const at::Tensor logits2 = raw.clone().requires_grad_();
+  const at::Tensor g2 = torch::autograd::grad({LabelSetTerm(logits2, shifted, groups)}, {logits2})[0];
+  EXPECT_TRUE(at::allclose(g2, expected, 1e-12, 1e-12));
+}
+
 ModelSpec SmallMlp(int64_t classes = 4) {
   ModelSpec s;
   s.architecture = Architecture::kMlp;
@@ -310,6 +346,11 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, cold)
                               .status().message()),
               testing::HasSubstr("distill_temperature must be >= 0 and finite (0: off); got -1"));
+  AdaptConfig heavy = SmallConfig(Method::kKPrior);
+  heavy.new_input_weight = std::nan("");
+  EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, heavy)
+                              .status().message()),
+              testing::HasSubstr("new_input_weight must be >= 0 and finite (0: off); got nan"));
   TaskData good{0, Blobs(100, 4, 1), at::Tensor(), at::Tensor()};
   int calls = 0;
   auto cancelled = Adapt(*s0, good, SmallConfig(Method::kKPrior), nullptr, [&] { return ++calls > 3; });
@@ -345,16 +386,86 @@ TEST(AdaptTest, DistillationKeepsTheMemoryCloserToTheOldModel) {
   EXPECT_LT(with, without);
 }
 
-// Task-incremental heads: each task is evaluated within its own two classes.
-TEST(AdaptTest, MultiHeadTasksTrainWithinTheirHeads) {
-  auto s0 = InitialState(SmallMlp(), 1);
-  const Dataset all = Blobs(400, 4, 3);
+// Two task-incremental tasks on `all`'s four classes: {0, 1} and {2, 3}, each with its head.
+std::vector<TaskData> TwoHeadTasks(const Dataset& all) {
   std::vector<TaskData> tasks;
   for (int t = 0; t < 2; ++t) {
     auto mask = MakeLabelMask({2 * t, 2 * t + 1}, 4);
     const at::Tensor keep = all.y.eq(2 * t).logical_or(all.y.eq(2 * t + 1));
     tasks.push_back(TaskData{t, all.Select(keep.nonzero().squeeze(1)), *mask, at::Tensor()});
   }
+  return tasks;
+}
+
+// The new-input term keeps the first head's predictions on the second task's inputs closer to the
+// old model's than the plain K-prior does (same seeds, same data).
+TEST(AdaptTest, NewInputTermKeepsThePastHeadsOnNewInputs) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  const std::vector<TaskData> tasks = TwoHeadTasks(Blobs(600, 4, 3));
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.epochs = 5;
+  c.memory_points = 4;
+  auto r0 = Adapt(*s0, tasks[0], c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  auto old_model = MaterializeModel(r0->state);
+  ASSERT_TRUE(old_model.ok());
+  const at::Tensor head0 = tasks[0].label_mask;
+  const at::Tensor cols = head0.nonzero().squeeze(1);
+  const at::Tensor before =
+      at::softmax((*old_model)->Forward(tasks[1].train.x).index_select(1, cols), 1).detach();
+  auto divergence = [&](double weight) {
+    AdaptConfig d = c;
+    d.new_input_weight = weight;
+    auto r1 = Adapt(r0->state, tasks[1], d);
+    EXPECT_TRUE(r1.ok()) << r1.status();
+    auto model = MaterializeModel(r1->state);
+    EXPECT_TRUE(model.ok()) << model.status();
+    torch::NoGradGuard no_grad;
+    const at::Tensor now = at::log_softmax((*model)->Forward(tasks[1].train.x).index_select(1, cols), 1);
+    return (before * (before.log() - now)).sum(1).mean().item<double>();  // KL(old || new)
+  };
+  const double with = divergence(2.0), without = divergence(0.0);
+  EXPECT_LT(with, 0.5 * without);
+}
+
+// On a single head whose new task teaches every old class again (as a permuted stream does),
+// no label set is left alone: the term is inert and training is bit-identical to leaving it off.
+TEST(AdaptTest, NewInputTermIsInertWhenTheTaskTeachesEveryOldClass) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.epochs = 2;
+  auto r0 = Adapt(*s0, TaskData{0, Blobs(200, 4, 1), at::Tensor(), at::Tensor()}, c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  const TaskData next{1, Blobs(200, 4, 9), at::Tensor(), at::Tensor()};
+  auto off = Adapt(r0->state, next, c);
+  c.new_input_weight = 3.0;
+  auto on = Adapt(r0->state, next, c);
+  ASSERT_TRUE(off.ok() && on.ok());
+  EXPECT_TRUE(at::equal(off->state.mean, on->state.mean));
+  // With new classes only, the old ones form a label set and the term changes the result.
+  const Dataset fresh = Blobs(400, 4, 11);
+  const at::Tensor keep = fresh.y.ge(2);
+  AdaptConfig d = SmallConfig(Method::kKPrior);
+  d.epochs = 2;
+  const Dataset low = Blobs(400, 4, 12);
+  const TaskData first{0, low.Select(low.y.lt(2).nonzero().squeeze(1)), at::Tensor(), at::Tensor()};
+  auto base = Adapt(*s0, first, d);
+  ASSERT_TRUE(base.ok()) << base.status();
+  const TaskData high{1, fresh.Select(keep.nonzero().squeeze(1)), at::Tensor(), at::Tensor()};
+  auto plain = Adapt(base->state, high, d);
+  d.new_input_weight = 3.0;
+  auto with = Adapt(base->state, high, d);
+  ASSERT_TRUE(plain.ok() && with.ok());
+  EXPECT_FALSE(at::equal(plain->state.mean, with->state.mean));
+}
+
+// Task-incremental heads: each task is evaluated within its own two classes.
+TEST(AdaptTest, MultiHeadTasksTrainWithinTheirHeads) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  const Dataset all = Blobs(400, 4, 3);
+  const std::vector<TaskData> tasks = TwoHeadTasks(all);
   AdaptConfig c = SmallConfig(Method::kKPrior);
   c.epochs = 5;
   auto r0 = Adapt(*s0, tasks[0], c);

@@ -39,6 +39,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   o.memory_points = 20;
   o.replay_correction = true;
   o.distill_temperature = 2;
+  o.new_input_weight = 1.5;
   absl::StatusOr<v1::CreateModelRequest> r = BuildCreateRequest("fm", o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->name(), "fm");
@@ -53,6 +54,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_EQ(r->config().memory_points(), 20);
   EXPECT_TRUE(r->config().replay_correction());
   EXPECT_DOUBLE_EQ(r->config().distill_temperature(), 2);
+  EXPECT_DOUBLE_EQ(r->config().new_input_weight(), 1.5);
 
   // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
   o.arch = "lenet5";
