@@ -34,6 +34,7 @@ struct CtlOptions {
   bool replay_correction = false;
   double distill_temperature = 0;
   double new_input_weight = 0;
+  double curvature_weight = 0;
   std::string torchscript;
   uint64_t seed = 0;
 

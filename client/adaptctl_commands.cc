@@ -307,7 +307,7 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"create", "NAME", 1, 1,
        "create a model (--arch --input_shape --classes --hidden; --method --head --epochs "
        "--batch_size --lr --memory_points --selection --adapt_every --replay_correction "
-       "--distill_temperature --new_input_weight --torchscript --seed)",
+       "--distill_temperature --new_input_weight --curvature_weight --torchscript --seed)",
        Create},
       {"list", "", 0, 0, "list the models", List},
       {"get", "NAME", 1, 1, "a model's spec, configuration, version and tasks", Get},
@@ -428,6 +428,7 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   config.set_replay_correction(options.replay_correction);
   config.set_distill_temperature(options.distill_temperature);
   config.set_new_input_weight(options.new_input_weight);
+  config.set_curvature_weight(options.curvature_weight);
   config.set_seed(options.seed);
   return request;
 }

@@ -60,6 +60,9 @@ ABSL_FLAG(double, distill_temperature, Defaults().distill_temperature,
 ABSL_FLAG(double, new_input_weight, Defaults().new_input_weight,
           "create: K-prior function term on the new task's inputs, through the past heads or "
           "old classes (0: off; 1 suits multi-head)");
+ABSL_FLAG(double, curvature_weight, Defaults().curvature_weight,
+          "create: K-prior logit-curvature term on the past tasks' weights (0: off; 3000 suits "
+          "multi-head)");
 ABSL_FLAG(std::string, torchscript, Defaults().torchscript,
           "create: a module saved with torch.jit.save (sets --arch torchscript)");
 ABSL_FLAG(uint64_t, seed, Defaults().seed, "create: the model's seed; predict: the sampling seed");
@@ -119,6 +122,7 @@ adaptd::CtlOptions OptionsFromFlags() {
   o.replay_correction = absl::GetFlag(FLAGS_replay_correction);
   o.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);
   o.new_input_weight = absl::GetFlag(FLAGS_new_input_weight);
+  o.curvature_weight = absl::GetFlag(FLAGS_curvature_weight);
   o.torchscript = absl::GetFlag(FLAGS_torchscript);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.task = absl::GetFlag(FLAGS_task);

@@ -104,6 +104,9 @@ std::string FormatModelInfo(const v1::ModelInfo& model) {
   if (config.new_input_weight() > 0) {
     absl::StrAppend(&text, ", new-input term weight ", config.new_input_weight());
   }
+  if (config.curvature_weight() > 0) {
+    absl::StrAppend(&text, ", logit-curvature weight ", config.curvature_weight());
+  }
   absl::StrAppend(&text, "\nversion ", model.current().version(), " of ", model.version_count(),
                   ", memory ", model.current().memory_size(), " examples, ", model.jobs_pending(),
                   " jobs pending\n");

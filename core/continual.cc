@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/flat_params.h"
+#include "core/jacobian.h"
 #include "core/kprior.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
@@ -71,6 +72,33 @@ at::Tensor UntouchedLabelSets(const ContinualState& state, const TaskData& task,
     if (left.sum().item<int64_t>() >= 2) kept.push_back(left);
   }
   return kept.empty() ? at::Tensor() : at::stack(kept);
+}
+
+// sum_i sum_k diag(J_ik^T J_ik) over the task's examples (a random `points` of them when there
+// are more, scaled up to all), with k over the task's head (all classes on a single head) and
+// J_ik = d f_k(x_i) / d theta at the model's current weights: the Gauss-Newton diagonal of
+// 1/2 sum_i ||f(x_i; theta) - f(x_i; theta_old)||^2, flat [P] on the CPU.
+absl::StatusOr<at::Tensor> LogitCurvature(Model& model, const Dataset& data, const at::Tensor& classes_mask,
+                                          int64_t points, uint64_t seed) {
+  ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<LogitJacobian> jacobian, LogitJacobian::Create(model));
+  const at::Device device = model.Parameters()[0].device();
+  const int64_t n = data.size();
+  at::Tensor x = data.x;
+  if (points < n) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ 0x637576ULL);
+    x = x.index_select(0, at::randperm(n, gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, points));
+  }
+  const at::Tensor classes = classes_mask.nonzero().squeeze(1).to(device);
+  at::Tensor sum;
+  // [B, K, P] per chunk: a few examples at a time bound the memory.
+  constexpr int64_t kChunk = 4;
+  for (int64_t s = 0; s < x.size(0); s += kChunk) {
+    ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output out,
+                            jacobian->Jacobian(x.narrow(0, s, std::min(kChunk, x.size(0) - s)).to(device)));
+    const at::Tensor part = out.value.index_select(1, classes).square().sum(at::IntArrayRef{0, 1});
+    sum = sum.defined() ? sum + part : part;
+  }
+  return (sum * (static_cast<double>(n) / static_cast<double>(x.size(0)))).cpu();
 }
 
 // The model's logits on every row of `x`, in chunks, without gradients.
@@ -229,6 +257,11 @@ absl::Status AdaptConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "distill_temperature must be >= 0 and finite (0: off); got ", distill_temperature));
   }
+  if (!(curvature_weight >= 0) || !std::isfinite(curvature_weight) || curvature_points < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "curvature_weight must be >= 0 and finite (0: off) and curvature_points >= 1; got ",
+        curvature_weight, " and ", curvature_points));
+  }
   if (!(new_input_weight >= 0) || !std::isfinite(new_input_weight)) {
     return absl::InvalidArgumentError(
         absl::StrCat("new_input_weight must be >= 0 and finite (0: off); got ", new_input_weight));
@@ -251,6 +284,7 @@ void ContinualState::AppendTo(TensorMap& out) const {
   if (hess.defined()) out["state.hess"] = hess;
   if (task_masks.defined()) out["state.task_masks"] = task_masks;
   if (fisher.defined()) out["state.fisher"] = fisher;
+  if (curvature.defined()) out["state.curvature"] = curvature;
   out["state.ess"] = ScalarTensor(ess);
   out["state.delta"] = ScalarTensor(delta);
   out["state.prior_delta"] = ScalarTensor(prior_delta);
@@ -276,6 +310,9 @@ absl::StatusOr<ContinualState> ContinualState::FromTensors(const TensorMap& in,
   }
   if (in.count("state.fisher")) {
     ADAPTD_ASSIGN_OR_RETURN(s.fisher, GetTensor(in, "state.fisher", at::kFloat, p));
+  }
+  if (in.count("state.curvature")) {
+    ADAPTD_ASSIGN_OR_RETURN(s.curvature, GetTensor(in, "state.curvature", at::kFloat, p));
   }
   if (in.count("state.task_masks")) {
     ADAPTD_ASSIGN_OR_RETURN(s.task_masks, GetTensor(in, "state.task_masks", at::kBool));
@@ -445,6 +482,11 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         label_sets = label_sets.to(device);
       }
     }
+    // The logit-curvature precision of the past tasks, in total units.
+    const at::Tensor curvature = config.method == Method::kKPrior && config.curvature_weight > 0 &&
+                                         state.curvature.defined()
+                                     ? (state.curvature * config.curvature_weight).to(device)
+                                     : at::Tensor();
     at::Generator new_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6e6577ULL);
     const double mem_weight = config.memory_weight < 0
                                   ? static_cast<double>(memory.size()) / static_cast<double>(n)
@@ -464,6 +506,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         extra = [&]() {
           at::Tensor term = WeightSpaceTerm(flat.views(), anchor, weight_precision.to(device)) /
                             static_cast<double>(n);
+          if (curvature.defined()) term = term + WeightSpaceTerm(flat.views(), anchor, curvature) / static_cast<double>(n);
           if (memory.size() > 0) {
             const at::Tensor rows = memory_batch();
             const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
@@ -558,6 +601,17 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     } else if (config.method == Method::kEwc) {
       const at::Tensor f = EmpiricalFisher(*model, flat, data, task.label_mask, config.batch_size).cpu();
       next.fisher = state.fisher.defined() ? state.fisher + f : f;
+    }
+    if (config.method == Method::kKPrior && config.curvature_weight > 0) {
+      // The logits to hold: the task's head, or on a single head every class taught so far.
+      at::Tensor classes = task.label_mask;
+      if (!classes.defined()) {
+        classes = at::zeros({k}, at::kBool).index_fill_(0, data.y, true);
+        if (state.memory.size() > 0) classes.index_fill_(0, state.memory.y, true);
+      }
+      ADAPTD_ASSIGN_OR_RETURN(at::Tensor c, LogitCurvature(*model, data, classes,
+                                                           config.curvature_points, to.seed));
+      next.curvature = state.curvature.defined() ? state.curvature + c : c;
     }
     next.tasks_seen = state.tasks_seen + 1;
 

@@ -61,6 +61,13 @@ struct AdaptConfig {
   // on the label sets the new task leaves alone (past heads; on a single head, the old classes
   // that the task does not teach), as in learning without forgetting. 0: off.
   double new_input_weight = 0;
+  // K-prior: weight c of the logit-curvature term 1/2 (w - w_old)^T diag(c G) (w - w_old), where
+  // G = sum over past tasks of sum_i J_i^T J_i (J_i the logits' Jacobian on the task's head, at
+  // the end of that task, from curvature_points of its examples). It is the Gauss-Newton
+  // (Laplace) approximation, in weight space, of keeping every past input's logits: the part of
+  // the past that a small memory does not cover. 0: off.
+  double curvature_weight = 0;
+  int64_t curvature_points = 1000;
   // K-prior weight-space precision: the old IVON posterior's lambda (h + delta) (true), or the
   // prior precision lambda delta alone (false: the exact K-prior of the GLM identity).
   bool posterior_precision = true;
@@ -94,6 +101,7 @@ struct ContinualState {
   Memory memory;          // memorable examples (K-prior, FROMP) or the replay buffer
   at::Tensor task_masks;  // bool [T, K]: row t = task t's head; undefined for single head
   at::Tensor fisher;      // EWC: summed empirical Fisher of past tasks (flat)
+  at::Tensor curvature;   // K-prior: summed logit Gauss-Newton diagonal of past tasks (flat)
   Memory seen;            // joint retraining only: every example so far
   int64_t stream_seen = 0;  // replay: examples the reservoir has seen
   int64_t tasks_seen = 0;

@@ -118,6 +118,7 @@ absl::StatusOr<v1::LearningConfig> NormalizeConfig(const v1::LearningConfig& in)
   if (c.head_mode() == v1::HEAD_MODE_UNSPECIFIED) c.set_head_mode(v1::HEAD_MODE_SINGLE);
   c.set_fromp_tau(Or(c.fromp_tau(), 1.0));
   c.set_ewc_lambda(Or(c.ewc_lambda(), 1.0));
+  c.set_curvature_points(Or<int64_t>(c.curvature_points(), AdaptConfig().curvature_points));
   if (c.adapt_every() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("config.adapt_every must be >= 0; got ", c.adapt_every()));
@@ -145,6 +146,9 @@ absl::StatusOr<AdaptConfig> ConfigFromProto(const v1::LearningConfig& c) {
   a.replay_correction = c.replay_correction();
   a.distill_temperature = c.distill_temperature();
   a.new_input_weight = c.new_input_weight();
+  a.curvature_weight = c.curvature_weight();
+  // Models stored before the field existed have 0: the default.
+  if (c.curvature_points() > 0) a.curvature_points = c.curvature_points();
   a.fromp_tau = c.fromp_tau();
   a.ewc_lambda = c.ewc_lambda();
   a.seed = c.seed();

@@ -346,6 +346,11 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, cold)
                               .status().message()),
               testing::HasSubstr("distill_temperature must be >= 0 and finite (0: off); got -1"));
+  AdaptConfig curved = SmallConfig(Method::kKPrior);
+  curved.curvature_points = 0;
+  EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, curved)
+                              .status().message()),
+              testing::HasSubstr("curvature_points >= 1; got 0 and 0"));
   AdaptConfig heavy = SmallConfig(Method::kKPrior);
   heavy.new_input_weight = std::nan("");
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, heavy)
@@ -459,6 +464,92 @@ TEST(AdaptTest, NewInputTermIsInertWhenTheTaskTeachesEveryOldClass) {
   auto with = Adapt(base->state, high, d);
   ASSERT_TRUE(plain.ok() && with.ok());
   EXPECT_FALSE(at::equal(plain->state.mean, with->state.mean));
+}
+
+// For logistic regression f_k(x) = W_k x + b_k, d f_k / d W_kj = x_j and d f_k / d b_k = 1, so
+// the logit curvature sum_i diag(J_i^T J_i) on a head is sum_i x_ij^2 on the head's rows of W, n on
+// its biases and 0 elsewhere. A subsample is scaled up to the task's size. The state carries the
+// sum over tasks and survives a round trip through its tensors.
+TEST(AdaptTest, LogitCurvatureHasTheClosedFormOnLogisticRegression) {
+  ModelSpec spec = SmallMlp();
+  spec.architecture = Architecture::kLogReg;
+  spec.hidden.clear();
+  auto s0 = InitialState(spec, 1);
+  ASSERT_TRUE(s0.ok());
+  const std::vector<TaskData> tasks = TwoHeadTasks(Blobs(300, 4, 5));
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.curvature_weight = 1.0;
+  c.curvature_points = 1 << 20;  // every example: the exact sum
+  auto r0 = Adapt(*s0, tasks[0], c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  auto r1 = Adapt(r0->state, tasks[1], c);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  auto expected = [&](int t) {
+    const at::Tensor x = tasks[t].train.x.to(at::kDouble);
+    at::Tensor w = at::zeros({4, 6}, at::kDouble), b = at::zeros({4}, at::kDouble);
+    for (int64_t k : {2 * t, 2 * t + 1}) {
+      w[k].copy_(x.square().sum(0));
+      b[k].fill_(static_cast<double>(x.size(0)));
+    }
+    return at::cat({w.reshape({-1}), b});
+  };
+  const at::Tensor after0 = r0->state.curvature.to(at::kDouble);
+  const at::Tensor after1 = r1->state.curvature.to(at::kDouble);
+  EXPECT_TRUE(at::allclose(after0, expected(0), 1e-5, 1e-4));
+  EXPECT_TRUE(at::allclose(after1, expected(0) + expected(1), 1e-5, 1e-4));
+  TensorMap saved;
+  r1->state.AppendTo(saved);
+  auto loaded = ContinualState::FromTensors(saved, spec);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(at::equal(loaded->curvature, r1->state.curvature));
+  // 40 of the 150 examples: an unbiased estimate, equal in total on the bias entries.
+  c.curvature_points = 40;
+  auto sub = Adapt(*s0, tasks[0], c);
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  const int64_t n = tasks[0].train.size();
+  EXPECT_NEAR(sub->state.curvature[24].item<double>(), static_cast<double>(n), 1e-3);
+  EXPECT_NEAR(sub->state.curvature.narrow(0, 0, 24).sum().item<double>(),
+              expected(0).narrow(0, 0, 24).sum().item<double>(),
+              0.3 * expected(0).narrow(0, 0, 24).sum().item<double>());
+}
+
+// A strong curvature term holds the first head's predictions almost where they were while the
+// second task is learnt; without it they move.
+TEST(AdaptTest, LogitCurvatureTermHoldsThePastHeads) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  const std::vector<TaskData> tasks = TwoHeadTasks(Blobs(600, 4, 3));
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.epochs = 5;
+  c.memory_points = 4;
+  c.curvature_weight = 1.0;
+  c.curvature_points = 200;
+  auto r0 = Adapt(*s0, tasks[0], c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  auto old_model = MaterializeModel(r0->state);
+  ASSERT_TRUE(old_model.ok());
+  const at::Tensor cols = tasks[0].label_mask.nonzero().squeeze(1);
+  const at::Tensor before = (*old_model)->Forward(tasks[0].train.x).index_select(1, cols).detach();
+  auto drift = [&](double weight) {
+    AdaptConfig d = c;
+    d.curvature_weight = weight;
+    auto r1 = Adapt(r0->state, tasks[1], d);
+    EXPECT_TRUE(r1.ok()) << r1.status();
+    auto model = MaterializeModel(r1->state);
+    EXPECT_TRUE(model.ok()) << model.status();
+    torch::NoGradGuard no_grad;
+    const at::Tensor now = (*model)->Forward(tasks[0].train.x).index_select(1, cols);
+    return (now - before).square().mean().item<double>();
+  };
+  const double without = drift(0.0), with = drift(1.0);
+  EXPECT_LT(with, 0.25 * without);
+  // The new task is still learnt.
+  AdaptConfig d = c;
+  auto r1 = Adapt(r0->state, tasks[1], d);
+  ASSERT_TRUE(r1.ok());
+  auto acc = EvaluateAccuracy(r1->state, tasks[1].train, tasks[1].label_mask);
+  ASSERT_TRUE(acc.ok());
+  EXPECT_GT(*acc, 0.9);
 }
 
 // Task-incremental heads: each task is evaluated within its own two classes.

@@ -40,6 +40,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   o.replay_correction = true;
   o.distill_temperature = 2;
   o.new_input_weight = 1.5;
+  o.curvature_weight = 300;
   absl::StatusOr<v1::CreateModelRequest> r = BuildCreateRequest("fm", o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->name(), "fm");
@@ -55,6 +56,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_TRUE(r->config().replay_correction());
   EXPECT_DOUBLE_EQ(r->config().distill_temperature(), 2);
   EXPECT_DOUBLE_EQ(r->config().new_input_weight(), 1.5);
+  EXPECT_DOUBLE_EQ(r->config().curvature_weight(), 300);
 
   // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
   o.arch = "lenet5";
