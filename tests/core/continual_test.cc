@@ -402,32 +402,48 @@ std::vector<TaskData> TwoHeadTasks(const Dataset& all) {
   return tasks;
 }
 
+// Two heads on 600 blobs under a K-prior with 4 memorable points per task, after the first task.
+struct FirstHeadLearnt {
+  std::vector<TaskData> tasks = TwoHeadTasks(Blobs(600, 4, 3));
+  AdaptConfig config = SmallConfig(Method::kKPrior);
+  ContinualState state;
+
+  explicit FirstHeadLearnt(const std::function<void(AdaptConfig&)>& tweak = nullptr) {
+    config.epochs = 5;
+    config.memory_points = 4;
+    if (tweak) tweak(config);
+    auto s0 = InitialState(SmallMlp(), 1);
+    EXPECT_TRUE(s0.ok());
+    auto r0 = Adapt(*s0, tasks[0], config);
+    EXPECT_TRUE(r0.ok()) << r0.status();
+    state = r0->state;
+  }
+  // The first head's logits on `x` under `s`.
+  at::Tensor Head0(const ContinualState& s, const at::Tensor& x) const {
+    auto model = MaterializeModel(s);
+    EXPECT_TRUE(model.ok()) << model.status();
+    torch::NoGradGuard no_grad;
+    return (*model)->Forward(x).index_select(1, tasks[0].label_mask.nonzero().squeeze(1));
+  }
+  // The second task learnt from `state` with `config` changed by `tweak`.
+  ContinualState Second(const std::function<void(AdaptConfig&)>& tweak) const {
+    AdaptConfig d = config;
+    tweak(d);
+    auto r1 = Adapt(state, tasks[1], d);
+    EXPECT_TRUE(r1.ok()) << r1.status();
+    return r1->state;
+  }
+};
+
 // The new-input term keeps the first head's predictions on the second task's inputs closer to the
 // old model's than the plain K-prior does (same seeds, same data).
 TEST(AdaptTest, NewInputTermKeepsThePastHeadsOnNewInputs) {
-  auto s0 = InitialState(SmallMlp(), 1);
-  ASSERT_TRUE(s0.ok());
-  const std::vector<TaskData> tasks = TwoHeadTasks(Blobs(600, 4, 3));
-  AdaptConfig c = SmallConfig(Method::kKPrior);
-  c.epochs = 5;
-  c.memory_points = 4;
-  auto r0 = Adapt(*s0, tasks[0], c);
-  ASSERT_TRUE(r0.ok()) << r0.status();
-  auto old_model = MaterializeModel(r0->state);
-  ASSERT_TRUE(old_model.ok());
-  const at::Tensor head0 = tasks[0].label_mask;
-  const at::Tensor cols = head0.nonzero().squeeze(1);
-  const at::Tensor before =
-      at::softmax((*old_model)->Forward(tasks[1].train.x).index_select(1, cols), 1).detach();
+  const FirstHeadLearnt run;
+  const at::Tensor x = run.tasks[1].train.x;
+  const at::Tensor before = at::softmax(run.Head0(run.state, x), 1);
   auto divergence = [&](double weight) {
-    AdaptConfig d = c;
-    d.new_input_weight = weight;
-    auto r1 = Adapt(r0->state, tasks[1], d);
-    EXPECT_TRUE(r1.ok()) << r1.status();
-    auto model = MaterializeModel(r1->state);
-    EXPECT_TRUE(model.ok()) << model.status();
-    torch::NoGradGuard no_grad;
-    const at::Tensor now = at::log_softmax((*model)->Forward(tasks[1].train.x).index_select(1, cols), 1);
+    const at::Tensor now =
+        at::log_softmax(run.Head0(run.Second([&](AdaptConfig& d) { d.new_input_weight = weight; }), x), 1);
     return (before * (before.log() - now)).sum(1).mean().item<double>();  // KL(old || new)
   };
   const double with = divergence(2.0), without = divergence(0.0);
@@ -513,41 +529,23 @@ TEST(AdaptTest, LogitCurvatureHasTheClosedFormOnLogisticRegression) {
               0.3 * expected(0).narrow(0, 0, 24).sum().item<double>());
 }
 
-// A strong curvature term holds the first head's predictions almost where they were while the
-// second task is learnt; without it they move.
+// A strong curvature term holds the first head's logits on its own inputs almost where they were
+// while the second task is learnt; without it they move. The second task is still learnt.
 TEST(AdaptTest, LogitCurvatureTermHoldsThePastHeads) {
-  auto s0 = InitialState(SmallMlp(), 1);
-  ASSERT_TRUE(s0.ok());
-  const std::vector<TaskData> tasks = TwoHeadTasks(Blobs(600, 4, 3));
-  AdaptConfig c = SmallConfig(Method::kKPrior);
-  c.epochs = 5;
-  c.memory_points = 4;
-  c.curvature_weight = 1.0;
-  c.curvature_points = 200;
-  auto r0 = Adapt(*s0, tasks[0], c);
-  ASSERT_TRUE(r0.ok()) << r0.status();
-  auto old_model = MaterializeModel(r0->state);
-  ASSERT_TRUE(old_model.ok());
-  const at::Tensor cols = tasks[0].label_mask.nonzero().squeeze(1);
-  const at::Tensor before = (*old_model)->Forward(tasks[0].train.x).index_select(1, cols).detach();
+  const FirstHeadLearnt run([](AdaptConfig& c) {
+    c.curvature_weight = 1.0;
+    c.curvature_points = 200;
+  });
+  const at::Tensor x = run.tasks[0].train.x;
+  const at::Tensor before = run.Head0(run.state, x);
+  ContinualState held;
   auto drift = [&](double weight) {
-    AdaptConfig d = c;
-    d.curvature_weight = weight;
-    auto r1 = Adapt(r0->state, tasks[1], d);
-    EXPECT_TRUE(r1.ok()) << r1.status();
-    auto model = MaterializeModel(r1->state);
-    EXPECT_TRUE(model.ok()) << model.status();
-    torch::NoGradGuard no_grad;
-    const at::Tensor now = (*model)->Forward(tasks[0].train.x).index_select(1, cols);
-    return (now - before).square().mean().item<double>();
+    held = run.Second([&](AdaptConfig& d) { d.curvature_weight = weight; });
+    return (run.Head0(held, x) - before).square().mean().item<double>();
   };
   const double without = drift(0.0), with = drift(1.0);
   EXPECT_LT(with, 0.25 * without);
-  // The new task is still learnt.
-  AdaptConfig d = c;
-  auto r1 = Adapt(r0->state, tasks[1], d);
-  ASSERT_TRUE(r1.ok());
-  auto acc = EvaluateAccuracy(r1->state, tasks[1].train, tasks[1].label_mask);
+  auto acc = EvaluateAccuracy(held, run.tasks[1].train, run.tasks[1].label_mask);
   ASSERT_TRUE(acc.ok());
   EXPECT_GT(*acc, 0.9);
 }
