@@ -78,25 +78,24 @@ at::Tensor UntouchedLabelSets(const ContinualState& state, const TaskData& task,
 // are more, scaled up to all), with k over the task's head (all classes on a single head) and
 // J_ik = d f_k(x_i) / d theta at the model's current weights: the Gauss-Newton diagonal of
 // 1/2 sum_i ||f(x_i; theta) - f(x_i; theta_old)||^2, flat [P] on the CPU.
-absl::StatusOr<at::Tensor> LogitCurvature(Model& model, const Dataset& data, const at::Tensor& classes_mask,
-                                          int64_t points, uint64_t seed) {
+absl::StatusOr<at::Tensor> LogitCurvature(Model& model, const Dataset& data,
+                                          const at::Tensor& classes_mask, int64_t points,
+                                          uint64_t seed) {
   ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<LogitJacobian> jacobian, LogitJacobian::Create(model));
-  const at::Device device = model.Parameters()[0].device();
   const int64_t n = data.size();
   at::Tensor x = data.x;
   if (points < n) {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ 0x637576ULL);
     x = x.index_select(0, at::randperm(n, gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, points));
   }
-  const at::Tensor classes = classes_mask.nonzero().squeeze(1).to(device);
+  const at::Tensor classes = classes_mask.nonzero().squeeze(1);
   at::Tensor sum;
-  // [B, K, P] per chunk: a few examples at a time bound the memory.
-  constexpr int64_t kChunk = 4;
-  for (int64_t s = 0; s < x.size(0); s += kChunk) {
-    ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output out,
-                            jacobian->Jacobian(x.narrow(0, s, std::min(kChunk, x.size(0) - s)).to(device)));
-    const at::Tensor part = out.value.index_select(1, classes).square().sum(at::IntArrayRef{0, 1});
-    sum = sum.defined() ? sum + part : part;
+  // Built-in models never hold J; TorchScript ones hold [B, K, P] per chunk.
+  const int64_t chunk = jacobian->backend() == LogitJacobian::Backend::kLayers ? 256 : 4;
+  for (int64_t s = 0; s < x.size(0); s += chunk) {
+    const at::Tensor part = x.narrow(0, s, std::min(chunk, x.size(0) - s));
+    ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output out, jacobian->SquaredSum(part, classes));
+    sum = sum.defined() ? sum + out.value : out.value;
   }
   return (sum * (static_cast<double>(n) / static_cast<double>(x.size(0)))).cpu();
 }

@@ -68,6 +68,7 @@ class LayerJacobian final : public LogitJacobian {
   Output SigmaGramImpl(const at::Tensor& x, const Covariance& sigma, bool full) override;
   Output JvpImpl(const at::Tensor& x, const at::Tensor& u) override;
   Output JacobianImpl(const at::Tensor& x) override;
+  Output SquaredSumImpl(const at::Tensor& x, const at::Tensor& classes) override;
 
  private:
   // What the backward sweep needs of each layer's forward pass.
@@ -332,6 +333,37 @@ LogitJacobian::Output LayerJacobian::JacobianImpl(const at::Tensor& x) {
   return {logits, j};
 }
 
+LogitJacobian::Output LayerJacobian::SquaredSumImpl(const at::Tensor& x, const at::Tensor& classes) {
+  const std::vector<at::Tensor> params = model_.Parameters();
+  std::vector<Cache> cache;
+  const at::Tensor logits = Forward(x, params, &cache, nullptr, nullptr);
+  const int64_t batch = logits.size(0), k = logits.size(1), r = classes.numel();
+  const std::vector<int64_t> offsets = Offsets(params);
+  at::Tensor sum = at::zeros({TotalNumel(params)}, logits.options());
+  Backward(params, cache, batch, k, logits.device(), logits.scalar_type(),
+           [&](const Layer& l, const at::Tensor& a, const at::Tensor& s_all) {
+             const at::Tensor s = s_all.index_select(1, classes);
+             const int64_t out = s.size(2);
+             at::Tensor w2, b2;
+             if (l.kind == Kind::kLinear) {
+               // sum_i sum_k (s_iko a_ij)^2 = sum_i (sum_k s_iko^2) a_ij^2: one matmul.
+               const at::Tensor s2 = s.square().sum(1);  // [B, out]
+               w2 = at::matmul(s2.t(), a.square()).reshape({-1});
+               b2 = s2.sum(0);
+             } else {
+               const int64_t loc = s.size(3) * s.size(4);
+               const at::Tensor u = at::im2col(a, {l.kernel, l.kernel}, {1, 1},
+                                               {l.padding, l.padding}, {l.stride, l.stride});
+               const at::Tensor sm = s.reshape({batch, r * out, loc});
+               w2 = at::bmm(sm, u.transpose(1, 2)).view({batch * r, -1}).square().sum(0);
+               b2 = sm.sum(-1).view({batch * r, out}).square().sum(0);
+             }
+             sum.narrow(0, offsets[l.weight_index], w2.numel()).add_(w2);
+             if (l.bias_index >= 0) sum.narrow(0, offsets[l.bias_index], out).add_(b2);
+           });
+  return {logits, sum};
+}
+
 LogitJacobian::Output LayerJacobian::JvpImpl(const at::Tensor& x, const at::Tensor& u) {
   const std::vector<at::Tensor> params = model_.Parameters();
   const std::vector<at::Tensor> tangent = ParameterViews(u, params);
@@ -498,6 +530,28 @@ absl::StatusOr<LogitJacobian::Output> LogitJacobian::Jvp(const at::Tensor& x, co
     model_.SetTraining(false);
     const at::Tensor& w = params[0];
     return JvpImpl(x.to(w.device()), u.to(w.device(), w.scalar_type()));
+  });
+}
+
+LogitJacobian::Output LogitJacobian::SquaredSumImpl(const at::Tensor& x, const at::Tensor& classes) {
+  const Output j = JacobianImpl(x);
+  return {j.logits, j.value.index_select(1, classes).square().sum(at::IntArrayRef{0, 1})};
+}
+
+absl::StatusOr<LogitJacobian::Output> LogitJacobian::SquaredSum(const at::Tensor& x,
+                                                                const at::Tensor& classes) {
+  const std::vector<at::Tensor> params = model_.Parameters();
+  ADAPTD_RETURN_IF_ERROR(CheckBatch(x, params[0]));
+  const int64_t k = model_.spec().num_classes;
+  if (!classes.defined() || classes.scalar_type() != at::kLong || classes.dim() != 1 ||
+      (classes.numel() > 0 && (classes.min().item<int64_t>() < 0 || classes.max().item<int64_t>() >= k))) {
+    return absl::InvalidArgumentError(absl::StrCat("classes must be int64 [R] indices in [0, ", k,
+                                                   "); got ", DescribeTensor(classes)));
+  }
+  return CallTorch([&]() -> absl::StatusOr<Output> {
+    at::NoGradGuard no_grad;
+    model_.SetTraining(false);
+    return SquaredSumImpl(x.to(params[0].device()), classes.to(params[0].device()));
   });
 }
 

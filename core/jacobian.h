@@ -97,12 +97,18 @@ class LogitJacobian {
   absl::StatusOr<Output> Jvp(const at::Tensor& x, const at::Tensor& u);
   // value = J [B, K, P].
   absl::StatusOr<Output> Jacobian(const at::Tensor& x);
+  // value = sum_i sum_{k in classes} J_ik^2 [P]: the squared entries summed over the batch and
+  // the logits `classes` (int64 indices), the Gauss-Newton diagonal of 1/2 ||f_classes||^2.
+  // Built-in models never hold J whole. INVALID_ARGUMENT for a class outside [0, K).
+  absl::StatusOr<Output> SquaredSum(const at::Tensor& x, const at::Tensor& classes);
 
  protected:
   LogitJacobian(Model& model, Backend backend) : model_(model), backend_(backend) {}
   virtual Output SigmaGramImpl(const at::Tensor& x, const Covariance& sigma, bool full) = 0;
   virtual Output JvpImpl(const at::Tensor& x, const at::Tensor& u) = 0;
   virtual Output JacobianImpl(const at::Tensor& x) = 0;
+  // Default: from JacobianImpl.
+  virtual Output SquaredSumImpl(const at::Tensor& x, const at::Tensor& classes);
 
   Model& model_;
 

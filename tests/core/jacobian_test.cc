@@ -116,6 +116,17 @@ TEST_P(JacobianTest, LayerIdentitiesMatchAutograd) {
               1e-12 * expected_dense.abs().max().item<double>());
   }
 
+  // Squared entries summed over the batch and a subset of the logits, against the autograd J.
+  const at::Tensor classes = at::arange(1, model->spec().num_classes, at::kLong);
+  const at::Tensor squared = j_ref->value.index_select(1, classes).square().sum(at::IntArrayRef{0, 1});
+  for (auto* engine : {layers->get(), autograd->get()}) {
+    auto sq = engine->SquaredSum(x, classes);
+    ASSERT_TRUE(sq.ok()) << sq.status();
+    EXPECT_LT((sq->value - squared).abs().max().item<double>(), 1e-12 * squared.abs().max().item<double>());
+  }
+  EXPECT_EQ((*layers)->SquaredSum(x, at::tensor({model->spec().num_classes}, at::kLong)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
   // J u: forward-mode by hand and the double-backward identity, against J u from autograd.
   const at::Tensor u = at::randn({p}, gen, at::kDouble);
   const at::Tensor ju = at::matmul(j_ref->value, u);
