@@ -86,7 +86,8 @@ absl::StatusOr<at::Tensor> LogitCurvature(Model& model, const Dataset& data,
   at::Tensor x = data.x;
   if (points < n) {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ 0x637576ULL);
-    x = x.index_select(0, at::randperm(n, gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, points));
+    const at::Tensor rows = at::randperm(n, gen, at::TensorOptions().dtype(at::kLong));
+    x = x.index_select(0, rows.narrow(0, 0, points));
   }
   const at::Tensor classes = classes_mask.nonzero().squeeze(1);
   at::Tensor sum;
@@ -481,11 +482,14 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         label_sets = label_sets.to(device);
       }
     }
-    // The logit-curvature precision of the past tasks, in total units.
-    const at::Tensor curvature = config.method == Method::kKPrior && config.curvature_weight > 0 &&
-                                         state.curvature.defined()
-                                     ? (state.curvature * config.curvature_weight).to(device)
-                                     : at::Tensor();
+    // The K-prior's weight-space precision (total units), with the past tasks' logit curvature.
+    at::Tensor precision;
+    if (weight_precision.defined()) {
+      precision = weight_precision.to(device);
+      if (config.curvature_weight > 0 && state.curvature.defined()) {
+        precision = precision + state.curvature.to(device) * config.curvature_weight;
+      }
+    }
     at::Generator new_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6e6577ULL);
     const double mem_weight = config.memory_weight < 0
                                   ? static_cast<double>(memory.size()) / static_cast<double>(n)
@@ -503,9 +507,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       case Method::kKPrior:
         if (first) break;
         extra = [&]() {
-          at::Tensor term = WeightSpaceTerm(flat.views(), anchor, weight_precision.to(device)) /
-                            static_cast<double>(n);
-          if (curvature.defined()) term = term + WeightSpaceTerm(flat.views(), anchor, curvature) / static_cast<double>(n);
+          at::Tensor term = WeightSpaceTerm(flat.views(), anchor, precision) / static_cast<double>(n);
           if (memory.size() > 0) {
             const at::Tensor rows = memory_batch();
             const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
@@ -527,7 +529,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
                 at::randperm(n, new_gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b);
             const at::Tensor logits = Logits(*model, train.x.index_select(0, rows), at::Tensor());
             const at::Tensor old = old_new_logits.index_select(0, rows.to(device));
-            term = term + LabelSetTerm(logits, old, label_sets) * (config.new_input_weight / static_cast<double>(b));
+            term = term + LabelSetTerm(logits, old, label_sets) *
+                              (config.new_input_weight / static_cast<double>(b));
           }
           return term;
         };

@@ -544,7 +544,8 @@ absl::StatusOr<LogitJacobian::Output> LogitJacobian::SquaredSum(const at::Tensor
   ADAPTD_RETURN_IF_ERROR(CheckBatch(x, params[0]));
   const int64_t k = model_.spec().num_classes;
   if (!classes.defined() || classes.scalar_type() != at::kLong || classes.dim() != 1 ||
-      (classes.numel() > 0 && (classes.min().item<int64_t>() < 0 || classes.max().item<int64_t>() >= k))) {
+      (classes.numel() > 0 &&
+       (classes.min().item<int64_t>() < 0 || classes.max().item<int64_t>() >= k))) {
     return absl::InvalidArgumentError(absl::StrCat("classes must be int64 [R] indices in [0, ", k,
                                                    "); got ", DescribeTensor(classes)));
   }

@@ -27,7 +27,8 @@ at::Tensor DistillationTerm(const at::Tensor& logits, const at::Tensor& old_logi
          (temperature * temperature);
 }
 
-at::Tensor LabelSetTerm(const at::Tensor& logits, const at::Tensor& old_logits, const at::Tensor& groups) {
+at::Tensor LabelSetTerm(const at::Tensor& logits, const at::Tensor& old_logits,
+                        const at::Tensor& groups) {
   const int64_t b = logits.size(0), g = groups.size(0);
   // Row i * G + j: example i restricted to group j.
   const at::Tensor masks = groups.to(logits.device()).repeat({b, 1});
