@@ -29,7 +29,7 @@ ABSL_FLAG(std::string, benchmark, "split-fmnist-til",
 ABSL_FLAG(std::string, method, "kprior", "comma-separated: kprior, fromp, ewc, replay, finetune, joint");
 ABSL_FLAG(int64_t, memory, -1, "memory points per task (-1: the benchmark's default)");
 ABSL_FLAG(double, memory_fraction, -1, "digits-add: memory as a fraction of the base task (overrides --memory)");
-ABSL_FLAG(int, seeds, 3, "seeds 0..S-1");
+ABSL_FLAG(int, seeds, 3, "how many seeds, from --first_seed");
 ABSL_FLAG(int64_t, epochs, -1, "epochs per task (-1: the benchmark's default)");
 ABSL_FLAG(int, tasks, 10, "permuted-fmnist: number of tasks");
 ABSL_FLAG(double, lr, -1, "IVON learning rate (-1: default)");
@@ -37,7 +37,8 @@ ABSL_FLAG(double, new_input_weight, -1,
           "K-prior: weight of the function term on the new task's inputs, 0: off (-1: default)");
 ABSL_FLAG(double, curvature_weight, -1,
           "K-prior: weight of the logit-curvature term, 0: off (-1: default)");
-ABSL_FLAG(int, first_seed, 0, "run seeds first_seed .. first_seed + seeds - 1 (tune on one range, report another)");
+ABSL_FLAG(int, first_seed, 0,
+          "run seeds first_seed .. first_seed + seeds - 1 (choose settings on one range, report another)");
 ABSL_FLAG(double, beta2, -1, "IVON beta2 (-1: default)");
 ABSL_FLAG(double, h0, -1, "IVON initial Hessian (-1: default)");
 ABSL_FLAG(double, clip, -1, "IVON element-wise clip radius of the update (-1: default)");

@@ -59,10 +59,10 @@ ABSL_FLAG(double, distill_temperature, Defaults().distill_temperature,
           "create: K-prior distillation temperature on the memory (0: off; 2 suits class-incremental)");
 ABSL_FLAG(double, new_input_weight, Defaults().new_input_weight,
           "create: K-prior function term on the new task's inputs, through the past heads or "
-          "old classes (0: off; 1 suits multi-head)");
+          "old classes (0: off; the Split TIL benchmark uses 1)");
 ABSL_FLAG(double, curvature_weight, Defaults().curvature_weight,
-          "create: K-prior logit-curvature term on the past tasks' weights (0: off; 3000 suits "
-          "multi-head)");
+          "create: K-prior logit-curvature term on the past tasks' weights (0: off; the Split TIL "
+          "benchmark uses 3000)");
 ABSL_FLAG(std::string, torchscript, Defaults().torchscript,
           "create: a module saved with torch.jit.save (sets --arch torchscript)");
 ABSL_FLAG(uint64_t, seed, Defaults().seed, "create: the model's seed; predict: the sampling seed");
