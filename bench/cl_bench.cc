@@ -56,6 +56,8 @@ ABSL_FLAG(double, delta, 8,
           "digits-add: prior precision over the base task (weight decay delta / N); 8 is the "
           "K-prior paper's 50 on USPS's 7,291 images, per example");
 ABSL_FLAG(double, distill_temperature, -1, "K-prior distillation temperature, 0: off (-1: default)");
+ABSL_FLAG(bool, confusion, false,
+          "print the confusion matrix over every task's test set after the last task");
 ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads");
 ABSL_FLAG(std::string, json, "", "write every run's matrix and summary to this file");
 
@@ -158,6 +160,32 @@ double Std(const std::vector<double>& v) {
   return v.size() < 2 ? 0 : std::sqrt(s / (v.size() - 1));
 }
 
+// Rows: true class; columns: predicted class; over every task's test set (each task's head when
+// the stream has heads; a test set shared by several tasks, as in digits-add, counts once).
+// Shows where the errors go, e.g. towards the newest classes (a recency bias).
+void PrintConfusion(const ContinualState& state, const TaskStream& stream) {
+  std::unique_ptr<Model> model = OrDie(MaterializeModel(state), "model");
+  model->SetTraining(false);
+  at::NoGradGuard no_grad;
+  const int64_t k = state.spec.num_classes;
+  at::Tensor counts = at::zeros({k, k}, at::kLong);
+  for (size_t j = 0; j < stream.tests.size(); ++j) {
+    if (j > 0 && stream.tests[j].x.is_same(stream.tests[0].x)) continue;
+    at::Tensor logits = model->Forward(stream.tests[j].x);
+    if (stream.test_masks[j].defined()) {
+      logits = logits.masked_fill(stream.test_masks[j].logical_not(), -INFINITY);
+    }
+    counts.view({-1}).index_add_(0, stream.tests[j].y * k + logits.argmax(1),
+                                 at::ones({logits.size(0)}, at::kLong));
+  }
+  std::printf("confusion (rows: true class, columns: predicted)\n");
+  for (int64_t a = 0; a < k; ++a) {
+    std::string line;
+    for (int64_t b = 0; b < k; ++b) absl::StrAppend(&line, absl::StrFormat("%6lld", static_cast<long long>(counts[a][b].item<int64_t>())));
+    std::printf("  %2lld |%s\n", static_cast<long long>(a), line.c_str());
+  }
+}
+
 int Main() {
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   const std::string name = absl::GetFlag(FLAGS_benchmark);
@@ -244,6 +272,7 @@ int Main() {
                         .c_str());
         std::fflush(stdout);
       }
+      if (absl::GetFlag(FLAGS_confusion)) PrintConfusion(state, *stream);
       // digits-add tests every task on the same full test set, so each row holds one accuracy
       // repeated: the average is the final accuracy and "forgetting" the drop from the base.
       const ContinualSummary s = OrDie(SummarizeAccuracyMatrix(run.acc), "summary");
