@@ -101,16 +101,6 @@ absl::StatusOr<at::Tensor> LogitCurvature(Model& model, const Dataset& data,
   return (sum * (static_cast<double>(n) / static_cast<double>(x.size(0)))).cpu();
 }
 
-// The model's logits on every row of `x`, in chunks, without gradients.
-at::Tensor BatchedLogits(Model& model, const at::Tensor& x) {
-  at::NoGradGuard no_grad;
-  std::vector<at::Tensor> parts;
-  for (int64_t s = 0; s < x.size(0); s += 1024) {
-    parts.push_back(Logits(model, x.narrow(0, s, std::min<int64_t>(1024, x.size(0) - s)), at::Tensor()));
-  }
-  return at::cat(parts);
-}
-
 absl::StatusOr<std::vector<FrompBlock>> BuildFrompBlocks(Model& model, FlatParameters& flat,
                                                          const Memory& memory,
                                                          const at::Tensor& task_masks,
@@ -359,14 +349,9 @@ absl::StatusOr<double> EvaluateAccuracy(const ContinualState& state, const Datas
   ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, MaterializeModel(state));
   ADAPTD_RETURN_IF_ERROR(model->CheckInput(test.x));
   return CallTorch([&]() -> absl::StatusOr<double> {
-    at::NoGradGuard no_grad;
     model->SetTraining(false);
-    int64_t correct = 0;
-    for (int64_t s = 0; s < test.size(); s += 2000) {
-      const int64_t len = std::min<int64_t>(2000, test.size() - s);
-      const at::Tensor pred = MaskLogits(model->Forward(test.x.narrow(0, s, len)), label_mask).argmax(1);
-      correct += pred.eq(test.y.narrow(0, s, len)).sum().item<int64_t>();
-    }
+    const at::Tensor pred = ChunkedLogits(*model, test.x, label_mask, 2000).argmax(1).cpu();
+    const int64_t correct = pred.eq(test.y).sum().item<int64_t>();
     return static_cast<double>(correct) / static_cast<double>(test.size());
   });
 }
@@ -478,7 +463,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     if (config.method == Method::kKPrior && !first && config.new_input_weight > 0) {
       label_sets = UntouchedLabelSets(state, task, k);
       if (label_sets.defined()) {
-        old_new_logits = BatchedLogits(*model, train.x);
+        old_new_logits = ChunkedLogits(*model, train.x);
         label_sets = label_sets.to(device);
       }
     }

@@ -18,18 +18,6 @@ at::Tensor CatOrEmpty(const at::Tensor& a, const at::Tensor& b) {
   return at::cat({a, b});
 }
 
-// Logits of `x` under `model` with per-example heads (rows of `masks` picked by `task`).
-at::Tensor HeadLogits(Model& model, const at::Tensor& x, const at::Tensor& task,
-                      const at::Tensor& task_masks) {
-  const at::Device device = model.Parameters()[0].device();
-  at::Tensor logits = model.Forward(x.to(device));
-  if (task_masks.defined()) {
-    const at::Tensor mask = task_masks.to(device).index_select(0, task.to(device));
-    logits = logits.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
-  }
-  return logits;
-}
-
 }  // namespace
 
 Memory Memory::Select(const at::Tensor& index) const {
@@ -207,15 +195,9 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
 absl::Status RefreshTargets(Model& model, Memory& memory, const at::Tensor& task_masks) {
   if (memory.size() == 0) return absl::OkStatus();
   return CallTorch([&]() -> absl::Status {
-    at::NoGradGuard no_grad;
     model.SetTraining(false);
-    std::vector<at::Tensor> parts;
-    for (int64_t s = 0; s < memory.size(); s += 1000) {
-      const int64_t len = std::min<int64_t>(1000, memory.size() - s);
-      parts.push_back(HeadLogits(model, memory.x.narrow(0, s, len), memory.task.narrow(0, s, len),
-                                 task_masks).cpu());
-    }
-    memory.logits = at::cat(parts);
+    const at::Tensor heads = task_masks.defined() ? task_masks.index_select(0, memory.task) : at::Tensor();
+    memory.logits = ChunkedLogits(model, memory.x, heads, 1000).cpu();
     memory.soft = at::softmax(memory.logits, 1);
     return absl::OkStatus();
   });

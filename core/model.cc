@@ -328,4 +328,17 @@ at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask) {
                             -std::numeric_limits<float>::infinity());
 }
 
+at::Tensor ChunkedLogits(Model& model, const at::Tensor& x, const at::Tensor& mask, int64_t chunk) {
+  at::NoGradGuard no_grad;
+  const at::Device device = model.Parameters()[0].device();
+  const bool per_example = mask.defined() && mask.dim() == 2;
+  std::vector<at::Tensor> parts;
+  for (int64_t s = 0; s < x.size(0); s += chunk) {
+    const int64_t len = std::min(chunk, x.size(0) - s);
+    parts.push_back(MaskLogits(model.Forward(x.narrow(0, s, len).to(device)),
+                               per_example ? mask.narrow(0, s, len) : mask));
+  }
+  return at::cat(parts);
+}
+
 }  // namespace adaptd

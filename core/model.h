@@ -98,6 +98,11 @@ absl::Status CheckLabelMask(const at::Tensor& mask, int64_t num_classes);
 // task's head. An undefined mask returns the logits unchanged.
 at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask);
 
+// The model's logits on every row of `x`, `chunk` rows per forward pass, without gradients and
+// on the model's device, masked by MaskLogits (`mask`: one head [K] or per-example heads [N, K]).
+at::Tensor ChunkedLogits(Model& model, const at::Tensor& x, const at::Tensor& mask = at::Tensor(),
+                         int64_t chunk = 1024);
+
 }  // namespace adaptd
 
 #endif  // ADAPTD_CORE_MODEL_H_

@@ -151,5 +151,26 @@ TEST(ModelTest, LabelMaskRestrictsSoftmaxToTheHead) {
   EXPECT_EQ(MakeLabelMask({}, 5).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ModelTest, ChunkedLogitsMatchOneForwardPassWithTheHeads) {
+  auto m = BuildModel(Spec(Architecture::kMlp, {6}, {5}), 3);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const at::Tensor x = at::randn({7, 6});
+  const at::Tensor full = (*m)->Forward(x).detach();
+  auto head = MakeLabelMask({2, 3}, 10);
+  ASSERT_TRUE(head.ok());
+  // Per-example heads: even rows see classes 0-4, odd rows 5-9.
+  const at::Tensor rows = at::arange(10).lt(5).unsqueeze(0).repeat({7, 1});
+  rows.index_put_({at::arange(1, 7, 2)}, rows.index({at::arange(1, 7, 2)}).logical_not());
+  for (int64_t chunk : {1, 3, 7, 20}) {
+    const at::Tensor plain = ChunkedLogits(**m, x, at::Tensor(), chunk);
+    EXPECT_FALSE(plain.requires_grad());
+    EXPECT_TRUE(at::allclose(plain, full, 1e-6, 1e-6)) << "chunk " << chunk;
+    EXPECT_TRUE(at::equal(ChunkedLogits(**m, x, *head, chunk).isinf(), MaskLogits(full, *head).isinf()));
+    const at::Tensor per_row = ChunkedLogits(**m, x, rows, chunk);
+    EXPECT_TRUE(at::equal(per_row.isinf(), rows.logical_not())) << "chunk " << chunk;
+    EXPECT_TRUE(at::allclose(per_row.masked_select(rows), full.masked_select(rows), 1e-6, 1e-6));
+  }
+}
+
 }  // namespace
 }  // namespace adaptd
