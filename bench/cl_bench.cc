@@ -166,17 +166,12 @@ double Std(const std::vector<double>& v) {
 void PrintConfusion(const ContinualState& state, const TaskStream& stream) {
   std::unique_ptr<Model> model = OrDie(MaterializeModel(state), "model");
   model->SetTraining(false);
-  at::NoGradGuard no_grad;
   const int64_t k = state.spec.num_classes;
   at::Tensor counts = at::zeros({k, k}, at::kLong);
   for (size_t j = 0; j < stream.tests.size(); ++j) {
     if (j > 0 && stream.tests[j].x.is_same(stream.tests[0].x)) continue;
-    at::Tensor logits = model->Forward(stream.tests[j].x);
-    if (stream.test_masks[j].defined()) {
-      logits = logits.masked_fill(stream.test_masks[j].logical_not(), -INFINITY);
-    }
-    counts.view({-1}).index_add_(0, stream.tests[j].y * k + logits.argmax(1),
-                                 at::ones({logits.size(0)}, at::kLong));
+    const at::Tensor pred = ChunkedLogits(*model, stream.tests[j].x, stream.test_masks[j]).argmax(1).cpu();
+    counts.view({-1}).index_add_(0, stream.tests[j].y * k + pred, at::ones({pred.size(0)}, at::kLong));
   }
   std::printf("confusion (rows: true class, columns: predicted)\n");
   for (int64_t a = 0; a < k; ++a) {

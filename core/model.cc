@@ -330,12 +330,13 @@ at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask) {
 
 at::Tensor ChunkedLogits(Model& model, const at::Tensor& x, const at::Tensor& mask, int64_t chunk) {
   at::NoGradGuard no_grad;
-  const at::Device device = model.Parameters()[0].device();
+  const at::Tensor first = model.Parameters()[0];
+  if (x.size(0) == 0) return at::empty({0, model.spec().num_classes}, first.options());
   const bool per_example = mask.defined() && mask.dim() == 2;
   std::vector<at::Tensor> parts;
   for (int64_t s = 0; s < x.size(0); s += chunk) {
     const int64_t len = std::min(chunk, x.size(0) - s);
-    parts.push_back(MaskLogits(model.Forward(x.narrow(0, s, len).to(device)),
+    parts.push_back(MaskLogits(model.Forward(x.narrow(0, s, len).to(first.device())),
                                per_example ? mask.narrow(0, s, len) : mask));
   }
   return at::cat(parts);

@@ -161,6 +161,7 @@ TEST(ModelTest, ChunkedLogitsMatchOneForwardPassWithTheHeads) {
   // Per-example heads: even rows see classes 0-4, odd rows 5-9.
   const at::Tensor rows = at::arange(10).lt(5).unsqueeze(0).repeat({7, 1});
   rows.index_put_({at::arange(1, 7, 2)}, rows.index({at::arange(1, 7, 2)}).logical_not());
+  EXPECT_EQ(ChunkedLogits(**m, at::zeros({0, 6})).sizes(), (std::vector<int64_t>{0, 10}));
   for (int64_t chunk : {1, 3, 7, 20}) {
     const at::Tensor plain = ChunkedLogits(**m, x, at::Tensor(), chunk);
     EXPECT_FALSE(plain.requires_grad());
