@@ -428,7 +428,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     to.seed = config.seed + 7919 * static_cast<uint64_t>(state.tasks_seen);
     to.cosine = true;
     at::Tensor initial_hess;
-    at::Tensor weight_precision;  // total units
+    at::Tensor weight_precision;  // total units: the old posterior (or prior) and the curvature term
     if (!first && config.method != Method::kJoint) {
       // Keep the prior's precision (total units) fixed while ess follows the task's size.
       to.ivon.weight_decay = state.prior_ess * state.prior_delta / static_cast<double>(n);
@@ -442,6 +442,14 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       to.ivon.weight_decay = 0.0;
       initial_hess = (config.posterior_precision ? weight_precision / static_cast<double>(n)
                                                  : at::full_like(state.mean, config.ivon.hess_init));
+      // The past tasks' logit curvature joins the weight term's precision, and IVON's Hessian
+      // starts with it too: IVON's step divides by h, so an h without the term's curvature would
+      // overshoot the term (a strong term then diverges).
+      if (config.curvature_weight > 0 && state.curvature.defined()) {
+        const at::Tensor curvature = state.curvature * config.curvature_weight;
+        weight_precision = weight_precision + curvature;
+        initial_hess = initial_hess + curvature / static_cast<double>(n);
+      }
     }
     const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
     ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
@@ -467,14 +475,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         label_sets = label_sets.to(device);
       }
     }
-    // The K-prior's weight-space precision (total units), with the past tasks' logit curvature.
-    at::Tensor precision;
-    if (weight_precision.defined()) {
-      precision = weight_precision.to(device);
-      if (config.curvature_weight > 0 && state.curvature.defined()) {
-        precision = precision + state.curvature.to(device) * config.curvature_weight;
-      }
-    }
+    // The K-prior's weight-space precision (total units).
+    const at::Tensor precision = weight_precision.defined() ? weight_precision.to(device) : at::Tensor();
     at::Generator new_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6e6577ULL);
     const double mem_weight = config.memory_weight < 0
                                   ? static_cast<double>(memory.size()) / static_cast<double>(n)

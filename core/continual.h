@@ -65,7 +65,8 @@ struct AdaptConfig {
   // G = sum over past tasks of sum_i J_i^T J_i (J_i the logits' Jacobian on the task's head, at
   // the end of that task, from curvature_points of its examples). It is the Gauss-Newton
   // (Laplace) approximation, in weight space, of keeping every past input's logits: the part of
-  // the past that a small memory does not cover. 0: off.
+  // the past that a small memory does not cover. c G / N_new also joins IVON's initial Hessian,
+  // as the old precision does, so that IVON's steps are scaled to the term. 0: off.
   double curvature_weight = 0;
   int64_t curvature_points = 1000;
   // K-prior weight-space precision: the old IVON posterior's lambda (h + delta) (true), or the

@@ -550,6 +550,28 @@ TEST(AdaptTest, LogitCurvatureTermHoldsThePastHeads) {
   EXPECT_GT(*acc, 0.9);
 }
 
+// The curvature enters IVON's initial Hessian as well as the weight term, so even a very strong
+// term needs no clip: the Newton-like step is scaled by the term's own curvature and holds the
+// past head more tightly than a weak term, instead of overshooting it.
+TEST(AdaptTest, StrongCurvatureTermIsStableWithoutAClip) {
+  const FirstHeadLearnt run([](AdaptConfig& c) {
+    c.curvature_weight = 1.0;
+    c.curvature_points = 200;
+  });
+  ASSERT_TRUE(std::isinf(run.config.ivon.clip_radius));
+  const at::Tensor x = run.tasks[0].train.x;
+  const at::Tensor before = run.Head0(run.state, x);
+  auto drift = [&](double weight) {
+    AdaptConfig d = run.config;
+    d.curvature_weight = weight;
+    auto r1 = Adapt(run.state, run.tasks[1], d);
+    EXPECT_TRUE(r1.ok()) << "weight " << weight << ": " << r1.status();
+    return r1.ok() ? (run.Head0(r1->state, x) - before).square().mean().item<double>() : 1e30;
+  };
+  const double weak = drift(1.0), strong = drift(1e4);
+  EXPECT_LT(strong, 0.5 * weak);
+}
+
 // Task-incremental heads: each task is evaluated within its own two classes.
 TEST(AdaptTest, MultiHeadTasksTrainWithinTheirHeads) {
   auto s0 = InitialState(SmallMlp(), 1);
