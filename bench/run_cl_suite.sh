@@ -17,7 +17,7 @@ lane1() {
   run permuted-kprior --benchmark=permuted-fmnist --method=kprior
   run permuted-ewc --benchmark=permuted-fmnist --method=ewc
   run permuted-ewc100 --benchmark=permuted-fmnist --method=ewc --ewc_lambda=100
-  # digits-add takes seconds per seed and its 360-image test set is coarse: 10 seeds.
+  # digits-add takes seconds per seed and its 540-image test set is coarse: 10 seeds.
   run digits-joint --benchmark=digits-add --method=joint --seeds=10
   for f in 0.02 0.05 0.1; do
     run "digits-$f" --benchmark=digits-add --method=kprior,replay --memory_fraction=$f --seeds=10
