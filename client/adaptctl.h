@@ -28,6 +28,7 @@ struct CtlOptions {
   int64_t epochs = 0;
   int64_t batch_size = 0;
   double lr = 0;
+  double ess_factor = 0;
   int64_t memory_points = 0;
   std::string selection;
   int64_t adapt_every = 0;

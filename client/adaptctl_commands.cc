@@ -306,7 +306,7 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"info", "", 0, 0, "the server's version, device and what it can train", Info},
       {"create", "NAME", 1, 1,
        "create a model (--arch --input_shape --classes --hidden; --method --head --epochs "
-       "--batch_size --lr --memory_points --selection --adapt_every --replay_correction "
+       "--batch_size --lr --ess_factor --memory_points --selection --adapt_every --replay_correction "
        "--distill_temperature --new_input_weight --curvature_weight --torchscript --seed)",
        Create},
       {"list", "", 0, 0, "list the models", List},
@@ -422,6 +422,7 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   config.set_epochs(options.epochs);
   config.set_batch_size(options.batch_size);
   config.mutable_ivon()->set_lr(options.lr);
+  config.mutable_ivon()->set_ess_factor(options.ess_factor);
   config.set_memory_points(options.memory_points);
   config.set_selection(options.selection);
   config.set_adapt_every(options.adapt_every);

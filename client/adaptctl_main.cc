@@ -48,6 +48,9 @@ ABSL_FLAG(std::string, head, Defaults().head, "create: single or multi");
 ABSL_FLAG(int64_t, epochs, Defaults().epochs, "create: epochs per task (0: default)");
 ABSL_FLAG(int64_t, batch_size, Defaults().batch_size, "create: training batch size (0: default)");
 ABSL_FLAG(double, lr, Defaults().lr, "create: IVON peak learning rate (0: default)");
+ABSL_FLAG(double, ess_factor, Defaults().ess_factor,
+          "create: IVON samples training weights at ess = factor x examples; above 1, less noise "
+          "(0: default 1; the class-incremental benchmark uses 16)");
 ABSL_FLAG(int64_t, memory_points, Defaults().memory_points,
           "create: memorable examples kept per task (0: default)");
 ABSL_FLAG(std::string, selection, Defaults().selection, "create: lambda, sensitivity or random");
@@ -116,6 +119,7 @@ adaptd::CtlOptions OptionsFromFlags() {
   o.epochs = absl::GetFlag(FLAGS_epochs);
   o.batch_size = absl::GetFlag(FLAGS_batch_size);
   o.lr = absl::GetFlag(FLAGS_lr);
+  o.ess_factor = absl::GetFlag(FLAGS_ess_factor);
   o.memory_points = absl::GetFlag(FLAGS_memory_points);
   o.selection = absl::GetFlag(FLAGS_selection);
   o.adapt_every = absl::GetFlag(FLAGS_adapt_every);

@@ -96,6 +96,9 @@ std::string FormatModelInfo(const v1::ModelInfo& model) {
                   ", batch ", OrDefault(config.batch_size()), ", memory ",
                   OrDefault(config.memory_points()), " per task (selection ",
                   OrDefault(config.selection()), ")");
+  if (config.ivon().ess_factor() > 0 && config.ivon().ess_factor() != 1) {
+    absl::StrAppend(&text, ", ess factor ", config.ivon().ess_factor());
+  }
   if (config.adapt_every() > 0) absl::StrAppend(&text, ", adapt every ", config.adapt_every());
   if (config.replay_correction()) absl::StrAppend(&text, ", replay correction");
   if (config.distill_temperature() > 0) {

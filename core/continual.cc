@@ -252,6 +252,10 @@ absl::Status AdaptConfig::Validate() const {
         "curvature_weight must be >= 0 and finite (0: off) and curvature_points >= 1; got ",
         curvature_weight, " and ", curvature_points));
   }
+  if (!(ess_factor > 0) || !std::isfinite(ess_factor)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ess_factor must be > 0 and finite (1: the plain posterior); got ", ess_factor));
+  }
   if (!(new_input_weight >= 0) || !std::isfinite(new_input_weight)) {
     return absl::InvalidArgumentError(
         absl::StrCat("new_input_weight must be >= 0 and finite (0: off); got ", new_input_weight));
@@ -423,7 +427,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     TrainOptions to;
     to.optimizer = OptimizerKind::kIvon;
     to.ivon = config.ivon;
-    to.ivon.ess = static_cast<double>(n);
+    to.ivon.ess = config.ess_factor * static_cast<double>(n);
     to.batch_size = config.batch_size;
     to.seed = config.seed + 7919 * static_cast<uint64_t>(state.tasks_seen);
     to.cosine = true;
@@ -568,7 +572,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     const Posterior& post = trainer->ivon()->posterior();
     next.mean = post.mean().detach().clone().cpu();
     next.hess = post.hess().detach().clone().cpu();
-    next.ess = post.ess();
+    next.ess = static_cast<double>(n);  // the data's count, whatever the sampling temperature
     next.delta = post.delta();
     if (first) {
       next.prior_delta = config.ivon.weight_decay;

@@ -36,9 +36,13 @@ std::string MethodName(Method method);
 
 struct AdaptConfig {
   Method method = Method::kKPrior;
-  // IVON hyperparameters. ess is set per task to the number of examples trained on;
-  // weight_decay is the first task's prior precision per example (delta).
+  // IVON hyperparameters. ess is set per task to ess_factor times the number of examples
+  // trained on; weight_decay is the first task's prior precision per example (delta).
   IvonOptions ivon;
+  // IVON draws its training weight samples at ess = ess_factor * N: above 1 they come from a
+  // colder posterior (noise std / sqrt(ess_factor)). The posterior that the state carries keeps
+  // ess = N, so its precision still counts the data. 1: the plain variational posterior.
+  double ess_factor = 1.0;
   int64_t epochs = 10;
   int64_t batch_size = 128;
   // Memory examples kept per task (K-prior, FROMP) or, times the tasks seen, the replay buffer's

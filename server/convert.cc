@@ -109,6 +109,7 @@ absl::StatusOr<v1::LearningConfig> NormalizeConfig(const v1::LearningConfig& in)
   v->set_beta2(Or(v->beta2(), 0.9999));
   v->set_hess_init(Or(v->hess_init(), 0.1));
   v->set_weight_decay(Or(v->weight_decay(), 1e-3));
+  v->set_ess_factor(Or(v->ess_factor(), 1.0));
   c.set_epochs(Or<int64_t>(c.epochs(), 10));
   c.set_batch_size(Or<int64_t>(c.batch_size(), 128));
   c.set_memory_points(Or<int64_t>(c.memory_points(), 40));
@@ -137,6 +138,8 @@ absl::StatusOr<AdaptConfig> ConfigFromProto(const v1::LearningConfig& c) {
   a.ivon.hess_init = c.ivon().hess_init();
   a.ivon.weight_decay = c.ivon().weight_decay();
   if (c.ivon().clip_radius() > 0) a.ivon.clip_radius = c.ivon().clip_radius();
+  // Models stored before the field existed have 0: the default.
+  if (c.ivon().ess_factor() != 0) a.ess_factor = c.ivon().ess_factor();
   a.epochs = c.epochs();
   a.batch_size = c.batch_size();
   a.memory_points = c.memory_points();

@@ -190,6 +190,14 @@ ModelSpec SmallMlp(int64_t classes = 4) {
   return s;
 }
 
+// Multinomial logistic regression on the same inputs.
+ModelSpec SmallLogReg() {
+  ModelSpec s = SmallMlp();
+  s.architecture = Architecture::kLogReg;
+  s.hidden.clear();
+  return s;
+}
+
 Dataset Blobs(int64_t n, int64_t classes, uint64_t seed) {
   return testing_models::Blobs(n, classes, /*dim=*/6, seed);
 }
@@ -346,6 +354,11 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, cold)
                               .status().message()),
               testing::HasSubstr("distill_temperature must be >= 0 and finite (0: off); got -1"));
+  AdaptConfig frozen = SmallConfig(Method::kKPrior);
+  frozen.ess_factor = 0;
+  EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, frozen)
+                              .status().message()),
+              testing::HasSubstr("ess_factor must be > 0 and finite (1: the plain posterior); got 0"));
   AdaptConfig curved = SmallConfig(Method::kKPrior);
   curved.curvature_points = 0;
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, curved)
@@ -487,9 +500,7 @@ TEST(AdaptTest, NewInputTermIsInertWhenTheTaskTeachesEveryOldClass) {
 // its biases and 0 elsewhere. A subsample is scaled up to the task's size. The state carries the
 // sum over tasks and survives a round trip through its tensors.
 TEST(AdaptTest, LogitCurvatureHasTheClosedFormOnLogisticRegression) {
-  ModelSpec spec = SmallMlp();
-  spec.architecture = Architecture::kLogReg;
-  spec.hidden.clear();
+  const ModelSpec spec = SmallLogReg();
   auto s0 = InitialState(spec, 1);
   ASSERT_TRUE(s0.ok());
   const std::vector<TaskData> tasks = TwoHeadTasks(Blobs(300, 4, 5));
@@ -573,6 +584,34 @@ TEST(AdaptTest, StrongCurvatureTermIsStableWithoutAClip) {
 }
 
 // Task-incremental heads: each task is evaluated within its own two classes.
+// ess_factor only cools IVON's training samples: on logistic regression, whose MAP Newton
+// finds in float64, a colder run ends nearer the MAP (the mean of the plain variational
+// posterior is pulled off it by the weight noise), and both carry ess = N.
+TEST(AdaptTest, EssFactorDrawsColderSamplesAndKeepsTheDataCount) {
+  const ModelSpec spec = SmallLogReg();
+  auto s0 = InitialState(spec, 1);
+  ASSERT_TRUE(s0.ok());
+  const TaskData task{0, Blobs(200, 4, 9), at::Tensor(), at::Tensor()};
+  AdaptConfig c = SmallConfig(Method::kFinetune);
+  c.ivon.weight_decay = 0.05;
+  c.epochs = 60;
+  const at::Tensor x = task.train.x.to(at::kDouble);
+  const at::Tensor w_map = Newton([&](const at::Tensor& w) {
+    const at::Tensor logits = x.matmul(w.narrow(0, 0, 24).view({4, 6}).t()) + w.narrow(0, 24, 4);
+    return at::cross_entropy_loss(logits, task.train.y) + 0.5 * c.ivon.weight_decay * w.square().sum();
+  }, at::zeros({28}, at::kDouble));
+  auto distance = [&](double factor) {
+    c.ess_factor = factor;
+    auto r = Adapt(*s0, task, c);
+    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->state.ess, 200.0);
+    return (r->state.mean.to(at::kDouble) - w_map).norm().item<double>() / w_map.norm().item<double>();
+  };
+  const double plain = distance(1), cold = distance(100);
+  std::cout << "relative distance to the MAP: ess_factor 1 " << plain << ", 100 " << cold << "\n";
+  EXPECT_LT(cold, 0.5 * plain);
+}
+
 TEST(AdaptTest, MultiHeadTasksTrainWithinTheirHeads) {
   auto s0 = InitialState(SmallMlp(), 1);
   const Dataset all = Blobs(400, 4, 3);

@@ -122,6 +122,10 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   opt.mutable_config()->set_optimizer("adam");
   EXPECT_STATUS(client_->CreateModel(opt).status(), kInvalidArgument,
                 "config.optimizer must be \"ivon\"");
+  v1::CreateModelRequest ess = BlobModel("x", false);
+  ess.mutable_config()->mutable_ivon()->set_ess_factor(-2);
+  EXPECT_STATUS(client_->CreateModel(ess).status(), kInvalidArgument,
+                "ess_factor must be > 0 and finite (1: the plain posterior); got -2");
   v1::CreateModelRequest method = BlobModel("x", false);
   method.mutable_config()->set_method("magic");
   EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");

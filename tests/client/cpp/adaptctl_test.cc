@@ -41,6 +41,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   o.distill_temperature = 2;
   o.new_input_weight = 1.5;
   o.curvature_weight = 300;
+  o.ess_factor = 16;
   absl::StatusOr<v1::CreateModelRequest> r = BuildCreateRequest("fm", o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->name(), "fm");
@@ -57,6 +58,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_DOUBLE_EQ(r->config().distill_temperature(), 2);
   EXPECT_DOUBLE_EQ(r->config().new_input_weight(), 1.5);
   EXPECT_DOUBLE_EQ(r->config().curvature_weight(), 300);
+  EXPECT_DOUBLE_EQ(r->config().ivon().ess_factor(), 16);
 
   // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
   o.arch = "lenet5";
