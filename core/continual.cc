@@ -567,6 +567,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     for (int64_t e = 0; e < config.epochs; ++e) {
       ADAPTD_ASSIGN_OR_RETURN(loss, trainer->TrainEpoch(train, train_mask, progress, extra, should_stop));
     }
+    // A run that collapsed onto one class has a finite loss; nothing of it may be published.
+    ADAPTD_RETURN_IF_ERROR(trainer->CheckLearnt(train, train_mask));
 
     // What the next task needs.
     const Posterior& post = trainer->ivon()->posterior();

@@ -145,10 +145,32 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
 }
 
 absl::Status Trainer::Diverged(const std::string& what, double lr) const {
+  const double peak = ivon_ ? options_.ivon.lr : options_.lr;
   return absl::AbortedError(absl::StrCat(
       "training diverged: ", what, " at step ", steps_, " of ", total_steps_,
-      " (learning rate ", lr, "). Lower the learning rate, raise the initial Hessian "
-      "(hess_init) or set a clip radius"));
+      " (learning rate ", lr, ", peak ", peak, "). Lower the learning rate, raise the initial "
+      "Hessian (hess_init) or set a clip radius"));
+}
+
+absl::Status Trainer::CheckLearnt(const Dataset& data, const at::Tensor& label_mask) {
+  if (data.size() == 0) return absl::OkStatus();
+  return CallTorch([&]() -> absl::Status {
+    model_->SetTraining(false);
+    const at::Tensor logits = ChunkedLogits(*model_, data.x, label_mask);
+    const double loss =
+        at::cross_entropy_loss(logits, data.y.to(logits.device())).item<double>();
+    const int64_t k = logits.size(1);
+    double uniform = std::log(static_cast<double>(k));
+    if (label_mask.defined()) {
+      const at::Tensor heads = label_mask.dim() == 2 ? label_mask.sum(1) : label_mask.sum().expand({1});
+      uniform = heads.to(at::kDouble).log().mean().item<double>();
+    }
+    if (std::isfinite(loss) && loss <= uniform) return absl::OkStatus();
+    return Diverged(absl::StrCat("the mean model does no better than a uniform guess over its "
+                                 "classes (cross-entropy ", loss, " on the ", data.size(),
+                                 " examples trained on, against ", uniform, ")"),
+                    NextLr());
+  });
 }
 
 absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor& label_mask,

@@ -279,6 +279,12 @@ AdaptConfig SmallConfig(Method m) {
   c.epochs = 2;
   c.batch_size = 32;
   c.memory_points = 20;
+  if (m == Method::kFromp) {
+    // IVON's unnormalised Newton step needs a soft FROMP term and a clipped update (as in the
+    // benchmarks); at tau 1 this run diverges.
+    c.fromp_tau = 0.01;
+    c.ivon.clip_radius = 0.1;
+  }
   return c;
 }
 

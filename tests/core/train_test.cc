@@ -100,6 +100,42 @@ TEST(TrainTest, DivergenceIsAnErrorNamingTheStep) {
   for (int e = 0; e < 10; ++e) ASSERT_TRUE((*sane)->TrainEpoch(data).ok());
 }
 
+// A model that learnt nothing has a finite loss, so TrainEpoch cannot see it; CheckLearnt does,
+// against the uniform guess ln |head|. All weights zero but the output bias b = (1, 0, 5) give
+// logits b on every input: for labels 0, cross-entropy -log softmax(b)_0 = 4.02 > ln 3 over the
+// three classes, but -log(e / (e + 1)) = 0.31 < ln 2 within the head {0, 1}.
+TEST(TrainTest, CheckLearntComparesTheMeanModelWithAUniformGuess) {
+  auto model = BuildModel(MlpSpec(), 1);
+  ASSERT_TRUE(model.ok());
+  auto t = Trainer::Create(model->get(), IvonOptionsFor(100), 10);
+  ASSERT_TRUE(t.ok());
+  {
+    at::NoGradGuard no_grad;
+    (*t)->flat().params().zero_();
+    (*model)->Parameters().back().copy_(at::tensor({1.0f, 0.0f, 5.0f}));
+  }
+  Dataset zeros = Blobs(100, 3);
+  zeros.y = at::zeros({100}, at::kLong);
+  const absl::Status all = (*t)->CheckLearnt(zeros);
+  EXPECT_EQ(all.code(), absl::StatusCode::kAborted) << all;
+  EXPECT_THAT(std::string(all.message()),
+              testing::ContainsRegex("no better than a uniform guess over its classes "
+                                     "\\(cross-entropy 4\\.02[0-9]* on the 100 examples trained "
+                                     "on, against 1\\.098"));
+  const at::Tensor head = at::tensor({1, 1, 0}, at::kLong).to(at::kBool);
+  EXPECT_TRUE((*t)->CheckLearnt(zeros, head).ok());
+  EXPECT_TRUE((*t)->CheckLearnt(zeros, head.unsqueeze(0).expand({100, 3})).ok());
+  // A trained model passes on its labels, and fails on labels it was not taught.
+  const Dataset data = Blobs(200, 2);
+  auto model2 = BuildModel(MlpSpec(), 1);
+  auto sane = Trainer::Create(model2->get(), IvonOptionsFor(200), 10 * 7);
+  for (int e = 0; e < 10; ++e) ASSERT_TRUE((*sane)->TrainEpoch(data).ok());
+  EXPECT_TRUE((*sane)->CheckLearnt(data).ok());
+  Dataset shifted = data;
+  shifted.y = (data.y + 1).remainder(3);
+  EXPECT_EQ((*sane)->CheckLearnt(shifted).code(), absl::StatusCode::kAborted);
+}
+
 TEST(TrainTest, LoadRejectsAnotherOptimizersCheckpoint) {
   const Dataset data = Blobs(64, 2);
   auto model = BuildModel(MlpSpec(), 1);
