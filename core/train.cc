@@ -145,11 +145,10 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
 }
 
 absl::Status Trainer::Diverged(const std::string& what, double lr) const {
-  const double peak = ivon_ ? options_.ivon.lr : options_.lr;
   return absl::AbortedError(absl::StrCat(
       "training diverged: ", what, " at step ", steps_, " of ", total_steps_,
-      " (learning rate ", lr, ", peak ", peak, "). Lower the learning rate, raise the initial "
-      "Hessian (hess_init) or set a clip radius"));
+      " (learning rate ", lr, "). Lower the learning rate, raise the initial Hessian "
+      "(hess_init) or set a clip radius"));
 }
 
 absl::Status Trainer::CheckLearnt(const Dataset& data, const at::Tensor& label_mask) {
@@ -166,10 +165,15 @@ absl::Status Trainer::CheckLearnt(const Dataset& data, const at::Tensor& label_m
       uniform = heads.to(at::kDouble).log().mean().item<double>();
     }
     if (std::isfinite(loss) && loss <= uniform) return absl::OkStatus();
-    return Diverged(absl::StrCat("the mean model does no better than a uniform guess over its "
-                                 "classes (cross-entropy ", loss, " on the ", data.size(),
-                                 " examples trained on, against ", uniform, ")"),
-                    NextLr());
+    const double peak = ivon_ ? options_.ivon.lr : options_.lr;
+    return absl::AbortedError(absl::StrCat(
+        "training learnt nothing of the task: the mean model's cross-entropy on the ",
+        data.size(), " examples trained on is ", loss,
+        ", no better than a uniform guess over their classes (", uniform, "), after step ",
+        steps_, " of ", total_steps_, " (peak learning rate ", peak,
+        "). If the run diverged (e.g. a task learnt as one class), lower the learning rate, raise "
+        "the initial Hessian (hess_init) or set a clip radius; if it barely moved (a posterior "
+        "of far more data than the task holds), raise the learning rate or the epochs"));
   });
 }
 
