@@ -589,7 +589,6 @@ TEST(AdaptTest, StrongCurvatureTermIsStableWithoutAClip) {
   EXPECT_LT(strong, 0.5 * weak);
 }
 
-// Task-incremental heads: each task is evaluated within its own two classes.
 // ess_factor only cools IVON's training samples: on logistic regression, whose MAP Newton
 // finds in float64, a colder run ends nearer the MAP (the mean of the plain variational
 // posterior is pulled off it by the weight noise), and both carry ess = N.
@@ -609,7 +608,10 @@ TEST(AdaptTest, EssFactorDrawsColderSamplesAndKeepsTheDataCount) {
   auto distance = [&](double factor) {
     c.ess_factor = factor;
     auto r = Adapt(*s0, task, c);
-    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) {
+      ADD_FAILURE() << r.status();
+      return 0.0;
+    }
     EXPECT_EQ(r->state.ess, 200.0);
     return (r->state.mean.to(at::kDouble) - w_map).norm().item<double>() / w_map.norm().item<double>();
   };
@@ -618,6 +620,7 @@ TEST(AdaptTest, EssFactorDrawsColderSamplesAndKeepsTheDataCount) {
   EXPECT_LT(cold, 0.5 * plain);
 }
 
+// Task-incremental heads: each task is evaluated within its own two classes.
 TEST(AdaptTest, MultiHeadTasksTrainWithinTheirHeads) {
   auto s0 = InitialState(SmallMlp(), 1);
   const Dataset all = Blobs(400, 4, 3);
