@@ -122,6 +122,11 @@ TEST(TrainTest, CheckLearntComparesTheMeanModelWithAUniformGuess) {
               testing::ContainsRegex("cross-entropy on the 100 examples trained on is 4\\.02[0-9]*, "
                                      "no better than a uniform guess over their classes "
                                      "\\(1\\.098[0-9]*\\), after step 0 of 10"));
+  // Large data: every third of 20,000 examples (at most 8,192 are checked).
+  Dataset many = Blobs(20000, 3);
+  many.y = at::zeros({20000}, at::kLong);
+  EXPECT_THAT(std::string((*t)->CheckLearnt(many).message()),
+              testing::HasSubstr("cross-entropy on 6667 of the 20000 examples trained on is 4.02"));
   const at::Tensor head = at::tensor({1, 1, 0}, at::kLong).to(at::kBool);
   EXPECT_TRUE((*t)->CheckLearnt(zeros, head).ok());
   EXPECT_TRUE((*t)->CheckLearnt(zeros, head.unsqueeze(0).expand({100, 3})).ok());
