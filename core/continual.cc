@@ -50,6 +50,11 @@ struct FrompBlock {
   at::Tensor m_old;  // [M_s] old probabilities of class k
 };
 
+// Bool [k]: the classes that occur in `labels`.
+at::Tensor ClassesIn(const at::Tensor& labels, int64_t k) {
+  return at::zeros({k}, at::kBool).index_fill_(0, labels, true);
+}
+
 // The label sets the old model was taught that the new task leaves alone: the past tasks' heads
 // (multi-head) or the old classes (single head: the memory's labels), each less the new task's
 // classes. A set of fewer than two classes constrains nothing and is dropped. Bool [G, K];
@@ -57,14 +62,14 @@ struct FrompBlock {
 at::Tensor UntouchedLabelSets(const ContinualState& state, const TaskData& task, int64_t k) {
   const at::Tensor taught = task.label_mask.defined()
                                 ? task.label_mask.clone()
-                                : at::zeros({k}, at::kBool).index_fill_(0, task.train.y, true);
+                                : ClassesIn(task.train.y, k);
   std::vector<at::Tensor> sets;
   if (state.task_masks.defined()) {
     for (int64_t t = 0; t < state.task_masks.size(0); ++t) {
       if (t != task.task_id) sets.push_back(state.task_masks[t]);
     }
   } else if (state.memory.size() > 0) {
-    sets.push_back(at::zeros({k}, at::kBool).index_fill_(0, state.memory.y, true));
+    sets.push_back(ClassesIn(state.memory.y, k));
   }
   std::vector<at::Tensor> kept;
   for (const at::Tensor& set : sets) {
@@ -601,7 +606,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       // The logits to hold: the task's head, or on a single head every class taught so far.
       at::Tensor classes = task.label_mask;
       if (!classes.defined()) {
-        classes = at::zeros({k}, at::kBool).index_fill_(0, data.y, true);
+        classes = ClassesIn(data.y, k);
         if (state.memory.size() > 0) classes.index_fill_(0, state.memory.y, true);
       }
       ADAPTD_ASSIGN_OR_RETURN(at::Tensor c, LogitCurvature(*model, data, classes,
