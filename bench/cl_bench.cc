@@ -23,6 +23,7 @@
 #include "core/continual.h"
 #include "core/data/tasks.h"
 #include "core/metrics.h"
+#include "core/torch_status.h"
 
 ABSL_FLAG(std::string, benchmark, "split-fmnist-til",
           "split-fmnist-til | split-fmnist-cil | permuted-fmnist | digits-add");
@@ -60,6 +61,7 @@ ABSL_FLAG(double, distill_temperature, -1, "K-prior distillation temperature, 0:
 ABSL_FLAG(bool, confusion, false,
           "print the confusion matrix over every task's test set after the last task");
 ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads");
+ABSL_FLAG(std::string, device, "cpu", "where Adapt trains: cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, json, "", "write every run's matrix and summary to this file");
 
 namespace adaptd::bench {
@@ -199,6 +201,7 @@ void PrintConfusion(const ContinualState& state, const TaskStream& stream) {
 int Main() {
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   const std::string name = absl::GetFlag(FLAGS_benchmark);
+  const at::Device device = OrDie(ParseDevice(absl::GetFlag(FLAGS_device)), "--device");
   absl::StatusOr<TaskStream> stream;
   if (name == "split-fmnist-til") stream = SplitFashionMnist(kFashionMnistDir, true);
   else if (name == "split-fmnist-cil") stream = SplitFashionMnist(kFashionMnistDir, false);
@@ -220,6 +223,7 @@ int Main() {
       AdaptConfig c = d.config;
       c.method = method;
       c.seed = static_cast<uint64_t>(seed);
+      c.device = device;
       if (absl::GetFlag(FLAGS_memory) >= 0) c.memory_points = absl::GetFlag(FLAGS_memory);
       if (absl::GetFlag(FLAGS_memory_fraction) > 0) {
         c.memory_points = static_cast<int64_t>(std::lround(absl::GetFlag(FLAGS_memory_fraction) *

@@ -265,7 +265,7 @@ absl::Status AdaptConfig::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("new_input_weight must be >= 0 and finite (0: off); got ", new_input_weight));
   }
-  return absl::OkStatus();
+  return CheckDevice(device);
 }
 
 at::Tensor ContinualState::Precision() const { return (hess + delta) * ess; }
@@ -407,6 +407,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
   ADAPTD_RETURN_IF_ERROR(model->CheckInput(data.x.narrow(0, 0, 1)));
 
   return CallTorch([&]() -> absl::StatusOr<AdaptResult> {
+    model->To(config.device);
     // What to train on.
     Dataset train = data;
     at::Tensor train_mask = task.label_mask;

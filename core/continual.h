@@ -83,6 +83,9 @@ struct AdaptConfig {
   // empirical Fisher of all past tasks).
   double ewc_lambda = 1.0;
   uint64_t seed = 0;
+  // Where training runs. The state stays on the CPU: Adapt moves the model, the memory and the
+  // regularisers' tensors to `device` and brings the new posterior back.
+  at::Device device = at::kCPU;
 
   absl::Status Validate() const;
 };

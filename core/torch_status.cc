@@ -1,5 +1,7 @@
 #include "core/torch_status.h"
 
+#include <optional>
+
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +16,42 @@ std::string ShapeString(c10::IntArrayRef shape) {
 std::string DescribeTensor(const at::Tensor& t) {
   if (!t.defined()) return "an undefined tensor";
   return absl::StrCat(ShapeString(t.sizes()), " ", std::string(c10::toString(t.scalar_type())));
+}
+
+absl::Status CheckDevice(const at::Device& device) {
+  if (device.is_cpu()) return absl::OkStatus();
+  if (!device.is_cuda()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("only cpu and cuda devices are supported; got ", device.str()));
+  }
+  const int64_t count =
+      torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
+  if (count == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device ", device.str(), " asked for, but this ",
+        at::hasCUDA() ? "machine has no CUDA device" : "build of LibTorch has no CUDA support",
+        "; use cpu"));
+  }
+  if (device.has_index() && device.index() >= count) {
+    return absl::FailedPreconditionError(absl::StrCat("device ", device.str(),
+                                                      " asked for, but this machine has ", count,
+                                                      " CUDA device(s): cuda:0..cuda:", count - 1));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  std::optional<at::Device> device;
+  try {
+    device.emplace(name);
+  } catch (const c10::Error&) {
+  }
+  if (!device || !(device->is_cpu() || device->is_cuda())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device must be cpu, cuda or cuda:N; got \"", name, "\""));
+  }
+  if (absl::Status s = CheckDevice(*device); !s.ok()) return s;
+  return *device;
 }
 
 absl::Status CheckFinite(const at::Tensor& t, const std::string& what) {

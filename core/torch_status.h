@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 #include <c10/util/Exception.h>
 
 #include "absl/status/status.h"
@@ -35,6 +36,13 @@ std::string DescribeTensor(const at::Tensor& t);
 
 // "[256, 1, 28, 28]".
 std::string ShapeString(c10::IntArrayRef shape);
+
+// "cpu", "cuda" or "cuda:N" as a device this process can use. INVALID_ARGUMENT for another
+// spelling; FAILED_PRECONDITION for a CUDA device this build or machine does not have.
+absl::StatusOr<at::Device> ParseDevice(const std::string& name);
+
+// OK for the CPU and for a CUDA device that exists here; FAILED_PRECONDITION otherwise.
+absl::Status CheckDevice(const at::Device& device);
 
 // INVALID_ARGUMENT unless every element of a floating tensor is finite. `what` names the
 // tensor in the message.

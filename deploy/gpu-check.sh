@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check: builds core, its tests and the speed benchmark against the LibTorch inside an
+# The GPU check: builds core, its tests and the speed benchmarks against the LibTorch inside an
 # installed CUDA PyTorch (no gRPC: ADAPTD_WITH_SERVER=OFF), runs every test (the CUDA ones
-# included) and the step-time benchmark on the GPU, and prints a short table.
+# included), the step-time benchmark and one continual-learning stream trained on the GPU and on
+# the CPU, and prints a short table. `gpu-check.sh --tests-only` builds and runs the tests alone
+# (a quick rerun after a fix).
 #
 # A GPU machine may be unable to install packages. Abseil, GoogleTest, Google Benchmark and
 # zlib's headers then come from Debian's .deb files placed in .gpu/debs beforehand:
@@ -11,6 +13,8 @@
 # .gpu/fashion-mnist too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+tests_only=0
+[ "${1:-}" = "--tests-only" ] && tests_only=1
 out="${OUT:-build-gpu/out}"
 mkdir -p "$out"
 log="$out/gpu-check.log"
@@ -45,13 +49,15 @@ if [ -d .gpu/fashion-mnist ] && [ ! -e /usr/share/datasets/fashion-mnist ]; then
   mkdir -p /usr/share/datasets && cp -r .gpu/fashion-mnist /usr/share/datasets/fashion-mnist
 fi
 
-step "configure and build (core, core_tests, step_speed)"
+targets=(core_tests step_speed cl_bench)
+[ "$tests_only" = 1 ] && targets=(core_tests)
+step "configure and build (${targets[*]})"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 start=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAPTD_WITH_SERVER=OFF \
   -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" "${cmake_extra[@]}" \
   || { echo "gpu-check: configure FAILED"; exit 1; }
-cmake --build build-gpu -j "$(nproc)" --target core_tests step_speed \
+cmake --build build-gpu -j "$(nproc)" --target "${targets[@]}" \
   || { echo "gpu-check: build FAILED"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
 
@@ -59,6 +65,11 @@ step "core tests (CUDA tests run here)"
 ./build-gpu/tests/core_tests --gtest_brief=1 2>&1 | tail -n 40
 tests_rc=${PIPESTATUS[0]}
 ./build-gpu/tests/core_tests --gtest_filter='*Cuda*' 2>&1 | grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) '
+
+if [ "$tests_only" = 1 ]; then
+  echo "gpu-check: core_tests exit code $tests_rc"
+  exit "$tests_rc"
+fi
 
 step "step time on the GPU (median of 10, interleaved)"
 ./build-gpu/bench/step_speed --device=cuda --benchmark_repetitions=10 \
@@ -68,6 +79,12 @@ step "step time on the GPU (median of 10, interleaved)"
 step "step time on this machine's CPU (median of 5)"
 ./build-gpu/bench/step_speed --device=cpu --threads="$(nproc)" --benchmark_repetitions=5 \
   --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true 2>&1 | tail -n 8
+
+step "Split CIL, K-prior, seed 10: Adapt on the GPU, then on one CPU thread"
+for dev in cuda cpu; do
+  timeout 200 ./build-gpu/bench/cl_bench --benchmark=split-fmnist-cil --method=kprior --seeds=1 \
+    --first_seed=10 --threads=1 --device=$dev --json="$out/cl_cil_$dev.json" 2>&1 | tail -n 4
+done
 
 echo
 echo "gpu-check: core_tests exit code $tests_rc"

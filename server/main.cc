@@ -34,6 +34,9 @@ ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across 
 ABSL_FLAG(int, training_nice, 10,
           "nice value of the training threads, so that queries come first (0: same priority)");
 
+ABSL_FLAG(std::string, device, "cpu",
+          "where adaptation jobs train: cpu, cuda or cuda:N (queries stay on the CPU)");
+
 namespace {
 
 std::string ReadOrDie(const std::string& path, const char* flag) {
@@ -74,6 +77,7 @@ int main(int argc, char** argv) {
   options.max_stream_bytes = absl::GetFlag(FLAGS_max_stream_mb) << 20;
   options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
   options.training_nice = absl::GetFlag(FLAGS_training_nice);
+  options.device = absl::GetFlag(FLAGS_device);
 
   // Block the shutdown signals in every thread; one thread waits for them.
   sigset_t signals;

@@ -810,7 +810,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
         /*urgent=*/false);
   };
   auto should_stop = [&] { return job->cancel_requested() || stopping(); };
-  auto result = Adapt(base->state(), task, adapt_, progress, should_stop);
+  AdaptConfig adapt = adapt_;
+  adapt.device = options_.device;
+  auto result = Adapt(base->state(), task, adapt, progress, should_stop);
   if (!result.ok()) {
     if (stopping() && !job->cancel_requested()) {
       // Shutdown: the job stays queued in the catalog and resumes on the next start.

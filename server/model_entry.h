@@ -133,6 +133,8 @@ struct ModelEntryOptions {
   Metrics* metrics = nullptr;
   // The actor thread's nice value (0: the server's own priority).
   int training_nice = 10;
+  // Where adaptation jobs train (AdaptConfig::device); the state stays on the CPU.
+  at::Device device = at::kCPU;
   // Called when a job is created (the registry indexes jobs by id).
   std::function<void(std::shared_ptr<Job>)> on_job;
 };

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "core/torch_status.h"
 #include "server/auth.h"
 #include "server/metrics.h"
 #include "server/registry.h"
@@ -49,6 +50,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
     return absl::InvalidArgumentError("mTLS (a client CA) needs the server's certificate and key");
   }
+  ADAPTD_ASSIGN_OR_RETURN(const at::Device device, ParseDevice(options.device));
   auto impl = std::make_unique<Impl>();
   ADAPTD_ASSIGN_OR_RETURN(impl->auth, TokenAuth::Parse(options.tokens));
   RegistryOptions ro;
@@ -56,6 +58,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   ro.queue_capacity = options.queue_capacity;
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
   ro.training_nice = options.training_nice;
+  ro.device = device;
   ro.metrics = &impl->metrics;
   ADAPTD_ASSIGN_OR_RETURN(impl->registry, Registry::Open(ro));
   if (options.metrics_port >= 0) {
@@ -68,6 +71,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   sc.auth = &impl->auth;
   sc.max_message_bytes = options.max_message_bytes;
   sc.max_stream_bytes = options.max_stream_bytes;
+  sc.device = device;
   impl->admin = MakeAdminService(sc);
   impl->learning = MakeLearningService(sc);
   impl->query = MakeQueryService(sc);

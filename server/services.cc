@@ -86,7 +86,7 @@ class AdminServiceImpl final : public v1::AdminService::Service {
     return Handle(c_, "GetServerInfo", ctx, Role::kReader, [&]() -> absl::Status {
       response->set_version(ADAPTD_VERSION);
       response->set_torch_version(TORCH_VERSION);
-      response->set_device("cpu");
+      response->set_device(c_.device.str());
       response->set_intra_op_threads(at::get_num_threads());
       for (auto k : {OptimizerKind::kIvon, OptimizerKind::kAdam, OptimizerKind::kSgd}) {
         response->add_optimizers(OptimizerName(k));

@@ -21,6 +21,7 @@ struct ServiceContext {
   const TokenAuth* auth = nullptr;
   int max_message_bytes = 64 << 20;
   int64_t max_stream_bytes = int64_t{4} << 30;
+  at::Device device = at::kCPU;  // where adaptation jobs train
 };
 
 std::unique_ptr<v1::AdminService::Service> MakeAdminService(const ServiceContext& context);

@@ -16,6 +16,7 @@
 #include "core/jacobian.h"
 #include "core/memory.h"
 #include "core/mpe.h"
+#include "core/torch_status.h"
 #include "tests/testing/models.h"
 
 namespace adaptd {
@@ -589,6 +590,29 @@ TEST(AdaptTest, StrongCurvatureTermIsStableWithoutAClip) {
   EXPECT_LT(strong, 0.5 * weak);
 }
 
+// Multinomial logistic regression on 200 blobs, fine-tuned for 60 epochs at delta 0.05, and the
+// float64 MAP of the same objective (Newton): where IVON's mean should end.
+struct ConvexTask {
+  TaskData task{0, Blobs(200, 4, 9), at::Tensor(), at::Tensor()};
+  AdaptConfig config = SmallConfig(Method::kFinetune);
+  at::Tensor w_map;
+
+  ConvexTask() {
+    config.ivon.weight_decay = 0.05;
+    config.epochs = 60;
+    const at::Tensor x = task.train.x.to(at::kDouble);
+    w_map = Newton([&](const at::Tensor& w) {
+      const at::Tensor logits = x.matmul(w.narrow(0, 0, 24).view({4, 6}).t()) + w.narrow(0, 24, 4);
+      return at::cross_entropy_loss(logits, task.train.y) +
+             0.5 * config.ivon.weight_decay * w.square().sum();
+    }, at::zeros({28}, at::kDouble));
+  }
+  // ||mean - MAP|| / ||MAP||.
+  double Distance(const ContinualState& s) const {
+    return (s.mean.to(at::kDouble) - w_map).norm().item<double>() / w_map.norm().item<double>();
+  }
+};
+
 // ess_factor only cools IVON's training samples: on logistic regression, whose MAP Newton
 // finds in float64, a colder run ends nearer the MAP (the mean of the plain variational
 // posterior is pulled off it by the weight noise), and both carry ess = N.
@@ -596,28 +620,122 @@ TEST(AdaptTest, EssFactorDrawsColderSamplesAndKeepsTheDataCount) {
   const ModelSpec spec = SmallLogReg();
   auto s0 = InitialState(spec, 1);
   ASSERT_TRUE(s0.ok());
-  const TaskData task{0, Blobs(200, 4, 9), at::Tensor(), at::Tensor()};
-  AdaptConfig c = SmallConfig(Method::kFinetune);
-  c.ivon.weight_decay = 0.05;
-  c.epochs = 60;
-  const at::Tensor x = task.train.x.to(at::kDouble);
-  const at::Tensor w_map = Newton([&](const at::Tensor& w) {
-    const at::Tensor logits = x.matmul(w.narrow(0, 0, 24).view({4, 6}).t()) + w.narrow(0, 24, 4);
-    return at::cross_entropy_loss(logits, task.train.y) + 0.5 * c.ivon.weight_decay * w.square().sum();
-  }, at::zeros({28}, at::kDouble));
+  ConvexTask convex;
   auto distance = [&](double factor) {
-    c.ess_factor = factor;
-    auto r = Adapt(*s0, task, c);
+    convex.config.ess_factor = factor;
+    auto r = Adapt(*s0, convex.task, convex.config);
     if (!r.ok()) {
       ADD_FAILURE() << r.status();
       return 0.0;
     }
     EXPECT_EQ(r->state.ess, 200.0);
-    return (r->state.mean.to(at::kDouble) - w_map).norm().item<double>() / w_map.norm().item<double>();
+    return convex.Distance(r->state);
   };
   const double plain = distance(1), cold = distance(100);
   std::cout << "relative distance to the MAP: ess_factor 1 " << plain << ", 100 " << cold << "\n";
   EXPECT_LT(cold, 0.5 * plain);
+}
+
+// A device this machine lacks is refused before anything is trained; misspelt ones are named.
+TEST(AdaptTest, RefusesADeviceItCannotTrainOn) {
+  EXPECT_TRUE(ParseDevice("cpu").ok());
+  const auto bad = ParseDevice("gpu");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), testing::HasSubstr("\"gpu\""));
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.device = at::Device(at::kCUDA, 99);
+  const TaskData task{0, Blobs(100, 4, 1), at::Tensor(), at::Tensor()};
+  const auto r = Adapt(*s0, task, c);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), testing::HasSubstr("cuda:99"));
+}
+
+// Training on a GPU: the same contracts and the same answers as on the CPU. On a convex problem
+// both reach the float64 MAP. On two tasks every method learns both as well as on the CPU, the
+// state comes back on the CPU, and the GPU's final weights lie no farther from the CPU's than a
+// CPU run with another seed does: the GPU draws its own weight noise, so the runs agree to the
+// noise, not bit for bit.
+TEST(AdaptTest, CudaTrainingMatchesTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  {
+    ConvexTask convex;
+    convex.config.ess_factor = 100;
+    auto s0 = InitialState(SmallLogReg(), 1);
+    ASSERT_TRUE(s0.ok());
+    for (const at::Device device : {at::Device(at::kCPU), at::Device(at::kCUDA)}) {
+      convex.config.device = device;
+      auto r = Adapt(*s0, convex.task, convex.config);
+      ASSERT_TRUE(r.ok()) << device << ": " << r.status();
+      ASSERT_TRUE(r->state.mean.device().is_cpu());
+      const double rel = convex.Distance(r->state);
+      std::cout << device << ": relative distance to the MAP " << rel << "\n";
+      EXPECT_LT(rel, 0.1) << device;
+    }
+  }
+  const std::vector<TaskData> single = {TaskData{0, Blobs(200, 4, 1), at::Tensor(), at::Tensor()},
+                                        TaskData{1, Blobs(150, 4, 2), at::Tensor(), at::Tensor()}};
+  const std::vector<TaskData> heads = TwoHeadTasks(Blobs(400, 4, 3));
+  struct Case {
+    std::string name;
+    AdaptConfig config;
+    const std::vector<TaskData>* tasks;
+  };
+  std::vector<Case> cases;
+  for (Method m : {Method::kKPrior, Method::kFromp, Method::kEwc, Method::kReplay,
+                   Method::kFinetune, Method::kJoint}) {
+    cases.push_back({MethodName(m), SmallConfig(m), &single});
+  }
+  // Every K-prior term at once, on two heads: correction, distillation, new-input and curvature
+  // terms, sensitivity-selected memory.
+  AdaptConfig all = SmallConfig(Method::kKPrior);
+  all.replay_correction = true;
+  all.distill_temperature = 2;
+  all.new_input_weight = 1;
+  all.curvature_weight = 10;
+  all.selection = SelectionMethod::kSensitivity;
+  cases.push_back({"kprior, every term", all, &heads});
+  for (Case& k : cases) {
+    k.config.epochs = 10;
+    // Runs: the CPU, the GPU with the same seed, the CPU with another seed (the spread that
+    // the weight noise alone gives).
+    std::vector<double> accuracy[3];
+    at::Tensor mean[3];
+    for (int d = 0; d < 3; ++d) {
+      AdaptConfig c = k.config;
+      c.device = d == 1 ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+      c.seed = d == 2 ? 1 : 0;
+      auto state = InitialState(SmallMlp(), 1);
+      ASSERT_TRUE(state.ok());
+      ContinualState s = *state;
+      for (const TaskData& t : *k.tasks) {
+        auto r = Adapt(s, t, c);
+        ASSERT_TRUE(r.ok()) << k.name << " on " << c.device << ": " << r.status();
+        s = std::move(r->state);
+      }
+      EXPECT_TRUE(s.mean.device().is_cpu() && s.hess.device().is_cpu()) << k.name;
+      EXPECT_TRUE(!s.memory.size() || s.memory.x.device().is_cpu()) << k.name;
+      mean[d] = s.mean;
+      for (const TaskData& t : *k.tasks) {
+        auto acc = EvaluateAccuracy(s, t.train, t.label_mask);
+        ASSERT_TRUE(acc.ok()) << acc.status();
+        accuracy[d].push_back(*acc);
+      }
+    }
+    const double gpu = (mean[1] - mean[0]).norm().item<double>();
+    const double reseeded = (mean[2] - mean[0]).norm().item<double>();
+    std::cout << k.name << ": |mean(cuda) - mean(cpu)| " << gpu << ", another seed on the cpu "
+              << reseeded << "\n";
+    EXPECT_LT(gpu, 2 * reseeded) << k.name;
+    for (size_t t = 0; t < accuracy[0].size(); ++t) {
+      std::cout << k.name << " task " << t << ": cpu " << accuracy[0][t] << ", cuda "
+                << accuracy[1][t] << ", another seed on the cpu " << accuracy[2][t] << "\n";
+      EXPECT_NEAR(accuracy[1][t], accuracy[0][t],
+                  std::max(0.06, 2 * std::abs(accuracy[2][t] - accuracy[0][t])))
+          << k.name << " task " << t;
+    }
+  }
 }
 
 // Task-incremental heads: each task is evaluated within its own two classes.

@@ -6,6 +6,8 @@
 #include "tests/testing/temp_dir.h"
 #include <stdlib.h>
 
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "server/grpc_status.h"
@@ -57,6 +59,23 @@ TEST(ServerTest, RefusesToStartWithoutADataDirectory) {
   ServerOptions o;
   o.port = 0;
   EXPECT_EQ(Server::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A device the machine lacks, or a misspelt one, stops the start with a reason; nothing is
+// written to the data directory.
+TEST(ServerTest, RefusesADeviceItCannotTrainOn) {
+  ServerOptions o;
+  o.port = 0;
+  TempDir dir;
+  o.data_dir = dir.path();
+  o.device = "gpu";
+  auto bad = Server::Create(o);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("cpu, cuda or cuda:N"), std::string::npos) << bad.status();
+  o.device = "cuda:99";
+  auto missing = Server::Create(o);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition) << missing.status();
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
 TEST(GrpcStatusTest, EveryCodeRoundTrips) {
