@@ -26,6 +26,7 @@ struct CtlOptions {
   std::string method;
   std::string head;
   int64_t epochs = 0;
+  int64_t min_steps = 0;
   int64_t batch_size = 0;
   double lr = 0;
   double ess_factor = 0;

@@ -305,7 +305,7 @@ const std::vector<CtlCommand>& CtlCommands() {
   static const auto* commands = new std::vector<CtlCommand>{
       {"info", "", 0, 0, "the server's version, device and what it can train", Info},
       {"create", "NAME", 1, 1,
-       "create a model (--arch --input_shape --classes --hidden; --method --head --epochs "
+       "create a model (--arch --input_shape --classes --hidden; --method --head --epochs --min_steps "
        "--batch_size --lr --ess_factor --memory_points --selection --adapt_every --replay_correction "
        "--distill_temperature --new_input_weight --curvature_weight --torchscript --seed)",
        Create},
@@ -420,6 +420,7 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   ADAPTD_ASSIGN_OR_RETURN(v1::HeadMode head, ParseHeadMode(options.head));
   config.set_head_mode(head);
   config.set_epochs(options.epochs);
+  config.set_min_steps(options.min_steps);
   config.set_batch_size(options.batch_size);
   config.mutable_ivon()->set_lr(options.lr);
   config.mutable_ivon()->set_ess_factor(options.ess_factor);

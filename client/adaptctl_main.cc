@@ -46,6 +46,9 @@ ABSL_FLAG(std::string, method, Defaults().method,
           "create: kprior, fromp, ewc, replay, finetune or joint (empty: the server's default)");
 ABSL_FLAG(std::string, head, Defaults().head, "create: single or multi");
 ABSL_FLAG(int64_t, epochs, Defaults().epochs, "create: epochs per task (0: default)");
+ABSL_FLAG(int64_t, min_steps, Defaults().min_steps,
+          "create: each job trains for at least this many steps, making more passes over a small "
+          "task or online-mode chunk (0: epochs alone)");
 ABSL_FLAG(int64_t, batch_size, Defaults().batch_size, "create: training batch size (0: default)");
 ABSL_FLAG(double, lr, Defaults().lr, "create: IVON peak learning rate (0: default)");
 ABSL_FLAG(double, ess_factor, Defaults().ess_factor,
@@ -117,6 +120,7 @@ adaptd::CtlOptions OptionsFromFlags() {
   o.method = absl::GetFlag(FLAGS_method);
   o.head = absl::GetFlag(FLAGS_head);
   o.epochs = absl::GetFlag(FLAGS_epochs);
+  o.min_steps = absl::GetFlag(FLAGS_min_steps);
   o.batch_size = absl::GetFlag(FLAGS_batch_size);
   o.lr = absl::GetFlag(FLAGS_lr);
   o.ess_factor = absl::GetFlag(FLAGS_ess_factor);

@@ -99,6 +99,7 @@ std::string FormatModelInfo(const v1::ModelInfo& model) {
   if (config.ivon().ess_factor() > 0 && config.ivon().ess_factor() != 1) {
     absl::StrAppend(&text, ", ess factor ", config.ivon().ess_factor());
   }
+  if (config.min_steps() > 0) absl::StrAppend(&text, ", at least ", config.min_steps(), " steps");
   if (config.adapt_every() > 0) absl::StrAppend(&text, ", adapt every ", config.adapt_every());
   if (config.replay_correction()) absl::StrAppend(&text, ", replay correction");
   if (config.distill_temperature() > 0) {

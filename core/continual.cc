@@ -240,10 +240,11 @@ absl::Status AdaptConfig::Validate() const {
   IvonOptions o = ivon;
   o.ess = 1;  // set per task
   ADAPTD_RETURN_IF_ERROR(o.Validate());
-  if (epochs < 1 || batch_size < 1 || memory_batch_size < 1 || memory_points < 0) {
+  if (epochs < 1 || batch_size < 1 || memory_batch_size < 1 || memory_points < 0 || min_steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "epochs, batch_size and memory_batch_size must be >= 1 and memory_points >= 0; got ",
-        epochs, ", ", batch_size, ", ", memory_batch_size, ", ", memory_points));
+        "epochs, batch_size and memory_batch_size must be >= 1, memory_points and min_steps >= 0; "
+        "got ", epochs, ", ", batch_size, ", ", memory_batch_size, ", ", memory_points, " and ",
+        min_steps));
   }
   if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0)) {
     return absl::InvalidArgumentError("fromp_jitter must be > 0, fromp_tau and ewc_lambda >= 0");
@@ -462,8 +463,10 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       }
     }
     const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
+    const int64_t epochs =
+        std::max(config.epochs, (config.min_steps + steps_per_epoch - 1) / steps_per_epoch);
     ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
-                            Trainer::Create(model.get(), to, config.epochs * steps_per_epoch, initial_hess));
+                            Trainer::Create(model.get(), to, epochs * steps_per_epoch, initial_hess));
     FlatParameters& flat = trainer->flat();
     const at::Device device = flat.params().device();
     at::Generator mem_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6d656dULL);
@@ -570,7 +573,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     }
 
     double loss = 0;
-    for (int64_t e = 0; e < config.epochs; ++e) {
+    for (int64_t e = 0; e < epochs; ++e) {
       ADAPTD_ASSIGN_OR_RETURN(loss, trainer->TrainEpoch(train, train_mask, progress, extra, should_stop));
     }
     // A run that collapsed onto one class has a finite loss; nothing of it may be published.

@@ -44,6 +44,10 @@ struct AdaptConfig {
   // ess = N, so its precision still counts the data. 1: the plain variational posterior.
   double ess_factor = 1.0;
   int64_t epochs = 10;
+  // Each task trains for at least this many steps: where `epochs` passes over a small task (an
+  // online-mode chunk, say) take fewer, Adapt makes as many more passes as that needs. A prior
+  // of far more data than the task holds otherwise barely moves in a few steps. 0: off.
+  int64_t min_steps = 0;
   int64_t batch_size = 128;
   // Memory examples kept per task (K-prior, FROMP) or, times the tasks seen, the replay buffer's
   // capacity (experience replay).

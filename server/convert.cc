@@ -141,6 +141,7 @@ absl::StatusOr<AdaptConfig> ConfigFromProto(const v1::LearningConfig& c) {
   // Models stored before the field existed have 0: the default.
   if (c.ivon().ess_factor() != 0) a.ess_factor = c.ivon().ess_factor();
   a.epochs = c.epochs();
+  a.min_steps = c.min_steps();
   a.batch_size = c.batch_size();
   a.memory_points = c.memory_points();
   ADAPTD_ASSIGN_OR_RETURN(a.selection, ParseSelection(c.selection()));

@@ -371,6 +371,11 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, curved)
                               .status().message()),
               testing::HasSubstr("curvature_points >= 1; got 0 and 0"));
+  AdaptConfig hasty = SmallConfig(Method::kKPrior);
+  hasty.min_steps = -1;
+  EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, hasty)
+                              .status().message()),
+              testing::HasSubstr("memory_points and min_steps >= 0; got 2, 32, 64, 20 and -1"));
   AdaptConfig heavy = SmallConfig(Method::kKPrior);
   heavy.new_input_weight = std::nan("");
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, heavy)
@@ -634,6 +639,34 @@ TEST(AdaptTest, EssFactorDrawsColderSamplesAndKeepsTheDataCount) {
   const double plain = distance(1), cold = distance(100);
   std::cout << "relative distance to the MAP: ess_factor 1 " << plain << ", 100 " << cold << "\n";
   EXPECT_LT(cold, 0.5 * plain);
+}
+
+// min_steps makes more passes over a task too small for `epochs` to train it: the step count
+// is the smallest whole number of epochs that reaches it, and the task is learnt.
+TEST(AdaptTest, MinStepsMakesMorePassesOverASmallTask) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  const TaskData small{0, Blobs(50, 4, 4), at::Tensor(), at::Tensor()};  // 2 steps per epoch
+  AdaptConfig c = SmallConfig(Method::kFinetune);
+  c.epochs = 1;
+  c.ivon.lr = 0.05;
+  auto run = [&](int64_t min_steps, int64_t* total) {
+    c.min_steps = min_steps;
+    auto r = Adapt(*s0, small, c, [&](const StepReport& s) { *total = s.total_steps; });
+    EXPECT_TRUE(r.ok()) << r.status();
+    auto acc = EvaluateAccuracy(r->state, small.train, at::Tensor());
+    EXPECT_TRUE(acc.ok());
+    EXPECT_EQ(r->stats.steps, *total);
+    return *acc;
+  };
+  int64_t total = 0;
+  const double hasty = run(0, &total);
+  EXPECT_EQ(total, 2);
+  const double thorough = run(99, &total);
+  EXPECT_EQ(total, 100);  // 50 epochs of 2 steps
+  std::cout << "accuracy after 2 steps " << hasty << ", after 100 " << thorough << "\n";
+  EXPECT_GT(thorough, 0.95);
+  EXPECT_GT(thorough, hasty + 0.2);
 }
 
 // A device this machine lacks is refused before anything is trained; misspelt ones are named.

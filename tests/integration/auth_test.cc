@@ -13,7 +13,6 @@ namespace {
 
 using namespace testing_service;  // NOLINT
 
-absl::StatusCode Code(const absl::Status& s) { return s.code(); }
 template <typename T>
 absl::StatusCode Code(const absl::StatusOr<T>& s) {
   return s.status().code();

@@ -126,6 +126,10 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   ess.mutable_config()->mutable_ivon()->set_ess_factor(-2);
   EXPECT_STATUS(client_->CreateModel(ess).status(), kInvalidArgument,
                 "ess_factor must be > 0 and finite (1: the plain posterior); got -2");
+  v1::CreateModelRequest steps = BlobModel("x", false);
+  steps.mutable_config()->set_min_steps(-5);
+  EXPECT_STATUS(client_->CreateModel(steps).status(), kInvalidArgument,
+                "memory_points and min_steps >= 0; got");
   v1::CreateModelRequest method = BlobModel("x", false);
   method.mutable_config()->set_method("magic");
   EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");

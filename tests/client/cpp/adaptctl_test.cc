@@ -42,6 +42,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   o.new_input_weight = 1.5;
   o.curvature_weight = 300;
   o.ess_factor = 16;
+  o.min_steps = 50;
   absl::StatusOr<v1::CreateModelRequest> r = BuildCreateRequest("fm", o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->name(), "fm");
@@ -59,6 +60,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_DOUBLE_EQ(r->config().new_input_weight(), 1.5);
   EXPECT_DOUBLE_EQ(r->config().curvature_weight(), 300);
   EXPECT_DOUBLE_EQ(r->config().ivon().ess_factor(), 16);
+  EXPECT_EQ(r->config().min_steps(), 50);
 
   // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
   o.arch = "lenet5";
