@@ -9,6 +9,7 @@
 #include <ATen/TensorOperators.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/torch_status.h"
 
 namespace adaptd::bench {
 
@@ -64,5 +65,7 @@ void Die(const char* what, const absl::Status& s) {
 void OrDie(const absl::Status& s, const char* what) {
   if (!s.ok()) Die(what, s);
 }
+
+at::Device DeviceOrDie(const std::string& name) { return OrDie(ParseDevice(name), "--device"); }
 
 }  // namespace adaptd::bench

@@ -55,6 +55,10 @@ T OrDie(absl::StatusOr<T> v, const char* what) {
   return *std::move(v);
 }
 
+// A --device flag's value ("cpu", "cuda", "cuda:N") as a device this process can use, or exit
+// with the reason.
+at::Device DeviceOrDie(const std::string& name);
+
 }  // namespace adaptd::bench
 
 #endif  // ADAPTD_BENCH_BENCH_UTIL_H_

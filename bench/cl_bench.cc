@@ -23,7 +23,6 @@
 #include "core/continual.h"
 #include "core/data/tasks.h"
 #include "core/metrics.h"
-#include "core/torch_status.h"
 
 ABSL_FLAG(std::string, benchmark, "split-fmnist-til",
           "split-fmnist-til | split-fmnist-cil | permuted-fmnist | digits-add");
@@ -201,7 +200,7 @@ void PrintConfusion(const ContinualState& state, const TaskStream& stream) {
 int Main() {
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   const std::string name = absl::GetFlag(FLAGS_benchmark);
-  const at::Device device = OrDie(ParseDevice(absl::GetFlag(FLAGS_device)), "--device");
+  const at::Device device = DeviceOrDie(absl::GetFlag(FLAGS_device));
   absl::StatusOr<TaskStream> stream;
   if (name == "split-fmnist-til") stream = SplitFashionMnist(kFashionMnistDir, true);
   else if (name == "split-fmnist-cil") stream = SplitFashionMnist(kFashionMnistDir, false);
@@ -302,7 +301,8 @@ int Main() {
                               }).c_str());
       }
       absl::StrAppend(&json, json.size() > 1 ? "," : "", "\n {\"benchmark\": \"", name,
-                      "\", \"method\": \"", mname, "\", \"seed\": ", seed, ", \"memory\": ",
+                      "\", \"method\": \"", mname, "\", \"device\": \"", device.str(),
+                      "\", \"seed\": ", seed, ", \"memory\": ",
                       c.memory_points, ", \"epochs\": ", c.epochs, ", \"average\": ", s.average,
                       ", \"forgetting\": ", s.forgetting, ", \"bwt\": ", s.bwt, ", \"seconds\": [",
                       absl::StrJoin(run.seconds, ", "), "], \"acc\": [",

@@ -36,7 +36,10 @@ ABSL_FLAG(int64_t, train_epochs, 2, "IVON epochs before timing");
 namespace adaptd::bench {
 namespace {
 
-at::Device Device() { return at::Device(absl::GetFlag(FLAGS_device)); }
+at::Device Device() {
+  static const at::Device device = DeviceOrDie(absl::GetFlag(FLAGS_device));
+  return device;
+}
 
 // Waits for queued GPU work so that each iteration's time is the work's, not the launch's.
 void Sync(const at::Tensor& t) {

@@ -27,7 +27,10 @@ ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads");
 namespace adaptd::bench {
 namespace {
 
-at::Device Device() { return at::Device(absl::GetFlag(FLAGS_device)); }
+at::Device Device() {
+  static const at::Device device = DeviceOrDie(absl::GetFlag(FLAGS_device));
+  return device;
+}
 
 // Waits for queued GPU work so that each iteration's time is the work's, not the launch's.
 void Sync(const at::Tensor& t) {

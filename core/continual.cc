@@ -44,7 +44,7 @@ at::Tensor Logits(Model& model, const at::Tensor& x, const at::Tensor& masks) {
 // K_{s,k} = J_{s,k} Sigma J_{s,k}^T + jitter I with J the Jacobian of the class-k probability
 // at task s's memorable points, fixed for the task; the step adds J(w)^T K^-1 (m(w) - m_old).
 struct FrompBlock {
-  at::Tensor rows;   // memory rows of task s
+  at::Tensor rows;   // memory rows of task s, on the parameters' device
   int64_t klass;     // class k
   at::Tensor kinv;   // [M_s, M_s]
   at::Tensor m_old;  // [M_s] old probabilities of class k
@@ -138,7 +138,7 @@ absl::StatusOr<std::vector<FrompBlock>> BuildFrompBlocks(Model& model, FlatParam
       kernel.diagonal().add_(jitter);
       const at::Tensor chol = at::linalg_cholesky(kernel);
       FrompBlock b;
-      b.rows = rows;
+      b.rows = rows.to(device);
       b.klass = k;
       b.kinv = at::cholesky_inverse(chol);
       b.m_old = memory.soft.index_select(0, rows).select(1, k).to(device);
@@ -240,10 +240,11 @@ absl::Status AdaptConfig::Validate() const {
   IvonOptions o = ivon;
   o.ess = 1;  // set per task
   ADAPTD_RETURN_IF_ERROR(o.Validate());
-  if (epochs < 1 || batch_size < 1 || memory_batch_size < 1 || memory_points < 0 || min_steps < 0) {
+  if (epochs < 1 || batch_size < 1 || memory_batch_size < 1 || memory_points < 0 || min_steps < 0 ||
+      epochs > kMaxSteps || min_steps > kMaxSteps) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "epochs, batch_size and memory_batch_size must be >= 1, memory_points and min_steps >= 0; "
-        "got ", epochs, ", ", batch_size, ", ", memory_batch_size, ", ", memory_points, " and ",
+        "epochs, batch_size and memory_batch_size must be >= 1, memory_points and min_steps >= 0, "
+        "and epochs and min_steps at most ", kMaxSteps, "; got ", epochs, ", ", batch_size, ", ", memory_batch_size, ", ", memory_points, " and ",
         min_steps));
   }
   if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0)) {
@@ -463,8 +464,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       }
     }
     const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
-    const int64_t epochs =
-        std::max(config.epochs, (config.min_steps + steps_per_epoch - 1) / steps_per_epoch);
+    const int64_t epochs = std::max(config.epochs, config.min_steps / steps_per_epoch +
+                                                       (config.min_steps % steps_per_epoch != 0));
     ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
                             Trainer::Create(model.get(), to, epochs * steps_per_epoch, initial_hess));
     FlatParameters& flat = trainer->flat();
@@ -489,18 +490,27 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       }
     }
     // The K-prior's weight-space precision (total units).
-    const at::Tensor precision = weight_precision.defined() ? weight_precision.to(device) : at::Tensor();
+    auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : at::Tensor(); };
+    const at::Tensor precision = on_device(weight_precision);
     at::Generator new_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6e6577ULL);
     const double mem_weight = config.memory_weight < 0
                                   ? static_cast<double>(memory.size()) / static_cast<double>(n)
                                   : config.memory_weight;
-    const at::Tensor mem_x = memory.size() ? memory.x.to(device) : at::Tensor();
-    const at::Tensor mem_masks = memory.size() ? MasksFor(next.task_masks, memory.task) : at::Tensor();
+    // The memory on the device once, rather than its rows every step.
+    const at::Tensor mem_x = on_device(memory.x);
+    const at::Tensor mem_y = on_device(memory.y);
+    const at::Tensor mem_soft = on_device(memory.soft);
+    const at::Tensor mem_logits = on_device(memory.logits);
+    const at::Tensor mem_masks = memory.size() ? on_device(MasksFor(next.task_masks, memory.task)) : at::Tensor();
+    const at::Tensor fisher = on_device(state.fisher);
 
-    // The rows of a random memory minibatch.
+    // The rows of a random memory minibatch (drawn on the CPU, so the draw is the same on any
+    // device).
     auto memory_batch = [&]() {
       const int64_t b = std::min(config.memory_batch_size, memory.size());
-      return at::randperm(memory.size(), mem_gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b);
+      return at::randperm(memory.size(), mem_gen, at::TensorOptions().dtype(at::kLong))
+          .narrow(0, 0, b)
+          .to(device);
     };
     ExtraLossFn extra;
     switch (config.method) {
@@ -511,14 +521,14 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
           if (memory.size() > 0) {
             const at::Tensor rows = memory_batch();
             const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
-            const at::Tensor logits = Logits(*model, mem_x.index_select(0, rows.to(device)), masks);
-            const at::Tensor soft = memory.soft.index_select(0, rows).to(device);
+            const at::Tensor logits = Logits(*model, mem_x.index_select(0, rows), masks);
+            const at::Tensor soft = mem_soft.index_select(0, rows);
             at::Tensor f = FunctionSpaceTerm(logits, soft, Likelihood::kCategorical);
             if (config.replay_correction) {
-              f = f + ReplayCorrectionTerm(logits, soft, memory.y.index_select(0, rows).to(device));
+              f = f + ReplayCorrectionTerm(logits, soft, mem_y.index_select(0, rows));
             }
             if (config.distill_temperature > 0) {
-              f = f + DistillationTerm(logits, memory.logits.index_select(0, rows).to(device),
+              f = f + DistillationTerm(logits, mem_logits.index_select(0, rows),
                                        config.distill_temperature);
             }
             term = term + f * (mem_weight / static_cast<double>(rows.numel()));
@@ -541,7 +551,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
           const at::Tensor probs = at::softmax(Logits(*model, mem_x, mem_masks), 1);
           at::Tensor term = at::zeros({}, probs.options());
           for (const FrompBlock& b : fromp_blocks) {
-            const at::Tensor m = probs.index_select(0, b.rows.to(device)).select(1, b.klass);
+            const at::Tensor m = probs.index_select(0, b.rows).select(1, b.klass);
             const at::Tensor delta = (m - b.m_old).detach();
             const at::Tensor v = b.kinv.matmul(delta.unsqueeze(1)).squeeze(1);
             // Value 1/2 delta^T K^-1 delta; gradient J^T K^-1 delta (K fixed within the task).
@@ -554,7 +564,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       case Method::kEwc:
         if (first || !state.fisher.defined()) break;
         extra = [&]() {
-          return WeightSpaceTerm(flat.views(), anchor, state.fisher.to(device)) *
+          return WeightSpaceTerm(flat.views(), anchor, fisher) *
                  (config.ewc_lambda / static_cast<double>(n));
         };
         break;
@@ -563,8 +573,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         extra = [&]() {
           const at::Tensor rows = memory_batch();
           const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
-          const at::Tensor logits = Logits(*model, mem_x.index_select(0, rows.to(device)), masks);
-          return at::cross_entropy_loss(logits, memory.y.index_select(0, rows).to(device)) * mem_weight;
+          const at::Tensor logits = Logits(*model, mem_x.index_select(0, rows), masks);
+          return at::cross_entropy_loss(logits, mem_y.index_select(0, rows)) * mem_weight;
         };
         break;
       case Method::kFinetune:

@@ -48,6 +48,9 @@ struct AdaptConfig {
   // online-mode chunk, say) take fewer, Adapt makes as many more passes as that needs. A prior
   // of far more data than the task holds otherwise barely moves in a few steps. 0: off.
   int64_t min_steps = 0;
+  // Bound on epochs and min_steps: a job's step count stays far from int64 overflow, and a
+  // mistyped value fails at once rather than training forever.
+  static constexpr int64_t kMaxSteps = 1000000000;
   int64_t batch_size = 128;
   // Memory examples kept per task (K-prior, FROMP) or, times the tasks seen, the replay buffer's
   // capacity (experience replay).

@@ -46,10 +46,15 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
     device.emplace(name);
   } catch (const c10::Error&) {
   }
-  if (!device || !(device->is_cpu() || device->is_cuda())) {
+  // LibTorch keeps the index in 8 bits: "cuda:300" would come back as another device, so the
+  // parse must read back as what was written.
+  if (!device || !(device->is_cpu() || device->is_cuda()) ||
+      (device->has_index() && device->str() != name)) {
     return absl::InvalidArgumentError(
         absl::StrCat("device must be cpu, cuda or cuda:N; got \"", name, "\""));
   }
+  // A bare "cuda" is the first GPU, named as such in reports.
+  if (device->is_cuda() && !device->has_index()) device.emplace(at::kCUDA, 0);
   if (absl::Status s = CheckDevice(*device); !s.ok()) return s;
   return *device;
 }

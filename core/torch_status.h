@@ -37,8 +37,9 @@ std::string DescribeTensor(const at::Tensor& t);
 // "[256, 1, 28, 28]".
 std::string ShapeString(c10::IntArrayRef shape);
 
-// "cpu", "cuda" or "cuda:N" as a device this process can use. INVALID_ARGUMENT for another
-// spelling; FAILED_PRECONDITION for a CUDA device this build or machine does not have.
+// "cpu", "cuda" (= "cuda:0") or "cuda:N" as a device this process can use. INVALID_ARGUMENT
+// for another spelling; FAILED_PRECONDITION for a CUDA device this build or machine does not
+// have.
 absl::StatusOr<at::Device> ParseDevice(const std::string& name);
 
 // OK for the CPU and for a CUDA device that exists here; FAILED_PRECONDITION otherwise.

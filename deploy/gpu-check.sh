@@ -81,11 +81,14 @@ step "step time on this machine's CPU (median of 5)"
   --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true 2>&1 | tail -n 8
 
 step "Split CIL, K-prior, seed 10: Adapt on the GPU, then on one CPU thread"
+stream_rc=0
 for dev in cuda cpu; do
   timeout 200 ./build-gpu/bench/cl_bench --benchmark=split-fmnist-cil --method=kprior --seeds=1 \
     --first_seed=10 --threads=1 --device=$dev --json="$out/cl_cil_$dev.json" 2>&1 | tail -n 4
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "gpu-check: the $dev stream FAILED"; stream_rc=1; }
 done
 
 echo
-echo "gpu-check: core_tests exit code $tests_rc"
+echo "gpu-check: core_tests exit code $tests_rc, streams $stream_rc"
+[ "$tests_rc" = 0 ] && exit "$stream_rc"
 exit "$tests_rc"

@@ -129,7 +129,7 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   v1::CreateModelRequest steps = BlobModel("x", false);
   steps.mutable_config()->set_min_steps(-5);
   EXPECT_STATUS(client_->CreateModel(steps).status(), kInvalidArgument,
-                "memory_points and min_steps >= 0; got");
+                "and epochs and min_steps at most 1000000000; got");
   v1::CreateModelRequest method = BlobModel("x", false);
   method.mutable_config()->set_method("magic");
   EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");
