@@ -105,6 +105,12 @@ TEST(ReportTest, ModelInfoNamesDefaults) {
   EXPECT_TRUE(Has(text, "method kprior, head multi")) << text;
   EXPECT_TRUE(Has(text, "epochs default")) << text;
   EXPECT_TRUE(Has(text, "task 0: 2000 train, 0 eval, classes [0, 1]")) << text;
+  // Options left at their defaults are not listed; set ones are.
+  EXPECT_FALSE(Has(text, "steps")) << text;
+  m.mutable_config()->set_min_steps(500);
+  m.mutable_config()->mutable_ivon()->set_ess_factor(16);
+  const std::string set = FormatModelInfo(m);
+  EXPECT_TRUE(Has(set, ", ess factor 16, at least 500 steps")) << set;
 }
 
 TEST(ReportTest, InfluenceListsExamplesInOrder) {
