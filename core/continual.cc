@@ -240,12 +240,12 @@ absl::Status AdaptConfig::Validate() const {
   IvonOptions o = ivon;
   o.ess = 1;  // set per task
   ADAPTD_RETURN_IF_ERROR(o.Validate());
-  if (epochs < 1 || batch_size < 1 || memory_batch_size < 1 || memory_points < 0 || min_steps < 0 ||
-      epochs > kMaxSteps || min_steps > kMaxSteps) {
+  if (epochs < 1 || batch_size < 1 || memory_batch_size < 1 || memory_points < 0 ||
+      min_steps < 0 || epochs > kMaxSteps || min_steps > kMaxSteps) {
     return absl::InvalidArgumentError(absl::StrCat(
         "epochs, batch_size and memory_batch_size must be >= 1, memory_points and min_steps >= 0, "
-        "and epochs and min_steps at most ", kMaxSteps, "; got ", epochs, ", ", batch_size, ", ", memory_batch_size, ", ", memory_points, " and ",
-        min_steps));
+        "and epochs and min_steps at most ", kMaxSteps, "; got ", epochs, ", ", batch_size, ", ",
+        memory_batch_size, ", ", memory_points, " and ", min_steps));
   }
   if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0)) {
     return absl::InvalidArgumentError("fromp_jitter must be > 0, fromp_tau and ewc_lambda >= 0");
@@ -501,7 +501,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     const at::Tensor mem_y = on_device(memory.y);
     const at::Tensor mem_soft = on_device(memory.soft);
     const at::Tensor mem_logits = on_device(memory.logits);
-    const at::Tensor mem_masks = memory.size() ? on_device(MasksFor(next.task_masks, memory.task)) : at::Tensor();
+    const at::Tensor mem_masks =
+        on_device(memory.size() ? MasksFor(next.task_masks, memory.task) : at::Tensor());
     const at::Tensor fisher = on_device(state.fisher);
 
     // The rows of a random memory minibatch (drawn on the CPU, so the draw is the same on any
