@@ -93,9 +93,9 @@ class Trainer {
 
   // Whether the mean model learnt `data` at all: ABORTED when its cross-entropy on `data`
   // (within `label_mask`, as in TrainEpoch; every k-th example, at most 8,192) is above that of
-  // a uniform guess over each example's classes, ln |head|. A run that collapses onto one class keeps a finite loss, so
-  // TrainEpoch's divergence check does not see it; this one does (and so does a run that barely
-  // moved; the message names both remedies).
+  // a uniform guess over each example's classes, ln |head|. A run that collapses onto one class
+  // keeps a finite loss, so TrainEpoch's divergence check does not see it; this one does (and
+  // so does a run that barely moved; the message names both remedies).
   absl::Status CheckLearnt(const Dataset& data, const at::Tensor& label_mask = at::Tensor());
 
   // The learning rate the next step will use.

@@ -186,7 +186,10 @@ ModelEntry::ModelEntry(std::string name, ModelSpec spec, v1::LearningConfig conf
     : name_(std::move(name)),
       spec_(std::move(spec)),
       config_(std::move(config)),
-      adapt_(std::move(adapt)),
+      adapt_([&] {
+        adapt.device = options.device;  // the server's, for every job of this model
+        return std::move(adapt);
+      }()),
       options_(std::move(options)) {}
 
 ModelEntry::~ModelEntry() { Stop(); }
@@ -810,9 +813,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
         /*urgent=*/false);
   };
   auto should_stop = [&] { return job->cancel_requested() || stopping(); };
-  AdaptConfig adapt = adapt_;
-  adapt.device = options_.device;
-  auto result = Adapt(base->state(), task, adapt, progress, should_stop);
+  auto result = Adapt(base->state(), task, adapt_, progress, should_stop);
   if (!result.ok()) {
     if (stopping() && !job->cancel_requested()) {
       // Shutdown: the job stays queued in the catalog and resumes on the next start.
