@@ -53,6 +53,8 @@ ABSL_FLAG(std::string, weight_precision, "", "K-prior weight term: posterior or 
 ABSL_FLAG(std::string, hidden, "",
           "MLP hidden widths, e.g. 100 or 256,256; 0: logistic regression (empty: the benchmark's "
           "default)");
+ABSL_FLAG(std::string, architecture, "",
+          "model: mlp or lenet5 (Fashion-MNIST streams; empty: the benchmark's MLP)");
 ABSL_FLAG(double, delta, 8,
           "digits-add: prior precision over the base task (weight decay delta / N); 8 is the "
           "K-prior paper's 50 on USPS's 7,291 images, per example");
@@ -197,6 +199,14 @@ void PrintConfusion(const ContinualState& state, const TaskStream& stream) {
   }
 }
 
+// Views every input of a flattened 28x28 stream as a [1, 28, 28] image, for LeNet-5.
+void ToImages(TaskStream& s) {
+  const auto image = [](const at::Tensor& x) { return x.view({x.size(0), 1, 28, 28}); };
+  s.input_shape = {1, 28, 28};
+  for (TaskData& t : s.tasks) t.train.x = image(t.train.x);
+  for (Dataset& d : s.tests) d.x = image(d.x);
+}
+
 int Main() {
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   const std::string name = absl::GetFlag(FLAGS_benchmark);
@@ -208,6 +218,15 @@ int Main() {
   else if (name == "digits-add") stream = DigitsAdd(kSklearnDataDir, 0);
   else Die("--benchmark", absl::InvalidArgumentError("unknown benchmark " + name));
   if (!stream.ok()) Die("loading the task stream", stream.status());
+  const std::string arch = absl::GetFlag(FLAGS_architecture);
+  if (arch == "lenet5") {
+    if (stream->input_shape != std::vector<int64_t>{784}) {
+      Die("--architecture", absl::InvalidArgumentError("lenet5 needs the 28x28 Fashion-MNIST streams; got " + name));
+    }
+    ToImages(*stream);
+  } else if (!arch.empty() && arch != "mlp") {
+    Die("--architecture", absl::InvalidArgumentError("expected mlp or lenet5, got " + arch));
+  }
   std::string json = "[";
   std::vector<std::string> table;
   for (const std::string& mname : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_method), ','))) {
@@ -264,6 +283,10 @@ int Main() {
           }
           d.spec.hidden.push_back(width);
         }
+      }
+      if (arch == "lenet5") {
+        d.spec.architecture = Architecture::kLeNet5;
+        d.spec.hidden.clear();
       }
       ContinualState state = OrDie(InitialState(d.spec, seed), "initial state");
       RunResult run;
