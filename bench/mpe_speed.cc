@@ -7,7 +7,8 @@
 //                     a running top-10 (target: <= 3x the forward and backward pass)
 //   memory map:       e, v = diag(J Sigma J^T), lambda and sensitivity per example (target <= 3x)
 // and, for reference, the queries that need the K x K block J Sigma J^T per example
-// (self-influence; influence excluding each example's curvature).
+// (self-influence; influence excluding each example's curvature), and the MemoryMap RPC's work:
+// the map with the leave-one-out estimate, as two passes and as one.
 //
 //   build/bench/mpe_speed --benchmark_repetitions=5 --benchmark_enable_random_interleaving=true
 //   build/bench/mpe_speed --device=cuda ...   (on a GPU machine)
@@ -75,9 +76,19 @@ Setup& Shared() {
   return *s;
 }
 
-enum Query { kForwardBackward, kTopInfluence, kMemoryMap, kSelfInfluence, kInfluenceExcludeSelf };
+enum Query {
+  kForwardBackward,
+  kTopInfluence,
+  kMemoryMap,
+  kSelfInfluence,
+  kInfluenceExcludeSelf,
+  kMapThenLoo,
+  kMapAndLoo,
+  kLastQuery = kMapAndLoo
+};
 const char* kQueryNames[] = {"forward+backward", "top-10 influence", "memory map",
-                             "self-influence", "top-10 influence, exclude self"};
+                             "self-influence", "top-10 influence, exclude self",
+                             "memory map, then LOO (two passes)", "memory map and LOO (one pass)"};
 
 void BM_Query(benchmark::State& state) {
   const Query q = static_cast<Query>(state.range(0));
@@ -109,18 +120,22 @@ void BM_Query(benchmark::State& state) {
         benchmark::DoNotOptimize(top.data());
         break;
       }
-      case kMemoryMap: {
-        MpeOptions o;
-        o.batch_size = batch;
-        const MemoryMap map = OrDie(ComputeMemoryMap(model, s.sigma, s.store, o), "memory map");
-        benchmark::DoNotOptimize(map.sensitivity.data_ptr());
-        break;
-      }
+      case kMemoryMap:
+      case kMapThenLoo:
+      case kMapAndLoo:
       case kSelfInfluence: {
         MpeOptions o;
         o.batch_size = batch;
-        const at::Tensor self = OrDie(SelfInfluence(model, s.sigma, s.store, o), "self-influence");
-        benchmark::DoNotOptimize(self.data_ptr());
+        at::Tensor out;
+        if (q == kSelfInfluence) {
+          out = OrDie(SelfInfluence(model, s.sigma, s.store, o), "self-influence");
+        } else if (q == kMapAndLoo) {
+          out = OrDie(ComputeMemoryMapAndLoo(model, s.sigma, s.store, o), "map and LOO").loo.shift;
+        } else {
+          out = OrDie(ComputeMemoryMap(model, s.sigma, s.store, o), "memory map").sensitivity;
+          if (q == kMapThenLoo) out = OrDie(EstimateLoo(model, s.sigma, s.store, o), "LOO").shift;
+        }
+        benchmark::DoNotOptimize(out.data_ptr());
         break;
       }
     }
@@ -131,7 +146,7 @@ void BM_Query(benchmark::State& state) {
 BENCHMARK(BM_Query)
     ->ArgNames({"query", "batch"})
     ->ArgsProduct({{kForwardBackward, kTopInfluence, kMemoryMap, kSelfInfluence,
-                    kInfluenceExcludeSelf},
+                    kInfluenceExcludeSelf, kMapThenLoo, kMapAndLoo},
                    {256, 1000}})
     ->Unit(benchmark::kSecond)
     ->Iterations(1);
@@ -149,7 +164,7 @@ class RatioReporter : public MedianReporter {
                     "/iterations:1");
       };
       const double base = at(kForwardBackward);
-      for (int q = kForwardBackward; q <= kInfluenceExcludeSelf; ++q) {
+      for (int q = kForwardBackward; q <= kLastQuery; ++q) {
         const double ratio = at(q) / base;
         const char* target = q == kTopInfluence || q == kMemoryMap
                                  ? (ratio <= 3.0 ? "<= 3: PASS" : "<= 3: FAIL")

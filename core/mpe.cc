@@ -172,52 +172,76 @@ absl::StatusOr<at::Tensor> LooLogitShift(const at::Tensor& error, const at::Tens
   });
 }
 
+namespace {
+
+// One pass over the data for the memory map, the LOO estimate, or both (either may be null):
+// J Sigma J^T, which dominates each, is computed once. The full K x K block only when the LOO
+// estimate asks for it; the map then takes its diagonal.
+absl::Status MapAndLoo(Model& model, const Covariance& sigma, const Dataset& data,
+                       const MpeOptions& options, MemoryMap* map, LooEstimate* loo) {
+  double correct = 0;
+  const bool full = loo != nullptr && options.loo == LooMode::kFull;
+  ADAPTD_RETURN_IF_ERROR(ForEachBatch(
+      model, sigma, data, options, full, [&](const Batch& b) -> absl::Status {
+        const int64_t n = data.size(), k = b.logits.size(1), len = b.logits.size(0);
+        if (map != nullptr) {
+          if (!map->error.defined()) {
+            map->error = CpuLike(n, k, b.logits);
+            map->variance = CpuLike(n, k, b.logits);
+            map->lambda = CpuLike(n, k, b.logits);
+            map->sensitivity = CpuLike(n, 0, b.logits);
+          }
+          const at::Tensor v = b.gram.dim() == 3 ? b.gram.diagonal(0, 1, 2) : b.gram;
+          map->error.narrow(0, b.start, len).copy_(b.terms.error);
+          map->variance.narrow(0, b.start, len).copy_(v);
+          map->lambda.narrow(0, b.start, len).copy_(b.terms.lambda);
+          map->sensitivity.narrow(0, b.start, len)
+              .copy_((b.terms.error * b.terms.lambda * v).abs().sum(1));
+        }
+        if (loo != nullptr) {
+          ADAPTD_ASSIGN_OR_RETURN(at::Tensor shift, BatchShift(b, options));
+          const at::Tensor loo_logits = b.logits + shift;  // masked classes stay at -infinity
+          const at::Tensor nll =
+              -at::log_softmax(loo_logits, 1).gather(1, b.labels.unsqueeze(1)).squeeze(1);
+          if (!loo->shift.defined()) {
+            loo->shift = CpuLike(n, k, b.logits);
+            loo->nll_per_example = CpuLike(n, 0, b.logits);
+          }
+          loo->shift.narrow(0, b.start, len).copy_(shift);
+          loo->nll_per_example.narrow(0, b.start, len).copy_(nll);
+          correct += loo_logits.argmax(1).eq(b.labels).sum().item<double>();
+        }
+        return absl::OkStatus();
+      }));
+  if (loo != nullptr) {
+    loo->nll = loo->nll_per_example.to(at::kDouble).mean().item<double>();
+    loo->accuracy = correct / static_cast<double>(data.size());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<MemoryMap> ComputeMemoryMap(Model& model, const Covariance& sigma,
                                            const Dataset& data, const MpeOptions& options) {
   MemoryMap map;
-  ADAPTD_RETURN_IF_ERROR(ForEachBatch(
-      model, sigma, data, options, /*full=*/false, [&](const Batch& b) -> absl::Status {
-        const int64_t n = data.size(), k = b.logits.size(1), len = b.logits.size(0);
-        if (!map.error.defined()) {
-          map.error = CpuLike(n, k, b.logits);
-          map.variance = CpuLike(n, k, b.logits);
-          map.lambda = CpuLike(n, k, b.logits);
-          map.sensitivity = CpuLike(n, 0, b.logits);
-        }
-        map.error.narrow(0, b.start, len).copy_(b.terms.error);
-        map.variance.narrow(0, b.start, len).copy_(b.gram);
-        map.lambda.narrow(0, b.start, len).copy_(b.terms.lambda);
-        map.sensitivity.narrow(0, b.start, len)
-            .copy_((b.terms.error * b.terms.lambda * b.gram).abs().sum(1));
-        return absl::OkStatus();
-      }));
+  ADAPTD_RETURN_IF_ERROR(MapAndLoo(model, sigma, data, options, &map, nullptr));
   return map;
 }
 
 absl::StatusOr<LooEstimate> EstimateLoo(Model& model, const Covariance& sigma, const Dataset& data,
                                         const MpeOptions& options) {
   LooEstimate loo;
-  double correct = 0;
-  ADAPTD_RETURN_IF_ERROR(ForEachBatch(
-      model, sigma, data, options, options.loo == LooMode::kFull,
-      [&](const Batch& b) -> absl::Status {
-        const int64_t n = data.size(), k = b.logits.size(1), len = b.logits.size(0);
-        ADAPTD_ASSIGN_OR_RETURN(at::Tensor shift, BatchShift(b, options));
-        const at::Tensor loo_logits = b.logits + shift;  // masked classes stay at -infinity
-        const at::Tensor nll =
-            -at::log_softmax(loo_logits, 1).gather(1, b.labels.unsqueeze(1)).squeeze(1);
-        if (!loo.shift.defined()) {
-          loo.shift = CpuLike(n, k, b.logits);
-          loo.nll_per_example = CpuLike(n, 0, b.logits);
-        }
-        loo.shift.narrow(0, b.start, len).copy_(shift);
-        loo.nll_per_example.narrow(0, b.start, len).copy_(nll);
-        correct += loo_logits.argmax(1).eq(b.labels).sum().item<double>();
-        return absl::OkStatus();
-      }));
-  loo.nll = loo.nll_per_example.to(at::kDouble).mean().item<double>();
-  loo.accuracy = correct / static_cast<double>(data.size());
+  ADAPTD_RETURN_IF_ERROR(MapAndLoo(model, sigma, data, options, nullptr, &loo));
   return loo;
+}
+
+absl::StatusOr<MemoryMapAndLoo> ComputeMemoryMapAndLoo(Model& model, const Covariance& sigma,
+                                                       const Dataset& data,
+                                                       const MpeOptions& options) {
+  MemoryMapAndLoo out;
+  ADAPTD_RETURN_IF_ERROR(MapAndLoo(model, sigma, data, options, &out.map, &out.loo));
+  return out;
 }
 
 absl::StatusOr<at::Tensor> SelfInfluence(Model& model, const Covariance& sigma, const Dataset& data,

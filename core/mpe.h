@@ -103,6 +103,17 @@ struct LooEstimate {
 absl::StatusOr<LooEstimate> EstimateLoo(Model& model, const Covariance& sigma, const Dataset& data,
                                         const MpeOptions& options = {});
 
+// Both from one pass over the data: J Sigma J^T, which dominates each, is computed once, so
+// this costs about half of the two calls above. With options.loo == kFull the map's variance is
+// the diagonal of the K x K block.
+struct MemoryMapAndLoo {
+  MemoryMap map;
+  LooEstimate loo;
+};
+absl::StatusOr<MemoryMapAndLoo> ComputeMemoryMapAndLoo(Model& model, const Covariance& sigma,
+                                                       const Dataset& data,
+                                                       const MpeOptions& options = {});
+
 // Each example's self-influence: the signed change of its own predicted-class probability if
 // it were removed, grad p_{i,c_i}^T Sigma grad l_i = a_i^T (J_i Sigma J_i^T) e_i with
 // a_i = d p_{c_i} / d f = p_{c_i} (onehot(c_i) - p_i) and c_i = argmax p_i; with

@@ -476,8 +476,9 @@ class QueryServiceImpl final : public v1::QueryService::Service {
           ADAPTD_ASSIGN_OR_RETURN(o.label_mask, HeadMask(state, true, g));
         }
         const Dataset d = ex.data.Select(index);
-        ADAPTD_ASSIGN_OR_RETURN(adaptd::MemoryMap map, ComputeMemoryMap(lease.model(), sigma, d, o));
-        ADAPTD_ASSIGN_OR_RETURN(LooEstimate loo, EstimateLoo(lease.model(), sigma, d, o));
+        ADAPTD_ASSIGN_OR_RETURN(MemoryMapAndLoo both, ComputeMemoryMapAndLoo(lease.model(), sigma, d, o));
+        const adaptd::MemoryMap& map = both.map;
+        const LooEstimate& loo = both.loo;
         order.push_back(index);
         err.push_back(map.error.cpu());
         var.push_back(map.variance.cpu());

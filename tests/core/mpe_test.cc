@@ -322,6 +322,24 @@ TEST_P(MpeDeepTest, DataSetQuantitiesMatchExplicitJacobians) {
   ASSERT_TRUE(loo_full.ok()) << loo_full.status();
   EXPECT_TRUE(close(loo_full->shift, shift_full));
 
+  // The map and the LOO estimate from one pass: the same figures, in either LOO mode (with the
+  // full block, the map's variance is its diagonal).
+  for (LooMode mode : {LooMode::kDiagonal, LooMode::kFull}) {
+    opts.loo = mode;
+    auto both = ComputeMemoryMapAndLoo(*model, sigma, data, opts);
+    ASSERT_TRUE(both.ok()) << both.status();
+    const at::Tensor shift = mode == LooMode::kFull ? shift_full : shift_diag;
+    EXPECT_TRUE(close(both->map.error, o.error));
+    EXPECT_TRUE(close(both->map.variance, v));
+    EXPECT_TRUE(close(both->map.lambda, o.lambda));
+    EXPECT_TRUE(close(both->map.sensitivity, (o.error * o.lambda * v).abs().sum(1)));
+    EXPECT_TRUE(close(both->loo.shift, shift));
+    EXPECT_TRUE(close(both->loo.nll_per_example, nll_of(shift)));
+    EXPECT_NEAR(both->loo.nll, nll_of(shift).mean().item<double>(), 1e-12);
+    EXPECT_NEAR(both->loo.accuracy,
+                (o.logits + shift).argmax(1).eq(y).to(at::kDouble).mean().item<double>(), 1e-12);
+  }
+
   // Self-influence: a^T Gamma e with a = d p_c / d f at the predicted class c.
   auto self = SelfInfluence(*model, sigma, data, opts);
   ASSERT_TRUE(self.ok()) << self.status();
