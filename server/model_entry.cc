@@ -421,6 +421,16 @@ Dataset ModelEntry::Concat(const std::vector<ExampleBatchData>& batches, at::Ten
   return d;
 }
 
+std::vector<std::pair<int64_t, ExampleBatchData>> ModelEntry::TrainBatches(int64_t only_task) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<int64_t, ExampleBatchData>> out;
+  for (const auto& [tid, t] : tasks_) {
+    if (only_task >= 0 && tid != only_task) continue;
+    for (const auto& b : t.train) out.emplace_back(tid, b);
+  }
+  return out;
+}
+
 ModelEntry::Examples ModelEntry::MemoryExamples(const ModelVersion& version) const {
   const Memory& m = version.state().memory;
   Examples e;
@@ -429,35 +439,29 @@ ModelEntry::Examples ModelEntry::MemoryExamples(const ModelVersion& version) con
   e.data.y = m.y;
   e.ids = m.id;
   e.task_ids = m.task;
-  // Client ids: look the server ids up among the stored examples.
-  std::lock_guard<std::mutex> lock(mu_);
-  std::map<int64_t, int64_t> client;
-  for (const auto& [tid, t] : tasks_) {
-    for (const auto& b : t.train) {
-      auto ids = b.ids.accessor<int64_t, 1>();
-      auto cids = b.client_ids.accessor<int64_t, 1>();
-      for (int64_t i = 0; i < b.size(); ++i) client[ids[i]] = cids[i];
-    }
+  // Client ids: the memory's server ids looked up among the stored examples, outside the lock
+  // (a sorted search over the ids, not a scan per request under it).
+  std::vector<at::Tensor> ids, client_ids;
+  for (const auto& [tid, b] : TrainBatches()) {
+    ids.push_back(b.ids);
+    client_ids.push_back(b.client_ids);
   }
   e.client_ids = at::full({m.size()}, -1, at::kLong);
-  auto out = e.client_ids.accessor<int64_t, 1>();
-  auto mid = m.id.accessor<int64_t, 1>();
-  for (int64_t i = 0; i < m.size(); ++i) {
-    auto it = client.find(mid[i]);
-    if (it != client.end()) out[i] = it->second;
-  }
+  if (ids.empty()) return e;
+  const auto [sorted, order] = at::cat(ids).sort();
+  const at::Tensor pos = at::searchsorted(sorted, m.id).clamp_max(sorted.numel() - 1);
+  const at::Tensor found = sorted.index_select(0, pos).eq(m.id);
+  e.client_ids = at::where(found, at::cat(client_ids).index_select(0, order.index_select(0, pos)),
+                           e.client_ids);
   return e;
 }
 
-ModelEntry::Examples ModelEntry::AllTrainingExamples() const {
-  std::lock_guard<std::mutex> lock(mu_);
+ModelEntry::Examples ModelEntry::TrainingExamples(int64_t only_task) const {
   std::vector<ExampleBatchData> all;
   std::vector<at::Tensor> tasks;
-  for (const auto& [tid, t] : tasks_) {
-    for (const auto& b : t.train) {
-      all.push_back(b);
-      tasks.push_back(at::full({b.size()}, tid, at::kLong));
-    }
+  for (auto& [tid, b] : TrainBatches(only_task)) {
+    tasks.push_back(at::full({b.size()}, tid, at::kLong));
+    all.push_back(std::move(b));
   }
   Examples e;
   e.data = Concat(all, &e.ids, &e.client_ids);

@@ -198,14 +198,14 @@ class ModelEntry {
   absl::StatusOr<v1::ModelInfo> Rollback(int64_t version);
   absl::StatusOr<std::string> Export() const;
 
-  // Labelled examples of `scope` with their ids, for Influence and MemoryMap: the version's
-  // memory, or every training example stored.
+  // Labelled examples with their ids, for Influence and MemoryMap: the version's memory, or
+  // the training examples stored (every task's, or only task `only_task`'s when >= 0).
   struct Examples {
     Dataset data;
     at::Tensor ids, client_ids, task_ids;
   };
   Examples MemoryExamples(const ModelVersion& version) const;
-  Examples AllTrainingExamples() const;
+  Examples TrainingExamples(int64_t only_task = -1) const;
 
   // Stops the actor: the running job is interrupted and stays queued for the next start.
   void Stop();
@@ -241,6 +241,8 @@ class ModelEntry {
   at::Tensor LabelMaskLocked(int64_t task_id) const;
   static Dataset Concat(const std::vector<ExampleBatchData>& batches, at::Tensor* ids,
                         at::Tensor* client_ids);
+  // Handles (not copies) of the stored training batches, with their task ids, taken under mu_.
+  std::vector<std::pair<int64_t, ExampleBatchData>> TrainBatches(int64_t only_task = -1) const;
 
   const std::string name_;
   const ModelSpec spec_;

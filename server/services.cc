@@ -407,8 +407,9 @@ class QueryServiceImpl final : public v1::QueryService::Service {
             "one head)");
       }
       ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, state.ToPosterior());
-      ADAPTD_ASSIGN_OR_RETURN(ModelEntry::Examples ex, ExamplesFor(*entry, *version, request->scope()));
-      if (request->has_task_id()) ex = OfTask(ex, request->task_id());
+      ADAPTD_ASSIGN_OR_RETURN(
+          ModelEntry::Examples ex,
+          ExamplesFor(*entry, *version, request->scope(), request->has_task_id() ? request->task_id() : -1));
       ADAPTD_ASSIGN_OR_RETURN(ModelVersion::Lease lease, version->Acquire());
       const Covariance sigma = Covariance::FromPosterior(posterior);
       ADAPTD_ASSIGN_OR_RETURN(auto scorer, InfluenceScorer::Create(lease.model(), sigma, x, o));
@@ -574,15 +575,18 @@ class QueryServiceImpl final : public v1::QueryService::Service {
   }
 
  private:
+  // The examples of `scope`; only task `only_task`'s when >= 0.
   static absl::StatusOr<ModelEntry::Examples> ExamplesFor(const ModelEntry& entry,
                                                           const ModelVersion& version,
-                                                          v1::Scope scope) {
+                                                          v1::Scope scope, int64_t only_task = -1) {
     switch (scope) {
       case v1::SCOPE_UNSPECIFIED:
-      case v1::SCOPE_MEMORY:
-        return entry.MemoryExamples(version);
+      case v1::SCOPE_MEMORY: {
+        ModelEntry::Examples m = entry.MemoryExamples(version);
+        return only_task >= 0 ? OfTask(m, only_task) : m;
+      }
       case v1::SCOPE_ALL:
-        return entry.AllTrainingExamples();
+        return entry.TrainingExamples(only_task);
       default:
         return absl::InvalidArgumentError(
             absl::StrCat("scope must be SCOPE_MEMORY or SCOPE_ALL; got ", scope));

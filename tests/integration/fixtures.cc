@@ -38,7 +38,7 @@ absl::StatusOr<v1::StreamExamplesResponse> StreamData(const AdaptdClient& client
                                                       v1::Split split,
                                                       const std::vector<int64_t>& classes,
                                                       const Dataset& data, int64_t batch_size,
-                                                      bool keep_open) {
+                                                      bool keep_open, int64_t client_id_base) {
   v1::StreamHeader h;
   h.set_model(model);
   h.set_task_id(task);
@@ -48,7 +48,9 @@ absl::StatusOr<v1::StreamExamplesResponse> StreamData(const AdaptdClient& client
   std::vector<v1::ExampleBatch> batches;
   for (int64_t b = 0; b < data.size(); b += batch_size) {
     const int64_t len = std::min(batch_size, data.size() - b);
-    batches.push_back(MakeBatch(data.x.narrow(0, b, len), data.y.narrow(0, b, len)));
+    const at::Tensor client_ids =
+        client_id_base >= 0 ? at::arange(client_id_base + b, client_id_base + b + len, at::kLong) : at::Tensor();
+    batches.push_back(MakeBatch(data.x.narrow(0, b, len), data.y.narrow(0, b, len), client_ids));
   }
   return client.StreamExamples(h, batches);
 }

@@ -25,14 +25,16 @@ Dataset BlobTask(int64_t n, const std::vector<int64_t>& classes, uint64_t seed);
 v1::ExampleBatch MakeBatch(const at::Tensor& x, const at::Tensor& y,
                            const at::Tensor& client_ids = at::Tensor());
 
-// Streams `data` in batches of `batch_size`.
+// Streams `data` in batches of `batch_size`. With client_id_base >= 0, example i carries the
+// client id client_id_base + i.
 absl::StatusOr<v1::StreamExamplesResponse> StreamData(const AdaptdClient& client,
                                                       const std::string& model, int64_t task,
                                                       v1::Split split,
                                                       const std::vector<int64_t>& classes,
                                                       const Dataset& data,
                                                       int64_t batch_size = 64,
-                                                      bool keep_open = false);
+                                                      bool keep_open = false,
+                                                      int64_t client_id_base = -1);
 
 // An MLP kDim -> 16 -> kClasses learning with the K-prior (multi-head when `multi`).
 v1::CreateModelRequest BlobModel(const std::string& name, bool multi, int64_t epochs = 3);

@@ -52,12 +52,18 @@ TEST(ServiceTest, EveryRpcThroughTheClient) {
   const std::vector<std::vector<int64_t>> heads = {{0, 1}, {2, 3}};
   std::vector<Dataset> evals;
   int64_t version = 0;
+  // Training example i of task t carries the client id 1000 (t + 1) + i; the server's ids for
+  // the task start at first_id[t].
+  std::vector<int64_t> first_id;
   for (int t = 0; t < 2; ++t) {
     evals.push_back(BlobTask(100, heads[t], 100 + t));
     ASSERT_TRUE(StreamData(*client, "m", t, v1::SPLIT_EVAL, heads[t], evals[t]).ok());
-    auto streamed = StreamData(*client, "m", t, v1::SPLIT_TRAIN, heads[t], BlobTask(300, heads[t], t));
+    auto streamed = StreamData(*client, "m", t, v1::SPLIT_TRAIN, heads[t], BlobTask(300, heads[t], t),
+                               64, false, 1000 * (t + 1));
     ASSERT_TRUE(streamed.ok()) << streamed.status();
     EXPECT_EQ(streamed->examples(), 300);
+    ASSERT_EQ(streamed->ids_size(), 1);
+    first_id.push_back(streamed->ids(0).first());
     ASSERT_EQ(streamed->job_ids_size(), 1);
     std::vector<int64_t> steps;
     auto last = client->WatchJob(streamed->job_ids(0),
@@ -121,6 +127,7 @@ TEST(ServiceTest, EveryRpcThroughTheClient) {
       EXPECT_EQ(e.task_id(), 0);
       EXPECT_GE(e.example_id(), 100);  // task 0's train ids follow its 100 eval ids
       EXPECT_LT(e.example_id(), 400);
+      EXPECT_EQ(e.client_id(), 1000 + e.example_id() - first_id[0]);
     }
     EXPECT_GE(std::abs(inf->examples(0).score()), std::abs(inf->examples(4).score()));
   }
@@ -134,6 +141,13 @@ TEST(ServiceTest, EveryRpcThroughTheClient) {
   ASSERT_EQ(err.sizes(), (std::vector<int64_t>{40, kClasses}));
   EXPECT_TRUE(at::allclose(err.sum(1), at::zeros({40}), 1e-4, 1e-5));  // p - onehot(y)
   EXPECT_GE(Floats(map->sensitivity()).min().item<float>(), 0.0f);
+  // Each memorable example's client id is the one its stream gave it.
+  const at::Tensor map_ids = Floats(map->example_ids()), map_tasks = Floats(map->task_ids());
+  const at::Tensor map_clients = Floats(map->client_ids());
+  for (int64_t i = 0; i < 40; ++i) {
+    const int64_t t = map_tasks[i].item<int64_t>();
+    EXPECT_EQ(map_clients[i].item<int64_t>(), 1000 * (t + 1) + map_ids[i].item<int64_t>() - first_id[t]);
+  }
   EXPECT_GT(map->loo_nll(), 0.0);
   EXPECT_GT(map->loo_accuracy(), 0.5);
 
