@@ -1,5 +1,7 @@
 #include "bench/bench_util.h"
 
+#include <algorithm>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -51,6 +53,12 @@ FlippedLabels FlipLabels(const at::Tensor& labels, int64_t classes, int64_t coun
   out.labels.index_put_({chosen}, (labels.index_select(0, chosen) + shift).remainder(classes));
   out.flipped = at::zeros({n}, at::kBool).index_fill_(0, chosen, true);
   return out;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
 }
 
 void WriteJson(const std::string& path, const std::string& json) {

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/data/readers.h"
@@ -31,6 +32,9 @@ struct FlippedLabels {
   at::Tensor flipped;
 };
 FlippedLabels FlipLabels(const at::Tensor& labels, int64_t classes, int64_t count, uint64_t seed);
+
+// The median of `v` (the mean of the middle two for an even count); 0 for none.
+double Median(std::vector<double> v);
 
 // Writes `json` to `path` unless `path` is empty (the --json flag's contract).
 void WriteJson(const std::string& path, const std::string& json);

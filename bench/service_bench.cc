@@ -41,13 +41,8 @@ namespace adaptd {
 namespace {
 
 using bench::OrDie;
+using bench::Median;
 using bench::Stopwatch;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-}
 
 double Quantile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());

@@ -11,11 +11,6 @@
 #include "core/torch_status.h"
 
 namespace adaptd {
-namespace {
-
-using Kind = Layer::Kind;
-
-bool g_fused_kernels = true;
 
 std::vector<at::Tensor> ParameterViews(const at::Tensor& flat, const std::vector<at::Tensor>& like) {
   std::vector<at::Tensor> views;
@@ -26,6 +21,12 @@ std::vector<at::Tensor> ParameterViews(const at::Tensor& flat, const std::vector
   }
   return views;
 }
+
+namespace {
+
+using Kind = Layer::Kind;
+
+bool g_fused_kernels = true;
 
 std::vector<int64_t> Offsets(const std::vector<at::Tensor>& params) {
   std::vector<int64_t> offsets;

@@ -61,6 +61,10 @@ class Covariance {
   at::Tensor matrix_;
 };
 
+// Views of `flat` (along its last dimension) shaped like each tensor of `like`, in order: a flat
+// vector over Model::Parameters() seen parameter by parameter.
+std::vector<at::Tensor> ParameterViews(const at::Tensor& flat, const std::vector<at::Tensor>& like);
+
 // Not thread-safe (it runs the model). The model must outlive it; the model's current weights
 // are the point the Jacobians are taken at, and every call uses the model as it is then.
 // Inputs are moved to the parameters' device; outputs are on that device, in the parameters'

@@ -1,7 +1,8 @@
 // Predictive distributions from a model and its IVON posterior (ALGORITHMS.md §1.5), with their
 // uncertainty decomposition:
 //   kMean:       softmax(f(x; m))                                          ("IVON@mean")
-//   kBayes:      (1/S) sum_s softmax(f(x; theta_s)), theta_s ~ N(m, sigma^2)  (posterior averaging)
+//   kBayes:      (1/S) sum_s softmax(f(x; theta_s)), theta_s ~ N(m, sigma^2)  (posterior averaging;
+//                per example, so the examples of a batch need not share a draw)
 //   kLinearized: logits ~ N(f(x; m), J Sigma J^T) (the network linearized at the mean), with the
 //                probit approximation p_k ~= softmax_k(f / sqrt(1 + pi/8 diag(J Sigma J^T)))
 //                (MacKay 1992; Lu et al., arXiv:2006.07584).
@@ -30,6 +31,13 @@ struct PredictOptions {
   int64_t samples = 64;
   int64_t batch_size = 2000;  // examples per forward pass
   at::Tensor label_mask;      // optional bool [K]: a task's head
+  // kBayes on a model of Linear layers and elementwise activations (MLP, logistic regression):
+  // draw each example's pre-activations, layer by layer, from their Gaussian given the layer's
+  // input (the local reparameterization of Kingma et al. 2015) instead of whole weight vectors.
+  // Each example's predictive distribution is the same; the draws cost a unit per neuron, not
+  // per weight, and the first layer's product is shared by all samples. Other models (and false)
+  // draw weight vectors.
+  bool local_reparameterization = true;
 };
 
 // Per example, on the CPU in the parameters' dtype.

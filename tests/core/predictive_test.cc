@@ -35,11 +35,13 @@ class PredictiveTest : public testing::Test {
     posterior_ = *Posterior::Create(flat_.params().clone(), hess, /*ess=*/100, /*delta=*/0.0);
     x_ = RandomInput(*model_, 7, gen);
   }
-  Prediction Run(PredictMode mode, int64_t samples, uint64_t seed, int64_t batch_size = 3) {
+  Prediction Run(PredictMode mode, int64_t samples, uint64_t seed, int64_t batch_size = 3,
+                 bool local_reparameterization = true) {
     PredictOptions o;
     o.mode = mode;
     o.samples = samples;
     o.batch_size = batch_size;
+    o.local_reparameterization = local_reparameterization;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     auto p = Predict(*model_, flat_, &posterior_, x_, o, gen);
     EXPECT_TRUE(p.ok()) << p.status();
@@ -64,10 +66,11 @@ TEST_F(PredictiveTest, MeanModeHasNoEpistemicPart) {
   EXPECT_EQ(p.std.abs().max().item<float>(), 0.f);
 }
 
-// Posterior averaging against the loop written out: draw, forward, softmax, then moments.
+// Posterior averaging by weight draws against the loop written out: draw, forward, softmax,
+// then moments.
 TEST_F(PredictiveTest, BayesDecompositionMatchesHandSampling) {
   constexpr int64_t kSamples = 16;
-  const Prediction p = Run(PredictMode::kBayes, kSamples, 7);
+  const Prediction p = Run(PredictMode::kBayes, kSamples, 7, 3, /*local_reparameterization=*/false);
   EXPECT_TRUE(at::equal(flat_.params(), posterior_.mean())) << "the mean must be restored";
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
   std::vector<at::Tensor> draws;
@@ -94,10 +97,70 @@ TEST_F(PredictiveTest, BayesDecompositionMatchesHandSampling) {
   o.mode = PredictMode::kBayes;
   o.samples = kSamples;
   o.batch_size = 3;
+  o.local_reparameterization = false;
   at::Generator gen2 = at::make_generator<at::CPUGeneratorImpl>(7);
   auto probs = PredictProbs(*model_, flat_, &posterior_, x_, o, gen2);
   ASSERT_TRUE(probs.ok());
   EXPECT_TRUE(at::equal(*probs, p.probs));
+}
+
+// Drawing pre-activations layer by layer (the default for this MLP) against drawing whole
+// weight vectors: the same predictive distribution per example, so two independent estimates
+// of 20000 draws each agree within their Monte Carlo error.
+TEST_F(PredictiveTest, LocalReparameterizationHasTheWeightDrawsDistribution) {
+  constexpr int64_t kSamples = 20000;
+  const Prediction local = Run(PredictMode::kBayes, kSamples, 21);
+  EXPECT_TRUE(at::equal(flat_.params(), posterior_.mean())) << "the mean must be restored";
+  const Prediction weights = Run(PredictMode::kBayes, kSamples, 22, 3, false);
+  const at::Tensor spread = weights.std.to(at::kDouble);
+  ASSERT_GT(spread.max().item<double>(), 0.02) << "the posterior must spread the predictions";
+  // The difference of two means of S draws has standard error sqrt(2 / S) std; allow 5 of them
+  // (28 entries are compared).
+  const at::Tensor se = (local.std.to(at::kDouble).square() + spread.square()).div(kSamples).sqrt();
+  EXPECT_TRUE(((local.probs - weights.probs).to(at::kDouble).abs() <= 5 * se + 1e-7).all().item<bool>())
+      << (local.probs - weights.probs).abs().max().item<float>() << " against " << se.max().item<double>();
+  // The spread itself: relative error about 1 / sqrt(2 S) = 0.5 % per estimate.
+  EXPECT_LT(((local.std.to(at::kDouble) - spread).abs() / (spread + 1e-3)).max().item<double>(), 0.03);
+  EXPECT_LT((local.expected_entropy - weights.expected_entropy).abs().max().item<float>(), 5e-3);
+}
+
+// Logistic regression with two classes has a closed form to check the draws against: the logit
+// difference d = f_1 - f_0 is N(m, v) with m = (mu_1 - mu_0) x + (b_1 - b_0) and
+// v = (s_1^2 + s_0^2) x^2 + s_b1^2 + s_b0^2, and E p_1 = E sigmoid(d), E p_1^2 by quadrature.
+TEST(PredictiveGlmTest, LocalReparameterizationMatchesTheGaussianLogitsOfLogisticRegression) {
+  std::unique_ptr<Model> model = BuildOrDie(Spec(Architecture::kLogReg, {5}, 2), 4);
+  FlatParameters flat = *FlatParameters::Bind(model->Parameters());
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(17);
+  const at::Tensor hess = at::rand({flat.numel()}, gen) + 0.2;
+  Posterior posterior = *Posterior::Create(flat.params().clone(), hess, /*ess=*/4, /*delta=*/0.0);
+  const at::Tensor x = RandomInput(*model, 6, gen);
+  constexpr int64_t kSamples = 200000;
+  PredictOptions o;
+  o.mode = PredictMode::kBayes;
+  o.samples = kSamples;
+  at::Generator draw = at::make_generator<at::CPUGeneratorImpl>(5);
+  auto p = Predict(*model, flat, &posterior, x, o, draw);
+  ASSERT_TRUE(p.ok()) << p.status();
+
+  // Parameters: weight [2, 5], then bias [2].
+  const at::Tensor mu = posterior.mean().to(at::kDouble), var = posterior.Sigma().square().to(at::kDouble);
+  const at::Tensor w = mu.narrow(0, 0, 10).view({2, 5}), b = mu.narrow(0, 10, 2);
+  const at::Tensor wv = var.narrow(0, 0, 10).view({2, 5}), bv = var.narrow(0, 10, 2);
+  const at::Tensor xd = x.to(at::kDouble);
+  const at::Tensor m = at::matmul(xd, (w[1] - w[0])) + (b[1] - b[0]);                        // [N]
+  const at::Tensor v = at::matmul(xd.square(), (wv[1] + wv[0])) + (bv[1] + bv[0]);           // [N]
+  // Trapezoid rule on z in [-12, 12] with 48001 points: error far below 1e-9.
+  const at::Tensor z = at::linspace(-12, 12, 48001, at::kDouble);
+  const at::Tensor phi = at::exp(-0.5 * z.square()) / std::sqrt(2 * M_PI) * (24.0 / 48000);
+  const at::Tensor s = at::sigmoid(m.unsqueeze(1) + v.sqrt().unsqueeze(1) * z.unsqueeze(0));  // [N, Z]
+  const at::Tensor e1 = (s * phi).sum(1), e2 = (s.square() * phi).sum(1);
+  const at::Tensor sd = (e2 - e1.square()).sqrt();
+  ASSERT_GT(sd.min().item<double>(), 0.05) << "the logits must be uncertain";
+  const at::Tensor got = p->probs.select(1, 1).to(at::kDouble);
+  // 5 standard errors of a mean of 200000 draws.
+  EXPECT_TRUE(((got - e1).abs() <= 5 * sd / std::sqrt(kSamples)).all().item<bool>())
+      << (got - e1).abs().max().item<double>();
+  EXPECT_LT((p->std.select(1, 1).to(at::kDouble) - sd).abs().max().item<double>(), 0.01);
 }
 
 // Linearized: the probit probabilities from J Sigma J^T of explicit autograd Jacobians, and the
