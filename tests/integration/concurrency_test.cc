@@ -45,6 +45,8 @@ TEST(ConcurrencyTest, PredictDuringAdaptationSeesWholeVersionsInOrder) {
   std::vector<std::vector<Answer>> answers(kThreads);
   std::atomic<bool> done{false};
   std::atomic<int> errors{0};
+  std::vector<std::atomic<int64_t>> latest(kThreads);  // each reader's last version seen
+  for (auto& v : latest) v = -1;
   std::vector<std::thread> readers;
   for (int t = 0; t < kThreads; ++t) {
     readers.emplace_back([&, t] {
@@ -56,6 +58,7 @@ TEST(ConcurrencyTest, PredictDuringAdaptationSeesWholeVersionsInOrder) {
           continue;
         }
         answers[t].push_back({p->version(), p->probs().raw_data()});
+        latest[t] = p->version();
       }
     });
   }
@@ -65,6 +68,18 @@ TEST(ConcurrencyTest, PredictDuringAdaptationSeesWholeVersionsInOrder) {
                         BlobTask(200, {task % 4, (task + 1) % 4}, 10 + task));
     ASSERT_TRUE(s.ok()) << s.status();
     WaitJobs(*client, *s);
+  }
+  // The last version is published before its job reports success. Keep the readers going until
+  // each has answered from it (a loaded machine can hold a reader off for a while), or 30 s.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  auto all_current = [&] {
+    for (const auto& v : latest) {
+      if (v.load() != 4) return false;
+    }
+    return true;
+  };
+  while (!all_current() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   done = true;
   for (auto& th : readers) th.join();
