@@ -146,8 +146,9 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
     };
     Prediction out;
     Moments m(n, k, at::TensorOptions().dtype(params.scalar_type()));
-    const std::vector<Layer> layers =
-        options.local_reparameterization ? model.Layers() : std::vector<Layer>();
+    const std::vector<Layer> layers = options.mode == PredictMode::kBayes && options.local_reparameterization
+                                          ? model.Layers()
+                                          : std::vector<Layer>();
     if (options.mode == PredictMode::kMean) {
       if (posterior) params.copy_(posterior->mean());
       for (int64_t b = 0; b < n; b += options.batch_size) {
