@@ -43,13 +43,18 @@ struct Moments {
 // cache. At batch 256, chunks of 4M ran 2.3x slower than chunks of 64K-256K (bench/predict_speed).
 constexpr int64_t kChunk = int64_t{1} << 17;
 
-// Whether kBayes can draw pre-activations layer by layer: Linear layers and elementwise
-// activations only.
+// Whether kBayes can draw pre-activations layer by layer: Linear layers, Flatten, ReLU and tanh
+// only (a kind added to Layer later takes the weight-draw path until it is handled here).
 bool LocalReparameterizable(const std::vector<Layer>& layers) {
   bool linear = false;
   for (const Layer& l : layers) {
-    if (l.kind == Layer::Kind::kConv2d || l.kind == Layer::Kind::kMaxPool2d) return false;
-    linear = linear || l.kind == Layer::Kind::kLinear;
+    switch (l.kind) {
+      case Layer::Kind::kLinear: linear = true; break;
+      case Layer::Kind::kFlatten:
+      case Layer::Kind::kRelu:
+      case Layer::Kind::kTanh: break;
+      default: return false;
+    }
   }
   return linear;
 }
@@ -104,7 +109,9 @@ class LocalReparameterization {
       case Layer::Kind::kFlatten: return h.flatten(drawn ? 2 : 1);
       case Layer::Kind::kRelu: return at::relu(h);
       case Layer::Kind::kTanh: return at::tanh(h);
-      default: return h;  // excluded by LocalReparameterizable
+      default:
+        TORCH_CHECK(false, "local reparameterization: unexpected layer kind ",
+                    static_cast<int>(l.kind));  // excluded by LocalReparameterizable
     }
   }
 
@@ -130,6 +137,21 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
   if (options.samples < 1 || options.batch_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("samples and batch_size must be >= 1; got ",
                                                    options.samples, " and ", options.batch_size));
+  }
+  if (options.mode == PredictMode::kBayes) {
+    // Checked here for either way of drawing (weight draws check it again in SampleInto).
+    const at::Tensor& params = flat.params();
+    const at::Tensor& mean = posterior->mean();
+    if (!mean.sizes().equals(params.sizes()) || mean.scalar_type() != params.scalar_type() ||
+        mean.device() != params.device()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the posterior must match the parameters ", DescribeTensor(params), " on ",
+          params.device().str(), "; got ", DescribeTensor(mean), " on ", mean.device().str()));
+    }
+    if (gen.device().type() != params.device().type()) {
+      return absl::InvalidArgumentError(absl::StrCat("generator is on ", gen.device().str(),
+                                                     "; the parameters are on ", params.device().str()));
+    }
   }
   std::unique_ptr<LogitJacobian> jacobian;
   if (options.mode == PredictMode::kLinearized) {

@@ -26,7 +26,7 @@ enum class PredictMode { kMean, kBayes, kLinearized };
 
 struct PredictOptions {
   PredictMode mode = PredictMode::kMean;
-  // S: weight samples for kBayes; logit samples from N(f, J Sigma J^T) for kLinearized's
+  // S: posterior samples for kBayes; logit samples from N(f, J Sigma J^T) for kLinearized's
   // expected entropy and per-class standard deviation (no extra forward passes).
   int64_t samples = 64;
   int64_t batch_size = 2000;  // examples per forward pass
@@ -36,7 +36,8 @@ struct PredictOptions {
   // input (the local reparameterization of Kingma et al. 2015) instead of whole weight vectors.
   // Each example's predictive distribution is the same; the draws cost a unit per neuron, not
   // per weight, and the first layer's product is shared by all samples. Other models (and false)
-  // draw weight vectors.
+  // draw weight vectors. Each example then gets its own draws: for a given seed its answer
+  // depends on its position in x and on batch_size (equal calls still give equal answers).
   bool local_reparameterization = true;
 };
 

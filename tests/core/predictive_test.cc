@@ -209,6 +209,19 @@ TEST_F(PredictiveTest, BadInputIsInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Predict(*model_, flat_, &posterior_, at::zeros({2, 5}), {}, gen).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // A posterior of another model is refused before anything is drawn, either way of drawing.
+  o.samples = 4;
+  o.mode = PredictMode::kBayes;
+  const Posterior other = *Posterior::Create(at::zeros({flat_.numel() - 1}),
+                                             at::ones({flat_.numel() - 1}), 100, 0.0);
+  const at::Tensor before = flat_.params().clone();
+  for (bool local : {true, false}) {
+    o.local_reparameterization = local;
+    auto p = Predict(*model_, flat_, &other, x_, o, gen);
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(p.status().message()), testing::HasSubstr("posterior must match"));
+    EXPECT_TRUE(at::equal(flat_.params(), before));
+  }
 }
 
 // Linearized prediction on a CUDA copy: the same probit probabilities as on the CPU.

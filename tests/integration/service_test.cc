@@ -32,6 +32,50 @@ v1::PredictRequest PredictOn(const std::string& model, const at::Tensor& x, v1::
   return r;
 }
 
+// Task 0 gets more examples after task 1: the store's ids, gathered task by task, are then not
+// sorted (task 0's second stream has larger ids than task 1's). MemoryMap must still return each
+// memorable example's own client id.
+TEST(ServiceTest, MemoryMapClientIdsWhenATaskGrowsLater) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("o", /*multi=*/false)).ok());
+  struct Range {
+    int64_t first, count, client_base;
+  };
+  std::vector<Range> ranges;
+  const std::vector<int> order = {0, 1, 0};
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int t = order[i];
+    const std::vector<int64_t> classes = {2 * t, 2 * t + 1};
+    const int64_t base = 1000 * static_cast<int64_t>(i + 1);
+    auto s = StreamData(*client, "o", t, v1::SPLIT_TRAIN, classes,
+                        BlobTask(200, classes, 40 + static_cast<uint64_t>(i)), 64, false, base);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_EQ(s->ids_size(), 1);
+    ranges.push_back({s->ids(0).first(), s->ids(0).count(), base});
+    WaitJobs(*client, *s);
+  }
+  ASSERT_GT(ranges[2].first, ranges[1].first);  // task 0's second stream follows task 1's ids
+  v1::MemoryMapRequest mm;
+  mm.set_model("o");
+  auto map = client->MemoryMap(mm);
+  ASSERT_TRUE(map.ok()) << map.status();
+  const at::Tensor ids = Floats(map->example_ids()), tasks = Floats(map->task_ids());
+  const at::Tensor clients = Floats(map->client_ids());
+  ASSERT_GT(ids.numel(), 0);
+  EXPECT_GT(tasks.eq(1).sum().item<int64_t>(), 0);
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    const int64_t id = ids[i].item<int64_t>();
+    int64_t expected = -1;
+    for (const Range& r : ranges) {
+      if (id >= r.first && id < r.first + r.count) expected = r.client_base + id - r.first;
+    }
+    EXPECT_EQ(clients[i].item<int64_t>(), expected) << "example " << id;
+  }
+}
+
 TEST(ServiceTest, EveryRpcThroughTheClient) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path());
