@@ -47,18 +47,23 @@ at::Tensor Posterior::Precision() const { return (hess_ + delta_) * ess_; }
 
 at::Tensor Posterior::Sigma() const { return Precision().rsqrt(); }
 
-absl::Status Posterior::SampleInto(at::Tensor& out, const at::Generator& gen) const {
+absl::Status Posterior::CheckDrawTarget(const at::Tensor& out, const at::Generator& gen) const {
   if (!out.sizes().equals(mean_.sizes()) || out.scalar_type() != mean_.scalar_type() ||
       out.device() != mean_.device() || !out.is_contiguous()) {
-    return absl::InvalidArgumentError(absl::StrCat("sample target must be contiguous ",
-                                                   DescribeTensor(mean_), " on ",
-                                                   mean_.device().str(), "; got ",
-                                                   DescribeTensor(out)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the posterior must match the parameters it is drawn for: contiguous ",
+        DescribeTensor(mean_), " on ", mean_.device().str(), "; got ", DescribeTensor(out), " on ",
+        out.device().str()));
   }
   if (gen.device().type() != mean_.device().type()) {
     return absl::InvalidArgumentError(absl::StrCat("generator is on ", gen.device().str(),
                                                    "; the posterior is on ", mean_.device().str()));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Posterior::SampleInto(at::Tensor& out, const at::Generator& gen) const {
+  ADAPTD_RETURN_IF_ERROR(CheckDrawTarget(out, gen));
   return CallTorch([&]() -> absl::Status {
     at::NoGradGuard no_grad;
     if (mean_.device().is_cpu()) {

@@ -45,6 +45,9 @@ class Posterior {
   // REQUIRES: out has the mean's size, dtype and device; `gen` is a generator of that device.
   // On the CPU the draw is reproducible from the generator's state for any thread count.
   absl::Status SampleInto(at::Tensor& out, const at::Generator& gen) const;
+  // SampleInto's REQUIRES as a status: INVALID_ARGUMENT when `out` is not a contiguous tensor of
+  // the mean's size, dtype and device, or `gen` is not a generator of that device.
+  absl::Status CheckDrawTarget(const at::Tensor& out, const at::Generator& gen) const;
 
   // Deep copy (for publishing immutable snapshots).
   Posterior Clone() const;

@@ -138,20 +138,9 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
     return absl::InvalidArgumentError(absl::StrCat("samples and batch_size must be >= 1; got ",
                                                    options.samples, " and ", options.batch_size));
   }
+  // Either way of drawing (weight draws check it again in SampleInto).
   if (options.mode == PredictMode::kBayes) {
-    // Checked here for either way of drawing (weight draws check it again in SampleInto).
-    const at::Tensor& params = flat.params();
-    const at::Tensor& mean = posterior->mean();
-    if (!mean.sizes().equals(params.sizes()) || mean.scalar_type() != params.scalar_type() ||
-        mean.device() != params.device()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the posterior must match the parameters ", DescribeTensor(params), " on ",
-          params.device().str(), "; got ", DescribeTensor(mean), " on ", mean.device().str()));
-    }
-    if (gen.device().type() != params.device().type()) {
-      return absl::InvalidArgumentError(absl::StrCat("generator is on ", gen.device().str(),
-                                                     "; the parameters are on ", params.device().str()));
-    }
+    ADAPTD_RETURN_IF_ERROR(posterior->CheckDrawTarget(flat.params(), gen));
   }
   std::unique_ptr<LogitJacobian> jacobian;
   if (options.mode == PredictMode::kLinearized) {
