@@ -79,6 +79,28 @@ absl::Status Errno(const std::string& what, const std::string& path) {
 
 }  // namespace
 
+std::vector<ExampleBatchData> SliceBatches(const std::vector<ExampleBatchData>& batches,
+                                           int64_t begin, int64_t end) {
+  std::vector<ExampleBatchData> out;
+  int64_t offset = 0;  // rows before batch b
+  for (const ExampleBatchData& b : batches) {
+    const int64_t lo = std::max(begin, offset), hi = std::min(end, offset + b.size());
+    if (lo < hi) {
+      ExampleBatchData part = b;
+      if (hi - lo < b.size()) {
+        part.x = b.x.narrow(0, lo - offset, hi - lo);
+        part.y = b.y.narrow(0, lo - offset, hi - lo);
+        part.ids = b.ids.narrow(0, lo - offset, hi - lo);
+        part.client_ids = b.client_ids.narrow(0, lo - offset, hi - lo);
+      }
+      out.push_back(std::move(part));
+    }
+    offset += b.size();
+    if (offset >= end) break;
+  }
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::Open(const std::string& path,
                                                              LogRecovery* recovery) {
   return OpenFile(path, recovery, /*fresh=*/false);

@@ -34,6 +34,11 @@ struct ExampleBatchData {
   int64_t size() const { return y.defined() ? y.size(0) : 0; }
 };
 
+// Rows [begin, end) of `batches` read as one sequence, as views of the batches that hold them
+// (no copy; batches outside the range are skipped). 0 <= begin <= end <= the rows in all.
+std::vector<ExampleBatchData> SliceBatches(const std::vector<ExampleBatchData>& batches,
+                                           int64_t begin, int64_t end);
+
 struct LogRecovery {
   std::vector<ExampleBatchData> batches;  // every committed batch, in order
   int64_t truncated_bytes = 0;            // dropped after the last commit record

@@ -759,8 +759,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   std::vector<ExampleBatchData> train_batches;
   std::vector<std::pair<int64_t, std::vector<ExampleBatchData>>> eval_batches;
   {
-    // Only tensor handles are copied under the lock (batches are never modified); the
-    // concatenation happens outside it, so queries are not held up.
+    // Only tensor handles (views of the rows to learn) are taken under the lock (batches are
+    // never modified); the concatenation happens outside it, so queries are not held up, and
+    // it copies only the new rows, not the whole task (online mode learns a growing task's tail).
     std::lock_guard<std::mutex> lock(mu_);
     const TaskExamples& te = tasks_.at(job->task_id());
     begin = te.learned;
@@ -771,7 +772,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
         job->end() <= end) {
       end = job->end();
     }
-    train_batches = te.train;
+    train_batches = SliceBatches(te.train, begin, end);
     task.label_mask = LabelMaskLocked(job->task_id());
     for (const auto& [tid, t] : tasks_) {
       if (t.eval_count > 0) eval_batches.emplace_back(tid, t.eval);
@@ -780,9 +781,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     base = current_;
   }
   {
-    Dataset all = Concat(train_batches, &task.ids, nullptr);
-    task.train = all.Select(at::arange(begin, end, at::kLong));
-    task.ids = task.ids.narrow(0, begin, end - begin);
+    task.train = Concat(train_batches, &task.ids, nullptr);
     for (const auto& [tid, batches] : eval_batches) {
       evals.emplace_back(tid, Concat(batches, nullptr, nullptr));
     }

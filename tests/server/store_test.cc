@@ -43,6 +43,36 @@ ExampleBatchData Batch(int64_t first_id, int64_t n, uint64_t seed) {
   return b;
 }
 
+TEST(SliceBatchesTest, EveryRangeEqualsTheConcatenationNarrowed) {
+  // Batches of 3, 1, 4, 2 rows (ids 0..9): each slice, concatenated, must be the rows
+  // [begin, end) of the whole, in order, for every range.
+  std::vector<ExampleBatchData> batches;
+  int64_t first = 0, seed = 1;
+  for (int64_t n : {3, 1, 4, 2}) {
+    batches.push_back(Batch(first, n, seed++));
+    first += n;
+  }
+  std::vector<at::Tensor> xs;
+  for (const auto& b : batches) xs.push_back(b.x);
+  const at::Tensor all_x = at::cat(xs);
+  for (int64_t begin = 0; begin <= first; ++begin) {
+    for (int64_t end = begin; end <= first; ++end) {
+      const std::vector<ExampleBatchData> slice = SliceBatches(batches, begin, end);
+      std::vector<at::Tensor> ids, sx;
+      for (const auto& b : slice) {
+        ASSERT_GT(b.size(), 0) << begin << ".." << end;
+        ids.push_back(b.ids);
+        sx.push_back(b.x);
+        EXPECT_EQ(b.y.size(0), b.size());
+        EXPECT_EQ(b.client_ids.size(0), b.size());
+      }
+      const at::Tensor got = ids.empty() ? at::empty({0}, at::kLong) : at::cat(ids);
+      EXPECT_TRUE(got.equal(at::arange(begin, end, at::kLong))) << begin << ".." << end;
+      if (end > begin) EXPECT_TRUE(at::cat(sx).equal(all_x.narrow(0, begin, end - begin)));
+    }
+  }
+}
+
 void Append(const std::string& path, const std::string& bytes) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND);
   ASSERT_GE(fd, 0);
