@@ -76,4 +76,8 @@ void OrDie(const absl::Status& s, const char* what) {
 
 at::Device DeviceOrDie(const std::string& name) { return OrDie(ParseDevice(name), "--device"); }
 
+void WaitFor(const at::Tensor& t) {
+  if (t.is_cuda()) t.cpu();
+}
+
 }  // namespace adaptd::bench

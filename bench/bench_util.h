@@ -62,6 +62,9 @@ T OrDie(absl::StatusOr<T> v, const char* what) {
 // A --device flag's value ("cpu", "cuda", "cuda:N") as a device this process can use, or exit
 // with the reason.
 at::Device DeviceOrDie(const std::string& name);
+// Waits for the GPU work queued on `t`'s device (nothing on the CPU), so that a timed
+// iteration measures the work, not its launch.
+void WaitFor(const at::Tensor& t);
 
 }  // namespace adaptd::bench
 

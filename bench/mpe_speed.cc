@@ -42,11 +42,6 @@ at::Device Device() {
   return device;
 }
 
-// Waits for queued GPU work so that each iteration's time is the work's, not the launch's.
-void Sync(const at::Tensor& t) {
-  if (t.is_cuda()) t.cpu();
-}
-
 // The trained model, its posterior and the store, built once.
 struct Setup {
   Dataset store;
@@ -107,7 +102,7 @@ void BM_Query(benchmark::State& state) {
                                  s.store.y.narrow(0, b, len).to(Device()))
               .backward();
         }
-        Sync(s.trainer->flat().grads());
+        WaitFor(s.trainer->flat().grads());
         break;
       }
       case kTopInfluence:

@@ -32,11 +32,6 @@ at::Device Device() {
   return device;
 }
 
-// Waits for queued GPU work so that each iteration's time is the work's, not the launch's.
-void Sync(const at::Tensor& t) {
-  if (t.is_cuda()) t.cpu();
-}
-
 enum Net { kMlp = 0, kLeNet = 1 };
 enum Opt { kIvon = 0, kAdam = 1, kTorchAdam = 2 };
 const char* kNetNames[] = {"mlp784-512-512-10/b256", "lenet5/b128"};
@@ -77,7 +72,7 @@ void BM_Step(benchmark::State& state) {
       adam.zero_grad();
       at::cross_entropy_loss(model->Forward(x), y).backward();
       adam.step();
-      Sync(model->Parameters()[0]);
+      WaitFor(model->Parameters()[0]);
     }
     int64_t bytes = 0;
     for (const auto& entry : adam.state()) {
@@ -97,7 +92,7 @@ void BM_Step(benchmark::State& state) {
   auto trainer = OrDie(Trainer::Create(model.get(), o, 1 << 30), "trainer");
   for (auto _ : state) {
     benchmark::DoNotOptimize(OrDie(trainer->Step(x, y), "step"));
-    Sync(trainer->flat().params());
+    WaitFor(trainer->flat().params());
   }
   StateBytes()[std::string(kNetNames[net]) + "/" + kOptNames[opt]] = trainer->OptimizerStateBytes();
   state.counters["params"] = static_cast<double>(trainer->flat().numel());
