@@ -517,8 +517,13 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     switch (config.method) {
       case Method::kKPrior:
         if (first) break;
+        // The weight term's gradient goes straight into the step's gradient; the rest through
+        // autograd.
+        ADAPTD_RETURN_IF_ERROR(
+            trainer->SetQuadraticPenalty(anchor, precision, 1.0 / static_cast<double>(n)));
+        if (memory.size() == 0 && !label_sets.defined()) break;
         extra = [&]() {
-          at::Tensor term = WeightSpaceTerm(flat.views(), anchor, precision) / static_cast<double>(n);
+          at::Tensor term = at::zeros({}, anchor.options());
           if (memory.size() > 0) {
             const at::Tensor rows = memory_batch();
             const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
@@ -564,10 +569,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         break;
       case Method::kEwc:
         if (first || !state.fisher.defined()) break;
-        extra = [&]() {
-          return WeightSpaceTerm(flat.views(), anchor, fisher) *
-                 (config.ewc_lambda / static_cast<double>(n));
-        };
+        ADAPTD_RETURN_IF_ERROR(trainer->SetQuadraticPenalty(
+            anchor, fisher, config.ewc_lambda / static_cast<double>(n)));
         break;
       case Method::kReplay:
         if (memory.size() == 0) break;

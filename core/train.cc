@@ -85,6 +85,25 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Model* model, const Tra
   return t;
 }
 
+absl::Status Trainer::SetQuadraticPenalty(const at::Tensor& anchor, const at::Tensor& precision,
+                                          double scale) {
+  const at::Tensor& p = flat_.params();
+  auto fits = [&](const at::Tensor& t, bool scalar_ok) {
+    return t.defined() && t.dim() == 1 && (t.numel() == p.numel() || (scalar_ok && t.numel() == 1)) &&
+           t.scalar_type() == p.scalar_type() && t.device() == p.device();
+  };
+  if (!fits(anchor, false) || !fits(precision, true) || !(scale >= 0) || !std::isfinite(scale)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "quadratic penalty: expected anchor [", p.numel(), "] and precision [", p.numel(),
+        "] or [1] like the parameters (", DescribeTensor(p), ") and a finite scale >= 0; got ",
+        DescribeTensor(anchor), ", ", DescribeTensor(precision), " and ", scale));
+  }
+  penalty_anchor_ = anchor;
+  penalty_precision_ = precision;
+  penalty_scale_ = scale;
+  return absl::OkStatus();
+}
+
 double Trainer::NextLr() const {
   const double peak = options_.optimizer == OptimizerKind::kIvon ? options_.ivon.lr : options_.lr;
   if (!options_.cosine) return peak;
@@ -108,6 +127,10 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
       at::Tensor logits = MaskLogits(model_->Forward(x), label_mask);
       const at::Tensor data_loss = at::cross_entropy_loss(logits, y);
       (extra ? data_loss + extra() : data_loss).backward();
+      if (penalty_anchor_.defined() && penalty_scale_ > 0) {
+        at::NoGradGuard no_grad;
+        flat_.grads().addcmul_(penalty_precision_, flat_.params() - penalty_anchor_, penalty_scale_);
+      }
       return data_loss.item<double>();
     };
     double loss_sum = 0;

@@ -98,6 +98,16 @@ class Trainer {
   // so does a run that barely moved; the message names both remedies).
   absl::Status CheckLearnt(const Dataset& data, const at::Tensor& label_mask = at::Tensor());
 
+  // A quadratic penalty (scale / 2) sum_j precision_j (w_j - anchor_j)^2 on the flat parameters
+  // (a Laplace or K-prior weight term). Each step adds its gradient,
+  // scale * precision * (w - anchor), straight into the flat gradient at the weights the step
+  // uses (IVON: at each sample): what an ExtraLossFn returning the term would give, without
+  // autograd's passes over every parameter. Like `extra`, it is trained on but not in the
+  // returned loss. anchor [P] and precision ([P] or [1]) are on the parameters' device in their
+  // dtype; scale >= 0 and finite (0: off). INVALID_ARGUMENT otherwise, and nothing changes.
+  absl::Status SetQuadraticPenalty(const at::Tensor& anchor, const at::Tensor& precision,
+                                   double scale);
+
   // The learning rate the next step will use.
   double NextLr() const;
   int64_t steps_taken() const { return steps_; }
@@ -129,6 +139,9 @@ class Trainer {
   at::Generator gen_;          // weight samples (device of the parameters)
   at::Generator shuffle_gen_;  // minibatch order (CPU)
   std::unique_ptr<Ivon> ivon_;
+  // SetQuadraticPenalty's term; undefined anchor: none.
+  at::Tensor penalty_anchor_, penalty_precision_;
+  double penalty_scale_ = 0;
   at::Tensor moment1_;  // Adam first moment / SGD momentum buffer
   at::Tensor moment2_;  // Adam second moment
 };
