@@ -52,7 +52,8 @@ at::Tensor LabelSetTerm(const at::Tensor& logits, const at::Tensor& old_logits, 
 
 // 1/2 sum_j precision_j (w_j - anchor_j)^2, where w is the model's parameters in order (e.g.
 // FlatParameters::views()) and anchor/precision are flat vectors over them (precision may have
-// one element, used for all).
+// one element, used for all). Adapt trains on its gradient through
+// Trainer::SetQuadraticPenalty (no autograd pass over P each step); this is its value.
 at::Tensor WeightSpaceTerm(const std::vector<at::Tensor>& parameters, const at::Tensor& anchor,
                            const at::Tensor& precision);
 
