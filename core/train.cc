@@ -98,6 +98,15 @@ absl::Status Trainer::SetQuadraticPenalty(const at::Tensor& anchor, const at::Te
         "] or [1] like the parameters (", DescribeTensor(p), ") and a finite scale >= 0; got ",
         DescribeTensor(anchor), ", ", DescribeTensor(precision), " and ", scale));
   }
+  const bool valid = CallTorch([&]() -> absl::StatusOr<bool> {
+                       return anchor.isfinite().all().item<bool>() &&
+                              precision.isfinite().all().item<bool>() &&
+                              precision.ge(0).all().item<bool>();
+                     }).value_or(false);
+  if (!valid) {
+    return absl::InvalidArgumentError(
+        "quadratic penalty: the anchor must be finite and the precision finite and >= 0");
+  }
   penalty_anchor_ = anchor;
   penalty_precision_ = precision;
   penalty_scale_ = scale;

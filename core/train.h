@@ -104,7 +104,9 @@ class Trainer {
   // uses (IVON: at each sample): what an ExtraLossFn returning the term would give, without
   // autograd's passes over every parameter. Like `extra`, it is trained on but not in the
   // returned loss. anchor [P] and precision ([P] or [1]) are on the parameters' device in their
-  // dtype; scale >= 0 and finite (0: off). INVALID_ARGUMENT otherwise, and nothing changes.
+  // dtype, finite (precision >= 0), and held, not copied: the caller keeps them unchanged while
+  // the trainer runs. scale >= 0 and finite (0: off). INVALID_ARGUMENT otherwise, and the
+  // previous penalty (or none) stays.
   absl::Status SetQuadraticPenalty(const at::Tensor& anchor, const at::Tensor& precision,
                                    double scale);
 

@@ -257,75 +257,91 @@ TEST(TrainTest, BadInputIsInvalidArgumentAndChangesNothing) {
 
 // The penalty's gradient, added straight into the step, against the same term as an
 // ExtraLossFn through autograd (an independent form: parameter by parameter), for IVON with two
-// samples a step and for SGD, with a per-weight and a single precision.
+// samples a step, SGD and Adam (these two with weight decay, which follows the penalty), with a
+// per-weight and a single precision.
 TEST(TrainTest, QuadraticPenaltyMatchesTheTermThroughAutograd) {
   const Dataset data = Blobs(300, 4);
-  for (auto kind : {OptimizerKind::kIvon, OptimizerKind::kSgd}) {
+  for (auto kind : {OptimizerKind::kIvon, OptimizerKind::kSgd, OptimizerKind::kAdam}) {
     for (bool per_weight : {true, false}) {
       TrainOptions o = IvonOptionsFor(300);
       o.optimizer = kind;
-      o.lr = 0.05;
+      o.lr = kind == OptimizerKind::kAdam ? 1e-2 : 0.05;
+      o.weight_decay = 1e-3;
       o.train_samples = kind == OptimizerKind::kIvon ? 2 : 1;
-      auto model_a = BuildModel(MlpSpec(), 3);
-      auto model_b = BuildModel(MlpSpec(), 3);
-      ASSERT_TRUE(model_a.ok() && model_b.ok());
-      auto a = Trainer::Create(model_a->get(), o, 20);
-      auto b = Trainer::Create(model_b->get(), o, 20);
-      ASSERT_TRUE(a.ok() && b.ok());
-      const int64_t p = (*a)->flat().params().numel();
+      std::vector<std::unique_ptr<Model>> models;
+      std::vector<std::unique_ptr<Trainer>> trainers;  // through autograd, penalty, neither
+      for (int t = 0; t < 3; ++t) {
+        auto model = BuildModel(MlpSpec(), 3);
+        ASSERT_TRUE(model.ok());
+        auto trainer = Trainer::Create(model->get(), o, 20);
+        ASSERT_TRUE(trainer.ok()) << trainer.status();
+        models.push_back(*std::move(model));
+        trainers.push_back(*std::move(trainer));
+      }
+      const int64_t p = trainers[0]->flat().params().numel();
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
-      const at::Tensor anchor = (*a)->flat().params() + at::randn({p}, gen) * 0.5;
+      const at::Tensor anchor = trainers[0]->flat().params() + at::randn({p}, gen) * 0.5;
       const at::Tensor precision = per_weight ? at::rand({p}, gen) * 40 + 1 : at::full({1}, 25.0);
       const double scale = 1.0 / 300;
-      std::vector<at::Tensor> params_a = (*model_a)->Parameters();
+      const std::vector<at::Tensor> params = models[0]->Parameters();
       ExtraLossFn term = [&]() {
         at::Tensor sum = at::zeros({});
         int64_t offset = 0;
-        for (const at::Tensor& w : params_a) {
+        for (const at::Tensor& w : params) {
           const at::Tensor prec = per_weight ? precision.narrow(0, offset, w.numel()) : precision;
           sum = sum + (prec * (w.reshape({-1}) - anchor.narrow(0, offset, w.numel())).square()).sum();
           offset += w.numel();
         }
         return sum * (0.5 * scale);
       };
-      ASSERT_TRUE((*b)->SetQuadraticPenalty(anchor, precision, scale).ok());
+      ASSERT_TRUE(trainers[1]->SetQuadraticPenalty(anchor, precision, scale).ok());
       for (int e = 0; e < 2; ++e) {
-        auto la = (*a)->TrainEpoch(data, at::Tensor(), nullptr, term);
-        auto lb = (*b)->TrainEpoch(data);
+        auto la = trainers[0]->TrainEpoch(data, at::Tensor(), nullptr, term);
+        auto lb = trainers[1]->TrainEpoch(data);
+        ASSERT_TRUE(trainers[2]->TrainEpoch(data).ok());
         ASSERT_TRUE(la.ok() && lb.ok());
         EXPECT_NEAR(*la, *lb, 1e-5);
       }
-      const at::Tensor wa = (*a)->flat().params(), wb = (*b)->flat().params();
-      // The penalty moved the weights: without it they would end elsewhere.
-      EXPECT_GT((wa - anchor).norm().item<double>(), 0);
+      const at::Tensor wa = trainers[0]->flat().params(), wb = trainers[1]->flat().params();
+      const std::string what = OptimizerName(kind) + (per_weight ? ", per weight" : ", one precision");
       EXPECT_TRUE(at::allclose(wa, wb, 1e-4, 1e-5))
-          << OptimizerName(kind) << " per_weight " << per_weight << ": max difference "
-          << (wa - wb).abs().max().item<double>();
+          << what << ": max difference " << (wa - wb).abs().max().item<double>();
+      // The penalty matters: without it the weights end far from both.
+      EXPECT_GT((wb - trainers[2]->flat().params()).abs().max().item<double>(), 1e-2) << what;
     }
   }
 }
 
-TEST(TrainTest, QuadraticPenaltyRejectsMismatchedTensorsAndKeepsTheOldOne) {
+TEST(TrainTest, QuadraticPenaltyRejectsBadTensorsAndKeepsTheOneBefore) {
+  const Dataset data = Blobs(32, 6);
   auto model = BuildModel(MlpSpec(), 1);
   auto t = Trainer::Create(model->get(), IvonOptionsFor(10), 10);
   ASSERT_TRUE(t.ok());
-  const at::Tensor p = (*t)->flat().params();
-  const int64_t n = p.numel();
-  auto code = [&](const at::Tensor& anchor, const at::Tensor& precision, double scale) {
-    return (*t)->SetQuadraticPenalty(anchor, precision, scale).code();
+  const int64_t n = (*t)->flat().params().numel();
+  const at::Tensor anchor = (*t)->flat().params() + 0.5;
+  const at::Tensor precision = at::full({n}, 10.0);
+  ASSERT_TRUE((*t)->SetQuadraticPenalty(anchor, precision, 0.1).ok());
+  auto code = [&](const at::Tensor& a, const at::Tensor& prec, double scale) {
+    return (*t)->SetQuadraticPenalty(a, prec, scale).code();
   };
-  EXPECT_EQ(code(at::zeros({n - 1}), at::ones({n}), 1), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(code(at::zeros({n}), at::ones({2}), 1), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(code(at::zeros({n}, at::kDouble), at::ones({n}), 1), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(code(at::zeros({n}), at::ones({n}), -1), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(code(at::zeros({n}), at::ones({n}), std::nan("")), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(code(at::zeros({n}), at::Tensor(), 1), absl::StatusCode::kInvalidArgument);
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_EQ(code(at::zeros({n - 1}), at::ones({n}), 1), kInvalid);
+  EXPECT_EQ(code(at::zeros({n}), at::ones({2}), 1), kInvalid);
+  EXPECT_EQ(code(at::zeros({n}), at::ones({}), 1), kInvalid);
+  EXPECT_EQ(code(at::zeros({n}, at::kDouble), at::ones({n}), 1), kInvalid);
+  EXPECT_EQ(code(at::zeros({n}), at::Tensor(), 1), kInvalid);
+  EXPECT_EQ(code(at::zeros({n}), at::ones({n}), -1), kInvalid);
+  EXPECT_EQ(code(at::zeros({n}), at::ones({n}), std::nan("")), kInvalid);
+  EXPECT_EQ(code(at::zeros({n}), at::full({1}, -1.0), 1), kInvalid);
+  EXPECT_EQ(code(at::full({n}, std::nan("")), at::ones({n}), 1), kInvalid);
   const absl::Status s = (*t)->SetQuadraticPenalty(at::zeros({n}), at::ones({3}), 1);
-  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("precision [" + std::to_string(n) + "] or [1]"));
-  // None took: a step equals one of a trainer that never had a penalty.
+  EXPECT_THAT(std::string(s.message()),
+              ::testing::HasSubstr("precision [" + std::to_string(n) + "] or [1]"));
+  // None took: a step equals one of a trainer that only ever had the first penalty.
   auto model_b = BuildModel(MlpSpec(), 1);
   auto b = Trainer::Create(model_b->get(), IvonOptionsFor(10), 10);
-  const Dataset data = Blobs(32, 6);
+  ASSERT_TRUE(b.ok());
+  ASSERT_TRUE((*b)->SetQuadraticPenalty(anchor, precision, 0.1).ok());
   ASSERT_TRUE((*t)->Step(data.x, data.y).ok());
   ASSERT_TRUE((*b)->Step(data.x, data.y).ok());
   EXPECT_TRUE(at::equal((*t)->flat().params(), (*b)->flat().params()));
