@@ -305,7 +305,7 @@ const std::vector<CtlCommand>& CtlCommands() {
   static const auto* commands = new std::vector<CtlCommand>{
       {"info", "", 0, 0, "the server's version, device and what it can train", Info},
       {"create", "NAME", 1, 1,
-       "create a model (--arch --input_shape --classes --hidden; --method --head --epochs --min_steps "
+       "create a model (--arch --input_shape --classes --hidden --activation; --method --head --epochs --min_steps "
        "--batch_size --lr --ess_factor --memory_points --selection --adapt_every --replay_correction "
        "--distill_temperature --new_input_weight --curvature_weight --torchscript --seed)",
        Create},
@@ -324,16 +324,16 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"jobs", "NAME", 1, 1, "a model's adaptation jobs, oldest first", Jobs},
       {"cancel", "JOB_ID", 1, 1, "cancel an adaptation job", Cancel},
       {"predict", "NAME FILE", 2, 2,
-       "predictions with uncertainty (--index --count --mode --samples --task --version)", Predict},
+       "predictions with uncertainty (--index --count --mode --samples --seed --task --version)", Predict},
       {"influence", "NAME FILE", 2, 2,
-       "training examples that most influence a prediction (--index --top_k --scope --task)",
+       "training examples that most influence a prediction (--index --top_k --scope --task --version)",
        Influence},
-      {"memory-map", "NAME", 1, 1, "per-example error and variance (--csv --svg --scope)",
+      {"memory-map", "NAME", 1, 1, "per-example error and variance (--csv --svg --scope --version)",
        MemoryMap},
       {"evaluate", "NAME", 1, 1, "accuracy matrix, forgetting and backward transfer", Evaluate},
       {"demo", "split-fmnist", 1, 1,
-       "continual learning on Split Fashion-MNIST, end to end (--data_dir --per_task --epochs "
-       "--model --head)",
+       "continual learning on Split Fashion-MNIST, end to end (--data_dir --per_task --batch "
+       "--model; how it learns: create's --method --head --epochs and the other learning flags)",
        RunDemo},
   };
   return *commands;

@@ -1,5 +1,5 @@
 // The adaptd server binary. Flags become ServerOptions; SIGINT/SIGTERM shut down gracefully
-// (calls in flight finish, a running adaptation resumes on the next start).
+// (calls in flight get up to 5 s to finish, a running adaptation resumes on the next start).
 #include <signal.h>
 
 #include <cstdio>
@@ -53,7 +53,7 @@ std::string ReadOrDie(const std::string& path, const char* flag) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("adaptd: continual-learning training service\n"
-                               "  adaptd --data_dir=DIR [--port=50051] [--metrics_port=9090]");
+                               "  adaptd --data_dir=DIR [--port=50051] [--metrics_port=PORT (off by default)]");
   absl::ParseCommandLine(argc, argv);
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   adaptd::ServerOptions options;

@@ -1121,6 +1121,7 @@ absl::Status ModelEntry::WriteImported(std::map<int64_t, TaskExamples>& tasks,
   }
   e.tasks_ = std::move(tasks);
   info.set_job_id("");
+  info.set_rolled_back_from(-1);  // a version number of the exporting model means nothing here
   return e.Publish(info, std::move(state), "");
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <thread>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -88,9 +89,9 @@ class AdminServiceImpl final : public v1::AdminService::Service {
       response->set_torch_version(TORCH_VERSION);
       response->set_device(c_.device.str());
       response->set_intra_op_threads(at::get_num_threads());
-      for (auto k : {OptimizerKind::kIvon, OptimizerKind::kAdam, OptimizerKind::kSgd}) {
-        response->add_optimizers(OptimizerName(k));
-      }
+      // Models train with IVON only: continual adaptation needs its posterior (ConfigFromProto
+      // refuses the others).
+      response->add_optimizers(OptimizerName(OptimizerKind::kIvon));
       for (auto a : {Architecture::kLogReg, Architecture::kMlp, Architecture::kLeNet5,
                      Architecture::kTorchScript}) {
         response->add_architectures(ArchitectureName(a));
@@ -289,18 +290,24 @@ class LearningServiceImpl final : public v1::LearningService::Service {
     return Handle(c_, "WatchJob", ctx, Role::kReader, [&]() -> absl::Status {
       ADAPTD_ASSIGN_OR_RETURN(auto job, c_.registry->FindJob(request->job_id()));
       uint64_t seen = 0;
+      // At most one message per kGap: a change that comes sooner (a fast job reports every
+      // step) waits for the next slot, and the watcher then gets the newest status.
+      constexpr std::chrono::milliseconds kGap(100);
+      std::chrono::steady_clock::time_point last_write;
       while (!ctx->IsCancelled()) {
         v1::JobStatus status;
         const uint64_t seq = job->WaitForChange(seen, 500, &status);
         if (seq != seen) {
           if (!writer->Write(status)) return absl::OkStatus();  // the client went away
           seen = seq;
+          last_write = std::chrono::steady_clock::now();
         }
         const auto s = status.state();
         if (s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
             s == v1::JOB_STATE_CANCELLED) {
           return absl::OkStatus();
         }
+        std::this_thread::sleep_until(last_write + kGap);
       }
       return absl::CancelledError("the watch was cancelled");
     });
