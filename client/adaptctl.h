@@ -3,6 +3,7 @@
 #define ADAPTD_CLIENT_ADAPTCTL_H_
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,12 @@ struct CtlOptions {
   double lr = 0;
   double ess_factor = 0;
   int64_t memory_points = 0;
+  // NaN: the server's default (memory_weight is optional: 0 turns the memory term off, a
+  // negative value asks for |M| / N).
+  double memory_weight = std::numeric_limits<double>::quiet_NaN();
+  double clip_radius = 0;
   std::string selection;
+  std::string weight_precision;
   int64_t adapt_every = 0;
   bool replay_correction = false;
   double distill_temperature = 0;

@@ -1,6 +1,7 @@
 // adaptctl's commands: each turns options and positional arguments into calls of the client
 // and prints the answer on stdout; progress goes to stderr.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -306,7 +307,8 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"info", "", 0, 0, "the server's version, device and what it can train", Info},
       {"create", "NAME", 1, 1,
        "create a model (--arch --input_shape --classes --hidden --activation; --method --head --epochs --min_steps "
-       "--batch_size --lr --ess_factor --memory_points --selection --adapt_every --replay_correction "
+       "--batch_size --lr --clip_radius --ess_factor --memory_points --memory_weight --selection --weight_precision "
+       "--adapt_every --replay_correction "
        "--distill_temperature --new_input_weight --curvature_weight --torchscript --seed)",
        Create},
       {"list", "", 0, 0, "list the models", List},
@@ -425,7 +427,10 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   config.mutable_ivon()->set_lr(options.lr);
   config.mutable_ivon()->set_ess_factor(options.ess_factor);
   config.set_memory_points(options.memory_points);
+  if (!std::isnan(options.memory_weight)) config.set_memory_weight(options.memory_weight);
+  config.mutable_ivon()->set_clip_radius(options.clip_radius);
   config.set_selection(options.selection);
+  config.set_weight_precision(options.weight_precision);
   config.set_adapt_every(options.adapt_every);
   config.set_replay_correction(options.replay_correction);
   config.set_distill_temperature(options.distill_temperature);

@@ -56,7 +56,13 @@ ABSL_FLAG(double, ess_factor, Defaults().ess_factor,
           "(0: default 1; the class-incremental benchmark uses 16)");
 ABSL_FLAG(int64_t, memory_points, Defaults().memory_points,
           "create: memorable examples kept per task (0: default)");
+ABSL_FLAG(double, memory_weight, Defaults().memory_weight,
+          "create: the memory term's weight (unset: the server's 1; negative: |M| / N)");
+ABSL_FLAG(double, clip_radius, Defaults().clip_radius,
+          "create: IVON's element-wise clip of the update (0: none)");
 ABSL_FLAG(std::string, selection, Defaults().selection, "create: lambda, sensitivity or random");
+ABSL_FLAG(std::string, weight_precision, Defaults().weight_precision,
+          "create: the K-prior weight term's precision, posterior or prior (empty: posterior)");
 ABSL_FLAG(int64_t, adapt_every, Defaults().adapt_every,
           "create: online mode, adapt after every N training examples (0: when a stream closes)");
 ABSL_FLAG(bool, replay_correction, Defaults().replay_correction,
@@ -126,6 +132,9 @@ adaptd::CtlOptions OptionsFromFlags() {
   o.ess_factor = absl::GetFlag(FLAGS_ess_factor);
   o.memory_points = absl::GetFlag(FLAGS_memory_points);
   o.selection = absl::GetFlag(FLAGS_selection);
+  o.weight_precision = absl::GetFlag(FLAGS_weight_precision);
+  o.memory_weight = absl::GetFlag(FLAGS_memory_weight);
+  o.clip_radius = absl::GetFlag(FLAGS_clip_radius);
   o.adapt_every = absl::GetFlag(FLAGS_adapt_every);
   o.replay_correction = absl::GetFlag(FLAGS_replay_correction);
   o.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);

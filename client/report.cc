@@ -101,6 +101,11 @@ std::string FormatModelInfo(const v1::ModelInfo& model) {
   }
   if (config.min_steps() > 0) absl::StrAppend(&text, ", at least ", config.min_steps(), " steps");
   if (config.adapt_every() > 0) absl::StrAppend(&text, ", adapt every ", config.adapt_every());
+  if (config.has_memory_weight() && config.memory_weight() != 1) {
+    absl::StrAppend(&text, ", memory weight ", config.memory_weight());
+  }
+  if (config.ivon().clip_radius() > 0) absl::StrAppend(&text, ", update clipped at ", config.ivon().clip_radius());
+  if (config.weight_precision() == "prior") absl::StrAppend(&text, ", weight term at the prior precision");
   if (config.replay_correction()) absl::StrAppend(&text, ", replay correction");
   if (config.distill_temperature() > 0) {
     absl::StrAppend(&text, ", distillation at T = ", config.distill_temperature());

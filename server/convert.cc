@@ -120,6 +120,12 @@ absl::StatusOr<v1::LearningConfig> NormalizeConfig(const v1::LearningConfig& in)
   c.set_fromp_tau(Or(c.fromp_tau(), 1.0));
   c.set_ewc_lambda(Or(c.ewc_lambda(), 1.0));
   c.set_curvature_points(Or<int64_t>(c.curvature_points(), AdaptConfig().curvature_points));
+  c.set_weight_precision(Or<std::string>(c.weight_precision(), "posterior"));
+  if (c.weight_precision() != "posterior" && c.weight_precision() != "prior") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.weight_precision must be \"posterior\" or \"prior\"; got \"",
+        c.weight_precision(), "\""));
+  }
   if (c.adapt_every() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("config.adapt_every must be >= 0; got ", c.adapt_every()));
@@ -153,6 +159,8 @@ absl::StatusOr<AdaptConfig> ConfigFromProto(const v1::LearningConfig& c) {
   a.curvature_weight = c.curvature_weight();
   // Models stored before the field existed have 0: the default.
   if (c.curvature_points() > 0) a.curvature_points = c.curvature_points();
+  // Models stored before the field existed have "": the posterior, as they were trained.
+  a.posterior_precision = c.weight_precision() != "prior";
   a.fromp_tau = c.fromp_tau();
   a.ewc_lambda = c.ewc_lambda();
   a.seed = c.seed();

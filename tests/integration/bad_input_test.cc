@@ -130,6 +130,10 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   steps.mutable_config()->set_min_steps(-5);
   EXPECT_STATUS(client_->CreateModel(steps).status(), kInvalidArgument,
                 "and epochs and min_steps at most 1000000000; got");
+  v1::CreateModelRequest precision = BlobModel("x", false);
+  precision.mutable_config()->set_weight_precision("fisher");
+  EXPECT_STATUS(client_->CreateModel(precision).status(), kInvalidArgument,
+                "config.weight_precision must be \"posterior\" or \"prior\"; got \"fisher\"");
   v1::CreateModelRequest method = BlobModel("x", false);
   method.mutable_config()->set_method("magic");
   EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");

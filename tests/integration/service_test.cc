@@ -93,6 +93,7 @@ TEST(ServiceTest, EveryRpcThroughTheClient) {
   EXPECT_EQ(created->current().version(), 0);
   EXPECT_EQ(created->config().method(), "kprior");  // defaults are filled in
   EXPECT_EQ(created->config().ivon().beta2(), 0.9999);
+  EXPECT_EQ(created->config().weight_precision(), "posterior");
   const std::vector<std::vector<int64_t>> heads = {{0, 1}, {2, 3}};
   std::vector<Dataset> evals;
   int64_t version = 0;

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "server/convert.h"
 #include "server/grpc_status.h"
 
 namespace adaptd {
@@ -76,6 +77,23 @@ TEST(ServerTest, RefusesADeviceItCannotTrainOn) {
   auto missing = Server::Create(o);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition) << missing.status();
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+// The K-prior's weight term: the posterior precision unless the config asks for the prior's;
+// a config stored before the field existed (empty) keeps the posterior it was trained with.
+TEST(ConvertTest, WeightPrecisionReachesTheAdaptConfig) {
+  absl::StatusOr<v1::LearningConfig> normal = NormalizeConfig(v1::LearningConfig());
+  ASSERT_TRUE(normal.ok()) << normal.status();
+  EXPECT_EQ(normal->weight_precision(), "posterior");
+  EXPECT_TRUE(ConfigFromProto(*normal)->posterior_precision);
+  v1::LearningConfig prior;
+  prior.set_weight_precision("prior");
+  absl::StatusOr<v1::LearningConfig> loose = NormalizeConfig(prior);
+  ASSERT_TRUE(loose.ok()) << loose.status();
+  EXPECT_FALSE(ConfigFromProto(*loose)->posterior_precision);
+  v1::LearningConfig stored = *normal;
+  stored.clear_weight_precision();
+  EXPECT_TRUE(ConfigFromProto(stored)->posterior_precision);
 }
 
 TEST(GrpcStatusTest, EveryCodeRoundTrips) {

@@ -43,6 +43,9 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   o.curvature_weight = 300;
   o.ess_factor = 16;
   o.min_steps = 50;
+  o.weight_precision = "prior";
+  o.memory_weight = 3;
+  o.clip_radius = 0.1;
   absl::StatusOr<v1::CreateModelRequest> r = BuildCreateRequest("fm", o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->name(), "fm");
@@ -60,11 +63,24 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_DOUBLE_EQ(r->config().new_input_weight(), 1.5);
   EXPECT_DOUBLE_EQ(r->config().curvature_weight(), 300);
   EXPECT_DOUBLE_EQ(r->config().ivon().ess_factor(), 16);
+  EXPECT_EQ(r->config().weight_precision(), "prior");
+  ASSERT_TRUE(r->config().has_memory_weight());
+  EXPECT_DOUBLE_EQ(r->config().memory_weight(), 3);
+  EXPECT_DOUBLE_EQ(r->config().ivon().clip_radius(), 0.1);
   EXPECT_EQ(r->config().min_steps(), 50);
 
   // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
   o.arch = "lenet5";
   o.input_shape = "1,28,28";
+  {
+    CtlOptions plain;
+    plain.classes = "10";
+    // Unset flags leave the server's defaults: no memory weight (optional), no clip.
+    absl::StatusOr<v1::CreateModelRequest> d = BuildCreateRequest("d", plain);
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_FALSE(d->config().has_memory_weight());
+    EXPECT_EQ(d->config().ivon().clip_radius(), 0);
+  }
   EXPECT_EQ(BuildCreateRequest("c", o)->spec().hidden_size(), 0);
   o.torchscript = WriteFile("module.pt", "TORCHSCRIPT");
   EXPECT_EQ(BuildCreateRequest("t", o)->spec().architecture(), "torchscript");
