@@ -39,6 +39,7 @@ struct CtlOptions {
   std::string selection;
   std::string weight_precision;
   int64_t adapt_every = 0;
+  double adapt_after_seconds = 0;
   bool replay_correction = false;
   double distill_temperature = 0;
   double new_input_weight = 0;

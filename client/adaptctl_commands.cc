@@ -308,7 +308,7 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"create", "NAME", 1, 1,
        "create a model (--arch --input_shape --classes --hidden --activation; --method --head --epochs --min_steps "
        "--batch_size --lr --clip_radius --ess_factor --memory_points --memory_weight --selection --weight_precision "
-       "--adapt_every --replay_correction "
+       "--adapt_every --adapt_after_seconds --replay_correction "
        "--distill_temperature --new_input_weight --curvature_weight --torchscript --seed)",
        Create},
       {"list", "", 0, 0, "list the models", List},
@@ -432,6 +432,7 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   config.set_selection(options.selection);
   config.set_weight_precision(options.weight_precision);
   config.set_adapt_every(options.adapt_every);
+  config.set_adapt_after_seconds(options.adapt_after_seconds);
   config.set_replay_correction(options.replay_correction);
   config.set_distill_temperature(options.distill_temperature);
   config.set_new_input_weight(options.new_input_weight);

@@ -65,6 +65,9 @@ ABSL_FLAG(std::string, weight_precision, Defaults().weight_precision,
           "create: the K-prior weight term's precision, posterior or prior (empty: posterior)");
 ABSL_FLAG(int64_t, adapt_every, Defaults().adapt_every,
           "create: online mode, adapt after every N training examples (0: when a stream closes)");
+ABSL_FLAG(double, adapt_after_seconds, Defaults().adapt_after_seconds,
+          "create: give training examples that keep_open streams left waiting a job of their own "
+          "after this many seconds (0: off)");
 ABSL_FLAG(bool, replay_correction, Defaults().replay_correction,
           "create: K-prior replay correction (class-incremental)");
 ABSL_FLAG(double, distill_temperature, Defaults().distill_temperature,
@@ -136,6 +139,7 @@ adaptd::CtlOptions OptionsFromFlags() {
   o.memory_weight = absl::GetFlag(FLAGS_memory_weight);
   o.clip_radius = absl::GetFlag(FLAGS_clip_radius);
   o.adapt_every = absl::GetFlag(FLAGS_adapt_every);
+  o.adapt_after_seconds = absl::GetFlag(FLAGS_adapt_after_seconds);
   o.replay_correction = absl::GetFlag(FLAGS_replay_correction);
   o.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);
   o.new_input_weight = absl::GetFlag(FLAGS_new_input_weight);

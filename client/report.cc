@@ -101,6 +101,9 @@ std::string FormatModelInfo(const v1::ModelInfo& model) {
   }
   if (config.min_steps() > 0) absl::StrAppend(&text, ", at least ", config.min_steps(), " steps");
   if (config.adapt_every() > 0) absl::StrAppend(&text, ", adapt every ", config.adapt_every());
+  if (config.adapt_after_seconds() > 0) {
+    absl::StrAppend(&text, ", adapt waiting examples after ", config.adapt_after_seconds(), " s");
+  }
   if (config.has_memory_weight() && config.memory_weight() != 1) {
     absl::StrAppend(&text, ", memory weight ", config.memory_weight());
   }

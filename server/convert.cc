@@ -130,6 +130,11 @@ absl::StatusOr<v1::LearningConfig> NormalizeConfig(const v1::LearningConfig& in)
     return absl::InvalidArgumentError(
         absl::StrCat("config.adapt_every must be >= 0; got ", c.adapt_every()));
   }
+  if (!(c.adapt_after_seconds() >= 0 && c.adapt_after_seconds() <= kMaxAdaptAfterSeconds)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.adapt_after_seconds must be in [0, ", kMaxAdaptAfterSeconds,
+                     "] (0: off); got ", c.adapt_after_seconds()));
+  }
   ADAPTD_ASSIGN_OR_RETURN(AdaptConfig core, ConfigFromProto(c));
   ADAPTD_RETURN_IF_ERROR(core.Validate());
   return c;

@@ -19,6 +19,9 @@ namespace adaptd {
 absl::StatusOr<ModelSpec> SpecFromProto(const v1::ModelSpec& proto);
 v1::ModelSpec SpecToProto(const ModelSpec& spec);
 
+// LearningConfig.adapt_after_seconds: at most a year, so that a deadline cannot overflow.
+inline constexpr int64_t kMaxAdaptAfterSeconds = 365 * 24 * 3600;
+
 // `proto` with every default filled in (what GetModel reports) and validated.
 absl::StatusOr<v1::LearningConfig> NormalizeConfig(const v1::LearningConfig& proto);
 // REQUIRES: a normalized config.

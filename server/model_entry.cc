@@ -310,10 +310,10 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   // version (adaptation is deterministic given the version, the data and the seed).
   ADAPTD_ASSIGN_OR_RETURN(std::vector<JobRow> jobs, options.catalog->ListJobs(row.name));
   for (JobRow& j : jobs) {
-    if (j.state == v1::JOB_STATE_SUCCEEDED && e.tasks_.count(j.task_id)) {
-      TaskExamples& te = e.tasks_[j.task_id];
-      te.learned = std::max(te.learned, j.end);
-    }
+    if (e.tasks_.count(j.task_id) == 0) continue;
+    TaskExamples& te = e.tasks_[j.task_id];
+    te.taken = std::max(te.taken, j.end);
+    if (j.state == v1::JOB_STATE_SUCCEEDED) te.learned = std::max(te.learned, j.end);
   }
   if (options.metrics) {
     options.metrics->SetModelVersion(row.name, e.current_->version());
@@ -626,11 +626,16 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
     te.classes = plan.classes;
     plan.new_task = false;
   }
+  const bool was_waiting = te.Waiting();
   for (auto& b : batches) {
     if (b.size() == 0) continue;
     auto& list = b.split == ExampleSplit::kTrain ? te.train : te.eval;
     (b.split == ExampleSplit::kTrain ? te.train_count : te.eval_count) += b.size();
     list.push_back(std::move(b));
+  }
+  if (!was_waiting && te.Waiting()) {
+    te.waiting_since = std::chrono::steady_clock::now();
+    if (config_.adapt_after_seconds() > 0) cv_.notify_all();  // the actor's next deadline
   }
   if (total > 0) result.id_ranges.emplace_back(first_id, total);
   if (options_.metrics) options_.metrics->AddExamples(name_, total);
@@ -649,7 +654,7 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
 }
 
 absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id) {
-  const TaskExamples& te = tasks_.at(task_id);
+  TaskExamples& te = tasks_.at(task_id);
   if (te.train_count == te.learned) return std::shared_ptr<Job>();
   JobRow row;
   row.id = NewJobId();
@@ -661,6 +666,7 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   row.message = "queued";
   row.created_ms = NowMs();
   ADAPTD_RETURN_IF_ERROR(options_.catalog->InsertJob(row));
+  te.taken = std::max(te.taken, row.end);
   auto job = std::make_shared<Job>(row);
   jobs_.push_back(job);
   queue_.push_back(job);
@@ -668,6 +674,36 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
   cv_.notify_all();
   return job;
+}
+
+std::chrono::steady_clock::time_point ModelEntry::QueueOverdueJobsLocked() {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point next = Clock::time_point::max();
+  if (config_.adapt_after_seconds() <= 0) return next;
+  const auto wait = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(config_.adapt_after_seconds()));
+  const Clock::time_point now = Clock::now();
+  for (auto& [task_id, te] : tasks_) {
+    if (!te.Waiting()) continue;
+    // A queued job takes every example pending when it starts, these included.
+    const bool queued = std::any_of(queue_.begin(), queue_.end(),
+                                    [&](const auto& job) { return job->task_id() == task_id; });
+    if (queued) continue;
+    const Clock::time_point due = te.waiting_since + wait;
+    if (due > now) {
+      next = std::min(next, due);
+      continue;
+    }
+    auto job = QueueJobLocked(task_id);
+    if (!job.ok()) {
+      std::fprintf(stderr, "adaptd: model %s task %lld: could not queue a timed job: %s\n",
+                   name_.c_str(), static_cast<long long>(task_id),
+                   job.status().ToString().c_str());
+      te.waiting_since = now;  // try again after another wait, not in a tight loop
+      next = std::min(next, now + wait);
+    }
+  }
+  return next;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,7 +741,15 @@ void ModelEntry::RunActor() {
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      while (!stopping_ && queue_.empty()) {
+        const auto due = QueueOverdueJobsLocked();
+        if (!queue_.empty()) break;
+        if (due == std::chrono::steady_clock::time_point::max()) {
+          cv_.wait(lock);
+        } else {
+          cv_.wait_until(lock, due);
+        }
+      }
       if (stopping_) return;
       job = queue_.front();
       queue_.pop_front();

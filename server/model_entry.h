@@ -8,7 +8,9 @@
 #ifndef ADAPTD_SERVER_MODEL_ENTRY_H_
 #define ADAPTD_SERVER_MODEL_ENTRY_H_
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -219,6 +221,13 @@ class ModelEntry {
     std::vector<ExampleBatchData> train, eval;
     int64_t train_count = 0, eval_count = 0;
     int64_t learned = 0;  // training examples [0, learned) were learnt by a finished job
+    // Training examples [0, taken) were pending when a job was queued for the task: the
+    // adapt_after_seconds policy leaves them alone (a failed job is not retried on a timer).
+    int64_t taken = 0;
+    // When the oldest training example beyond max(learned, taken) was acknowledged (for
+    // examples stored before the server started: when the model was loaded).
+    std::chrono::steady_clock::time_point waiting_since = std::chrono::steady_clock::now();
+    bool Waiting() const { return train_count > std::max(learned, taken); }
   };
 
   ModelEntry(std::string name, ModelSpec spec, v1::LearningConfig config, AdaptConfig adapt,
@@ -231,6 +240,9 @@ class ModelEntry {
   // Writes the checkpoint, commits the catalog row (and the job's success), then publishes.
   absl::Status Publish(v1::VersionInfo info, ContinualState state, const std::string& job_id);
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
+  // The adapt_after_seconds policy: queues a job for every task whose examples have waited long
+  // enough and returns when the next one is due (time_point::max() if none is waiting).
+  std::chrono::steady_clock::time_point QueueOverdueJobsLocked();
   // Import's writes: logs, task and job rows, then version 0 (the caller undoes on error).
   absl::Status WriteImported(std::map<int64_t, TaskExamples>& tasks, const std::string& name,
                              v1::VersionInfo info, ContinualState state);

@@ -134,6 +134,12 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   precision.mutable_config()->set_weight_precision("fisher");
   EXPECT_STATUS(client_->CreateModel(precision).status(), kInvalidArgument,
                 "config.weight_precision must be \"posterior\" or \"prior\"; got \"fisher\"");
+  for (double wait : {-1.0, std::nan(""), 4e7}) {
+    v1::CreateModelRequest timer = BlobModel("x", false);
+    timer.mutable_config()->set_adapt_after_seconds(wait);
+    EXPECT_STATUS(client_->CreateModel(timer).status(), kInvalidArgument,
+                  "config.adapt_after_seconds must be in [0, 31536000] (0: off); got");
+  }
   v1::CreateModelRequest method = BlobModel("x", false);
   method.mutable_config()->set_method("magic");
   EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");

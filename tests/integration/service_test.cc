@@ -1,6 +1,9 @@
 // Every RPC of the real server, through the real C++ client.
 #include <httplib.h>
 
+#include <chrono>
+#include <thread>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -306,6 +309,104 @@ TEST(ServiceTest, OnlineModeAndKeepOpen) {
   EXPECT_EQ(client->GetModel("open")->tasks(0).pending_examples(), 0);
 }
 
+// A model whose first job diverges (a rate of 1e30).
+v1::CreateModelRequest DivergingModel(const std::string& name) {
+  v1::CreateModelRequest r = BlobModel(name, false, 5);
+  r.mutable_config()->mutable_ivon()->set_lr(1e30);
+  r.mutable_config()->mutable_ivon()->set_hess_init(1e-8);
+  return r;
+}
+
+// The model's jobs once there are at least `n` of them and the last has ended (polls ListJobs
+// for up to a minute; a test that needs a timer does not time it).
+std::vector<v1::JobStatus> JobsOnceEnded(const AdaptdClient& client, const std::string& model,
+                                         int n) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < give_up) {
+    auto jobs = client.ListJobs(model);
+    if (!jobs.ok()) break;
+    if (jobs->jobs_size() >= n) {
+      auto last = client.WatchJob(jobs->jobs(jobs->jobs_size() - 1).job_id());
+      if (!last.ok()) break;
+      jobs = client.ListJobs(model);
+      if (!jobs.ok()) break;
+      return {jobs->jobs().begin(), jobs->jobs().end()};
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ADD_FAILURE() << "model " << model << " did not reach " << n << " ended jobs";
+  return {};
+}
+
+// adapt_after_seconds: training examples that a keep_open stream left pending get a job of
+// their own once they have waited, after a restart too. A job that failed is not retried on the
+// timer; its examples go with the task's next ones.
+TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest timed = BlobModel("timed", false, 1);
+  timed.mutable_config()->set_adapt_after_seconds(0.2);
+  ASSERT_TRUE(client->CreateModel(timed).ok());
+  EXPECT_DOUBLE_EQ(client->GetModel("timed")->config().adapt_after_seconds(), 0.2);
+  auto first = StreamData(*client, "timed", 0, v1::SPLIT_TRAIN, {}, BlobTask(60, {0, 1}, 2), 64,
+                          /*keep_open=*/true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->job_ids_size(), 0);
+  auto jobs = JobsOnceEnded(*client, "timed", 1);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_SUCCEEDED) << jobs[0].message();
+  EXPECT_EQ(jobs[0].examples(), 60);
+  EXPECT_EQ(client->GetModel("timed")->tasks(0).pending_examples(), 0);
+  // Evaluation examples are not learnt, so they never wait for a job.
+  ASSERT_TRUE(StreamData(*client, "timed", 0, v1::SPLIT_EVAL, {}, BlobTask(30, {0, 1}, 3)).ok());
+  // Later examples: a second job learns only them.
+  ASSERT_TRUE(StreamData(*client, "timed", 0, v1::SPLIT_TRAIN, {}, BlobTask(40, {0, 1}, 4), 64,
+                         /*keep_open=*/true).ok());
+  jobs = JobsOnceEnded(*client, "timed", 2);
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[1].state(), v1::JOB_STATE_SUCCEEDED) << jobs[1].message();
+  EXPECT_EQ(jobs[1].examples(), 40);
+  EXPECT_EQ(client->ListVersions("timed")->versions_size(), 3);
+
+  // A job that diverges: its examples stay pending, and the timer leaves them alone.
+  v1::CreateModelRequest wild = DivergingModel("wild");
+  wild.mutable_config()->set_adapt_after_seconds(0.2);
+  ASSERT_TRUE(client->CreateModel(wild).ok());
+  ASSERT_TRUE(StreamData(*client, "wild", 0, v1::SPLIT_TRAIN, {}, BlobTask(200, {0, 1}, 5), 64,
+                         /*keep_open=*/true).ok());
+  jobs = JobsOnceEnded(*client, "wild", 1);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_FAILED);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // five waits
+  EXPECT_EQ(client->ListJobs("wild")->jobs_size(), 1);
+  EXPECT_EQ(client->GetModel("wild")->tasks(0).pending_examples(), 200);
+  // New examples wait again, and their job takes the failed job's examples too.
+  ASSERT_TRUE(StreamData(*client, "wild", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 6), 64,
+                         /*keep_open=*/true).ok());
+  jobs = JobsOnceEnded(*client, "wild", 2);
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[1].examples(), 210);
+
+  // Examples stored just before a crash get their job after the restart.
+  v1::CreateModelRequest later = BlobModel("later", false, 1);
+  later.mutable_config()->set_adapt_after_seconds(2);
+  ASSERT_TRUE(client->CreateModel(later).ok());
+  ASSERT_TRUE(StreamData(*client, "later", 0, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 7), 64,
+                         /*keep_open=*/true).ok());
+  (*server)->Kill();
+  server->reset();
+  auto restarted = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto client2 = (*restarted)->Client();
+  jobs = JobsOnceEnded(*client2, "later", 1);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_SUCCEEDED) << jobs[0].message();
+  EXPECT_EQ(jobs[0].examples(), 50);
+  EXPECT_EQ(client2->GetModel("later")->tasks(0).pending_examples(), 0);
+}
+
 // A job whose training diverges fails with the reason and publishes nothing: the model keeps
 // answering from its last good version, and the examples stay pending.
 TEST(ServiceTest, ADivergingJobFailsAndPublishesNothing) {
@@ -313,10 +414,7 @@ TEST(ServiceTest, ADivergingJobFailsAndPublishesNothing) {
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
-  v1::CreateModelRequest wild = BlobModel("wild", false, 5);
-  wild.mutable_config()->mutable_ivon()->set_lr(1e30);
-  wild.mutable_config()->mutable_ivon()->set_hess_init(1e-8);
-  ASSERT_TRUE(client->CreateModel(wild).ok());
+  ASSERT_TRUE(client->CreateModel(DivergingModel("wild")).ok());
   auto s = StreamData(*client, "wild", 0, v1::SPLIT_TRAIN, {}, BlobTask(200, {0, 1, 2, 3}, 1));
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_EQ(s->job_ids_size(), 1);

@@ -46,6 +46,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   o.weight_precision = "prior";
   o.memory_weight = 3;
   o.clip_radius = 0.1;
+  o.adapt_after_seconds = 30;
   absl::StatusOr<v1::CreateModelRequest> r = BuildCreateRequest("fm", o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->name(), "fm");
@@ -68,6 +69,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_DOUBLE_EQ(r->config().memory_weight(), 3);
   EXPECT_DOUBLE_EQ(r->config().ivon().clip_radius(), 0.1);
   EXPECT_EQ(r->config().min_steps(), 50);
+  EXPECT_DOUBLE_EQ(r->config().adapt_after_seconds(), 30);
 
   // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
   o.arch = "lenet5";
