@@ -699,8 +699,10 @@ std::chrono::steady_clock::time_point ModelEntry::QueueOverdueJobsLocked() {
       std::fprintf(stderr, "adaptd: model %s task %lld: could not queue a timed job: %s\n",
                    name_.c_str(), static_cast<long long>(task_id),
                    job.status().ToString().c_str());
-      te.waiting_since = now;  // try again after another wait, not in a tight loop
-      next = std::min(next, now + wait);
+      // Try again after another wait (at least a second), not in a tight loop.
+      const Clock::duration retry = std::max<Clock::duration>(wait, std::chrono::seconds(1));
+      te.waiting_since = now + retry - wait;
+      next = std::min(next, now + retry);
     }
   }
   return next;
@@ -741,8 +743,10 @@ void ModelEntry::RunActor() {
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      while (!stopping_ && queue_.empty()) {
+      while (true) {
+        // Overdue examples join the queue's end even while other jobs keep it busy.
         const auto due = QueueOverdueJobsLocked();
+        if (stopping_) return;
         if (!queue_.empty()) break;
         if (due == std::chrono::steady_clock::time_point::max()) {
           cv_.wait(lock);
@@ -750,7 +754,6 @@ void ModelEntry::RunActor() {
           cv_.wait_until(lock, due);
         }
       }
-      if (stopping_) return;
       job = queue_.front();
       queue_.pop_front();
       running_ = job;
@@ -807,7 +810,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     // never modified); the concatenation happens outside it, so queries are not held up, and
     // it copies only the new rows, not the whole task (online mode learns a growing task's tail).
     std::lock_guard<std::mutex> lock(mu_);
-    const TaskExamples& te = tasks_.at(job->task_id());
+    TaskExamples& te = tasks_.at(job->task_id());
     begin = te.learned;
     end = te.train_count;
     // A job a crash interrupted while running learns exactly the range it had started on, so
@@ -816,6 +819,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
         job->end() <= end) {
       end = job->end();
     }
+    // Everything up to `end` is this job's now, including examples that came after it was
+    // queued: the adapt_after_seconds timer leaves them to it (and does not retry them).
+    te.taken = std::max(te.taken, end);
     train_batches = SliceBatches(te.train, begin, end);
     task.label_mask = LabelMaskLocked(job->task_id());
     for (const auto& [tid, t] : tasks_) {
@@ -897,7 +903,14 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   {
     std::lock_guard<std::mutex> commit_lock(commit_mu_);
     if (Current() != base) {
-      // A rollback published a version while this job trained from the one before it.
+      // A rollback published a version while this job trained from the one before it. The
+      // examples were not the problem: the adapt_after_seconds timer may give them a new job.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        TaskExamples& te = tasks_.at(job->task_id());
+        te.taken = te.learned;
+        te.waiting_since = std::chrono::steady_clock::now();
+      }
       return finish(v1::JOB_STATE_FAILED,
                     absl::StrCat("version ", Current()->version(), " was published while this job "
                                  "trained from version ", base->version(), " (a rollback); its "

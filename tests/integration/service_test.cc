@@ -318,14 +318,17 @@ v1::CreateModelRequest DivergingModel(const std::string& name) {
 }
 
 // The model's jobs once there are at least `n` of them and the last has ended (polls ListJobs
-// for up to a minute; a test that needs a timer does not time it).
+// for up to a minute; a test that needs a timer does not time it). `seen`: when a poll first
+// found the n-th job (no earlier than the job was queued).
 std::vector<v1::JobStatus> JobsOnceEnded(const AdaptdClient& client, const std::string& model,
-                                         int n) {
+                                         int n,
+                                         std::chrono::steady_clock::time_point* seen = nullptr) {
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < give_up) {
     auto jobs = client.ListJobs(model);
     if (!jobs.ok()) break;
     if (jobs->jobs_size() >= n) {
+      if (seen != nullptr) *seen = std::chrono::steady_clock::now();
       auto last = client.WatchJob(jobs->jobs(jobs->jobs_size() - 1).job_id());
       if (!last.ok()) break;
       jobs = client.ListJobs(model);
@@ -347,14 +350,18 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
   v1::CreateModelRequest timed = BlobModel("timed", false, 1);
-  timed.mutable_config()->set_adapt_after_seconds(0.2);
+  timed.mutable_config()->set_adapt_after_seconds(1);
   ASSERT_TRUE(client->CreateModel(timed).ok());
-  EXPECT_DOUBLE_EQ(client->GetModel("timed")->config().adapt_after_seconds(), 0.2);
+  EXPECT_DOUBLE_EQ(client->GetModel("timed")->config().adapt_after_seconds(), 1);
+  const auto before = std::chrono::steady_clock::now();
   auto first = StreamData(*client, "timed", 0, v1::SPLIT_TRAIN, {}, BlobTask(60, {0, 1}, 2), 64,
                           /*keep_open=*/true);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->job_ids_size(), 0);
-  auto jobs = JobsOnceEnded(*client, "timed", 1);
+  std::chrono::steady_clock::time_point seen;
+  auto jobs = JobsOnceEnded(*client, "timed", 1, &seen);
+  // Not before the wait (polls every 50 ms find a job queued at once long before a second).
+  EXPECT_GE(seen - before, std::chrono::seconds(1));
   ASSERT_EQ(jobs.size(), 1u);
   EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_SUCCEEDED) << jobs[0].message();
   EXPECT_EQ(jobs[0].examples(), 60);
@@ -389,6 +396,34 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
   ASSERT_EQ(jobs.size(), 2u);
   EXPECT_EQ(jobs[1].examples(), 210);
 
+  // Examples that arrive while the task's job is queued are that job's: when it ends without
+  // learning them (here cancelled while running), the timer does not retry them either.
+  v1::CreateModelRequest busy = BlobModel("busy", false, 1);
+  busy.mutable_config()->set_min_steps(1000000);  // runs until cancelled
+  busy.mutable_config()->set_adapt_after_seconds(0.2);
+  ASSERT_TRUE(client->CreateModel(busy).ok());
+  auto running = StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 8));
+  ASSERT_TRUE(running.ok() && running->job_ids_size() == 1);
+  auto queued = StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 9));
+  ASSERT_TRUE(queued.ok() && queued->job_ids_size() == 1);
+  ASSERT_TRUE(StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 10), 64,
+                         /*keep_open=*/true).ok());
+  ASSERT_TRUE(client->CancelJob(running->job_ids(0)).ok());
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (client->ListJobs("busy")->jobs(1).state() != v1::JOB_STATE_RUNNING &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto cancelled = client->CancelJob(queued->job_ids(0));
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_EQ(cancelled->examples(), 120);  // it had taken the keep_open stream's examples too
+  jobs = JobsOnceEnded(*client, "busy", 2);
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[1].state(), v1::JOB_STATE_CANCELLED);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // five waits
+  EXPECT_EQ(client->ListJobs("busy")->jobs_size(), 2);
+  EXPECT_EQ(client->GetModel("busy")->tasks(0).pending_examples(), 120);
+
   // Examples stored just before a crash get their job after the restart.
   v1::CreateModelRequest later = BlobModel("later", false, 1);
   later.mutable_config()->set_adapt_after_seconds(2);
@@ -405,6 +440,10 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
   EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_SUCCEEDED) << jobs[0].message();
   EXPECT_EQ(jobs[0].examples(), 50);
   EXPECT_EQ(client2->GetModel("later")->tasks(0).pending_examples(), 0);
+  // The restarted server knows which examples failed and cancelled jobs took.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_EQ(client2->ListJobs("wild")->jobs_size(), 2);
+  EXPECT_EQ(client2->ListJobs("busy")->jobs_size(), 2);
 }
 
 // A job whose training diverges fails with the reason and publishes nothing: the model keeps
