@@ -282,6 +282,26 @@ absl::Status Catalog::Publish(const std::string& model, const VersionRow& versio
   return CommitLocked();
 }
 
+absl::Status Catalog::UpdateVersionInfos(const std::string& model,
+                                         const std::vector<VersionRow>& rows) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
+  absl::Status status;
+  for (const VersionRow& row : rows) {
+    status = Statement(db_, "UPDATE versions SET info = ? WHERE model = ? AND version = ?")
+                 .Bind(row.info, true)
+                 .Bind(model)
+                 .Bind(row.version)
+                 .Run();
+    if (!status.ok()) break;
+  }
+  if (!status.ok()) {
+    (void)ExecLocked("ROLLBACK");
+    return status;
+  }
+  return CommitLocked();
+}
+
 absl::StatusOr<std::string> Catalog::Dump() {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;

@@ -75,6 +75,10 @@ class Catalog {
   absl::Status Publish(const std::string& model, const VersionRow& version,
                        const std::string& job_id, int job_state, const std::string& message);
 
+  // Rewrites the info of existing version rows (retention marks deleted checkpoints), in one
+  // transaction.
+  absl::Status UpdateVersionInfos(const std::string& model, const std::vector<VersionRow>& rows);
+
   // Every row of every table as text, in a fixed order: tests compare it before and after.
   absl::StatusOr<std::string> Dump();
 

@@ -30,6 +30,9 @@ ABSL_FLAG(int64_t, queue_capacity, 16, "adaptation jobs queued per model");
 ABSL_FLAG(int64_t, max_stream_mb, 4096,
           "examples one stream may hold before its end message, in MiB (streams are "
           "all-or-nothing, so they are kept in memory until then)");
+ABSL_FLAG(int64_t, keep_versions, 0,
+          "each model keeps the checkpoints of its newest N versions; older versions stay listed "
+          "but can no longer be queried or rolled back to (0: keep every version)");
 ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across models");
 ABSL_FLAG(int, training_nice, 10,
           "nice value of the training threads, so that queries come first (0: same priority)");
@@ -77,6 +80,7 @@ int main(int argc, char** argv) {
   options.max_stream_bytes = absl::GetFlag(FLAGS_max_stream_mb) << 20;
   options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
   options.training_nice = absl::GetFlag(FLAGS_training_nice);
+  options.keep_versions = absl::GetFlag(FLAGS_keep_versions);
   options.device = absl::GetFlag(FLAGS_device);
 
   // Block the shutdown signals in every thread; one thread waits for them.

@@ -294,11 +294,20 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
       return absl::DataLossError(absl::StrCat("model ", row.name, " version ", v.version,
                                               ": catalog row does not parse"));
     }
-    ADAPTD_ASSIGN_OR_RETURN(auto loaded, e.LoadVersion(info, v.checkpoint_crc));
     e.versions_.emplace_back(info, v.checkpoint_crc);
+    // Retention marked it before deleting the file: a file left by a crash is garbage.
+    if (info.checkpoint_deleted()) continue;
+    ADAPTD_ASSIGN_OR_RETURN(auto loaded, e.LoadVersion(info, v.checkpoint_crc));
     e.current_ = std::move(loaded);
     known.insert(absl::StrCat(v.version, ".ckpt"));
   }
+  if (e.current_ == nullptr || e.current_->version() != e.versions_.back().first.version()) {
+    return absl::DataLossError(absl::StrCat("model ", row.name, ": its newest version, ",
+                                            e.versions_.back().first.version(),
+                                            ", is marked deleted"));
+  }
+  // A smaller --keep_versions than before applies from this start.
+  e.DeleteOldCheckpoints();
   // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
   for (const std::string& f : ListDir(options.dir + "/versions")) {
     if (known.count(f) == 0) {
@@ -357,6 +366,11 @@ absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelEntry::Version(int64_t 
   if (cached != cache_.end()) return cached->second;
   for (const auto& [info, crc] : versions_) {
     if (info.version() != version) continue;
+    if (info.checkpoint_deleted()) {
+      return absl::NotFoundError(absl::StrCat(
+          "model ", name_, " version ", version, " is listed, but the server's version retention "
+          "(--keep_versions) deleted its checkpoint"));
+    }
     const v1::VersionInfo found = info;
     const uint32_t found_crc = crc;
     lock.unlock();
@@ -961,14 +975,51 @@ absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
       name_, {info.version(), info.SerializeAsString(), crc}, job_id, v1::JOB_STATE_SUCCEEDED,
       absl::StrCat("published version ", info.version())));
   ADAPTD_ASSIGN_OR_RETURN(auto version, ModelVersion::Create(info, std::move(state)));
-  std::lock_guard<std::mutex> lock(mu_);
-  versions_.emplace_back(info, crc);
-  current_ = std::move(version);
-  if (options_.metrics) {
-    options_.metrics->SetModelVersion(name_, info.version());
-    options_.metrics->SetMemorySize(name_, info.memory_size());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    versions_.emplace_back(info, crc);
+    current_ = std::move(version);
+    if (options_.metrics) {
+      options_.metrics->SetModelVersion(name_, info.version());
+      options_.metrics->SetMemorySize(name_, info.memory_size());
+    }
   }
+  DeleteOldCheckpoints();
   return absl::OkStatus();
+}
+
+void ModelEntry::DeleteOldCheckpoints() {
+  if (options_.keep_versions <= 0) return;
+  std::vector<VersionRow> rows;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int64_t keep_from = static_cast<int64_t>(versions_.size()) - options_.keep_versions;
+    for (int64_t i = 0; i < keep_from; ++i) {
+      const auto& [info, crc] = versions_[i];
+      if (info.checkpoint_deleted()) continue;
+      v1::VersionInfo marked = info;
+      marked.set_checkpoint_deleted(true);
+      rows.push_back({marked.version(), marked.SerializeAsString(), crc});
+    }
+  }
+  if (rows.empty()) return;
+  const absl::Status marked = options_.catalog->UpdateVersionInfos(name_, rows);
+  if (!marked.ok()) {
+    std::fprintf(stderr, "adaptd: model %s: could not mark old versions for deletion: %s\n",
+                 name_.c_str(), marked.ToString().c_str());
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [info, crc] : versions_) {
+      for (const VersionRow& r : rows) {
+        if (info.version() == r.version) info.set_checkpoint_deleted(true);
+      }
+    }
+    for (const VersionRow& r : rows) cache_.erase(r.version);
+  }
+  // Queries already reading one of these versions hold its state in memory and finish.
+  for (const VersionRow& r : rows) ::unlink(CheckpointPath(r.version).c_str());
 }
 
 absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job) {

@@ -135,6 +135,8 @@ struct ModelEntryOptions {
   Metrics* metrics = nullptr;
   // The actor thread's nice value (0: the server's own priority).
   int training_nice = 10;
+  // Retention: only the newest N versions keep their checkpoints (0: every version).
+  int64_t keep_versions = 0;
   // Where adaptation jobs train (AdaptConfig::device); the state stays on the CPU.
   at::Device device = at::kCPU;
   // Called when a job is created (the registry indexes jobs by id).
@@ -239,6 +241,11 @@ class ModelEntry {
                                                                   uint32_t crc) const;
   // Writes the checkpoint, commits the catalog row (and the job's success), then publishes.
   absl::Status Publish(v1::VersionInfo info, ContinualState state, const std::string& job_id);
+  // Retention: deletes the checkpoints of the versions older than the newest keep_versions
+  // (marked in the catalog first, so a crash in between leaves only a file that the next
+  // start removes). Best effort: a failure is logged and retried at the next publish.
+  // REQUIRES: commit_mu_ held, or the actor not yet started.
+  void DeleteOldCheckpoints();
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
   // The adapt_after_seconds policy: queues a job for every task whose examples have waited long
   // enough and returns when the next one is due (time_point::max() if none is waiting).

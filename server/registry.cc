@@ -75,6 +75,7 @@ ModelEntryOptions Registry::EntryOptions(const std::string& name) {
   o.slots = &slots_;
   o.metrics = options_.metrics;
   o.training_nice = options_.training_nice;
+  o.keep_versions = options_.keep_versions;
   o.device = options_.device;
   o.on_job = [this](std::shared_ptr<Job> job) {
     std::lock_guard<std::mutex> lock(mu_);

@@ -22,6 +22,7 @@ struct RegistryOptions {
   int64_t queue_capacity = 16;
   int max_concurrent_jobs = 1;
   int training_nice = 10;
+  int64_t keep_versions = 0;  // 0: every version keeps its checkpoint
   at::Device device = at::kCPU;  // where adaptation jobs train
   Metrics* metrics = nullptr;
 };

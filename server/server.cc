@@ -50,6 +50,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
     return absl::InvalidArgumentError("mTLS (a client CA) needs the server's certificate and key");
   }
+  if (options.keep_versions < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "keep_versions must be >= 0 (0: keep every version); got ", options.keep_versions));
+  }
   ADAPTD_ASSIGN_OR_RETURN(const at::Device device, ParseDevice(options.device));
   auto impl = std::make_unique<Impl>();
   ADAPTD_ASSIGN_OR_RETURN(impl->auth, TokenAuth::Parse(options.tokens));
@@ -58,6 +62,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   ro.queue_capacity = options.queue_capacity;
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
   ro.training_nice = options.training_nice;
+  ro.keep_versions = options.keep_versions;
   ro.device = device;
   ro.metrics = &impl->metrics;
   ADAPTD_ASSIGN_OR_RETURN(impl->registry, Registry::Open(ro));

@@ -34,6 +34,8 @@ struct ServerOptions {
   int max_concurrent_jobs = 1;
   // Nice value of the threads that train (queries keep the server's priority).
   int training_nice = 10;
+  // Retention: each model keeps the checkpoints of its newest N versions (0: every version).
+  int64_t keep_versions = 0;
   // Where adaptation jobs train: "cpu", "cuda" or "cuda:N". Queries and the stored state stay
   // on the CPU. A device this machine lacks fails Create with FAILED_PRECONDITION.
   std::string device = "cpu";

@@ -2,6 +2,7 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -444,6 +445,81 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
   std::this_thread::sleep_for(std::chrono::seconds(1));
   EXPECT_EQ(client2->ListJobs("wild")->jobs_size(), 2);
   EXPECT_EQ(client2->ListJobs("busy")->jobs_size(), 2);
+}
+
+// The names of the files of a model's checkpoints.
+std::vector<std::string> CheckpointFiles(const std::string& data_dir, const std::string& model) {
+  std::vector<std::string> names;
+  for (const auto& [path, crc] : DirDigest(data_dir + "/models/" + model + "/versions")) {
+    names.push_back(path.substr(path.find_last_of('/') + 1));
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// --keep_versions=N: only the newest N versions keep their checkpoints. The others stay listed
+// with their evaluations, and querying one or rolling back to it is NOT_FOUND. A restart with a
+// smaller N applies it at once.
+TEST(ServiceTest, KeepVersionsDeletesOlderCheckpoints) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--keep_versions=2"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("kept", false, 1)).ok());
+  ASSERT_TRUE(StreamData(*client, "kept", 0, v1::SPLIT_EVAL, {}, BlobTask(40, {0, 1}, 30)).ok());
+  for (int i = 0; i < 3; ++i) {
+    auto s = StreamData(*client, "kept", 0, v1::SPLIT_TRAIN, {}, BlobTask(40, {0, 1}, 31 + i));
+    ASSERT_TRUE(s.ok()) << s.status();
+    WaitJobs(*client, *s);
+  }
+  auto versions = client->ListVersions("kept");
+  ASSERT_TRUE(versions.ok());
+  ASSERT_EQ(versions->versions_size(), 4);
+  for (int v = 0; v < 4; ++v) {
+    EXPECT_EQ(versions->versions(v).checkpoint_deleted(), v < 2) << "version " << v;
+    if (v > 0) {
+      EXPECT_EQ(versions->versions(v).eval_size(), 1) << "version " << v;
+    }
+  }
+  EXPECT_THAT(CheckpointFiles(dir.path(), "kept"), testing::ElementsAre("2.ckpt", "3.ckpt"));
+
+  const at::Tensor x = BlobTask(5, {0, 1}, 40).x;
+  v1::PredictRequest old = PredictOn("kept", x, v1::PREDICT_MODE_MEAN);
+  old.set_version(1);
+  auto gone = client->Predict(old);
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(gone.status().message()), testing::HasSubstr("--keep_versions"));
+  old.set_version(2);
+  auto kept = client->Predict(old);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(kept->version(), 2);
+  EXPECT_EQ(client->Rollback("kept", 0).status().code(), absl::StatusCode::kNotFound);
+  auto rolled = client->Rollback("kept", 2);
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(rolled->current().version(), 4);
+  EXPECT_THAT(CheckpointFiles(dir.path(), "kept"), testing::ElementsAre("3.ckpt", "4.ckpt"));
+  auto evaluated = client->Evaluate("kept");
+  ASSERT_TRUE(evaluated.ok()) << evaluated.status();
+  EXPECT_EQ(evaluated->rows_size(), 5);  // every version's record
+
+  // A restart with a smaller N applies it; the deleted versions stay deleted.
+  EXPECT_EQ((*server)->Terminate(), 0);
+  server->reset();
+  // A crash between marking a version deleted and deleting its file leaves the file behind.
+  const std::string versions_dir = dir.path() + "/models/kept/versions/";
+  std::filesystem::copy_file(versions_dir + "3.ckpt", versions_dir + "1.ckpt");
+  auto restarted = ServerProcess::Start(dir.path(), {"--keep_versions=1"});
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto client2 = (*restarted)->Client();
+  EXPECT_THAT(CheckpointFiles(dir.path(), "kept"), testing::ElementsAre("4.ckpt"));
+  versions = client2->ListVersions("kept");
+  ASSERT_TRUE(versions.ok());
+  ASSERT_EQ(versions->versions_size(), 5);
+  for (int v = 0; v < 5; ++v) EXPECT_EQ(versions->versions(v).checkpoint_deleted(), v < 4);
+  auto now = client2->Predict(PredictOn("kept", x, v1::PREDICT_MODE_MEAN));
+  ASSERT_TRUE(now.ok()) << now.status();
+  EXPECT_EQ(now->version(), 4);
+  EXPECT_TRUE(at::allclose(Floats(now->probs()), Floats(kept->probs())));  // 4 copies 2
 }
 
 // A job whose training diverges fails with the reason and publishes nothing: the model keeps

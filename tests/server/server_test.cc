@@ -62,6 +62,20 @@ TEST(ServerTest, RefusesToStartWithoutADataDirectory) {
   EXPECT_EQ(Server::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ServerTest, RefusesANegativeKeepVersions) {
+  ServerOptions o;
+  o.port = 0;
+  TempDir dir;
+  o.data_dir = dir.path();
+  o.keep_versions = -1;
+  auto bad = Server::Create(o);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("keep_versions must be >= 0 (0: keep every version); got -1"),
+            std::string::npos)
+      << bad.status();
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
 // A device the machine lacks, or a misspelt one, stops the start with a reason; nothing is
 // written to the data directory.
 TEST(ServerTest, RefusesADeviceItCannotTrainOn) {

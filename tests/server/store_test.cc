@@ -68,7 +68,9 @@ TEST(SliceBatchesTest, EveryRangeEqualsTheConcatenationNarrowed) {
       }
       const at::Tensor got = ids.empty() ? at::empty({0}, at::kLong) : at::cat(ids);
       EXPECT_TRUE(got.equal(at::arange(begin, end, at::kLong))) << begin << ".." << end;
-      if (end > begin) EXPECT_TRUE(at::cat(sx).equal(all_x.narrow(0, begin, end - begin)));
+      if (end > begin) {
+        EXPECT_TRUE(at::cat(sx).equal(all_x.narrow(0, begin, end - begin)));
+      }
     }
   }
 }
