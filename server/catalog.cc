@@ -293,6 +293,10 @@ absl::Status Catalog::UpdateVersionInfos(const std::string& model,
                  .Bind(model)
                  .Bind(row.version)
                  .Run();
+    if (status.ok() && sqlite3_changes(db_) != 1) {
+      status = absl::NotFoundError(
+          absl::StrCat("model ", model, " has no version row ", row.version, " to update"));
+    }
     if (!status.ok()) break;
   }
   if (!status.ok()) {

@@ -362,26 +362,35 @@ std::shared_ptr<const ModelVersion> ModelEntry::Current() const {
 absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelEntry::Version(int64_t version) const {
   std::unique_lock<std::mutex> lock(mu_);
   if (version < 0 || version == current_->version()) return current_;
+  // The version's record (REQUIRES: mu_ held); NOT_FOUND if there is none, or if retention
+  // deleted its checkpoint.
+  auto record = [&]() -> absl::StatusOr<std::pair<v1::VersionInfo, uint32_t>> {
+    for (const auto& [info, crc] : versions_) {
+      if (info.version() != version) continue;
+      if (info.checkpoint_deleted()) {
+        return absl::NotFoundError(absl::StrCat(
+            "model ", name_, " version ", version, " is listed, but the server's version "
+            "retention (--keep_versions) deleted its checkpoint"));
+      }
+      return std::make_pair(info, crc);
+    }
+    return absl::NotFoundError(absl::StrCat("model ", name_, " has no version ", version,
+                                            "; its versions are 0..",
+                                            versions_.back().first.version()));
+  };
+  ADAPTD_ASSIGN_OR_RETURN(const auto found, record());
   auto cached = cache_.find(version);
   if (cached != cache_.end()) return cached->second;
-  for (const auto& [info, crc] : versions_) {
-    if (info.version() != version) continue;
-    if (info.checkpoint_deleted()) {
-      return absl::NotFoundError(absl::StrCat(
-          "model ", name_, " version ", version, " is listed, but the server's version retention "
-          "(--keep_versions) deleted its checkpoint"));
-    }
-    const v1::VersionInfo found = info;
-    const uint32_t found_crc = crc;
-    lock.unlock();
-    ADAPTD_ASSIGN_OR_RETURN(auto loaded, LoadVersion(found, found_crc));
-    lock.lock();
-    if (cache_.size() >= 4) cache_.erase(cache_.begin());
-    cache_[version] = loaded;
-    return loaded;
-  }
-  return absl::NotFoundError(absl::StrCat("model ", name_, " has no version ", version,
-                                          "; its versions are 0..", versions_.back().first.version()));
+  lock.unlock();
+  auto loaded = LoadVersion(found.first, found.second);
+  lock.lock();
+  // Retention may have deleted the version while it was read: then the read failed, or its
+  // result must not be cached.
+  ADAPTD_RETURN_IF_ERROR(record().status());
+  if (!loaded.ok()) return loaded.status();
+  if (cache_.size() >= 4) cache_.erase(cache_.begin());
+  cache_[version] = *loaded;
+  return *loaded;
 }
 
 v1::ModelInfo ModelEntry::Info() const {
@@ -964,6 +973,9 @@ absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
     std::lock_guard<std::mutex> lock(mu_);
     info.set_version(versions_.empty() ? 0 : versions_.back().first.version() + 1);
   }
+  // Its checkpoint is written below, whatever the record it copies (a rollback's target, an
+  // imported snapshot's version) said.
+  info.clear_checkpoint_deleted();
   info = Diagnose(std::move(info), state);
   TensorMap map;
   state.AppendTo(map);

@@ -493,7 +493,9 @@ TEST(ServiceTest, KeepVersionsDeletesOlderCheckpoints) {
   auto kept = client->Predict(old);
   ASSERT_TRUE(kept.ok()) << kept.status();
   EXPECT_EQ(kept->version(), 2);
-  EXPECT_EQ(client->Rollback("kept", 0).status().code(), absl::StatusCode::kNotFound);
+  auto to_deleted = client->Rollback("kept", 0);
+  EXPECT_EQ(to_deleted.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(to_deleted.status().message()), testing::HasSubstr("--keep_versions"));
   auto rolled = client->Rollback("kept", 2);
   ASSERT_TRUE(rolled.ok()) << rolled.status();
   EXPECT_EQ(rolled->current().version(), 4);
