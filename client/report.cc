@@ -162,6 +162,9 @@ std::string FormatVersions(const v1::ListVersionsResponse& versions) {
                                     OrDash(v.task_id()), OrDash(v.rolled_back_from()), created,
                                     v.steps(), v.final_loss(), v.memory_size(), v.adapt_seconds(),
                                     absl::StrJoin(accuracy, " ")));
+    if (v.checkpoint_deleted()) {
+      text.insert(text.size() - 1, "  (checkpoint deleted: --keep_versions)");
+    }
   }
   return text;
 }

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_split.h"
 #include "client/tensor.h"
 
 namespace adaptd {
@@ -109,8 +110,27 @@ TEST(ReportTest, ModelInfoNamesDefaults) {
   EXPECT_FALSE(Has(text, "steps")) << text;
   m.mutable_config()->set_min_steps(500);
   m.mutable_config()->mutable_ivon()->set_ess_factor(16);
+  m.mutable_config()->set_adapt_after_seconds(30);
   const std::string set = FormatModelInfo(m);
   EXPECT_TRUE(Has(set, ", ess factor 16, at least 500 steps")) << set;
+  EXPECT_TRUE(Has(set, ", adapt waiting examples after 30 s")) << set;
+}
+
+// A version whose checkpoint retention deleted says so on its own line.
+TEST(ReportTest, VersionsMarkDeletedCheckpoints) {
+  v1::ListVersionsResponse r;
+  for (int v = 0; v < 2; ++v) {
+    v1::VersionInfo* info = r.add_versions();
+    info->set_version(v);
+    info->set_task_id(v - 1);
+    info->set_rolled_back_from(-1);
+    info->set_checkpoint_deleted(v == 0);
+  }
+  const std::string text = FormatVersions(r);
+  const std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << text;
+  EXPECT_TRUE(Has(lines[1], "(checkpoint deleted: --keep_versions)")) << text;
+  EXPECT_FALSE(Has(lines[2], "deleted")) << text;
 }
 
 TEST(ReportTest, InfluenceListsExamplesInOrder) {
