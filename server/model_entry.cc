@@ -1002,6 +1002,8 @@ absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
 
 void ModelEntry::DeleteOldCheckpoints() {
   if (options_.keep_versions <= 0) return;
+  // Positions in versions_ (stable: only publishing appends to it, and the caller excludes that).
+  std::vector<size_t> older;
   std::vector<VersionRow> rows;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -1011,6 +1013,7 @@ void ModelEntry::DeleteOldCheckpoints() {
       if (info.checkpoint_deleted()) continue;
       v1::VersionInfo marked = info;
       marked.set_checkpoint_deleted(true);
+      older.push_back(static_cast<size_t>(i));
       rows.push_back({marked.version(), marked.SerializeAsString(), crc});
     }
   }
@@ -1023,12 +1026,10 @@ void ModelEntry::DeleteOldCheckpoints() {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [info, crc] : versions_) {
-      for (const VersionRow& r : rows) {
-        if (info.version() == r.version) info.set_checkpoint_deleted(true);
-      }
+    for (size_t i : older) {
+      versions_[i].first.set_checkpoint_deleted(true);
+      cache_.erase(versions_[i].first.version());
     }
-    for (const VersionRow& r : rows) cache_.erase(r.version);
   }
   // Queries already reading one of these versions hold its state in memory and finish.
   for (const VersionRow& r : rows) ::unlink(CheckpointPath(r.version).c_str());
