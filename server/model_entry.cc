@@ -767,9 +767,9 @@ void ModelEntry::RunActor() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       while (true) {
+        if (stopping_) return;  // before the timer: a stopping model queues nothing new
         // Overdue examples join the queue's end even while other jobs keep it busy.
         const auto due = QueueOverdueJobsLocked();
-        if (stopping_) return;
         if (!queue_.empty()) break;
         if (due == std::chrono::steady_clock::time_point::max()) {
           cv_.wait(lock);
