@@ -158,13 +158,11 @@ std::string FormatVersions(const v1::ListVersionsResponse& versions) {
     const std::string created = absl::FormatTime(
         "%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(v.created_unix_ms()), absl::LocalTimeZone());
     absl::StrAppend(&text,
-                    absl::StrFormat("%7d %4s %4s %-19s %6d %8.4f %6d %8.1f  %s\n", v.version(),
+                    absl::StrFormat("%7d %4s %4s %-19s %6d %8.4f %6d %8.1f  %s", v.version(),
                                     OrDash(v.task_id()), OrDash(v.rolled_back_from()), created,
                                     v.steps(), v.final_loss(), v.memory_size(), v.adapt_seconds(),
-                                    absl::StrJoin(accuracy, " ")));
-    if (v.checkpoint_deleted()) {
-      text.insert(text.size() - 1, "  (checkpoint deleted: --keep_versions)");
-    }
+                                    absl::StrJoin(accuracy, " ")),
+                    v.checkpoint_deleted() ? "  (checkpoint deleted: --keep_versions)\n" : "\n");
   }
   return text;
 }

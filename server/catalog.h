@@ -76,7 +76,8 @@ class Catalog {
                        const std::string& job_id, int job_state, const std::string& message);
 
   // Rewrites the info of existing version rows (retention marks deleted checkpoints), in one
-  // transaction.
+  // transaction; only each row's version and info are used. NOT_FOUND (and nothing changes)
+  // if a row is missing.
   absl::Status UpdateVersionInfos(const std::string& model, const std::vector<VersionRow>& rows);
 
   // Every row of every table as text, in a fixed order: tests compare it before and after.

@@ -768,7 +768,8 @@ void ModelEntry::RunActor() {
       std::unique_lock<std::mutex> lock(mu_);
       while (true) {
         if (stopping_) return;  // before the timer: a stopping model queues nothing new
-        // Overdue examples join the queue's end even while other jobs keep it busy.
+        // Overdue examples join the queue's end between jobs, even while the queue stays busy
+        // (not during a job: the actor is training then).
         const auto due = QueueOverdueJobsLocked();
         if (!queue_.empty()) break;
         if (due == std::chrono::steady_clock::time_point::max()) {
@@ -937,7 +938,8 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
       return finish(v1::JOB_STATE_FAILED,
                     absl::StrCat("version ", Current()->version(), " was published while this job "
                                  "trained from version ", base->version(), " (a rollback); its "
-                                 "examples stay pending for the task's next stream"));
+                                 "examples stay pending for the task's next stream, or the "
+                                 "adapt_after_seconds timer"));
     }
     published = Publish(std::move(info), std::move(result->state), job->id());
   }
@@ -973,8 +975,8 @@ absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
     std::lock_guard<std::mutex> lock(mu_);
     info.set_version(versions_.empty() ? 0 : versions_.back().first.version() + 1);
   }
-  // Its checkpoint is written below, whatever the record it copies (a rollback's target, an
-  // imported snapshot's version) said.
+  // Its checkpoint is written below, whatever the record it copies said (an imported snapshot
+  // could carry the flag; Version() never hands out a deleted version to roll back to).
   info.clear_checkpoint_deleted();
   info = Diagnose(std::move(info), state);
   TensorMap map;

@@ -223,11 +223,13 @@ class ModelEntry {
     std::vector<ExampleBatchData> train, eval;
     int64_t train_count = 0, eval_count = 0;
     int64_t learned = 0;  // training examples [0, learned) were learnt by a finished job
-    // Training examples [0, taken) were pending when a job was queued for the task: the
-    // adapt_after_seconds policy leaves them alone (a failed job is not retried on a timer).
+    // Training examples [0, taken) are, or were, in a job's range (set when a job is queued
+    // and when it starts; reset to `learned` when a rollback voids a job): the
+    // adapt_after_seconds policy leaves them alone, so a failed job is not retried on a timer.
     int64_t taken = 0;
     // When the oldest training example beyond max(learned, taken) was acknowledged (for
-    // examples stored before the server started: when the model was loaded).
+    // examples stored before the model was loaded: the load), pushed later when queueing their
+    // job failed, so that the timer tries again after a while.
     std::chrono::steady_clock::time_point waiting_since = std::chrono::steady_clock::now();
     bool Waiting() const { return train_count > std::max(learned, taken); }
   };
