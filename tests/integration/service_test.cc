@@ -427,10 +427,13 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
 
   // Examples stored just before a crash get their job after the restart.
   v1::CreateModelRequest later = BlobModel("later", false, 1);
-  later.mutable_config()->set_adapt_after_seconds(2);
+  later.mutable_config()->set_adapt_after_seconds(5);
   ASSERT_TRUE(client->CreateModel(later).ok());
   ASSERT_TRUE(StreamData(*client, "later", 0, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 7), 64,
                          /*keep_open=*/true).ok());
+  // No job yet (5 s is far longer than these two calls take), so the restarted server's timer
+  // is what gives the examples their job.
+  EXPECT_EQ(client->ListJobs("later")->jobs_size(), 0);
   (*server)->Kill();
   server->reset();
   auto restarted = ServerProcess::Start(dir.path());
