@@ -104,6 +104,12 @@ absl::StatusOr<v1::Scope> ParseScope(const std::string& text);
 // The CreateModel request the create options describe (the TorchScript file is read here).
 absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& name,
                                                           const CtlOptions& options);
+// The UpdateConfig request that `assignments` describe: each "FIELD=VALUE" names a
+// LearningConfig field by its path (epochs=20, ivon.lr=0.05, weight_precision=prior,
+// replay_correction=true) and joins the update mask. INVALID_ARGUMENT for a malformed
+// assignment, a path that names no field, or a value of the wrong type.
+absl::StatusOr<v1::UpdateConfigRequest> BuildConfigUpdate(
+    const std::string& name, const std::vector<std::string>& assignments);
 // Reads `files` (in --format or by extension, --labels matched one to one) into one set.
 absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& files,
                                             const CtlOptions& options);

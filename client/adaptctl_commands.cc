@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/adaptctl.h"
@@ -113,6 +114,16 @@ absl::Status Rollback(const AdaptdClient& client, const CtlOptions&,
   ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo model, client.Rollback(args[0], version));
   absl::PrintF("%s: version %d now serves, a copy of version %d\n", model.name(),
                model.current().version(), model.current().rolled_back_from());
+  return absl::OkStatus();
+}
+
+absl::Status SetConfig(const AdaptdClient& client, const CtlOptions&,
+                       const std::vector<std::string>& args) {
+  ADAPTD_ASSIGN_OR_RETURN(
+      v1::UpdateConfigRequest request,
+      BuildConfigUpdate(args[0], std::vector<std::string>(args.begin() + 1, args.end())));
+  ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo model, client.UpdateConfig(request));
+  absl::PrintF("%s", FormatModelInfo(model));
   return absl::OkStatus();
 }
 
@@ -316,6 +327,10 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"delete", "NAME", 1, 1, "delete a model with its versions and examples", Delete},
       {"versions", "NAME", 1, 1, "a model's versions with their accuracy per task", Versions},
       {"rollback", "NAME VERSION", 2, 2, "publish a copy of an earlier version", Rollback},
+      {"set-config", "NAME FIELD=VALUE...", 2, -1,
+       "change learning settings for the jobs to come, e.g. epochs=20 ivon.lr=0.05 "
+       "adapt_after_seconds=30 (a field set to 0 takes its default)",
+       SetConfig},
       {"export", "NAME FILE", 2, 2, "save a snapshot of the current version", Export},
       {"import", "NAME FILE", 2, 2, "create a model from a snapshot", Import},
       {"stream", "NAME FILE...", 2, -1,
@@ -392,6 +407,89 @@ absl::StatusOr<v1::Scope> ParseScope(const std::string& text) {
   if (text == "all") return v1::SCOPE_ALL;
   return absl::InvalidArgumentError(
       absl::StrCat("--scope must be memory or all; got '", text, "'"));
+}
+
+absl::StatusOr<v1::UpdateConfigRequest> BuildConfigUpdate(
+    const std::string& name, const std::vector<std::string>& assignments) {
+  using google::protobuf::FieldDescriptor;
+  v1::UpdateConfigRequest request;
+  request.set_name(name);
+  for (const std::string& assignment : assignments) {
+    const size_t eq = assignment.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expected FIELD=VALUE, e.g. epochs=20 or ivon.lr=0.05; got '", assignment, "'"));
+    }
+    const std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+    // Every part but the last names a message field (ivon), the last a plain one.
+    google::protobuf::Message* message = request.mutable_config();
+    const FieldDescriptor* field = nullptr;
+    const std::vector<std::string> parts = absl::StrSplit(path, '.');
+    for (size_t i = 0; i < parts.size(); ++i) {
+      field = message->GetDescriptor()->FindFieldByName(parts[i]);
+      const bool last = i + 1 == parts.size();
+      if (field == nullptr || field->is_repeated() ||
+          (field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) == last) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "'", path, "' is not a setting of the learning config (e.g. epochs, ivon.lr, "
+            "memory_weight; `adaptctl get` shows them)"));
+      }
+      if (!last) message = message->GetReflection()->MutableMessage(message, field);
+    }
+    const google::protobuf::Reflection* r = message->GetReflection();
+    bool parsed = true;
+    switch (field->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_INT64: {
+        int64_t v;
+        parsed = absl::SimpleAtoi(value, &v);
+        if (parsed) r->SetInt64(message, field, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_UINT64: {
+        uint64_t v;
+        parsed = absl::SimpleAtoi(value, &v);
+        if (parsed) r->SetUInt64(message, field, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_DOUBLE: {
+        double v;
+        parsed = absl::SimpleAtod(value, &v);
+        if (parsed) r->SetDouble(message, field, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_BOOL: {
+        bool v;
+        parsed = absl::SimpleAtob(value, &v);
+        if (parsed) r->SetBool(message, field, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_STRING:
+        r->SetString(message, field, value);
+        break;
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        const auto* v = field->enum_type()->FindValueByName(value);
+        parsed = v != nullptr;
+        if (parsed) r->SetEnum(message, field, v);
+        break;
+      }
+      default:
+        parsed = false;
+    }
+    if (!parsed) {
+      std::string expected = field->cpp_type_name();
+      if (field->cpp_type() == FieldDescriptor::CPPTYPE_ENUM) {
+        std::vector<std::string> names;
+        for (int i = 0; i < field->enum_type()->value_count(); ++i) {
+          names.push_back(field->enum_type()->value(i)->name());
+        }
+        expected = absl::StrCat("one of ", absl::StrJoin(names, ", "));
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, " must be ", expected, "; got '", value, "'"));
+    }
+    request.mutable_update_mask()->add_paths(path);
+  }
+  return request;
 }
 
 absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& name,

@@ -156,6 +156,13 @@ absl::StatusOr<v1::ModelInfo> AdaptdClient::Rollback(const std::string& name,
       [&](auto* context, auto* response) { return admin_->Rollback(context, request, response); });
 }
 
+absl::StatusOr<v1::ModelInfo> AdaptdClient::UpdateConfig(
+    const v1::UpdateConfigRequest& request) const {
+  return Unary<v1::ModelInfo>([&](auto* context, auto* response) {
+    return admin_->UpdateConfig(context, request, response);
+  });
+}
+
 absl::Status AdaptdClient::ExportTo(
     const std::string& name, const std::function<absl::Status(const std::string&)>& sink) const {
   grpc::ClientContext context;

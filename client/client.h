@@ -74,6 +74,7 @@ class AdaptdClient {
   absl::StatusOr<v1::DeleteModelResponse> DeleteModel(const std::string& name) const;
   absl::StatusOr<v1::ListVersionsResponse> ListVersions(const std::string& name) const;
   absl::StatusOr<v1::ModelInfo> Rollback(const std::string& name, int64_t version) const;
+  absl::StatusOr<v1::ModelInfo> UpdateConfig(const v1::UpdateConfigRequest& request) const;
   // The snapshot's bytes.
   absl::StatusOr<std::string> Export(const std::string& name) const;
   // Writes the snapshot to `path` and returns its size in bytes. The file appears only when the

@@ -137,6 +137,16 @@ absl::Status Catalog::InsertModel(const ModelRow& row) {
   return st.Bind(row.name).Bind(row.spec, true).Bind(row.config, true).Bind(row.created_ms).Run();
 }
 
+absl::Status Catalog::UpdateModelConfig(const std::string& name, const std::string& config) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_, "UPDATE models SET config = ? WHERE name = ?");
+  ADAPTD_RETURN_IF_ERROR(st.Bind(config, true).Bind(name).Run());
+  if (sqlite3_changes(db_) != 1) {
+    return absl::NotFoundError(absl::StrCat("the catalog has no model \"", name, "\""));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Catalog::DeleteModel(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
   ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));

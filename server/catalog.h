@@ -54,6 +54,8 @@ class Catalog {
   ~Catalog();
 
   absl::Status InsertModel(const ModelRow& row);
+  // Replaces the model's serialized v1::LearningConfig; NOT_FOUND if there is no such model.
+  absl::Status UpdateModelConfig(const std::string& name, const std::string& config);
   // Removes the model and every row that belongs to it, in one transaction.
   absl::Status DeleteModel(const std::string& name);
   absl::StatusOr<std::vector<ModelRow>> ListModels();

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
+#include "google/protobuf/util/field_mask_util.h"
 
 namespace adaptd {
 namespace {
@@ -170,6 +171,41 @@ absl::StatusOr<AdaptConfig> ConfigFromProto(const v1::LearningConfig& c) {
   a.ewc_lambda = c.ewc_lambda();
   a.seed = c.seed();
   return a;
+}
+
+absl::StatusOr<v1::LearningConfig> MergeConfig(const v1::LearningConfig& current,
+                                               const v1::LearningConfig& update,
+                                               const google::protobuf::FieldMask& mask) {
+  using google::protobuf::util::FieldMaskUtil;
+  if (mask.paths_size() == 0) {
+    return absl::InvalidArgumentError(
+        "update_mask must name at least one LearningConfig field, e.g. \"epochs\" or "
+        "\"ivon.lr\"; got none");
+  }
+  for (const std::string& path : mask.paths()) {
+    if (!FieldMaskUtil::IsValidPath<v1::LearningConfig>(path)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "update_mask: \"", path, "\" is not a LearningConfig field (expected a path such as "
+          "\"epochs\" or \"ivon.lr\")"));
+    }
+  }
+  v1::LearningConfig merged = current;
+  FieldMaskUtil::MergeOptions options;
+  options.set_replace_message_fields(true);  // "ivon": the request's IVON settings, all of them
+  options.set_replace_repeated_fields(true);
+  FieldMaskUtil::MergeMessageTo(update, mask, options, &merged);
+  ADAPTD_ASSIGN_OR_RETURN(merged, NormalizeConfig(merged));
+  if (merged.method() != current.method()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.method cannot change: the model's state is built for \"", current.method(),
+        "\"; got \"", merged.method(), "\" (create a new model for another method)"));
+  }
+  if (merged.head_mode() != current.head_mode()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.head_mode cannot change: the model's tasks are stored for ",
+        v1::HeadMode_Name(current.head_mode()), "; got ", v1::HeadMode_Name(merged.head_mode())));
+  }
+  return merged;
 }
 
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& p, const std::string& what) {

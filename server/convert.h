@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "adaptd/v1/model.pb.h"
 #include "adaptd/v1/tensor.pb.h"
+#include "google/protobuf/field_mask.pb.h"
 #include "core/continual.h"
 #include "core/model.h"
 
@@ -26,6 +27,12 @@ inline constexpr int64_t kMaxAdaptAfterSeconds = 365 * 24 * 3600;
 absl::StatusOr<v1::LearningConfig> NormalizeConfig(const v1::LearningConfig& proto);
 // REQUIRES: a normalized config.
 absl::StatusOr<AdaptConfig> ConfigFromProto(const v1::LearningConfig& normalized);
+// UpdateConfig: `current` (normalized) with the fields that `mask` names taken from `update`,
+// normalized and validated. INVALID_ARGUMENT for an empty mask, a path that names no field,
+// and a change of `method` or `head_mode`, which the model's state is built for.
+absl::StatusOr<v1::LearningConfig> MergeConfig(const v1::LearningConfig& current,
+                                               const v1::LearningConfig& update,
+                                               const google::protobuf::FieldMask& mask);
 
 // A CPU tensor with the message's dtype and shape (a copy of the bytes).
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& proto, const std::string& what);

@@ -185,12 +185,11 @@ ModelEntry::ModelEntry(std::string name, ModelSpec spec, v1::LearningConfig conf
                        AdaptConfig adapt, ModelEntryOptions options)
     : name_(std::move(name)),
       spec_(std::move(spec)),
+      options_(std::move(options)),
       config_(std::move(config)),
-      adapt_([&] {
-        adapt.device = options.device;  // the server's, for every job of this model
-        return std::move(adapt);
-      }()),
-      options_(std::move(options)) {}
+      adapt_(std::move(adapt)) {
+  adapt_.device = options_.device;  // the server's, for every job of this model
+}
 
 ModelEntry::~ModelEntry() { Stop(); }
 
@@ -391,6 +390,34 @@ absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelEntry::Version(int64_t 
   if (cache_.size() >= 4) cache_.erase(cache_.begin());
   cache_[version] = *loaded;
   return *loaded;
+}
+
+int64_t ModelEntry::adapt_every() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return config_.adapt_every();
+}
+
+absl::StatusOr<v1::ModelInfo> ModelEntry::UpdateConfig(const v1::LearningConfig& update,
+                                                       const google::protobuf::FieldMask& mask) {
+  // One update at a time: none can be lost between the read and the write.
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
+  v1::LearningConfig current;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    current = config_;
+  }
+  ADAPTD_ASSIGN_OR_RETURN(v1::LearningConfig merged, MergeConfig(current, update, mask));
+  ADAPTD_ASSIGN_OR_RETURN(AdaptConfig adapt, ConfigFromProto(merged));
+  adapt.device = options_.device;
+  // Durable before it takes effect: a restart loads the config from the catalog.
+  ADAPTD_RETURN_IF_ERROR(options_.catalog->UpdateModelConfig(name_, merged.SerializeAsString()));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    config_ = std::move(merged);
+    adapt_ = std::move(adapt);
+    cv_.notify_all();  // adapt_after_seconds may have changed: the actor's next deadline
+  }
+  return Info();
 }
 
 v1::ModelInfo ModelEntry::Info() const {
@@ -820,8 +847,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     ~SlotGuard() { slots->Release(); }
   } slot{options_.slots};
 
-  // The data: the task's training examples not yet learnt, fixed now.
+  // The data: the task's training examples not yet learnt, and the config, fixed now.
   TaskData task;
+  AdaptConfig adapt;
   task.task_id = job->task_id();
   int64_t begin, end;
   std::vector<std::pair<int64_t, Dataset>> evals;  // task id, eval set
@@ -853,6 +881,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
       masks[tid] = LabelMaskLocked(tid);
     }
     base = current_;
+    adapt = adapt_;
   }
   {
     task.train = Concat(train_batches, &task.ids, nullptr);
@@ -890,7 +919,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
         /*urgent=*/false);
   };
   auto should_stop = [&] { return job->cancel_requested() || stopping(); };
-  auto result = Adapt(base->state(), task, adapt_, progress, should_stop);
+  auto result = Adapt(base->state(), task, adapt, progress, should_stop);
   if (!result.ok()) {
     if (stopping() && !job->cancel_requested()) {
       // Shutdown: the job stays queued in the catalog and resumes on the next start.

@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "adaptd/v1/learning.pb.h"
 #include "adaptd/v1/model.pb.h"
+#include "google/protobuf/field_mask.pb.h"
 #include "core/continual.h"
 #include "core/flat_params.h"
 #include "server/catalog.h"
@@ -193,7 +194,12 @@ class ModelEntry {
   absl::StatusOr<CommitResult> Commit(StreamPlan& plan, std::vector<ExampleBatchData> batches,
                                       bool adapt);
   // Online mode's chunk size (0: off).
-  int64_t adapt_every() const { return config_.adapt_every(); }
+  int64_t adapt_every() const;
+
+  // Changes the learning config's fields that `mask` names (MergeConfig), in the catalog first.
+  // Jobs that start afterwards use the new config; a running job keeps its own.
+  absl::StatusOr<v1::ModelInfo> UpdateConfig(const v1::LearningConfig& update,
+                                             const google::protobuf::FieldMask& mask);
 
   // A queued job is cancelled at once; a running one stops at its next step. Cancelling a
   // finished job changes nothing.
@@ -267,13 +273,14 @@ class ModelEntry {
 
   const std::string name_;
   const ModelSpec spec_;
-  const v1::LearningConfig config_;
-  const AdaptConfig adapt_;
   const ModelEntryOptions options_;
 
   std::mutex commit_mu_;  // serializes log appends and publishing
   mutable std::mutex mu_;
   std::condition_variable cv_;
+  // The learning config (UpdateConfig replaces both under mu_, and commit_mu_).
+  v1::LearningConfig config_;
+  AdaptConfig adapt_;
   std::map<int64_t, TaskExamples> tasks_;
   int64_t next_example_id_ = 0;
   std::vector<std::pair<v1::VersionInfo, uint32_t>> versions_;  // with checkpoint CRC-32C

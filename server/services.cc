@@ -160,6 +160,16 @@ class AdminServiceImpl final : public v1::AdminService::Service {
     });
   }
 
+  grpc::Status UpdateConfig(grpc::ServerContext* ctx, const v1::UpdateConfigRequest* request,
+                            v1::ModelInfo* response) override {
+    return Handle(c_, "UpdateConfig", ctx, Role::kAdmin, [&]() -> absl::Status {
+      ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->name()));
+      ADAPTD_ASSIGN_OR_RETURN(*response,
+                              entry->UpdateConfig(request->config(), request->update_mask()));
+      return absl::OkStatus();
+    });
+  }
+
   grpc::Status Export(grpc::ServerContext* ctx, const v1::ExportRequest* request,
                       grpc::ServerWriter<v1::SnapshotChunk>* writer) override {
     return Handle(c_, "Export", ctx, Role::kAdmin, [&]() -> absl::Status {

@@ -56,6 +56,12 @@ TEST(AuthTest, RolesGateTheCalls) {
   EXPECT_EQ(Code(writer->DeleteModel("m")), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(Code(reader->Rollback("m", 0)), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(Code(reader->Export("m")), absl::StatusCode::kPermissionDenied);
+  v1::UpdateConfigRequest update;
+  update.set_name("m");
+  update.mutable_config()->set_epochs(1);
+  update.mutable_update_mask()->add_paths("epochs");
+  EXPECT_EQ(Code(writer->UpdateConfig(update)), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(reader->GetModel("m")->config().epochs(), 1);
   EXPECT_TRUE(reader->GetModel("m").ok());  // nothing was deleted
   ASSERT_TRUE(admin->DeleteModel("m").ok());
 }

@@ -140,6 +140,11 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
     EXPECT_STATUS(client_->CreateModel(timer).status(), kInvalidArgument,
                   "config.adapt_after_seconds must be in [0, 31536000] (0: off); got");
   }
+  // The bound itself is a valid wait (that model is removed again: the test expects no change).
+  v1::CreateModelRequest year = BlobModel("year", false);
+  year.mutable_config()->set_adapt_after_seconds(31536000);
+  EXPECT_TRUE(client_->CreateModel(year).ok());
+  EXPECT_TRUE(client_->DeleteModel("year").ok());
   v1::CreateModelRequest method = BlobModel("x", false);
   method.mutable_config()->set_method("magic");
   EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");
@@ -179,6 +184,31 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   EXPECT_STATUS(client_->Influence(inf).status(), kInvalidArgument,
                 "x must be one query example; got a batch of 4");
   EXPECT_STATUS(client_->Rollback("m", 99).status(), kNotFound, "has no version 99");
+
+  // A refused config update leaves the config as it was, in memory and in the catalog.
+  const std::string config_before = client_->GetModel("m")->config().SerializeAsString();
+  v1::UpdateConfigRequest update;
+  update.set_name("m");
+  update.mutable_config()->set_epochs(-3);
+  update.mutable_config()->set_method("replay");
+  update.mutable_config()->set_adapt_after_seconds(-1);
+  EXPECT_STATUS(client_->UpdateConfig(update).status(), kInvalidArgument,
+                "update_mask must name at least one LearningConfig field");
+  update.mutable_update_mask()->add_paths("epochs");
+  EXPECT_STATUS(client_->UpdateConfig(update).status(), kInvalidArgument,
+                "and epochs and min_steps at most 1000000000; got");
+  update.mutable_update_mask()->set_paths(0, "method");
+  EXPECT_STATUS(client_->UpdateConfig(update).status(), kInvalidArgument,
+                "config.method cannot change: the model's state is built for \"kprior\"");
+  update.mutable_update_mask()->set_paths(0, "adapt_after_seconds");
+  EXPECT_STATUS(client_->UpdateConfig(update).status(), kInvalidArgument,
+                "config.adapt_after_seconds must be in [0, 31536000] (0: off); got -1");
+  update.mutable_update_mask()->set_paths(0, "ivon.speed");
+  EXPECT_STATUS(client_->UpdateConfig(update).status(), kInvalidArgument,
+                "update_mask: \"ivon.speed\" is not a LearningConfig field");
+  EXPECT_EQ(client_->GetModel("m")->config().SerializeAsString(), config_before);
+  update.set_name("nope");
+  EXPECT_STATUS(client_->UpdateConfig(update).status(), kNotFound, "no model named \"nope\"");
   EXPECT_STATUS(client_->Import("new", "not a snapshot").status(), kInvalidArgument,
                 "the snapshot is not an adaptd export");
   EXPECT_STATUS(client_->DeleteModel("nope").status(), kNotFound, "no model named");

@@ -529,6 +529,73 @@ TEST(ServiceTest, KeepVersionsDeletesOlderCheckpoints) {
 
 // A job whose training diverges fails with the reason and publishes nothing: the model keeps
 // answering from its last good version, and the examples stay pending.
+// UpdateConfig: the named settings change for the jobs to come and survive a restart; the rest
+// stay as they were. Turning the timer on gives examples that already wait their job.
+TEST(ServiceTest, UpdateConfigChangesTheJobsToCome) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", false, /*epochs=*/2)).ok());
+  auto first = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(64, {0, 1}, 1));
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(WaitJobs(*client, *first), 1);
+
+  v1::UpdateConfigRequest update;
+  update.set_name("m");
+  update.mutable_config()->set_epochs(5);
+  update.mutable_config()->set_batch_size(8);  // not named: stays 32
+  update.mutable_config()->mutable_ivon()->set_lr(0.05);
+  update.mutable_update_mask()->add_paths("epochs");
+  update.mutable_update_mask()->add_paths("ivon.lr");
+  const v1::LearningConfig before = client->GetModel("m")->config();
+  auto updated = client->UpdateConfig(update);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  v1::LearningConfig expected = before;
+  expected.set_epochs(5);
+  expected.mutable_ivon()->set_lr(0.05);
+  EXPECT_EQ(updated->config().SerializeAsString(), expected.SerializeAsString())
+      << updated->config().DebugString();
+  EXPECT_EQ(updated->current().version(), 1);  // no new version
+
+  auto second = StreamData(*client, "m", 1, v1::SPLIT_TRAIN, {}, BlobTask(64, {2, 3}, 2));
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(WaitJobs(*client, *second), 2);
+  auto versions = client->ListVersions("m");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  EXPECT_EQ(versions->versions(1).steps(), 2 * 2);  // epochs x 64 / 32 examples per step
+  EXPECT_EQ(versions->versions(2).steps(), 5 * 2);
+
+  // Examples that a keep_open stream left waiting get their job once the timer is on.
+  ASSERT_TRUE(client->CreateModel(BlobModel("waiting", false, 1)).ok());
+  ASSERT_TRUE(StreamData(*client, "waiting", 0, v1::SPLIT_TRAIN, {}, BlobTask(30, {0, 1}, 3), 64,
+                         /*keep_open=*/true).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(client->ListJobs("waiting")->jobs_size(), 0);
+  v1::UpdateConfigRequest timer;
+  timer.set_name("waiting");
+  timer.mutable_config()->set_adapt_after_seconds(0.2);
+  timer.mutable_update_mask()->add_paths("adapt_after_seconds");
+  const auto turned_on = std::chrono::steady_clock::now();
+  ASSERT_TRUE(client->UpdateConfig(timer).ok());
+  std::chrono::steady_clock::time_point seen;
+  auto jobs = JobsOnceEnded(*client, "waiting", 1, &seen);
+  ASSERT_EQ(jobs.size(), 1u);
+  // The examples have waited long enough already: no second wait (and no sleeping actor).
+  EXPECT_LT(seen - turned_on, std::chrono::seconds(5));
+  EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_SUCCEEDED) << jobs[0].message();
+  EXPECT_EQ(jobs[0].examples(), 30);
+
+  // Durable: the restarted server has the new config.
+  (*server)->Kill();
+  server->reset();
+  auto restarted = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto client2 = (*restarted)->Client();
+  EXPECT_EQ(client2->GetModel("m")->config().SerializeAsString(), expected.SerializeAsString());
+  EXPECT_DOUBLE_EQ(client2->GetModel("waiting")->config().adapt_after_seconds(), 0.2);
+}
+
 TEST(ServiceTest, ADivergingJobFailsAndPublishesNothing) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path());

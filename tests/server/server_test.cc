@@ -110,6 +110,82 @@ TEST(ConvertTest, WeightPrecisionReachesTheAdaptConfig) {
   EXPECT_TRUE(ConfigFromProto(stored)->posterior_precision);
 }
 
+google::protobuf::FieldMask Mask(std::initializer_list<const char*> paths) {
+  google::protobuf::FieldMask mask;
+  for (const char* p : paths) mask.add_paths(p);
+  return mask;
+}
+
+// UpdateConfig's merge: only the named fields change, a named field at zero takes its default,
+// "ivon" replaces all of IVON's settings, and what the model's state depends on cannot change.
+TEST(ConvertTest, MergeConfigChangesOnlyTheNamedFields) {
+  v1::LearningConfig created;
+  created.set_method("replay");
+  created.set_epochs(7);
+  created.set_memory_weight(3);
+  created.mutable_ivon()->set_beta2(0.999);
+  created.mutable_ivon()->set_clip_radius(0.1);
+  const v1::LearningConfig current = *NormalizeConfig(created);
+  v1::LearningConfig update;
+  update.set_epochs(20);
+  update.set_batch_size(5);  // not in the mask: ignored
+  update.mutable_ivon()->set_lr(0.05);
+
+  auto merged = MergeConfig(current, update, Mask({"epochs", "ivon.lr"}));
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  v1::LearningConfig expected = current;
+  expected.set_epochs(20);
+  expected.mutable_ivon()->set_lr(0.05);
+  EXPECT_EQ(merged->SerializeAsString(), expected.SerializeAsString()) << merged->DebugString();
+
+  // Zero (or absent, for the optional memory_weight) is the default, as in CreateModel.
+  merged = MergeConfig(current, v1::LearningConfig(), Mask({"epochs", "memory_weight"}));
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  EXPECT_EQ(merged->epochs(), 10);
+  EXPECT_DOUBLE_EQ(merged->memory_weight(), 1.0);
+  v1::LearningConfig off;
+  off.set_memory_weight(0);
+  EXPECT_DOUBLE_EQ(MergeConfig(current, off, Mask({"memory_weight"}))->memory_weight(), 0.0);
+
+  // The whole message: beta2 and the clip go back to their defaults.
+  merged = MergeConfig(current, update, Mask({"ivon"}));
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  EXPECT_DOUBLE_EQ(merged->ivon().lr(), 0.05);
+  EXPECT_DOUBLE_EQ(merged->ivon().beta2(), 0.9999);
+  EXPECT_EQ(merged->ivon().clip_radius(), 0.0);
+  EXPECT_EQ(merged->epochs(), 7);
+
+  // The same method and head mode may be named.
+  v1::LearningConfig same;
+  same.set_method("replay");
+  EXPECT_TRUE(MergeConfig(current, same, Mask({"method", "head_mode"})).ok());
+
+  auto refused = [&](const v1::LearningConfig& u, const google::protobuf::FieldMask& m,
+                     const std::string& message) {
+    absl::StatusOr<v1::LearningConfig> r = MergeConfig(current, u, m);
+    ASSERT_FALSE(r.ok()) << r->DebugString();
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(message), absl::string_view::npos) << r.status();
+  };
+  refused(update, Mask({}), "update_mask must name at least one LearningConfig field");
+  refused(update, Mask({"epochs", "learning_rate"}),
+          "\"learning_rate\" is not a LearningConfig field");
+  refused(update, Mask({"ivon.nope"}), "\"ivon.nope\" is not a LearningConfig field");
+  v1::LearningConfig kprior;
+  kprior.set_method("kprior");
+  refused(kprior, Mask({"method"}),
+          "config.method cannot change: the model's state is built for \"replay\"; got "
+          "\"kprior\"");
+  v1::LearningConfig multi;
+  multi.set_head_mode(v1::HEAD_MODE_MULTI);
+  refused(multi, Mask({"head_mode"}), "config.head_mode cannot change");
+  v1::LearningConfig negative;
+  negative.set_epochs(-1);
+  refused(negative, Mask({"epochs"}), "epochs");
+  negative.set_adapt_after_seconds(-1);
+  refused(negative, Mask({"adapt_after_seconds"}), "config.adapt_after_seconds must be in");
+}
+
 TEST(GrpcStatusTest, EveryCodeRoundTrips) {
   for (int c = 0; c <= 16; ++c) {
     const absl::Status s(static_cast<absl::StatusCode>(c), c == 0 ? "" : "message");

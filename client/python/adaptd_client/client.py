@@ -30,6 +30,16 @@ def _optional_int(value):
     return None if value is None else int(value)
 
 
+def _leaf_paths(changes, prefix=""):
+    # "epochs", "ivon.lr": the field paths of a nested dict's leaves (an empty dict is a leaf).
+    for key, value in changes.items():
+        path = prefix + key
+        if isinstance(value, dict) and value:
+            yield from _leaf_paths(value, path + ".")
+        else:
+            yield path
+
+
 class Client:
     """A connection to an adaptd server.
 
@@ -138,6 +148,25 @@ class Client:
         """Publishes a copy of `version` as a new version; returns the ModelInfo."""
         return self._admin.Rollback(admin_pb2.RollbackRequest(name=name, version=int(version)),
                                     timeout=self._deadline(timeout), metadata=self._metadata)
+
+    @wrap_rpc_errors
+    def update_config(self, name, changes, timeout=None):
+        """Changes the learning settings that `changes` names, for the jobs that start from then
+        on, and returns the ModelInfo with the new config.
+
+        changes: a dict of LearningConfig fields, nested for IVON's, e.g.
+        {"epochs": 20, "ivon": {"lr": 0.05}}. Each leaf is set and named in the update mask; an
+        empty dict, e.g. {"ivon": {}}, resets that whole message to its defaults, and a field
+        set to 0 takes its default. `method` and `head_mode` cannot change.
+        """
+        if not isinstance(changes, dict) or not changes:
+            raise TypeError(f"changes must be a non-empty dict of LearningConfig fields; "
+                            f"got {changes!r}")
+        request = admin_pb2.UpdateConfigRequest(
+            name=name, config=make_message(model_pb2.LearningConfig, changes))
+        request.update_mask.paths.extend(_leaf_paths(changes))
+        return self._admin.UpdateConfig(request, timeout=self._deadline(timeout),
+                                        metadata=self._metadata)
 
     @wrap_rpc_errors
     def export_model(self, name, timeout=None):

@@ -93,6 +93,46 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
             absl::string_view::npos);
 }
 
+// set-config: each FIELD=VALUE sets one field, by its type, and names it in the mask.
+TEST(AdaptctlTest, BuildsTheConfigUpdate) {
+  absl::StatusOr<v1::UpdateConfigRequest> r = BuildConfigUpdate(
+      "fm", {"epochs=20", "ivon.lr=0.05", "weight_precision=prior", "replay_correction=true",
+             "seed=7", "head_mode=HEAD_MODE_MULTI", "memory_weight=0"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->name(), "fm");
+  EXPECT_EQ(r->config().epochs(), 20);
+  EXPECT_DOUBLE_EQ(r->config().ivon().lr(), 0.05);
+  EXPECT_EQ(r->config().weight_precision(), "prior");
+  EXPECT_TRUE(r->config().replay_correction());
+  EXPECT_EQ(r->config().seed(), 7u);
+  EXPECT_EQ(r->config().head_mode(), v1::HEAD_MODE_MULTI);
+  ASSERT_TRUE(r->config().has_memory_weight());
+  EXPECT_EQ(r->config().memory_weight(), 0.0);
+  EXPECT_EQ(std::vector<std::string>(r->update_mask().paths().begin(),
+                                     r->update_mask().paths().end()),
+            (std::vector<std::string>{"epochs", "ivon.lr", "weight_precision",
+                                      "replay_correction", "seed", "head_mode", "memory_weight"}));
+
+  auto refused = [](const std::string& assignment, const std::string& message) {
+    absl::StatusOr<v1::UpdateConfigRequest> bad = BuildConfigUpdate("fm", {assignment});
+    ASSERT_FALSE(bad.ok()) << assignment;
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(bad.status().message().find(message), absl::string_view::npos) << bad.status();
+  };
+  refused("epochs", "expected FIELD=VALUE, e.g. epochs=20 or ivon.lr=0.05; got 'epochs'");
+  refused("=3", "expected FIELD=VALUE");
+  refused("speed=3", "'speed' is not a setting of the learning config");
+  refused("ivon=3", "'ivon' is not a setting");          // a message, not a value
+  refused("epochs.lr=3", "'epochs.lr' is not a setting");  // a value has no fields
+  refused("ivon.lr.x=3", "'ivon.lr.x' is not a setting");
+  refused("epochs=many", "epochs must be int64; got 'many'");
+  refused("ivon.lr=fast", "ivon.lr must be double; got 'fast'");
+  refused("replay_correction=perhaps", "replay_correction must be bool");
+  refused("head_mode=multi",
+          "head_mode must be one of HEAD_MODE_UNSPECIFIED, HEAD_MODE_SINGLE, HEAD_MODE_MULTI; "
+          "got 'multi'");
+}
+
 TEST(AdaptctlTest, LoadsSeveralFilesAsOneSet) {
   const std::string a = WriteFile("a.csv", "1,2,0\n3,4,1\n");
   const std::string b = WriteFile("b.csv", "5,6,1\n");

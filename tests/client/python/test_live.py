@@ -324,6 +324,26 @@ def test_rollback(client, model_name):
         client.delete_model(model_name)
 
 
+def test_update_config_changes_only_the_named_fields(client, model_name):
+    created = client.create_model(model_name, architecture="logreg", input_shape=[2],
+                                  num_classes=2, config={"epochs": 3, "ivon": {"beta2": 0.999}})
+    try:
+        info = client.update_config(model_name, {"epochs": 7, "ivon": {"lr": 0.05}})
+        expected = created.config
+        expected.epochs = 7
+        expected.ivon.lr = 0.05
+        assert info.config == expected
+        assert client.get_model(model_name).config == expected
+        # A whole message named: its fields go back to their defaults.
+        assert client.update_config(model_name, {"ivon": {}}).config.ivon.beta2 == 0.9999
+        assert status_code(client.update_config, model_name,
+                           {"method": "replay"}) == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(TypeError, match="non-empty dict"):
+            client.update_config(model_name, {})
+    finally:
+        client.delete_model(model_name)
+
+
 def test_keep_open_defers_adaptation(client, model_name):
     client.create_model(model_name, architecture="logreg", input_shape=[2], num_classes=2,
                         config={"epochs": 1})

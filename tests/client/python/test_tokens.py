@@ -61,6 +61,8 @@ def test_reader_queries_but_cannot_write(secured):
                    num_classes=2) == grpc.StatusCode.PERMISSION_DENIED
     assert refused(reader.delete_model, MODEL) == grpc.StatusCode.PERMISSION_DENIED
     assert refused(reader.rollback, MODEL, 0) == grpc.StatusCode.PERMISSION_DENIED
+    assert refused(reader.update_config, MODEL,
+                   {"epochs": 1}) == grpc.StatusCode.PERMISSION_DENIED
     assert refused(reader.cancel_job, "any-job") == grpc.StatusCode.PERMISSION_DENIED
     assert refused(reader.export_model, MODEL) == grpc.StatusCode.PERMISSION_DENIED
 
