@@ -195,6 +195,31 @@ absl::Status Stream(const AdaptdClient& client, const CtlOptions& options,
   return absl::OkStatus();
 }
 
+// A closing training stream with no examples: it queues a job for the task's examples not yet
+// learnt (those a failed or cancelled job left, or those of keep_open streams).
+absl::Status AdaptPending(const AdaptdClient& client, const CtlOptions& options,
+                          const std::vector<std::string>& args) {
+  if (options.task < 0) return absl::InvalidArgumentError("adapt needs --task");
+  v1::StreamHeader header;
+  header.set_model(args[0]);
+  header.set_task_id(options.task);
+  header.set_split(v1::SPLIT_TRAIN);
+  ADAPTD_ASSIGN_OR_RETURN(v1::StreamExamplesResponse response,
+                          client.StreamExamples(header, std::vector<v1::ExampleBatch>()));
+  if (response.job_ids().empty()) {
+    absl::PrintF("%s task %d: nothing to learn (no examples pending)\n", response.model(),
+                 response.task_id());
+    return absl::OkStatus();
+  }
+  for (const std::string& job : response.job_ids()) {
+    absl::PrintF("%s task %d: job %s queued\n", response.model(), response.task_id(), job);
+    if (!options.watch) continue;
+    ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, WatchWithProgress(client, job));
+    absl::PrintF("job %s %s: %s\n", job, JobStateName(status.state()), status.message());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Watch(const AdaptdClient& client, const CtlOptions&,
                    const std::vector<std::string>& args) {
   ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, WatchWithProgress(client, args[0]));
@@ -337,6 +362,10 @@ const std::vector<CtlCommand>& CtlCommands() {
        "upload examples to a task (--task --split --classes --format --labels --batch "
        "--keep_open --watch --select_classes --limit)",
        Stream},
+      {"adapt", "NAME", 1, 1,
+       "queue a job for a task's examples not yet learnt, e.g. after a failed job and a "
+       "set-config (--task --watch)",
+       AdaptPending},
       {"watch", "JOB_ID", 1, 1, "follow an adaptation job", Watch},
       {"jobs", "NAME", 1, 1, "a model's adaptation jobs, oldest first", Jobs},
       {"cancel", "JOB_ID", 1, 1, "cancel an adaptation job", Cancel},

@@ -566,6 +566,34 @@ TEST(ServiceTest, UpdateConfigChangesTheJobsToCome) {
   EXPECT_EQ(versions->versions(1).steps(), 2 * 2);  // epochs x 64 / 32 examples per step
   EXPECT_EQ(versions->versions(2).steps(), 5 * 2);
 
+  // A failed job, fixed: the learning rate and initial Hessian set back to their defaults,
+  // then a closing stream with no examples (adaptctl adapt) gives the examples the failed job
+  // left pending a new job.
+  ASSERT_TRUE(client->CreateModel(DivergingModel("wild")).ok());
+  ASSERT_TRUE(StreamData(*client, "wild", 0, v1::SPLIT_TRAIN, {}, BlobTask(64, {0, 1}, 4)).ok());
+  auto failed = JobsOnceEnded(*client, "wild", 1);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].state(), v1::JOB_STATE_FAILED);
+  v1::UpdateConfigRequest calm;
+  calm.set_name("wild");
+  calm.mutable_update_mask()->add_paths("ivon.lr");
+  calm.mutable_update_mask()->add_paths("ivon.hess_init");
+  ASSERT_TRUE(client->UpdateConfig(calm).ok());
+  v1::StreamHeader retry;
+  retry.set_model("wild");
+  retry.set_task_id(0);
+  auto retried = client->StreamExamples(retry, std::vector<v1::ExampleBatch>());
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->examples(), 0);
+  ASSERT_EQ(retried->job_ids_size(), 1);
+  EXPECT_EQ(WaitJobs(*client, *retried), 1);
+  EXPECT_EQ(client->ListJobs("wild")->jobs(1).examples(), 64);
+  EXPECT_EQ(client->GetModel("wild")->tasks(0).pending_examples(), 0);
+  // Nothing pending now: no job.
+  retried = client->StreamExamples(retry, std::vector<v1::ExampleBatch>());
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->job_ids_size(), 0);
+
   // Examples that a keep_open stream left waiting get their job once the timer is on.
   ASSERT_TRUE(client->CreateModel(BlobModel("waiting", false, 1)).ok());
   ASSERT_TRUE(StreamData(*client, "waiting", 0, v1::SPLIT_TRAIN, {}, BlobTask(30, {0, 1}, 3), 64,

@@ -167,7 +167,7 @@ TEST(AdaptctlTest, UsageListsEveryCommand) {
   }
   for (const char* name :
        {"info", "create", "list", "get", "delete", "versions", "rollback", "export", "import",
-        "stream", "watch", "cancel", "predict", "influence", "memory-map", "evaluate", "demo"}) {
+        "set-config", "stream", "adapt", "watch", "cancel", "predict", "influence", "memory-map", "evaluate", "demo"}) {
     EXPECT_EQ(names.count(name), 1u) << name;
   }
 }
@@ -196,6 +196,43 @@ TEST(AdaptctlTest, StreamsInBatchesWithClientIds) {
   ASSERT_EQ(server.log().client_ids.size(), 25u);
   EXPECT_EQ(server.log().client_ids.front(), 100);
   EXPECT_EQ(server.log().client_ids.back(), 124);
+}
+
+const CtlCommand& Command(const std::string& name) {
+  for (const CtlCommand& c : CtlCommands()) {
+    if (name == c.name) return c;
+  }
+  ADD_FAILURE() << "no command " << name;
+  return CtlCommands().front();
+}
+
+// set-config sends the mask its assignments name; adapt sends a closing training stream with
+// no examples, which the server answers with a job for the task's pending examples.
+TEST(AdaptctlTest, SetConfigAndAdaptCallTheServer) {
+  FakeServer server;
+  auto client = AdaptdClient::Create(server.target());
+  ASSERT_TRUE(client.ok());
+  CtlOptions options;
+  ASSERT_TRUE(Command("set-config").run(**client, options, {"m", "epochs=4", "ivon.lr=0.2"}).ok());
+  {
+    absl::MutexLock lock(&server.log().mu);
+    EXPECT_EQ(server.log().update.name(), "m");
+    EXPECT_EQ(server.log().update.config().epochs(), 4);
+    EXPECT_DOUBLE_EQ(server.log().update.config().ivon().lr(), 0.2);
+    EXPECT_EQ(server.log().update.update_mask().paths_size(), 2);
+  }
+  EXPECT_FALSE(Command("set-config").run(**client, options, {"m", "epochs"}).ok());
+
+  EXPECT_EQ(Command("adapt").run(**client, options, {"m"}).code(),
+            absl::StatusCode::kInvalidArgument);  // --task is needed
+  options.task = 3;
+  ASSERT_TRUE(Command("adapt").run(**client, options, {"m"}).ok());
+  absl::MutexLock lock(&server.log().mu);
+  EXPECT_EQ(server.log().header.model(), "m");
+  EXPECT_EQ(server.log().header.task_id(), 3);
+  EXPECT_EQ(server.log().header.split(), v1::SPLIT_TRAIN);
+  EXPECT_FALSE(server.log().header.keep_open());
+  EXPECT_TRUE(server.log().batch_sizes.empty());
 }
 
 TEST(AdaptctlTest, WatchTurnsAFailedJobIntoAnError) {

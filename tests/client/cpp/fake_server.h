@@ -29,6 +29,7 @@ struct FakeLog {
   std::vector<int64_t> client_ids ABSL_GUARDED_BY(mu);
   std::vector<std::string> import_names ABSL_GUARDED_BY(mu);  // one per chunk
   std::string import_data ABSL_GUARDED_BY(mu);
+  v1::UpdateConfigRequest update ABSL_GUARDED_BY(mu);
 };
 
 class FakeAdmin final : public v1::AdminService::Service {
@@ -56,6 +57,16 @@ class FakeAdmin final : public v1::AdminService::Service {
     }
     response->set_name(request->name());
     response->mutable_spec()->add_input_shape(4);
+    return grpc::Status::OK;
+  }
+
+  // Records the request and answers with its config.
+  grpc::Status UpdateConfig(grpc::ServerContext*, const v1::UpdateConfigRequest* request,
+                            v1::ModelInfo* response) override {
+    absl::MutexLock lock(&log_->mu);
+    log_->update = *request;
+    response->set_name(request->name());
+    *response->mutable_config() = request->config();
     return grpc::Status::OK;
   }
 
