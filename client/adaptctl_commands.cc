@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/text_format.h"
 #include "client/adaptctl.h"
 #include "client/memory_map.h"
 #include "client/progress.h"
@@ -123,7 +124,8 @@ absl::Status SetConfig(const AdaptdClient& client, const CtlOptions&,
       v1::UpdateConfigRequest request,
       BuildConfigUpdate(args[0], std::vector<std::string>(args.begin() + 1, args.end())));
   ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo model, client.UpdateConfig(request));
-  absl::PrintF("%s", FormatModelInfo(model));
+  absl::PrintF("%s: the learning config is now\n  %s\n", model.name(),
+               FormatConfigAssignments(model.config()));
   return absl::OkStatus();
 }
 
@@ -354,7 +356,8 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"rollback", "NAME VERSION", 2, 2, "publish a copy of an earlier version", Rollback},
       {"set-config", "NAME FIELD=VALUE...", 2, -1,
        "change learning settings for the jobs to come, e.g. epochs=20 ivon.lr=0.05 "
-       "adapt_after_seconds=30 (a field set to 0 takes its default)",
+       "adapt_after_seconds=30 (a field set to 0 takes its default, except memory_weight; "
+       "prints the config back)",
        SetConfig},
       {"export", "NAME FILE", 2, 2, "save a snapshot of the current version", Export},
       {"import", "NAME FILE", 2, 2, "create a model from a snapshot", Import},
@@ -438,6 +441,49 @@ absl::StatusOr<v1::Scope> ParseScope(const std::string& text) {
       absl::StrCat("--scope must be memory or all; got '", text, "'"));
 }
 
+namespace {
+
+// "path=value" for each field of `message` that is set, nested messages as "ivon.lr=...".
+void AppendAssignments(const google::protobuf::Message& message, const std::string& prefix,
+                       std::vector<std::string>* out) {
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  message.GetReflection()->ListFields(message, &fields);
+  for (const auto* f : fields) {
+    const std::string path = prefix + f->name();
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
+      AppendAssignments(message.GetReflection()->GetMessage(message, f), path + ".", out);
+      continue;
+    }
+    std::string value;
+    google::protobuf::TextFormat::PrintFieldValueToString(message, f, -1, &value);
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_STRING) {
+      value = message.GetReflection()->GetString(message, f);
+    }
+    out->push_back(absl::StrCat(path, "=", value));
+  }
+}
+
+// Every settable path of `descriptor`'s fields, nested messages as "ivon.lr".
+void AppendPaths(const google::protobuf::Descriptor* descriptor, const std::string& prefix,
+                 std::vector<std::string>* out) {
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const auto* f = descriptor->field(i);
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
+      AppendPaths(f->message_type(), prefix + f->name() + ".", out);
+    } else {
+      out->push_back(prefix + f->name());
+    }
+  }
+}
+
+}  // namespace
+
+std::string FormatConfigAssignments(const v1::LearningConfig& config) {
+  std::vector<std::string> assignments;
+  AppendAssignments(config, "", &assignments);
+  return absl::StrJoin(assignments, " ");
+}
+
 absl::StatusOr<v1::UpdateConfigRequest> BuildConfigUpdate(
     const std::string& name, const std::vector<std::string>& assignments) {
   using google::protobuf::FieldDescriptor;
@@ -459,9 +505,11 @@ absl::StatusOr<v1::UpdateConfigRequest> BuildConfigUpdate(
       const bool last = i + 1 == parts.size();
       if (field == nullptr || field->is_repeated() ||
           (field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) == last) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "'", path, "' is not a setting of the learning config (e.g. epochs, ivon.lr, "
-            "memory_weight; `adaptctl get` shows them)"));
+        std::vector<std::string> paths;
+        AppendPaths(v1::LearningConfig::descriptor(), "", &paths);
+        return absl::InvalidArgumentError(
+            absl::StrCat("'", path, "' is not a setting of the learning config; the settings: ",
+                         absl::StrJoin(paths, ", ")));
       }
       if (!last) message = message->GetReflection()->MutableMessage(message, field);
     }

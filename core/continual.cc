@@ -247,8 +247,15 @@ absl::Status AdaptConfig::Validate() const {
         "and epochs and min_steps at most ", kMaxSteps, "; got ", epochs, ", ", batch_size, ", ",
         memory_batch_size, ", ", memory_points, " and ", min_steps));
   }
-  if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0)) {
-    return absl::InvalidArgumentError("fromp_jitter must be > 0, fromp_tau and ewc_lambda >= 0");
+  if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0) ||
+      !std::isfinite(fromp_jitter) || !std::isfinite(fromp_tau) || !std::isfinite(ewc_lambda)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fromp_jitter must be > 0, fromp_tau and ewc_lambda >= 0, all finite; got ", fromp_jitter,
+        ", ", fromp_tau, " and ", ewc_lambda));
+  }
+  if (!std::isfinite(memory_weight)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "memory_weight must be finite (negative: |M| / N_new); got ", memory_weight));
   }
   if (!(distill_temperature >= 0) || !std::isfinite(distill_temperature)) {
     return absl::InvalidArgumentError(absl::StrCat(

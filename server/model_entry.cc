@@ -404,6 +404,9 @@ absl::StatusOr<v1::ModelInfo> ModelEntry::UpdateConfig(const v1::LearningConfig&
   v1::LearningConfig current;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // Under commit_mu_ (Stop's fence): a deleted model's catalog row may already belong to a
+    // new model of its name.
+    if (stopping_) return absl::UnavailableError("the model is being deleted");
     current = config_;
   }
   ADAPTD_ASSIGN_OR_RETURN(v1::LearningConfig merged, MergeConfig(current, update, mask));
@@ -829,10 +832,7 @@ void ModelEntry::RunActor() {
 }
 
 void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
-  auto stopping = [this] {
-    std::lock_guard<std::mutex> lock(mu_);
-    return stopping_;
-  };
+  auto stopping = [this] { return Stopping(); };
   auto finish = [&](v1::JobState state, const std::string& message) {
     (void)options_.catalog->UpdateJob(job->id(), state, message, -1);
     job->Update([&](v1::JobStatus& s) {
@@ -1086,6 +1086,11 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
 // ---------------------------------------------------------------------------------------------
 // Rollback, export, import, destroy
 
+bool ModelEntry::Stopping() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopping_;
+}
+
 absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -1105,6 +1110,9 @@ absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
   info.set_adapt_seconds(0);
   {
     std::lock_guard<std::mutex> commit_lock(commit_mu_);
+    // Again under commit_mu_ (Stop's fence): a model deleted since the check above may have
+    // lost its catalog rows to a new model of its name.
+    if (Stopping()) return absl::UnavailableError("the model is being deleted");
     ADAPTD_RETURN_IF_ERROR(Publish(std::move(info), target->state(), ""));
   }
   return Info();

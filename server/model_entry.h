@@ -263,6 +263,7 @@ class ModelEntry {
                              v1::VersionInfo info, ContinualState state);
   void Start();
   bool RunningLocked() const;  // a job is training (REQUIRES: mu_ held)
+  bool Stopping() const;       // Stop has begun (takes mu_)
   void RunActor();
   void RunJob(const std::shared_ptr<Job>& job);
   at::Tensor LabelMaskLocked(int64_t task_id) const;

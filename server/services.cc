@@ -229,7 +229,9 @@ class LearningServiceImpl final : public v1::LearningService::Service {
       ADAPTD_ASSIGN_OR_RETURN(StreamPlan plan, entry->PlanStream(msg.header()));
       response->set_model(entry->name());
       response->set_task_id(plan.header.task_id());
-      const bool online = entry->adapt_every() > 0 && plan.split == ExampleSplit::kTrain;
+      // Read once: an UpdateConfig during the stream applies to the task's next streams.
+      const int64_t adapt_every = entry->adapt_every();
+      const bool online = adapt_every > 0 && plan.split == ExampleSplit::kTrain;
       std::vector<ExampleBatchData> pending;
       int64_t pending_examples = 0, pending_bytes = 0, batches = 0;
       auto commit = [&](bool adapt) -> absl::Status {
@@ -280,7 +282,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
               "them as several streams with keep_open; nothing was stored"));
         }
         pending.push_back(*std::move(batch));
-        if (online && pending_examples >= entry->adapt_every()) {
+        if (online && pending_examples >= adapt_every) {
           ADAPTD_RETURN_IF_ERROR(commit(true));
         }
       }

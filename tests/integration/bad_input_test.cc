@@ -145,6 +145,10 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   year.mutable_config()->set_adapt_after_seconds(31536000);
   EXPECT_TRUE(client_->CreateModel(year).ok());
   EXPECT_TRUE(client_->DeleteModel("year").ok());
+  v1::CreateModelRequest weight = BlobModel("x", false);
+  weight.mutable_config()->set_memory_weight(std::nan(""));
+  EXPECT_STATUS(client_->CreateModel(weight).status(), kInvalidArgument,
+                "memory_weight must be finite (negative: |M| / N_new); got nan");
   v1::CreateModelRequest method = BlobModel("x", false);
   method.mutable_config()->set_method("magic");
   EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");

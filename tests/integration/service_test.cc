@@ -295,6 +295,38 @@ TEST(ServiceTest, OnlineModeAndKeepOpen) {
   for (int v = 1; v <= publishing; ++v) EXPECT_EQ(versions->versions(v).task_id(), 0);
   EXPECT_EQ(client->GetModel("online")->tasks(0).pending_examples(), 0);
 
+  // A config update during an online stream applies to the task's next streams: this one
+  // keeps the chunk size it started with (here 100, though the update turns chunks off).
+  v1::CreateModelRequest changing = BlobModel("changing", false, 1);
+  changing.mutable_config()->set_adapt_every(100);
+  ASSERT_TRUE(client->CreateModel(changing).ok());
+  const Dataset data = BlobTask(250, {0, 1}, 5);
+  int64_t sent = 0;
+  v1::StreamHeader header;
+  header.set_model("changing");
+  header.set_task_id(0);
+  auto changed = client->StreamExamples(header, [&]() -> absl::StatusOr<std::optional<v1::ExampleBatch>> {
+    if (sent == 200) {  // the first chunk's job is queued: the server has read the header
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while (client->ListJobs("changing")->jobs_size() == 0 &&
+             std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      v1::UpdateConfigRequest off;
+      off.set_name("changing");
+      off.mutable_update_mask()->add_paths("adapt_every");
+      if (!client->UpdateConfig(off).ok()) return absl::InternalError("update failed");
+    }
+    if (sent == data.size()) return std::nullopt;
+    const int64_t n = std::min<int64_t>(50, data.size() - sent);
+    v1::ExampleBatch batch = MakeBatch(data.x.narrow(0, sent, n), data.y.narrow(0, sent, n));
+    sent += n;
+    return batch;
+  });
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  EXPECT_EQ(changed->job_ids_size(), 3);
+  EXPECT_EQ(client->GetModel("changing")->config().adapt_every(), 0);
+
   ASSERT_TRUE(client->CreateModel(BlobModel("open", false, 1)).ok());
   auto first = StreamData(*client, "open", 0, v1::SPLIT_TRAIN, {}, BlobTask(60, {0, 1}, 2), 64,
                           /*keep_open=*/true);
@@ -527,8 +559,6 @@ TEST(ServiceTest, KeepVersionsDeletesOlderCheckpoints) {
   EXPECT_TRUE(at::allclose(Floats(now->probs()), Floats(kept->probs())));  // 4 copies 2
 }
 
-// A job whose training diverges fails with the reason and publishes nothing: the model keeps
-// answering from its last good version, and the examples stay pending.
 // UpdateConfig: the named settings change for the jobs to come and survive a restart; the rest
 // stay as they were. Turning the timer on gives examples that already wait their job.
 TEST(ServiceTest, UpdateConfigChangesTheJobsToCome) {
@@ -598,19 +628,20 @@ TEST(ServiceTest, UpdateConfigChangesTheJobsToCome) {
   ASSERT_TRUE(client->CreateModel(BlobModel("waiting", false, 1)).ok());
   ASSERT_TRUE(StreamData(*client, "waiting", 0, v1::SPLIT_TRAIN, {}, BlobTask(30, {0, 1}, 3), 64,
                          /*keep_open=*/true).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::this_thread::sleep_for(std::chrono::milliseconds(3200));
   EXPECT_EQ(client->ListJobs("waiting")->jobs_size(), 0);
   v1::UpdateConfigRequest timer;
   timer.set_name("waiting");
-  timer.mutable_config()->set_adapt_after_seconds(0.2);
+  timer.mutable_config()->set_adapt_after_seconds(3);
   timer.mutable_update_mask()->add_paths("adapt_after_seconds");
   const auto turned_on = std::chrono::steady_clock::now();
   ASSERT_TRUE(client->UpdateConfig(timer).ok());
   std::chrono::steady_clock::time_point seen;
   auto jobs = JobsOnceEnded(*client, "waiting", 1, &seen);
   ASSERT_EQ(jobs.size(), 1u);
-  // The examples have waited long enough already: no second wait (and no sleeping actor).
-  EXPECT_LT(seen - turned_on, std::chrono::seconds(5));
+  // The examples have waited 3 s already: their job comes at once, not after another 3 s (nor
+  // never, from an actor left asleep).
+  EXPECT_LT(seen - turned_on, std::chrono::milliseconds(2500));
   EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_SUCCEEDED) << jobs[0].message();
   EXPECT_EQ(jobs[0].examples(), 30);
 
@@ -621,9 +652,11 @@ TEST(ServiceTest, UpdateConfigChangesTheJobsToCome) {
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   auto client2 = (*restarted)->Client();
   EXPECT_EQ(client2->GetModel("m")->config().SerializeAsString(), expected.SerializeAsString());
-  EXPECT_DOUBLE_EQ(client2->GetModel("waiting")->config().adapt_after_seconds(), 0.2);
+  EXPECT_DOUBLE_EQ(client2->GetModel("waiting")->config().adapt_after_seconds(), 3);
 }
 
+// A job whose training diverges fails with the reason and publishes nothing: the model keeps
+// answering from its last good version, and the examples stay pending.
 TEST(ServiceTest, ADivergingJobFailsAndPublishesNothing) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path());

@@ -156,8 +156,10 @@ class Client:
 
         changes: a dict of LearningConfig fields, nested for IVON's, e.g.
         {"epochs": 20, "ivon": {"lr": 0.05}}. Each leaf is set and named in the update mask; an
-        empty dict, e.g. {"ivon": {}}, resets that whole message to its defaults, and a field
-        set to 0 takes its default. `method` and `head_mode` cannot change.
+        empty dict, e.g. {"ivon": {}}, or a message object resets that whole message to its
+        defaults but for the fields it sets. A field set to 0 takes its default (memory_weight,
+        an optional field, becomes 0). `method` and `head_mode` cannot change; see
+        docs/api.md for when each change takes effect.
         """
         if not isinstance(changes, dict) or not changes:
             raise TypeError(f"changes must be a non-empty dict of LearningConfig fields; "

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_split.h"
+
 #include "client/tensor.h"
 #include "tests/client/cpp/fake_server.h"
 #include "tests/client/cpp/test_files.h"
@@ -121,7 +123,8 @@ TEST(AdaptctlTest, BuildsTheConfigUpdate) {
   };
   refused("epochs", "expected FIELD=VALUE, e.g. epochs=20 or ivon.lr=0.05; got 'epochs'");
   refused("=3", "expected FIELD=VALUE");
-  refused("speed=3", "'speed' is not a setting of the learning config");
+  refused("speed=3", "'speed' is not a setting of the learning config; the settings: method, "
+                    "optimizer, ivon.lr, ivon.beta1");
   refused("ivon=3", "'ivon' is not a setting");          // a message, not a value
   refused("epochs.lr=3", "'epochs.lr' is not a setting");  // a value has no fields
   refused("ivon.lr.x=3", "'ivon.lr.x' is not a setting");
@@ -204,6 +207,21 @@ const CtlCommand& Command(const std::string& name) {
   }
   ADD_FAILURE() << "no command " << name;
   return CtlCommands().front();
+}
+
+// The config printed back as set-config's own assignments: each one parses to the same value.
+TEST(AdaptctlTest, FormatsTheConfigAsAssignments) {
+  v1::LearningConfig c;
+  c.set_method("kprior");
+  c.set_epochs(15);
+  c.mutable_ivon()->set_lr(0.05);
+  c.set_memory_weight(0);
+  c.set_head_mode(v1::HEAD_MODE_MULTI);
+  const std::string text = FormatConfigAssignments(c);
+  EXPECT_EQ(text, "method=kprior ivon.lr=0.05 epochs=15 memory_weight=0 head_mode=HEAD_MODE_MULTI");
+  absl::StatusOr<v1::UpdateConfigRequest> back = BuildConfigUpdate("m", absl::StrSplit(text, ' '));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->config().SerializeAsString(), c.SerializeAsString());
 }
 
 // set-config sends the mask its assignments name; adapt sends a closing training stream with
