@@ -3,6 +3,9 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <set>
+#include <utility>
+#include <vector>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -209,6 +212,63 @@ Memory ReservoirUpdate(const Memory& buffer, const TaskData& task, int64_t capac
   added.task = at::full({rows.numel()}, task.task_id, at::kLong);
   added.id = task.ids.defined() ? task.ids.index_select(0, rows) : rows;
   return Memory::Concat(kept, added);
+}
+
+// The K-prior's weight term 1/2 (w - w*)^T P (w - w*) for n examples: P in total units, and
+// IVON's initial Hessian per example. The old posterior (or prior) carries the past; the past
+// tasks' logit curvature joins P, and IVON's Hessian starts with it too: IVON's step divides by h,
+// so an h without the term's curvature would overshoot the term (a strong term then diverges).
+struct KPriorWeights {
+  at::Tensor precision;
+  at::Tensor initial_hess;
+};
+
+KPriorWeights KPriorWeightTerm(const ContinualState& state, const AdaptConfig& config, int64_t n) {
+  KPriorWeights w;
+  w.precision = config.posterior_precision
+                    ? state.Precision()
+                    : at::full({1}, state.prior_ess * state.prior_delta, state.mean.options());
+  w.initial_hess = config.posterior_precision ? w.precision / static_cast<double>(n)
+                                              : at::full_like(state.mean, config.ivon.hess_init);
+  if (config.curvature_weight > 0 && state.curvature.defined()) {
+    const at::Tensor curvature = state.curvature * config.curvature_weight;
+    w.precision = w.precision + curvature;
+    w.initial_hess = w.initial_hess + curvature / static_cast<double>(n);
+  }
+  return w;
+}
+
+int64_t StepsPerEpoch(const AdaptConfig& config, int64_t n) {
+  return (n + config.batch_size - 1) / config.batch_size;
+}
+
+// `epochs` passes over n examples, or more when min_steps needs them.
+int64_t EpochsFor(const AdaptConfig& config, int64_t n) {
+  const int64_t steps_per_epoch = StepsPerEpoch(config, n);
+  return std::max(config.epochs, config.min_steps / steps_per_epoch +
+                                     (config.min_steps % steps_per_epoch != 0));
+}
+
+// The trained posterior into `next`: ess counts the n examples trained on, whatever the
+// sampling temperature.
+void TakePosterior(const Trainer& trainer, int64_t n, ContinualState* next) {
+  const Posterior& post = trainer.ivon()->posterior();
+  next->mean = post.mean().detach().clone().cpu();
+  next->hess = post.hess().detach().clone().cpu();
+  next->ess = static_cast<double>(n);
+  next->delta = post.delta();
+}
+
+AdaptResult Finish(ContinualState next, const Trainer& trainer, double loss,
+                   std::chrono::steady_clock::time_point start) {
+  AdaptResult result;
+  result.state = std::move(next);
+  result.stats.steps = trainer.steps_taken();
+  result.stats.final_loss = loss;
+  result.stats.memory_size = result.state.memory.size();
+  result.stats.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
 }
 
 }  // namespace
@@ -453,28 +513,16 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       to.ivon.weight_decay = state.prior_ess * state.prior_delta / static_cast<double>(n);
     }
     if (!first && config.method == Method::kKPrior) {
-      // The old posterior (or prior) becomes the prior: its precision carries the past, so the
-      // IVON prior delta is off and the Hessian starts from the old precision per new example.
-      weight_precision = config.posterior_precision
-                             ? state.Precision()
-                             : at::full({1}, state.prior_ess * state.prior_delta, state.mean.options());
+      // The old posterior (or prior) becomes the prior, so the IVON prior delta is off.
       to.ivon.weight_decay = 0.0;
-      initial_hess = (config.posterior_precision ? weight_precision / static_cast<double>(n)
-                                                 : at::full_like(state.mean, config.ivon.hess_init));
-      // The past tasks' logit curvature joins the weight term's precision, and IVON's Hessian
-      // starts with it too: IVON's step divides by h, so an h without the term's curvature would
-      // overshoot the term (a strong term then diverges).
-      if (config.curvature_weight > 0 && state.curvature.defined()) {
-        const at::Tensor curvature = state.curvature * config.curvature_weight;
-        weight_precision = weight_precision + curvature;
-        initial_hess = initial_hess + curvature / static_cast<double>(n);
-      }
+      KPriorWeights w = KPriorWeightTerm(state, config, n);
+      weight_precision = std::move(w.precision);
+      initial_hess = std::move(w.initial_hess);
     }
-    const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
-    const int64_t epochs = std::max(config.epochs, config.min_steps / steps_per_epoch +
-                                                       (config.min_steps % steps_per_epoch != 0));
+    const int64_t epochs = EpochsFor(config, n);
     ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
-                            Trainer::Create(model.get(), to, epochs * steps_per_epoch, initial_hess));
+                            Trainer::Create(model.get(), to, epochs * StepsPerEpoch(config, n),
+                                            initial_hess));
     FlatParameters& flat = trainer->flat();
     const at::Device device = flat.params().device();
     at::Generator mem_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6d656dULL);
@@ -601,11 +649,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     ADAPTD_RETURN_IF_ERROR(trainer->CheckLearnt(train, train_mask));
 
     // What the next task needs.
+    TakePosterior(*trainer, n, &next);
     const Posterior& post = trainer->ivon()->posterior();
-    next.mean = post.mean().detach().clone().cpu();
-    next.hess = post.hess().detach().clone().cpu();
-    next.ess = static_cast<double>(n);  // the data's count, whatever the sampling temperature
-    next.delta = post.delta();
     if (first) {
       next.prior_delta = config.ivon.weight_decay;
       next.prior_ess = static_cast<double>(n);
@@ -639,15 +684,129 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       next.curvature = state.curvature.defined() ? state.curvature + c : c;
     }
     next.tasks_seen = state.tasks_seen + 1;
+    return Finish(std::move(next), *trainer, loss, start);
+  });
+}
 
-    AdaptResult result;
-    result.state = std::move(next);
-    result.stats.steps = trainer->steps_taken();
-    result.stats.final_loss = loss;
-    result.stats.memory_size = result.state.memory.size();
-    result.stats.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return result;
+absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData& data,
+                                   const AdaptConfig& config, const ProgressFn& progress,
+                                   const std::function<bool()>& should_stop) {
+  const auto start = std::chrono::steady_clock::now();
+  ADAPTD_RETURN_IF_ERROR(config.Validate());
+  if (config.method != Method::kKPrior) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "forgetting examples needs the K-prior (its weight term and soft labels stand for the "
+        "data learnt); the method is ", MethodName(config.method)));
+  }
+  if (state.tasks_seen == 0) {
+    return absl::FailedPreconditionError("nothing is learnt yet, so there is nothing to forget");
+  }
+  const Dataset& removed = data.removed;
+  const int64_t r = removed.size(), k = state.spec.num_classes;
+  if (r == 0) return absl::InvalidArgumentError("no examples to forget");
+  if (!removed.y.defined() || removed.y.scalar_type() != at::kLong || removed.y.dim() != 1 ||
+      removed.x.size(0) != r) {
+    return absl::InvalidArgumentError(absl::StrCat("labels must be int64 [", removed.x.size(0),
+                                                   "]; got ", DescribeTensor(removed.y)));
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"task_ids", data.task_ids},
+                                {"ids", data.ids}}) {
+    if (!t.defined() || t.scalar_type() != at::kLong || t.dim() != 1 || t.size(0) != r) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must be int64 [", r, "]; got ", DescribeTensor(t)));
+    }
+  }
+  const int64_t heads = state.task_masks.defined() ? state.task_masks.size(0) : state.tasks_seen;
+  if (data.task_ids.min().item<int64_t>() < 0 || data.task_ids.max().item<int64_t>() >= heads) {
+    return absl::InvalidArgumentError(absl::StrCat("task_ids must lie in [0, ", heads,
+                                                   "), the tasks learnt"));
+  }
+  if (removed.y.min().item<int64_t>() < 0 || removed.y.max().item<int64_t>() >= k) {
+    return absl::InvalidArgumentError(absl::StrCat("labels must lie in [0, ", k, ")"));
+  }
+  const at::Tensor removed_masks = MasksFor(state.task_masks, data.task_ids);
+  if (removed_masks.defined() &&
+      !removed_masks.gather(1, removed.y.unsqueeze(1)).all().item<bool>()) {
+    return absl::InvalidArgumentError("some labels lie outside their task's label set");
+  }
+  ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, MaterializeModel(state));
+  ADAPTD_RETURN_IF_ERROR(model->CheckInput(removed.x.narrow(0, 0, 1)));
+
+  return CallTorch([&]() -> absl::StatusOr<AdaptResult> {
+    model->To(config.device);
+    // The memory without the removed examples, and both with the model's probabilities now.
+    std::set<std::pair<int64_t, int64_t>> gone_keys;
+    for (int64_t i = 0; i < r; ++i) {
+      gone_keys.emplace(data.task_ids[i].item<int64_t>(), data.ids[i].item<int64_t>());
+    }
+    std::vector<int64_t> keep;
+    for (int64_t i = 0; i < state.memory.size(); ++i) {
+      if (!gone_keys.count({state.memory.task[i].item<int64_t>(), state.memory.id[i].item<int64_t>()})) {
+        keep.push_back(i);
+      }
+    }
+    if (keep.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "forgetting needs memorable examples besides the removed ones; the memory holds ",
+          state.memory.size(), " and all are removed"));
+    }
+    Memory kept = state.memory.Select(at::tensor(keep, at::kLong));
+    ADAPTD_RETURN_IF_ERROR(RefreshTargets(*model, kept, state.task_masks));
+    Memory gone;
+    gone.x = removed.x;
+    gone.y = removed.y;
+    gone.task = data.task_ids;
+    gone.id = data.ids;
+    ADAPTD_RETURN_IF_ERROR(RefreshTargets(*model, gone, state.task_masks));
+
+    const int64_t n = kept.size();
+    TrainOptions to;
+    to.optimizer = OptimizerKind::kIvon;
+    to.ivon = config.ivon;
+    to.ivon.ess = config.ess_factor * static_cast<double>(n);
+    to.ivon.weight_decay = 0.0;  // the weight term carries the prior
+    to.batch_size = config.batch_size;
+    to.seed = (config.seed ^ 0x666f72676574ULL) + 7919 * static_cast<uint64_t>(state.tasks_seen);
+    to.cosine = true;
+    const KPriorWeights weights = KPriorWeightTerm(state, config, n);
+    const int64_t epochs = EpochsFor(config, n);
+    ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
+                            Trainer::Create(model.get(), to, epochs * StepsPerEpoch(config, n),
+                                            weights.initial_hess));
+    const at::Device device = trainer->flat().params().device();
+    ADAPTD_RETURN_IF_ERROR(trainer->SetQuadraticPenalty(
+        state.mean.to(device), weights.precision.to(device), 1.0 / static_cast<double>(n)));
+
+    // The data: the remaining memory with its soft labels. The removed examples' term, on a
+    // minibatch of memory_batch_size of them, scaled to all of them per example of the data.
+    const Dataset train{kept.x, kept.soft};
+    const at::Tensor train_masks = MasksFor(state.task_masks, kept.task);
+    const at::Tensor gone_x = gone.x.to(device), gone_y = gone.y.to(device);
+    const at::Tensor gone_soft = gone.soft.to(device);
+    const at::Tensor gone_masks = removed_masks.defined() ? removed_masks.to(device) : at::Tensor();
+    const int64_t b = std::min(config.memory_batch_size, r);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x72656dULL);
+    const ExtraLossFn extra = [&]() {
+      const at::Tensor rows =
+          (b == r ? at::arange(r, at::kLong)
+                  : at::randperm(r, gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b))
+              .to(device);
+      const at::Tensor masks = gone_masks.defined() ? gone_masks.index_select(0, rows) : at::Tensor();
+      const at::Tensor logits = Logits(*model, gone_x.index_select(0, rows), masks);
+      return RemovalTerm(logits, gone_soft.index_select(0, rows), gone_y.index_select(0, rows)) *
+             (static_cast<double>(r) / static_cast<double>(b * n));
+    };
+    double loss = 0;
+    for (int64_t e = 0; e < epochs; ++e) {
+      ADAPTD_ASSIGN_OR_RETURN(loss, trainer->TrainEpoch(train, train_masks, progress, extra,
+                                                        should_stop));
+    }
+    ADAPTD_RETURN_IF_ERROR(trainer->CheckLearnt(train, train_masks));
+
+    ContinualState next = state;
+    TakePosterior(*trainer, n, &next);
+    next.memory = std::move(kept);
+    return Finish(std::move(next), *trainer, loss, start);
   });
 }
 

@@ -153,6 +153,31 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
                                   const AdaptConfig& config, const ProgressFn& progress = nullptr,
                                   const std::function<bool()>& should_stop = nullptr);
 
+// Examples to forget, as they were learnt.
+struct ForgetData {
+  Dataset removed;       // inputs and labels
+  at::Tensor task_ids;   // int64 [R]: the task each example was learnt in (its head, multi-head)
+  at::Tensor ids;        // int64 [R]: their example ids; memory rows with the same task and id go
+};
+
+// Knowledge adaptation to removed data (the K-prior's "remove_data", ALGORITHMS.md §2.2): the
+// model forgets examples it learnt, without the rest of its data. From the state's mean w*, IVON
+// minimises the K-prior of what remains:
+//   sum_{i in M \ R} CE(softmax(f_i(w)), p*_i) + 1/2 (w - w*)^T P (w - w*)
+//     + sum_{r in R} RemovalTerm(f_r(w), p*_r, y_r),
+// p* the model's probabilities before, P the weight term's precision as in Adapt (posterior or
+// prior, plus the logit curvature when configured). The remaining memory is the data (ess =
+// ess_factor |M \ R|, `epochs` and `min_steps` as in Adapt; replay_correction, distillation and
+// the new-input term are Adapt's and play no part). For a GLM whose memory holds all its data
+// and P its prior precision, the minimiser is batch retraining without R, exactly. The new
+// state's memory drops R's rows; it counts the same tasks.
+// INVALID_ARGUMENT for a method other than the K-prior or bad data (shapes, labels outside a
+// head, unknown tasks); FAILED_PRECONDITION before the first task or when the memory holds no
+// example besides the removed ones; CANCELLED as in Adapt.
+absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData& data,
+                                   const AdaptConfig& config, const ProgressFn& progress = nullptr,
+                                   const std::function<bool()>& should_stop = nullptr);
+
 // The state's model with its mean weights.
 absl::StatusOr<std::unique_ptr<Model>> MaterializeModel(const ContinualState& state);
 

@@ -21,6 +21,10 @@ at::Tensor ReplayCorrectionTerm(const at::Tensor& logits, const at::Tensor& p_ol
   return (safe * (p_old - onehot).detach()).sum();
 }
 
+at::Tensor RemovalTerm(const at::Tensor& logits, const at::Tensor& p_old, const at::Tensor& labels) {
+  return -ReplayCorrectionTerm(logits, p_old, labels);
+}
+
 at::Tensor DistillationTerm(const at::Tensor& logits, const at::Tensor& old_logits, double temperature) {
   const at::Tensor soft = at::softmax(old_logits / temperature, 1).detach();
   return FunctionSpaceTerm(logits / temperature, soft, Likelihood::kCategorical) *

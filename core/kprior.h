@@ -31,6 +31,15 @@ at::Tensor FunctionSpaceTerm(const at::Tensor& f, const at::Tensor& target, Like
 at::Tensor ReplayCorrectionTerm(const at::Tensor& logits, const at::Tensor& p_old,
                                 const at::Tensor& labels);
 
+// Forgetting examples with a K-prior (Khan & Swaroop 2021, "remove_data"): the replay
+// correction with the opposite sign, sum_r f_r . (onehot(y_r) - p_old_r), p_old fixed at the
+// model's probabilities before the removal. The weight term and the soft labels of a K-prior
+// stand for the gradient of all the data learnt; at the old solution w* that gradient vanishes,
+// so the removed examples' share J^T (p_old - y) is minus the rest's. This term's gradient
+// J^T (y - p_old) takes that share out: beside the soft-label term over the remaining examples,
+// a GLM's gradient becomes that of the data without them, exactly (Forget, in continual.h).
+at::Tensor RemovalTerm(const at::Tensor& logits, const at::Tensor& p_old, const at::Tensor& labels);
+
 // Knowledge distillation at temperature T > 0 (Hinton et al.'s scaling):
 //   T^2 sum_i CE(softmax(f_i / T), softmax(f_old_i / T)),
 // whose gradient with respect to f_i is T (softmax(f_i / T) - softmax(f_old_i / T)). Softened

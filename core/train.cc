@@ -113,6 +113,24 @@ absl::Status Trainer::SetQuadraticPenalty(const at::Tensor& anchor, const at::Te
   return absl::OkStatus();
 }
 
+absl::Status CheckLabels(const at::Tensor& y, int64_t batch, int64_t num_classes) {
+  const bool hard = y.defined() && y.scalar_type() == at::kLong && y.dim() == 1 &&
+                    y.size(0) == batch;
+  const bool soft = y.defined() && y.scalar_type() == at::kFloat && y.dim() == 2 &&
+                    y.size(0) == batch && y.size(1) == num_classes;
+  if (hard || soft) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("labels must be int64 [", batch,
+                                                 "] or probabilities float32 [", batch, ", ",
+                                                 num_classes, "]; got ", DescribeTensor(y)));
+}
+
+at::Tensor MeanCrossEntropy(const at::Tensor& logits, const at::Tensor& y) {
+  if (y.dim() == 1) return at::cross_entropy_loss(logits, y);
+  // Classes outside the head have probability 0 and logit -inf: zero them before the product.
+  const at::Tensor log_p = at::log_softmax(logits, 1).masked_fill(y.eq(0), 0.0);
+  return -(y * log_p).sum() / static_cast<double>(y.size(0));
+}
+
 double Trainer::NextLr() const {
   const double peak = options_.optimizer == OptimizerKind::kIvon ? options_.ivon.lr : options_.lr;
   if (!options_.cosine) return peak;
@@ -123,10 +141,7 @@ double Trainer::NextLr() const {
 absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
                                      const at::Tensor& label_mask, const ExtraLossFn& extra) {
   ADAPTD_RETURN_IF_ERROR(model_->CheckInput(x));
-  if (!y.defined() || y.scalar_type() != at::kLong || y.dim() != 1 || y.size(0) != x.size(0)) {
-    return absl::InvalidArgumentError(absl::StrCat("labels must be int64 [", x.size(0), "]; got ",
-                                                   DescribeTensor(y)));
-  }
+  ADAPTD_RETURN_IF_ERROR(CheckLabels(y, x.size(0), model_->spec().num_classes));
   return CallTorch([&]() -> absl::StatusOr<double> {
     const double lr = NextLr();
     model_->SetTraining(true);
@@ -134,7 +149,7 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
     // noise floor of about P / 2N at IVON's weight samples) would hide how well the data fit.
     auto loss_at_current_weights = [&]() {
       at::Tensor logits = MaskLogits(model_->Forward(x), label_mask);
-      const at::Tensor data_loss = at::cross_entropy_loss(logits, y);
+      const at::Tensor data_loss = MeanCrossEntropy(logits, y);
       (extra ? data_loss + extra() : data_loss).backward();
       if (penalty_anchor_.defined() && penalty_scale_ > 0) {
         at::NoGradGuard no_grad;
@@ -196,7 +211,7 @@ absl::Status Trainer::CheckLearnt(const Dataset& data, const at::Tensor& label_m
                                 : label_mask;
     const at::Tensor logits = ChunkedLogits(*model_, data.x.index_select(0, rows), mask);
     const double loss =
-        at::cross_entropy_loss(logits, data.y.index_select(0, rows).to(logits.device())).item<double>();
+        MeanCrossEntropy(logits, data.y.index_select(0, rows).to(logits.device())).item<double>();
     const int64_t k = logits.size(1);
     double uniform = std::log(static_cast<double>(k));
     if (mask.defined()) {

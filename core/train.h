@@ -57,6 +57,13 @@ struct StepReport {
 };
 using ProgressFn = std::function<void(const StepReport&)>;
 
+// Labels for training: int64 [batch] classes, or float32 [batch, num_classes] probabilities
+// (soft labels, 0 outside an example's head). INVALID_ARGUMENT otherwise.
+absl::Status CheckLabels(const at::Tensor& y, int64_t batch, int64_t num_classes);
+// The mean cross-entropy of `logits` [B, K] (masked classes at -inf) against either kind of
+// labels.
+at::Tensor MeanCrossEntropy(const at::Tensor& logits, const at::Tensor& y);
+
 // An extra term added to each minibatch's mean loss before backward (a regulariser such as a
 // K-prior), evaluated at the weights the step uses (IVON: at each weight sample). It returns a
 // scalar tensor connected to the model's parameters, in the same units as the mean loss.
@@ -75,7 +82,8 @@ class Trainer {
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
-  // One optimizer step on a minibatch (x float32 [B, ...], y int64 [B]). `label_mask` (bool [K]
+  // One optimizer step on a minibatch (x float32 [B, ...], y as CheckLabels takes them: classes
+  // or probabilities). `label_mask` (bool [K]
   // or per example [B, K], optional) restricts the logits to a task's head. Returns the
   // minibatch's mean cross-entropy (the data term; `extra` is trained on but not included).
   absl::StatusOr<double> Step(const at::Tensor& x, const at::Tensor& y,

@@ -83,6 +83,45 @@ TEST(KPriorTest, FullMemoryLogisticRegressionEqualsBatchRetraining) {
   EXPECT_GT(((w_old - w_batch).abs().max() / w_batch.abs().max()).item<double>(), 1e-2);
 }
 
+// Forgetting (the K-prior's remove_data): logistic regression on digits 0-8 mod 2, then the 100
+// examples the model is least sure of removed. The soft labels of the rest, the weight term and
+// the removal term, minimised from the old solution, give batch retraining without them.
+TEST(KPriorTest, FullMemoryLogisticRegressionForgetsLikeBatchRetraining) {
+  if (!HaveDigits()) GTEST_SKIP() << "no python3-sklearn";
+  auto stream = DigitsAdd(kSklearnDataDir, 1);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  const at::Tensor x = at::cat({stream->tasks[0].train.x.to(at::kDouble),
+                                at::ones({stream->tasks[0].train.size(), 1}, at::kDouble)}, 1);
+  const at::Tensor y = stream->tasks[0].train.y;
+  const int64_t d = x.size(1);
+  constexpr double kDelta = 50.0;
+  auto logits = [&](const at::Tensor& rows, const at::Tensor& w) {
+    return x.index_select(0, rows).matmul(w.view({d, 2}));
+  };
+  auto objective = [&](const at::Tensor& rows) {
+    return [&, rows](const at::Tensor& w) {
+      return at::cross_entropy_loss(logits(rows, w), y.index_select(0, rows), {},
+                                    at::Reduction::Sum) + 0.5 * kDelta * w.square().sum();
+    };
+  };
+  const at::Tensor all = at::arange(x.size(0), at::kLong);
+  const at::Tensor w_old = Newton(objective(all), at::zeros({2 * d}, at::kDouble));
+  const at::Tensor p_old = at::softmax(logits(all, w_old), 1);
+  const at::Tensor order = (p_old * (1 - p_old)).sum(1).argsort(0, /*descending=*/true);
+  const at::Tensor gone = order.narrow(0, 0, 100), kept = order.narrow(0, 100, x.size(0) - 100);
+  const at::Tensor w_batch = Newton(objective(kept), at::zeros({2 * d}, at::kDouble));
+  const at::Tensor prec = at::full({1}, kDelta, at::kDouble);
+  const at::Tensor w_forget = Newton([&](const at::Tensor& w) {
+    return FunctionSpaceTerm(logits(kept, w), p_old.index_select(0, kept), Likelihood::kCategorical) +
+           WeightSpaceTerm({w}, w_old, prec) +
+           RemovalTerm(logits(gone, w), p_old.index_select(0, gone), y.index_select(0, gone));
+  }, w_old);
+  const double rel = ((w_forget - w_batch).abs().max() / w_batch.abs().max()).item<double>();
+  std::cout << "K-prior forgetting vs batch, max relative weight difference: " << rel << "\n";
+  EXPECT_LT(rel, 1e-8);
+  EXPECT_GT(((w_old - w_batch).abs().max() / w_batch.abs().max()).item<double>(), 1e-2);
+}
+
 // Linear regression, Gaussian likelihood: the K-prior with all old data gives the closed-form
 // batch solution (X^T X + delta I)^-1 X^T y.
 TEST(KPriorTest, FullMemoryLinearRegressionEqualsClosedForm) {
@@ -643,6 +682,87 @@ TEST(AdaptTest, EssFactorDrawsColderSamplesAndKeepsTheDataCount) {
   const double plain = distance(1), cold = distance(100);
   std::cout << "relative distance to the MAP: ess_factor 1 " << plain << ", 100 " << cold << "\n";
   EXPECT_LT(cold, 0.5 * plain);
+}
+
+// Forget on logistic regression, from the float64 MAP of 200 blobs with all of them in memory:
+// IVON ends near batch retraining without the removed examples (a quarter of class 0), far
+// from where it started, and the memory loses exactly their rows.
+TEST(AdaptTest, ForgetEndsNearBatchRetrainingWithoutTheExamples) {
+  const ModelSpec spec = SmallLogReg();
+  auto s0 = InitialState(spec, 1);
+  ASSERT_TRUE(s0.ok());
+  ConvexTask convex;
+  AdaptConfig c = convex.config;
+  c.method = Method::kKPrior;
+  c.memory_points = 200;
+  c.selection = SelectionMethod::kRandom;
+  c.posterior_precision = false;  // the prior's precision: the GLM identity
+  auto learnt = Adapt(*s0, convex.task, c);
+  ASSERT_TRUE(learnt.ok()) << learnt.status();
+  ASSERT_EQ(learnt->state.memory.size(), 200);
+  ContinualState state = learnt->state;
+  state.mean = convex.w_map.to(at::kFloat);  // the exact old solution
+
+  const Dataset& data = convex.task.train;
+  const at::Tensor gone = data.y.eq(0).nonzero().squeeze(1).narrow(0, 0, 25);
+  std::vector<int64_t> kept_rows;
+  for (int64_t i = 0; i < data.size(); ++i) {
+    if (!(gone == i).any().item<bool>()) kept_rows.push_back(i);
+  }
+  const at::Tensor kept = at::tensor(kept_rows, at::kLong);
+  const double delta_total = convex.config.ivon.weight_decay * static_cast<double>(data.size());
+  const at::Tensor xk = data.x.index_select(0, kept).to(at::kDouble);
+  const at::Tensor w_batch = Newton([&](const at::Tensor& w) {
+    const at::Tensor logits = xk.matmul(w.narrow(0, 0, 24).view({4, 6}).t()) + w.narrow(0, 24, 4);
+    return at::cross_entropy_loss(logits, data.y.index_select(0, kept), {}, at::Reduction::Sum) +
+           0.5 * delta_total * w.square().sum();
+  }, convex.w_map);
+
+  ForgetData forget{data.Select(gone), at::zeros({25}, at::kLong), gone};
+  c.ess_factor = 100;
+  c.epochs = 100;
+  auto r = Forget(state, forget, c);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto distance = [&](const at::Tensor& w) {
+    return (w.to(at::kDouble) - w_batch).norm().item<double>() / w_batch.norm().item<double>();
+  };
+  const double before = distance(state.mean), after = distance(r->state.mean);
+  std::cout << "relative distance to batch retraining without the examples: before " << before
+            << ", after Forget " << after << "\n";
+  EXPECT_GT(before, 0.05);
+  EXPECT_LT(after, 0.25 * before);
+  EXPECT_EQ(r->state.memory.size(), 175);
+  EXPECT_FALSE(at::isin(r->state.memory.id, gone).any().item<bool>());
+  EXPECT_EQ(r->state.tasks_seen, 1);
+  EXPECT_EQ(r->state.ess, 175.0);
+}
+
+// Forget's contract: the K-prior only, something learnt, something left in the memory, and
+// examples that name tasks and labels the model has.
+TEST(AdaptTest, ForgetRefusesWhatItCannotDo) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  const TaskData t0{0, Blobs(60, 4, 4), at::Tensor(), at::Tensor()};
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  const ForgetData two{t0.train.Select(at::arange(2, at::kLong)), at::zeros({2}, at::kLong),
+                       at::arange(2, at::kLong)};
+  EXPECT_EQ(Forget(*s0, two, c).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto r0 = Adapt(*s0, t0, c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  EXPECT_EQ(Forget(r0->state, two, SmallConfig(Method::kEwc)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ForgetData later = two;
+  later.task_ids = at::ones({2}, at::kLong);
+  EXPECT_EQ(Forget(r0->state, later, c).status().code(), absl::StatusCode::kInvalidArgument);
+  ForgetData bad_label = two;
+  bad_label.removed.y = at::full({2}, 9, at::kLong);
+  EXPECT_EQ(Forget(r0->state, bad_label, c).status().code(), absl::StatusCode::kInvalidArgument);
+  // Every memorable example removed: nothing is left to stand for the rest.
+  const Memory& m = r0->state.memory;
+  const ForgetData everything{Dataset{m.x, m.y}, m.task, m.id};
+  EXPECT_EQ(Forget(r0->state, everything, c).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto ok = Forget(r0->state, two, c);
+  ASSERT_TRUE(ok.ok()) << ok.status();
 }
 
 // min_steps makes more passes over a task too small for `epochs` to train it: the step count

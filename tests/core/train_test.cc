@@ -250,9 +250,37 @@ TEST(TrainTest, BadInputIsInvalidArgumentAndChangesNothing) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(at::equal(before, (*t)->flat().params()));
   EXPECT_EQ((*t)->steps_taken(), 0);
+  // Soft labels must be float32 probabilities over every class.
+  const absl::Status soft = (*t)->Step(at::zeros({4, 10}), at::zeros({4, 2})).status();
+  EXPECT_EQ(soft.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(soft.message()),
+              ::testing::HasSubstr("labels must be int64 [4] or probabilities float32 [4, 3]"));
+  EXPECT_TRUE(at::equal(before, (*t)->flat().params()));
   TrainOptions bad = IvonOptionsFor(10);
   bad.batch_size = 0;
   EXPECT_EQ(Trainer::Create(model->get(), bad, 10).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Soft labels: one-hot probabilities train as the classes do (the same weight samples and
+// minibatches, so the weights agree to rounding), and under a head mask the classes outside it,
+// at probability 0, take no part (no NaN from 0 * -inf).
+TEST(TrainTest, OneHotSoftLabelsTrainAsClassesDo) {
+  const Dataset data = Blobs(96, 3);
+  const Dataset soft{data.x, at::one_hot(data.y, 3).to(at::kFloat)};
+  auto run = [&](const Dataset& d, const at::Tensor& mask) {
+    auto model = BuildModel(MlpSpec(), 1);
+    auto t = Trainer::Create(model->get(), IvonOptionsFor(96), 9);
+    EXPECT_TRUE(t.ok());
+    for (int e = 0; e < 3; ++e) EXPECT_TRUE((*t)->TrainEpoch(d, mask).ok());
+    EXPECT_TRUE((*t)->CheckLearnt(d, mask).ok());
+    return (*t)->flat().params().clone();
+  };
+  EXPECT_TRUE(at::allclose(run(data, at::Tensor()), run(soft, at::Tensor()), 1e-5, 1e-6));
+  const at::Tensor head = data.y.ne(2).nonzero().squeeze(1);
+  const at::Tensor mask = at::tensor({1, 1, 0}, at::kLong).to(at::kBool);
+  const at::Tensor w = run(soft.Select(head), mask);
+  EXPECT_TRUE(w.isfinite().all().item<bool>());
+  EXPECT_TRUE(at::allclose(run(data.Select(head), mask), w, 1e-5, 1e-6));
 }
 
 // The penalty's gradient, added straight into the step, against the same term as an
