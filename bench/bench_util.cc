@@ -1,5 +1,7 @@
 #include "bench/bench_util.h"
 
+#include <cmath>
+
 #include <algorithm>
 
 #include <cstdio>
@@ -14,6 +16,19 @@
 #include "core/torch_status.h"
 
 namespace adaptd::bench {
+
+double Mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+double Std(const std::vector<double>& v) {
+  const double m = Mean(v);
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return v.size() < 2 ? 0 : std::sqrt(s / static_cast<double>(v.size() - 1));
+}
 
 absl::StatusOr<Dataset> LoadFashionMnist(const std::string& dir, bool train) {
   const std::string prefix = absl::StrCat(dir, "/", train ? "train" : "t10k");

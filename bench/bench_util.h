@@ -13,6 +13,10 @@
 
 namespace adaptd::bench {
 
+// The mean of `v` (0 when empty) and its sample standard deviation (0 below two values).
+double Mean(const std::vector<double>& v);
+double Std(const std::vector<double>& v);
+
 // Fashion-MNIST train or test split from `dir` (the Debian package's layout).
 absl::StatusOr<Dataset> LoadFashionMnist(const std::string& dir, bool train);
 

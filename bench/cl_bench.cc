@@ -166,18 +166,6 @@ struct RunResult {
   std::vector<double> seconds;
 };
 
-double Mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / v.size();
-}
-double Std(const std::vector<double>& v) {
-  const double m = Mean(v);
-  double s = 0;
-  for (double x : v) s += (x - m) * (x - m);
-  return v.size() < 2 ? 0 : std::sqrt(s / (v.size() - 1));
-}
-
 // Rows: true class; columns: predicted class; over every task's test set (each task's head when
 // the stream has heads; a test set shared by several tasks, as in digits-add, counts once).
 // Shows where the errors go, e.g. towards the newest classes (a recency bias).

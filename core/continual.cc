@@ -801,7 +801,9 @@ absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData
       ADAPTD_ASSIGN_OR_RETURN(loss, trainer->TrainEpoch(train, train_masks, progress, extra,
                                                         should_stop));
     }
-    ADAPTD_RETURN_IF_ERROR(trainer->CheckLearnt(train, train_masks));
+    // No CheckLearnt: its bar (a uniform guess) is for fitting labels, and the predictions on
+    // the remaining memory are meant to move here (on boundary points, whose soft labels are
+    // near uniform, any move crosses it). TrainEpoch's divergence check stands.
 
     ContinualState next = state;
     TakePosterior(*trainer, n, &next);
