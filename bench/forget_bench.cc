@@ -7,8 +7,9 @@
 //   boundary:    the examples the trained model is least sure of (largest lambda), as in the
 //                K-prior paper's remove_data on Adult;
 //   random:      examples drawn at random (deletion requests).
-// Per seed it prints the test accuracy of the model before, after Forget and retrained, and how
-// often Forget's and the old model's test predictions agree with the retrained model's.
+// Per seed it prints the test accuracy of the model before, after Forget, after one Newton step
+// (the memory-perturbation estimate of the removal) and retrained, and how often each one's test
+// predictions agree with the retrained model's; then a table row of the means.
 //
 //   build/bench/forget_bench --scenario=mislabelled --hidden=0 --seeds=10
 #include <ATen/Parallel.h>
