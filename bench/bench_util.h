@@ -23,7 +23,7 @@ absl::StatusOr<Dataset> LoadFashionMnist(const std::string& dir, bool train);
 // LeNet-5 for 28x28 grey images with `classes` outputs.
 ModelSpec LeNet5Spec(int64_t classes);
 
-// The MPE paper's IVON settings for LeNet-5 on Fashion-MNIST (ALGORITHMS.md §1.4): lr 0.1 with
+// The MPE paper's IVON settings for LeNet-5 on Fashion-MNIST: lr 0.1 with
 // a cosine schedule to 0, h0 0.1, beta1 0.9, beta2 0.99999, weight decay 1e-3, batch 256, and
 // ess = the training-set size.
 TrainOptions MpeIvonOptions(int64_t train_size, uint64_t seed);

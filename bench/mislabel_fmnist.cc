@@ -1,6 +1,6 @@
 // Mislabel detection with the memory map: flip 5% of the labels of a Fashion-MNIST subset,
 // train IVON LeNet-5 on it and rank the examples by MPE sensitivity sum_k |e_k lambda_k v_k|
-// (ALGORITHMS.md §4.3-4.4). The sensitivity measures how far an example's own probabilities
+// (the MPE paper, Nickl et al. 2023). The sensitivity measures how far an example's own probabilities
 // would move without it, so it finds flipped labels once the model has (partly) fitted them, as
 // the MPE paper's models fit their training sets. IVON at the MPE paper's settings (ess = the
 // subset's size, batch 256) never does on a subset; the defaults here (20,000 images, batch 64,

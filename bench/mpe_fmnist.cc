@@ -1,5 +1,5 @@
 // Generalization estimated during training without a validation set: IVON on Fashion-MNIST
-// (LeNet-5 at the MPE paper's settings, ALGORITHMS.md §1.4 and §7.6: lr 0.1 cosine to 0, h0 0.1,
+// (LeNet-5 at the MPE paper's settings: lr 0.1 cosine to 0, h0 0.1,
 // beta2 0.99999, ess 60000, weight decay 1e-3, batch 256, 100 epochs) with the memory-
 // perturbation leave-one-out estimate (MPE Eq. 16) over all 60,000 training examples at several
 // epochs, against the test NLL at the posterior mean. Prints the curves, |LOO-NLL - test NLL| at

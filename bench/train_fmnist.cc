@@ -1,4 +1,4 @@
-// LeNet-5 on Fashion-MNIST with IVON at the MPE paper's settings (ALGORITHMS.md §1.4: lr 0.1
+// LeNet-5 on Fashion-MNIST with IVON at the MPE paper's settings (lr 0.1
 // cosine to 0, h0 0.1, beta2 0.99999, ess 60000, weight decay 1e-3, batch 256, 100 epochs),
 // against Adam with the same budget. Prints IVON@mean, IVON with posterior averaging, and Adam:
 // accuracy, NLL, ECE (15 bins) and Brier score on the 10,000 test images.

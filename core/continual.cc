@@ -3,7 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
-#include <set>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -271,6 +271,29 @@ AdaptResult Finish(ContinualState next, const Trainer& trainer, double loss,
   return result;
 }
 
+// Labels in [0, k) and, where `masks` is defined (one head [K], or per-example heads [N, K]),
+// inside their heads.
+absl::Status CheckLabelsInHeads(const at::Tensor& y, int64_t k, const at::Tensor& masks) {
+  const int64_t lo = y.min().item<int64_t>(), hi = y.max().item<int64_t>();
+  if (lo < 0 || hi >= k) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("labels must lie in [0, ", k, "); found ", lo, "..", hi));
+  }
+  if (masks.defined()) {
+    const at::Tensor inside =
+        masks.dim() == 1 ? masks.index_select(0, y) : masks.gather(1, y.unsqueeze(1));
+    if (!inside.all().item<bool>()) {
+      return absl::InvalidArgumentError("some labels lie outside the task's label set");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// b of `size` rows at random, drawn on the CPU (the same draw on any device), on `device`.
+at::Tensor DrawRows(int64_t size, int64_t b, at::Generator& gen, at::Device device) {
+  return at::randperm(size, gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b).to(device);
+}
+
 }  // namespace
 
 absl::StatusOr<Method> ParseMethod(const std::string& name) {
@@ -457,15 +480,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         "tasks must all use a head (label_mask) or all use the single head; this task differs");
   }
   if (task.task_id < 0) return absl::InvalidArgumentError("task_id must be >= 0");
-  {
-    const int64_t lo = data.y.min().item<int64_t>(), hi = data.y.max().item<int64_t>();
-    if (lo < 0 || hi >= k) {
-      return absl::InvalidArgumentError(absl::StrCat("labels must lie in [0, ", k, "); found ", lo, "..", hi));
-    }
-    if (task.label_mask.defined() && !task.label_mask.index_select(0, data.y).all().item<bool>()) {
-      return absl::InvalidArgumentError("some labels lie outside the task's label set");
-    }
-  }
+  ADAPTD_RETURN_IF_ERROR(CheckLabelsInHeads(data.y, k, task.label_mask));
   const bool first = state.tasks_seen == 0;
   ContinualState next = state;
   if (task.label_mask.defined()) next.task_masks = WithTaskMask(state.task_masks, task.task_id, task.label_mask);
@@ -563,10 +578,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     // The rows of a random memory minibatch (drawn on the CPU, so the draw is the same on any
     // device).
     auto memory_batch = [&]() {
-      const int64_t b = std::min(config.memory_batch_size, memory.size());
-      return at::randperm(memory.size(), mem_gen, at::TensorOptions().dtype(at::kLong))
-          .narrow(0, 0, b)
-          .to(device);
+      return DrawRows(memory.size(), std::min(config.memory_batch_size, memory.size()), mem_gen,
+                      device);
     };
     ExtraLossFn extra;
     switch (config.method) {
@@ -721,28 +734,37 @@ absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData
     return absl::InvalidArgumentError(absl::StrCat("task_ids must lie in [0, ", heads,
                                                    "), the tasks learnt"));
   }
-  if (removed.y.min().item<int64_t>() < 0 || removed.y.max().item<int64_t>() >= k) {
-    return absl::InvalidArgumentError(absl::StrCat("labels must lie in [0, ", k, ")"));
-  }
   const at::Tensor removed_masks = MasksFor(state.task_masks, data.task_ids);
-  if (removed_masks.defined() &&
-      !removed_masks.gather(1, removed.y.unsqueeze(1)).all().item<bool>()) {
-    return absl::InvalidArgumentError("some labels lie outside their task's label set");
-  }
+  ADAPTD_RETURN_IF_ERROR(CheckLabelsInHeads(removed.y, k, removed_masks));
   ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, MaterializeModel(state));
   ADAPTD_RETURN_IF_ERROR(model->CheckInput(removed.x.narrow(0, 0, 1)));
 
   return CallTorch([&]() -> absl::StatusOr<AdaptResult> {
     model->To(config.device);
     // The memory without the removed examples, and both with the model's probabilities now.
-    std::set<std::pair<int64_t, int64_t>> gone_keys;
+    // Each removed example once, by (task, id); a memory row of one must carry its label.
+    std::map<std::pair<int64_t, int64_t>, int64_t> gone_labels;
+    const auto r_task = data.task_ids.accessor<int64_t, 1>();
+    const auto r_id = data.ids.accessor<int64_t, 1>();
+    const auto r_y = removed.y.accessor<int64_t, 1>();
     for (int64_t i = 0; i < r; ++i) {
-      gone_keys.emplace(data.task_ids[i].item<int64_t>(), data.ids[i].item<int64_t>());
+      if (!gone_labels.emplace(std::make_pair(r_task[i], r_id[i]), r_y[i]).second) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "example ", r_id[i], " of task ", r_task[i], " is named twice"));
+      }
     }
     std::vector<int64_t> keep;
+    const auto mem_task = state.memory.task.accessor<int64_t, 1>();
+    const auto mem_id = state.memory.id.accessor<int64_t, 1>();
+    const auto mem_y = state.memory.y.accessor<int64_t, 1>();
     for (int64_t i = 0; i < state.memory.size(); ++i) {
-      if (!gone_keys.count({state.memory.task[i].item<int64_t>(), state.memory.id[i].item<int64_t>()})) {
+      auto it = gone_labels.find({mem_task[i], mem_id[i]});
+      if (it == gone_labels.end()) {
         keep.push_back(i);
+      } else if (it->second != mem_y[i]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "example ", mem_id[i], " of task ", mem_task[i], " was learnt with label ", mem_y[i],
+            "; got ", it->second, " (forget examples with the labels they were learnt with)"));
       }
     }
     if (keep.empty()) {
@@ -787,23 +809,23 @@ absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData
     const int64_t b = std::min(config.memory_batch_size, r);
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x72656dULL);
     const ExtraLossFn extra = [&]() {
-      const at::Tensor rows =
-          (b == r ? at::arange(r, at::kLong)
-                  : at::randperm(r, gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b))
-              .to(device);
+      const at::Tensor rows = DrawRows(r, b, gen, device);
       const at::Tensor masks = gone_masks.defined() ? gone_masks.index_select(0, rows) : at::Tensor();
       const at::Tensor logits = Logits(*model, gone_x.index_select(0, rows), masks);
       return RemovalTerm(logits, gone_soft.index_select(0, rows), gone_y.index_select(0, rows)) *
              (static_cast<double>(r) / static_cast<double>(b * n));
     };
+    // A collapse guard: if the old model fits the remaining memory's labels better than a
+    // uniform guess (Trainer::CheckLearnt), so must the new one. (Not against the soft labels:
+    // the predictions there are meant to move, and on boundary points any move crosses that bar.)
+    const Dataset kept_labels{kept.x, kept.y};
+    const bool fitted_before = trainer->CheckLearnt(kept_labels, train_masks).ok();
     double loss = 0;
     for (int64_t e = 0; e < epochs; ++e) {
       ADAPTD_ASSIGN_OR_RETURN(loss, trainer->TrainEpoch(train, train_masks, progress, extra,
                                                         should_stop));
     }
-    // No CheckLearnt: its bar (a uniform guess) is for fitting labels, and the predictions on
-    // the remaining memory are meant to move here (on boundary points, whose soft labels are
-    // near uniform, any move crosses it). TrainEpoch's divergence check stands.
+    if (fitted_before) ADAPTD_RETURN_IF_ERROR(trainer->CheckLearnt(kept_labels, train_masks));
 
     ContinualState next = state;
     TakePosterior(*trainer, n, &next);

@@ -1,6 +1,6 @@
 // Continual adaptation: one task at a time, without the old data, under one of several
 // regularisers. The K-prior is the default; FROMP, EWC, experience replay, fine-tuning and joint
-// retraining are the baselines (ALGORITHMS.md §2, §3, §3.5).
+// retraining are the baselines (Khan & Swaroop 2021; Pan et al. 2020; Kirkpatrick et al. 2017).
 //
 // Adapt(state, task, config) trains IVON on the task's data plus the method's term for the
 // past, then selects the task's memorable examples and returns the new state. State values are
@@ -137,7 +137,8 @@ absl::StatusOr<ContinualState> InitialState(const ModelSpec& spec, uint64_t seed
 
 struct AdaptStats {
   int64_t steps = 0;
-  double final_loss = 0;  // mean cross-entropy on the new data over the last epoch
+  double final_loss = 0;  // mean cross-entropy on the new data over the last epoch (Forget:
+                          // on the remaining memory's soft labels)
   double seconds = 0;     // wall time of the whole adaptation
   int64_t memory_size = 0;
 };
@@ -160,7 +161,7 @@ struct ForgetData {
   at::Tensor ids;        // int64 [R]: their example ids; memory rows with the same task and id go
 };
 
-// Knowledge adaptation to removed data (the K-prior's "remove_data", ALGORITHMS.md §2.2): the
+// Knowledge adaptation to removed data (the K-prior's "remove_data", Khan & Swaroop 2021): the
 // model forgets examples it learnt, without the rest of its data. From the state's mean w*, IVON
 // minimises the K-prior of what remains:
 //   sum_{i in M \ R} CE(softmax(f_i(w)), p*_i) + 1/2 (w - w*)^T P (w - w*)
@@ -169,11 +170,16 @@ struct ForgetData {
 // prior, plus the logit curvature when configured). The remaining memory is the data (ess =
 // ess_factor |M \ R|, `epochs` and `min_steps` as in Adapt; replay_correction, distillation and
 // the new-input term are Adapt's and play no part). For a GLM whose memory holds all its data
-// and P its prior precision, the minimiser is batch retraining without R, exactly. The new
-// state's memory drops R's rows; it counts the same tasks.
+// and P its prior precision, the minimiser is batch retraining without R, exactly. It trains
+// `epochs` passes over the remaining memory, which may be few steps: set min_steps. The new
+// state's memory drops R's rows; it counts the same tasks. Its precision is IVON's over this
+// run, which starts from P: it is not lowered by R's curvature (nor is the logit curvature).
 // INVALID_ARGUMENT for a method other than the K-prior or bad data (shapes, labels outside a
-// head, unknown tasks); FAILED_PRECONDITION before the first task or when the memory holds no
-// example besides the removed ones; CANCELLED as in Adapt.
+// head, unknown tasks, an example named twice, or a label other than the one a memory row holds
+// for it); FAILED_PRECONDITION before the first task or when the memory holds no example
+// besides the removed ones; ABORTED when training diverges, or when the old model fitted the
+// remaining memory's labels better than a uniform guess and the new one does not
+// (Trainer::CheckLearnt); CANCELLED as in Adapt.
 absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData& data,
                                    const AdaptConfig& config, const ProgressFn& progress = nullptr,
                                    const std::function<bool()>& should_stop = nullptr);

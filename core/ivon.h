@@ -29,7 +29,7 @@
 
 namespace adaptd {
 
-// Defaults are the reference implementation's (ALGORITHMS.md §1.4).
+// Defaults are the reference implementation's (team-approx-bayes/ivon).
 struct IvonOptions {
   // Learning rate in "SGD units"; the effective rate is lr * (hess_init + weight_decay) when
   // rescale_lr is set. Schedules pass their own value to Step(lr).

@@ -1,7 +1,7 @@
 // Per-example Jacobians of a model's logits with respect to its parameters,
 // J_i = d f(x_i) / d theta ([K, P] for each example), and the products with a posterior
 // covariance Sigma that the memory-perturbation equation (Nickl et al., "The Memory-Perturbation
-// Equation", NeurIPS 2023, arXiv:2310.19273, Eq. 12-16; ALGORITHMS.md §4) and the linearized
+// Equation", NeurIPS 2023, arXiv:2310.19273, Eq. 12-16) and the linearized
 // predictive need:
 //   J Sigma J^T  [B, K, K] (or its diagonal v [B, K]),   J u  [B, K],   J  [B, K, P].
 //
@@ -44,7 +44,7 @@ class Covariance {
   // REQUIRES: floating [P, P], finite. Symmetry and definiteness are the caller's.
   // INVALID_ARGUMENT otherwise.
   static absl::StatusOr<Covariance> Dense(at::Tensor covariance);
-  // sigma^2 = 1 / (lambda (h + delta)) of an IVON posterior (ALGORITHMS.md §1.1).
+  // sigma^2 = 1 / (lambda (h + delta)) of an IVON posterior.
   static Covariance FromPosterior(const Posterior& posterior);
 
   bool dense() const { return matrix_.defined() && matrix_.dim() == 2; }

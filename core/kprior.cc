@@ -8,10 +8,7 @@ namespace adaptd {
 
 at::Tensor FunctionSpaceTerm(const at::Tensor& f, const at::Tensor& target, Likelihood likelihood) {
   if (likelihood == Likelihood::kGaussian) return 0.5 * (f - target).square().sum();
-  const at::Tensor log_p = at::log_softmax(f, 1);
-  // Masked classes have target 0 and log_p = -inf: zero them before the product.
-  const at::Tensor safe = log_p.masked_fill(target.eq(0), 0.0);
-  return -(target * safe).sum();
+  return SoftCrossEntropySum(f, target);
 }
 
 at::Tensor ReplayCorrectionTerm(const at::Tensor& logits, const at::Tensor& p_old,

@@ -7,7 +7,7 @@
 // where D_f is the Bregman divergence of the likelihood's log-partition (categorical:
 // cross-entropy against the old soft labels; Gaussian: half the squared difference) and P the
 // weight-space precision. With P = the old prior precision and M = all old data, the gradient of
-// new loss + K equals the full-batch retraining gradient for GLMs (ALGORITHMS.md §2.1).
+// new loss + K equals the full-batch retraining gradient for GLMs (Khan & Swaroop 2021, Sec. 3).
 #ifndef ADAPTD_CORE_KPRIOR_H_
 #define ADAPTD_CORE_KPRIOR_H_
 

@@ -328,6 +328,12 @@ at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask) {
                             -std::numeric_limits<float>::infinity());
 }
 
+at::Tensor SoftCrossEntropySum(const at::Tensor& logits, const at::Tensor& target) {
+  const at::Tensor log_p = at::log_softmax(logits, 1);
+  const at::Tensor safe = log_p.masked_fill(target.eq(0), 0.0);
+  return -(target * safe).sum();
+}
+
 at::Tensor ChunkedLogits(Model& model, const at::Tensor& x, const at::Tensor& mask, int64_t chunk) {
   at::NoGradGuard no_grad;
   const at::Tensor first = model.Parameters()[0];

@@ -97,6 +97,9 @@ absl::Status CheckLabelMask(const at::Tensor& mask, int64_t num_classes);
 // Logits with classes outside `mask` set to -inf, so softmax and cross-entropy see only the
 // task's head. An undefined mask returns the logits unchanged.
 at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask);
+// -sum_i sum_k target_ik log softmax(logits_i)_k for probabilities `target` [N, K]: classes with
+// probability 0 take no part, so masked logits (-inf) give no 0 * -inf.
+at::Tensor SoftCrossEntropySum(const at::Tensor& logits, const at::Tensor& target);
 
 // The model's logits on every row of `x`, `chunk` rows per forward pass, without gradients and
 // on the model's device, masked by MaskLogits (`mask`: one head [K] or per-example heads [N, K]).

@@ -1,6 +1,6 @@
 // The memory-perturbation equation (MPE; Nickl, Xu, Tailor, Möllenhoff, Khan, "The
 // Memory-Perturbation Equation: Understanding Model's Sensitivity to Data", NeurIPS 2023,
-// arXiv:2310.19273; ALGORITHMS.md §4): how a model's predictions move when a training example
+// arXiv:2310.19273): how a model's predictions move when a training example
 // is removed, from one posterior and per-example Jacobians, without retraining.
 //
 // With Sigma the posterior covariance (IVON: diag(1 / (lambda (h + delta))), a Laplace
@@ -57,7 +57,7 @@ struct MpeOptions {
   absl::Status Validate() const;
 };
 
-// Softmax cross-entropy terms at logits f [N, K] with labels y [N] (ALGORITHMS.md §4.3):
+// Softmax cross-entropy terms at logits f [N, K] with labels y [N] (the paper's Eq. 12-16):
 //   p = softmax(f), e = p - onehot(y), lambda = p (1 - p) (the diagonal of diag(p) - p p^T).
 // Logits of -infinity (masked classes) give p = e = lambda = 0.
 struct SoftmaxTerms {
@@ -81,7 +81,7 @@ SoftmaxTerms ComputeSoftmaxTerms(const at::Tensor& logits, const at::Tensor& lab
 absl::StatusOr<at::Tensor> LooLogitShift(const at::Tensor& error, const at::Tensor& lambda,
                                          const at::Tensor& gram, bool exclude_self);
 
-// The memory map (ALGORITHMS.md §4.4): per-example coordinates, ready to plot: prediction error
+// The memory map (the paper's Fig. 1): per-example coordinates, ready to plot: prediction error
 // against prediction variance, with the sensitivity that ranks what the model remembers.
 struct MemoryMap {
   at::Tensor error;        // e = p - onehot(y)                        [N, K]

@@ -1,4 +1,4 @@
-// Predictive distributions from a model and its IVON posterior (ALGORITHMS.md §1.5), with their
+// Predictive distributions from a model and its IVON posterior (Shen et al. 2024, posterior averaging), with their
 // uncertainty decomposition:
 //   kMean:       softmax(f(x; m))                                          ("IVON@mean")
 //   kBayes:      (1/S) sum_s softmax(f(x; theta_s)), theta_s ~ N(m, sigma^2)  (posterior averaging;

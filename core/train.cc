@@ -126,9 +126,7 @@ absl::Status CheckLabels(const at::Tensor& y, int64_t batch, int64_t num_classes
 
 at::Tensor MeanCrossEntropy(const at::Tensor& logits, const at::Tensor& y) {
   if (y.dim() == 1) return at::cross_entropy_loss(logits, y);
-  // Classes outside the head have probability 0 and logit -inf: zero them before the product.
-  const at::Tensor log_p = at::log_softmax(logits, 1).masked_fill(y.eq(0), 0.0);
-  return -(y * log_p).sum() / static_cast<double>(y.size(0));
+  return SoftCrossEntropySum(logits, y) / static_cast<double>(y.size(0));
 }
 
 double Trainer::NextLr() const {

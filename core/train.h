@@ -101,7 +101,8 @@ class Trainer {
 
   // Whether the mean model learnt `data` at all: ABORTED when its cross-entropy on `data`
   // (within `label_mask`, as in TrainEpoch; every k-th example, at most 8,192) is above that of
-  // a uniform guess over each example's classes, ln |head|. A run that collapses onto one class
+  // a uniform guess over each example's classes, ln |head| (with soft labels too: a uniform
+  // guess scores ln |head| against any probabilities over the head). A run that collapses onto one class
   // keeps a finite loss, so TrainEpoch's divergence check does not see it; this one does (and
   // so does a run that barely moved; the message names both remedies).
   absl::Status CheckLearnt(const Dataset& data, const at::Tensor& label_mask = at::Tensor());

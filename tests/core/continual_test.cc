@@ -721,16 +721,25 @@ TEST(AdaptTest, ForgetEndsNearBatchRetrainingWithoutTheExamples) {
   ForgetData forget{data.Select(gone), at::zeros({25}, at::kLong), gone};
   c.ess_factor = 100;
   c.epochs = 100;
+  const at::Tensor mean_before = state.mean.clone();
   auto r = Forget(state, forget, c);
   ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(at::equal(state.mean, mean_before));  // the input state is left alone
   auto distance = [&](const at::Tensor& w) {
     return (w.to(at::kDouble) - w_batch).norm().item<double>() / w_batch.norm().item<double>();
   };
   const double before = distance(state.mean), after = distance(r->state.mean);
+  // The removal term on minibatches of 5 of the 25, scaled to all of them.
+  c.memory_batch_size = 5;
+  auto sampled = Forget(state, forget, c);
+  ASSERT_TRUE(sampled.ok()) << sampled.status();
+  const double after_sampled = distance(sampled->state.mean);
   std::cout << "relative distance to batch retraining without the examples: before " << before
-            << ", after Forget " << after << "\n";
+            << ", after Forget " << after << " (removal minibatches of 5: " << after_sampled
+            << ")\n";
   EXPECT_GT(before, 0.05);
   EXPECT_LT(after, 0.25 * before);
+  EXPECT_LT(after_sampled, 0.25 * before);
   EXPECT_EQ(r->state.memory.size(), 175);
   EXPECT_FALSE(at::isin(r->state.memory.id, gone).any().item<bool>());
   EXPECT_EQ(r->state.tasks_seen, 1);
@@ -757,6 +766,16 @@ TEST(AdaptTest, ForgetRefusesWhatItCannotDo) {
   ForgetData bad_label = two;
   bad_label.removed.y = at::full({2}, 9, at::kLong);
   EXPECT_EQ(Forget(r0->state, bad_label, c).status().code(), absl::StatusCode::kInvalidArgument);
+  // Each example once, and with the label it was learnt with.
+  ForgetData twice = two;
+  twice.ids = at::zeros({2}, at::kLong);
+  EXPECT_THAT(std::string(Forget(r0->state, twice, c).status().message()),
+              testing::HasSubstr("example 0 of task 0 is named twice"));
+  const Memory& mem = r0->state.memory;
+  ForgetData relabelled{Dataset{mem.x.narrow(0, 0, 1), (mem.y.narrow(0, 0, 1) + 1) % 4},
+                        mem.task.narrow(0, 0, 1), mem.id.narrow(0, 0, 1)};
+  EXPECT_THAT(std::string(Forget(r0->state, relabelled, c).status().message()),
+              testing::HasSubstr("was learnt with label"));
   // Every memorable example removed: nothing is left to stand for the rest.
   const Memory& m = r0->state.memory;
   const ForgetData everything{Dataset{m.x, m.y}, m.task, m.id};
