@@ -443,12 +443,14 @@ absl::StatusOr<v1::Scope> ParseScope(const std::string& text) {
 
 namespace {
 
-// "path=value" for each field of `message` that is set, nested messages as "ivon.lr=...".
+// "path=value" for every field of `message`, nested messages as "ivon.lr=..." (a field with
+// presence, such as the optional memory_weight, only when it is set).
 void AppendAssignments(const google::protobuf::Message& message, const std::string& prefix,
                        std::vector<std::string>* out) {
-  std::vector<const google::protobuf::FieldDescriptor*> fields;
-  message.GetReflection()->ListFields(message, &fields);
-  for (const auto* f : fields) {
+  const google::protobuf::Reflection* reflection = message.GetReflection();
+  for (int i = 0; i < message.GetDescriptor()->field_count(); ++i) {
+    const auto* f = message.GetDescriptor()->field(i);
+    if (f->is_repeated() || (f->has_presence() && !reflection->HasField(message, f))) continue;
     const std::string path = prefix + f->name();
     if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
       AppendAssignments(message.GetReflection()->GetMessage(message, f), path + ".", out);

@@ -1,4 +1,4 @@
-// Bearer tokens with roles (DESIGN.md "Operations"). A reader may query; a writer may also
+// Bearer tokens with roles. A reader may query; a writer may also
 // stream examples and cancel jobs; an admin may also create, delete, roll back, export and
 // import models. With no tokens configured every call is allowed (a local, trusted setup).
 #ifndef ADAPTD_SERVER_AUTH_H_

@@ -1,4 +1,4 @@
-// The durable log of one task's examples (DESIGN.md "Persistence").
+// The durable log of one task's examples (the on-disk layout: docs/api.md, "On disk").
 //
 // File format: a sequence of records [u32 length][u32 crc32c][u8 type][body], little-endian,
 // where length counts the type byte and the body, and the checksum covers them. A kBatch body

@@ -1,4 +1,4 @@
-// Prometheus metrics (DESIGN.md "Operations"): metric families from prometheus-cpp's core
+// Prometheus metrics: metric families from prometheus-cpp's core
 // library, served as text on a separate HTTP port by cpp-httplib.
 #ifndef ADAPTD_SERVER_METRICS_H_
 #define ADAPTD_SERVER_METRICS_H_

@@ -1,5 +1,5 @@
 // One deployed model: its examples, its published versions, its adaptation jobs and the actor
-// thread that runs them (DESIGN.md "Concurrency", "Persistence").
+// thread that runs them.
 //
 // Readers take a shared_ptr<const ModelVersion> and compute without locks: a version's state
 // is a deep copy that nothing modifies. One writer per model: the actor thread runs one job at

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_split.h"
@@ -218,10 +219,20 @@ TEST(AdaptctlTest, FormatsTheConfigAsAssignments) {
   c.set_memory_weight(0);
   c.set_head_mode(v1::HEAD_MODE_MULTI);
   const std::string text = FormatConfigAssignments(c);
-  EXPECT_EQ(text, "method=kprior ivon.lr=0.05 epochs=15 memory_weight=0 head_mode=HEAD_MODE_MULTI");
-  absl::StatusOr<v1::UpdateConfigRequest> back = BuildConfigUpdate("m", absl::StrSplit(text, ' '));
+  EXPECT_THAT(text, ::testing::StartsWith("method=kprior optimizer= ivon.lr=0.05 ivon.beta1=0 "));
+  EXPECT_THAT(text, ::testing::HasSubstr(" epochs=15 batch_size=0 "));
+  EXPECT_THAT(text, ::testing::HasSubstr(" memory_weight=0 "));
+  EXPECT_THAT(text, ::testing::HasSubstr(" head_mode=HEAD_MODE_MULTI "));
+  EXPECT_THAT(text, ::testing::EndsWith(" adapt_after_seconds=0"));
+  // Every field appears once, and each assignment parses back to the same config.
+  const std::vector<std::string> parts = absl::StrSplit(text, ' ');
+  EXPECT_EQ(parts.size(), 28u);
+  absl::StatusOr<v1::UpdateConfigRequest> back = BuildConfigUpdate("m", parts);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->config().SerializeAsString(), c.SerializeAsString());
+  // Unset, the optional memory_weight is left out.
+  c.clear_memory_weight();
+  EXPECT_THAT(FormatConfigAssignments(c), ::testing::Not(::testing::HasSubstr("memory_weight")));
 }
 
 // set-config sends the mask its assignments name; adapt sends a closing training stream with
