@@ -717,6 +717,7 @@ absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData
   const Dataset& removed = data.removed;
   const int64_t r = removed.size(), k = state.spec.num_classes;
   if (r == 0) return absl::InvalidArgumentError("no examples to forget");
+  if (!removed.x.defined()) return absl::InvalidArgumentError("the examples' inputs are missing");
   if (!removed.y.defined() || removed.y.scalar_type() != at::kLong || removed.y.dim() != 1 ||
       removed.x.size(0) != r) {
     return absl::InvalidArgumentError(absl::StrCat("labels must be int64 [", removed.x.size(0),

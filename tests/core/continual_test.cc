@@ -763,6 +763,9 @@ TEST(AdaptTest, ForgetRefusesWhatItCannotDo) {
   ForgetData later = two;
   later.task_ids = at::ones({2}, at::kLong);
   EXPECT_EQ(Forget(r0->state, later, c).status().code(), absl::StatusCode::kInvalidArgument);
+  ForgetData no_inputs = two;
+  no_inputs.removed.x = at::Tensor();
+  EXPECT_EQ(Forget(r0->state, no_inputs, c).status().code(), absl::StatusCode::kInvalidArgument);
   ForgetData bad_label = two;
   bad_label.removed.y = at::full({2}, 9, at::kLong);
   EXPECT_EQ(Forget(r0->state, bad_label, c).status().code(), absl::StatusCode::kInvalidArgument);
