@@ -955,6 +955,27 @@ TEST(AdaptTest, MultiHeadTasksTrainWithinTheirHeads) {
   // A single-head task after multi-head ones is refused.
   TaskData single{2, all, at::Tensor(), at::Tensor()};
   EXPECT_EQ(Adapt(r1->state, single, c).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Forget within the heads: five of task 1's memorable examples go, each task keeps its head
+  // and its accuracy; a label outside its task's head is refused.
+  const Memory& m = r1->state.memory;
+  const at::Tensor of_task1 = m.task.eq(1).nonzero().squeeze(1).narrow(0, 0, 5);
+  const ForgetData five{Dataset{m.x.index_select(0, of_task1), m.y.index_select(0, of_task1)},
+                        m.task.index_select(0, of_task1), m.id.index_select(0, of_task1)};
+  c.min_steps = 200;
+  auto forgot = Forget(r1->state, five, c);
+  ASSERT_TRUE(forgot.ok()) << forgot.status();
+  EXPECT_EQ(forgot->state.memory.size(), m.size() - 5);
+  EXPECT_TRUE(at::equal(forgot->state.task_masks, r1->state.task_masks));
+  for (int t = 0; t < 2; ++t) {
+    auto acc = EvaluateAccuracy(forgot->state, tasks[t].train, tasks[t].label_mask);
+    ASSERT_TRUE(acc.ok());
+    EXPECT_GT(*acc, 0.9) << "task " << t;
+  }
+  ForgetData outside = five;
+  outside.task_ids = at::zeros({5}, at::kLong);  // task 0's head is classes 0 and 1
+  EXPECT_THAT(std::string(Forget(r1->state, outside, c).status().message()),
+              testing::HasSubstr("outside the task's label set"));
 }
 
 }  // namespace
