@@ -50,9 +50,8 @@ namespace {
 
 at::Tensor Predictions(const ContinualState& state, const Dataset& test) {
   auto model = OrDie(MaterializeModel(state), "model");
-  at::NoGradGuard no_grad;
   model->SetTraining(false);
-  return model->Forward(test.x).argmax(1);
+  return ChunkedLogits(*model, test.x, at::Tensor()).argmax(1);
 }
 
 int Main() {
@@ -189,8 +188,8 @@ int Main() {
                   ? absl::StrFormat("MLP [%d]", absl::GetFlag(FLAGS_hidden)).c_str()
                   : "logistic regression",
               100 * absl::GetFlag(FLAGS_memory_fraction), absl::GetFlag(FLAGS_selection).c_str(),
-              precision.c_str(), row.before.size(), row.refused, pm(row.before).c_str(), pm(row.forget).c_str(),
-              pm(row.step).c_str(), pm(row.retrain).c_str(), pm(row.agree_before).c_str(),
+              precision.c_str(), row.before.size(), row.refused, pm(row.before).c_str(),
+              pm(row.forget).c_str(), pm(row.step).c_str(), pm(row.retrain).c_str(), pm(row.agree_before).c_str(),
               pm(row.agree_forget).c_str(), pm(row.agree_step).c_str());
   return 0;
 }
