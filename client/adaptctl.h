@@ -110,8 +110,6 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
 // assignment, a path that names no field, or a value of the wrong type.
 absl::StatusOr<v1::UpdateConfigRequest> BuildConfigUpdate(
     const std::string& name, const std::vector<std::string>& assignments);
-// The config's fields as set-config takes them, "method=kprior ivon.lr=0.1 ...".
-std::string FormatConfigAssignments(const v1::LearningConfig& config);
 // Reads `files` (in --format or by extension, --labels matched one to one) into one set.
 absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& files,
                                             const CtlOptions& options);

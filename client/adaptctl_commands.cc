@@ -14,7 +14,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "google/protobuf/text_format.h"
 #include "client/adaptctl.h"
 #include "client/memory_map.h"
 #include "client/progress.h"
@@ -443,28 +442,6 @@ absl::StatusOr<v1::Scope> ParseScope(const std::string& text) {
 
 namespace {
 
-// "path=value" for every field of `message`, nested messages as "ivon.lr=..." (a field with
-// presence, such as the optional memory_weight, only when it is set).
-void AppendAssignments(const google::protobuf::Message& message, const std::string& prefix,
-                       std::vector<std::string>* out) {
-  const google::protobuf::Reflection* reflection = message.GetReflection();
-  for (int i = 0; i < message.GetDescriptor()->field_count(); ++i) {
-    const auto* f = message.GetDescriptor()->field(i);
-    if (f->is_repeated() || (f->has_presence() && !reflection->HasField(message, f))) continue;
-    const std::string path = prefix + f->name();
-    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
-      AppendAssignments(message.GetReflection()->GetMessage(message, f), path + ".", out);
-      continue;
-    }
-    std::string value;
-    google::protobuf::TextFormat::PrintFieldValueToString(message, f, -1, &value);
-    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_STRING) {
-      value = message.GetReflection()->GetString(message, f);
-    }
-    out->push_back(absl::StrCat(path, "=", value));
-  }
-}
-
 // Every settable path of `descriptor`'s fields, nested messages as "ivon.lr".
 void AppendPaths(const google::protobuf::Descriptor* descriptor, const std::string& prefix,
                  std::vector<std::string>* out) {
@@ -479,12 +456,6 @@ void AppendPaths(const google::protobuf::Descriptor* descriptor, const std::stri
 }
 
 }  // namespace
-
-std::string FormatConfigAssignments(const v1::LearningConfig& config) {
-  std::vector<std::string> assignments;
-  AppendAssignments(config, "", &assignments);
-  return absl::StrJoin(assignments, " ");
-}
 
 absl::StatusOr<v1::UpdateConfigRequest> BuildConfigUpdate(
     const std::string& name, const std::vector<std::string>& assignments) {

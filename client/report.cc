@@ -1,11 +1,13 @@
 #include "client/report.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "google/protobuf/text_format.h"
 #include "client/tensor.h"
 
 namespace adaptd {
@@ -146,10 +148,65 @@ std::string FormatModelList(const v1::ListModelsResponse& models) {
   return text;
 }
 
+namespace {
+
+// "path=value" for every field of `message`, nested messages as "ivon.lr=..." (a field with
+// presence, such as the optional memory_weight, only when it is set).
+void AppendAssignments(const google::protobuf::Message& message, const std::string& prefix,
+                       std::vector<std::string>* out) {
+  const google::protobuf::Reflection* reflection = message.GetReflection();
+  for (int i = 0; i < message.GetDescriptor()->field_count(); ++i) {
+    const auto* f = message.GetDescriptor()->field(i);
+    if (f->is_repeated() || (f->has_presence() && !reflection->HasField(message, f))) continue;
+    const std::string path = prefix + f->name();
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
+      AppendAssignments(message.GetReflection()->GetMessage(message, f), path + ".", out);
+      continue;
+    }
+    std::string value;
+    google::protobuf::TextFormat::PrintFieldValueToString(message, f, -1, &value);
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_STRING) {
+      value = message.GetReflection()->GetString(message, f);
+    }
+    out->push_back(absl::StrCat(path, "=", value));
+  }
+}
+
+std::vector<std::string> Assignments(const v1::LearningConfig& config) {
+  std::vector<std::string> out;
+  AppendAssignments(config, "", &out);
+  return out;
+}
+
+// The assignments of `to` that `from` does not have, and "path=unset" for an optional field
+// that only `from` sets.
+std::string ConfigChanges(const v1::LearningConfig& from, const v1::LearningConfig& to) {
+  const std::vector<std::string> before = Assignments(from), after = Assignments(to);
+  auto path_of = [](const std::string& a) { return a.substr(0, a.find('=')); };
+  std::vector<std::string> changed;
+  for (const std::string& a : after) {
+    if (std::find(before.begin(), before.end(), a) == before.end()) changed.push_back(a);
+  }
+  for (const std::string& b : before) {
+    const bool kept = std::any_of(after.begin(), after.end(), [&](const std::string& a) {
+      return path_of(a) == path_of(b);
+    });
+    if (!kept) changed.push_back(path_of(b) + "=unset");
+  }
+  return absl::StrJoin(changed, " ");
+}
+
+}  // namespace
+
+std::string FormatConfigAssignments(const v1::LearningConfig& config) {
+  return absl::StrJoin(Assignments(config), " ");
+}
+
 std::string FormatVersions(const v1::ListVersionsResponse& versions) {
   std::string text =
       absl::StrFormat("%7s %4s %4s %-19s %6s %8s %6s %8s  %s\n", "VERSION", "TASK", "FROM",
                       "CREATED", "STEPS", "LOSS", "MEMORY", "SECONDS", "ACCURACY % PER TASK");
+  const v1::VersionInfo* above = nullptr;
   for (const v1::VersionInfo& v : versions.versions()) {
     std::vector<std::string> accuracy;
     for (const v1::TaskAccuracy& a : v.eval()) {
@@ -163,6 +220,11 @@ std::string FormatVersions(const v1::ListVersionsResponse& versions) {
                                     v.steps(), v.final_loss(), v.memory_size(), v.adapt_seconds(),
                                     absl::StrJoin(accuracy, " ")),
                     v.checkpoint_deleted() ? "  (checkpoint deleted: --keep_versions)\n" : "\n");
+    if (above != nullptr && above->has_config() && v.has_config()) {
+      const std::string changes = ConfigChanges(above->config(), v.config());
+      if (!changes.empty()) absl::StrAppend(&text, "        trained with ", changes, "\n");
+    }
+    above = &v;
   }
   return text;
 }

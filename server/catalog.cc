@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS versions(
 CREATE TABLE IF NOT EXISTS jobs(
   id TEXT PRIMARY KEY, model TEXT NOT NULL, task_id INTEGER NOT NULL, begin_pos INTEGER NOT NULL,
   end_pos INTEGER NOT NULL, state INTEGER NOT NULL, message TEXT NOT NULL,
-  version INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+  version INTEGER NOT NULL, created_ms INTEGER NOT NULL, config BLOB NOT NULL DEFAULT x'');
 )sql";
 
 absl::Status SqlError(sqlite3* db, const std::string& what) {
@@ -109,10 +109,23 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
   ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(
       "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"));
   ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(kSchema));
+  ADAPTD_RETURN_IF_ERROR(catalog->MigrateLocked());
   return catalog;
 }
 
 Catalog::~Catalog() { sqlite3_close(db_); }
+
+absl::Status Catalog::MigrateLocked() {
+  // jobs.config came after the first release: a catalog written before it gains the column,
+  // empty for its jobs (they resume with the model's settings, as they did then).
+  Statement st(db_, "SELECT name FROM pragma_table_info('jobs')");
+  while (true) {
+    ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+    if (!more) break;
+    if (st.Bytes(0) == "config") return absl::OkStatus();
+  }
+  return ExecLocked("ALTER TABLE jobs ADD COLUMN config BLOB NOT NULL DEFAULT x''");
+}
 
 absl::Status Catalog::CommitLocked() {
   absl::Status s = ExecLocked("COMMIT");
@@ -234,17 +247,18 @@ absl::Status Catalog::UpdateJob(const std::string& id, int state, const std::str
   return st.Bind(state).Bind(message).Bind(version).Bind(id).Run();
 }
 
-absl::Status Catalog::SetJobRange(const std::string& id, int64_t begin, int64_t end) {
+absl::Status Catalog::SetJobStart(const std::string& id, int64_t begin, int64_t end,
+                                  const std::string& config) {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_, "UPDATE jobs SET begin_pos = ?, end_pos = ? WHERE id = ?");
-  return st.Bind(begin).Bind(end).Bind(id).Run();
+  Statement st(db_, "UPDATE jobs SET begin_pos = ?, end_pos = ?, config = ? WHERE id = ?");
+  return st.Bind(begin).Bind(end).Bind(config, true).Bind(id).Run();
 }
 
 absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) {
   std::lock_guard<std::mutex> lock(mu_);
   Statement st(db_,
-               "SELECT id, model, task_id, begin_pos, end_pos, state, message, version, created_ms "
-               "FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
+               "SELECT id, model, task_id, begin_pos, end_pos, state, message, version, created_ms, "
+               "config FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
   st.Bind(model);
   std::vector<JobRow> rows;
   while (true) {
@@ -260,6 +274,7 @@ absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) 
     r.message = st.Bytes(6);
     r.version = st.Int(7);
     r.created_ms = st.Int(8);
+    r.config = st.Bytes(9);
     rows.push_back(std::move(r));
   }
   return rows;
@@ -324,8 +339,8 @@ absl::StatusOr<std::string> Catalog::Dump() {
         "SELECT 'task', model, task_id, classes FROM tasks ORDER BY model, task_id",
         "SELECT 'version', model, version, hex(info), checkpoint_crc FROM versions "
         "ORDER BY model, version",
-        "SELECT 'job', id, model, task_id, begin_pos, end_pos, state, message, version FROM jobs "
-        "ORDER BY id"}) {
+        "SELECT 'job', id, model, task_id, begin_pos, end_pos, state, message, version, hex(config) "
+        "FROM jobs ORDER BY id"}) {
     Statement st(db_, sql);
     while (true) {
       ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());

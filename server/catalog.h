@@ -45,6 +45,9 @@ struct JobRow {
   std::string message;
   int64_t version = -1;
   int64_t created_ms = 0;
+  // The v1::LearningConfig the job trains with, fixed with its range when it starts; empty
+  // before then.
+  std::string config;
 };
 
 // Thread-safe (one connection behind a mutex).
@@ -68,8 +71,9 @@ class Catalog {
   absl::Status InsertJob(const JobRow& row);
   absl::Status UpdateJob(const std::string& id, int state, const std::string& message,
                          int64_t version);
-  // The examples a job learns, fixed when it starts.
-  absl::Status SetJobRange(const std::string& id, int64_t begin, int64_t end);
+  // The examples a job learns and the settings it learns them with, fixed when it starts.
+  absl::Status SetJobStart(const std::string& id, int64_t begin, int64_t end,
+                           const std::string& config);
   absl::StatusOr<std::vector<JobRow>> ListJobs(const std::string& model);
 
   // Publishing: the version row and the job's success in one transaction (job_id may be
@@ -88,6 +92,8 @@ class Catalog {
  private:
   explicit Catalog(sqlite3* db) : db_(db) {}
   absl::Status ExecLocked(const std::string& sql);
+  // Brings a catalog written by an earlier release up to the schema.
+  absl::Status MigrateLocked();
   absl::Status CommitLocked();
   std::mutex mu_;
   sqlite3* db_;

@@ -107,7 +107,11 @@ void JobSlots::Release() {
 }
 
 Job::Job(const JobRow& row)
-    : id_(row.id), task_id_(row.task_id), begin_(row.begin), end_(row.end) {
+    : id_(row.id),
+      task_id_(row.task_id),
+      begin_(row.begin),
+      end_(row.end),
+      started_config_(row.config) {
   status_.set_job_id(row.id);
   status_.set_model(row.model);
   status_.set_task_id(row.task_id);
@@ -221,6 +225,7 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Create(const std::string
   info.set_task_id(-1);
   info.set_rolled_back_from(-1);
   info.set_created_unix_ms(row.created_ms);
+  *info.mutable_config() = entry->config_;
   absl::Status published = entry->Publish(std::move(info), std::move(state), "");
   if (!published.ok()) {
     (void)options.catalog->DeleteModel(name);
@@ -850,6 +855,8 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   // The data: the task's training examples not yet learnt, and the config, fixed now.
   TaskData task;
   AdaptConfig adapt;
+  v1::LearningConfig config;
+  bool resumed = false;
   task.task_id = job->task_id();
   int64_t begin, end;
   std::vector<std::pair<int64_t, Dataset>> evals;  // task id, eval set
@@ -865,11 +872,13 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     TaskExamples& te = tasks_.at(job->task_id());
     begin = te.learned;
     end = te.train_count;
-    // A job a crash interrupted while running learns exactly the range it had started on, so
-    // that its result equals the uninterrupted one even if more examples arrived since.
+    // A job a crash interrupted while running learns exactly the range it had started on, with
+    // the settings it had started with, so that its result equals the uninterrupted one even if
+    // more examples arrived since, or UpdateConfig came while it ran.
     if (job->resumed_range() && job->begin() == begin && job->end() > begin &&
         job->end() <= end) {
       end = job->end();
+      resumed = true;
     }
     // Everything up to `end` is this job's now, including examples that came after it was
     // queued: the adapt_after_seconds timer leaves them to it (and does not retry them).
@@ -882,6 +891,22 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     }
     base = current_;
     adapt = adapt_;
+    config = config_;
+  }
+  if (resumed && !job->started_config().empty()) {
+    // Written by this server when the job started: a failure to read it back is damage.
+    v1::LearningConfig started;
+    auto started_adapt = started.ParseFromString(job->started_config())
+                             ? ConfigFromProto(started)
+                             : absl::DataLossError("the catalog's record of it does not parse");
+    if (!started_adapt.ok()) {
+      return finish(v1::JOB_STATE_FAILED,
+                    absl::StrCat("the settings this job started with: ",
+                                 started_adapt.status().ToString()));
+    }
+    adapt = *std::move(started_adapt);
+    adapt.device = options_.device;
+    config = std::move(started);
   }
   {
     task.train = Concat(train_batches, &task.ids, nullptr);
@@ -894,7 +919,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     return finish(v1::JOB_STATE_SUCCEEDED,
                   "nothing new to learn: an earlier job learnt these examples");
   }
-  (void)options_.catalog->SetJobRange(job->id(), begin, end);
+  (void)options_.catalog->SetJobStart(job->id(), begin, end, config.SerializeAsString());
   (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_RUNNING, "running", -1);
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
@@ -943,6 +968,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   info.set_steps(result->stats.steps);
   info.set_final_loss(result->stats.final_loss);
   info.set_job_id(job->id());
+  *info.mutable_config() = std::move(config);
   for (const auto& [tid, data] : evals) {
     auto acc = EvaluateAccuracy(result->state, data, masks[tid]);
     if (!acc.ok()) return finish(v1::JOB_STATE_FAILED, acc.status().ToString());
@@ -1274,7 +1300,7 @@ absl::Status ModelEntry::WriteImported(std::map<int64_t, TaskExamples>& tasks,
     // Learnt examples stay learnt: a job marks them so that recovery agrees.
     if (t.learned > 0) {
       JobRow row{NewJobId(), name, tid, 0, t.learned, v1::JOB_STATE_SUCCEEDED,
-                 "learnt before the export", 0, NowMs()};
+                 "learnt before the export", 0, NowMs(), ""};
       s = options.catalog->InsertJob(row);
       if (!s.ok()) return s;
     }

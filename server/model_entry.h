@@ -60,6 +60,8 @@ class Job {
   int64_t task_id() const { return task_id_; }
   int64_t begin() const { return begin_; }
   int64_t end() const { return end_; }
+  // The serialized v1::LearningConfig the job started with (empty if it never started).
+  const std::string& started_config() const { return started_config_; }
 
   v1::JobStatus Status() const;
   bool terminal() const;
@@ -79,6 +81,7 @@ class Job {
  private:
   const std::string id_;
   const int64_t task_id_, begin_, end_;
+  const std::string started_config_;
   std::atomic<bool> cancel_{false};
   bool resumed_range_ = false;
   mutable std::mutex mu_;

@@ -143,17 +143,24 @@ TEST(CrashTest, KillDuringAdaptationResumesToTheUninterruptedResult) {
   const std::string job = sa->job_ids(0);
   // Kill once the job is well under way (WatchJob reports progress as it trains).
   int64_t step_at_kill = 0, total = 0;
-  std::atomic<bool> killed{false};
+  std::atomic<bool> killed{false}, updated{false};
   auto watched = client->WatchJob(job, [&](const v1::JobStatus& s) {
     if (!killed && s.state() == v1::JOB_STATE_RUNNING && s.step() > 100) {
       step_at_kill = s.step();
       total = s.total_steps();
+      // New settings while the job runs are for the jobs to come: the resumed job keeps its own.
+      v1::UpdateConfigRequest fewer;
+      fewer.set_name("a");
+      fewer.mutable_config()->set_epochs(30);
+      fewer.mutable_update_mask()->add_paths("epochs");
+      updated = client->UpdateConfig(fewer).ok();
       killed = true;
       (*server)->Kill();
     }
   });
   (void)watched;  // the call fails: the server died under it
   ASSERT_TRUE(killed) << "the job ended before it could be interrupted";
+  ASSERT_TRUE(updated);
   EXPECT_LT(step_at_kill, total);
   server->reset();
 
@@ -169,6 +176,9 @@ TEST(CrashTest, KillDuringAdaptationResumesToTheUninterruptedResult) {
   ASSERT_TRUE(versions.ok());
   ASSERT_EQ(versions->versions_size(), 3);
   EXPECT_EQ(versions->versions(2).job_id(), job);
+  EXPECT_EQ(versions->versions(2).steps(), total);
+  EXPECT_EQ(versions->versions(2).config().epochs(), 150);
+  EXPECT_EQ(client2->GetModel("a")->config().epochs(), 30);
   // The resumed adaptation equals the uninterrupted one bit for bit.
   for (const char* name : {"a", "b"}) {
     v1::PredictRequest r;

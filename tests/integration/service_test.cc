@@ -595,6 +595,14 @@ TEST(ServiceTest, UpdateConfigChangesTheJobsToCome) {
   ASSERT_TRUE(versions.ok()) << versions.status();
   EXPECT_EQ(versions->versions(1).steps(), 2 * 2);  // epochs x 64 / 32 examples per step
   EXPECT_EQ(versions->versions(2).steps(), 5 * 2);
+  // Each version records the settings it was trained with; a rollback, its target's.
+  EXPECT_EQ(versions->versions(0).config().SerializeAsString(), before.SerializeAsString());
+  EXPECT_EQ(versions->versions(1).config().SerializeAsString(), before.SerializeAsString());
+  EXPECT_EQ(versions->versions(2).config().SerializeAsString(), expected.SerializeAsString());
+  auto rolled = client->Rollback("m", 1);
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(rolled->current().config().SerializeAsString(), before.SerializeAsString());
+  EXPECT_EQ(rolled->config().SerializeAsString(), expected.SerializeAsString());
 
   // A failed job, fixed: the learning rate and initial Hessian set back to their defaults,
   // then a closing stream with no examples (adaptctl adapt) gives the examples the failed job

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include "tests/testing/temp_dir.h"
 #include <torch/torch.h>
@@ -164,7 +165,7 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   ASSERT_TRUE(c.InsertModel({"m", "spec", "config", 1}).ok());
   EXPECT_FALSE(c.InsertModel({"m", "spec", "config", 2}).ok());  // the name is the key
   ASSERT_TRUE(c.UpsertTask("m", {0, {3, 4}}).ok());
-  ASSERT_TRUE(c.InsertJob({"j1", "m", 0, 0, 10, 1, "queued", -1, 5}).ok());
+  ASSERT_TRUE(c.InsertJob({"j1", "m", 0, 0, 10, 1, "queued", -1, 5, ""}).ok());
   ASSERT_TRUE(c.Publish("m", {1, "info", 77}, "j1", 3, "published version 1").ok());
   // A second row for the same version fails, and the job's update in it is rolled back.
   EXPECT_FALSE(c.Publish("m", {1, "other", 78}, "j1", 4, "should not stick").ok());
@@ -190,6 +191,35 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   EXPECT_EQ(*(*reopened)->Dump(), before);
   ASSERT_TRUE((*reopened)->DeleteModel("m").ok());
   EXPECT_EQ(*(*reopened)->Dump(), "");
+}
+
+// A catalog written before jobs recorded their settings opens, keeps its jobs, and records the
+// settings of the jobs that start from then on.
+TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/catalog.sqlite";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "CREATE TABLE jobs(id TEXT PRIMARY KEY, model TEXT NOT NULL, task_id "
+                         "INTEGER NOT NULL, begin_pos INTEGER NOT NULL, end_pos INTEGER NOT NULL, "
+                         "state INTEGER NOT NULL, message TEXT NOT NULL, version INTEGER NOT NULL, "
+                         "created_ms INTEGER NOT NULL);"
+                         "INSERT INTO jobs VALUES('j1', 'm', 0, 0, 10, 2, 'running', -1, 5);",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  for (int open = 0; open < 2; ++open) {  // the second open finds the column there
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    auto jobs = (*catalog)->ListJobs("m");
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    ASSERT_EQ(jobs->size(), 1u);
+    EXPECT_EQ((*jobs)[0].end, open == 0 ? 10 : 12);
+    EXPECT_EQ((*jobs)[0].message, "running");
+    EXPECT_EQ((*jobs)[0].config, open == 0 ? "" : std::string("\0settings", 9));
+    ASSERT_TRUE((*catalog)->SetJobStart("j1", 0, 12, std::string("\0settings", 9)).ok());
+  }
 }
 
 }  // namespace

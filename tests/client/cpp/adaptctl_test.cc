@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_split.h"
 
+#include "client/report.h"
 #include "client/tensor.h"
 #include "tests/client/cpp/fake_server.h"
 #include "tests/client/cpp/test_files.h"

@@ -133,6 +133,36 @@ TEST(ReportTest, VersionsMarkDeletedCheckpoints) {
   EXPECT_FALSE(Has(lines[2], "deleted")) << text;
 }
 
+// Where a version was trained with other settings than the version above it, a line names
+// the ones that changed.
+TEST(ReportTest, VersionsNameTheSettingsThatChanged) {
+  v1::LearningConfig base;
+  base.set_method("kprior");
+  base.set_epochs(10);
+  base.mutable_ivon()->set_lr(0.1);
+  base.set_memory_weight(3);
+  v1::ListVersionsResponse r;
+  auto add = [&](const v1::LearningConfig& config) {
+    v1::VersionInfo* info = r.add_versions();
+    info->set_version(r.versions_size() - 1);
+    *info->mutable_config() = config;
+  };
+  add(base);
+  add(base);  // unchanged: no line
+  v1::LearningConfig faster = base;
+  faster.set_epochs(20);
+  faster.mutable_ivon()->set_lr(0.05);
+  faster.clear_memory_weight();
+  add(faster);
+  r.add_versions()->set_version(3);  // made before versions recorded their settings
+  add(base);                         // nothing to compare with above it
+  const std::string text = FormatVersions(r);
+  const std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 7u) << text;
+  EXPECT_EQ(lines[4], "        trained with ivon.lr=0.05 epochs=20 memory_weight=unset") << text;
+  EXPECT_EQ(FormatConfigAssignments(faster).find("memory_weight"), std::string::npos);
+}
+
 TEST(ReportTest, InfluenceListsExamplesInOrder) {
   v1::InfluenceResponse r;
   r.set_query_class(3);
