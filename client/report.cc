@@ -220,7 +220,9 @@ std::string FormatVersions(const v1::ListVersionsResponse& versions) {
                                     v.steps(), v.final_loss(), v.memory_size(), v.adapt_seconds(),
                                     absl::StrJoin(accuracy, " ")),
                     v.checkpoint_deleted() ? "  (checkpoint deleted: --keep_versions)\n" : "\n");
-    if (above != nullptr && above->has_config() && v.has_config()) {
+    // A rollback trained nothing: it carries its target's record, which the next row is
+    // compared with.
+    if (above != nullptr && above->has_config() && v.has_config() && v.rolled_back_from() < 0) {
       const std::string changes = ConfigChanges(above->config(), v.config());
       if (!changes.empty()) absl::StrAppend(&text, "        trained with ", changes, "\n");
     }

@@ -33,8 +33,9 @@ std::string FormatModelInfo(const v1::ModelInfo& model);
 std::string FormatModelList(const v1::ListModelsResponse& models);
 // The config's fields as set-config takes them, "method=kprior ivon.lr=0.1 ...".
 std::string FormatConfigAssignments(const v1::LearningConfig& config);
-// One line per version, with its accuracy on every task's evaluation examples, and a line
-// with the settings it was trained with where they differ from the version above it.
+// One line per version, with its accuracy on every task's evaluation examples, and under a
+// trained version (not a rollback) a line with the settings it was trained with where they
+// differ from the version above it.
 std::string FormatVersions(const v1::ListVersionsResponse& versions);
 // The accuracy matrix (rows = versions, columns = tasks, in percent), average accuracy,
 // forgetting per task and backward transfer.

@@ -482,6 +482,39 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
   EXPECT_EQ(client2->ListJobs("busy")->jobs_size(), 2);
 }
 
+// An imported model's examples that no job had learnt wait for its own timer, from the import.
+TEST(ServiceTest, AnImportedModelsWaitingExamplesGetTheirJob) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest r = BlobModel("src", false, /*epochs=*/2);
+  r.mutable_config()->set_adapt_after_seconds(3);
+  ASSERT_TRUE(client->CreateModel(r).ok());
+  ASSERT_TRUE(StreamData(*client, "src", 0, v1::SPLIT_TRAIN, {}, BlobTask(40, {0, 1}, 1), 64,
+                         /*keep_open=*/true).ok());
+  auto snapshot = client->Export("src");
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  const auto before_import = std::chrono::steady_clock::now();
+  auto imported = client->Import("copy", *snapshot);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  ASSERT_EQ(imported->tasks_size(), 1);
+  ASSERT_EQ(imported->tasks(0).pending_examples(), 40) << "src's timer came before the export";
+  // The exported version's record comes along, the settings it was trained with included.
+  EXPECT_EQ(imported->current().config().SerializeAsString(),
+            client->ListVersions("src")->versions(0).config().SerializeAsString());
+  EXPECT_EQ(imported->current().config().adapt_after_seconds(), 3);
+  EXPECT_EQ(client->ListJobs("copy")->jobs_size(), 0);
+  std::chrono::steady_clock::time_point seen;
+  auto jobs = JobsOnceEnded(*client, "copy", 1, &seen);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_GE(seen - before_import, std::chrono::seconds(3));
+  EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_SUCCEEDED) << jobs[0].message();
+  EXPECT_EQ(jobs[0].examples(), 40);
+  EXPECT_EQ(client->GetModel("copy")->tasks(0).pending_examples(), 0);
+  EXPECT_EQ(client->ListVersions("copy")->versions_size(), 2);
+}
+
 // The names of the files of a model's checkpoints.
 std::vector<std::string> CheckpointFiles(const std::string& data_dir, const std::string& model) {
   std::vector<std::string> names;

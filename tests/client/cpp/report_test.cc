@@ -142,9 +142,10 @@ TEST(ReportTest, VersionsNameTheSettingsThatChanged) {
   base.mutable_ivon()->set_lr(0.1);
   base.set_memory_weight(3);
   v1::ListVersionsResponse r;
-  auto add = [&](const v1::LearningConfig& config) {
+  auto add = [&](const v1::LearningConfig& config, int64_t rolled_back_from = -1) {
     v1::VersionInfo* info = r.add_versions();
     info->set_version(r.versions_size() - 1);
+    info->set_rolled_back_from(rolled_back_from);
     *info->mutable_config() = config;
   };
   add(base);
@@ -154,12 +155,16 @@ TEST(ReportTest, VersionsNameTheSettingsThatChanged) {
   faster.mutable_ivon()->set_lr(0.05);
   faster.clear_memory_weight();
   add(faster);
-  r.add_versions()->set_version(3);  // made before versions recorded their settings
-  add(base);                         // nothing to compare with above it
+  add(base, /*rolled_back_from=*/1);  // trained nothing: no line
+  add(faster);                        // differs from the rollback's record
+  r.add_versions()->set_version(5);   // made before versions recorded their settings
+  add(base);                          // nothing to compare with above it
   const std::string text = FormatVersions(r);
   const std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
-  ASSERT_EQ(lines.size(), 7u) << text;
+  ASSERT_EQ(lines.size(), 10u) << text;
   EXPECT_EQ(lines[4], "        trained with ivon.lr=0.05 epochs=20 memory_weight=unset") << text;
+  EXPECT_EQ(lines[5].rfind("      3", 0), 0u) << text;
+  EXPECT_EQ(lines[7], lines[4]) << text;
   EXPECT_EQ(FormatConfigAssignments(faster).find("memory_weight"), std::string::npos);
 }
 
