@@ -235,13 +235,18 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Create(const std::string
   return entry;
 }
 
-absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelEntry::LoadVersion(
-    const v1::VersionInfo& info, uint32_t crc) const {
-  const std::string path = CheckpointPath(info.version());
+absl::StatusOr<std::string> ModelEntry::ReadCheckpoint(int64_t version, uint32_t crc) const {
+  const std::string path = CheckpointPath(version);
   ADAPTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
   if (Crc32c(bytes) != crc) {
     return absl::DataLossError(absl::StrCat("checkpoint ", path, " fails its checksum"));
   }
+  return bytes;
+}
+
+absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelEntry::LoadVersion(
+    const v1::VersionInfo& info, uint32_t crc) const {
+  ADAPTD_ASSIGN_OR_RETURN(std::string bytes, ReadCheckpoint(info.version(), crc));
   ADAPTD_ASSIGN_OR_RETURN(TensorMap map, ParseTensors(bytes));
   ADAPTD_ASSIGN_OR_RETURN(ContinualState state, ContinualState::FromTensors(map, spec_));
   return ModelVersion::Create(info, std::move(state));
@@ -301,8 +306,13 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     e.versions_.emplace_back(info, v.checkpoint_crc);
     // Retention marked it before deleting the file: a file left by a crash is garbage.
     if (info.checkpoint_deleted()) continue;
-    ADAPTD_ASSIGN_OR_RETURN(auto loaded, e.LoadVersion(info, v.checkpoint_crc));
-    e.current_ = std::move(loaded);
+    if (&v == &versions.back()) {
+      ADAPTD_ASSIGN_OR_RETURN(e.current_, e.LoadVersion(info, v.checkpoint_crc));
+    } else {
+      // Older versions are loaded when a query or rollback asks for one; their damage is
+      // found now.
+      ADAPTD_RETURN_IF_ERROR(e.ReadCheckpoint(v.version, v.checkpoint_crc).status());
+    }
     known.insert(absl::StrCat(v.version, ".ckpt"));
   }
   if (e.current_ == nullptr || e.current_->version() != e.versions_.back().first.version()) {

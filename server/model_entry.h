@@ -248,6 +248,8 @@ class ModelEntry {
 
   std::string CheckpointPath(int64_t version) const;
   std::string LogPath(int64_t task_id) const;
+  // The checkpoint's bytes; DATA_LOSS if they fail the catalog's checksum.
+  absl::StatusOr<std::string> ReadCheckpoint(int64_t version, uint32_t crc) const;
   absl::StatusOr<std::shared_ptr<const ModelVersion>> LoadVersion(const v1::VersionInfo& info,
                                                                   uint32_t crc) const;
   // Writes the checkpoint, commits the catalog row (and the job's success), then publishes.

@@ -84,11 +84,22 @@ ModelEntryOptions Registry::EntryOptions(const std::string& name) {
   return o;
 }
 
+namespace {
+
+std::string NotLoaded(const std::string& name, const std::string& why) {
+  return absl::StrCat("model \"", name, "\" exists on disk but could not be loaded at start (",
+                      why, "); DeleteModel removes it");
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Get(const std::string& name) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = models_.find(name);
-  if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named \"", name, "\""));
-  return it->second;
+  if (it != models_.end()) return it->second;
+  auto failed = failed_.find(name);
+  if (failed != failed_.end()) return absl::DataLossError(NotLoaded(name, failed->second));
+  return absl::NotFoundError(absl::StrCat("no model named \"", name, "\""));
 }
 
 std::vector<std::shared_ptr<ModelEntry>> Registry::List() const {
@@ -107,11 +118,7 @@ absl::Status Registry::CheckNewName(const std::string& name) const {
     return absl::AlreadyExistsError(absl::StrCat("a model named \"", name, "\" exists"));
   }
   auto failed = failed_.find(name);
-  if (failed != failed_.end()) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "a model named \"", name, "\" exists on disk but could not be loaded (", failed->second,
-        "); DeleteModel removes it"));
-  }
+  if (failed != failed_.end()) return absl::AlreadyExistsError(NotLoaded(name, failed->second));
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 
 #include <sys/wait.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -303,6 +304,50 @@ TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
   EXPECT_EQ(CatalogDump(dir.path()), "");
   EXPECT_TRUE(DirDigest(dir.path() + "/models").empty());
   EXPECT_TRUE(client->CreateModel(BlobModel("half", false, 1)).ok());
+}
+
+// A checkpoint damaged on disk, even an old version's, keeps its model offline at the next start
+// (and only that model): calls on it say why, the name stays taken, and DeleteModel frees it.
+TEST(LifecycleTest, ADamagedCheckpointKeepsOnlyItsModelOffline) {
+  TempDir dir;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    for (const char* name : {"good", "bad"}) {
+      ASSERT_TRUE(client->CreateModel(BlobModel(name, false, 1)).ok());
+      auto s = StreamData(*client, name, 0, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 1));
+      ASSERT_TRUE(s.ok()) << s.status();
+      ASSERT_EQ(WaitJobs(*client, *s), 1);
+    }
+  }
+  {
+    // One byte of version 0's checkpoint, which a start need not load to serve version 1.
+    std::fstream f(dir.path() + "/models/bad/versions/0.ckpt",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f.is_open());
+    f.seekg(100);
+    char c = 0;
+    f.read(&c, 1);
+    f.seekp(100);
+    c = static_cast<char>(c ^ 0x01);
+    f.write(&c, 1);
+  }
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  EXPECT_EQ(client->GetModel("good")->current().version(), 1);
+  auto bad = client->GetModel("bad");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
+  EXPECT_THAT(std::string(bad.status().message()),
+              ::testing::AllOf(::testing::HasSubstr("0.ckpt fails its checksum"),
+                               ::testing::HasSubstr("DeleteModel removes it")));
+  EXPECT_EQ(client->ListVersions("bad").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(client->CreateModel(BlobModel("bad", false, 1)).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  ASSERT_TRUE(client->DeleteModel("bad").ok());
+  EXPECT_EQ(client->GetModel("bad").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(client->CreateModel(BlobModel("bad", false, 1)).ok());
 }
 
 // A snapshot that claims more learnt examples than it holds is refused, changing nothing.
