@@ -31,6 +31,7 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   ADAPTD_RETURN_IF_ERROR(MakeDirs(options.data_dir + "/models"));
   auto registry = std::unique_ptr<Registry>(new Registry(options));
   Registry& r = *registry;
+  ADAPTD_ASSIGN_OR_RETURN(r.lock_, DirectoryLock::Acquire(options.data_dir));
   ADAPTD_ASSIGN_OR_RETURN(r.catalog_, Catalog::Open(options.data_dir + "/catalog.sqlite"));
   ADAPTD_ASSIGN_OR_RETURN(std::vector<ModelRow> rows, r.catalog_->ListModels());
   std::set<std::string> known;

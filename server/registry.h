@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/catalog.h"
+#include "server/fs_util.h"
 #include "server/model_entry.h"
 
 namespace adaptd {
@@ -64,6 +65,8 @@ class Registry {
 
   const RegistryOptions options_;
   JobSlots slots_;
+  // Declared before everything it guards, so that it is released last.
+  std::unique_ptr<DirectoryLock> lock_;
   std::unique_ptr<Catalog> catalog_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<ModelEntry>> models_;

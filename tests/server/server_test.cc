@@ -76,6 +76,30 @@ TEST(ServerTest, RefusesANegativeKeepVersions) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
+// One server per data directory, and one per port: a second one is refused with the reason,
+// and the directory is free again once the first is gone.
+TEST(ServerTest, RefusesADataDirectoryOrAPortInUse) {
+  TempDir dir, other;
+  ServerOptions o;
+  o.port = 0;
+  o.data_dir = dir.path();
+  auto first = Server::Create(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto same_dir = Server::Create(o);
+  EXPECT_EQ(same_dir.status().code(), absl::StatusCode::kFailedPrecondition) << same_dir.status();
+  EXPECT_NE(same_dir.status().message().find("is in use by another adaptd server"),
+            std::string::npos)
+      << same_dir.status();
+  ServerOptions same_port = o;
+  same_port.data_dir = other.path();
+  same_port.port = (*first)->port();
+  auto busy = Server::Create(same_port);
+  EXPECT_EQ(busy.status().code(), absl::StatusCode::kUnavailable) << busy.status();
+  first->reset();
+  auto again = Server::Create(o);
+  EXPECT_TRUE(again.ok()) << again.status();
+}
+
 // A device the machine lacks, or a misspelt one, stops the start with a reason; nothing is
 // written to the data directory.
 TEST(ServerTest, RefusesADeviceItCannotTrainOn) {
