@@ -112,8 +112,7 @@ absl::Status Rollback(const AdaptdClient& client, const CtlOptions&,
                       const std::vector<std::string>& args) {
   ADAPTD_ASSIGN_OR_RETURN(int64_t version, ParseInt64(args[1], "VERSION"));
   ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo model, client.Rollback(args[0], version));
-  absl::PrintF("%s: version %d now serves, a copy of version %d\n", model.name(),
-               model.current().version(), model.current().rolled_back_from());
+  absl::PrintF("%s", FormatRollback(model));
   return absl::OkStatus();
 }
 

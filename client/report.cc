@@ -231,6 +231,21 @@ std::string FormatVersions(const v1::ListVersionsResponse& versions) {
   return text;
 }
 
+std::string FormatRollback(const v1::ModelInfo& model) {
+  std::string text = absl::StrFormat("%s: version %d now serves, a copy of version %d\n",
+                                     model.name(), model.current().version(),
+                                     model.current().rolled_back_from());
+  for (const v1::TaskInfo& t : model.tasks()) {
+    if (t.pending_examples() == 0) continue;
+    absl::StrAppend(&text, absl::StrFormat(
+                               "task %d: %d of %d training examples pending; `adaptctl adapt %s "
+                               "--task=%d` learns them\n",
+                               t.task_id(), t.pending_examples(), t.train_examples(),
+                               model.name(), t.task_id()));
+  }
+  return text;
+}
+
 std::string FormatEvaluation(const v1::EvaluateResponse& evaluation) {
   size_t tasks = evaluation.forgetting_size();
   for (const v1::AccuracyRow& row : evaluation.rows()) {

@@ -37,6 +37,9 @@ std::string FormatConfigAssignments(const v1::LearningConfig& config);
 // trained version (not a rollback) a line with the settings it was trained with where they
 // differ from the version above it.
 std::string FormatVersions(const v1::ListVersionsResponse& versions);
+// What a rollback did: the version that now serves, and each task with examples pending
+// (learnt after the version it went back to, or never).
+std::string FormatRollback(const v1::ModelInfo& model);
 // The accuracy matrix (rows = versions, columns = tasks, in percent), average accuracy,
 // forgetting per task and backward transfer.
 std::string FormatEvaluation(const v1::EvaluateResponse& evaluation);

@@ -226,6 +226,7 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Create(const std::string
   info.set_rolled_back_from(-1);
   info.set_created_unix_ms(row.created_ms);
   *info.mutable_config() = entry->config_;
+  info.mutable_learnt();  // nothing yet
   absl::Status published = entry->Publish(std::move(info), std::move(state), "");
   if (!published.ok()) {
     (void)options.catalog->DeleteModel(name);
@@ -338,6 +339,8 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     te.taken = std::max(te.taken, j.end);
     if (j.state == v1::JOB_STATE_SUCCEEDED) te.learned = std::max(te.learned, j.end);
   }
+  // A rollback since those jobs: the current version's record says what it has learnt.
+  e.ApplyLearntLocked(e.current_->info());
   if (options.metrics) {
     options.metrics->SetModelVersion(row.name, e.current_->version());
     options.metrics->SetMemorySize(row.name, e.current_->info().memory_size());
@@ -436,6 +439,15 @@ absl::StatusOr<v1::ModelInfo> ModelEntry::UpdateConfig(const v1::LearningConfig&
     cv_.notify_all();  // adapt_after_seconds may have changed: the actor's next deadline
   }
   return Info();
+}
+
+void ModelEntry::ApplyLearntLocked(const v1::VersionInfo& info) {
+  if (!info.has_learnt()) return;  // a version from before the record: the jobs' say
+  for (auto& [tid, te] : tasks_) {
+    const auto& per_task = info.learnt().per_task();
+    const auto it = per_task.find(tid);
+    te.learned = std::min(it == per_task.end() ? 0 : it->second, te.train_count);
+  }
 }
 
 v1::ModelInfo ModelEntry::Info() const {
@@ -979,6 +991,13 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   info.set_final_loss(result->stats.final_loss);
   info.set_job_id(job->id());
   *info.mutable_config() = std::move(config);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [tid, te] : tasks_) {
+      (*info.mutable_learnt()->mutable_per_task())[tid] =
+          tid == task.task_id ? std::max(te.learned, end) : te.learned;
+    }
+  }
   for (const auto& [tid, data] : evals) {
     auto acc = EvaluateAccuracy(result->state, data, masks[tid]);
     if (!acc.ok()) return finish(v1::JOB_STATE_FAILED, acc.status().ToString());
@@ -1149,7 +1168,10 @@ absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
     // Again under commit_mu_ (Stop's fence): a model deleted since the check above may have
     // lost its catalog rows to a new model of its name.
     if (Stopping()) return absl::UnavailableError("the model is being deleted");
-    ADAPTD_RETURN_IF_ERROR(Publish(std::move(info), target->state(), ""));
+    ADAPTD_RETURN_IF_ERROR(Publish(info, target->state(), ""));
+    // What the target had not learnt is pending again (a job after the rollback learns it).
+    std::lock_guard<std::mutex> lock(mu_);
+    ApplyLearntLocked(info);
   }
   return Info();
 }
@@ -1316,6 +1338,8 @@ absl::Status ModelEntry::WriteImported(std::map<int64_t, TaskExamples>& tasks,
     }
   }
   e.tasks_ = std::move(tasks);
+  info.mutable_learnt()->clear_per_task();
+  for (const auto& [tid, t] : e.tasks_) (*info.mutable_learnt()->mutable_per_task())[tid] = t.learned;
   info.set_job_id("");
   info.set_rolled_back_from(-1);  // a version number of the exporting model means nothing here
   return e.Publish(info, std::move(state), "");

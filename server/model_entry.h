@@ -260,6 +260,9 @@ class ModelEntry {
   // REQUIRES: commit_mu_ held, or the actor not yet started.
   void DeleteOldCheckpoints();
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
+  // Each task's learnt examples as `info` records them (nothing if it has no record).
+  // REQUIRES: mu_ held, or the actor not yet started.
+  void ApplyLearntLocked(const v1::VersionInfo& info);
   // The adapt_after_seconds policy: queues a job for every task whose examples have waited long
   // enough and returns when the next one is due (time_point::max() if none is waiting).
   std::chrono::steady_clock::time_point QueueOverdueJobsLocked();

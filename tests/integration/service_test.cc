@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -480,6 +481,69 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
   std::this_thread::sleep_for(std::chrono::seconds(1));
   EXPECT_EQ(client2->ListJobs("wild")->jobs_size(), 2);
   EXPECT_EQ(client2->ListJobs("busy")->jobs_size(), 2);
+}
+
+// A rollback goes back to what its target had learnt: the examples learnt since are pending
+// again (after a restart and in an export too), and the task's next job learns them.
+TEST(ServiceTest, ARollbackMakesTheExamplesLearntSincePendingAgain) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", false, /*epochs=*/2)).ok());
+  for (int64_t t = 0; t < 2; ++t) {
+    auto s = StreamData(*client, "m", t, v1::SPLIT_TRAIN, {},
+                        BlobTask(64, {2 * t, 2 * t + 1}, 1 + t));
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_EQ(WaitJobs(*client, *s), t + 1);  // the version published
+  }
+  using Learnt = std::map<int64_t, int64_t>;
+  auto learnt = [](const v1::VersionInfo& v) {
+    return Learnt(v.learnt().per_task().begin(), v.learnt().per_task().end());
+  };
+  auto versions = client->ListVersions("m");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  EXPECT_TRUE(versions->versions(0).has_learnt());
+  EXPECT_EQ(learnt(versions->versions(0)), Learnt());
+  EXPECT_EQ(learnt(versions->versions(1)), (Learnt{{0, 64}}));
+  EXPECT_EQ(learnt(versions->versions(2)), (Learnt{{0, 64}, {1, 64}}));
+
+  auto rolled = client->Rollback("m", 1);
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(learnt(rolled->current()), (Learnt{{0, 64}}));
+  ASSERT_EQ(rolled->tasks_size(), 2);
+  EXPECT_EQ(rolled->tasks(0).pending_examples(), 0);
+  EXPECT_EQ(rolled->tasks(1).pending_examples(), 64);
+  // An export carries it: the copy's task 1 is pending too.
+  auto snapshot = client->Export("m");
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  auto copy = client->Import("copy", *snapshot);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(copy->tasks(1).pending_examples(), 64);
+  EXPECT_EQ(learnt(copy->current()), (Learnt{{0, 64}, {1, 0}}));
+
+  // A restart agrees, though the jobs that learnt task 1 succeeded.
+  (*server)->Kill();
+  server->reset();
+  auto restarted = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto client2 = (*restarted)->Client();
+  EXPECT_EQ(client2->GetModel("m")->tasks(1).pending_examples(), 64);
+  EXPECT_EQ(client2->GetModel("copy")->tasks(1).pending_examples(), 64);
+
+  // The task's next job (here a closing stream with no examples, adaptctl adapt) learns them.
+  v1::StreamHeader retry;
+  retry.set_model("m");
+  retry.set_task_id(1);
+  auto retried = client2->StreamExamples(retry, std::vector<v1::ExampleBatch>());
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  ASSERT_EQ(WaitJobs(*client2, *retried), 4);
+  EXPECT_EQ(client2->ListJobs("m")->jobs(2).examples(), 64);
+  auto after = client2->GetModel("m");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->current().version(), 4);
+  EXPECT_EQ(after->tasks(1).pending_examples(), 0);
+  EXPECT_EQ(learnt(after->current()), (Learnt{{0, 64}, {1, 64}}));
 }
 
 // An imported model's examples that no job had learnt wait for its own timer, from the import.

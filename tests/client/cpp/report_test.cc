@@ -168,6 +168,24 @@ TEST(ReportTest, VersionsNameTheSettingsThatChanged) {
   EXPECT_EQ(FormatConfigAssignments(faster).find("memory_weight"), std::string::npos);
 }
 
+// A rollback names the version that serves and how to learn what is pending again.
+TEST(ReportTest, RollbackNamesThePendingExamples) {
+  v1::ModelInfo m;
+  m.set_name("fm");
+  m.mutable_current()->set_version(3);
+  m.mutable_current()->set_rolled_back_from(1);
+  for (int64_t t = 0; t < 2; ++t) {
+    v1::TaskInfo* task = m.add_tasks();
+    task->set_task_id(t);
+    task->set_train_examples(100);
+    task->set_pending_examples(t == 1 ? 100 : 0);
+  }
+  EXPECT_EQ(FormatRollback(m),
+            "fm: version 3 now serves, a copy of version 1\n"
+            "task 1: 100 of 100 training examples pending; `adaptctl adapt fm --task=1` learns "
+            "them\n");
+}
+
 TEST(ReportTest, InfluenceListsExamplesInOrder) {
   v1::InfluenceResponse r;
   r.set_query_class(3);
