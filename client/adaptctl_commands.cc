@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <optional>
@@ -392,7 +393,7 @@ std::string CtlUsage() {
     absl::StrAppend(&usage,
                     absl::StrFormat("  %-28s %s\n", absl::StrCat(c.name, " ", c.args), c.help));
   }
-  absl::StrAppend(&usage, "\nflags: adaptctl --helpfull\n");
+  absl::StrAppend(&usage, "\na command's flags: adaptctl help COMMAND; every flag: adaptctl --helpfull\n");
   return usage;
 }
 
@@ -599,6 +600,10 @@ absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& file
   csv.skip_header = options.csv_header;
   ExampleSet all;
   for (size_t i = 0; i < files.size(); ++i) {
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(files[i], error)) {
+      return absl::NotFoundError(absl::StrCat("no such file: ", files[i]));
+    }
     DataFormat format;
     if (!options.format.empty()) {
       ADAPTD_ASSIGN_OR_RETURN(format, ParseDataFormat(options.format));

@@ -1,4 +1,5 @@
 // adaptctl: the command-line client. `adaptctl` with no command lists the commands.
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -7,9 +8,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "client/adaptctl.h"
 #include "client/client.h"
 
@@ -199,6 +203,25 @@ absl::StatusOr<adaptd::ClientOptions> ClientOptionsFromFlags() {
   return o;
 }
 
+// `adaptctl help COMMAND`: the command's usage and each flag its help names, with the flag's
+// own description and default.
+std::string CommandHelp(const adaptd::CtlCommand& c) {
+  std::string text = absl::StrCat("usage: adaptctl [flags] ", c.name, " ", c.args, "\n  ", c.help,
+                                  "\n");
+  std::vector<std::string> seen;
+  for (absl::string_view word : absl::StrSplit(c.help, absl::ByAnyChar(" (),;"))) {
+    if (!absl::ConsumePrefix(&word, "--") || word.empty()) continue;
+    const std::string name(word);
+    if (std::find(seen.begin(), seen.end(), name) != seen.end()) continue;
+    seen.push_back(name);
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) continue;
+    absl::StrAppend(&text, "  --", name, ": ", flag->Help(), " (default: ",
+                    flag->DefaultValue().empty() ? "\"\"" : flag->DefaultValue(), ")\n");
+  }
+  return text;
+}
+
 int Fail(const absl::Status& status) {
   absl::FPrintF(stderr, "adaptctl: %s\n", status.ToString());
   return 1;
@@ -213,8 +236,13 @@ int main(int argc, char** argv) {
     absl::FPrintF(stderr, "%s", adaptd::CtlUsage());
     return 2;
   }
-  const std::string name = positional[1];
-  const std::vector<std::string> args(positional.begin() + 2, positional.end());
+  const bool help = std::string(positional[1]) == "help";
+  if (help && positional.size() == 2) {
+    absl::PrintF("%s", adaptd::CtlUsage());
+    return 0;
+  }
+  const std::string name = positional[help ? 2 : 1];
+  const std::vector<std::string> args(positional.begin() + (help ? 3 : 2), positional.end());
   const adaptd::CtlCommand* command = nullptr;
   for (const adaptd::CtlCommand& c : adaptd::CtlCommands()) {
     if (name == c.name) command = &c;
@@ -222,6 +250,10 @@ int main(int argc, char** argv) {
   if (command == nullptr) {
     absl::FPrintF(stderr, "adaptctl: unknown command '%s'\n\n%s", name, adaptd::CtlUsage());
     return 2;
+  }
+  if (help) {
+    absl::PrintF("%s", CommandHelp(*command));
+    return 0;
   }
   const int n = static_cast<int>(args.size());
   if (n < command->min_args || (command->max_args >= 0 && n > command->max_args)) {

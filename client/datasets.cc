@@ -95,7 +95,10 @@ absl::StatusOr<std::vector<int64_t>> LabelsOf(const v1::Tensor& tensor, const st
                      absl::StrCat("labels must be integers; got ", DataTypeName(tensor.dtype())));
   }
   for (size_t i = 0; i < labels.size(); ++i) {
-    if (labels[i] < 0) return Malformed(path, absl::StrCat("label ", i, " is negative"));
+    if (labels[i] < 0) {
+      return Malformed(path, absl::StrCat("labels must be >= 0; label ", i, " (counting from 0) is ",
+                                          labels[i]));
+    }
   }
   return labels;
 }
@@ -440,7 +443,8 @@ absl::StatusOr<DataFormat> DataFormatOfPath(const std::string& path) {
   if (absl::EndsWith(name, ".npy")) return DataFormat::kNpy;
   if (absl::StrContains(name, "idx") || absl::StrContains(name, "ubyte")) return DataFormat::kIdx;
   return absl::InvalidArgumentError(
-      absl::StrCat("cannot tell the format of ", path, " from its name; name it (idx, csv, npy)"));
+      absl::StrCat("cannot tell the format of ", path,
+                   " from its name (.csv, .npy, or idx/ubyte in it); give --format=idx, csv or npy"));
 }
 
 absl::StatusOr<ExampleSet> ReadExamples(const std::string& path, DataFormat format,

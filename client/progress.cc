@@ -67,17 +67,21 @@ std::string JobProgressText(const v1::JobStatus& status) {
   return text;
 }
 
-ProgressLine::ProgressLine(std::FILE* out, bool interactive)
-    : out_(out), interactive_(interactive) {}
+ProgressLine::ProgressLine(std::FILE* out, bool interactive, absl::Duration log_every)
+    : out_(out), interactive_(interactive), log_every_(log_every) {}
 
 bool ProgressLine::IsTerminal(std::FILE* out) { return isatty(fileno(out)) == 1; }
 
 void ProgressLine::Update(const std::string& text) {
-  if (!interactive_) return;
   const absl::Time now = absl::Now();
-  if (now - last_draw_ < absl::Milliseconds(100)) return;
+  if (now - last_draw_ < (interactive_ ? absl::Milliseconds(100) : log_every_)) return;
   last_draw_ = now;
-  Draw(text);
+  if (interactive_) {
+    Draw(text);
+  } else {
+    std::fprintf(out_, "%s\n", text.c_str());
+    std::fflush(out_);
+  }
 }
 
 void ProgressLine::Finish(const std::string& text) {

@@ -25,18 +25,19 @@ std::string UploadProgressText(int64_t sent, int64_t total, double seconds);
 // state.
 std::string JobProgressText(const v1::JobStatus& status);
 
-// One status line, redrawn in place on a terminal. On anything else (a log file, a pipe) only
-// the final line is written, so logs do not fill with carriage returns.
+// One status line, redrawn in place on a terminal. On anything else (a log file, a pipe) whole
+// lines, the first update at once and then at most one every `log_every`, so that a log shows
+// progress without filling with carriage returns.
 //
 // Thread-compatible.
 class ProgressLine {
  public:
   // Not owned: `out` must outlive this object.
-  ProgressLine(std::FILE* out, bool interactive);
+  ProgressLine(std::FILE* out, bool interactive, absl::Duration log_every = absl::Seconds(10));
   // Whether `out` is a terminal.
   static bool IsTerminal(std::FILE* out);
 
-  // Redraws the line with `text`, at most ten times a second.
+  // Redraws the line with `text`, at most ten times a second (not a terminal: see above).
   void Update(const std::string& text);
   // Writes `text` as the final state of the line and ends it.
   void Finish(const std::string& text);
@@ -46,6 +47,7 @@ class ProgressLine {
 
   std::FILE* const out_;
   const bool interactive_;
+  const absl::Duration log_every_;
   absl::Time last_draw_ = absl::InfinitePast();
   size_t last_width_ = 0;
 };

@@ -304,7 +304,8 @@ std::string FormatPredictions(const std::vector<Prediction>& predictions, int64_
 
 std::string FormatInfluence(const v1::InfluenceResponse& influence) {
   std::string text = absl::StrFormat(
-      "version %d predicts class %d with probability %.4f; %d training examples scored\n"
+      "version %d's mean model (not the posterior average that predict shows by default) predicts "
+      "class %d with probability %.4f; %d training examples scored\n"
       "score = p(without the example) - p(with it): negative supports the prediction\n",
       influence.version(), influence.query_class(), influence.query_probability(),
       influence.examples_scored());

@@ -323,12 +323,22 @@ absl::Status AdaptConfig::Validate() const {
   IvonOptions o = ivon;
   o.ess = 1;  // set per task
   ADAPTD_RETURN_IF_ERROR(o.Validate());
-  if (epochs < 1 || batch_size < 1 || memory_batch_size < 1 || memory_points < 0 ||
-      min_steps < 0 || epochs > kMaxSteps || min_steps > kMaxSteps) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "epochs, batch_size and memory_batch_size must be >= 1, memory_points and min_steps >= 0, "
-        "and epochs and min_steps at most ", kMaxSteps, "; got ", epochs, ", ", batch_size, ", ",
-        memory_batch_size, ", ", memory_points, " and ", min_steps));
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  struct Bound {
+    const char* name;
+    int64_t value, low, high;
+  };
+  for (const Bound& b : {Bound{"epochs", epochs, 1, kMaxSteps},
+                         Bound{"batch_size", batch_size, 1, kNone},
+                         Bound{"memory_batch_size", memory_batch_size, 1, kNone},
+                         Bound{"memory_points", memory_points, 0, kNone},
+                         Bound{"min_steps", min_steps, 0, kMaxSteps}}) {
+    if (b.value < b.low || b.value > b.high) {
+      return absl::InvalidArgumentError(
+          b.high == kNone ? absl::StrCat(b.name, " must be >= ", b.low, "; got ", b.value)
+                          : absl::StrCat(b.name, " must be in [", b.low, ", ", b.high, "]; got ",
+                                         b.value));
+    }
   }
   if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0) ||
       !std::isfinite(fromp_jitter) || !std::isfinite(fromp_tau) || !std::isfinite(ewc_lambda)) {

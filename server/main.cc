@@ -10,6 +10,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "core/tensor_io.h"
 #include "server/auth.h"
 #include "server/server.h"
@@ -55,6 +57,13 @@ std::string ReadOrDie(const std::string& path, const char* flag) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists this file's flags (absl's default looks for a file named after the program).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "server/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage("adaptd: continual-learning training service\n"
                                "  adaptd --data_dir=DIR [--port=50051] [--metrics_port=PORT (off by default)]");
   absl::ParseCommandLine(argc, argv);

@@ -129,7 +129,7 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   v1::CreateModelRequest steps = BlobModel("x", false);
   steps.mutable_config()->set_min_steps(-5);
   EXPECT_STATUS(client_->CreateModel(steps).status(), kInvalidArgument,
-                "and epochs and min_steps at most 1000000000; got");
+                "min_steps must be in [0, 1000000000]; got -5");
   v1::CreateModelRequest precision = BlobModel("x", false);
   precision.mutable_config()->set_weight_precision("fisher");
   EXPECT_STATUS(client_->CreateModel(precision).status(), kInvalidArgument,
@@ -200,7 +200,7 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
                 "update_mask must name at least one LearningConfig field");
   update.mutable_update_mask()->add_paths("epochs");
   EXPECT_STATUS(client_->UpdateConfig(update).status(), kInvalidArgument,
-                "and epochs and min_steps at most 1000000000; got");
+                "epochs must be in [1, 1000000000]; got -3");
   update.mutable_update_mask()->set_paths(0, "method");
   EXPECT_STATUS(client_->UpdateConfig(update).status(), kInvalidArgument,
                 "config.method cannot change: the model's state is built for \"kprior\"");

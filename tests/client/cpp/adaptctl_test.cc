@@ -161,6 +161,11 @@ TEST(AdaptctlTest, LoadsSeveralFilesAsOneSet) {
   o.format = "npy";
   EXPECT_NE(LoadExampleFiles({images}, o).status().message().find("bad magic"),
             absl::string_view::npos);
+  // A missing file is named as missing, whatever its name says of its format.
+  const absl::Status missing = LoadExampleFiles({images + ".gone.gz"}, CtlOptions()).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
+  EXPECT_NE(missing.message().find("no such file: " + images + ".gone.gz"), absl::string_view::npos)
+      << missing;
 }
 
 TEST(AdaptctlTest, UsageListsEveryCommand) {

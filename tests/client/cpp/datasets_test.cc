@@ -238,7 +238,7 @@ TEST(NpyTest, ExamplesAndLabelsFiles) {
   EXPECT_EQ(*FloatValues(set->x), (std::vector<float>{1, 2, 3, 4, 5, 6}));
   EXPECT_EQ(set->labels, (std::vector<int64_t>{1, 0}));
   const std::string negative = WriteFile("neg.npy", Npy("<i8", "(2,)", Raw<int64_t>({1, -1})));
-  EXPECT_TRUE(Contains(ReadNpyExamples(x, negative).status(), "label 1 is negative"));
+  EXPECT_TRUE(Contains(ReadNpyExamples(x, negative).status(), "labels must be >= 0; label 1 (counting from 0) is -1"));
 }
 
 TEST(NpyTest, MalformedFilesGiveClearErrors) {

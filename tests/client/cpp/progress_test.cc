@@ -51,17 +51,20 @@ std::string Contents(std::FILE* f) {
   return text;
 }
 
-TEST(ProgressLineTest, OnlyTheFinalLineWhenNotATerminal) {
-  std::FILE* f = std::tmpfile();
-  ASSERT_NE(f, nullptr);
-  {
-    ProgressLine line(f, /*interactive=*/false);
-    line.Update("one");
-    line.Update("two");
-    line.Finish("done");
+TEST(ProgressLineTest, WholeLinesAtIntervalsWhenNotATerminal) {
+  for (const bool often : {false, true}) {
+    std::FILE* f = std::tmpfile();
+    ASSERT_NE(f, nullptr);
+    {
+      ProgressLine line(f, /*interactive=*/false,
+                        often ? absl::ZeroDuration() : absl::Hours(1));
+      line.Update("one");
+      line.Update("two");
+      line.Finish("done");
+    }
+    EXPECT_EQ(Contents(f), often ? "one\ntwo\ndone\n" : "one\ndone\n");
+    std::fclose(f);
   }
-  EXPECT_EQ(Contents(f), "done\n");
-  std::fclose(f);
 }
 
 TEST(ProgressLineTest, RedrawsInPlaceOnATerminal) {

@@ -197,7 +197,8 @@ TEST(ReportTest, InfluenceListsExamplesInOrder) {
     e->set_score(-0.25 / (i + 1));
   }
   const std::string text = FormatInfluence(r);
-  EXPECT_TRUE(Has(text, "predicts class 3 with probability 0.5000")) << text;
+  EXPECT_TRUE(Has(text, "mean model (not the posterior average that predict shows by default) "
+                        "predicts class 3 with probability 0.5000")) << text;
   const size_t first = text.find("   1        100          -");
   const size_t second = text.find("   2        101          7");
   EXPECT_NE(first, std::string::npos) << text;
