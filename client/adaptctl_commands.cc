@@ -60,7 +60,14 @@ absl::StatusOr<ExampleSet> QueryExamples(const AdaptdClient& client, const std::
     return absl::OutOfRangeError(absl::StrCat("--index ", options.index, " outside the ",
                                               all.size(), " examples of ", file));
   }
-  const int64_t count = std::min(std::max<int64_t>(options.count, 1), all.size() - options.index);
+  if (options.count < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--count must be >= 1; got ", options.count));
+  }
+  const int64_t count = std::min(options.count, all.size() - options.index);
+  if (count < options.count) {
+    absl::FPrintF(stderr, "note: %s has %d examples: %d from --index %d\n", file, all.size(),
+                  count, options.index);
+  }
   std::vector<int64_t> rows(count);
   for (int64_t i = 0; i < count; ++i) rows[i] = options.index + i;
   ADAPTD_ASSIGN_OR_RETURN(ExampleSet some, TakeRows(all, rows));
@@ -284,6 +291,9 @@ absl::Status Influence(const AdaptdClient& client, const CtlOptions& options,
   v1::InfluenceRequest request;
   request.set_model(args[0]);
   *request.mutable_x() = example.x;
+  if (options.top_k < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--top_k must be >= 1; got ", options.top_k));
+  }
   request.set_top_k(options.top_k);
   ADAPTD_ASSIGN_OR_RETURN(v1::Scope scope, ParseScope(options.scope));
   request.set_scope(scope);

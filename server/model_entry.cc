@@ -13,6 +13,7 @@
 #include <limits>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include <torch/torch.h>
 
@@ -476,6 +477,33 @@ std::vector<v1::VersionInfo> ModelEntry::Versions() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<v1::VersionInfo> out;
   for (const auto& v : versions_) out.push_back(v.first);
+  return out;
+}
+
+absl::StatusOr<std::vector<v1::TaskAccuracy>> ModelEntry::EvaluateUnscored(
+    const ModelVersion& version) const {
+  std::set<int64_t> scored;
+  for (const v1::TaskAccuracy& a : version.info().eval()) scored.insert(a.task_id());
+  std::vector<std::tuple<int64_t, std::vector<ExampleBatchData>, at::Tensor>> unscored;
+  {
+    // Tensor handles only under the lock, as a job takes them.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [tid, t] : tasks_) {
+      if (t.eval_count > 0 && scored.count(tid) == 0) {
+        unscored.emplace_back(tid, t.eval, LabelMaskLocked(tid));
+      }
+    }
+  }
+  std::vector<v1::TaskAccuracy> out;
+  for (const auto& [tid, batches, mask] : unscored) {
+    const Dataset data = Concat(batches, nullptr, nullptr);
+    ADAPTD_ASSIGN_OR_RETURN(double accuracy, EvaluateAccuracy(version.state(), data, mask));
+    v1::TaskAccuracy a;
+    a.set_task_id(tid);
+    a.set_accuracy(accuracy);
+    a.set_examples(data.size());
+    out.push_back(std::move(a));
+  }
   return out;
 }
 

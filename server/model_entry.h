@@ -187,6 +187,9 @@ class ModelEntry {
 
   v1::ModelInfo Info() const;
   std::vector<v1::VersionInfo> Versions() const;
+  // `version`'s accuracy on the evaluation examples of each task that its record lacks (their
+  // evaluation examples came after it was published), measured now; not stored.
+  absl::StatusOr<std::vector<v1::TaskAccuracy>> EvaluateUnscored(const ModelVersion& version) const;
   std::vector<std::shared_ptr<Job>> Jobs() const;
 
   // Streams: validate the header, then each batch, then commit them all (durable on return).

@@ -55,6 +55,18 @@ absl::StatusOr<std::shared_ptr<const ModelVersion>> VersionOf(const ModelEntry& 
   return entry.Version(has_version ? version : -1);
 }
 
+// The version's posterior; FAILED_PRECONDITION naming the version if it has learnt nothing.
+absl::StatusOr<Posterior> PosteriorOf(const ModelVersion& version) {
+  auto posterior = version.state().ToPosterior();
+  if (!posterior.ok() && absl::IsFailedPrecondition(posterior.status())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "version ", version.version(), " has learnt no task (a new model's version 0, or a "
+        "rollback to it), so it has no posterior: query a version that learnt a task, or stream "
+        "training data first"));
+  }
+  return posterior;
+}
+
 // The head of `task_id` for multi-head models; undefined when no task is named.
 absl::StatusOr<at::Tensor> HeadMask(const ContinualState& state, bool has_task, int64_t task_id) {
   if (!has_task) return at::Tensor();
@@ -384,7 +396,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       Posterior posterior;
       const Posterior* p = nullptr;
       if (o.mode != PredictMode::kMean) {
-        ADAPTD_ASSIGN_OR_RETURN(posterior, state.ToPosterior());
+        ADAPTD_ASSIGN_OR_RETURN(posterior, PosteriorOf(*version));
         p = &posterior;
       }
       ADAPTD_ASSIGN_OR_RETURN(ModelVersion::Lease lease, version->Acquire());
@@ -425,7 +437,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
             "this model is multi-head: name the query's task_id (influence is measured within "
             "one head)");
       }
-      ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, state.ToPosterior());
+      ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, PosteriorOf(*version));
       ADAPTD_ASSIGN_OR_RETURN(
           ModelEntry::Examples ex,
           ExamplesFor(*entry, *version, request->scope(), request->has_task_id() ? request->task_id() : -1));
@@ -461,7 +473,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       ADAPTD_ASSIGN_OR_RETURN(auto version,
                               VersionOf(*entry, request->has_version(), request->version()));
       const ContinualState& state = version->state();
-      ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, state.ToPosterior());
+      ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, PosteriorOf(*version));
       ADAPTD_ASSIGN_OR_RETURN(ModelEntry::Examples ex, ExamplesFor(*entry, *version, request->scope()));
       response->set_version(version->version());
       const int64_t n = ex.data.size();
@@ -526,7 +538,15 @@ class QueryServiceImpl final : public v1::QueryService::Service {
                         v1::EvaluateResponse* response) override {
     return Handle(c_, "Evaluate", ctx, Role::kReader, [&]() -> absl::Status {
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
-      const std::vector<v1::VersionInfo> versions = entry->Versions();
+      std::vector<v1::VersionInfo> versions = entry->Versions();
+      // The current version on tasks whose evaluation examples came after it was published.
+      const std::shared_ptr<const ModelVersion> served = entry->Current();
+      ADAPTD_ASSIGN_OR_RETURN(std::vector<v1::TaskAccuracy> late, entry->EvaluateUnscored(*served));
+      v1::VersionInfo current = served->info();
+      for (v1::TaskAccuracy& a : late) *current.add_eval() = std::move(a);
+      for (v1::VersionInfo& v : versions) {
+        if (v.version() == current.version()) v = current;
+      }
       const double nan = std::numeric_limits<double>::quiet_NaN();
       int64_t tasks = 0;
       for (const auto& v : versions) {
@@ -545,7 +565,6 @@ class QueryServiceImpl final : public v1::QueryService::Service {
         r->set_task_id(v.task_id());
         for (double a : row_of(v)) r->add_accuracy(a);
       }
-      const v1::VersionInfo& current = entry->Current()->info();
       response->set_version(current.version());
       // The continual-learning matrix: after each task (the last version that learnt it, up to
       // the current version), on every task.

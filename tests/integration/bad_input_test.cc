@@ -178,7 +178,9 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   p.set_model("h");
   p.clear_task_id();
   p.set_mode(v1::PREDICT_MODE_BAYES);
-  EXPECT_STATUS(client_->Predict(p).status(), kFailedPrecondition, "no posterior");
+  EXPECT_STATUS(client_->Predict(p).status(), kFailedPrecondition,
+                "version 0 has learnt no task (a new model's version 0, or a rollback to it), so "
+                "it has no posterior");
   p.set_model("nope");
   EXPECT_STATUS(client_->Predict(p).status(), kNotFound, "no model named \"nope\"");
 

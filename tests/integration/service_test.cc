@@ -546,6 +546,39 @@ TEST(ServiceTest, ARollbackMakesTheExamplesLearntSincePendingAgain) {
   EXPECT_EQ(learnt(after->current()), (Learnt{{0, 64}, {1, 64}}));
 }
 
+// Evaluation examples that come after a version was published: Evaluate measures the current
+// version on them at the call (as the mean model's accuracy, which Predict's mean mode gives
+// too), without storing it in the version's record.
+TEST(ServiceTest, EvaluateMeasuresTheCurrentVersionOnLateEvaluationExamples) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", false, /*epochs=*/2)).ok());
+  auto s = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(64, {0, 1}, 1));
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(WaitJobs(*client, *s), 1);
+  auto before = client->Evaluate("m");
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(before->rows(1).accuracy_size(), 0);
+  EXPECT_TRUE(std::isnan(before->average_accuracy()));
+
+  const Dataset eval = BlobTask(40, {0, 1}, 2);
+  ASSERT_TRUE(StreamData(*client, "m", 0, v1::SPLIT_EVAL, {}, eval).ok());
+  auto after = client->Evaluate("m");
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->rows_size(), 2);
+  ASSERT_EQ(after->rows(1).accuracy_size(), 1);
+  auto p = client->Predict(PredictOn("m", eval.x, v1::PREDICT_MODE_MEAN));
+  ASSERT_TRUE(p.ok()) << p.status();
+  const double expected =
+      Floats(p->labels()).eq(eval.y).to(at::kDouble).mean().item<double>();
+  EXPECT_DOUBLE_EQ(after->rows(1).accuracy(0), expected);
+  EXPECT_DOUBLE_EQ(after->average_accuracy(), expected);
+  EXPECT_TRUE(std::isnan(after->rows(0).accuracy(0)));  // version 0 no longer serves
+  EXPECT_EQ(client->ListVersions("m")->versions(1).eval_size(), 0);
+}
+
 // An imported model's examples that no job had learnt wait for its own timer, from the import.
 TEST(ServiceTest, AnImportedModelsWaitingExamplesGetTheirJob) {
   TempDir dir;
