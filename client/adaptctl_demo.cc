@@ -197,7 +197,7 @@ absl::Status RunDemo(const AdaptdClient& client, const CtlOptions& options,
       "\ndone in %s. Try next:\n"
       "  adaptctl evaluate %s\n"
       "  adaptctl versions %s\n"
-      "  adaptctl predict %s %s --labels %s --index %d --count 5 --task %d\n"
+      "  adaptctl predict %s %s --labels %s --index %d --count 1 --task %d\n"
       "  adaptctl influence %s %s --index %d --task %d --scope all --top_k 10\n"
       "  adaptctl memory-map %s --scope memory --csv memory.csv --svg memory.svg\n"
       "  adaptctl rollback %s 2\n"
