@@ -611,7 +611,7 @@ absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& file
   ExampleSet all;
   for (size_t i = 0; i < files.size(); ++i) {
     std::error_code error;
-    if (!std::filesystem::is_regular_file(files[i], error)) {
+    if (!std::filesystem::exists(files[i], error)) {  // pipes and /dev/fd/N are fine
       return absl::NotFoundError(absl::StrCat("no such file: ", files[i]));
     }
     DataFormat format;

@@ -1,5 +1,7 @@
 #include "server/metrics.h"
 
+#include <sys/socket.h>
+
 #include <httplib.h>
 
 #include <map>
@@ -133,6 +135,12 @@ std::string Metrics::Render() const {
 absl::StatusOr<int> Metrics::Serve(const std::string& host, int port) {
   impl_->http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(Render(), "text/plain; version=0.0.4");
+  });
+  // httplib's default sets SO_REUSEPORT, with which a second server on a busy port would start
+  // and take every other scrape; SO_REUSEADDR only lets a restart rebind at once.
+  impl_->http.set_socket_options([](int sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
   int bound = port;
   if (port == 0) {

@@ -473,11 +473,14 @@ v1::ModelInfo ModelEntry::Info() const {
   return info;
 }
 
-std::vector<v1::VersionInfo> ModelEntry::Versions() const {
+std::vector<v1::VersionInfo> ModelEntry::Versions() const { return VersionsAndCurrent().first; }
+
+std::pair<std::vector<v1::VersionInfo>, std::shared_ptr<const ModelVersion>>
+ModelEntry::VersionsAndCurrent() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<v1::VersionInfo> out;
   for (const auto& v : versions_) out.push_back(v.first);
-  return out;
+  return {std::move(out), current_};
 }
 
 absl::StatusOr<std::vector<v1::TaskAccuracy>> ModelEntry::EvaluateUnscored(
@@ -1059,9 +1062,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   int64_t version;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    TaskExamples& te = tasks_.at(job->task_id());
-    te.learned = std::max(te.learned, end);
-    version = current_->version();
+    version = current_->version();  // Publish set the task's learnt count with it
   }
   if (options_.metrics) options_.metrics->ObserveAdaptation(name_, elapsed());
   job->Update([&](v1::JobStatus& s) {
@@ -1105,6 +1106,9 @@ absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
     std::lock_guard<std::mutex> lock(mu_);
     versions_.emplace_back(info, crc);
     current_ = std::move(version);
+    // With the version, in one step: what it has learnt (a rollback's target's count, a job's
+    // new one).
+    ApplyLearntLocked(info);
     if (options_.metrics) {
       options_.metrics->SetModelVersion(name_, info.version());
       options_.metrics->SetMemorySize(name_, info.memory_size());
@@ -1175,14 +1179,15 @@ bool ModelEntry::Stopping() const {
 }
 
 absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
+  auto busy = [&] {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model ", name_, " has adaptation jobs queued or running; wait for them or cancel them "
+        "before rolling back"));
+  };
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the model is being deleted");
-    if (!queue_.empty() || RunningLocked()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "model ", name_, " has adaptation jobs queued or running; wait for them or cancel "
-          "them before rolling back"));
-    }
+    if (!queue_.empty() || RunningLocked()) return busy();
   }
   ADAPTD_ASSIGN_OR_RETURN(auto target, Version(version));
   v1::VersionInfo info = target->info();
@@ -1196,10 +1201,13 @@ absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
     // Again under commit_mu_ (Stop's fence): a model deleted since the check above may have
     // lost its catalog rows to a new model of its name.
     if (Stopping()) return absl::UnavailableError("the model is being deleted");
-    ADAPTD_RETURN_IF_ERROR(Publish(info, target->state(), ""));
-    // What the target had not learnt is pending again (a job after the rollback learns it).
-    std::lock_guard<std::mutex> lock(mu_);
-    ApplyLearntLocked(info);
+    {
+      // Again under commit_mu_: a job queued since the check above may have published.
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!queue_.empty() || RunningLocked()) return busy();
+    }
+    // Publish also makes what the target had not learnt pending again.
+    ADAPTD_RETURN_IF_ERROR(Publish(std::move(info), target->state(), ""));
   }
   return Info();
 }
@@ -1217,6 +1225,14 @@ absl::StatusOr<std::string> ModelEntry::Export() const {
       map[absl::StrCat("task.", tid, ".classes")] =
           at::tensor(c10::ArrayRef<int64_t>(t.classes), at::kLong).reshape({-1});
       map[absl::StrCat("task.", tid, ".learned")] = ScalarTensor(t.learned);
+      // Held back from the timer by a job that ended; a job still to come would have learnt
+      // its examples, so the copy's timer may.
+      const bool job_to_come =
+          (running_ && !running_->terminal() && running_->task_id() == tid) ||
+          std::any_of(queue_.begin(), queue_.end(),
+                      [&](const auto& job) { return job->task_id() == tid; });
+      map[absl::StrCat("task.", tid, ".taken")] =
+          ScalarTensor(job_to_come ? t.learned : std::max(t.learned, t.taken));
       for (const auto* list : {&t.train, &t.eval}) {
         for (const auto& b : *list) {
           const std::string p = absl::StrCat("batch.", i++, ".");
@@ -1296,16 +1312,20 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     }
     auto learned = GetInt(map, absl::StrCat("task.", tid, ".learned"));
     t.learned = learned.ok() ? *learned : 0;
+    auto taken = GetInt(map, absl::StrCat("task.", tid, ".taken"));  // absent in older snapshots
+    t.taken = taken.ok() ? *taken : t.learned;
     int64_t train = 0;
     for (const auto& b : t.train) train += b.size();
     const bool classes_ok = std::all_of(t.classes.begin(), t.classes.end(), [&](int64_t c) {
       return c >= 0 && c < spec.num_classes;
     });
-    if (t.learned < 0 || t.learned > train || !classes_ok) {
+    if (t.learned < 0 || t.learned > train || t.taken < t.learned || t.taken > train ||
+        !classes_ok) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "snapshot task ", tid, ": ", t.learned, " examples learnt of ", train,
-          ", classes [", absl::StrJoin(t.classes, ", "), "] (must lie in [0, ",
-          spec.num_classes, "))"));
+          "snapshot task ", tid, ": ", t.learned, " examples learnt, ", t.taken,
+          " held back from the timer, ", train, " training examples (expected 0 <= learnt <= "
+          "held back <= training examples); classes [", absl::StrJoin(t.classes, ", "),
+          "] (must lie in [0, ", spec.num_classes, "))"));
     }
   }
   // Tasks are numbered 0, 1, ... in arrival order; so are the evaluation results.
@@ -1361,6 +1381,16 @@ absl::Status ModelEntry::WriteImported(std::map<int64_t, TaskExamples>& tasks,
     if (t.learned > 0) {
       JobRow row{NewJobId(), name, tid, 0, t.learned, v1::JOB_STATE_SUCCEEDED,
                  "learnt before the export", 0, NowMs(), ""};
+      s = options.catalog->InsertJob(row);
+      if (!s.ok()) return s;
+    }
+    // Examples the exporting model's timer left alone (a failed or cancelled job's, or learnt
+    // after a rollback's target) stay so: a job row holds them, as recovery reads it.
+    if (t.taken > t.learned) {
+      JobRow row{NewJobId(), name, tid, t.learned, t.taken, v1::JOB_STATE_FAILED,
+                 "held back before the export (a failed or cancelled job, or a rollback); the "
+                 "task's next job learns them",
+                 -1, NowMs(), ""};
       s = options.catalog->InsertJob(row);
       if (!s.ok()) return s;
     }

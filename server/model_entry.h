@@ -187,6 +187,9 @@ class ModelEntry {
 
   v1::ModelInfo Info() const;
   std::vector<v1::VersionInfo> Versions() const;
+  // Every version's record and the version that serves, read together.
+  std::pair<std::vector<v1::VersionInfo>, std::shared_ptr<const ModelVersion>> VersionsAndCurrent()
+      const;
   // `version`'s accuracy on the evaluation examples of each task that its record lacks (their
   // evaluation examples came after it was published), measured now; not stored.
   absl::StatusOr<std::vector<v1::TaskAccuracy>> EvaluateUnscored(const ModelVersion& version) const;

@@ -538,9 +538,8 @@ class QueryServiceImpl final : public v1::QueryService::Service {
                         v1::EvaluateResponse* response) override {
     return Handle(c_, "Evaluate", ctx, Role::kReader, [&]() -> absl::Status {
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
-      std::vector<v1::VersionInfo> versions = entry->Versions();
+      auto [versions, served] = entry->VersionsAndCurrent();
       // The current version on tasks whose evaluation examples came after it was published.
-      const std::shared_ptr<const ModelVersion> served = entry->Current();
       ADAPTD_ASSIGN_OR_RETURN(std::vector<v1::TaskAccuracy> late, entry->EvaluateUnscored(*served));
       v1::VersionInfo current = served->info();
       for (v1::TaskAccuracy& a : late) *current.add_eval() = std::move(a);

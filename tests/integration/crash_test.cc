@@ -370,7 +370,14 @@ TEST(LifecycleTest, ImportValidatesTheSnapshot) {
   bad["task.0.learned"] = ScalarTensor(int64_t{51});
   auto refused = client->Import("copy", SerializeTensors(bad));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
-  EXPECT_NE(refused.status().message().find("51 examples learnt of 50"), std::string::npos);
+  EXPECT_NE(refused.status().message().find("51 examples learnt, 50 held back from the timer, 50 "
+                                            "training examples"),
+            std::string::npos)
+      << refused.status();
+  bad = *map;
+  bad["task.0.taken"] = ScalarTensor(int64_t{49});  // below what was learnt
+  EXPECT_EQ(client->Import("copy", SerializeTensors(bad)).status().code(),
+            absl::StatusCode::kInvalidArgument);
   bad = *map;
   bad["batch.0.y"] = at::full({50}, 7, at::kLong);
   EXPECT_EQ(client->Import("copy", SerializeTensors(bad)).status().code(),

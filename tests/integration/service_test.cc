@@ -484,13 +484,16 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
 }
 
 // A rollback goes back to what its target had learnt: the examples learnt since are pending
-// again (after a restart and in an export too), and the task's next job learns them.
+// again (after a restart and in an export too), the timer leaves them alone, and the task's
+// next job learns them.
 TEST(ServiceTest, ARollbackMakesTheExamplesLearntSincePendingAgain) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
-  ASSERT_TRUE(client->CreateModel(BlobModel("m", false, /*epochs=*/2)).ok());
+  v1::CreateModelRequest r = BlobModel("m", false, /*epochs=*/2);
+  r.mutable_config()->set_adapt_after_seconds(0.2);
+  ASSERT_TRUE(client->CreateModel(r).ok());
   for (int64_t t = 0; t < 2; ++t) {
     auto s = StreamData(*client, "m", t, v1::SPLIT_TRAIN, {},
                         BlobTask(64, {2 * t, 2 * t + 1}, 1 + t));
@@ -521,6 +524,9 @@ TEST(ServiceTest, ARollbackMakesTheExamplesLearntSincePendingAgain) {
   ASSERT_TRUE(copy.ok()) << copy.status();
   EXPECT_EQ(copy->tasks(1).pending_examples(), 64);
   EXPECT_EQ(learnt(copy->current()), (Learnt{{0, 64}, {1, 0}}));
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // five of the timer's waits
+  EXPECT_EQ(client->ListJobs("m")->jobs_size(), 2);
+  EXPECT_EQ(client->ListJobs("copy")->jobs_size(), 0);
 
   // A restart agrees, though the jobs that learnt task 1 succeeded.
   (*server)->Kill();
@@ -530,6 +536,16 @@ TEST(ServiceTest, ARollbackMakesTheExamplesLearntSincePendingAgain) {
   auto client2 = (*restarted)->Client();
   EXPECT_EQ(client2->GetModel("m")->tasks(1).pending_examples(), 64);
   EXPECT_EQ(client2->GetModel("copy")->tasks(1).pending_examples(), 64);
+  // The import's records of what it brought, which the restart read back.
+  auto copy_jobs = client2->ListJobs("copy");
+  ASSERT_TRUE(copy_jobs.ok()) << copy_jobs.status();
+  ASSERT_EQ(copy_jobs->jobs_size(), 2);
+  EXPECT_EQ(copy_jobs->jobs(0).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(copy_jobs->jobs(1).state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(copy_jobs->jobs(1).message(), ::testing::HasSubstr("held back before the export"));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_EQ(client2->ListJobs("m")->jobs_size(), 2);
+  EXPECT_EQ(client2->ListJobs("copy")->jobs_size(), 2);
 
   // The task's next job (here a closing stream with no examples, adaptctl adapt) learns them.
   v1::StreamHeader retry;

@@ -96,6 +96,15 @@ TEST(ServerTest, RefusesADataDirectoryOrAPortInUse) {
   auto busy = Server::Create(same_port);
   EXPECT_EQ(busy.status().code(), absl::StatusCode::kUnavailable) << busy.status();
   first->reset();
+  o.metrics_port = 0;
+  first = Server::Create(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ServerOptions same_metrics = same_port;
+  same_metrics.port = 0;
+  same_metrics.metrics_port = (*first)->metrics_port();
+  auto busy_metrics = Server::Create(same_metrics);
+  EXPECT_EQ(busy_metrics.status().code(), absl::StatusCode::kUnavailable) << busy_metrics.status();
+  first->reset();
   auto again = Server::Create(o);
   EXPECT_TRUE(again.ok()) << again.status();
 }
