@@ -41,7 +41,8 @@ and explore the model the demo left behind:
   ./build/client/adaptctl get $model
   ./build/client/adaptctl evaluate $model
   ./build/client/adaptctl memory-map $model --csv=memory.csv --svg=memory.svg
-  ./build/client/adaptctl predict $model /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --task=4 --index=0 --count=5
+  ./build/client/adaptctl predict $model /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --labels=/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz --task=4 --index=0 --count=1
+(test image 0 is an ankle boot, one of task 4's classes: the demo's model has a head per task)
 Stream your own data (IDX, CSV or NPY) with 'adaptctl stream', from Python with the package in
 client/python (PYTHONPATH=build/python), and read docs/api.md for every RPC.
 MSG
