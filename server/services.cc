@@ -67,9 +67,15 @@ absl::StatusOr<Posterior> PosteriorOf(const ModelVersion& version) {
   return posterior;
 }
 
-// The head of `task_id` for multi-head models; undefined when no task is named.
+// The head of `task_id` for multi-head models (which must name one: their heads are trained
+// apart, so a softmax over all of them means nothing); undefined for a single head.
 absl::StatusOr<at::Tensor> HeadMask(const ContinualState& state, bool has_task, int64_t task_id) {
-  if (!has_task) return at::Tensor();
+  if (!has_task) {
+    if (!state.task_masks.defined()) return at::Tensor();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "this model is multi-head: name the query's task_id, in [0, ", state.task_masks.size(0),
+        ") (each head is trained on its task's classes alone)"));
+  }
   if (!state.task_masks.defined()) {
     return absl::InvalidArgumentError(
         "task_id applies to multi-head models; this one has a single head (or has learnt no "
@@ -432,11 +438,6 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       InfluenceOptions o;
       o.top_k = request->top_k() == 0 ? 10 : request->top_k();
       ADAPTD_ASSIGN_OR_RETURN(o.label_mask, HeadMask(state, request->has_task_id(), request->task_id()));
-      if (state.task_masks.defined() && !request->has_task_id()) {
-        return absl::InvalidArgumentError(
-            "this model is multi-head: name the query's task_id (influence is measured within "
-            "one head)");
-      }
       ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, PosteriorOf(*version));
       ADAPTD_ASSIGN_OR_RETURN(
           ModelEntry::Examples ex,

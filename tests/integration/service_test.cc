@@ -221,6 +221,12 @@ TEST(ServiceTest, EveryRpcThroughTheClient) {
   EXPECT_EQ(rolled->current().version(), 3);
   EXPECT_EQ(rolled->current().rolled_back_from(), 1);
   v1::PredictRequest now = PredictOn("m", evals[0].x, v1::PREDICT_MODE_MEAN);
+  // A multi-head model answers within a head only.
+  auto headless = client->Predict(now);
+  EXPECT_EQ(headless.status().code(), absl::StatusCode::kInvalidArgument) << headless.status();
+  EXPECT_THAT(std::string(headless.status().message()),
+              ::testing::HasSubstr("this model is multi-head: name the query's task_id, in [0, 1)"));  // version 1's tasks
+  now.set_task_id(0);
   v1::PredictRequest at1 = now;
   at1.set_version(1);
   auto p_now = client->Predict(now);
