@@ -830,6 +830,14 @@ bool ModelEntry::RunningLocked() const {
 
 void ModelEntry::Start() { actor_ = std::thread([this] { RunActor(); }); }
 
+void ModelEntry::InterruptJobs() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // the actor checks the flag under it, then waits
+    interrupt_jobs_ = true;
+  }
+  cv_.notify_all();
+}
+
 void ModelEntry::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -855,7 +863,7 @@ void ModelEntry::RunActor() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       while (true) {
-        if (stopping_) return;  // before the timer: a stopping model queues nothing new
+        if (stopping_ || interrupt_jobs_) return;  // before the timer: nothing new queued
         // Overdue examples join the queue's end between jobs, even while the queue stays busy
         // (not during a job: the actor is training then).
         const auto due = QueueOverdueJobsLocked();
@@ -890,7 +898,7 @@ void ModelEntry::RunActor() {
 }
 
 void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
-  auto stopping = [this] { return Stopping(); };
+  auto stopping = [this] { return Stopping() || interrupt_jobs_.load(); };
   auto finish = [&](v1::JobState state, const std::string& message) {
     (void)options_.catalog->UpdateJob(job->id(), state, message, -1);
     job->Update([&](v1::JobStatus& s) {

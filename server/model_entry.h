@@ -228,6 +228,9 @@ class ModelEntry {
 
   // Stops the actor: the running job is interrupted and stays queued for the next start.
   void Stop();
+  // The first step of a server shutdown: the running job is interrupted (it stays queued for
+  // the next start) and no job starts, while streams may still store examples.
+  void InterruptJobs();
   // Stops and removes every file of the model (the caller removes the catalog rows).
   absl::Status Destroy();
 
@@ -305,6 +308,7 @@ class ModelEntry {
   std::vector<std::shared_ptr<Job>> jobs_;
   std::shared_ptr<Job> running_;
   bool stopping_ = false;
+  std::atomic<bool> interrupt_jobs_{false};
   std::thread actor_;
 };
 

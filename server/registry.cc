@@ -152,11 +152,18 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Add(
     options = EntryOptions(name);
   }
   auto entry = make(options);
-  std::lock_guard<std::mutex> lock(mu_);
-  reserved_.erase(name);
-  if (!entry.ok()) return entry.status();
-  std::shared_ptr<ModelEntry> shared = *std::move(entry);
-  models_[name] = shared;
+  std::shared_ptr<ModelEntry> shared;
+  bool interrupted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reserved_.erase(name);
+    if (!entry.ok()) return entry.status();
+    shared = *std::move(entry);
+    models_[name] = shared;
+    interrupted = interrupting_;
+  }
+  // Created while the server shuts down (outside mu_: an entry's lock is never taken under it).
+  if (interrupted) shared->InterruptJobs();
   return shared;
 }
 
@@ -201,6 +208,14 @@ absl::StatusOr<v1::JobStatus> Registry::CancelJob(const std::string& id) {
   ADAPTD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(id));
   ADAPTD_ASSIGN_OR_RETURN(std::shared_ptr<ModelEntry> entry, Get(job->Status().model()));
   return entry->Cancel(job);
+}
+
+void Registry::InterruptJobs() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // Add reads it under mu_ too: no entry is missed
+    interrupting_ = true;
+  }
+  for (auto& e : List()) e->InterruptJobs();
 }
 
 void Registry::Shutdown() {

@@ -3,6 +3,7 @@
 #ifndef ADAPTD_SERVER_REGISTRY_H_
 #define ADAPTD_SERVER_REGISTRY_H_
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <set>
@@ -52,6 +53,10 @@ class Registry {
   Catalog* catalog() { return catalog_.get(); }
   // Stops every actor: running jobs stay queued for the next start.
   void Shutdown();
+  // Interrupts every running job (it stays queued for the next start) and starts none, while
+  // calls in flight finish: the first step of a server shutdown.
+  void InterruptJobs();
+  bool interrupting() const { return interrupting_.load(); }
 
  private:
   explicit Registry(const RegistryOptions& options) : options_(options), slots_(options.max_concurrent_jobs) {}
@@ -75,6 +80,7 @@ class Registry {
   std::set<std::string> reserved_;
   // Models in the catalog that failed to load at start, with the reason.
   std::map<std::string, std::string> failed_;
+  std::atomic<bool> interrupting_{false};
 };
 
 }  // namespace adaptd

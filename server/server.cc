@@ -116,6 +116,9 @@ void Server::Wait() { impl_->server->Wait(); }
 void Server::Shutdown(double grace_seconds) {
   if (!impl_) return;
   std::call_once(impl_->shutdown_once, [&] {
+    // Training stops first: a job that a watcher keeps a call open for must not go on training
+    // (and publish) through the grace period.
+    if (impl_->registry) impl_->registry->InterruptJobs();
     if (impl_->server) {
       impl_->server->Shutdown(std::chrono::system_clock::now() +
                               std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000)));

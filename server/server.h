@@ -57,8 +57,9 @@ class Server {
   int metrics_port() const;
   // Blocks until Shutdown() is called from another thread.
   void Wait();
-  // Stops accepting calls, waits (up to `grace_seconds`) for calls in flight, then stops the
-  // models' actors: a running adaptation is interrupted and resumes on the next start.
+  // Interrupts running adaptations first (they resume on the next start; no job starts after
+  // this), stops accepting calls, waits (up to `grace_seconds`) for calls in flight, then stops
+  // the models' actors.
   void Shutdown(double grace_seconds = 5.0);
 
  private:

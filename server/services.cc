@@ -337,6 +337,10 @@ class LearningServiceImpl final : public v1::LearningService::Service {
             s == v1::JOB_STATE_CANCELLED) {
           return absl::OkStatus();
         }
+        if (c_.registry->interrupting() && s == v1::JOB_STATE_QUEUED) {
+          return absl::UnavailableError(
+              "the server is shutting down; the job stays queued and runs after it restarts");
+        }
         std::this_thread::sleep_until(last_write + kGap);
       }
       return absl::CancelledError("the watch was cancelled");

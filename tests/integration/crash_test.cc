@@ -220,13 +220,19 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
   auto s = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(300, {0, 1}, 1));
   ASSERT_TRUE(s.ok()) << s.status();
   int exit_status = -1;
-  (void)client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
-    if (exit_status < 0 && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
-      exit_status = (*server)->Terminate();
-    }
-  });
+  // The watch keeps a call open through the shutdown's grace period; the job must not train on
+  // (and publish) meanwhile, and the watcher is told why its watch ends.
+  const absl::Status watched =
+      client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
+        if (exit_status < 0 && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
+          exit_status = (*server)->Terminate();
+        }
+      }).status();
   ASSERT_GE(exit_status, 0) << "the job ended before it could be interrupted";
   EXPECT_TRUE(WIFEXITED(exit_status) && WEXITSTATUS(exit_status) == 0) << exit_status;
+  EXPECT_EQ(watched.code(), absl::StatusCode::kUnavailable) << watched;
+  EXPECT_THAT(std::string(watched.message()), ::testing::HasSubstr("the server is shutting down"));
+  EXPECT_EQ(DirDigest(dir.path() + "/models/m/versions").size(), 1u);  // version 0 only
   server->reset();
 
   auto restarted = ServerProcess::Start(dir.path());
