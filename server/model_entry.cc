@@ -767,6 +767,13 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
 absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id) {
   TaskExamples& te = tasks_.at(task_id);
   if (te.train_count == te.learned) return std::shared_ptr<Job>();
+  // A job of the task that has not started takes every example pending when it starts: a
+  // second one would find nothing left to learn.
+  for (const auto& queued : queue_) {
+    if (queued->task_id() != task_id) continue;
+    te.taken = std::max(te.taken, te.train_count);
+    return queued;
+  }
   JobRow row;
   row.id = NewJobId();
   row.model = name_;

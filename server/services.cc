@@ -263,7 +263,13 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           range->set_count(count);
           response->set_examples(response->examples() + count);
         }
-        for (const auto& id : r.job_ids) response->add_job_ids(id);
+        for (const auto& id : r.job_ids) {
+          // An online stream's chunks may share a job that has not started yet.
+          if (std::find(response->job_ids().begin(), response->job_ids().end(), id) ==
+              response->job_ids().end()) {
+            response->add_job_ids(id);
+          }
+        }
         response->set_version(r.version);
         return absl::OkStatus();
       };
