@@ -226,8 +226,8 @@ absl::Status Trainer::CheckLearnt(const Dataset& data, const at::Tensor& label_m
         steps_, " of ", total_steps_, " (peak learning rate ", peak,
         "). If the run diverged (e.g. a task learnt as one class), lower the learning rate, raise "
         "the initial Hessian (hess_init) or set a clip radius; if it barely moved (a posterior "
-        "of far more data than the task holds), raise the learning rate, the epochs or (in "
-        "Adapt) min_steps"));
+        "of far more data than the task holds), raise the learning rate, the epochs or "
+        "min_steps"));
   });
 }
 

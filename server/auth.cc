@@ -1,5 +1,6 @@
 #include "server/auth.h"
 
+#include <map>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -33,6 +34,7 @@ const char* RoleName(Role role) {
 
 absl::StatusOr<TokenAuth> TokenAuth::Parse(const std::string& text) {
   TokenAuth auth;
+  std::map<std::string, int> first_line;
   std::istringstream lines(text);
   std::string line;
   for (int n = 1; std::getline(lines, line); ++n) {
@@ -53,6 +55,13 @@ absl::StatusOr<TokenAuth> TokenAuth::Parse(const std::string& text) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "tokens file line ", n, ": role must be admin, writer or reader; got \"", role, "\""));
+    }
+    // Which of two roles a repeated token should have is not for the server to guess.
+    const auto [first, added] = first_line.emplace(token, n);
+    if (!added) {
+      return absl::InvalidArgumentError(absl::StrCat("tokens file line ", n,
+                                                     ": its token is already on line ",
+                                                     first->second, "; each token must appear once"));
     }
     auth.tokens_.emplace_back(token, r);
   }

@@ -106,7 +106,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   builder.RegisterService(impl->query.get());
   impl->server = builder.BuildAndStart();
   if (!impl->server || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address,
+        options.tls_cert.empty()
+            ? " (is the port in use?)"
+            : " (is the port in use, or were the TLS certificate and key refused? gRPC's log "
+              "above says which)"));
   }
   return std::unique_ptr<Server>(new Server(std::move(impl), port));
 }

@@ -1,4 +1,5 @@
 // The real server on 127.0.0.1:0, called through the real client.
+#include "server/auth.h"
 #include "server/server.h"
 
 #include <gtest/gtest.h>
@@ -107,6 +108,17 @@ TEST(ServerTest, RefusesADataDirectoryOrAPortInUse) {
   first->reset();
   auto again = Server::Create(o);
   EXPECT_TRUE(again.ok()) << again.status();
+}
+
+// A token listed twice is refused (with both lines, not the token), whatever the roles.
+TEST(TokenAuthTest, RefusesARepeatedToken) {
+  auto twice = TokenAuth::Parse("tok reader\n# the admins\nboss admin\ntok admin\n");
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(twice.status().message(),
+            "tokens file line 4: its token is already on line 1; each token must appear once");
+  auto ok = TokenAuth::Parse("tok reader\nboss admin\n");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE(ok->enabled());
 }
 
 // A device the machine lacks, or a misspelt one, stops the start with a reason; nothing is
