@@ -2,6 +2,7 @@
 
 import math
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -297,8 +298,16 @@ class Client:
         return last
 
     def wait_jobs(self, job_ids, timeout=None, check=True):
-        """wait_job for each id in turn; a list of their last JobStatus."""
-        return [self.wait_job(job_id, timeout=timeout, check=check) for job_id in job_ids]
+        """wait_job for each id in turn; a list of their last JobStatus.
+
+        timeout: seconds for all of them together (DEADLINE_EXCEEDED raises AdaptdError).
+        """
+        if timeout is None:
+            return [self.wait_job(job_id, check=check) for job_id in job_ids]
+        deadline = time.monotonic() + timeout
+        # A job that has ended answers at once, so even a spent budget may still cover it.
+        return [self.wait_job(job_id, timeout=max(deadline - time.monotonic(), 0.001), check=check)
+                for job_id in job_ids]
 
     @wrap_rpc_errors
     def cancel_job(self, job_id, timeout=None):
@@ -317,24 +326,51 @@ class Client:
 
     @wrap_rpc_errors
     def predict(self, model, x, mode="bayes", samples=64, task_id=None, version=None, seed=0,
-                timeout=None):
+                timeout=None, batch_size=None):
         """Predictions for x [B, input_shape...] (float32, or uint8 scaled by 1/255).
 
         mode: "bayes" (average over posterior samples), "mean" or "linearized". Returns a dict:
         version (int), probs float32 [B, K], labels int64 [B], total_entropy,
         expected_entropy, mutual_information float32 [B] and std float32 [B, K]; None for
         any the server left out.
+
+        Inputs too large for one message go as several requests of batch_size examples (by
+        default as many as fit, question and answer, in half of max_message_bytes), all on the
+        version the first one answered from. Each request draws its own samples, so in bayes and linearized mode
+        a split changes the draws (not their distribution).
         """
-        request = query_pb2.PredictRequest(
-            model=model, x=to_tensor(as_features(x)),
-            mode=enum_value(query_pb2.PredictMode.DESCRIPTOR, mode), samples=int(samples),
-            seed=int(seed), task_id=_optional_int(task_id), version=_optional_int(version))
-        response = self._query.Predict(request, timeout=self._deadline(timeout),
-                                       metadata=self._metadata)
-        result = {"version": response.version}
-        for name in ("probs", "labels", "total_entropy", "expected_entropy", "mutual_information",
-                     "std"):
-            result[name] = from_tensor(getattr(response, name))
+        x = as_features(x)
+        if x.ndim == 0:
+            raise ValueError("x must be [B, input_shape...]")
+        if batch_size is None:
+            budget = self.max_message_bytes // 2
+            features = max(1, int(np.prod(x.shape[1:])))
+            if len(x) * 4 * features <= budget:
+                batch_size = max(len(x), 1)
+            else:
+                # A row of the answer: probs and std (K floats each), a label, three entropies.
+                classes = self.get_model(model, timeout=timeout).spec.num_classes
+                batch_size = max(1, budget // (4 * features + 8 * classes + 20))
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        names = ("probs", "labels", "total_entropy", "expected_entropy", "mutual_information",
+                 "std")
+        parts = {name: [] for name in names}
+        for start in range(0, max(len(x), 1), batch_size):
+            request = query_pb2.PredictRequest(
+                model=model, x=to_tensor(x[start:start + batch_size]),
+                mode=enum_value(query_pb2.PredictMode.DESCRIPTOR, mode), samples=int(samples),
+                seed=int(seed), task_id=_optional_int(task_id), version=_optional_int(version))
+            response = self._query.Predict(request, timeout=self._deadline(timeout),
+                                           metadata=self._metadata)
+            version = response.version  # the rest on the same version
+            for name in names:
+                parts[name].append(from_tensor(getattr(response, name)))
+        result = {"version": version}
+        for name in names:
+            pieces = parts[name]
+            result[name] = None if any(p is None for p in pieces) else (
+                pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
         return result
 
     @wrap_rpc_errors

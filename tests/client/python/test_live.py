@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from adaptd.v1 import learning_pb2, model_pb2
-from adaptd_client import AdaptdError, ids_from_ranges
+from adaptd_client import AdaptdError, Client, ids_from_ranges
 from synthetic import blobs
 
 PER_CLASS = 64
@@ -209,6 +209,21 @@ def test_predict(client, trained):
     # uint8 examples are accepted (and scaled by 1/255 on the server).
     as_bytes = client.predict(trained.name, np.zeros((2, 2), dtype=np.uint8), mode="mean")
     assert as_bytes["probs"].shape == (2, NUM_CLASSES)
+
+
+def test_predict_splits_large_inputs(client, trained, server):
+    x = np.concatenate([trained.x[t] for t in range(TASKS)])
+    whole = client.predict(trained.name, x, mode="mean")
+    split = client.predict(trained.name, x, mode="mean", batch_size=7)
+    assert split["version"] == whole["version"]
+    for name in ("probs", "labels", "std"):
+        np.testing.assert_array_equal(split[name], whole[name], err_msg=name)
+    # Sized by itself when the input outgrows the messages: a client with a small limit.
+    with Client(server.target, max_message_bytes=4096) as small:
+        auto = small.predict(trained.name, np.repeat(x, 20, axis=0), mode="mean")
+    np.testing.assert_array_equal(auto["probs"], np.repeat(whole["probs"], 20, axis=0))
+    with pytest.raises(ValueError):
+        client.predict(trained.name, x, mode="mean", batch_size=0)
 
 
 def test_predict_pinned_version(client, trained):
