@@ -11,6 +11,8 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -90,7 +92,8 @@ ServerOptions Options(const std::string& dir) {
 // `rollbacks` rollbacks (each publishes a version with a checkpoint of its own).
 std::string MakeDataDir(int rollbacks) {
   char templ[] = "/tmp/adaptd_startup_XXXXXX";
-  const std::string dir = OrDie(absl::StatusOr<std::string>(mkdtemp(templ)), "mkdtemp");
+  if (mkdtemp(templ) == nullptr) bench::Die("mkdtemp", absl::InternalError(std::strerror(errno)));
+  const std::string dir = templ;
   auto server = OrDie(Server::Create(Options(dir)), "server");
   auto client = OrDie(AdaptdClient::Create(absl::StrCat("127.0.0.1:", server->port())), "client");
   OrDie(client->CreateModel(ModelRequest()).status(), "CreateModel");

@@ -764,13 +764,21 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
   return result;
 }
 
+std::shared_ptr<Job> ModelEntry::QueuedJobLocked(int64_t task_id) const {
+  for (const auto& job : queue_) {
+    if (job->task_id() == task_id) return job;
+  }
+  return nullptr;
+}
+
 absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id) {
   TaskExamples& te = tasks_.at(task_id);
   if (te.train_count == te.learned) return std::shared_ptr<Job>();
   // A job of the task that has not started takes every example pending when it starts: a
-  // second one would find nothing left to learn.
-  for (const auto& queued : queue_) {
-    if (queued->task_id() != task_id) continue;
+  // second one would find nothing left to learn. Not one that a restart resumed: it learns
+  // exactly the range it had started on.
+  if (std::shared_ptr<Job> queued = QueuedJobLocked(task_id);
+      queued != nullptr && !queued->resumed_range()) {
     te.taken = std::max(te.taken, te.train_count);
     return queued;
   }
@@ -804,9 +812,7 @@ std::chrono::steady_clock::time_point ModelEntry::QueueOverdueJobsLocked() {
   for (auto& [task_id, te] : tasks_) {
     if (!te.Waiting()) continue;
     // A queued job takes every example pending when it starts, these included.
-    const bool queued = std::any_of(queue_.begin(), queue_.end(),
-                                    [&](const auto& job) { return job->task_id() == task_id; });
-    if (queued) continue;
+    if (QueuedJobLocked(task_id) != nullptr) continue;
     const Clock::time_point due = te.waiting_since + wait;
     if (due > now) {
       next = std::min(next, due);
@@ -1012,18 +1018,17 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
         /*urgent=*/false);
   };
   auto should_stop = [&] { return job->cancel_requested() || stopping(); };
+  // Shutdown: the job stays queued in the catalog and resumes on the next start.
+  auto interrupted = [&] {
+    (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED, kInterruptedByShutdown, -1);
+    job->Update([&](v1::JobStatus& s) {
+      s.set_state(v1::JOB_STATE_QUEUED);
+      s.set_message(kInterruptedByShutdown);
+    });
+  };
   auto result = Adapt(base->state(), task, adapt, progress, should_stop);
   if (!result.ok()) {
-    if (stopping() && !job->cancel_requested()) {
-      // Shutdown: the job stays queued in the catalog and resumes on the next start.
-      (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED, kInterruptedByShutdown,
-                                        -1);
-      job->Update([&](v1::JobStatus& s) {
-        s.set_state(v1::JOB_STATE_QUEUED);
-        s.set_message(kInterruptedByShutdown);
-      });
-      return;
-    }
+    if (stopping() && !job->cancel_requested()) return interrupted();
     if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while running");
     return finish(v1::JOB_STATE_FAILED, result.status().ToString());
   }
@@ -1071,6 +1076,8 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
                                  "examples stay pending for the task's next stream, or the "
                                  "adapt_after_seconds timer"));
     }
+    // Nothing publishes once a shutdown began, even a job that had just finished training.
+    if (stopping() && !job->cancel_requested()) return interrupted();
     published = Publish(std::move(info), std::move(result->state), job->id());
   }
   if (!published.ok()) return finish(v1::JOB_STATE_FAILED, published.ToString());
@@ -1217,7 +1224,8 @@ absl::StatusOr<v1::ModelInfo> ModelEntry::Rollback(int64_t version) {
     // lost its catalog rows to a new model of its name.
     if (Stopping()) return absl::UnavailableError("the model is being deleted");
     {
-      // Again under commit_mu_: a job queued since the check above may have published.
+      // Again under commit_mu_, which a job publishes under: a job queued since the check
+      // above must not be voided by this rollback (nor its result replaced) unasked.
       std::lock_guard<std::mutex> lock(mu_);
       if (!queue_.empty() || RunningLocked()) return busy();
     }
@@ -1244,8 +1252,7 @@ absl::StatusOr<std::string> ModelEntry::Export() const {
       // its examples, so the copy's timer may.
       const bool job_to_come =
           (running_ && !running_->terminal() && running_->task_id() == tid) ||
-          std::any_of(queue_.begin(), queue_.end(),
-                      [&](const auto& job) { return job->task_id() == tid; });
+          QueuedJobLocked(tid) != nullptr;
       map[absl::StrCat("task.", tid, ".taken")] =
           ScalarTensor(job_to_come ? t.learned : std::max(t.learned, t.taken));
       for (const auto* list : {&t.train, &t.eval}) {

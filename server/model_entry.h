@@ -269,6 +269,8 @@ class ModelEntry {
   // REQUIRES: commit_mu_ held, or the actor not yet started.
   void DeleteOldCheckpoints();
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
+  // The task's job that waits in the queue, if any. REQUIRES: mu_ held.
+  std::shared_ptr<Job> QueuedJobLocked(int64_t task_id) const;
   // Each task's learnt examples as `info` records them (nothing if it has no record).
   // REQUIRES: mu_ held, or the actor not yet started.
   void ApplyLearntLocked(const v1::VersionInfo& info);

@@ -57,14 +57,13 @@ absl::StatusOr<std::shared_ptr<const ModelVersion>> VersionOf(const ModelEntry& 
 
 // The version's posterior; FAILED_PRECONDITION naming the version if it has learnt nothing.
 absl::StatusOr<Posterior> PosteriorOf(const ModelVersion& version) {
-  auto posterior = version.state().ToPosterior();
-  if (!posterior.ok() && absl::IsFailedPrecondition(posterior.status())) {
+  if (version.state().tasks_seen == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "version ", version.version(), " has learnt no task (a new model's version 0, or a "
         "rollback to it), so it has no posterior: query a version that learnt a task, or stream "
         "training data first"));
   }
-  return posterior;
+  return version.state().ToPosterior();
 }
 
 // The head of `task_id` for multi-head models (which must name one: their heads are trained

@@ -342,36 +342,51 @@ class Client:
         x = as_features(x)
         if x.ndim == 0:
             raise ValueError("x must be [B, input_shape...]")
-        if batch_size is None:
-            budget = self.max_message_bytes // 2
-            features = max(1, int(np.prod(x.shape[1:])))
-            if len(x) * 4 * features <= budget:
-                batch_size = max(len(x), 1)
-            else:
-                # A row of the answer: probs and std (K floats each), a label, three entropies.
-                classes = self.get_model(model, timeout=timeout).spec.num_classes
-                batch_size = max(1, budget // (4 * features + 8 * classes + 20))
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be positive")
+        budget = self.max_message_bytes // 2
+        features = max(1, int(np.prod(x.shape[1:])))
+        if batch_size is None and len(x) * 4 * features > budget:
+            batch_size = self._predict_rows(model, features, timeout)
         names = ("probs", "labels", "total_entropy", "expected_entropy", "mutual_information",
                  "std")
-        parts = {name: [] for name in names}
-        for start in range(0, max(len(x), 1), batch_size):
-            request = query_pb2.PredictRequest(
-                model=model, x=to_tensor(x[start:start + batch_size]),
-                mode=enum_value(query_pb2.PredictMode.DESCRIPTOR, mode), samples=int(samples),
-                seed=int(seed), task_id=_optional_int(task_id), version=_optional_int(version))
-            response = self._query.Predict(request, timeout=self._deadline(timeout),
-                                           metadata=self._metadata)
-            version = response.version  # the rest on the same version
-            for name in names:
-                parts[name].append(from_tensor(getattr(response, name)))
+
+        def run(rows):
+            parts, pinned = {name: [] for name in names}, version
+            for start in range(0, max(len(x), 1), rows):
+                request = query_pb2.PredictRequest(
+                    model=model, x=to_tensor(x[start:start + rows]),
+                    mode=enum_value(query_pb2.PredictMode.DESCRIPTOR, mode), samples=int(samples),
+                    seed=int(seed), task_id=_optional_int(task_id), version=_optional_int(pinned))
+                response = self._query.Predict(request, timeout=self._deadline(timeout),
+                                               metadata=self._metadata)
+                pinned = response.version  # the rest on the same version
+                for name in names:
+                    parts[name].append(from_tensor(getattr(response, name)))
+            return parts, pinned
+
+        if batch_size is not None:
+            parts, version = run(batch_size)
+        else:
+            try:
+                parts, version = run(max(len(x), 1))
+            except grpc.RpcError as e:
+                # The question fitted; the answer (K numbers a row, two arrays of them) did not.
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                parts, version = run(self._predict_rows(model, features, timeout))
         result = {"version": version}
         for name in names:
             pieces = parts[name]
             result[name] = None if any(p is None for p in pieces) else (
                 pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
         return result
+
+    def _predict_rows(self, model, features, timeout):
+        """Rows per Predict request whose question and answer each fit in half a message."""
+        classes = self.get_model(model, timeout=timeout).spec.num_classes
+        # A row of the answer: probs and std (K floats each), a label, three entropies.
+        return max(1, (self.max_message_bytes // 2) // (4 * features + 8 * classes + 20))
 
     @wrap_rpc_errors
     def influence(self, model, x, top_k=10, scope="memory", task_id=None, version=None,
