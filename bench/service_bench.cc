@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "bench/bench_util.h"
+#include "bench/model_request.h"
 #include "client/client.h"
 #include "core/continual.h"
 #include "core/data/tasks.h"
@@ -49,21 +50,6 @@ double Quantile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   const size_t i = std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())));
   return v[i];
-}
-
-v1::CreateModelRequest ModelRequest(const std::string& name, int64_t epochs) {
-  v1::CreateModelRequest r;
-  r.set_name(name);
-  r.mutable_spec()->set_architecture("mlp");
-  r.mutable_spec()->add_input_shape(784);
-  r.mutable_spec()->set_num_classes(10);
-  r.mutable_spec()->add_hidden(256);
-  r.mutable_spec()->add_hidden(256);
-  r.mutable_config()->set_epochs(epochs);
-  r.mutable_config()->set_memory_points(200);
-  r.mutable_config()->set_replay_correction(true);
-  r.mutable_config()->set_seed(1);
-  return r;
 }
 
 std::vector<v1::ExampleBatch> Batches(const Dataset& d, int64_t size) {
@@ -150,8 +136,8 @@ int Main() {
   const int64_t epochs = absl::GetFlag(FLAGS_epochs);
   std::vector<double> direct, service, ratio;
   for (int rep = 0; rep < absl::GetFlag(FLAGS_reps); ++rep) {
-    const double a = InProcess(tasks, ModelRequest("unused", epochs));
-    const double b = ThroughService(*client, tasks, ModelRequest(absl::StrCat("tp", rep), epochs));
+    const double a = InProcess(tasks, bench::MlpModelRequest("unused", epochs));
+    const double b = ThroughService(*client, tasks, bench::MlpModelRequest(absl::StrCat("tp", rep), epochs));
     direct.push_back(examples / a);
     service.push_back(examples / b);
     ratio.push_back(a / b);
@@ -161,7 +147,7 @@ int Main() {
   }
 
   // 2. Latency: a model that has learnt task 0, idle and while another model adapts.
-  OrDie(client->CreateModel(ModelRequest("query", 1)).status(), "CreateModel");
+  OrDie(client->CreateModel(bench::MlpModelRequest("query", 1)).status(), "CreateModel");
   v1::StreamHeader h;
   h.set_model("query");
   auto r0 = OrDie(client->StreamExamples(h, Batches(tasks[0].train, 500)), "stream");
@@ -187,7 +173,7 @@ int Main() {
   };
   const int n = absl::GetFlag(FLAGS_requests);
   for (Cell& c : cells) c.idle = MeasurePredict(*client, request_for(c), c.batch == 1 ? n : n / 4);
-  OrDie(client->CreateModel(ModelRequest("busy", 1000)).status(), "CreateModel");
+  OrDie(client->CreateModel(bench::MlpModelRequest("busy", 1000)).status(), "CreateModel");
   h.set_model("busy");
   auto busy = OrDie(client->StreamExamples(h, Batches(tasks[0].train, 500)), "stream");
   // Measure once the job is training (a watcher follows it in the background).

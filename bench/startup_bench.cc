@@ -24,6 +24,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
+#include "bench/model_request.h"
 #include "client/client.h"
 #include "server/convert.h"
 #include "server/crc32c.h"
@@ -67,20 +68,6 @@ void CrcThroughput(int reps, double* portable_gbs, double* hardware_gbs) {
   *hardware_gbs = hardware.empty() ? 0 : Median(hardware);
 }
 
-v1::CreateModelRequest ModelRequest() {
-  v1::CreateModelRequest r;
-  r.set_name("m");
-  r.mutable_spec()->set_architecture("mlp");
-  r.mutable_spec()->add_input_shape(784);
-  r.mutable_spec()->set_num_classes(10);
-  r.mutable_spec()->add_hidden(256);
-  r.mutable_spec()->add_hidden(256);
-  r.mutable_config()->set_epochs(1);
-  r.mutable_config()->set_memory_points(200);
-  r.mutable_config()->set_seed(1);
-  return r;
-}
-
 ServerOptions Options(const std::string& dir) {
   ServerOptions o;
   o.port = 0;
@@ -96,7 +83,7 @@ std::string MakeDataDir(int rollbacks) {
   const std::string dir = templ;
   auto server = OrDie(Server::Create(Options(dir)), "server");
   auto client = OrDie(AdaptdClient::Create(absl::StrCat("127.0.0.1:", server->port())), "client");
-  OrDie(client->CreateModel(ModelRequest()).status(), "CreateModel");
+  OrDie(client->CreateModel(bench::MlpModelRequest("m", 1)).status(), "CreateModel");
   at::Generator gen = at::detail::createCPUGenerator(3);
   v1::ExampleBatch batch;
   *batch.mutable_x() = TensorToProto(at::rand({2000, 784}, gen));
