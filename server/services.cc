@@ -576,11 +576,20 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       }
       response->set_version(current.version());
       // The continual-learning matrix: after each task (the last version that learnt it, up to
-      // the current version), on every task.
+      // the current version), on every task. Only versions whose learning the current one
+      // holds: one a rollback went back past (the current version has learnt less of its task
+      // than it had) is not in the served model's history.
+      auto learnt = [](const v1::VersionInfo& v, int64_t task) {
+        const auto it = v.learnt().per_task().find(task);
+        return it == v.learnt().per_task().end() ? int64_t{0} : it->second;
+      };
       std::map<int64_t, std::vector<double>> after_task;
       for (const auto& v : versions) {
         if (v.version() > current.version()) break;
-        if (v.task_id() >= 0) after_task[v.task_id()] = row_of(v);
+        if (v.task_id() < 0) continue;
+        const bool held = !current.has_learnt() || !v.has_learnt() ||
+                          learnt(current, v.task_id()) >= learnt(v, v.task_id());
+        if (held) after_task[v.task_id()] = row_of(v);
       }
       const std::vector<double> now = row_of(current);
       double sum = 0;

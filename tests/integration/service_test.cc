@@ -621,6 +621,42 @@ TEST(ServiceTest, EvaluateMeasuresTheCurrentVersionOnLateEvaluationExamples) {
   EXPECT_EQ(client->ListVersions("m")->versions(1).eval_size(), 0);
 }
 
+// After a rollback, Evaluate's continual-learning figures follow the served model's history: a
+// task learnt only by a version the rollback went back past is not forgotten, it was never
+// learnt (its accuracy row stays listed).
+TEST(ServiceTest, EvaluateAfterARollbackCountsTheServedHistory) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", false, /*epochs=*/2)).ok());
+  for (int64_t t = 0; t < 2; ++t) {
+    const std::vector<int64_t> classes = {2 * t, 2 * t + 1};
+    ASSERT_TRUE(
+        StreamData(*client, "m", t, v1::SPLIT_EVAL, {}, BlobTask(40, classes, 10 + t)).ok());
+    auto s = StreamData(*client, "m", t, v1::SPLIT_TRAIN, {}, BlobTask(64, classes, 1 + t));
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_EQ(WaitJobs(*client, *s), t + 1);
+  }
+  auto before = client->Evaluate("m");
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_EQ(before->forgetting_size(), 2);
+  EXPECT_NEAR(before->average_forgetting(), before->forgetting(0), 1e-12);
+
+  ASSERT_TRUE(client->Rollback("m", 1).ok());
+  auto after = client->Evaluate("m");
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->rows_size(), 4);
+  ASSERT_EQ(after->forgetting_size(), 2);
+  EXPECT_NEAR(after->forgetting(0), 0.0, 1e-12);  // version 3 is version 1's state
+  EXPECT_TRUE(std::isnan(after->forgetting(1))) << after->forgetting(1);
+  EXPECT_TRUE(std::isnan(after->average_forgetting())) << after->average_forgetting();
+  EXPECT_TRUE(std::isnan(after->backward_transfer())) << after->backward_transfer();
+  // Version 2's row stays, and the served version is measured on task 1 too.
+  EXPECT_EQ(after->rows(2).accuracy_size(), 2);
+  EXPECT_FALSE(std::isnan(after->rows(3).accuracy(1)));
+}
+
 // An imported model's examples that no job had learnt wait for its own timer, from the import.
 TEST(ServiceTest, AnImportedModelsWaitingExamplesGetTheirJob) {
   TempDir dir;
