@@ -13,7 +13,6 @@
 #include <limits>
 #include <random>
 #include <set>
-#include <tuple>
 
 #include <torch/torch.h>
 
@@ -483,31 +482,41 @@ ModelEntry::VersionsAndCurrent() const {
   return {std::move(out), current_};
 }
 
-absl::StatusOr<std::vector<v1::TaskAccuracy>> ModelEntry::EvaluateUnscored(
-    const ModelVersion& version) const {
-  std::set<int64_t> scored;
-  for (const v1::TaskAccuracy& a : version.info().eval()) scored.insert(a.task_id());
-  std::vector<std::tuple<int64_t, std::vector<ExampleBatchData>, at::Tensor>> unscored;
-  {
-    // Tensor handles only under the lock, as a job takes them.
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [tid, t] : tasks_) {
-      if (t.eval_count > 0 && scored.count(tid) == 0) {
-        unscored.emplace_back(tid, t.eval, LabelMaskLocked(tid));
-      }
+std::vector<ModelEntry::EvalSet> ModelEntry::EvalSetsLocked(const std::set<int64_t>& skip) const {
+  std::vector<EvalSet> sets;
+  for (const auto& [tid, t] : tasks_) {
+    if (t.eval_count > 0 && skip.count(tid) == 0) {
+      sets.push_back({tid, t.eval, LabelMaskLocked(tid)});
     }
   }
+  return sets;
+}
+
+absl::StatusOr<std::vector<v1::TaskAccuracy>> ModelEntry::Score(const ContinualState& state,
+                                                               const std::vector<EvalSet>& sets) {
   std::vector<v1::TaskAccuracy> out;
-  for (const auto& [tid, batches, mask] : unscored) {
-    const Dataset data = Concat(batches, nullptr, nullptr);
-    ADAPTD_ASSIGN_OR_RETURN(double accuracy, EvaluateAccuracy(version.state(), data, mask));
+  for (const EvalSet& set : sets) {
+    const Dataset data = Concat(set.batches, nullptr, nullptr);
+    ADAPTD_ASSIGN_OR_RETURN(double accuracy, EvaluateAccuracy(state, data, set.mask));
     v1::TaskAccuracy a;
-    a.set_task_id(tid);
+    a.set_task_id(set.task_id);
     a.set_accuracy(accuracy);
     a.set_examples(data.size());
     out.push_back(std::move(a));
   }
   return out;
+}
+
+absl::StatusOr<std::vector<v1::TaskAccuracy>> ModelEntry::EvaluateUnscored(
+    const ModelVersion& version) const {
+  std::set<int64_t> scored;
+  for (const v1::TaskAccuracy& a : version.info().eval()) scored.insert(a.task_id());
+  std::vector<EvalSet> unscored;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    unscored = EvalSetsLocked(scored);
+  }
+  return Score(version.state(), unscored);
 }
 
 std::vector<std::shared_ptr<Job>> ModelEntry::Jobs() const {
@@ -933,11 +942,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   bool resumed = false;
   task.task_id = job->task_id();
   int64_t begin, end;
-  std::vector<std::pair<int64_t, Dataset>> evals;  // task id, eval set
-  std::map<int64_t, at::Tensor> masks;
   std::shared_ptr<const ModelVersion> base;
   std::vector<ExampleBatchData> train_batches;
-  std::vector<std::pair<int64_t, std::vector<ExampleBatchData>>> eval_batches;
+  std::vector<EvalSet> evals;
   {
     // Only tensor handles (views of the rows to learn) are taken under the lock (batches are
     // never modified); the concatenation happens outside it, so queries are not held up, and
@@ -959,10 +966,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     te.taken = std::max(te.taken, end);
     train_batches = SliceBatches(te.train, begin, end);
     task.label_mask = LabelMaskLocked(job->task_id());
-    for (const auto& [tid, t] : tasks_) {
-      if (t.eval_count > 0) eval_batches.emplace_back(tid, t.eval);
-      masks[tid] = LabelMaskLocked(tid);
-    }
+    evals = EvalSetsLocked();
     base = current_;
     adapt = adapt_;
     config = config_;
@@ -982,12 +986,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     adapt.device = options_.device;
     config = std::move(started);
   }
-  {
-    task.train = Concat(train_batches, &task.ids, nullptr);
-    for (const auto& [tid, batches] : eval_batches) {
-      evals.emplace_back(tid, Concat(batches, nullptr, nullptr));
-    }
-  }
+  task.train = Concat(train_batches, &task.ids, nullptr);
   if (end == begin) {
     job->Update([](v1::JobStatus& s) { s.set_examples(0); });
     return finish(v1::JOB_STATE_SUCCEEDED,
@@ -1049,14 +1048,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
           tid == task.task_id ? std::max(te.learned, end) : te.learned;
     }
   }
-  for (const auto& [tid, data] : evals) {
-    auto acc = EvaluateAccuracy(result->state, data, masks[tid]);
-    if (!acc.ok()) return finish(v1::JOB_STATE_FAILED, acc.status().ToString());
-    v1::TaskAccuracy* a = info.add_eval();
-    a->set_task_id(tid);
-    a->set_accuracy(*acc);
-    a->set_examples(data.size());
-  }
+  auto scored = Score(result->state, evals);
+  if (!scored.ok()) return finish(v1::JOB_STATE_FAILED, scored.status().ToString());
+  for (v1::TaskAccuracy& a : *scored) *info.add_eval() = std::move(a);
   info.set_adapt_seconds(elapsed());
   absl::Status published;
   {

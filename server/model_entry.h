@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -271,6 +272,17 @@ class ModelEntry {
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
   // The task's job that waits in the queue, if any. REQUIRES: mu_ held.
   std::shared_ptr<Job> QueuedJobLocked(int64_t task_id) const;
+  // A task's evaluation examples (tensor handles, taken under mu_) and its head.
+  struct EvalSet {
+    int64_t task_id;
+    std::vector<ExampleBatchData> batches;
+    at::Tensor mask;
+  };
+  // Every task with evaluation examples but those in `skip`. REQUIRES: mu_ held.
+  std::vector<EvalSet> EvalSetsLocked(const std::set<int64_t>& skip = {}) const;
+  // `state`'s accuracy on each set (the examples are concatenated here, outside any lock).
+  static absl::StatusOr<std::vector<v1::TaskAccuracy>> Score(const ContinualState& state,
+                                                            const std::vector<EvalSet>& sets);
   // Each task's learnt examples as `info` records them (nothing if it has no record).
   // REQUIRES: mu_ held, or the actor not yet started.
   void ApplyLearntLocked(const v1::VersionInfo& info);
