@@ -4,6 +4,7 @@
 
 #include <httplib.h>
 
+#include <chrono>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -152,6 +153,12 @@ absl::StatusOr<int> Metrics::Serve(const std::string& host, int port) {
     return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", host, ":", port));
   }
   impl_->http_thread = std::thread([this] { impl_->http.listen_after_bind(); });
+  // httplib's stop() does nothing until the listening loop has begun: a server destroyed just
+  // after it started would wait in accept() forever. Return once it runs.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!impl_->http.is_running() && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   return bound;
 }
 
