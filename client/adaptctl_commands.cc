@@ -371,8 +371,8 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"export", "NAME FILE", 2, 2, "save a snapshot of the current version", Export},
       {"import", "NAME FILE", 2, 2, "create a model from a snapshot", Import},
       {"stream", "NAME FILE...", 2, -1,
-       "upload examples to a task (--task --split --classes --format --labels --batch "
-       "--keep_open --watch --select_classes --limit)",
+       "upload examples to a task (--task --split --classes --format --labels --label_column "
+       "--csv_header --csv_labels --batch --keep_open --watch --select_classes --limit)",
        Stream},
       {"adapt", "NAME", 1, 1,
        "queue a job for a task's examples not yet learnt, e.g. after a failed job and a "
@@ -382,9 +382,12 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"jobs", "NAME", 1, 1, "a model's adaptation jobs, oldest first", Jobs},
       {"cancel", "JOB_ID", 1, 1, "cancel an adaptation job", Cancel},
       {"predict", "NAME FILE", 2, 2,
-       "predictions with uncertainty (--index --count --mode --samples --seed --task --version)", Predict},
+       "predictions with uncertainty (--index --count --mode --samples --seed --task --version; "
+       "reading FILE: --format --labels --label_column --csv_header --csv_labels)",
+       Predict},
       {"influence", "NAME FILE", 2, 2,
-       "training examples that most influence a prediction (--index --top_k --scope --task --version)",
+       "training examples that most influence a prediction (--index --top_k --scope --task "
+       "--version; reading FILE: --format --labels --label_column --csv_header --csv_labels)",
        Influence},
       {"memory-map", "NAME", 1, 1, "per-example error and variance (--csv --svg --scope --version)",
        MemoryMap},

@@ -88,15 +88,16 @@ ABSL_FLAG(uint64_t, seed, Defaults().seed, "create: the model's seed; predict: t
 
 // stream and data files
 ABSL_FLAG(int64_t, task, Defaults().task,
-          "stream: the task (0, 1, ...); predict, influence: predict within this task's classes");
+          "stream, adapt: the task (0, 1, ...); predict, influence: predict within this task's "
+          "classes");
 ABSL_FLAG(std::string, split, Defaults().split, "stream: train or eval");
 ABSL_FLAG(std::string, format, Defaults().format, "idx, csv or npy (empty: by file name)");
 ABSL_FLAG(std::string, labels, Defaults().labels,
           "IDX or NPY labels files, comma-separated, one per data file");
-ABSL_FLAG(int64_t, batch, Defaults().batch, "stream: examples per message");
+ABSL_FLAG(int64_t, batch, Defaults().batch, "stream, demo: examples per message");
 ABSL_FLAG(bool, keep_open, Defaults().keep_open,
           "stream: more training streams of this task follow; do not adapt yet");
-ABSL_FLAG(bool, watch, Defaults().watch, "stream: then follow the adaptation jobs it queued");
+ABSL_FLAG(bool, watch, Defaults().watch, "stream, adapt: then follow the adaptation jobs queued");
 ABSL_FLAG(bool, select_classes, Defaults().select_classes,
           "stream: send only the examples whose label is in --classes");
 ABSL_FLAG(int64_t, limit, Defaults().limit, "stream: send at most this many examples (0: all)");

@@ -16,7 +16,7 @@ PACKAGES=(
   # Data sets: Fashion-MNIST and scikit-learn's bundled sets.
   dataset-fashion-mnist python3-sklearn python3-numpy
   # Python client and its tests.
-  python3-grpcio python3-protobuf python3-pytest python3-venv
+  python3-grpcio python3-protobuf python3-pytest python3-venv python3-wheel
   # The TLS test makes its certificates with openssl.
   openssl
 )
