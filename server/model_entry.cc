@@ -333,6 +333,25 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   // Jobs: finished ones are history; queued or running ones start again from the published
   // version (adaptation is deterministic given the version, the data and the seed).
   ADAPTD_ASSIGN_OR_RETURN(std::vector<JobRow> jobs, options.catalog->ListJobs(row.name));
+  // Every example a job took or a version learnt had been acknowledged, so its log holds it: a
+  // log with fewer training examples lost acknowledged ones (a file removed or cut short).
+  auto lost = [&](int64_t task, int64_t needed, const std::string& who) -> absl::Status {
+    const auto it = e.tasks_.find(task);
+    const int64_t held = it == e.tasks_.end() ? 0 : it->second.train_count;
+    if (needed <= held) return absl::OkStatus();
+    return absl::DataLossError(absl::StrCat("model ", row.name, ": task ", task,
+                                            "'s example log holds ", held,
+                                            " training examples, but ", who, " ", needed));
+  };
+  for (const JobRow& j : jobs) {
+    ADAPTD_RETURN_IF_ERROR(lost(j.task_id, j.end, absl::StrCat("job ", j.id, " took")));
+  }
+  if (e.current_->info().has_learnt()) {
+    for (const auto& [tid, count] : e.current_->info().learnt().per_task()) {
+      ADAPTD_RETURN_IF_ERROR(
+          lost(tid, count, absl::StrCat("version ", e.current_->version(), " learnt")));
+    }
+  }
   for (JobRow& j : jobs) {
     if (e.tasks_.count(j.task_id) == 0) continue;
     TaskExamples& te = e.tasks_[j.task_id];
@@ -928,8 +947,20 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
       s.set_message(message);
     });
   };
+  // A job that shutdown stops before it publishes goes back to the queue's front, as the catalog
+  // has it: a Rollback in the shutdown's grace period sees it (and refuses, as with any queued
+  // job), a CancelJob finds and cancels it, and the next start runs it.
+  auto requeue = [&] {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_front(job);
+    if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+  };
   if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while queued");
-  if (!options_.slots->Acquire(stopping)) return;  // shutting down: stays queued
+  // Waiting for a training slot (other models hold them all) ends at a cancel too.
+  if (!options_.slots->Acquire([&] { return stopping() || job->cancel_requested(); })) {
+    if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while queued");
+    return requeue();  // shutting down: stays queued
+  }
   struct SlotGuard {
     JobSlots* slots;
     ~SlotGuard() { slots->Release(); }
@@ -1024,6 +1055,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
       s.set_state(v1::JOB_STATE_QUEUED);
       s.set_message(kInterruptedByShutdown);
     });
+    requeue();
   };
   auto result = Adapt(base->state(), task, adapt, progress, should_stop);
   if (!result.ok()) {

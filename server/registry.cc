@@ -51,7 +51,7 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
       // until DeleteModel removes it.
       std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", row.name.c_str(),
                    entry.status().ToString().c_str());
-      r.failed_[row.name] = entry.status().ToString();
+      r.failed_[row.name] = absl::StrCat("loading it at start failed: ", entry.status().ToString());
       continue;
     }
     r.models_[row.name] = *std::move(entry);
@@ -88,8 +88,8 @@ ModelEntryOptions Registry::EntryOptions(const std::string& name) {
 namespace {
 
 std::string NotLoaded(const std::string& name, const std::string& why) {
-  return absl::StrCat("model \"", name, "\" exists on disk but could not be loaded at start (",
-                      why, "); DeleteModel removes it");
+  return absl::StrCat("model \"", name, "\" exists on disk but is not loaded (", why,
+                      "); DeleteModel removes it");
 }
 
 }  // namespace
@@ -117,6 +117,11 @@ absl::Status Registry::CheckNewName(const std::string& name) const {
   }
   if (models_.count(name) || reserved_.count(name)) {
     return absl::AlreadyExistsError(absl::StrCat("a model named \"", name, "\" exists"));
+  }
+  if (deleting_.count(name)) {
+    return absl::UnavailableError(absl::StrCat("the model named \"", name,
+                                               "\" is being deleted; try again once its "
+                                               "DeleteModel has returned"));
   }
   auto failed = failed_.find(name);
   if (failed != failed_.end()) return absl::AlreadyExistsError(NotLoaded(name, failed->second));
@@ -181,19 +186,29 @@ absl::Status Registry::Delete(const std::string& name) {
     }
     entry = it->second;
     models_.erase(it);
+    // The name stays taken until the files are gone: a model created under it meanwhile would
+    // have its new files removed by this deletion.
+    deleting_.insert(name);
   }
   // Stop the actor and fence in-flight streams first, so nothing writes a row for the model
   // after its rows are gone; then the catalog (once its rows are gone the model is gone, and a
   // start removes any files a crash leaves), then the files.
   entry->Stop();
-  ADAPTD_RETURN_IF_ERROR(catalog_->DeleteModel(name));
-  if (options_.metrics) options_.metrics->RemoveModel(name);
-  absl::Status removed = entry->Destroy();
-  if (!removed.ok()) {
-    std::fprintf(stderr, "adaptd: model %s deleted, but its files remain: %s\n", name.c_str(),
-                 removed.ToString().c_str());
+  const absl::Status rows = catalog_->DeleteModel(name);
+  if (rows.ok()) {
+    if (options_.metrics) options_.metrics->RemoveModel(name);
+    const absl::Status removed = entry->Destroy();
+    if (!removed.ok()) {
+      std::fprintf(stderr, "adaptd: model %s deleted, but its files remain: %s\n", name.c_str(),
+                   removed.ToString().c_str());
+    }
   }
-  return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(mu_);
+  deleting_.erase(name);
+  // Its actor has stopped but its rows remain: it is kept as a model that is not loaded, which
+  // a later DeleteModel removes (and a restart loads again).
+  if (!rows.ok()) failed_[name] = absl::StrCat("deleting it failed: ", rows.ToString());
+  return rows;
 }
 
 absl::StatusOr<std::shared_ptr<Job>> Registry::FindJob(const std::string& id) const {

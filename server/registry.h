@@ -78,6 +78,8 @@ class Registry {
   std::map<std::string, std::weak_ptr<Job>> jobs_;
   // Names whose creation or import is under way.
   std::set<std::string> reserved_;
+  // Names whose deletion is under way: not yet free for a new model.
+  std::set<std::string> deleting_;
   // Models in the catalog that failed to load at start, with the reason.
   std::map<std::string, std::string> failed_;
   std::atomic<bool> interrupting_{false};

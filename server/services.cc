@@ -333,7 +333,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         v1::JobStatus status;
         const uint64_t seq = job->WaitForChange(seen, 500, &status);
         if (seq != seen) {
-          if (!writer->Write(status)) return absl::OkStatus();  // the client went away
+          if (!writer->Write(status)) return absl::CancelledError("the client went away");
           seen = seq;
           last_write = std::chrono::steady_clock::now();
         }
@@ -486,9 +486,8 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       ADAPTD_ASSIGN_OR_RETURN(Posterior posterior, PosteriorOf(*version));
       ADAPTD_ASSIGN_OR_RETURN(ModelEntry::Examples ex, ExamplesFor(*entry, *version, request->scope()));
       response->set_version(version->version());
-      const int64_t n = ex.data.size();
       const int64_t k = entry->spec().num_classes;
-      if (n == 0) {
+      auto empty = [&]() {
         for (auto* t : {response->mutable_error(), response->mutable_variance(), response->mutable_lambda()}) {
           *t = TensorToProto(at::zeros({0, k}));
         }
@@ -498,17 +497,26 @@ class QueryServiceImpl final : public v1::QueryService::Service {
           *t = TensorToProto(at::zeros({0}, at::kLong));
         }
         return absl::OkStatus();
-      }
-      ADAPTD_ASSIGN_OR_RETURN(ModelVersion::Lease lease, version->Acquire());
-      const Covariance sigma = Covariance::FromPosterior(posterior);
-      // Multi-head: each example is scored within its own task's head.
+      };
+      if (ex.data.size() == 0) return empty();
+      // Multi-head: each example is scored within its own task's head, and the examples of tasks
+      // this version has no head for (streamed after it, or not learnt yet) are left out.
       std::vector<int64_t> groups = {-1};
       if (state.task_masks.defined()) {
         const at::Tensor u = std::get<0>(at::_unique(ex.task_ids));
-        groups.assign(u.data_ptr<int64_t>(), u.data_ptr<int64_t>() + u.numel());
+        groups.clear();
+        for (int64_t i = 0; i < u.numel(); ++i) {
+          const int64_t g = u[i].item<int64_t>();
+          if (HeadMask(state, true, g).ok()) groups.push_back(g);
+        }
+        if (groups.empty()) return empty();
       }
+      ADAPTD_ASSIGN_OR_RETURN(ModelVersion::Lease lease, version->Acquire());
+      const Covariance sigma = Covariance::FromPosterior(posterior);
       std::vector<at::Tensor> order, err, var, lam, sens;
-      double nll_sum = 0, acc_sum = 0;
+      double nll_sum = 0;
+      double acc_sum = 0;
+      int64_t n = 0;
       for (int64_t g : groups) {
         const at::Tensor index = g < 0 ? at::arange(ex.data.size(), at::kLong)
                                        : ex.task_ids.eq(g).nonzero().reshape({-1});
@@ -528,6 +536,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
         sens.push_back(map.sensitivity.cpu());
         nll_sum += loo.nll * d.size();
         acc_sum += loo.accuracy * d.size();
+        n += d.size();
       }
       const at::Tensor idx = at::cat(order);
       *response->mutable_example_ids() = TensorToProto(ex.ids.index_select(0, idx));

@@ -1,16 +1,16 @@
 // kill -9 the server while a client streams and while an adaptation runs: after a restart
 // every acknowledged example and every published version is there, bit for bit, and the
 // interrupted job runs again to the result an uninterrupted run gives.
-#include <atomic>
-#include <thread>
-
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-
-#include <fstream>
 
 #include "core/tensor_io.h"
 #include "server/catalog.h"
@@ -288,6 +288,59 @@ TEST(LifecycleTest, DeleteDuringAJobThenRecreateStartsClean) {
   EXPECT_EQ(again->version_count(), 1);
 }
 
+// CreateModel racing DeleteModel of the same name: the name is free only once the deletion has
+// removed the old files, so a creation that succeeds keeps its own files and stays usable (it
+// takes examples, and it loads after a restart). Twenty rounds, each a fresh race.
+TEST(LifecycleTest, CreateRacingDeleteOfTheSameNameKeepsTheNewModel) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  auto creator = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("r", false, 1)).ok());
+  int refused = 0;
+  for (int round = 0; round < 20; ++round) {
+    // The old model holds examples, so its deletion has files to remove.
+    ASSERT_TRUE(StreamData(*client, "r", 0, v1::SPLIT_TRAIN, {0, 1}, BlobTask(64, {0, 1}, round),
+                           64, /*keep_open=*/true)
+                    .ok());
+    std::atomic<bool> go{false};
+    absl::Status deleted;
+    std::thread remover([&] {
+      while (!go) std::this_thread::yield();
+      deleted = client->DeleteModel("r").status();
+    });
+    go = true;
+    absl::Status created;
+    for (int attempt = 0; attempt < 10000; ++attempt) {
+      created = creator->CreateModel(BlobModel("r", false, 1)).status();
+      if (created.ok()) break;
+      // The old model still there, or its deletion still under way.
+      ASSERT_TRUE(created.code() == absl::StatusCode::kAlreadyExists ||
+                  created.code() == absl::StatusCode::kUnavailable)
+          << created;
+      if (created.code() == absl::StatusCode::kUnavailable) ++refused;
+    }
+    remover.join();
+    ASSERT_TRUE(deleted.ok()) << deleted;
+    ASSERT_TRUE(created.ok()) << created;
+    auto info = client->GetModel("r");
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->tasks_size(), 0) << "round " << round;
+    auto more = StreamData(*client, "r", 0, v1::SPLIT_TRAIN, {0, 1}, BlobTask(8, {0, 1}, 99), 64,
+                           /*keep_open=*/true);
+    ASSERT_TRUE(more.ok()) << "round " << round << ": " << more.status();
+  }
+  std::printf("creations refused while the deletion ran: %d\n", refused);
+  (*server)->Terminate();
+  server->reset();
+  auto restarted = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto again = (*restarted)->Client()->GetModel("r");
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->tasks_size(), 1);
+}
+
 // A creation that a crash cut before version 0 (a model row, no version) and a directory
 // without a catalog row are cleaned up at start; the name is free again.
 TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
@@ -310,6 +363,36 @@ TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
   EXPECT_EQ(CatalogDump(dir.path()), "");
   EXPECT_TRUE(DirDigest(dir.path() + "/models").empty());
   EXPECT_TRUE(client->CreateModel(BlobModel("half", false, 1)).ok());
+}
+
+// An example log that lost acknowledged examples (removed, or emptied) is damage, not an empty
+// task: the model stays offline with the reason, as with a damaged checkpoint.
+TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
+  TempDir dir;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    for (const char* name : {"good", "gone", "emptied"}) {
+      ASSERT_TRUE(client->CreateModel(BlobModel(name, false, 1)).ok());
+      auto s = StreamData(*client, name, 0, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 1));
+      ASSERT_TRUE(s.ok()) << s.status();
+      ASSERT_EQ(WaitJobs(*client, *s), 1);
+    }
+  }
+  ASSERT_EQ(::unlink((dir.path() + "/models/gone/examples/0.log").c_str()), 0);
+  ASSERT_EQ(::truncate((dir.path() + "/models/emptied/examples/0.log").c_str(), 0), 0);
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  EXPECT_EQ(client->GetModel("good")->current().version(), 1);
+  for (const char* name : {"gone", "emptied"}) {
+    auto bad = client->GetModel(name);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << name << ": " << bad.status();
+    EXPECT_THAT(std::string(bad.status().message()),
+                ::testing::HasSubstr("task 0's example log holds 0 training examples"))
+        << name;
+  }
 }
 
 // A checkpoint damaged on disk, even an old version's, keeps its model offline at the next start
