@@ -272,6 +272,19 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         response->set_version(r.version);
         return absl::OkStatus();
       };
+      // What a refusal leaves stored: nothing, or the online chunks committed before it (their
+      // ids, so that a client resends only the rest).
+      auto stored = [&]() -> std::string {
+        if (response->examples() == 0) return "nothing was stored";
+        std::string ranges;
+        for (const v1::IdRange& r : response->ids()) {
+          absl::StrAppend(&ranges, ranges.empty() ? "" : ", ", "[", r.first(), ", ",
+                          r.first() + r.count(), ")");
+        }
+        return absl::StrCat("the online chunks before it were stored and queued (",
+                            response->examples(), " examples, ids ", ranges,
+                            "); nothing after them was");
+      };
       bool ended = false;
       int64_t received = 0;
       while (reader->Read(&msg)) {
@@ -291,8 +304,9 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         }
         auto batch = entry->ValidateBatch(plan, msg.batch());
         if (!batch.ok()) {
-          return absl::Status(batch.status().code(),
-                              absl::StrCat("batch ", batches, ": ", batch.status().message()));
+          const std::string note = response->examples() > 0 ? absl::StrCat("; ", stored()) : "";
+          return absl::Status(batch.status().code(), absl::StrCat("batch ", batches, ": ",
+                                                                  batch.status().message(), note));
         }
         ++batches;
         received += batch->size();
@@ -302,7 +316,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           return absl::ResourceExhaustedError(absl::StrCat(
               "the stream holds more than ", c_.max_stream_bytes >> 20,
               " MiB of examples before its end message (the server's --max_stream_mb); send "
-              "them as several streams with keep_open; nothing was stored"));
+              "them as several streams with keep_open; ", stored()));
         }
         pending.push_back(*std::move(batch));
         if (online && pending_examples >= adapt_every) {
@@ -310,9 +324,8 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         }
       }
       if (!ended || ctx->IsCancelled()) {
-        return absl::AbortedError(
-            "the stream ended without its end message (cancelled or cut short); nothing more "
-            "was stored");
+        return absl::AbortedError(absl::StrCat(
+            "the stream ended without its end message (cancelled or cut short); ", stored()));
       }
       response->set_batches(batches);
       // The close: durable before it is acknowledged; a training stream closes its task.

@@ -428,6 +428,35 @@ std::vector<v1::JobStatus> JobsOnceEnded(const AdaptdClient& client, const std::
   return {};
 }
 
+// An online stream refused half-way keeps the chunks it had committed, and the refusal says
+// which ids they got, so that a client resends only the rest.
+TEST(ServiceTest, AnOnlineStreamRefusedHalfWayNamesWhatItStored) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest online = BlobModel("online", false, 1);
+  online.mutable_config()->set_adapt_every(100);
+  ASSERT_TRUE(client->CreateModel(online).ok());
+  const Dataset good = BlobTask(150, {0, 1}, 1);
+  std::vector<v1::ExampleBatch> batches;
+  for (int64_t s = 0; s < 150; s += 50) {
+    batches.push_back(MakeBatch(good.x.narrow(0, s, 50), good.y.narrow(0, s, 50)));
+  }
+  batches.push_back(MakeBatch(good.x.narrow(0, 0, 2), at::full({2}, kClasses, at::kLong)));
+  v1::StreamHeader h;
+  h.set_model("online");
+  h.set_task_id(0);
+  const absl::Status refused = client->StreamExamples(h, batches).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::AllOf(::testing::HasSubstr("batch 3"),
+                               ::testing::HasSubstr("stored and queued (100 examples, ids [0, 100))")));
+  auto info = client->GetModel("online");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->tasks(0).train_examples(), 100);
+}
+
 // adapt_after_seconds: training examples that a keep_open stream left pending get a job of
 // their own once they have waited, after a restart too. A job that failed is not retried on the
 // timer; its examples go with the task's next ones.
