@@ -152,28 +152,6 @@ absl::StatusOr<std::vector<FrompBlock>> BuildFrompBlocks(Model& model, FlatParam
   return blocks;
 }
 
-// Per-example empirical Fisher, summed over the task: N * B * mean_batches(g_batch^2), since a
-// minibatch gradient's square is about 1/B of a per-example one near an optimum (the Avalanche
-// estimator, rescaled to per-example total units).
-at::Tensor EmpiricalFisher(Model& model, FlatParameters& flat, const Dataset& data,
-                           const at::Tensor& mask, int64_t batch) {
-  model.SetTraining(false);
-  at::Tensor sum = at::zeros_like(flat.params());
-  int64_t batches = 0;
-  const at::Device device = flat.params().device();
-  for (int64_t s = 0; s < data.size(); s += batch) {
-    const int64_t len = std::min(batch, data.size() - s);
-    flat.ZeroGrad();
-    at::cross_entropy_loss(MaskLogits(model.Forward(data.x.narrow(0, s, len).to(device)), mask),
-                           data.y.narrow(0, s, len).to(device))
-        .backward();
-    sum.add_(flat.grads().square());
-    ++batches;
-  }
-  flat.ZeroGrad();
-  return sum * (static_cast<double>(data.size()) * static_cast<double>(batch) / batches);
-}
-
 // Reservoir sampling (Vitter's algorithm R) of the task's examples into `buffer`.
 Memory ReservoirUpdate(const Memory& buffer, const TaskData& task, int64_t capacity,
                        int64_t* stream_seen, at::Generator& gen) {
@@ -294,7 +272,63 @@ at::Tensor DrawRows(int64_t size, int64_t b, at::Generator& gen, at::Device devi
   return at::randperm(size, gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b).to(device);
 }
 
+// A stored memory must fit the model it belongs to: inputs of the spec's shape, labels among its
+// classes, targets over all of them, and tasks the state knows (multi-head).
+absl::Status CheckMemoryFits(const Memory& m, const ModelSpec& spec, const at::Tensor& task_masks,
+                             const std::string& what) {
+  const int64_t n = m.size();
+  if (n == 0) return absl::OkStatus();
+  std::vector<int64_t> want = {n};
+  want.insert(want.end(), spec.input_shape.begin(), spec.input_shape.end());
+  if (m.x.sizes().vec() != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ".x is ", DescribeTensor(m.x), "; expected ", ShapeString(want)));
+  }
+  if (m.y.min().item<int64_t>() < 0 || m.y.max().item<int64_t>() >= spec.num_classes) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ".y holds labels outside [0, ",
+                                                   spec.num_classes, ")"));
+  }
+  const int64_t tasks = task_masks.defined() ? task_masks.size(0)
+                                             : std::numeric_limits<int64_t>::max();
+  if (m.task.min().item<int64_t>() < 0 || m.task.max().item<int64_t>() >= tasks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ".task holds tasks outside [0, ", tasks, ") (the state's task masks)"));
+  }
+  for (const auto& [name, t] : {std::make_pair(".soft", &m.soft), std::make_pair(".logits", &m.logits)}) {
+    if (t->defined() && t->sizes().vec() != std::vector<int64_t>{n, spec.num_classes}) {
+      return absl::InvalidArgumentError(absl::StrCat(what, name, " is ", DescribeTensor(*t),
+                                                     "; expected [", n, ", ", spec.num_classes, "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+// Per-example empirical Fisher, summed over the task. Near an optimum the per-example gradients
+// have mean about zero, so a minibatch's mean gradient of len examples has a square of about
+// 1/len of a per-example one: len * g_batch^2 estimates the per-example Fisher, and N times its
+// mean over the batches the task's sum (the Avalanche estimator in per-example total units, with
+// a short last batch weighted by its own length).
+at::Tensor EmpiricalFisher(Model& model, FlatParameters& flat, const Dataset& data,
+                           const at::Tensor& mask, int64_t batch) {
+  model.SetTraining(false);
+  at::Tensor sum = at::zeros_like(flat.params());
+  int64_t batches = 0;
+  const at::Device device = flat.params().device();
+  for (int64_t s = 0; s < data.size(); s += batch) {
+    const int64_t len = std::min(batch, data.size() - s);
+    flat.ZeroGrad();
+    at::cross_entropy_loss(MaskLogits(model.Forward(data.x.narrow(0, s, len).to(device)), mask),
+                           data.y.narrow(0, s, len).to(device))
+        .backward();
+    sum.addcmul_(flat.grads(), flat.grads(), static_cast<double>(len));
+    ++batches;
+  }
+  flat.ZeroGrad();
+  return sum * (static_cast<double>(data.size()) / batches);
+}
+
 
 absl::StatusOr<Method> ParseMethod(const std::string& name) {
   static const std::pair<const char*, Method> kNames[] = {
@@ -431,6 +465,8 @@ absl::StatusOr<ContinualState> ContinualState::FromTensors(const TensorMap& in,
   ADAPTD_ASSIGN_OR_RETURN(s.tasks_seen, GetInt(in, "state.tasks_seen"));
   ADAPTD_ASSIGN_OR_RETURN(s.memory, Memory::FromTensors(in, "state.memory."));
   ADAPTD_ASSIGN_OR_RETURN(s.seen, Memory::FromTensors(in, "state.seen."));
+  ADAPTD_RETURN_IF_ERROR(CheckMemoryFits(s.memory, spec, s.task_masks, "state.memory"));
+  ADAPTD_RETURN_IF_ERROR(CheckMemoryFits(s.seen, spec, s.task_masks, "state.seen"));
   return s;
 }
 

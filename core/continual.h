@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/data/readers.h"
+#include "core/flat_params.h"
 #include "core/ivon.h"
 #include "core/memory.h"
 #include "core/model.h"
@@ -64,8 +65,10 @@ struct AdaptConfig {
   // K-prior: also apply the replay correction (class-incremental streams).
   bool replay_correction = false;
   // K-prior: when > 0, also distil the old model on the memory at this temperature,
-  // T^2 CE(softmax(f / T), softmax(f_old / T)) at the memory term's weight (DistillationTerm;
-  // Daxberger et al.'s functional term, T = 2 there). 0: off.
+  // T^2 CE(softmax(f / T), softmax(f_old / T)) at the memory term's weight (DistillationTerm).
+  // Daxberger et al.'s functional term is this at T = 2 without the T^2 factor (Hinton's
+  // scaling, kept here so the term's gradient does not shrink with T), so at T = 2 it weighs 4x
+  // theirs at the same memory weight. 0: off.
   double distill_temperature = 0;
   // K-prior: weight of the function term on the new task's own inputs (LabelSetTerm on a
   // minibatch of memory_batch_size of them, per example): the old model's outputs there are kept
@@ -186,6 +189,12 @@ absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData
 
 // The state's model with its mean weights.
 absl::StatusOr<std::unique_ptr<Model>> MaterializeModel(const ContinualState& state);
+
+// EWC's Laplace precision: the per-example empirical Fisher of the mean cross-entropy within
+// `mask` (optional head), summed over `data`, estimated from minibatches of `batch` examples at
+// the flat parameters' current values.
+at::Tensor EmpiricalFisher(Model& model, FlatParameters& flat, const Dataset& data,
+                           const at::Tensor& mask, int64_t batch);
 
 // Accuracy of the state's mean model on `test` within `label_mask` (optional head).
 absl::StatusOr<double> EvaluateAccuracy(const ContinualState& state, const Dataset& test,

@@ -261,9 +261,15 @@ absl::Status Ivon::Step(double lr) {
   });
 }
 
-void Ivon::RestoreMean() {
+void Ivon::DiscardStep() {
   at::NoGradGuard no_grad;
+  sample_open_ = false;
+  samples_ = 0;
+  spilled_ = false;
+  avg_grad_ = at::Tensor();
+  avg_hess_ = at::Tensor();
   params_.copy_(posterior_.mean());
+  grads_.zero_();
 }
 
 int64_t Ivon::StateBytes() const {

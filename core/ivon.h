@@ -78,9 +78,10 @@ class Ivon {
   // the parameters. FAILED_PRECONDITION without a completed sample since the last step.
   absl::Status Step(double lr);
   absl::Status Step() { return Step(options_.lr); }
-
-  // Writes the mean into the parameters (e.g. to evaluate after EndSample without stepping).
-  void RestoreMean();
+  // Drops the step in progress (an open sample and any samples folded since the last Step) and
+  // writes the mean back into the parameters: the way out after an error between BeginSample
+  // and Step, which would otherwise leave the sample open and sampled weights in place.
+  void DiscardStep();
 
   const Posterior& posterior() const { return posterior_; }
   const at::Tensor& momentum() const { return momentum_; }

@@ -18,23 +18,31 @@ namespace {
 // -sum_k p_k log p_k per row, with 0 log 0 = 0.
 at::Tensor Entropy(const at::Tensor& p) { return at::special_entr(p).sum(-1); }
 
-// Running sums over S probability draws per example: E p, E p^2 and E H[p].
+// Running sums over S probability draws per example: E p, E p^2 and E H[p]. The standard
+// deviation comes from float64 sums: E p^2 - (E p)^2 in float32 cancels to noise of about 1e-7 in
+// the variance, which would swamp the spread of a confident class (p near 1, std below 3e-4).
 struct Moments {
-  at::Tensor sum_p, sum_p2, sum_h;
+  at::Tensor sum_p, sum_h, sum_p64, sum_p2_64;
   Moments(int64_t n, int64_t k, const at::TensorOptions& opts)
-      : sum_p(at::zeros({n, k}, opts)), sum_p2(at::zeros({n, k}, opts)), sum_h(at::zeros({n}, opts)) {}
+      : sum_p(at::zeros({n, k}, opts)),
+        sum_h(at::zeros({n}, opts)),
+        sum_p64(at::zeros({n, k}, opts.dtype(at::kDouble))),
+        sum_p2_64(at::zeros({n, k}, opts.dtype(at::kDouble))) {}
   // p: [B, K] (one draw for each of B examples starting at `start`) or [S, B, K].
   void Add(int64_t start, const at::Tensor& p) {
     const at::Tensor draws = p.dim() == 3 ? p : p.unsqueeze(0);
     const int64_t len = draws.size(1);
     sum_p.narrow(0, start, len).add_(draws.sum(0).cpu());
-    sum_p2.narrow(0, start, len).add_(draws.square().sum(0).cpu());
     sum_h.narrow(0, start, len).add_(Entropy(draws).sum(0).cpu());
+    const at::Tensor d64 = draws.to(at::kDouble);
+    sum_p64.narrow(0, start, len).add_(d64.sum(0).cpu());
+    sum_p2_64.narrow(0, start, len).add_(d64.square().sum(0).cpu());
   }
   // Mean probabilities, their standard deviation and the expected entropy over `s` draws.
   void Finish(double s, Prediction& out) const {
     out.probs = sum_p / s;
-    out.std = (sum_p2 / s - out.probs.square()).clamp_min_(0).sqrt_();
+    const at::Tensor mean64 = sum_p64 / s;
+    out.std = (sum_p2_64 / s - mean64.square()).clamp_min_(0).sqrt_().to(sum_p.scalar_type());
     out.expected_entropy = sum_h / s;
   }
 };

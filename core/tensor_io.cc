@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -83,7 +84,7 @@ std::string SerializeTensors(const TensorMap& tensors) {
     out.append(static_cast<const char*>(t.data_ptr()), nbytes);
   }
   const uint32_t crc = static_cast<uint32_t>(
-      crc32(0L, reinterpret_cast<const Bytef*>(out.data()), static_cast<uInt>(out.size())));
+      crc32_z(0L, reinterpret_cast<const Bytef*>(out.data()), out.size()));
   Put<uint32_t>(&out, crc);
   return out;
 }
@@ -98,7 +99,7 @@ absl::StatusOr<TensorMap> ParseTensors(absl::string_view bytes) {
   std::memcpy(&stored_crc, bytes.data() + bytes.size() - 4, 4);
   const absl::string_view body = bytes.substr(0, bytes.size() - 4);
   const uint32_t crc = static_cast<uint32_t>(
-      crc32(0L, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size())));
+      crc32_z(0L, reinterpret_cast<const Bytef*>(body.data()), body.size()));
   if (crc != stored_crc) {
     return absl::DataLossError(
         absl::StrCat("tensor record CRC mismatch (stored ", stored_crc, ", computed ", crc,
@@ -138,11 +139,20 @@ absl::StatusOr<TensorMap> ParseTensors(absl::string_view bytes) {
     for (auto& d : shape) {
       ADAPTD_RETURN_IF_ERROR(r.Get(&d, "shape"));
       if (d < 0) return absl::InvalidArgumentError(absl::StrCat("negative dim in '", name, "'"));
+      if (d > 0 && numel > std::numeric_limits<int64_t>::max() / d) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", name, "' has a shape whose element count overflows"));
+      }
       numel *= d;
     }
     uint64_t nbytes = 0;
     ADAPTD_RETURN_IF_ERROR(r.Get(&nbytes, "byte count"));
-    const uint64_t expected = numel * c10::elementSize(type);
+    const uint64_t element = c10::elementSize(type);
+    if (static_cast<uint64_t>(numel) > std::numeric_limits<uint64_t>::max() / element) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' has a shape whose byte count overflows"));
+    }
+    const uint64_t expected = static_cast<uint64_t>(numel) * element;
     if (nbytes != expected) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' of shape ",
                                                      ShapeString(shape), " needs ", expected,
@@ -216,15 +226,22 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view byte
       if (errno == EINTR) continue;
       const int err = errno;
       ::close(fd);
+      ::unlink(tmp.c_str());
       return absl::InternalError(absl::StrCat("write ", tmp, ": ", std::strerror(err)));
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    return absl::InternalError(absl::StrCat("fsync ", tmp, ": ", std::strerror(errno)));
+  const bool synced = ::fsync(fd) == 0;
+  const int sync_err = errno;
+  if (::close(fd) != 0 || !synced) {
+    const int err = synced ? errno : sync_err;
+    ::unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("fsync ", tmp, ": ", std::strerror(err)));
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("rename to ", path, ": ", std::strerror(errno)));
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("rename to ", path, ": ", std::strerror(err)));
   }
   return FsyncParentDirectory(path);  // the rename itself must survive a crash
 }

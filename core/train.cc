@@ -157,12 +157,21 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
     };
     double loss_sum = 0;
     if (ivon_) {
+      // An error or exception before the step completes (a forward that throws, an `extra`
+      // that fails) discards the step, so the trainer stays usable at the mean.
+      struct Discard {
+        Ivon* ivon;
+        ~Discard() {
+          if (ivon != nullptr) ivon->DiscardStep();
+        }
+      } discard{ivon_.get()};
       for (int64_t s = 0; s < options_.train_samples; ++s) {
         ADAPTD_RETURN_IF_ERROR(ivon_->BeginSample(gen_));
         loss_sum += loss_at_current_weights();
         ADAPTD_RETURN_IF_ERROR(ivon_->EndSample());
       }
       ADAPTD_RETURN_IF_ERROR(ivon_->Step(lr));
+      discard.ivon = nullptr;
       ++steps_;
       return loss_sum / static_cast<double>(options_.train_samples);
     }

@@ -243,6 +243,48 @@ Dataset Blobs(int64_t n, int64_t classes, uint64_t seed) {
   return testing_models::Blobs(n, classes, /*dim=*/6, seed);
 }
 
+// lambda_i = sum_k p_ik (1 - p_ik), by hand.
+TEST(MemoryTest, LambdaScoresAreTheSumOfBernoulliVariances) {
+  const at::Tensor probs = at::tensor({0.5, 0.5, 0.0, 1.0, 0.0, 0.0, 0.2, 0.3, 0.5}, at::kDouble)
+                               .reshape({3, 3});
+  const at::Tensor scores = LambdaScores(probs);
+  EXPECT_DOUBLE_EQ(scores[0].item<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(scores[1].item<double>(), 0.0);
+  EXPECT_NEAR(scores[2].item<double>(), 0.16 + 0.21 + 0.25, 1e-15);
+}
+
+// EWC's Fisher on logistic regression, whose per-example gradient has the closed form
+// (p_i - y_i) [x_i, 1]: with batches of one it is sum_i g_i^2 exactly; with batches of 64 over
+// 150 examples (64, 64, 22) it is N / 3 * sum_b len_b * (mean of g_i over b)^2, the short last
+// batch weighted by its own length.
+TEST(AdaptTest, EmpiricalFisherMatchesPerExampleGradientsOnLogisticRegression) {
+  auto model = BuildModel(SmallLogReg(), 4);
+  ASSERT_TRUE(model.ok());
+  auto flat = FlatParameters::Bind((*model)->Parameters());
+  ASSERT_TRUE(flat.ok()) << flat.status();
+  const Dataset d = Blobs(150, 4, 9);
+  at::Tensor per_example;  // [N, P] in float64, laid out as the flat parameters (W, then b)
+  {
+    at::NoGradGuard g;
+    const at::Tensor p = at::softmax((*model)->Forward(d.x), 1).to(at::kDouble);
+    const at::Tensor e = p - at::one_hot(d.y, 4).to(at::kDouble);  // [N, K]
+    const at::Tensor x = d.x.to(at::kDouble);                     // [N, 6]
+    per_example = at::cat({(e.unsqueeze(2) * x.unsqueeze(1)).reshape({150, -1}), e}, 1);
+  }
+  ASSERT_EQ(per_example.size(1), flat->numel());
+  const at::Tensor one = EmpiricalFisher(**model, *flat, d, at::Tensor(), 1).to(at::kDouble);
+  EXPECT_TRUE(at::allclose(one, per_example.square().sum(0), 1e-4, 1e-7));
+  at::Tensor expected = at::zeros({flat->numel()}, at::kDouble);
+  for (int64_t s = 0; s < 150; s += 64) {
+    const int64_t len = std::min<int64_t>(64, 150 - s);
+    expected += static_cast<double>(len) * per_example.narrow(0, s, len).mean(0).square();
+  }
+  expected *= 150.0 / 3.0;
+  const at::Tensor batched = EmpiricalFisher(**model, *flat, d, at::Tensor(), 64).to(at::kDouble);
+  EXPECT_TRUE(at::allclose(batched, expected, 1e-4, 1e-7))
+      << (batched - expected).abs().max().item<double>() << " of " << expected.abs().max().item<double>();
+}
+
 // Top-lambda per class, streamed in small batches, equals sorting every score at once.
 TEST(MemoryTest, StreamingSelectionMatchesBruteForce) {
   auto model = BuildModel(SmallMlp(), 3);
@@ -593,6 +635,36 @@ TEST(AdaptTest, LogitCurvatureHasTheClosedFormOnLogisticRegression) {
   EXPECT_NEAR(sub->state.curvature.narrow(0, 0, 24).sum().item<double>(),
               expected(0).narrow(0, 0, 24).sum().item<double>(),
               0.3 * expected(0).narrow(0, 0, 24).sum().item<double>());
+}
+
+// A stored state whose memory does not fit its model (an edited checkpoint or snapshot) is
+// refused when it is read, naming the field, rather than failing the jobs that would use it.
+TEST(AdaptTest, StateFromTensorsRefusesAMemoryThatDoesNotFitTheModel) {
+  const ModelSpec spec = SmallLogReg();
+  auto s0 = InitialState(spec, 1);
+  ASSERT_TRUE(s0.ok());
+  const std::vector<TaskData> tasks = TwoHeadTasks(Blobs(300, 4, 5));
+  auto r0 = Adapt(*s0, tasks[0], SmallConfig(Method::kKPrior));
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  ASSERT_GT(r0->state.memory.size(), 0);
+  TensorMap good;
+  r0->state.AppendTo(good);
+  ASSERT_TRUE(ContinualState::FromTensors(good, spec).ok());
+  const int64_t n = r0->state.memory.size();
+  const std::vector<std::pair<std::string, at::Tensor>> edits = {
+      {"state.memory.x", at::zeros({n, 5})},
+      {"state.memory.y", at::full({n}, spec.num_classes, at::kLong)},
+      {"state.memory.task", at::full({n}, 1, at::kLong)},  // one task learnt: masks [1, K]
+      {"state.memory.soft", at::zeros({n, spec.num_classes + 1})},
+  };
+  for (const auto& [key, value] : edits) {
+    TensorMap bad = good;
+    ASSERT_TRUE(bad.count(key)) << key;
+    bad[key] = value;
+    const absl::Status status = ContinualState::FromTensors(bad, spec).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << key << ": " << status;
+    EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr(key)) << status;
+  }
 }
 
 // A strong curvature term holds the first head's logits on its own inputs almost where they were

@@ -1,5 +1,9 @@
 #include "core/posterior.h"
 
+#include <zlib.h>
+
+#include <cstring>
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -75,6 +79,24 @@ TEST(PosteriorTest, SaveLoadIsBitExact) {
     EXPECT_EQ(p->ess(), q->ess());
     EXPECT_EQ(p->delta(), q->delta());
   }
+}
+
+// A record whose CRC is right but whose shape's element count overflows int64 (two dims of
+// 2^32 with 0 bytes of data) is refused as malformed, not passed on to an allocation that throws.
+TEST(TensorRecordTest, AShapeThatOverflowsIsRejected) {
+  TensorMap map;
+  map["t"] = at::zeros({0, 0});
+  std::string bytes = SerializeTensors(map);
+  // magic 4, format 4, count 4, name length 4, name 1, dtype 1, rank 1: the dims follow.
+  const int64_t big = int64_t{1} << 32;
+  std::memcpy(&bytes[19], &big, 8);
+  std::memcpy(&bytes[27], &big, 8);
+  const uint32_t crc = static_cast<uint32_t>(
+      crc32(0L, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size() - 4)));
+  std::memcpy(&bytes[bytes.size() - 4], &crc, 4);
+  const absl::Status status = ParseTensors(bytes).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(std::string(status.message()), testing::HasSubstr("overflows"));
 }
 
 TEST(PosteriorTest, CorruptRecordIsRejected) {

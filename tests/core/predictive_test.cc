@@ -19,9 +19,10 @@ using namespace testing_models;  // NOLINT: test helpers
 
 at::Tensor Entropy(const at::Tensor& p) { return -(p * p.clamp_min(1e-30).log()).sum(-1); }
 
-// Population standard deviation over the first dimension.
+// Population standard deviation over the first dimension: two passes in float64.
 at::Tensor StdOverDraws(const at::Tensor& d) {
-  return (d.square().mean(0) - d.mean(0).square()).clamp_min(0).sqrt();
+  const at::Tensor d64 = d.to(at::kDouble);
+  return (d64 - d64.mean(0)).square().mean(0).sqrt().to(d.scalar_type());
 }
 
 class PredictiveTest : public testing::Test {
@@ -34,6 +35,20 @@ class PredictiveTest : public testing::Test {
     const at::Tensor hess = at::rand({flat_.numel()}, gen) * 0.9 + 0.1;
     posterior_ = *Posterior::Create(flat_.params().clone(), hess, /*ess=*/100, /*delta=*/0.0);
     x_ = RandomInput(*model_, 7, gen);
+  }
+  // The softmax of each of `samples` weight draws, drawn as Predict draws them for `seed`
+  // without the local reparameterization: [S, N, K].
+  at::Tensor HandDraws(int64_t samples, uint64_t seed) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    std::vector<at::Tensor> draws;
+    at::NoGradGuard no_grad;
+    at::Tensor params = flat_.params();
+    for (int64_t s = 0; s < samples; ++s) {
+      EXPECT_TRUE(posterior_.SampleInto(params, gen).ok());
+      draws.push_back(at::softmax(model_->Forward(x_), 1));
+    }
+    params.copy_(posterior_.mean());
+    return at::stack(draws);
   }
   Prediction Run(PredictMode mode, int64_t samples, uint64_t seed, int64_t batch_size = 3,
                  bool local_reparameterization = true) {
@@ -72,18 +87,7 @@ TEST_F(PredictiveTest, BayesDecompositionMatchesHandSampling) {
   constexpr int64_t kSamples = 16;
   const Prediction p = Run(PredictMode::kBayes, kSamples, 7, 3, /*local_reparameterization=*/false);
   EXPECT_TRUE(at::equal(flat_.params(), posterior_.mean())) << "the mean must be restored";
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
-  std::vector<at::Tensor> draws;
-  {
-    at::NoGradGuard no_grad;
-    at::Tensor params = flat_.params();
-    for (int64_t s = 0; s < kSamples; ++s) {
-      ASSERT_TRUE(posterior_.SampleInto(params, gen).ok());
-      draws.push_back(at::softmax(model_->Forward(x_), 1));
-    }
-    params.copy_(posterior_.mean());
-  }
-  const at::Tensor d = at::stack(draws);  // [S, N, K]
+  const at::Tensor d = HandDraws(kSamples, 7);  // [S, N, K]
   const at::Tensor mean = d.mean(0);
   // float32 sums of 16 draws: ~1e-7; 1e-5 is slack.
   EXPECT_TRUE(at::allclose(p.probs, mean, 1e-5, 1e-6));
@@ -102,6 +106,29 @@ TEST_F(PredictiveTest, BayesDecompositionMatchesHandSampling) {
   auto probs = PredictProbs(*model_, flat_, &posterior_, x_, o, gen2);
   ASSERT_TRUE(probs.ok());
   EXPECT_TRUE(at::equal(*probs, p.probs));
+}
+
+// A confident posterior: large logits and little weight noise, so the top class has p near 1 and
+// a spread of about 1e-5. Its standard deviation still matches the draws' own (two passes in
+// float64) to 1e-3 relative; E p^2 - (E p)^2 in float32 gives noise of about 3e-4 there.
+TEST_F(PredictiveTest, ConfidentPredictionsKeepTheirSmallSpread) {
+  {
+    const at::Tensor mean = flat_.params().clone() * 20.0;
+    const at::Tensor hess = at::ones({flat_.numel()});
+    posterior_ = *Posterior::Create(mean, hess, /*ess=*/1e6, /*delta=*/0.0);
+    flat_.params().detach().copy_(mean);
+  }
+  constexpr int64_t kSamples = 32;
+  const Prediction p = Run(PredictMode::kBayes, kSamples, 9, 7, /*local_reparameterization=*/false);
+  const at::Tensor expected = StdOverDraws(HandDraws(kSamples, 9)).to(at::kDouble);
+  const at::Tensor top = std::get<0>(p.probs.max(1));
+  const at::Tensor top_std = expected.gather(1, p.probs.argmax(1, true)).squeeze(1);
+  ASSERT_GT(top.max().item<float>(), 0.999f) << "the test needs a confident example";
+  ASSERT_LT(top_std.min().item<double>(), 1e-4) << "and a small spread on it";
+  const at::Tensor got = p.std.to(at::kDouble);
+  const at::Tensor err = (got - expected).abs();
+  EXPECT_TRUE((err <= 1e-3 * expected + 1e-9).all().item<bool>())
+      << "largest error " << err.max().item<double>();
 }
 
 // Drawing pre-activations layer by layer (the default for this MLP) against drawing whole

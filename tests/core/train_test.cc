@@ -261,6 +261,28 @@ TEST(TrainTest, BadInputIsInvalidArgumentAndChangesNothing) {
   EXPECT_EQ(Trainer::Create(model->get(), bad, 10).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A step that fails half-way (here the extra loss throws after the forward pass) is an error,
+// and the trainer stays usable: the weights are the mean again, and the next step trains.
+TEST(TrainTest, AFailedIvonStepLeavesTheTrainerUsable) {
+  auto model = BuildModel(MlpSpec(), 1);
+  ASSERT_TRUE(model.ok());
+  auto t = Trainer::Create(model->get(), IvonOptionsFor(32), 10);
+  ASSERT_TRUE(t.ok());
+  const Dataset d = Blobs(32, 3);
+  const at::Tensor before = (*t)->flat().params().clone();
+  const absl::Status failed =
+      (*t)->Step(d.x, d.y, at::Tensor(), []() -> at::Tensor { throw std::runtime_error("boom"); })
+          .status();
+  EXPECT_FALSE(failed.ok());
+  EXPECT_THAT(std::string(failed.message()), ::testing::HasSubstr("boom"));
+  EXPECT_TRUE(at::equal((*t)->flat().params(), before)) << "the sampled weights stayed in place";
+  EXPECT_EQ((*t)->steps_taken(), 0);
+  auto next = (*t)->Step(d.x, d.y);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ((*t)->steps_taken(), 1);
+  EXPECT_FALSE(at::equal((*t)->flat().params(), before));
+}
+
 // Soft labels: one-hot probabilities train as the classes do (the same weight samples and
 // minibatches, so the weights agree to rounding), and under a head mask the classes outside it,
 // at probability 0, take no part (no NaN from 0 * -inf).
