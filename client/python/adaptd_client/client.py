@@ -1,6 +1,8 @@
 """Client: one method per adaptd RPC, numpy arrays in and out."""
 
 import math
+import operator
+import os
 import threading
 import time
 
@@ -26,9 +28,17 @@ def ids_from_ranges(ranges):
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _optional_int(value):
+def _index(value, name):
+    # An integer argument: Python or numpy integers; 1.7 is refused rather than sent as 1.
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _optional_int(value, name):
     # None leaves a proto3 `optional` field unset.
-    return None if value is None else int(value)
+    return None if value is None else _index(value, name)
 
 
 def _leaf_paths(changes, prefix=""):
@@ -67,7 +77,7 @@ class Client:
         ]
         channel_options.extend(options or [])
         if root_certs is not None:
-            if isinstance(root_certs, str):
+            if isinstance(root_certs, (str, os.PathLike)):
                 with open(root_certs, "rb") as f:
                     root_certs = f.read()
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certs)
@@ -78,9 +88,15 @@ class Client:
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._learning = learning_pb2_grpc.LearningServiceStub(self._channel)
         self._query = query_pb2_grpc.QueryServiceStub(self._channel)
+        self._closed = False
 
     def close(self):
+        self._closed = True
         self._channel.close()
+
+    def _check_open(self):
+        if self._closed:
+            raise AdaptdError(grpc.StatusCode.CANCELLED, "this Client is closed")
 
     def __enter__(self):
         return self
@@ -147,7 +163,8 @@ class Client:
     @wrap_rpc_errors
     def rollback(self, name, version, timeout=None):
         """Publishes a copy of `version` as a new version; returns the ModelInfo."""
-        return self._admin.Rollback(admin_pb2.RollbackRequest(name=name, version=int(version)),
+        return self._admin.Rollback(admin_pb2.RollbackRequest(name=name,
+                                                              version=_index(version, "version")),
                                     timeout=self._deadline(timeout), metadata=self._metadata)
 
     @wrap_rpc_errors
@@ -204,8 +221,12 @@ class Client:
         progress(sent, total) is called as batches go out.
 
         Returns the StreamExamplesResponse: examples stored, their ids (ids_from_ranges) and
-        the job_ids of adaptation jobs it queued. The stream is all-or-nothing.
+        the job_ids of adaptation jobs it queued. The stream is all-or-nothing, with one caveat: an
+        error that comes after the end message went out (a timeout, an interrupt while waiting
+        for the reply) may come after the server stored the examples. Check get_model's task
+        counts before resending, or the examples are stored twice.
         """
+        self._check_open()
         x = as_features(x)
         y = as_int64(y, "y")
         if x.ndim < 1:
@@ -224,9 +245,9 @@ class Client:
         fits = max(1, (self.max_message_bytes - _MESSAGE_OVERHEAD) // per_example)
         step = int(min(int(batch_size), fits))
         header = learning_pb2.StreamHeader(
-            model=model, task_id=int(task_id),
+            model=model, task_id=_index(task_id, "task_id"),
             split=enum_value(learning_pb2.Split.DESCRIPTOR, split),
-            classes=[int(c) for c in (classes if classes is not None else [])],
+            classes=[_index(c, "classes") for c in (classes if classes is not None else [])],
             keep_open=bool(keep_open))
         failure = []
         started = threading.Event()
@@ -234,6 +255,8 @@ class Client:
 
         def requests():
             yield learning_pb2.StreamExamplesRequest(header=header)
+            if n == 0 and progress is not None:
+                progress(0, 0)  # nothing to send: the upload is complete at once
             for start in range(0, n, step):
                 end = min(n, start + step)
                 batch = learning_pb2.ExampleBatch(x=to_tensor(x[start:end]),
@@ -274,6 +297,7 @@ class Client:
 
     def watch_job(self, job_id, timeout=None):
         """Yields the job's JobStatus on every change until it reaches a terminal state."""
+        self._check_open()
         call = self._learning.WatchJob(learning_pb2.WatchJobRequest(job_id=job_id),
                                        timeout=timeout, metadata=self._metadata)
         return wrap_rpc_stream(call)
@@ -305,8 +329,9 @@ class Client:
         if timeout is None:
             return [self.wait_job(job_id, check=check) for job_id in job_ids]
         deadline = time.monotonic() + timeout
-        # A job that has ended answers at once, so even a spent budget may still cover it.
-        return [self.wait_job(job_id, timeout=max(deadline - time.monotonic(), 0.001), check=check)
+        # A job that has ended answers at once, so a spent budget still gets each later job a
+        # short wait (one round trip, over any network) to report an end it has reached.
+        return [self.wait_job(job_id, timeout=max(deadline - time.monotonic(), 2.0), check=check)
                 for job_id in job_ids]
 
     @wrap_rpc_errors
@@ -356,8 +381,10 @@ class Client:
             for start in range(0, max(len(x), 1), rows):
                 request = query_pb2.PredictRequest(
                     model=model, x=to_tensor(x[start:start + rows]),
-                    mode=enum_value(query_pb2.PredictMode.DESCRIPTOR, mode), samples=int(samples),
-                    seed=int(seed), task_id=_optional_int(task_id), version=_optional_int(pinned))
+                    mode=enum_value(query_pb2.PredictMode.DESCRIPTOR, mode),
+                    samples=_index(samples, "samples"), seed=_index(seed, "seed"),
+                    task_id=_optional_int(task_id, "task_id"),
+                    version=_optional_int(pinned, "version"))
                 response = self._query.Predict(request, timeout=self._deadline(timeout),
                                                metadata=self._metadata)
                 pinned = response.version  # the rest on the same version
@@ -399,9 +426,9 @@ class Client:
         scores (float64; negative = the example supports the prediction).
         """
         request = query_pb2.InfluenceRequest(
-            model=model, x=to_tensor(as_features(x)), top_k=int(top_k),
-            scope=enum_value(query_pb2.Scope.DESCRIPTOR, scope), task_id=_optional_int(task_id),
-            version=_optional_int(version))
+            model=model, x=to_tensor(as_features(x)), top_k=_index(top_k, "top_k"),
+            scope=enum_value(query_pb2.Scope.DESCRIPTOR, scope),
+            task_id=_optional_int(task_id, "task_id"), version=_optional_int(version, "version"))
         response = self._query.Influence(request, timeout=self._deadline(timeout),
                                          metadata=self._metadata)
         examples = response.examples
@@ -427,7 +454,7 @@ class Client:
         """
         request = query_pb2.MemoryMapRequest(
             model=model, scope=enum_value(query_pb2.Scope.DESCRIPTOR, scope),
-            version=_optional_int(version))
+            version=_optional_int(version, "version"))
         response = self._query.MemoryMap(request, timeout=self._deadline(timeout),
                                          metadata=self._metadata)
         result = {"version": response.version}

@@ -44,6 +44,9 @@ def wrap_rpc_errors(method):
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
+        check_open = getattr(args[0], "_check_open", None) if args else None
+        if check_open is not None:
+            check_open()
         try:
             return method(*args, **kwargs)
         except grpc.RpcError as error:

@@ -69,7 +69,12 @@ def as_int64(values, name):
     """Labels and ids: any integer array -> int64; floats must hold whole numbers."""
     values = np.asarray(values)
     if values.dtype.kind in "iub":
+        if values.dtype == np.uint64 and values.size and values.max() > np.uint64(np.iinfo(np.int64).max):
+            raise ValueError(f"{name} holds values above the int64 range (largest {values.max()})")
         return values.astype(np.int64, copy=False)
     if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+        # 2^63 itself is out of range: a float64 cannot hold int64's largest value.
+        if values.size and np.abs(values).max() >= 2.0 ** 63:
+            raise ValueError(f"{name} holds values outside the int64 range")
         return values.astype(np.int64)
     raise TypeError(f"{name} must hold integers, got {values.dtype}")

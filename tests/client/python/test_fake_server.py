@@ -180,6 +180,17 @@ def test_wait_job(fake):
             client.wait_job("bad")
         assert raised.value.status.state == learning_pb2.JOB_STATE_FAILED
         assert client.wait_job("bad", check=False).state == learning_pb2.JOB_STATE_FAILED
+        # Jobs that have ended answer at once: a budget spent on the first still covers them.
+        ended = client.wait_jobs(["ok"] * 5, timeout=1e-6)
+        assert [s.state for s in ended] == [learning_pb2.JOB_STATE_SUCCEEDED] * 5
+
+
+def test_an_empty_stream_reports_its_upload_complete(fake):
+    seen = []
+    with Client(fake.target) as client:
+        client.stream_examples("m", 0, np.zeros((0, 2), np.float32), np.zeros(0, np.int64),
+                               progress=lambda sent, total: seen.append((sent, total)))
+    assert seen == [(0, 0)]
 
 
 def test_queries_decode_to_numpy(fake):

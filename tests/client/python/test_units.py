@@ -144,3 +144,44 @@ def test_arguments_are_checked_before_sending():
             client.stream_examples("m", 0, x, np.zeros(4), split="test")
         with pytest.raises(ValueError, match="unknown PredictMode"):
             client.predict("m", x, mode="vote")
+
+
+def test_integer_arguments_are_not_truncated():
+    with Client("127.0.0.1:1") as client:
+        x = np.zeros((4, 2), dtype=np.float32)
+        with pytest.raises(TypeError, match="task_id must be an integer"):
+            client.stream_examples("m", 1.7, x, np.zeros(4))
+        with pytest.raises(TypeError, match="classes must be an integer"):
+            client.stream_examples("m", 0, x, np.zeros(4), classes=[0, 1.5])
+        with pytest.raises(TypeError, match="version must be an integer"):
+            client.rollback("m", 2.5)
+        with pytest.raises(TypeError, match="top_k must be an integer"):
+            client.influence("m", x[:1], top_k=3.2)
+
+
+def test_ids_outside_int64_are_refused():
+    with Client("127.0.0.1:1") as client:
+        x = np.zeros((2, 2), dtype=np.float32)
+        with pytest.raises(ValueError, match="client_ids holds values above the int64 range"):
+            client.stream_examples("m", 0, x, np.zeros(2),
+                                   client_ids=np.array([1, 2**63], dtype=np.uint64))
+        with pytest.raises(ValueError, match="client_ids holds values outside the int64 range"):
+            client.stream_examples("m", 0, x, np.zeros(2), client_ids=np.array([1.0, 1e19]))
+
+
+def test_a_closed_client_says_so():
+    client = Client("127.0.0.1:1")
+    client.close()
+    for call in (client.list_models, lambda: client.watch_job("j1"),
+                 lambda: client.stream_examples("m", 0, np.zeros((1, 2)), [0])):
+        with pytest.raises(AdaptdError, match="this Client is closed") as raised:
+            call()
+        assert raised.value.code == grpc.StatusCode.CANCELLED
+
+
+def test_root_certs_may_be_a_path(tmp_path):
+    # Not a valid certificate: the point is that a pathlib.Path is read as a file, which grpc
+    # then refuses when it parses the PEM (at the first call), not at construction.
+    pem = tmp_path / "ca.pem"
+    pem.write_bytes(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    Client("127.0.0.1:1", root_certs=pem).close()
