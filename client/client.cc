@@ -1,6 +1,10 @@
 #include "client/client.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -193,27 +197,46 @@ absl::StatusOr<std::string> AdaptdClient::Export(const std::string& name) const 
   return snapshot;
 }
 
+// The file appears under `path` only once it is whole and on disk: written to `.partial`,
+// fsynced, renamed, and the directory fsynced. Local failures carry errno's code (NOT_FOUND for
+// a missing directory, PERMISSION_DENIED, RESOURCE_EXHAUSTED for a full disk), not a code of the
+// server's.
 absl::StatusOr<int64_t> AdaptdClient::ExportToFile(const std::string& name,
                                                    const std::string& path) const {
   const std::string partial = path + ".partial";
-  std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::NotFoundError(absl::StrCat("cannot write ", partial));
+  const int fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", partial));
   int64_t size = 0;
   absl::Status status = ExportTo(name, [&](const std::string& data) {
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+    size_t done = 0;
+    while (done < data.size()) {
+      const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("writing ", partial));
+      done += static_cast<size_t>(n);
+    }
     size += static_cast<int64_t>(data.size());
-    return out ? absl::OkStatus()
-               : absl::DataLossError(absl::StrCat("writing ", partial, " failed"));
+    return absl::OkStatus();
   });
-  out.close();
-  if (status.ok() && !out)
-    status = absl::DataLossError(absl::StrCat("writing ", partial, " failed"));
+  if (status.ok() && ::fsync(fd) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", partial));
+  }
+  if (::close(fd) != 0 && status.ok()) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("closing ", partial));
+  }
   if (status.ok() && std::rename(partial.c_str(), path.c_str()) != 0) {
-    status = absl::DataLossError(absl::StrCat("cannot rename ", partial, " to ", path));
+    status = absl::ErrnoToStatus(errno, absl::StrCat("cannot rename ", partial, " to ", path));
   }
   if (!status.ok()) {
     std::remove(partial.c_str());
     return status;
+  }
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);  // best effort: the file itself is complete either way
+    ::close(dfd);
   }
   return size;
 }
@@ -266,12 +289,12 @@ absl::StatusOr<v1::ModelInfo> AdaptdClient::Import(const std::string& name,
 absl::StatusOr<v1::ModelInfo> AdaptdClient::ImportFromFile(const std::string& name,
                                                            const std::string& path) const {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  if (!in) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
   const int64_t step = std::min<int64_t>(kImportChunkBytes, options_.max_message_bytes / 2 + 1);
   return ImportFrom(name, [&]() -> absl::StatusOr<std::optional<std::string>> {
     std::string data(step, '\0');
     in.read(data.data(), step);
-    if (in.bad()) return absl::DataLossError(absl::StrCat("reading ", path, " failed"));
+    if (in.bad()) return absl::ErrnoToStatus(errno, absl::StrCat("reading ", path));
     data.resize(static_cast<size_t>(in.gcount()));
     if (data.empty()) return std::optional<std::string>();
     return std::optional<std::string>(std::move(data));

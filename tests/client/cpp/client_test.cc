@@ -1,6 +1,7 @@
 // AdaptdClient against a scripted server: options, metadata, streaming and status mapping.
 #include "client/client.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -110,6 +111,10 @@ TEST(AdaptdClientTest, ExportToFileWritesOnlyComplete) {
   EXPECT_EQ(client->ExportToFile("missing", failed).status().code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE(std::ifstream(failed).good());
   EXPECT_FALSE(std::ifstream(failed + ".partial").good());
+  // A local failure carries errno's code and names the file, not a server-side code.
+  const absl::Status nowhere = client->ExportToFile("m", TestPath("no/such/dir/snapshot")).status();
+  EXPECT_EQ(nowhere.code(), absl::StatusCode::kNotFound) << nowhere;
+  EXPECT_THAT(std::string(nowhere.message()), ::testing::HasSubstr("no/such/dir/snapshot.partial"));
 }
 
 TEST(AdaptdClientTest, ImportNamesTheModelInTheFirstChunkOnly) {
