@@ -35,6 +35,9 @@ ABSL_FLAG(int64_t, max_stream_mb, 4096,
 ABSL_FLAG(int64_t, keep_versions, 0,
           "each model keeps the checkpoints of its newest N versions; older versions stay listed "
           "but can no longer be queried or rolled back to (0: keep every version)");
+ABSL_FLAG(int64_t, keep_jobs, 1000,
+          "each model keeps its unfinished jobs and its newest N finished ones for ListJobs, "
+          "WatchJob and CancelJob; older ones stay in the catalog only");
 ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across models");
 ABSL_FLAG(int, training_nice, 10,
           "nice value of the training threads, so that queries come first (0: same priority)");
@@ -90,6 +93,7 @@ int main(int argc, char** argv) {
   options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
   options.training_nice = absl::GetFlag(FLAGS_training_nice);
   options.keep_versions = absl::GetFlag(FLAGS_keep_versions);
+  options.keep_jobs = absl::GetFlag(FLAGS_keep_jobs);
   options.device = absl::GetFlag(FLAGS_device);
 
   // Block the shutdown signals in every thread; one thread waits for them.

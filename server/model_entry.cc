@@ -381,7 +381,10 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     if (was_running) job->set_resumed_range();
     e.jobs_.push_back(job);
     if (interrupted) e.queue_.push_back(job);
-    if (options.on_job) options.on_job(job);
+  }
+  e.PruneJobsLocked();
+  if (options.on_job) {
+    for (const auto& job : e.jobs_) options.on_job(job);
   }
   entry->Start();
   return entry;
@@ -536,6 +539,28 @@ absl::StatusOr<std::vector<v1::TaskAccuracy>> ModelEntry::EvaluateUnscored(
     unscored = EvalSetsLocked(scored);
   }
   return Score(version.state(), unscored);
+}
+
+void ModelEntry::PruneJobsLocked() {
+  int64_t finished = 0;
+  std::vector<bool> ended(jobs_.size());
+  for (size_t i = 0; i < jobs_.size(); ++i) {
+    const v1::JobState s = jobs_[i]->Status().state();
+    ended[i] = s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
+               s == v1::JOB_STATE_CANCELLED;
+    finished += ended[i];
+  }
+  int64_t drop = finished - options_.keep_jobs;  // the oldest first: jobs_ is in creation order
+  if (drop <= 0) return;
+  std::vector<std::shared_ptr<Job>> kept;
+  for (size_t i = 0; i < jobs_.size(); ++i) {
+    if (ended[i] && drop > 0) {
+      --drop;
+      continue;
+    }
+    kept.push_back(std::move(jobs_[i]));
+  }
+  jobs_ = std::move(kept);
 }
 
 std::vector<std::shared_ptr<Job>> ModelEntry::Jobs() const {
@@ -823,6 +848,7 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   te.taken = std::max(te.taken, row.end);
   auto job = std::make_shared<Job>(row);
   jobs_.push_back(job);
+  PruneJobsLocked();
   queue_.push_back(job);
   if (options_.on_job) options_.on_job(job);
   if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
@@ -935,6 +961,7 @@ void ModelEntry::RunActor() {
     }
     std::lock_guard<std::mutex> lock(mu_);
     running_.reset();
+    PruneJobsLocked();
   }
 }
 
@@ -1213,6 +1240,7 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
       s.set_state(v1::JOB_STATE_CANCELLED);
       s.set_message("cancelled while queued");
     });
+    PruneJobsLocked();
     if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
   }
   return job->Status();

@@ -142,6 +142,9 @@ struct ModelEntryOptions {
   int training_nice = 10;
   // Retention: only the newest N versions keep their checkpoints (0: every version).
   int64_t keep_versions = 0;
+  // Finished jobs kept in memory (ListJobs, WatchJob, CancelJob), newest first; unfinished ones
+  // are always kept.
+  int64_t keep_jobs = 1000;
   // Where adaptation jobs train (AdaptConfig::device); the state stays on the CPU.
   at::Device device = at::kCPU;
   // Called when a job is created (the registry indexes jobs by id).
@@ -269,6 +272,8 @@ class ModelEntry {
   // start removes). Best effort: a failure is logged and retried at the next publish.
   // REQUIRES: commit_mu_ held, or the actor not yet started.
   void DeleteOldCheckpoints();
+  // Drops the oldest finished jobs beyond options_.keep_jobs from jobs_.
+  void PruneJobsLocked();
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
   // The task's job that waits in the queue, if any. REQUIRES: mu_ held.
   std::shared_ptr<Job> QueuedJobLocked(int64_t task_id) const;

@@ -77,10 +77,18 @@ ModelEntryOptions Registry::EntryOptions(const std::string& name) {
   o.metrics = options_.metrics;
   o.training_nice = options_.training_nice;
   o.keep_versions = options_.keep_versions;
+  o.keep_jobs = options_.keep_jobs;
   o.device = options_.device;
   o.on_job = [this](std::shared_ptr<Job> job) {
     std::lock_guard<std::mutex> lock(mu_);
     jobs_[job->id()] = job;
+    // The entries drop finished jobs beyond keep_jobs; their ids go once the index doubles.
+    if (static_cast<int64_t>(jobs_.size()) >= 2 * jobs_swept_) {
+      for (auto it = jobs_.begin(); it != jobs_.end();) {
+        it = it->second.expired() ? jobs_.erase(it) : std::next(it);
+      }
+      jobs_swept_ = std::max<int64_t>(1024, static_cast<int64_t>(jobs_.size()));
+    }
   };
   return o;
 }

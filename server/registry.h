@@ -25,6 +25,7 @@ struct RegistryOptions {
   int max_concurrent_jobs = 1;
   int training_nice = 10;
   int64_t keep_versions = 0;  // 0: every version keeps its checkpoint
+  int64_t keep_jobs = 1000;   // finished jobs each model keeps in memory
   at::Device device = at::kCPU;  // where adaptation jobs train
   Metrics* metrics = nullptr;
 };
@@ -76,6 +77,7 @@ class Registry {
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<ModelEntry>> models_;
   std::map<std::string, std::weak_ptr<Job>> jobs_;
+  int64_t jobs_swept_ = 1024;  // jobs_'s size after its last sweep of expired ids
   // Names whose creation or import is under way.
   std::set<std::string> reserved_;
   // Names whose deletion is under way: not yet free for a new model.

@@ -54,6 +54,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return absl::InvalidArgumentError(absl::StrCat(
         "keep_versions must be >= 0 (0: keep every version); got ", options.keep_versions));
   }
+  if (options.keep_jobs < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("keep_jobs must be >= 1; got ", options.keep_jobs));
+  }
   ADAPTD_ASSIGN_OR_RETURN(const at::Device device, ParseDevice(options.device));
   auto impl = std::make_unique<Impl>();
   ADAPTD_ASSIGN_OR_RETURN(impl->auth, TokenAuth::Parse(options.tokens));
@@ -63,6 +67,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
   ro.training_nice = options.training_nice;
   ro.keep_versions = options.keep_versions;
+  ro.keep_jobs = options.keep_jobs;
   ro.device = device;
   ro.metrics = &impl->metrics;
   ADAPTD_ASSIGN_OR_RETURN(impl->registry, Registry::Open(ro));

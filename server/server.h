@@ -36,6 +36,9 @@ struct ServerOptions {
   int training_nice = 10;
   // Retention: each model keeps the checkpoints of its newest N versions (0: every version).
   int64_t keep_versions = 0;
+  // Each model keeps its unfinished jobs and its newest N finished ones in memory (ListJobs,
+  // WatchJob, CancelJob); the catalog keeps them all. Bounds memory under online mode.
+  int64_t keep_jobs = 1000;
   // Where adaptation jobs train: "cpu", "cuda" or "cuda:N". Queries and the stored state stay
   // on the CPU. A device this machine lacks fails Create with FAILED_PRECONDITION.
   std::string device = "cpu";

@@ -457,6 +457,42 @@ TEST(ServiceTest, AnOnlineStreamRefusedHalfWayNamesWhatItStored) {
   EXPECT_EQ(info->tasks(0).train_examples(), 100);
 }
 
+// --keep_jobs bounds the finished jobs a model keeps in memory (online mode makes many): the
+// newest ones stay listed and watchable, older ones are NOT_FOUND, and a restart applies it too.
+TEST(ServiceTest, KeepJobsBoundsTheFinishedJobsKept) {
+  TempDir dir;
+  std::vector<std::string> ids;
+  {
+    auto server = ServerProcess::Start(dir.path(), {"--keep_jobs=2"});
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    ASSERT_TRUE(client->CreateModel(BlobModel("k", false, 1)).ok());
+    for (int task = 0; task < 4; ++task) {
+      auto s = StreamData(*client, "k", task, v1::SPLIT_TRAIN, {task % 4},
+                          BlobTask(40, {task % 4}, 30 + task));
+      ASSERT_TRUE(s.ok()) << s.status();
+      ASSERT_EQ(s->job_ids_size(), 1);
+      WaitJobs(*client, *s);
+      ids.push_back(s->job_ids(0));
+    }
+    auto listed = client->ListJobs("k");
+    ASSERT_TRUE(listed.ok()) << listed.status();
+    ASSERT_EQ(listed->jobs_size(), 2);
+    EXPECT_EQ(listed->jobs(0).job_id(), ids[2]);
+    EXPECT_EQ(listed->jobs(1).job_id(), ids[3]);
+    EXPECT_EQ(client->WatchJob(ids[0]).status().code(), absl::StatusCode::kNotFound);
+    auto newest = client->WatchJob(ids[3]);
+    ASSERT_TRUE(newest.ok()) << newest.status();
+    EXPECT_EQ(newest->state(), v1::JOB_STATE_SUCCEEDED);
+  }
+  auto server = ServerProcess::Start(dir.path(), {"--keep_jobs=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto listed = (*server)->Client()->ListJobs("k");
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->jobs_size(), 1);
+  EXPECT_EQ(listed->jobs(0).job_id(), ids[3]);
+}
+
 // adapt_after_seconds: training examples that a keep_open stream left pending get a job of
 // their own once they have waited, after a restart too. A job that failed is not retried on the
 // timer; its examples go with the task's next ones.

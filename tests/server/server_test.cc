@@ -63,7 +63,7 @@ TEST(ServerTest, RefusesToStartWithoutADataDirectory) {
   EXPECT_EQ(Server::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(ServerTest, RefusesANegativeKeepVersions) {
+TEST(ServerTest, RefusesANegativeKeepVersionsOrNoKeptJobs) {
   ServerOptions o;
   o.port = 0;
   TempDir dir;
@@ -73,6 +73,12 @@ TEST(ServerTest, RefusesANegativeKeepVersions) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("keep_versions must be >= 0 (0: keep every version); got -1"),
             std::string::npos)
+      << bad.status();
+  o.keep_versions = 0;
+  o.keep_jobs = 0;
+  bad = Server::Create(o);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("keep_jobs must be >= 1; got 0"), std::string::npos)
       << bad.status();
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
