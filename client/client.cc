@@ -83,6 +83,19 @@ absl::StatusOr<std::unique_ptr<AdaptdClient>> AdaptdClient::Create(const std::st
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
+  if (options.keepalive_seconds != 0) {
+    if (!(options.keepalive_seconds >= kMinKeepaliveSeconds) ||
+        !(options.keepalive_timeout_seconds > 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "keepalive_seconds must be 0 (off) or at least ", kMinKeepaliveSeconds,
+          " (the server refuses more frequent pings), and its timeout positive; got ",
+          options.keepalive_seconds, " and ", options.keepalive_timeout_seconds));
+    }
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_seconds * 1000));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                static_cast<int>(options.keepalive_timeout_seconds * 1000));
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // keep pinging an idle call
+  }
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
   return std::unique_ptr<AdaptdClient>(new AdaptdClient(std::move(channel), options));
 }

@@ -24,6 +24,9 @@ namespace adaptd {
 // The inverse of the server's ToGrpcStatus.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
+// The shortest keepalive interval an adaptd server accepts from its clients (server/server.cc).
+inline constexpr int kMinKeepaliveSeconds = 10;
+
 struct ClientOptions {
   // Largest message sent or received, in bytes. Must match the server's limit: a batch or an
   // export chunk above it fails with RESOURCE_EXHAUSTED.
@@ -33,6 +36,12 @@ struct ClientOptions {
   // Deadline of streaming calls (StreamExamples, WatchJob, Export, Import), in seconds; 0 means
   // none, because a job may train for hours and an upload is as long as its data.
   double stream_timeout_seconds = 0;
+  // Seconds between pings on a call that carries no data (a watch of a queued job, a slow
+  // reply), so that a connection that died silently (a dropped NAT mapping, a host gone) fails
+  // the call after keepalive_timeout_seconds more instead of leaving it waiting forever.
+  // 0: off; otherwise at least kMinKeepaliveSeconds, the most often the server accepts.
+  double keepalive_seconds = 60;
+  double keepalive_timeout_seconds = 20;
   // Sent as `authorization: Bearer <token>` on every call when non-empty.
   std::string token;
   // TLS. With `root_certs_pem` set the channel uses TLS and trusts these roots; the client

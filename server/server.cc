@@ -104,6 +104,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   // gRPC sets SO_REUSEPORT by default: a second server on a busy port would start and take
   // every other connection.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Clients ping calls that carry no data for a long time (the watch of a job queued behind a
+  // long one) to find a connection that died silently; gRPC's default treats pings more often
+  // than every 5 minutes as abuse and closes the connection. Every 10 s is accepted (the
+  // clients' kMinKeepaliveSeconds and docs/api.md say the same).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10 * 1000);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(impl->admin.get());

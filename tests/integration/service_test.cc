@@ -493,6 +493,39 @@ TEST(ServiceTest, KeepJobsBoundsTheFinishedJobsKept) {
   EXPECT_EQ(listed->jobs(0).job_id(), ids[3]);
 }
 
+// A watch that carries no data for 35 s (its job waits for the training slot a long job holds),
+// on a client that pings every 10 s, the most often the server accepts: gRPC's default server
+// policy would take the third such ping as abuse and close the connection (UNAVAILABLE); this
+// server keeps it, and the watch ends with the job.
+TEST(ServiceTest, AnIdleWatchSurvivesTheClientsKeepalivePings) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ClientOptions o;
+  o.keepalive_seconds = kMinKeepaliveSeconds;
+  o.keepalive_timeout_seconds = 5;
+  auto pinging = AdaptdClient::Create((*server)->target(), o);
+  ASSERT_TRUE(pinging.ok()) << pinging.status();
+  v1::CreateModelRequest hog = BlobModel("hog", false, 1);
+  hog.mutable_config()->set_min_steps(1000000);  // runs until cancelled
+  ASSERT_TRUE(client->CreateModel(hog).ok());
+  ASSERT_TRUE(client->CreateModel(BlobModel("waiter", false, 1)).ok());
+  auto running = StreamData(*client, "hog", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 1));
+  ASSERT_TRUE(running.ok() && running->job_ids_size() == 1);
+  auto waiting = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 2));
+  ASSERT_TRUE(waiting.ok() && waiting->job_ids_size() == 1);
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::seconds(35));
+    EXPECT_TRUE(client->CancelJob(waiting->job_ids(0)).ok());
+  });
+  auto watched = (*pinging)->WatchJob(waiting->job_ids(0));
+  canceller.join();
+  ASSERT_TRUE(watched.ok()) << watched.status();
+  EXPECT_EQ(watched->state(), v1::JOB_STATE_CANCELLED) << watched->message();
+  ASSERT_TRUE(client->CancelJob(running->job_ids(0)).ok());
+}
+
 // adapt_after_seconds: training examples that a keep_open stream left pending get a job of
 // their own once they have waited, after a restart too. A job that failed is not retried on the
 // timer; its examples go with the task's next ones.

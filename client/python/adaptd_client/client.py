@@ -18,6 +18,9 @@ from adaptd_client.tensors import as_features, as_int64, from_tensor, to_tensor
 TERMINAL_JOB_STATES = frozenset(
     {learning_pb2.JOB_STATE_SUCCEEDED, learning_pb2.JOB_STATE_FAILED, learning_pb2.JOB_STATE_CANCELLED})
 
+# The shortest keepalive interval an adaptd server accepts from its clients.
+MIN_KEEPALIVE_SECONDS = 10
+
 # Room left in each message for everything but the tensors' bytes.
 _MESSAGE_OVERHEAD = 64 << 10
 
@@ -59,7 +62,10 @@ class Client:
     certificate; given, the channel uses TLS, else it is plaintext. max_message_bytes must match
     the server's --max_message_mb. timeout: the deadline in seconds of every unary call (methods
     take `timeout=` to override it); streams (stream_examples, watch_job, export/import) have no
-    deadline unless given one.
+    deadline unless given one. keepalive: seconds between pings on a call that carries no data
+    (a watch of a queued job), so that a connection that died silently fails the call within
+    keepalive + 20 s instead of leaving it waiting forever; 0 turns it off, and the server
+    accepts no more often than every 10 s.
 
     Errors from the server raise AdaptdError (.code, a grpc.StatusCode, and .message); values
     the client can check itself raise TypeError or ValueError before anything is sent. Safe to
@@ -67,7 +73,7 @@ class Client:
     """
 
     def __init__(self, target, token=None, root_certs=None, max_message_bytes=64 << 20,
-                 timeout=30, options=None):
+                 timeout=30, options=None, keepalive=60):
         self.target = target
         self.timeout = timeout
         self.max_message_bytes = int(max_message_bytes)
@@ -75,6 +81,15 @@ class Client:
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
         ]
+        if keepalive:
+            if keepalive < MIN_KEEPALIVE_SECONDS:
+                raise ValueError(f"keepalive must be 0 (off) or at least {MIN_KEEPALIVE_SECONDS} "
+                                 f"seconds (the server refuses more frequent pings), got {keepalive}")
+            channel_options += [
+                ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+                ("grpc.keepalive_timeout_ms", 20000),
+                ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle call
+            ]
         channel_options.extend(options or [])
         if root_certs is not None:
             if isinstance(root_certs, (str, os.PathLike)):

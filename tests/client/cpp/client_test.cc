@@ -61,6 +61,14 @@ TEST(AdaptdClientTest, RejectsInconsistentOptions) {
   t.timeout_seconds = 0;
   EXPECT_EQ(AdaptdClient::Create("127.0.0.1:1", t).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // Pings more often than the server accepts would get the connection closed.
+  ClientOptions k;
+  k.keepalive_seconds = kMinKeepaliveSeconds - 1;
+  const absl::Status often = AdaptdClient::Create("127.0.0.1:1", k).status();
+  EXPECT_EQ(often.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(often.message()), ::testing::HasSubstr("keepalive_seconds must be 0"));
+  k.keepalive_seconds = 0;
+  EXPECT_TRUE(AdaptdClient::Create("127.0.0.1:1", k).ok());
 }
 
 TEST(AdaptdClientTest, SendsTheTokenAsBearerMetadata) {

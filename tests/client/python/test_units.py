@@ -185,3 +185,10 @@ def test_root_certs_may_be_a_path(tmp_path):
     pem = tmp_path / "ca.pem"
     pem.write_bytes(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
     Client("127.0.0.1:1", root_certs=pem).close()
+
+
+def test_keepalive_below_what_the_server_accepts_is_refused():
+    with pytest.raises(ValueError, match="keepalive must be 0 .off. or at least 10 seconds"):
+        Client("127.0.0.1:1", keepalive=5)
+    Client("127.0.0.1:1", keepalive=0).close()
+    Client("127.0.0.1:1", keepalive=10).close()
