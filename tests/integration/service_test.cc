@@ -493,6 +493,26 @@ TEST(ServiceTest, KeepJobsBoundsTheFinishedJobsKept) {
   EXPECT_EQ(listed->jobs(0).job_id(), ids[3]);
 }
 
+// Model "hog" trains until cancelled (min_steps far beyond its data) and holds the one training
+// slot (the server's default); then model "waiter" streams a task, whose job waits for that slot.
+void StartHogAndWaiter(const AdaptdClient& client, std::string* hog_job, std::string* waiter_job) {
+  v1::CreateModelRequest hog = BlobModel("hog", false, 1);
+  hog.mutable_config()->set_min_steps(1000000);
+  ASSERT_TRUE(client.CreateModel(hog).ok());
+  ASSERT_TRUE(client.CreateModel(BlobModel("waiter", false, 1)).ok());
+  auto running = StreamData(client, "hog", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 1));
+  ASSERT_TRUE(running.ok() && running->job_ids_size() == 1);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (client.ListJobs("hog")->jobs(0).state() != v1::JOB_STATE_RUNNING &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto waiting = StreamData(client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 2));
+  ASSERT_TRUE(waiting.ok() && waiting->job_ids_size() == 1);
+  *hog_job = running->job_ids(0);
+  *waiter_job = waiting->job_ids(0);
+}
+
 // A watch that carries no data for 35 s (its job waits for the training slot a long job holds),
 // on a client that pings every 10 s, the most often the server accepts: gRPC's default server
 // policy would take the third such ping as abuse and close the connection (UNAVAILABLE); this
@@ -507,23 +527,17 @@ TEST(ServiceTest, AnIdleWatchSurvivesTheClientsKeepalivePings) {
   o.keepalive_timeout_seconds = 5;
   auto pinging = AdaptdClient::Create((*server)->target(), o);
   ASSERT_TRUE(pinging.ok()) << pinging.status();
-  v1::CreateModelRequest hog = BlobModel("hog", false, 1);
-  hog.mutable_config()->set_min_steps(1000000);  // runs until cancelled
-  ASSERT_TRUE(client->CreateModel(hog).ok());
-  ASSERT_TRUE(client->CreateModel(BlobModel("waiter", false, 1)).ok());
-  auto running = StreamData(*client, "hog", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 1));
-  ASSERT_TRUE(running.ok() && running->job_ids_size() == 1);
-  auto waiting = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 2));
-  ASSERT_TRUE(waiting.ok() && waiting->job_ids_size() == 1);
+  std::string hog, waiter;
+  ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &waiter));
   std::thread canceller([&] {
     std::this_thread::sleep_for(std::chrono::seconds(35));
-    EXPECT_TRUE(client->CancelJob(waiting->job_ids(0)).ok());
+    EXPECT_TRUE(client->CancelJob(waiter).ok());
   });
-  auto watched = (*pinging)->WatchJob(waiting->job_ids(0));
+  auto watched = (*pinging)->WatchJob(waiter);
   canceller.join();
   ASSERT_TRUE(watched.ok()) << watched.status();
   EXPECT_EQ(watched->state(), v1::JOB_STATE_CANCELLED) << watched->message();
-  ASSERT_TRUE(client->CancelJob(running->job_ids(0)).ok());
+  ASSERT_TRUE(client->CancelJob(hog).ok());
 }
 
 // adapt_after_seconds: training examples that a keep_open stream left pending get a job of
@@ -641,21 +655,10 @@ TEST(ServiceTest, CancelEndsAJobWaitingForATrainingSlot) {
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
-  v1::CreateModelRequest hog = BlobModel("hog", false, 1);
-  hog.mutable_config()->set_min_steps(1000000);  // runs until cancelled
-  ASSERT_TRUE(client->CreateModel(hog).ok());
-  ASSERT_TRUE(client->CreateModel(BlobModel("waiter", false, 1)).ok());
-  auto running = StreamData(*client, "hog", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 1));
-  ASSERT_TRUE(running.ok() && running->job_ids_size() == 1);
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (client->ListJobs("hog")->jobs(0).state() != v1::JOB_STATE_RUNNING &&
-         std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  auto waiting = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 2));
-  ASSERT_TRUE(waiting.ok() && waiting->job_ids_size() == 1);
+  std::string hog, waiter;
+  ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &waiter));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // its actor has taken it
-  ASSERT_TRUE(client->CancelJob(waiting->job_ids(0)).ok());
+  ASSERT_TRUE(client->CancelJob(waiter).ok());
   // Polled, not watched: a watch would wait for as long as the hog runs.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   v1::JobStatus ended = client->ListJobs("waiter")->jobs(0);
@@ -666,7 +669,7 @@ TEST(ServiceTest, CancelEndsAJobWaitingForATrainingSlot) {
   EXPECT_EQ(ended.state(), v1::JOB_STATE_CANCELLED) << ended.message();
   EXPECT_EQ(client->ListJobs("hog")->jobs(0).state(), v1::JOB_STATE_RUNNING);
   EXPECT_EQ(client->GetModel("waiter")->tasks(0).pending_examples(), 100);
-  ASSERT_TRUE(client->CancelJob(running->job_ids(0)).ok());
+  ASSERT_TRUE(client->CancelJob(hog).ok());
 }
 
 // A rollback goes back to what its target had learnt: the examples learnt since are pending
