@@ -321,7 +321,9 @@ absl::StatusOr<ExampleSet> ReadCsv(const std::string& path, const CsvOptions& op
     for (int c = 0; c < count; ++c) {
       const absl::string_view field = absl::StripAsciiWhitespace(fields[c]);
       double value;
-      if (!absl::SimpleAtod(field, &value) || !std::isfinite(value)) {
+      // A feature must be finite as the float32 it is sent as (1e39 is not).
+      if (!absl::SimpleAtod(field, &value) || !std::isfinite(value) ||
+          (c != label && !std::isfinite(static_cast<float>(value)))) {
         std::string what = absl::StrCat("column ", c + 1, ": '", field, "' is not a finite number");
         if (rows == 0 && !options.skip_header) absl::StrAppend(&what, " (a header? skip it)");
         return Malformed(where, what);

@@ -117,8 +117,14 @@ class ScriptModel : public Model {
  public:
   ScriptModel(ModelSpec spec, torch::jit::Module module)
       : Model(std::move(spec)), module_(std::move(module)) {}
+  // Logits [B, K]; the module is checked on every call, not only at load (a module that
+  // ignores the batch, returning [1, K], would otherwise be broadcast silently).
   at::Tensor Forward(const at::Tensor& x) override {
-    return module_.forward({x}).toTensor();
+    at::Tensor out = module_.forward({x}).toTensor();
+    TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.size(1) == spec().num_classes,
+                "the TorchScript module maps ", x.sizes(), " to ", out.sizes(), "; expected [",
+                x.size(0), ", ", spec().num_classes, "]");
+    return out;
   }
   std::vector<at::Tensor> Parameters() override {
     std::vector<at::Tensor> out;
@@ -225,6 +231,26 @@ absl::Status ModelSpec::Validate() const {
       }
     }
   }
+  // Sizes that would overflow, or allocate far beyond any machine, are refused here rather than
+  // by an allocation that takes the server down. Counted in double: no overflow on the way.
+  double input = 1;
+  for (int64_t d : input_shape) input *= static_cast<double>(d);
+  double weights = 0;
+  if (architecture == Architecture::kLogReg || architecture == Architecture::kMlp) {
+    double width = input;
+    for (int64_t w : architecture == Architecture::kMlp ? hidden : std::vector<int64_t>()) {
+      weights += (width + 1) * static_cast<double>(w);
+      width = static_cast<double>(w);
+    }
+    weights += (width + 1) * static_cast<double>(num_classes);
+  }
+  constexpr double kMaxInput = double{1 << 30};
+  constexpr double kMaxWeights = double{1 << 30};  // 4 GiB of float32, before optimizer state
+  if (input > kMaxInput || num_classes > (int64_t{1} << 24) || weights > kMaxWeights) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model spec: too large (", input, " inputs per example, ", num_classes, " classes, ",
+        weights, " weights); the limits are 2^30 inputs, 2^24 classes and 2^30 weights"));
+  }
   if (architecture == Architecture::kLeNet5 &&
       input_shape != std::vector<int64_t>{1, 28, 28}) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -272,6 +298,16 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(const ModelSpec& spec, uint64_
         " bytes): expected the output of torch.jit.save; loading failed with: ",
         std::string(e.what_without_backtrace()).substr(0, 300)));
   }
+  // Buffers (BatchNorm's running statistics, say) change in training but are neither parameters
+  // nor part of the posterior or the checkpoints: their updates would be lost at every restart.
+  std::vector<std::string> buffers;
+  for (const auto& b : module.named_buffers()) buffers.push_back(b.name);
+  if (!buffers.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TorchScript module holds buffers (", absl::StrJoin(buffers, ", "),
+        "), e.g. BatchNorm's running statistics: adaptd keeps parameters only, so their "
+        "updates would be lost; use a module without them (e.g. LayerNorm or GroupNorm)"));
+  }
   auto model = std::make_unique<ScriptModel>(spec, std::move(module));
   if (model->Parameters().empty()) {
     return absl::InvalidArgumentError("TorchScript module has no parameters to train");
@@ -284,12 +320,8 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(const ModelSpec& spec, uint64_
   shape.insert(shape.end(), spec.input_shape.begin(), spec.input_shape.end());
   try {
     at::NoGradGuard no_grad;
-    at::Tensor out = model->Forward(at::zeros(shape));
-    if (out.dim() != 2 || out.size(0) != 1 || out.size(1) != spec.num_classes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "TorchScript module maps ", ShapeString(shape), " to ", DescribeTensor(out),
-          "; expected logits [1, ", spec.num_classes, "]"));
-    }
+    model->SetTraining(false);  // as queries run it (dropout off)
+    (void)model->Forward(at::zeros(shape));  // Forward checks the logits' shape
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat(
         "TorchScript module failed on an input of shape ", ShapeString(shape), ": ",

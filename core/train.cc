@@ -118,6 +118,13 @@ absl::Status CheckLabels(const at::Tensor& y, int64_t batch, int64_t num_classes
                     y.size(0) == batch;
   const bool soft = y.defined() && y.scalar_type() == at::kFloat && y.dim() == 2 &&
                     y.size(0) == batch && y.size(1) == num_classes;
+  if (hard && batch > 0 &&
+      (y.min().item<int64_t>() < 0 || y.max().item<int64_t>() >= num_classes)) {
+    // On a GPU an out-of-range class is a device-side assert that spoils the whole process.
+    return absl::InvalidArgumentError(absl::StrCat("labels must lie in [0, ", num_classes,
+                                                   "); got ", y.min().item<int64_t>(), " to ",
+                                                   y.max().item<int64_t>()));
+  }
   if (hard || soft) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("labels must be int64 [", batch,
                                                  "] or probabilities float32 [", batch, ", ",
@@ -307,6 +314,11 @@ absl::Status Trainer::LoadState(const std::string& bytes) {
                           GetTensor(state, "trainer.params", p.scalar_type(), p.numel()));
   ADAPTD_ASSIGN_OR_RETURN(int64_t steps, GetInt(state, "trainer.steps"));
   ADAPTD_ASSIGN_OR_RETURN(int64_t total, GetInt(state, "trainer.total_steps"));
+  if (total != total_steps_ || steps < 0 || steps > total) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint is at step ", steps, " of ", total, "; this trainer runs ", total_steps_,
+        " steps (its schedule would not be the checkpoint's)"));
+  }
   ADAPTD_ASSIGN_OR_RETURN(at::Tensor gen_state, GetTensor(state, "trainer.generator", at::kByte));
   ADAPTD_ASSIGN_OR_RETURN(at::Tensor shuffle_state,
                           GetTensor(state, "trainer.shuffle_generator", at::kByte));
@@ -343,7 +355,6 @@ absl::Status Trainer::LoadState(const std::string& bytes) {
     if (m1.defined()) moment1_.copy_(m1);
     if (m2.defined()) moment2_.copy_(m2);
     steps_ = steps;
-    total_steps_ = total;
     return absl::OkStatus();
   });
 }

@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -148,6 +149,10 @@ absl::StatusOr<Dataset> LoadIdxDataset(const std::string& images_path,
     return absl::InvalidArgumentError(absl::StrCat(labels_path, ": expected ", images.size(0),
                                                    " labels; got ", DescribeTensor(labels)));
   }
+  if (at::isFloatingType(labels.scalar_type())) {
+    return absl::InvalidArgumentError(absl::StrCat(labels_path, ": expected integer labels; got ",
+                                                   DescribeTensor(labels)));
+  }
   labels = labels.to(at::kLong);
   if (labels.numel() > 0 && (labels.min().item<int64_t>() < 0 ||
                              labels.max().item<int64_t>() >= num_classes)) {
@@ -212,9 +217,11 @@ absl::StatusOr<at::Tensor> ParseNpy(absl::string_view bytes) {
     return absl::InvalidArgumentError(absl::StrCat(".npy header has no readable shape: '", header, "'"));
   }
   std::vector<int64_t> shape;
-  for (absl::string_view part : absl::StrSplit(shape_s.substr(1, shape_s.size() - 2), ',')) {
-    part = absl::StripAsciiWhitespace(part);
-    if (part.empty()) continue;
+  const std::vector<absl::string_view> parts =
+      absl::StrSplit(shape_s.substr(1, shape_s.size() - 2), ',');
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const absl::string_view part = absl::StripAsciiWhitespace(parts[i]);
+    if (part.empty() && i + 1 == parts.size()) continue;  // "(3,)" and "()"
     int64_t d;
     if (!absl::SimpleAtoi(part, &d) || d < 0) {
       return absl::InvalidArgumentError(absl::StrCat(".npy shape has a bad dimension '", part, "'"));
@@ -244,6 +251,9 @@ absl::StatusOr<at::Tensor> ParseNpy(absl::string_view bytes) {
   return CallTorch([&]() -> absl::StatusOr<at::Tensor> {
     at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype));
     if (numel > 0) std::memcpy(t.data_ptr(), bytes.data() + data_at, numel * elem);
+    if (at::isFloatingType(dtype) && numel > 0 && !at::isfinite(t).all().item<bool>()) {
+      return absl::InvalidArgumentError(".npy array holds values that are not finite (NaN or inf)");
+    }
     if (dtype == at::kDouble) return t.to(at::kFloat);
     if (dtype == at::kInt) return t.to(at::kLong);
     return t;
@@ -308,7 +318,9 @@ absl::StatusOr<Dataset> ParseCsv(absl::string_view text, const CsvOptions& optio
         int64_t label;
         double as_double;
         if (!absl::SimpleAtoi(cell, &label)) {
-          if (absl::SimpleAtod(cell, &as_double) && as_double == static_cast<int64_t>(as_double)) {
+          // Cast only what fits: NaN or 1e19 to int64 is undefined behaviour.
+          if (absl::SimpleAtod(cell, &as_double) && std::isfinite(as_double) &&
+              std::abs(as_double) < 9.0e18 && as_double == std::trunc(as_double)) {
             label = static_cast<int64_t>(as_double);
           } else {
             return absl::InvalidArgumentError(absl::StrCat("CSV line ", li + 1, ": label '", cell,

@@ -3,6 +3,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -72,6 +73,18 @@ TEST(IdxTest, GzipRoundTripAndCorruptGzip) {
   // Labels outside [0, num_classes).
   auto bad_labels = LoadIdxDataset(images, labels, /*num_classes=*/5);
   EXPECT_THAT(std::string(bad_labels.status().message()), HasSubstr("labels must lie in [0, 5)"));
+  // Float labels (IDX type 0x0D): 1.7 would become class 1 silently.
+  const std::string float_labels = TempPath("flbl.gz");
+  const float fl[2] = {1.7f, 3.0f};
+  std::string be(8, '\0');
+  for (int i = 0; i < 2; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &fl[i], 4);
+    for (int b = 0; b < 4; ++b) be[4 * i + b] = static_cast<char>((u >> (24 - 8 * b)) & 0xff);
+  }
+  WriteGzip(float_labels, IdxBytes(0x0D, {2}, be));
+  EXPECT_THAT(std::string(LoadIdxDataset(images, float_labels).status().message()),
+              HasSubstr("expected integer labels"));
   // A truncated gzip stream.
   std::string gz;
   {
@@ -132,6 +145,14 @@ TEST(NpyTest, MalformedInputGivesClearErrors) {
   EXPECT_THAT(std::string(ParseNpy(NpyBytes("<f4", "(2,)", "abcd")).status().message()),
               HasSubstr("needs"));
   EXPECT_FALSE(ParseNpy(NpyBytes("<f4", "(x,)", "abcd")).ok());
+  // An empty dimension inside the shape is malformed (only "(3,)"'s trailing comma is Python's).
+  EXPECT_THAT(std::string(ParseNpy(NpyBytes("|u1", "(1,,2)", "ab")).status().message()),
+              HasSubstr("bad dimension"));
+  const float nan[2] = {1.0f, std::nanf("")};
+  EXPECT_THAT(std::string(ParseNpy(NpyBytes("<f4", "(2,)", std::string(reinterpret_cast<const char*>(nan), 8)))
+                              .status()
+                              .message()),
+              HasSubstr("not finite"));
 }
 
 TEST(CsvTest, ParsesLabelColumnByNameOrIndex) {
@@ -177,6 +198,9 @@ TEST(CsvTest, MalformedInputGivesClearErrors) {
               HasSubstr("line 3 has 1 columns; expected 2"));
   EXPECT_THAT(std::string(ParseCsv("a,b\nx,2\n", o).status().message()), HasSubstr("'x' is not a number"));
   EXPECT_THAT(std::string(ParseCsv("a,b\n1,2.5\n", o).status().message()), HasSubstr("not an integer"));
+  // Labels that no int64 holds are refused, not cast (undefined behaviour).
+  EXPECT_THAT(std::string(ParseCsv("a,b\n1,nan\n", o).status().message()), HasSubstr("not an integer"));
+  EXPECT_THAT(std::string(ParseCsv("a,b\n1,1e19\n", o).status().message()), HasSubstr("not an integer"));
   EXPECT_THAT(std::string(ParseCsv("a,b\nnan,1\n", o).status().message()), HasSubstr("must be finite"));
   EXPECT_FALSE(ParseCsv("", o).ok());
 }

@@ -70,6 +70,12 @@ TEST(ModelTest, SpecValidationNamesTheProblem) {
   s = Spec(Architecture::kMlp, {784});
   s.activation = "gelu";
   expect_error(s, "activation must be 'relu' or 'tanh'; got 'gelu'");
+  // Two hidden layers of 60,000: 3.6e9 weights, refused before any allocation.
+  s = Spec(Architecture::kMlp, {784}, {60000, 60000});
+  expect_error(s, "model spec: too large");
+  // An input whose element count overflows int64.
+  s = Spec(Architecture::kMlp, {int64_t{1} << 40, int64_t{1} << 40});
+  expect_error(s, "model spec: too large");
   EXPECT_EQ(ParseArchitecture("resnet").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -132,7 +138,47 @@ TEST(ModelTest, MalformedTorchScriptIsInvalidArgument) {
   s.num_classes = 3;
   m = BuildModel(s);
   EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(m.status().message()), testing::HasSubstr("expected logits [1, 3]"));
+  EXPECT_THAT(std::string(m.status().message()), testing::HasSubstr("expected [1, 3]"));
+}
+
+// A spec carrying module `m`, saved as torch.jit.save would, for inputs [in] and `classes`.
+ModelSpec ScriptSpec(const torch::jit::Module& m, int64_t in, int64_t classes) {
+  std::ostringstream bytes;
+  m.save(bytes);
+  ModelSpec s = Spec(Architecture::kTorchScript, {in});
+  s.num_classes = classes;
+  s.torchscript = bytes.str();
+  return s;
+}
+
+// A module that ignores the batch (logits [1, K] whatever comes in) passes a one-example check;
+// every forward is checked, so training or a query on a batch of 4 is an error, not a broadcast.
+TEST(ModelTest, TorchScriptOutputIsCheckedOnEveryCall) {
+  torch::jit::Module m("BatchBlind");
+  m.register_parameter("b", at::zeros({3}), false);
+  m.define(R"(
+    def forward(self, x):
+        return self.b.unsqueeze(0) + x.sum() * 0.0
+  )");
+  auto model = BuildModel(ScriptSpec(m, 6, 3));
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_THROW((*model)->Forward(at::zeros({4, 6})), c10::Error);
+}
+
+// Buffers (BatchNorm's running statistics) are refused with the reason.
+TEST(ModelTest, TorchScriptModuleWithBuffersIsRefused) {
+  torch::jit::Module m("WithBuffer");
+  m.register_parameter("w", at::zeros({3, 6}), false);
+  m.register_buffer("running_mean", at::zeros({6}));
+  m.define(R"(
+    def forward(self, x):
+        return (x - self.running_mean).matmul(self.w.t())
+  )");
+  auto model = BuildModel(ScriptSpec(m, 6, 3));
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(model.status().message()),
+              testing::AllOf(testing::HasSubstr("buffers (running_mean)"),
+                             testing::HasSubstr("BatchNorm")));
 }
 
 TEST(ModelTest, LabelMaskRestrictsSoftmaxToTheHead) {

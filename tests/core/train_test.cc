@@ -155,6 +155,15 @@ TEST(TrainTest, LoadRejectsAnotherOptimizersCheckpoint) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("written by optimizer ivon"));
   EXPECT_EQ((*adam)->LoadState("junk").code(), absl::StatusCode::kInvalidArgument);
+  // A trainer on another schedule (20 steps, not 10) would run the checkpoint's lr wrongly.
+  auto model3 = BuildModel(MlpSpec(), 1);
+  auto longer = Trainer::Create(model3->get(), IvonOptionsFor(64), 20);
+  ASSERT_TRUE(longer.ok());
+  const at::Tensor before = (*longer)->flat().params().clone();
+  const absl::Status other = (*longer)->LoadState((*ivon)->SaveState());
+  EXPECT_EQ(other.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(other.message()), testing::HasSubstr("this trainer runs 20 steps"));
+  EXPECT_TRUE(at::equal(before, (*longer)->flat().params()));
 }
 
 // IVON learns the blobs, and posterior averaging yields a valid, no-worse predictive.
@@ -250,6 +259,10 @@ TEST(TrainTest, BadInputIsInvalidArgumentAndChangesNothing) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(at::equal(before, (*t)->flat().params()));
   EXPECT_EQ((*t)->steps_taken(), 0);
+  // Classes outside [0, K).
+  const absl::Status range = (*t)->Step(at::zeros({4, 10}), at::tensor({0, 1, 2, 3}, at::kLong)).status();
+  EXPECT_EQ(range.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(range.message()), ::testing::HasSubstr("labels must lie in [0, 3); got 0 to 3"));
   // Soft labels must be float32 probabilities over every class.
   const absl::Status soft = (*t)->Step(at::zeros({4, 10}), at::zeros({4, 2})).status();
   EXPECT_EQ(soft.code(), absl::StatusCode::kInvalidArgument);

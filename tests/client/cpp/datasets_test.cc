@@ -158,6 +158,9 @@ TEST(CsvTest, MalformedFilesGiveClearErrors) {
   EXPECT_TRUE(Contains(ReadCsv(WriteFile("e.csv", "\n\n")).status(), "no examples"));
   EXPECT_TRUE(Contains(ReadCsv(WriteFile("f.csv", "1,,0\n")).status(), "column 2"));
   EXPECT_TRUE(Contains(ReadCsv(WriteFile("i.csv", "1,inf,0\n")).status(), "finite"));
+  // Finite as a double, infinite as the float32 it is sent as: the file's line says so.
+  EXPECT_TRUE(Contains(ReadCsv(WriteFile("g.csv", "1,1e39,0\n")).status(),
+                       ":1: column 2: '1e39' is not a finite number"));
   CsvOptions far;
   far.label_column = 5;
   EXPECT_TRUE(
