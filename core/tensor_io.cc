@@ -1,6 +1,7 @@
 #include "core/tensor_io.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -246,12 +247,54 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view byte
   return FsyncParentDirectory(path);  // the rename itself must survive a crash
 }
 
+// The whole file, or an error: a read that fails part-way (EIO) must not pass for a shorter
+// file, since callers (the example log's recovery) act on where a file ends.
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    return absl::Status(err == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kInternal,
+                        absl::StrCat("cannot open ", path, ": ", std::strerror(err)));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return absl::InternalError(absl::StrCat("stat ", path, ": ", std::strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode)) {  // a pipe or a device: no size to check against, read to its end
+    std::string out;
+    char buf[1 << 16];
+    while (true) {
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        const int err = errno;
+        ::close(fd);
+        return absl::DataLossError(absl::StrCat("reading ", path, ": ", std::strerror(err)));
+      }
+      if (n == 0) break;
+      out.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    return out;
+  }
+  std::string out(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : 0;
+      ::close(fd);
+      return absl::DataLossError(absl::StrCat(
+          "reading ", path, " stopped at byte ", done, " of ", out.size(),
+          err != 0 ? absl::StrCat(": ", std::strerror(err)) : std::string(" (end of file)")));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return out;
 }
 
 }  // namespace adaptd

@@ -114,7 +114,12 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::Create(const std::string
 absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::string& path,
                                                                  LogRecovery* recovery,
                                                                  bool fresh) {
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (fresh ? O_TRUNC : 0), 0644);
+  // Recovery opens a log that must exist: a task's row is written only after its first append
+  // is durable, so a missing log lost acknowledged examples; creating it empty would hide that.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (fresh ? O_CREAT | O_TRUNC : 0), 0644);
+  if (fd < 0 && errno == ENOENT && !fresh) {
+    return absl::DataLossError(absl::StrCat(path, " is missing: its acknowledged examples are lost"));
+  }
   if (fd < 0) return Errno("open", path);
   auto log = std::unique_ptr<ExampleLog>(new ExampleLog(path, fd, 0));
   ADAPTD_RETURN_IF_ERROR(FsyncParentDirectory(path));  // the file's own entry is durable too
@@ -157,6 +162,22 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
     }
     pos += kHeaderBytes + len;
   }
+  // What follows the last whole commit is cut, as the tail of a stream a crash interrupted. A
+  // commit record anywhere in that tail means otherwise: a stream is acknowledged only after
+  // fdatasync, which makes every byte before its commit durable, so damage before a commit that
+  // reached the disk is damage to acknowledged data (a length field that lies, say, which the
+  // loop above cannot step over). Refuse, rather than cut it away.
+  const std::string commit = [] {
+    std::string c;
+    AppendRecord(c, kCommit, "");
+    return c;
+  }();
+  if (committed_end != bytes.size() &&
+      bytes.find(commit, committed_end + 1) != std::string::npos) {
+    return absl::DataLossError(absl::StrCat(
+        path, ": the log cannot be read past byte ", pos, ", and a committed stream follows; "
+        "its examples were acknowledged, so the log is not cut there"));
+  }
   recovery->truncated_bytes = static_cast<int64_t>(bytes.size() - committed_end);
   if (committed_end != bytes.size()) {
     if (::ftruncate(fd, static_cast<off_t>(committed_end)) != 0 || ::fsync(fd) != 0) {
@@ -170,6 +191,11 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
 ExampleLog::~ExampleLog() { ::close(fd_); }
 
 absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& batches) {
+  if (broken_) {
+    return absl::InternalError(absl::StrCat(
+        path_, ": an earlier write failed and could not be undone; restart the server, which "
+        "recovers the log from what is on disk"));
+  }
   std::string out;
   for (const auto& b : batches) {
     const std::string body = EncodeBatch(b);
@@ -194,8 +220,10 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
   }
   if (status.ok() && ::fdatasync(fd_) != 0) status = Errno("fsync", path_);
   if (!status.ok()) {
-    // Leave no partial stream behind; Open() would drop it anyway.
-    (void)::ftruncate(fd_, static_cast<off_t>(size_));
+    // Leave no partial stream behind (Open() would drop it anyway). After a failed fdatasync
+    // the page cache may already hold the commit: unless the cut is itself durable, a crash
+    // could bring back a stream its client was told had failed, so the log takes no more.
+    if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd_) != 0) broken_ = true;
     return status;
   }
   size_ += static_cast<int64_t>(out.size());

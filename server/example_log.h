@@ -74,6 +74,9 @@ class ExampleLog {
   std::string path_;
   int fd_;
   int64_t size_;
+  // Set when a failed append could not be cut back durably: what the file holds past size_ is
+  // unknown, so no more appends until a restart recovers it from disk.
+  bool broken_ = false;
 };
 
 }  // namespace adaptd

@@ -386,12 +386,12 @@ TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
   EXPECT_EQ(client->GetModel("good")->current().version(), 1);
-  for (const char* name : {"gone", "emptied"}) {
+  for (const auto& [name, why] :
+       {std::pair<std::string, std::string>{"gone", "0.log is missing"},
+        {"emptied", "task 0's example log holds 0 training examples"}}) {
     auto bad = client->GetModel(name);
     EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << name << ": " << bad.status();
-    EXPECT_THAT(std::string(bad.status().message()),
-                ::testing::HasSubstr("task 0's example log holds 0 training examples"))
-        << name;
+    EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr(why)) << name;
   }
 }
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
@@ -111,11 +112,12 @@ TEST(ExampleLogTest, RecoveryKeepsCommittedStreamsAndCutsEverythingAfter) {
   const std::string path = dir.path() + "/0.log";
   const ExampleBatchData a = Batch(0, 5, 1), b = Batch(5, 7, 2), c = Batch(12, 3, 3);
   int64_t committed_size;
+  // Recovery never creates a log: a missing one lost what it held.
+  LogRecovery none;
+  EXPECT_EQ(ExampleLog::Open(path, &none).status().code(), absl::StatusCode::kDataLoss);
   {
-    LogRecovery rec;
-    auto log = ExampleLog::Open(path, &rec);
+    auto log = ExampleLog::Create(path);
     ASSERT_TRUE(log.ok()) << log.status();
-    EXPECT_TRUE(rec.batches.empty());
     ASSERT_TRUE((*log)->AppendCommitted({a, b}).ok());
     ASSERT_TRUE((*log)->AppendCommitted({c}).ok());
     committed_size = (*log)->size_bytes();
@@ -155,8 +157,7 @@ TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
   TempDir dir;
   const std::string path = dir.path() + "/0.log";
   {
-    LogRecovery rec;
-    auto log = ExampleLog::Open(path, &rec);
+    auto log = ExampleLog::Create(path);
     ASSERT_TRUE(log.ok());
     ASSERT_TRUE((*log)->AppendCommitted({Batch(0, 4, 1)}).ok());
     ASSERT_TRUE((*log)->AppendCommitted({Batch(4, 4, 2)}).ok());
@@ -171,6 +172,17 @@ TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
   const auto damaged_open = ExampleLog::Open(path, &rec);
   EXPECT_EQ(damaged_open.status().code(), absl::StatusCode::kDataLoss) << damaged_open.status();
   EXPECT_EQ(*ReadFile(path), damaged);
+  // A length field that lies (here far past the end of the file) stops the reading at the first
+  // stream; the commits after it are still seen, so nothing is cut.
+  std::string lying = *bytes;
+  lying[2] = static_cast<char>(0x3f);  // the first record's length, now about 1 GiB
+  ASSERT_TRUE(WriteFileAtomically(path, lying).ok());
+  LogRecovery lied;
+  const auto lying_open = ExampleLog::Open(path, &lied);
+  EXPECT_EQ(lying_open.status().code(), absl::StatusCode::kDataLoss) << lying_open.status();
+  EXPECT_THAT(std::string(lying_open.status().message()),
+              ::testing::HasSubstr("a committed stream follows"));
+  EXPECT_EQ(*ReadFile(path), lying);
   // The same damage in the last record (nothing valid after it) reads as a torn tail.
   ASSERT_TRUE(WriteFileAtomically(path, damaged.substr(0, damaged.size() - 9)).ok());
   LogRecovery tail;
