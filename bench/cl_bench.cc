@@ -48,7 +48,7 @@ ABSL_FLAG(double, fromp_tau, -1, "FROMP tau (-1: default)");
 ABSL_FLAG(double, ewc_lambda, 1.0, "EWC penalty multiplier");
 ABSL_FLAG(int64_t, memory_batch, -1, "memory examples per step (-1: default)");
 ABSL_FLAG(int, replay_correction, -1, "K-prior replay correction: 0 or 1 (-1: the benchmark's default)");
-ABSL_FLAG(std::string, selection, "", "memory selection: lambda or random (empty: default)");
+ABSL_FLAG(std::string, selection, "", "memory selection: lambda, sensitivity or random (empty: default)");
 ABSL_FLAG(std::string, weight_precision, "", "K-prior weight term: posterior or prior (empty: default)");
 ABSL_FLAG(std::string, hidden, "",
           "MLP hidden widths, e.g. 100 or 256,256; 0: logistic regression (empty: the benchmark's "

@@ -33,7 +33,7 @@
 ABSL_FLAG(std::string, scenario, "mislabelled", "mislabelled | boundary | random");
 ABSL_FLAG(double, fraction, 0.1, "the share of the base task to forget");
 ABSL_FLAG(double, memory_fraction, 0.1, "memory as a fraction of the base task");
-ABSL_FLAG(std::string, selection, "lambda", "memory selection: lambda or random");
+ABSL_FLAG(std::string, selection, "lambda", "memory selection: lambda, sensitivity or random");
 ABSL_FLAG(int, hidden, 0, "hidden width of a one-layer MLP; 0: logistic regression");
 ABSL_FLAG(double, delta, 50, "prior precision over the base task (weight decay delta / N)");
 ABSL_FLAG(int64_t, epochs, 150, "epochs of the base training and of batch retraining");
