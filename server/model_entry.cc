@@ -541,31 +541,34 @@ absl::StatusOr<std::vector<v1::TaskAccuracy>> ModelEntry::EvaluateUnscored(
   return Score(version.state(), unscored);
 }
 
-void ModelEntry::PruneJobsLocked() {
-  int64_t finished = 0;
+// The jobs to keep: every unfinished one and the newest options_.keep_jobs finished ones, in
+// creation order.
+std::vector<std::shared_ptr<Job>> ModelEntry::KeptJobsLocked() const {
   std::vector<bool> ended(jobs_.size());
+  int64_t finished = 0;
   for (size_t i = 0; i < jobs_.size(); ++i) {
-    const v1::JobState s = jobs_[i]->Status().state();
-    ended[i] = s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
-               s == v1::JOB_STATE_CANCELLED;
+    ended[i] = jobs_[i]->terminal();
     finished += ended[i];
   }
   int64_t drop = finished - options_.keep_jobs;  // the oldest first: jobs_ is in creation order
-  if (drop <= 0) return;
   std::vector<std::shared_ptr<Job>> kept;
   for (size_t i = 0; i < jobs_.size(); ++i) {
     if (ended[i] && drop > 0) {
       --drop;
       continue;
     }
-    kept.push_back(std::move(jobs_[i]));
+    kept.push_back(jobs_[i]);
   }
-  jobs_ = std::move(kept);
+  return kept;
 }
+
+void ModelEntry::PruneJobsLocked() { jobs_ = KeptJobsLocked(); }
 
 std::vector<std::shared_ptr<Job>> ModelEntry::Jobs() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return jobs_;
+  // A job that has just ended is pruned once its actor is done with it; the list is bounded
+  // even in between.
+  return KeptJobsLocked();
 }
 
 Dataset ModelEntry::Concat(const std::vector<ExampleBatchData>& batches, at::Tensor* ids,

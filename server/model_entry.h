@@ -273,6 +273,7 @@ class ModelEntry {
   // REQUIRES: commit_mu_ held, or the actor not yet started.
   void DeleteOldCheckpoints();
   // Drops the oldest finished jobs beyond options_.keep_jobs from jobs_.
+  std::vector<std::shared_ptr<Job>> KeptJobsLocked() const;
   void PruneJobsLocked();
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
   // The task's job that waits in the queue, if any. REQUIRES: mu_ held.
