@@ -217,8 +217,8 @@ absl::StatusOr<at::Tensor> ParseNpy(absl::string_view bytes) {
     return absl::InvalidArgumentError(absl::StrCat(".npy header has no readable shape: '", header, "'"));
   }
   std::vector<int64_t> shape;
-  const std::vector<absl::string_view> parts =
-      absl::StrSplit(shape_s.substr(1, shape_s.size() - 2), ',');
+  const std::string dims = shape_s.substr(1, shape_s.size() - 2);  // outlives the views below
+  const std::vector<absl::string_view> parts = absl::StrSplit(dims, ',');
   for (size_t i = 0; i < parts.size(); ++i) {
     const absl::string_view part = absl::StripAsciiWhitespace(parts[i]);
     if (part.empty() && i + 1 == parts.size()) continue;  // "(3,)" and "()"
