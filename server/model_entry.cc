@@ -90,12 +90,20 @@ at::Tensor Cat(const std::vector<at::Tensor>& parts, at::ScalarType dtype) {
 
 bool JobSlots::Acquire(const std::function<bool()>& stop) {
   std::unique_lock<std::mutex> lock(mu_);
-  while (free_ == 0) {
+  while (free_ == 0 || !open_) {
     if (stop()) return false;
     cv_.wait_for(lock, std::chrono::milliseconds(100));
   }
   --free_;
   return true;
+}
+
+void JobSlots::Open() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+  }
+  cv_.notify_all();
 }
 
 void JobSlots::Release() {

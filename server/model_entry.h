@@ -41,15 +41,19 @@ class Metrics;
 // Bounds the adaptation jobs that train at once across all models.
 class JobSlots {
  public:
-  explicit JobSlots(int slots) : free_(slots) {}
+  // `open` false: no slot is handed out until Open() (a server holds training back until it
+  // listens, so that a failed start trains nothing).
+  explicit JobSlots(int slots, bool open = true) : free_(slots), open_(open) {}
   // Waits for a slot; false if `stop` became true first (checked every 100 ms).
   bool Acquire(const std::function<bool()>& stop);
   void Release();
+  void Open();
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   int free_;
+  bool open_;
 };
 
 // One adaptation job. Thread-safe.

@@ -28,6 +28,9 @@ struct RegistryOptions {
   int64_t keep_jobs = 1000;   // finished jobs each model keeps in memory
   at::Device device = at::kCPU;  // where adaptation jobs train
   Metrics* metrics = nullptr;
+  // No job trains until StartTraining() (recovered jobs wait queued): a server opens its
+  // registry before it binds its port, and a start that fails there must train nothing.
+  bool hold_training = false;
 };
 
 // Thread-safe.
@@ -52,6 +55,8 @@ class Registry {
   absl::StatusOr<v1::JobStatus> CancelJob(const std::string& id);
 
   Catalog* catalog() { return catalog_.get(); }
+  // Lets queued jobs train (see RegistryOptions::hold_training).
+  void StartTraining() { slots_.Open(); }
   // Stops every actor: running jobs stay queued for the next start.
   void Shutdown();
   // Interrupts every running job (it stays queued for the next start) and starts none, while
@@ -60,7 +65,7 @@ class Registry {
   bool interrupting() const { return interrupting_.load(); }
 
  private:
-  explicit Registry(const RegistryOptions& options) : options_(options), slots_(options.max_concurrent_jobs) {}
+  explicit Registry(const RegistryOptions& options) : options_(options), slots_(options.max_concurrent_jobs, !options.hold_training) {}
   ModelEntryOptions EntryOptions(const std::string& name);
   // Create and Import: reserve the name, build the entry with `make`, publish it.
   absl::StatusOr<std::shared_ptr<ModelEntry>> Add(

@@ -70,6 +70,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   ro.keep_jobs = options.keep_jobs;
   ro.device = device;
   ro.metrics = &impl->metrics;
+  ro.hold_training = true;  // until the port is bound
   ADAPTD_ASSIGN_OR_RETURN(impl->registry, Registry::Open(ro));
   if (options.metrics_port >= 0) {
     ADAPTD_ASSIGN_OR_RETURN(impl->metrics_port, impl->metrics.Serve(options.host, options.metrics_port));
@@ -123,6 +124,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
             : " (is the port in use, or were the TLS certificate and key refused? gRPC's log "
               "above says which)"));
   }
+  impl->registry->StartTraining();
   return std::unique_ptr<Server>(new Server(std::move(impl), port));
 }
 

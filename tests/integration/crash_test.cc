@@ -15,6 +15,7 @@
 #include "core/tensor_io.h"
 #include "server/catalog.h"
 #include "server/convert.h"
+#include "server/registry.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
 
@@ -234,6 +235,27 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
   EXPECT_THAT(std::string(watched.message()), ::testing::HasSubstr("the server is shutting down"));
   EXPECT_EQ(DirDigest(dir.path() + "/models/m/versions").size(), 1u);  // version 0 only
   server->reset();
+
+  // A server opens its registry before it binds its port: until it holds the port, the
+  // recovered job stays queued (a start that fails to bind trains nothing), then it trains.
+  {
+    RegistryOptions ro;
+    ro.data_dir = dir.path();
+    ro.hold_training = true;
+    auto registry = Registry::Open(ro);
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    auto job = (*registry)->FindJob(s->job_ids(0));
+    ASSERT_TRUE(job.ok()) << job.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    EXPECT_EQ((*job)->Status().state(), v1::JOB_STATE_QUEUED);
+    (*registry)->StartTraining();
+    v1::JobStatus st;
+    uint64_t seen = 0;
+    for (int i = 0; i < 300 && st.state() == v1::JOB_STATE_QUEUED; ++i) {
+      seen = (*job)->WaitForChange(seen, 100, &st);
+    }
+    EXPECT_NE(st.state(), v1::JOB_STATE_QUEUED) << st.message();
+  }  // closing the registry interrupts the job again; it stays queued
 
   auto restarted = ServerProcess::Start(dir.path());
   ASSERT_TRUE(restarted.ok()) << restarted.status();
