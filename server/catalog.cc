@@ -247,11 +247,13 @@ absl::Status Catalog::UpdateJob(const std::string& id, int state, const std::str
   return st.Bind(state).Bind(message).Bind(version).Bind(id).Run();
 }
 
-absl::Status Catalog::SetJobStart(const std::string& id, int64_t begin, int64_t end,
-                                  const std::string& config) {
+absl::Status Catalog::StartJob(const std::string& id, int64_t begin, int64_t end,
+                               const std::string& config, int state, const std::string& message) {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_, "UPDATE jobs SET begin_pos = ?, end_pos = ?, config = ? WHERE id = ?");
-  return st.Bind(begin).Bind(end).Bind(config, true).Bind(id).Run();
+  Statement st(db_,
+               "UPDATE jobs SET begin_pos = ?, end_pos = ?, config = ?, state = ?, message = ? "
+               "WHERE id = ?");
+  return st.Bind(begin).Bind(end).Bind(config, true).Bind(state).Bind(message).Bind(id).Run();
 }
 
 absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) {

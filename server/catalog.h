@@ -71,9 +71,10 @@ class Catalog {
   absl::Status InsertJob(const JobRow& row);
   absl::Status UpdateJob(const std::string& id, int state, const std::string& message,
                          int64_t version);
-  // The examples a job learns and the settings it learns them with, fixed when it starts.
-  absl::Status SetJobStart(const std::string& id, int64_t begin, int64_t end,
-                           const std::string& config);
+  // A job starts: the examples it learns and the settings it learns them with, fixed from now
+  // on, and its new state, in one statement.
+  absl::Status StartJob(const std::string& id, int64_t begin, int64_t end,
+                        const std::string& config, int state, const std::string& message);
   absl::StatusOr<std::vector<JobRow>> ListJobs(const std::string& model);
 
   // Publishing: the version row and the job's success in one transaction (job_id may be

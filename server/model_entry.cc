@@ -1061,8 +1061,15 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     return finish(v1::JOB_STATE_SUCCEEDED,
                   "nothing new to learn: an earlier job learnt these examples");
   }
-  (void)options_.catalog->SetJobStart(job->id(), begin, end, config.SerializeAsString());
-  (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_RUNNING, "running", -1);
+  // A restart resumes a started job on exactly these examples with these settings; a job whose
+  // start is not on record must not train.
+  const absl::Status recorded = options_.catalog->StartJob(
+      job->id(), begin, end, config.SerializeAsString(), v1::JOB_STATE_RUNNING, "running");
+  if (!recorded.ok()) {
+    return finish(v1::JOB_STATE_FAILED,
+                  absl::StrCat("cannot record the job's start in the catalog: ",
+                               recorded.ToString()));
+  }
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

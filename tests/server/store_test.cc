@@ -253,8 +253,21 @@ TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
     EXPECT_EQ((*jobs)[0].end, open == 0 ? 10 : 12);
     EXPECT_EQ((*jobs)[0].message, "running");
     EXPECT_EQ((*jobs)[0].config, open == 0 ? "" : std::string("\0settings", 9));
-    ASSERT_TRUE((*catalog)->SetJobStart("j1", 0, 12, std::string("\0settings", 9)).ok());
+    ASSERT_TRUE(
+        (*catalog)->StartJob("j1", 0, 12, std::string("\0settings", 9), 2, "running").ok());
   }
+  // The start records the state and message with the range.
+  auto catalog = Catalog::Open(path);
+  ASSERT_TRUE(catalog.ok()) << catalog.status();
+  ASSERT_TRUE((*catalog)->StartJob("j1", 3, 7, "s", 1, "resumed").ok());
+  auto jobs = (*catalog)->ListJobs("m");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  ASSERT_EQ(jobs->size(), 1u);
+  EXPECT_EQ((*jobs)[0].begin, 3);
+  EXPECT_EQ((*jobs)[0].end, 7);
+  EXPECT_EQ((*jobs)[0].config, "s");
+  EXPECT_EQ((*jobs)[0].state, 1);
+  EXPECT_EQ((*jobs)[0].message, "resumed");
 }
 
 }  // namespace
