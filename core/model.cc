@@ -292,11 +292,11 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(const ModelSpec& spec, uint64_
   try {
     std::istringstream in(spec.torchscript);
     module = torch::jit::load(in, at::kCPU);
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {  // c10::Error, or the loader's own ErrorReport
     return absl::InvalidArgumentError(absl::StrCat(
         "malformed TorchScript module (", spec.torchscript.size(),
         " bytes): expected the output of torch.jit.save; loading failed with: ",
-        std::string(e.what_without_backtrace()).substr(0, 300)));
+        ExceptionText(e).substr(0, 300)));
   }
   // Buffers (BatchNorm's running statistics, say) change in training but are neither parameters
   // nor part of the posterior or the checkpoints: their updates would be lost at every restart.
@@ -322,10 +322,10 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(const ModelSpec& spec, uint64_
     at::NoGradGuard no_grad;
     model->SetTraining(false);  // as queries run it (dropout off)
     (void)model->Forward(at::zeros(shape));  // Forward checks the logits' shape
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {  // the interpreter rethrows as std::runtime_error
     return absl::InvalidArgumentError(absl::StrCat(
         "TorchScript module failed on an input of shape ", ShapeString(shape), ": ",
-        std::string(e.what_without_backtrace()).substr(0, 300)));
+        ExceptionText(e).substr(0, 300)));
   }
   return std::unique_ptr<Model>(std::move(model));
 }

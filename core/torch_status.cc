@@ -13,6 +13,11 @@ std::string ShapeString(c10::IntArrayRef shape) {
   return absl::StrCat("[", absl::StrJoin(shape.begin(), shape.end(), ", "), "]");
 }
 
+std::string ExceptionText(const std::exception& e) {
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return c10->what_without_backtrace();
+  return e.what();
+}
+
 std::string DescribeTensor(const at::Tensor& t) {
   if (!t.defined()) return "an undefined tensor";
   return absl::StrCat(ShapeString(t.sizes()), " ", std::string(c10::toString(t.scalar_type())));

@@ -15,6 +15,9 @@
 
 namespace adaptd {
 
+// An exception's message; a c10::Error's without its C++ backtrace.
+std::string ExceptionText(const std::exception& e);
+
 // Runs `fn` (returning absl::Status or absl::StatusOr<T>) and converts LibTorch exceptions:
 // out-of-memory becomes RESOURCE_EXHAUSTED; any other c10::Error INTERNAL (inputs are validated
 // before LibTorch sees them, so a throw after validation is our bug).
@@ -24,10 +27,8 @@ auto CallTorch(Fn&& fn) -> decltype(fn()) {
     return std::forward<Fn>(fn)();
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(std::string(e.what_without_backtrace()));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(std::string(e.what_without_backtrace()));
   } catch (const std::exception& e) {
-    return absl::InternalError(e.what());
+    return absl::InternalError(ExceptionText(e));
   }
 }
 

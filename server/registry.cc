@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "core/torch_status.h"
 #include "server/fs_util.h"
 #include "server/metrics.h"
 
@@ -45,7 +46,8 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
       continue;
     }
     known.insert(row.name);
-    auto entry = ModelEntry::Recover(row, r.EntryOptions(row.name));
+    // A throw (a stored module this LibTorch cannot run, say) keeps only this model offline.
+    auto entry = CallTorch([&] { return ModelEntry::Recover(row, r.EntryOptions(row.name)); });
     if (!entry.ok()) {
       // One damaged model must not keep the others offline; it stays on disk for inspection
       // until DeleteModel removes it.
@@ -164,7 +166,8 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Add(
     reserved_.insert(name);
     options = EntryOptions(name);
   }
-  auto entry = make(options);
+  // A throw must release the name too.
+  auto entry = CallTorch([&] { return make(options); });
   std::shared_ptr<ModelEntry> shared;
   bool interrupted;
   {

@@ -139,6 +139,14 @@ TEST(ModelTest, MalformedTorchScriptIsInvalidArgument) {
   m = BuildModel(s);
   EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(m.status().message()), testing::HasSubstr("expected [1, 3]"));
+  // A module that cannot take the declared input: the interpreter reports it as a
+  // std::runtime_error, not a c10::Error.
+  s.torchscript = ScriptedLinearBytes(6, 3);
+  s.input_shape = {5};
+  m = BuildModel(s);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
+  EXPECT_THAT(std::string(m.status().message()),
+              testing::HasSubstr("TorchScript module failed on an input of shape [1, 5]"));
 }
 
 // A spec carrying module `m`, saved as torch.jit.save would, for inputs [in] and `classes`.

@@ -9,6 +9,7 @@
 #include "server/convert.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
+#include "tests/testing/models.h"
 
 namespace adaptd {
 namespace {
@@ -115,6 +116,14 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   ts.mutable_spec()->set_architecture("torchscript");
   ts.mutable_spec()->set_torchscript("PK\x03\x04 definitely not a module");
   EXPECT_STATUS(client_->CreateModel(ts).status(), kInvalidArgument, "TorchScript");
+  // A module that cannot take the declared input is refused, and the name stays free.
+  ts.mutable_spec()->clear_hidden();
+  ts.mutable_spec()->set_torchscript(testing_models::ScriptedMlpSpec(kDim + 1, kClasses).torchscript);
+  EXPECT_STATUS(client_->CreateModel(ts).status(), kInvalidArgument,
+                absl::StrCat("TorchScript module failed on an input of shape [1, ", kDim, "]"));
+  ts.mutable_spec()->set_torchscript(testing_models::ScriptedMlpSpec(kDim, kClasses).torchscript);
+  EXPECT_TRUE(client_->CreateModel(ts).ok());
+  ASSERT_TRUE(client_->DeleteModel("ts").ok());
   v1::CreateModelRequest arch = BlobModel("x", false);
   arch.mutable_spec()->set_architecture("transformer");
   EXPECT_STATUS(client_->CreateModel(arch).status(), kInvalidArgument, "transformer");
