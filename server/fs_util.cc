@@ -30,7 +30,7 @@ absl::Status MakeDirs(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::Status RemoveTree(const std::string& path) {
+absl::Status RemoveTree(const std::string& path, const std::string& last) {
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) {
     return errno == ENOENT ? absl::OkStatus()
@@ -44,12 +44,22 @@ absl::Status RemoveTree(const std::string& path) {
     return absl::OkStatus();
   }
   for (const std::string& child : ListDir(path)) {
-    ADAPTD_RETURN_IF_ERROR(RemoveTree(path + "/" + child));
+    if (child != last) ADAPTD_RETURN_IF_ERROR(RemoveTree(path + "/" + child));
   }
+  if (!last.empty()) ADAPTD_RETURN_IF_ERROR(RemoveTree(path + "/" + last));
   if (::rmdir(path.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("rmdir ", path, ": ", std::strerror(errno)));
   }
   return FsyncParentDirectory(path);
+}
+
+bool HoldsFiles(const std::string& path) {
+  for (const std::string& child : ListDir(path)) {
+    struct stat st;
+    const std::string p = path + "/" + child;
+    if (::lstat(p.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || HoldsFiles(p)) return true;
+  }
+  return false;
 }
 
 std::vector<std::string> ListDir(const std::string& path) {

@@ -13,10 +13,12 @@ namespace adaptd {
 
 // mkdir -p; every directory it creates is made durable (its parent is fsynced).
 absl::Status MakeDirs(const std::string& path);
-// rm -r; OK if `path` does not exist.
-absl::Status RemoveTree(const std::string& path);
+// rm -r; OK if `path` does not exist. A direct child named `last` goes after every other.
+absl::Status RemoveTree(const std::string& path, const std::string& last = "");
 // The entries of a directory, without "." and ".."; empty if it cannot be read.
 std::vector<std::string> ListDir(const std::string& path);
+// Whether `path` holds anything but directories, at any depth.
+bool HoldsFiles(const std::string& path);
 
 // An exclusive advisory lock (flock) on <dir>/LOCK, held until it is destroyed: two servers on
 // one data directory would hand out the same example ids and version numbers and overwrite

@@ -1513,7 +1513,7 @@ absl::Status ModelEntry::Destroy() {
     queue_.clear();
     for (auto& [tid, t] : tasks_) t.log.reset();
   }
-  return RemoveTree(options_.dir);
+  return RemoveTree(options_.dir, kDeletingMarker);
 }
 
 }  // namespace adaptd

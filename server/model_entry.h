@@ -136,6 +136,11 @@ class ModelVersion {
   mutable std::vector<std::unique_ptr<Lease::Instance>> pool_;
 };
 
+// Written into a model's directory before its catalog rows go, and removed last with it, so
+// that a start after a crash tells an interrupted deletion from files that a lost catalog no
+// longer lists.
+inline constexpr char kDeletingMarker[] = "DELETING";
+
 struct ModelEntryOptions {
   std::string dir;             // <data_dir>/models/<name>
   int64_t queue_capacity = 16; // jobs queued per model

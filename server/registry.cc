@@ -1,6 +1,7 @@
 #include "server/registry.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -8,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "core/tensor_io.h"
 #include "core/torch_status.h"
 #include "server/fs_util.h"
 #include "server/metrics.h"
@@ -23,6 +25,12 @@ bool ValidName(const std::string& name) {
     }
   }
   return true;
+}
+
+// Best effort: without the marker, a crash mid-deletion leaves the files kept (offline), not lost.
+void MarkDeleting(const std::string& dir) {
+  const absl::Status s = WriteFileAtomically(dir + "/" + kDeletingMarker, "");
+  if (!s.ok()) std::fprintf(stderr, "adaptd: %s\n", s.ToString().c_str());
 }
 
 }  // namespace
@@ -58,12 +66,25 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
     }
     r.models_[row.name] = *std::move(entry);
   }
-  // Directories without a catalog row: a deletion or creation a crash interrupted.
+  // Directories without a catalog row. A deletion that a crash interrupted marked its own, and
+  // a creation that one interrupted wrote no file yet: both go. Any other holds data that a
+  // lost catalog (removed, or restored from an older copy) no longer lists: it is kept, offline,
+  // until DeleteModel removes it.
   for (const std::string& dir : ListDir(options.data_dir + "/models")) {
-    if (known.count(dir) == 0) {
-      std::fprintf(stderr, "adaptd: removing models/%s: no catalog row\n", dir.c_str());
-      ADAPTD_RETURN_IF_ERROR(RemoveTree(options.data_dir + "/models/" + dir));
+    if (known.count(dir) != 0) continue;
+    const std::string path = options.data_dir + "/models/" + dir;
+    if (::access((path + "/" + kDeletingMarker).c_str(), F_OK) == 0 || !HoldsFiles(path)) {
+      std::fprintf(stderr, "adaptd: removing models/%s: an interrupted %s\n", dir.c_str(),
+                   HoldsFiles(path) ? "deletion" : "creation");
+      const absl::Status removed = RemoveTree(path, kDeletingMarker);
+      if (removed.ok()) continue;
+      r.failed_[dir] = absl::StrCat("removing its files failed: ", removed.ToString());
+    } else {
+      r.failed_[dir] =
+          "its files have no row in catalog.sqlite (was the catalog removed, or restored from an "
+          "older copy?); they are kept";
     }
+    std::fprintf(stderr, "adaptd: models/%s not loaded: %s\n", dir.c_str(), r.failed_[dir].c_str());
   }
   return registry;
 }
@@ -189,9 +210,13 @@ absl::Status Registry::Delete(const std::string& name) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(name);
     if (it == models_.end()) {
-      if (failed_.erase(name) > 0) {  // a model that could not be loaded at start
+      if (failed_.count(name) > 0) {  // a model that could not be loaded at start
+        const std::string dir = options_.data_dir + "/models/" + name;
+        MarkDeleting(dir);
         ADAPTD_RETURN_IF_ERROR(catalog_->DeleteModel(name));
-        return RemoveTree(options_.data_dir + "/models/" + name);
+        ADAPTD_RETURN_IF_ERROR(RemoveTree(dir, kDeletingMarker));
+        failed_.erase(name);
+        return absl::OkStatus();
       }
       return absl::NotFoundError(absl::StrCat("no model named \"", name, "\""));
     }
@@ -205,7 +230,10 @@ absl::Status Registry::Delete(const std::string& name) {
   // after its rows are gone; then the catalog (once its rows are gone the model is gone, and a
   // start removes any files a crash leaves), then the files.
   entry->Stop();
+  const std::string dir = options_.data_dir + "/models/" + name;
+  MarkDeleting(dir);
   const absl::Status rows = catalog_->DeleteModel(name);
+  if (!rows.ok()) (void)::unlink((dir + "/" + kDeletingMarker).c_str());
   if (rows.ok()) {
     if (options_.metrics) options_.metrics->RemoveModel(name);
     const absl::Status removed = entry->Destroy();

@@ -15,6 +15,7 @@
 #include "core/tensor_io.h"
 #include "server/catalog.h"
 #include "server/convert.h"
+#include "server/fs_util.h"
 #include "server/registry.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
@@ -365,6 +366,10 @@ TEST(LifecycleTest, CreateRacingDeleteOfTheSameNameKeepsTheNewModel) {
 
 // A creation that a crash cut before version 0 (a model row, no version) and a directory
 // without a catalog row are cleaned up at start; the name is free again.
+// At start: a creation that never reached version 0 and a directory with no file yet (a creation
+// a crash interrupted) are removed, and so is a directory marked by an interrupted deletion.
+// Files that the catalog does not list, unmarked, are kept offline until DeleteModel removes
+// them: a catalog removed or restored from an older copy must not take the data with it.
 TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
   TempDir dir;
   {
@@ -376,15 +381,26 @@ TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
     ASSERT_TRUE(catalog.ok());
     ASSERT_TRUE((*catalog)->InsertModel({"half", "", "", 1}).ok());
   }
-  ASSERT_EQ(std::system(("mkdir -p '" + dir.path() + "/models/stray/examples' && touch '" +
-                         dir.path() + "/models/stray/examples/0.log'").c_str()), 0);
+  const std::string models = dir.path() + "/models";
+  ASSERT_EQ(std::system(("mkdir -p '" + models + "/stray/examples' '" + models + "/stray/versions' '" +
+                         models + "/gone/examples' '" + models + "/kept/examples' && touch '" +
+                         models + "/gone/examples/0.log' '" + models + "/gone/DELETING' && echo data > '" +
+                         models + "/kept/examples/0.log'").c_str()), 0);
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
   EXPECT_EQ(client->ListModels()->models_size(), 0);
   EXPECT_EQ(CatalogDump(dir.path()), "");
-  EXPECT_TRUE(DirDigest(dir.path() + "/models").empty());
+  EXPECT_EQ(ListDir(models), std::vector<std::string>{"kept"});
+  const absl::Status kept = client->GetModel("kept").status();
+  EXPECT_EQ(kept.code(), absl::StatusCode::kDataLoss) << kept;
+  EXPECT_THAT(std::string(kept.message()), ::testing::HasSubstr("no row in catalog.sqlite"));
+  EXPECT_EQ(client->CreateModel(BlobModel("kept", false, 1)).status().code(),
+            absl::StatusCode::kAlreadyExists);
   EXPECT_TRUE(client->CreateModel(BlobModel("half", false, 1)).ok());
+  EXPECT_TRUE(client->DeleteModel("kept").ok());
+  EXPECT_EQ(ListDir(models), std::vector<std::string>{"half"});
+  EXPECT_TRUE(client->CreateModel(BlobModel("kept", false, 1)).ok());
 }
 
 // An example log that lost acknowledged examples (removed, or emptied) is damage, not an empty
