@@ -329,14 +329,6 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
                                             e.versions_.back().first.version(),
                                             ", is marked deleted"));
   }
-  // A smaller --keep_versions than before applies from this start.
-  e.DeleteOldCheckpoints();
-  // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
-  for (const std::string& f : ListDir(options.dir + "/versions")) {
-    if (known.count(f) == 0) {
-      ::unlink((options.dir + "/versions/" + f).c_str());
-    }
-  }
 
   // Jobs: finished ones are history; queued or running ones start again from the published
   // version (adaptation is deterministic given the version, the data and the seed).
@@ -358,6 +350,16 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     for (const auto& [tid, count] : e.current_->info().learnt().per_task()) {
       ADAPTD_RETURN_IF_ERROR(
           lost(tid, count, absl::StrCat("version ", e.current_->version(), " learnt")));
+    }
+  }
+  // Files go only once every check that could keep the model offline has passed: a model kept
+  // for inspection keeps all its rollback points.
+  // A smaller --keep_versions than before applies from this start.
+  e.DeleteOldCheckpoints();
+  // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
+  for (const std::string& f : ListDir(options.dir + "/versions")) {
+    if (known.count(f) == 0) {
+      ::unlink((options.dir + "/versions/" + f).c_str());
     }
   }
   for (JobRow& j : jobs) {

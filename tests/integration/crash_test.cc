@@ -420,10 +420,14 @@ TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
   }
   ASSERT_EQ(::unlink((dir.path() + "/models/gone/examples/0.log").c_str()), 0);
   ASSERT_EQ(::truncate((dir.path() + "/models/emptied/examples/0.log").c_str(), 0), 0);
-  auto server = ServerProcess::Start(dir.path());
+  // A start with a smaller --keep_versions thins the loaded models' checkpoints, and leaves the
+  // offline ones all their rollback points.
+  auto server = ServerProcess::Start(dir.path(), {"--keep_versions=1"});
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
   EXPECT_EQ(client->GetModel("good")->current().version(), 1);
+  EXPECT_EQ(ListDir(dir.path() + "/models/good/versions"), std::vector<std::string>{"1.ckpt"});
+  EXPECT_EQ(ListDir(dir.path() + "/models/emptied/versions").size(), 2u);
   for (const auto& [name, why] :
        {std::pair<std::string, std::string>{"gone", "0.log is missing"},
         {"emptied", "task 0's example log holds 0 training examples"}}) {
