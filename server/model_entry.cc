@@ -1253,9 +1253,11 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
   std::lock_guard<std::mutex> lock(mu_);
   auto it = std::find(queue_.begin(), queue_.end(), job);
   if (it != queue_.end()) {
-    queue_.erase(it);
+    // The catalog first: a job it still holds as queued must stay in the queue, where the actor
+    // finds the cancel request (and a restart finds the job).
     ADAPTD_RETURN_IF_ERROR(
         options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1));
+    queue_.erase(it);
     job->Update([](v1::JobStatus& s) {
       s.set_state(v1::JOB_STATE_CANCELLED);
       s.set_message("cancelled while queued");

@@ -285,51 +285,60 @@ class LearningServiceImpl final : public v1::LearningService::Service {
                             response->examples(), " examples, ids ", ranges,
                             "); nothing after them was");
       };
-      bool ended = false;
-      int64_t received = 0;
-      while (reader->Read(&msg)) {
-        if (ended) return absl::InvalidArgumentError("nothing may follow the stream's end message");
-        if (msg.has_end()) {
-          if (msg.end().examples() != received) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "the end message counts ", msg.end().examples(), " examples; ", received,
-                " arrived"));
+      // Every refusal from here on says what the stream left stored.
+      auto receive = [&]() -> absl::Status {
+        bool ended = false;
+        int64_t received = 0;
+        while (reader->Read(&msg)) {
+          if (ended) {
+            return absl::InvalidArgumentError("nothing may follow the stream's end message");
           }
-          ended = true;
-          continue;
+          if (msg.has_end()) {
+            if (msg.end().examples() != received) {
+              return absl::InvalidArgumentError(absl::StrCat(
+                  "the end message counts ", msg.end().examples(), " examples; ", received,
+                  " arrived"));
+            }
+            ended = true;
+            continue;
+          }
+          if (!msg.has_batch()) {
+            return absl::InvalidArgumentError(absl::StrCat("message ", batches + 1,
+                                                           " of the stream must be a batch; only "
+                                                           "the first is a header"));
+          }
+          auto batch = entry->ValidateBatch(plan, msg.batch());
+          if (!batch.ok()) {
+            return absl::Status(batch.status().code(),
+                                absl::StrCat("batch ", batches, ": ", batch.status().message()));
+          }
+          ++batches;
+          received += batch->size();
+          pending_examples += batch->size();
+          pending_bytes += batch->x.numel() * static_cast<int64_t>(sizeof(float));
+          if (pending_bytes > c_.max_stream_bytes) {
+            return absl::ResourceExhaustedError(absl::StrCat(
+                "the stream holds more than ", c_.max_stream_bytes >> 20,
+                " MiB of examples before its end message (the server's --max_stream_mb); send "
+                "them as several streams with keep_open"));
+          }
+          pending.push_back(*std::move(batch));
+          if (online && pending_examples >= adapt_every) {
+            ADAPTD_RETURN_IF_ERROR(commit(true));
+          }
         }
-        if (!msg.has_batch()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "message ", batches + 1, " of the stream must be a batch; only the first is a header"));
+        if (!ended || ctx->IsCancelled()) {
+          return absl::AbortedError(
+              "the stream ended without its end message (cancelled or cut short)");
         }
-        auto batch = entry->ValidateBatch(plan, msg.batch());
-        if (!batch.ok()) {
-          const std::string note = response->examples() > 0 ? absl::StrCat("; ", stored()) : "";
-          return absl::Status(batch.status().code(), absl::StrCat("batch ", batches, ": ",
-                                                                  batch.status().message(), note));
-        }
-        ++batches;
-        received += batch->size();
-        pending_examples += batch->size();
-        pending_bytes += batch->x.numel() * static_cast<int64_t>(sizeof(float));
-        if (pending_bytes > c_.max_stream_bytes) {
-          return absl::ResourceExhaustedError(absl::StrCat(
-              "the stream holds more than ", c_.max_stream_bytes >> 20,
-              " MiB of examples before its end message (the server's --max_stream_mb); send "
-              "them as several streams with keep_open; ", stored()));
-        }
-        pending.push_back(*std::move(batch));
-        if (online && pending_examples >= adapt_every) {
-          ADAPTD_RETURN_IF_ERROR(commit(true));
-        }
-      }
-      if (!ended || ctx->IsCancelled()) {
-        return absl::AbortedError(absl::StrCat(
-            "the stream ended without its end message (cancelled or cut short); ", stored()));
-      }
-      response->set_batches(batches);
-      // The close: durable before it is acknowledged; a training stream closes its task.
-      return commit(!plan.header.keep_open());
+        response->set_batches(batches);
+        // The close: durable before it is acknowledged; a training stream closes its task.
+        return commit(!plan.header.keep_open());
+      };
+      const absl::Status received_all = receive();
+      if (received_all.ok()) return received_all;
+      return absl::Status(received_all.code(),
+                          absl::StrCat(received_all.message(), "; ", stored()));
     });
   }
 

@@ -13,6 +13,7 @@
 #include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
 
+#include "adaptd/v1/learning.grpc.pb.h"
 #include "server/convert.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
@@ -455,6 +456,28 @@ TEST(ServiceTest, AnOnlineStreamRefusedHalfWayNamesWhatItStored) {
   auto info = client->GetModel("online");
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->tasks(0).train_examples(), 100);
+
+  // Any refusal after an online chunk says so: here an end message that miscounts.
+  auto stub = v1::LearningService::NewStub(
+      grpc::CreateChannel((*server)->target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::StreamExamplesResponse response;
+  auto writer = stub->StreamExamples(&ctx, &response);
+  v1::StreamExamplesRequest msg;
+  *msg.mutable_header() = h;
+  ASSERT_TRUE(writer->Write(msg));
+  for (int i = 0; i < 3; ++i) {
+    *msg.mutable_batch() = batches[i];
+    ASSERT_TRUE(writer->Write(msg));
+  }
+  msg.mutable_end()->set_examples(240);
+  ASSERT_TRUE(writer->Write(msg));
+  writer->WritesDone();
+  const grpc::Status miscounted = writer->Finish();
+  EXPECT_EQ(miscounted.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(miscounted.error_message(),
+              ::testing::AllOf(::testing::HasSubstr("the end message counts 240 examples; 150 arrived"),
+                               ::testing::HasSubstr("stored and queued (100 examples, ids [100, 200))")));
 }
 
 // --keep_jobs bounds the finished jobs a model keeps in memory (online mode makes many): the
