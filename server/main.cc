@@ -57,6 +57,16 @@ std::string ReadOrDie(const std::string& path, const char* flag) {
   return *text;
 }
 
+// A size flag in MiB as bytes; exits with the reason outside [1, max_mb].
+int64_t MiB(int64_t mb, int64_t max_mb, const char* flag) {
+  if (mb < 1 || mb > max_mb) {
+    std::fprintf(stderr, "adaptd: --%s must be in [1, %lld] MiB; got %lld\n", flag,
+                 static_cast<long long>(max_mb), static_cast<long long>(mb));
+    std::exit(2);
+  }
+  return mb << 20;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -70,12 +80,18 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("adaptd: continual-learning training service\n"
                                "  adaptd --data_dir=DIR [--port=50051] [--metrics_port=PORT (off by default)]");
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_threads) < 1) {
+    std::fprintf(stderr, "adaptd: --threads must be >= 1; got %d\n", absl::GetFlag(FLAGS_threads));
+    return 2;
+  }
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   adaptd::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
-  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  // gRPC takes message sizes as an int.
+  options.max_message_bytes =
+      static_cast<int>(MiB(absl::GetFlag(FLAGS_max_message_mb), 2047, "max_message_mb"));
   options.tokens = ReadOrDie(absl::GetFlag(FLAGS_tokens_file), "tokens_file");
   if (!absl::GetFlag(FLAGS_tokens_file).empty()) {
     auto auth = adaptd::TokenAuth::Parse(options.tokens);
@@ -89,7 +105,8 @@ int main(int argc, char** argv) {
   options.tls_client_ca = ReadOrDie(absl::GetFlag(FLAGS_tls_client_ca), "tls_client_ca");
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
-  options.max_stream_bytes = absl::GetFlag(FLAGS_max_stream_mb) << 20;
+  options.max_stream_bytes =
+      MiB(absl::GetFlag(FLAGS_max_stream_mb), int64_t{1} << 40, "max_stream_mb");
   options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
   options.training_nice = absl::GetFlag(FLAGS_training_nice);
   options.keep_versions = absl::GetFlag(FLAGS_keep_versions);

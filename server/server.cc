@@ -54,6 +54,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return absl::InvalidArgumentError(absl::StrCat(
         "keep_versions must be >= 0 (0: keep every version); got ", options.keep_versions));
   }
+  if (options.queue_capacity < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("queue_capacity must be >= 1; got ", options.queue_capacity));
+  }
+  if (options.max_concurrent_jobs < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_concurrent_jobs must be >= 1; got ", options.max_concurrent_jobs));
+  }
+  if (options.training_nice < 0 || options.training_nice > 19) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("training_nice must be in [0, 19]; got ", options.training_nice));
+  }
   if (options.keep_jobs < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("keep_jobs must be >= 1; got ", options.keep_jobs));

@@ -63,7 +63,7 @@ TEST(ServerTest, RefusesToStartWithoutADataDirectory) {
   EXPECT_EQ(Server::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(ServerTest, RefusesANegativeKeepVersionsOrNoKeptJobs) {
+TEST(ServerTest, RefusesSettingsOutOfRange) {
   ServerOptions o;
   o.port = 0;
   TempDir dir;
@@ -80,6 +80,19 @@ TEST(ServerTest, RefusesANegativeKeepVersionsOrNoKeptJobs) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("keep_jobs must be >= 1; got 0"), std::string::npos)
       << bad.status();
+  o.keep_jobs = 1;
+  // No queue would refuse every training stream; no training slot would leave every job queued.
+  o.queue_capacity = 0;
+  bad = Server::Create(o);
+  EXPECT_EQ(bad.status().message(), "queue_capacity must be >= 1; got 0") << bad.status();
+  o.queue_capacity = 1;
+  o.max_concurrent_jobs = 0;
+  bad = Server::Create(o);
+  EXPECT_EQ(bad.status().message(), "max_concurrent_jobs must be >= 1; got 0") << bad.status();
+  o.max_concurrent_jobs = 1;
+  o.training_nice = -5;
+  bad = Server::Create(o);
+  EXPECT_EQ(bad.status().message(), "training_nice must be in [0, 19]; got -5") << bad.status();
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
