@@ -1357,85 +1357,116 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     return absl::InvalidArgumentError(
         absl::StrCat("the snapshot is not an adaptd export: ", parsed.status().message()));
   }
-  const TensorMap& map = *parsed;
-  ADAPTD_ASSIGN_OR_RETURN(auto spec_proto, ProtoFromMap<v1::ModelSpec>(map, "snapshot.spec"));
-  ADAPTD_ASSIGN_OR_RETURN(auto config, ProtoFromMap<v1::LearningConfig>(map, "snapshot.config"));
-  ADAPTD_ASSIGN_OR_RETURN(auto info, ProtoFromMap<v1::VersionInfo>(map, "snapshot.version_info"));
-  ADAPTD_ASSIGN_OR_RETURN(ModelSpec spec, SpecFromProto(spec_proto));
-  ADAPTD_ASSIGN_OR_RETURN(v1::LearningConfig normalized, NormalizeConfig(config));
-  ADAPTD_ASSIGN_OR_RETURN(AdaptConfig adapt, ConfigFromProto(normalized));
-  ADAPTD_ASSIGN_OR_RETURN(ContinualState state, ContinualState::FromTensors(map, spec));
-  if (state.mean.numel() != InitialState(spec, 0)->mean.numel()) {
-    return absl::InvalidArgumentError("the snapshot's weights do not fit its model spec");
-  }
-  // Tasks and their examples, validated before anything is written.
+  // Everything is validated before anything is written. The snapshot is the client's input:
+  // what does not parse or fit is INVALID_ARGUMENT (the shared readers call it DATA_LOSS, as
+  // they would for a checkpoint on disk).
+  ModelSpec spec;
+  v1::LearningConfig normalized;
+  AdaptConfig adapt;
+  ContinualState state;
+  v1::VersionInfo info;
   std::map<int64_t, TaskExamples> tasks;
-  for (int64_t i = 0;; ++i) {
-    const std::string p = absl::StrCat("batch.", i, ".");
-    if (!map.count(p + "y")) break;
-    ADAPTD_ASSIGN_OR_RETURN(int64_t tid, GetInt(map, p + "task"));
-    ADAPTD_ASSIGN_OR_RETURN(int64_t split, GetInt(map, p + "split"));
-    if (tid < 0 || (split != 0 && split != 1)) {
-      return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, ": task ", tid, ", split ",
-                                                     split, "; expected task >= 0, split 0 or 1"));
+  const absl::Status valid = [&]() -> absl::Status {
+    std::vector<at::Tensor> all_ids;
+    const TensorMap& map = *parsed;
+    ADAPTD_ASSIGN_OR_RETURN(auto spec_proto, ProtoFromMap<v1::ModelSpec>(map, "snapshot.spec"));
+    ADAPTD_ASSIGN_OR_RETURN(auto config, ProtoFromMap<v1::LearningConfig>(map, "snapshot.config"));
+    ADAPTD_ASSIGN_OR_RETURN(info, ProtoFromMap<v1::VersionInfo>(map, "snapshot.version_info"));
+    ADAPTD_ASSIGN_OR_RETURN(spec, SpecFromProto(spec_proto));
+    ADAPTD_ASSIGN_OR_RETURN(normalized, NormalizeConfig(config));
+    ADAPTD_ASSIGN_OR_RETURN(adapt, ConfigFromProto(normalized));
+    ADAPTD_ASSIGN_OR_RETURN(state, ContinualState::FromTensors(map, spec));
+    if (state.mean.numel() != InitialState(spec, 0)->mean.numel()) {
+      return absl::InvalidArgumentError("the snapshot's weights do not fit its model spec");
     }
-    ExampleBatchData b;
-    b.split = split == 1 ? ExampleSplit::kEval : ExampleSplit::kTrain;
-    ADAPTD_ASSIGN_OR_RETURN(b.y, GetTensor(map, p + "y", at::kLong));
-    if (b.y.dim() != 1 || (b.y.numel() > 0 && (b.y.min().item<int64_t>() < 0 ||
-                                               b.y.max().item<int64_t>() >= spec.num_classes))) {
-      return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, "y is ", DescribeTensor(b.y),
-                                                     "; expected 1-D labels in [0, ",
-                                                     spec.num_classes, ")"));
+    // Tasks and their examples.
+    for (int64_t i = 0;; ++i) {
+      const std::string p = absl::StrCat("batch.", i, ".");
+      if (!map.count(p + "y")) break;
+      ADAPTD_ASSIGN_OR_RETURN(int64_t tid, GetInt(map, p + "task"));
+      ADAPTD_ASSIGN_OR_RETURN(int64_t split, GetInt(map, p + "split"));
+      if (tid < 0 || (split != 0 && split != 1)) {
+        return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, ": task ", tid,
+                                                       ", split ", split,
+                                                       "; expected task >= 0, split 0 or 1"));
+      }
+      ExampleBatchData b;
+      b.split = split == 1 ? ExampleSplit::kEval : ExampleSplit::kTrain;
+      ADAPTD_ASSIGN_OR_RETURN(b.y, GetTensor(map, p + "y", at::kLong));
+      if (b.y.dim() != 1 || (b.y.numel() > 0 && (b.y.min().item<int64_t>() < 0 ||
+                                                 b.y.max().item<int64_t>() >= spec.num_classes))) {
+        return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, "y is ", DescribeTensor(b.y),
+                                                       "; expected 1-D labels in [0, ",
+                                                       spec.num_classes, ")"));
+      }
+      ADAPTD_ASSIGN_OR_RETURN(b.x, GetTensor(map, p + "x", at::kFloat));
+      ADAPTD_ASSIGN_OR_RETURN(b.ids, GetTensor(map, p + "ids", at::kLong, b.y.numel()));
+      ADAPTD_ASSIGN_OR_RETURN(b.client_ids,
+                              GetTensor(map, p + "client_ids", at::kLong, b.y.numel()));
+      std::vector<int64_t> want = {b.y.numel()};
+      want.insert(want.end(), spec.input_shape.begin(), spec.input_shape.end());
+      if (b.x.sizes().vec() != want) {
+        return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, "x is ",
+                                                       DescribeTensor(b.x), "; expected ",
+                                                       ShapeString(want)));
+      }
+      ADAPTD_RETURN_IF_ERROR(CheckFinite(b.x, absl::StrCat("snapshot ", p, "x")));
+      if (b.ids.numel() > 0 && b.ids.min().item<int64_t>() < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, "ids: must be >= 0"));
+      }
+      all_ids.push_back(b.ids);
+      tasks[tid];
+      auto& list = b.split == ExampleSplit::kTrain ? tasks[tid].train : tasks[tid].eval;
+      list.push_back(std::move(b));
     }
-    ADAPTD_ASSIGN_OR_RETURN(b.x, GetTensor(map, p + "x", at::kFloat));
-    ADAPTD_ASSIGN_OR_RETURN(b.ids, GetTensor(map, p + "ids", at::kLong, b.y.numel()));
-    ADAPTD_ASSIGN_OR_RETURN(b.client_ids, GetTensor(map, p + "client_ids", at::kLong, b.y.numel()));
-    std::vector<int64_t> want = {b.y.numel()};
-    want.insert(want.end(), spec.input_shape.begin(), spec.input_shape.end());
-    if (b.x.sizes().vec() != want) {
-      return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, "x is ",
-                                                     DescribeTensor(b.x), "; expected ",
-                                                     ShapeString(want)));
+    for (auto& [tid, t] : tasks) {
+      const std::string key = absl::StrCat("task.", tid, ".classes");
+      if (map.count(key)) {
+        const at::Tensor c = map.at(key).to(at::kLong).contiguous();
+        t.classes.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+      }
+      auto learned = GetInt(map, absl::StrCat("task.", tid, ".learned"));
+      t.learned = learned.ok() ? *learned : 0;
+      auto taken = GetInt(map, absl::StrCat("task.", tid, ".taken"));  // absent in older snapshots
+      t.taken = taken.ok() ? *taken : t.learned;
+      int64_t train = 0;
+      for (const auto& b : t.train) train += b.size();
+      const bool classes_ok = std::all_of(t.classes.begin(), t.classes.end(), [&](int64_t c) {
+        return c >= 0 && c < spec.num_classes;
+      });
+      if (t.learned < 0 || t.learned > train || t.taken < t.learned || t.taken > train ||
+          !classes_ok) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "snapshot task ", tid, ": ", t.learned, " examples learnt, ", t.taken,
+            " held back from the timer, ", train, " training examples (expected 0 <= learnt <= "
+            "held back <= training examples); classes [", absl::StrJoin(t.classes, ", "),
+            "] (must lie in [0, ", spec.num_classes, "))"));
+      }
     }
-    tasks[tid];
-    auto& list = b.split == ExampleSplit::kTrain ? tasks[tid].train : tasks[tid].eval;
-    list.push_back(std::move(b));
+    // Example ids name one example each (memory maps and influence answers are given by id).
+    if (!all_ids.empty()) {
+      const at::Tensor ids = at::cat(all_ids);
+      if (std::get<0>(at::_unique(ids)).numel() != ids.numel()) {
+        return absl::InvalidArgumentError("snapshot example ids must be unique");
+      }
+    }
+    // Tasks are numbered 0, 1, ... in arrival order; so are the evaluation results.
+    if (!tasks.empty() && tasks.rbegin()->first != static_cast<int64_t>(tasks.size()) - 1) {
+      return absl::InvalidArgumentError(
+          "snapshot tasks must be numbered 0, 1, 2, ... without gaps");
+    }
+    for (const auto& a : info.eval()) {
+      if (tasks.count(a.task_id()) == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "snapshot version evaluates task ", a.task_id(), ", which the snapshot lacks"));
+      }
+    }
+    return absl::OkStatus();
+  }();
+  if (valid.code() == absl::StatusCode::kDataLoss) {
+    return absl::InvalidArgumentError(absl::StrCat("the snapshot: ", valid.message()));
   }
-  for (auto& [tid, t] : tasks) {
-    const std::string key = absl::StrCat("task.", tid, ".classes");
-    if (map.count(key)) {
-      const at::Tensor c = map.at(key).to(at::kLong).contiguous();
-      t.classes.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-    }
-    auto learned = GetInt(map, absl::StrCat("task.", tid, ".learned"));
-    t.learned = learned.ok() ? *learned : 0;
-    auto taken = GetInt(map, absl::StrCat("task.", tid, ".taken"));  // absent in older snapshots
-    t.taken = taken.ok() ? *taken : t.learned;
-    int64_t train = 0;
-    for (const auto& b : t.train) train += b.size();
-    const bool classes_ok = std::all_of(t.classes.begin(), t.classes.end(), [&](int64_t c) {
-      return c >= 0 && c < spec.num_classes;
-    });
-    if (t.learned < 0 || t.learned > train || t.taken < t.learned || t.taken > train ||
-        !classes_ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "snapshot task ", tid, ": ", t.learned, " examples learnt, ", t.taken,
-          " held back from the timer, ", train, " training examples (expected 0 <= learnt <= "
-          "held back <= training examples); classes [", absl::StrJoin(t.classes, ", "),
-          "] (must lie in [0, ", spec.num_classes, "))"));
-    }
-  }
-  // Tasks are numbered 0, 1, ... in arrival order; so are the evaluation results.
-  if (!tasks.empty() && tasks.rbegin()->first != static_cast<int64_t>(tasks.size()) - 1) {
-    return absl::InvalidArgumentError("snapshot tasks must be numbered 0, 1, 2, ... without gaps");
-  }
-  for (const auto& a : info.eval()) {
-    if (tasks.count(a.task_id()) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "snapshot version evaluates task ", a.task_id(), ", which the snapshot lacks"));
-    }
-  }
+  ADAPTD_RETURN_IF_ERROR(valid);
 
   auto entry = std::unique_ptr<ModelEntry>(
       new ModelEntry(name, std::move(spec), std::move(normalized), std::move(adapt), options));

@@ -513,6 +513,27 @@ TEST(LifecycleTest, ImportValidatesTheSnapshot) {
   bad["batch.0.y"] = at::full({50}, 7, at::kLong);
   EXPECT_EQ(client->Import("copy", SerializeTensors(bad)).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // The client's bytes: what does not parse is its error, not damage on the server's disk.
+  bad = *map;
+  bad["snapshot.spec"] = at::full({3}, 255, at::kByte);
+  refused = client->Import("copy", SerializeTensors(bad));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::HasSubstr("'snapshot.spec' does not parse"));
+  bad = *map;
+  bad["batch.0.x"] = map->at("batch.0.x").clone();
+  bad["batch.0.x"][3][1] = std::nanf("");
+  refused = client->Import("copy", SerializeTensors(bad));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::HasSubstr("snapshot batch.0.x must be finite"));
+  bad = *map;
+  bad["batch.0.ids"] = map->at("batch.0.ids").clone();
+  bad["batch.0.ids"][1] = map->at("batch.0.ids")[0].item<int64_t>();
+  refused = client->Import("copy", SerializeTensors(bad));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::HasSubstr("example ids must be unique"));
   EXPECT_EQ(CatalogDump(dir.path()), catalog_before);
   EXPECT_EQ(DirDigest(dir.path()), files_before);
   EXPECT_TRUE(client->Import("copy", *snapshot).ok());
