@@ -249,12 +249,11 @@ absl::Status Jobs(const AdaptdClient& client, const CtlOptions&,
 absl::Status Cancel(const AdaptdClient& client, const CtlOptions&,
                     const std::vector<std::string>& args) {
   ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, client.CancelJob(args[0]));
-  // Cancelling a queued or running job is a request the job honours between steps; `watch`
-  // shows when it has stopped.
-  const bool ended = status.state() == v1::JOB_STATE_SUCCEEDED ||
-                     status.state() == v1::JOB_STATE_FAILED ||
-                     status.state() == v1::JOB_STATE_CANCELLED;
-  if (ended) {
+  // A queued job is cancelled at once; a running one stops at its next step (`watch` shows
+  // when it has stopped).
+  if (status.state() == v1::JOB_STATE_CANCELLED) {
+    absl::PrintF("job %s is cancelled: %s\n", status.job_id(), status.message());
+  } else if (status.state() == v1::JOB_STATE_SUCCEEDED || status.state() == v1::JOB_STATE_FAILED) {
     absl::PrintF("job %s had already ended: %s, %s\n", status.job_id(),
                  JobStateName(status.state()), status.message());
   } else {
