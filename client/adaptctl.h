@@ -95,6 +95,10 @@ const std::vector<CtlCommand>& CtlCommands();
 std::string CtlUsage();
 
 // Parsers for option values; INVALID_ARGUMENT names the value and what was expected.
+// INVALID_ARGUMENT for flags out of range: --task and --version below -1 (none), --limit
+// below 0, --batch below 1.
+absl::Status ValidateCtlOptions(const CtlOptions& options);
+
 absl::StatusOr<std::vector<int64_t>> ParseInt64List(const std::string& text);
 absl::StatusOr<v1::Split> ParseSplit(const std::string& text);
 absl::StatusOr<v1::HeadMode> ParseHeadMode(const std::string& text);

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -16,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/adaptctl.h"
+#include "client/files.h"
 #include "client/memory_map.h"
 #include "client/progress.h"
 #include "client/report.h"
@@ -26,11 +28,7 @@ namespace adaptd {
 namespace {
 
 absl::Status WriteTextFile(const std::string& path, const std::string& content) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << content;
-  out.close();
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
+  return ReplaceFileDurably(path, [&](const auto& write) { return write(content); });
 }
 
 absl::StatusOr<int64_t> ParseInt64(const std::string& text, const char* what) {
@@ -409,6 +407,20 @@ std::string CtlUsage() {
   return usage;
 }
 
+absl::Status ValidateCtlOptions(const CtlOptions& options) {
+  for (const auto& [flag, value, least] :
+       {std::tuple<const char*, int64_t, int64_t>{"task", options.task, -1},
+        {"version", options.version, -1},
+        {"limit", options.limit, 0},
+        {"batch", options.batch, 1}}) {
+    if (value < least) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", flag, " must be >= ", least, least < 0 ? " (-1: none)" : "", "; got ", value));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<int64_t>> ParseInt64List(const std::string& text) {
   std::vector<int64_t> values;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
@@ -571,10 +583,7 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   }
   spec.set_activation(options.activation);
   if (!options.torchscript.empty()) {
-    std::ifstream in(options.torchscript, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", options.torchscript));
-    spec.mutable_torchscript()->assign(std::istreambuf_iterator<char>(in),
-                                       std::istreambuf_iterator<char>());
+    ADAPTD_ASSIGN_OR_RETURN(*spec.mutable_torchscript(), ReadWholeFile(options.torchscript));
   }
 
   v1::LearningConfig& config = *request.mutable_config();

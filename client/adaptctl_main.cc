@@ -16,6 +16,7 @@
 #include "absl/strings/strip.h"
 #include "client/adaptctl.h"
 #include "client/client.h"
+#include "client/files.h"
 
 namespace {
 // Flag defaults come from the options structs, so that they are written once.
@@ -180,15 +181,18 @@ adaptd::CtlOptions OptionsFromFlags() {
 
 absl::StatusOr<std::string> ReadPem(const std::string& path) {
   if (path.empty()) return std::string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return adaptd::ReadWholeFile(path);
 }
 
 absl::StatusOr<adaptd::ClientOptions> ClientOptionsFromFlags() {
   adaptd::ClientOptions o;
   o.timeout_seconds = absl::GetFlag(FLAGS_timeout);
-  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  const int mb = absl::GetFlag(FLAGS_max_message_mb);
+  if (mb < 1 || mb > 2047) {  // gRPC takes the size as an int
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_message_mb must be in [1, 2047]; got ", mb));
+  }
+  o.max_message_bytes = mb << 20;
   o.token = absl::GetFlag(FLAGS_token);
   if (o.token.empty()) {
     const char* env = std::getenv("ADAPTD_TOKEN");
@@ -270,7 +274,9 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<adaptd::AdaptdClient>> client =
       adaptd::AdaptdClient::Create(target, *client_options);
   if (!client.ok()) return Fail(client.status());
-  const absl::Status status = command->run(**client, OptionsFromFlags(), args);
+  const adaptd::CtlOptions options = OptionsFromFlags();
+  if (absl::Status valid = adaptd::ValidateCtlOptions(options); !valid.ok()) return Fail(valid);
+  const absl::Status status = command->run(**client, options, args);
   if (!status.ok()) return Fail(status);
   return 0;
 }

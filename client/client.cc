@@ -13,6 +13,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "client/files.h"
+#include "core/status_macros.h"
 
 namespace adaptd {
 namespace {
@@ -58,10 +60,14 @@ absl::StatusOr<std::unique_ptr<AdaptdClient>> AdaptdClient::Create(const std::st
     return absl::InvalidArgumentError(
         absl::StrCat("max_message_bytes must be positive; got ", options.max_message_bytes));
   }
-  if (!(options.timeout_seconds > 0) || !(options.stream_timeout_seconds >= 0)) {
+  // Durations become int64 microseconds and int milliseconds: bounded well inside both.
+  constexpr int64_t kMaxSeconds = 1000000;
+  if (!(options.timeout_seconds > 0 && options.timeout_seconds <= kMaxSeconds) ||
+      !(options.stream_timeout_seconds >= 0 && options.stream_timeout_seconds <= kMaxSeconds)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("timeouts must be positive (streams: 0 for none); got ",
-                     options.timeout_seconds, " and ", options.stream_timeout_seconds));
+        absl::StrCat("timeouts must be positive and at most ", kMaxSeconds,
+                     " s (streams: 0 for none); got ", options.timeout_seconds, " and ",
+                     options.stream_timeout_seconds));
   }
   if (options.client_cert_pem.empty() != options.client_key_pem.empty()) {
     return absl::InvalidArgumentError(
@@ -84,12 +90,13 @@ absl::StatusOr<std::unique_ptr<AdaptdClient>> AdaptdClient::Create(const std::st
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   if (options.keepalive_seconds != 0) {
-    if (!(options.keepalive_seconds >= kMinKeepaliveSeconds) ||
-        !(options.keepalive_timeout_seconds > 0)) {
+    if (!(options.keepalive_seconds >= kMinKeepaliveSeconds &&
+          options.keepalive_seconds <= kMaxSeconds) ||
+        !(options.keepalive_timeout_seconds > 0 && options.keepalive_timeout_seconds <= kMaxSeconds)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "keepalive_seconds must be 0 (off) or at least ", kMinKeepaliveSeconds,
-          " (the server refuses more frequent pings), and its timeout positive; got ",
-          options.keepalive_seconds, " and ", options.keepalive_timeout_seconds));
+          "keepalive_seconds must be 0 (off) or in [", kMinKeepaliveSeconds, ", ", kMaxSeconds,
+          "] (the server refuses more frequent pings), and its timeout in (0, ", kMaxSeconds,
+          "]; got ", options.keepalive_seconds, " and ", options.keepalive_timeout_seconds));
     }
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_seconds * 1000));
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
@@ -210,47 +217,17 @@ absl::StatusOr<std::string> AdaptdClient::Export(const std::string& name) const 
   return snapshot;
 }
 
-// The file appears under `path` only once it is whole and on disk: written to `.partial`,
-// fsynced, renamed, and the directory fsynced. Local failures carry errno's code (NOT_FOUND for
-// a missing directory, PERMISSION_DENIED, RESOURCE_EXHAUSTED for a full disk), not a code of the
-// server's.
+// Local failures carry errno's code (NOT_FOUND for a missing directory, PERMISSION_DENIED,
+// RESOURCE_EXHAUSTED for a full disk), not a code of the server's.
 absl::StatusOr<int64_t> AdaptdClient::ExportToFile(const std::string& name,
                                                    const std::string& path) const {
-  const std::string partial = path + ".partial";
-  const int fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", partial));
   int64_t size = 0;
-  absl::Status status = ExportTo(name, [&](const std::string& data) {
-    size_t done = 0;
-    while (done < data.size()) {
-      const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("writing ", partial));
-      done += static_cast<size_t>(n);
-    }
-    size += static_cast<int64_t>(data.size());
-    return absl::OkStatus();
-  });
-  if (status.ok() && ::fsync(fd) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", partial));
-  }
-  if (::close(fd) != 0 && status.ok()) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat("closing ", partial));
-  }
-  if (status.ok() && std::rename(partial.c_str(), path.c_str()) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat("cannot rename ", partial, " to ", path));
-  }
-  if (!status.ok()) {
-    std::remove(partial.c_str());
-    return status;
-  }
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);  // best effort: the file itself is complete either way
-    ::close(dfd);
-  }
+  ADAPTD_RETURN_IF_ERROR(ReplaceFileDurably(path, [&](const auto& write) {
+    return ExportTo(name, [&](const std::string& data) {
+      size += static_cast<int64_t>(data.size());
+      return write(data);
+    });
+  }));
   return size;
 }
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "client/files.h"
 #include "client/tensor.h"
 
 namespace adaptd {
@@ -210,13 +211,10 @@ absl::StatusOr<int> ResolveColumn(int column, int columns, const std::string& pa
 }  // namespace
 
 absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return absl::DataLossError(absl::StrCat("reading ", path, " failed"));
-  if (bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0x1f &&
-      static_cast<unsigned char>(bytes[1]) == 0x8b) {
-    return Gunzip(bytes, path);
+  absl::StatusOr<std::string> bytes = ReadWholeFile(path);
+  if (bytes.ok() && bytes->size() >= 2 && static_cast<unsigned char>((*bytes)[0]) == 0x1f &&
+      static_cast<unsigned char>((*bytes)[1]) == 0x8b) {
+    return Gunzip(*bytes, path);
   }
   return bytes;
 }

@@ -19,7 +19,8 @@ std::string ProgressBar(double fraction, int width) {
 }
 
 std::string FormatDuration(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  // Beyond 1e9 s (32 years) an estimate says nothing, and llround would overflow past 9e18.
+  if (!std::isfinite(seconds) || seconds < 0 || seconds > 1e9) return "?";
   const int64_t s = static_cast<int64_t>(std::llround(seconds));
   if (s < 60) return absl::StrCat(s, "s");
   if (s < 3600) return absl::StrFormat("%dm%02ds", s / 60, s % 60);

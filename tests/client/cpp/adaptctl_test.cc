@@ -33,6 +33,24 @@ TEST(AdaptctlTest, ParsesOptionValues) {
   EXPECT_FALSE(ParseScope("some").ok());
 }
 
+// A negative --version or --task would silently mean "the current version" or "no task", a
+// negative --limit "everything", and --batch 0 empty batches.
+TEST(AdaptctlTest, RefusesOptionValuesOutOfRange) {
+  CtlOptions o;
+  EXPECT_TRUE(ValidateCtlOptions(o).ok());
+  o.version = -3;
+  EXPECT_EQ(ValidateCtlOptions(o).message(), "--version must be >= -1 (-1: none); got -3");
+  o = CtlOptions();
+  o.task = -2;
+  EXPECT_EQ(ValidateCtlOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  o = CtlOptions();
+  o.limit = -5;
+  EXPECT_EQ(ValidateCtlOptions(o).message(), "--limit must be >= 0; got -5");
+  o = CtlOptions();
+  o.batch = 0;
+  EXPECT_EQ(ValidateCtlOptions(o).message(), "--batch must be >= 1; got 0");
+}
+
 TEST(AdaptctlTest, BuildsTheCreateRequest) {
   CtlOptions o;
   o.classes = "10";

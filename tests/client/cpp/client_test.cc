@@ -1,11 +1,15 @@
 // AdaptdClient against a scripted server: options, metadata, streaming and status mapping.
 #include "client/client.h"
+#include "client/files.h"
+
+#include <filesystem>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
@@ -63,6 +67,15 @@ TEST(AdaptdClientTest, RejectsInconsistentOptions) {
   t.timeout_seconds = 0;
   EXPECT_EQ(AdaptdClient::Create("127.0.0.1:1", t).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // "Never" is not a deadline: past int64 microseconds it would be one in the past.
+  for (double huge : {1e10, std::numeric_limits<double>::infinity()}) {
+    t.timeout_seconds = huge;
+    const absl::Status refused = AdaptdClient::Create("127.0.0.1:1", t).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << huge;
+    EXPECT_THAT(std::string(refused.message()), ::testing::HasSubstr("at most 1000000 s"));
+  }
+  t.timeout_seconds = 1e6;
+  EXPECT_TRUE(AdaptdClient::Create("127.0.0.1:1", t).ok());
   // Pings more often than the server accepts would get the connection closed.
   ClientOptions k;
   k.keepalive_seconds = kMinKeepaliveSeconds - 1;
@@ -115,16 +128,33 @@ TEST(AdaptdClientTest, ExportToFileWritesOnlyComplete) {
   absl::StatusOr<int64_t> size = client->ExportToFile("m", path);
   ASSERT_TRUE(size.ok()) << size.status();
   EXPECT_EQ(*size, 14);
-  EXPECT_EQ(ReadWholeFile(path), "snapshot-bytes");
-  // A failed export leaves neither the file nor its partial copy.
+  EXPECT_EQ(FileText(path), "snapshot-bytes");
+  // A failed export leaves neither the file nor its partial copy, and an older file as it was.
   const std::string failed = TestPath("failed");
   EXPECT_EQ(client->ExportToFile("missing", failed).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_FALSE(std::ifstream(failed).good());
-  EXPECT_FALSE(std::ifstream(failed + ".partial").good());
+  EXPECT_EQ(client->ExportToFile("missing", path).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(FileText(path), "snapshot-bytes");
+  for (const auto& entry : std::filesystem::directory_iterator(testing::TempDir())) {
+    const std::string name = entry.path().filename().string();
+    if (name.find("ExportToFileWritesOnlyComplete.") == std::string::npos) continue;
+    EXPECT_TRUE(name.find("failed") == std::string::npos && name.find("partial") == std::string::npos)
+        << name;
+  }
   // A local failure carries errno's code and names the file, not a server-side code.
   const absl::Status nowhere = client->ExportToFile("m", TestPath("no/such/dir/snapshot")).status();
   EXPECT_EQ(nowhere.code(), absl::StatusCode::kNotFound) << nowhere;
   EXPECT_THAT(std::string(nowhere.message()), ::testing::HasSubstr("no/such/dir/snapshot.partial"));
+}
+
+// Local reads: errno's code, and a clear refusal of a directory (which std::ifstream opens).
+TEST(FilesTest, ReadWholeFileRefusesADirectoryAndNamesTheFile) {
+  const std::string path = WriteFile("bytes", std::string("a\0b", 3));
+  EXPECT_EQ(ReadWholeFile(path).value(), std::string("a\0b", 3));
+  const absl::Status dir = ReadWholeFile(testing::TempDir()).status();
+  EXPECT_EQ(dir.code(), absl::StatusCode::kInvalidArgument) << dir;
+  EXPECT_THAT(std::string(dir.message()), ::testing::HasSubstr("is a directory; expected a file"));
+  const absl::Status missing = ReadWholeFile(TestPath("missing")).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
 }
 
 TEST(AdaptdClientTest, ImportNamesTheModelInTheFirstChunkOnly) {

@@ -22,6 +22,7 @@ TEST(ProgressTest, Durations) {
   EXPECT_EQ(FormatDuration(65), "1m05s");
   EXPECT_EQ(FormatDuration(3725), "1h02m");
   EXPECT_EQ(FormatDuration(-1), "?");
+  EXPECT_EQ(FormatDuration(1e20), "?");  // an ETA after a first step that took no time
 }
 
 TEST(ProgressTest, UploadAndJobTexts) {

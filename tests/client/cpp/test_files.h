@@ -26,7 +26,7 @@ inline std::string WriteFile(const std::string& name, const std::string& bytes) 
   return path;
 }
 
-inline std::string ReadWholeFile(const std::string& path) {
+inline std::string FileText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
