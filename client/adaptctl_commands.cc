@@ -655,6 +655,14 @@ absl::StatusOr<v1::StreamExamplesResponse> StreamWithProgress(const AdaptdClient
   const absl::Time start = absl::Now();
   const auto elapsed = [&] { return absl::ToDoubleSeconds(absl::Now() - start); };
   ProgressLine line(stderr, ProgressLine::IsTerminal(stderr));
+  // At most as many examples a message as fit in one (the server refuses a larger message
+  // whole): the example's bytes and its label and id, with room for the message's framing.
+  int64_t row_bytes = DataTypeSize(examples.x.dtype());
+  for (int i = 1; i < examples.x.shape_size(); ++i) row_bytes *= examples.x.shape(i);
+  row_bytes += 16;
+  constexpr int64_t kOverhead = 64 << 10;
+  batch = std::min(
+      batch, std::max<int64_t>(1, (client.options().max_message_bytes - kOverhead) / row_bytes));
   int64_t begin = 0;
   int64_t sent = 0;
   absl::StatusOr<v1::StreamExamplesResponse> response = client.StreamExamples(

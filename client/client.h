@@ -117,6 +117,8 @@ class AdaptdClient {
   absl::StatusOr<v1::MemoryMapResponse> MemoryMap(const v1::MemoryMapRequest& request) const;
   absl::StatusOr<v1::EvaluateResponse> Evaluate(const std::string& name) const;
 
+  const ClientOptions& options() const { return options_; }
+
  private:
   AdaptdClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
 

@@ -226,6 +226,28 @@ TEST(AdaptctlTest, StreamsInBatchesWithClientIds) {
   EXPECT_EQ(server.log().client_ids.back(), 124);
 }
 
+// A --batch larger than a message holds is cut to what fits, as the server would refuse the
+// message whole: rows of 4,096 floats (16,400 bytes on the wire) in 1 MiB, less 64 KiB.
+TEST(AdaptctlTest, StreamBatchesFitTheMessageLimit) {
+  FakeServer server;
+  ClientOptions co;
+  co.max_message_bytes = 1 << 20;
+  auto client = AdaptdClient::Create(server.target(), co);
+  ASSERT_TRUE(client.ok());
+  ExampleSet set;
+  set.x = *FloatTensor(std::vector<float>(130 * 4096), {130, 64, 64});
+  set.labels.assign(130, 1);
+  v1::StreamHeader header;
+  header.set_model("m");
+  absl::StatusOr<v1::StreamExamplesResponse> r =
+      StreamWithProgress(**client, header, set, /*batch=*/1000);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int64_t fits = ((1 << 20) - (64 << 10)) / (4096 * 4 + 16);
+  ASSERT_EQ(fits, 59);
+  absl::MutexLock lock(&server.log().mu);
+  EXPECT_EQ(server.log().batch_sizes, (std::vector<int64_t>{59, 59, 12}));
+}
+
 const CtlCommand& Command(const std::string& name) {
   for (const CtlCommand& c : CtlCommands()) {
     if (name == c.name) return c;
