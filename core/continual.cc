@@ -137,13 +137,39 @@ absl::StatusOr<std::vector<FrompBlock>> BuildFrompBlocks(Model& model, FlatParam
         at::softmax(logits, 1)[0][k].backward();
         jac[i].copy_(flat.grads());
       }
-      at::Tensor kernel = (jac * sigma2).matmul(jac.t());
+      const at::Tensor gram = (jac * sigma2).matmul(jac.t());
+      at::Tensor kernel = gram.clone();
       kernel.diagonal().add_(jitter);
-      const at::Tensor chol = at::linalg_cholesky(kernel);
+      auto [chol, info] = at::linalg_cholesky_ex(kernel);
+      at::Tensor kinv;
+      if (info.item<int64_t>() == 0) {
+        kinv = at::cholesky_inverse(chol);
+      } else {
+        // Nearly collinear memorable points: in float64, with the jitter raised until it factors.
+        const at::Tensor gram64 = gram.to(at::kDouble);
+        const double base = std::max(jitter, 1e-12);
+        std::vector<double> tries = {jitter};
+        for (double j = 10 * base; j <= 1e6 * base; j *= 10) tries.push_back(j);
+        for (const double j : tries) {
+          at::Tensor k64 = gram64.clone();
+          k64.diagonal().add_(j);
+          std::tie(chol, info) = at::linalg_cholesky_ex(k64);
+          if (info.item<int64_t>() == 0) {
+            kinv = at::cholesky_inverse(chol).to(gram.scalar_type());
+            break;
+          }
+        }
+        if (!kinv.defined()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "FROMP's kernel on task ", task, "'s memorable points, class ", k,
+              ", is not positive definite even with jitter ", tries.back(),
+              " (non-finite Jacobians?)"));
+        }
+      }
       FrompBlock b;
       b.rows = rows.to(device);
       b.klass = k;
-      b.kinv = at::cholesky_inverse(chol);
+      b.kinv = kinv;
       b.m_old = memory.soft.index_select(0, rows).select(1, k).to(device);
       blocks.push_back(std::move(b));
     }
@@ -196,6 +222,8 @@ Memory ReservoirUpdate(const Memory& buffer, const TaskData& task, int64_t capac
 // IVON's initial Hessian per example. The old posterior (or prior) carries the past; the past
 // tasks' logit curvature joins P, and IVON's Hessian starts with it too: IVON's step divides by h,
 // so an h without the term's curvature would overshoot the term (a strong term then diverges).
+// A posterior precision already holds every term but the newest (each run's h starts from its P
+// and keeps it), so it gains only that one; the prior gains them all.
 struct KPriorWeights {
   at::Tensor precision;
   at::Tensor initial_hess;
@@ -208,8 +236,9 @@ KPriorWeights KPriorWeightTerm(const ContinualState& state, const AdaptConfig& c
                     : at::full({1}, state.prior_ess * state.prior_delta, state.mean.options());
   w.initial_hess = config.posterior_precision ? w.precision / static_cast<double>(n)
                                               : at::full_like(state.mean, config.ivon.hess_init);
-  if (config.curvature_weight > 0 && state.curvature.defined()) {
-    const at::Tensor curvature = state.curvature * config.curvature_weight;
+  const at::Tensor& past = config.posterior_precision ? state.curvature_last : state.curvature;
+  if (config.curvature_weight > 0 && past.defined()) {
+    const at::Tensor curvature = past * config.curvature_weight;
     w.precision = w.precision + curvature;
     w.initial_hess = w.initial_hess + curvature / static_cast<double>(n);
   }
@@ -420,6 +449,7 @@ void ContinualState::AppendTo(TensorMap& out) const {
   if (task_masks.defined()) out["state.task_masks"] = task_masks;
   if (fisher.defined()) out["state.fisher"] = fisher;
   if (curvature.defined()) out["state.curvature"] = curvature;
+  if (curvature_last.defined()) out["state.curvature_last"] = curvature_last;
   out["state.ess"] = ScalarTensor(ess);
   out["state.delta"] = ScalarTensor(delta);
   out["state.prior_delta"] = ScalarTensor(prior_delta);
@@ -448,6 +478,10 @@ absl::StatusOr<ContinualState> ContinualState::FromTensors(const TensorMap& in,
   }
   if (in.count("state.curvature")) {
     ADAPTD_ASSIGN_OR_RETURN(s.curvature, GetTensor(in, "state.curvature", at::kFloat, p));
+  }
+  if (in.count("state.curvature_last")) {
+    ADAPTD_ASSIGN_OR_RETURN(s.curvature_last,
+                            GetTensor(in, "state.curvature_last", at::kFloat, p));
   }
   if (in.count("state.task_masks")) {
     ADAPTD_ASSIGN_OR_RETURN(s.task_masks, GetTensor(in, "state.task_masks", at::kBool));
@@ -529,6 +563,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
   ADAPTD_RETURN_IF_ERROR(CheckLabelsInHeads(data.y, k, task.label_mask));
   const bool first = state.tasks_seen == 0;
   ContinualState next = state;
+  next.curvature_last = at::Tensor();  // this run's posterior takes it in
   if (task.label_mask.defined()) next.task_masks = WithTaskMask(state.task_masks, task.task_id, task.label_mask);
 
   ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model,
@@ -741,6 +776,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       ADAPTD_ASSIGN_OR_RETURN(at::Tensor c, LogitCurvature(*model, data, classes,
                                                            config.curvature_points, to.seed));
       next.curvature = state.curvature.defined() ? state.curvature + c : c;
+      next.curvature_last = c;
     }
     next.tasks_seen = state.tasks_seen + 1;
     return Finish(std::move(next), *trainer, loss, start);
@@ -875,6 +911,7 @@ absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData
     if (fitted_before) ADAPTD_RETURN_IF_ERROR(trainer->CheckLearnt(kept_labels, train_masks));
 
     ContinualState next = state;
+    next.curvature_last = at::Tensor();  // this run's posterior took it in
     TakePosterior(*trainer, n, &next);
     next.memory = std::move(kept);
     return Finish(std::move(next), *trainer, loss, start);

@@ -120,6 +120,10 @@ struct ContinualState {
   at::Tensor task_masks;  // bool [T, K]: row t = task t's head; undefined for single head
   at::Tensor fisher;      // EWC: summed empirical Fisher of past tasks (flat)
   at::Tensor curvature;   // K-prior: summed logit Gauss-Newton diagonal of past tasks (flat)
+  // K-prior: the newest task's term of `curvature`, the only one the weight term adds to a
+  // posterior precision (which carries the older ones: IVON's h starts from the weight term's
+  // precision and keeps it). Undefined once a run's posterior has taken it in.
+  at::Tensor curvature_last;
   Memory seen;            // joint retraining only: every example so far
   int64_t stream_seen = 0;  // replay: examples the reservoir has seen
   int64_t tasks_seen = 0;

@@ -637,6 +637,68 @@ TEST(AdaptTest, LogitCurvatureHasTheClosedFormOnLogisticRegression) {
               0.3 * expected(0).narrow(0, 0, 24).sum().item<double>());
 }
 
+// FROMP's kernel on memorable points that coincide is singular: with a negligible jitter its float32
+// Cholesky fails, and the block is factored in float64 with the jitter raised until it does.
+TEST(AdaptTest, FrompFactorsTheKernelOfCoincidingMemorablePoints) {
+  std::vector<TaskData> tasks = TwoHeadTasks(Blobs(200, 4, 3));
+  // Every example of a class at one point.
+  const at::Tensor y = tasks[0].train.y;
+  tasks[0].train.x = at::where(y.eq(0).unsqueeze(1), at::full({1, 6}, 1.0f), at::full({1, 6}, -1.0f));
+  AdaptConfig c = SmallConfig(Method::kFromp);
+  c.memory_points = 6;
+  c.fromp_jitter = 1e-30;  // nothing in float32
+  c.epochs = 30;
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  auto r0 = Adapt(*s0, tasks[0], c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  auto r1 = Adapt(r0->state, tasks[1], c);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_TRUE(r1->state.mean.isfinite().all().item<bool>());
+}
+
+// A posterior precision already holds the older curvature terms (each run's h starts from its
+// weight term's P): it gains only the newest one, else task t's term would count once for every
+// later task. With beta2 this close to 1, h keeps its start, so a run's posterior precision is
+// exactly the P it started from (the K-prior runs after the first have no delta).
+TEST(AdaptTest, APosteriorPrecisionGainsOnlyTheNewestCurvature) {
+  const ModelSpec spec = SmallLogReg();
+  auto s0 = InitialState(spec, 1);
+  ASSERT_TRUE(s0.ok());
+  const std::vector<TaskData> tasks = TwoHeadTasks(Blobs(300, 4, 5));
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.posterior_precision = true;
+  c.curvature_weight = 0.5;
+  c.curvature_points = 1 << 20;
+  c.ivon.beta2 = 1 - 1e-9;
+  auto r0 = Adapt(*s0, tasks[0], c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  auto r1 = Adapt(r0->state, tasks[1], c);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  auto r2 = Adapt(r1->state, tasks[0], c);  // the first task's head again
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  ASSERT_TRUE(r1->state.curvature_last.defined());
+  EXPECT_TRUE(at::allclose(r1->state.curvature_last, r1->state.curvature - r0->state.curvature,
+                           1e-5, 1e-3));
+  auto close = [](const at::Tensor& a, const at::Tensor& b) {
+    return at::allclose(a, b, 1e-4, 1e-4 * b.abs().max().item<double>());
+  };
+  const at::Tensor once = r1->state.Precision() + 0.5 * r1->state.curvature_last;
+  EXPECT_TRUE(close(r2->state.Precision(), once))
+      << (r2->state.Precision() - once).abs().max().item<double>();
+  EXPECT_FALSE(close(r2->state.Precision(), r1->state.Precision() + 0.5 * r1->state.curvature));
+  TensorMap saved;
+  r2->state.AppendTo(saved);
+  auto loaded = ContinualState::FromTensors(saved, spec);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(at::equal(loaded->curvature_last, r2->state.curvature_last));
+  // Without the term, the next state carries no newest term: its posterior took the last one in.
+  c.curvature_weight = 0;
+  auto r3 = Adapt(r2->state, tasks[1], c);
+  ASSERT_TRUE(r3.ok()) << r3.status();
+  EXPECT_FALSE(r3->state.curvature_last.defined());
+}
+
 // A stored state whose memory does not fit its model (an edited checkpoint or snapshot) is
 // refused when it is read, naming the field, rather than failing the jobs that would use it.
 TEST(AdaptTest, StateFromTensorsRefusesAMemoryThatDoesNotFitTheModel) {
