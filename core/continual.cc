@@ -796,6 +796,10 @@ absl::StatusOr<AdaptResult> Forget(const ContinualState& state, const ForgetData
   if (state.tasks_seen == 0) {
     return absl::FailedPreconditionError("nothing is learnt yet, so there is nothing to forget");
   }
+  if (state.memory.size() == 0) {
+    return absl::FailedPreconditionError(
+        "forgetting needs memorable examples besides the removed ones; the memory is empty");
+  }
   const Dataset& removed = data.removed;
   const int64_t r = removed.size(), k = state.spec.num_classes;
   if (r == 0) return absl::InvalidArgumentError("no examples to forget");

@@ -1,5 +1,7 @@
 #include "core/memory.h"
 
+#include <limits>
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
@@ -156,6 +158,9 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
       } else {
         score = at::rand({len}, gen, at::kDouble).to(at::kFloat);
       }
+      // A score that is not a number (an input whose logits overflowed) ranks last, not first
+      // as topk would rank it.
+      score = at::nan_to_num(score, -std::numeric_limits<double>::infinity());
       const at::Tensor index = at::arange(start, start + len, at::kLong);
       const at::Tensor y = data.y.narrow(0, start, len);
       for (int64_t c = 0; c < k; ++c) {

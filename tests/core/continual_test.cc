@@ -307,6 +307,12 @@ TEST(MemoryTest, StreamingSelectionMatchesBruteForce) {
   }
   // The stored targets are the model's predictions on the stored inputs.
   EXPECT_TRUE(at::allclose(mem->soft, at::softmax((*model)->Forward(mem->x), 1)));
+  // An example whose score is not a number ranks last, not first (as topk would rank it).
+  Dataset with_nan{d.x.clone(), d.y};
+  with_nan.x[0].fill_(std::numeric_limits<float>::quiet_NaN());
+  auto picked = SelectMemory(**model, with_nan, at::Tensor(), 2, at::Tensor(), o);
+  ASSERT_TRUE(picked.ok()) << picked.status();
+  EXPECT_FALSE(picked->id.eq(0).any().item<bool>());
 }
 
 // Sensitivity selection keeps, per class, the examples with the largest MPE sensitivity.
@@ -917,6 +923,14 @@ TEST(AdaptTest, ForgetRefusesWhatItCannotDo) {
   const Memory& m = r0->state.memory;
   const ForgetData everything{Dataset{m.x, m.y}, m.task, m.id};
   EXPECT_EQ(Forget(r0->state, everything, c).status().code(), absl::StatusCode::kFailedPrecondition);
+  // A state learnt without a memory (memory_points = 0) has nothing to stand for the rest.
+  AdaptConfig no_memory = c;
+  no_memory.memory_points = 0;
+  auto bare = Adapt(*s0, t0, no_memory);
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  const absl::Status empty = Forget(bare->state, two, c).status();
+  EXPECT_EQ(empty.code(), absl::StatusCode::kFailedPrecondition) << empty;
+  EXPECT_THAT(std::string(empty.message()), testing::HasSubstr("the memory is empty"));
   auto ok = Forget(r0->state, two, c);
   ASSERT_TRUE(ok.ok()) << ok.status();
 }
