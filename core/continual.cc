@@ -386,21 +386,21 @@ absl::Status AdaptConfig::Validate() const {
   IvonOptions o = ivon;
   o.ess = 1;  // set per task
   ADAPTD_RETURN_IF_ERROR(o.Validate());
-  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  // Sizes far beyond any task, so that the step and memory arithmetic cannot overflow.
+  constexpr int64_t kMaxCount = int64_t{1} << 31;
   struct Bound {
     const char* name;
     int64_t value, low, high;
   };
   for (const Bound& b : {Bound{"epochs", epochs, 1, kMaxSteps},
-                         Bound{"batch_size", batch_size, 1, kNone},
-                         Bound{"memory_batch_size", memory_batch_size, 1, kNone},
-                         Bound{"memory_points", memory_points, 0, kNone},
-                         Bound{"min_steps", min_steps, 0, kMaxSteps}}) {
+                         Bound{"batch_size", batch_size, 1, kMaxCount},
+                         Bound{"memory_batch_size", memory_batch_size, 1, kMaxCount},
+                         Bound{"memory_points", memory_points, 0, kMaxCount},
+                         Bound{"min_steps", min_steps, 0, kMaxSteps},
+                         Bound{"curvature_points", curvature_points, 1, kMaxCount}}) {
     if (b.value < b.low || b.value > b.high) {
-      return absl::InvalidArgumentError(
-          b.high == kNone ? absl::StrCat(b.name, " must be >= ", b.low, "; got ", b.value)
-                          : absl::StrCat(b.name, " must be in [", b.low, ", ", b.high, "]; got ",
-                                         b.value));
+      return absl::InvalidArgumentError(absl::StrCat(b.name, " must be in [", b.low, ", ", b.high,
+                                                     "]; got ", b.value));
     }
   }
   if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0) ||
@@ -417,10 +417,9 @@ absl::Status AdaptConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "distill_temperature must be >= 0 and finite (0: off); got ", distill_temperature));
   }
-  if (!(curvature_weight >= 0) || !std::isfinite(curvature_weight) || curvature_points < 1) {
+  if (!(curvature_weight >= 0) || !std::isfinite(curvature_weight)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "curvature_weight must be >= 0 and finite (0: off) and curvature_points >= 1; got ",
-        curvature_weight, " and ", curvature_points));
+        "curvature_weight must be >= 0 and finite (0: off); got ", curvature_weight));
   }
   if (!(ess_factor > 0) || !std::isfinite(ess_factor)) {
     return absl::InvalidArgumentError(
@@ -501,6 +500,31 @@ absl::StatusOr<ContinualState> ContinualState::FromTensors(const TensorMap& in,
   ADAPTD_ASSIGN_OR_RETURN(s.seen, Memory::FromTensors(in, "state.seen."));
   ADAPTD_RETURN_IF_ERROR(CheckMemoryFits(s.memory, spec, s.task_masks, "state.memory"));
   ADAPTD_RETURN_IF_ERROR(CheckMemoryFits(s.seen, spec, s.task_masks, "state.seen"));
+  // The weights and posterior every query and the next task start from.
+  ADAPTD_RETURN_IF_ERROR(CheckFinite(s.mean, "state.mean"));
+  if (s.tasks_seen < 0 || s.stream_seen < 0 || !(s.prior_ess >= 0) || !(s.prior_delta >= 0) ||
+      !std::isfinite(s.prior_ess) || !std::isfinite(s.prior_delta)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "state.tasks_seen and state.stream_seen must be >= 0, state.prior_ess and "
+        "state.prior_delta finite and >= 0; got ", s.tasks_seen, ", ", s.stream_seen, ", ",
+        s.prior_ess, " and ", s.prior_delta));
+  }
+  if (s.tasks_seen > 0) {
+    if (!s.hess.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "state.hess is missing, but the state has learnt ", s.tasks_seen, " tasks"));
+    }
+    ADAPTD_RETURN_IF_ERROR(CheckFinite(s.hess, "state.hess"));
+    if (!std::isfinite(s.ess) || !std::isfinite(s.delta)) {
+      return absl::InvalidArgumentError(absl::StrCat("state.ess and state.delta must be finite; got ",
+                                                     s.ess, " and ", s.delta));
+    }
+    const absl::Status posterior = s.ToPosterior().status();  // ess > 0, h + delta > 0
+    if (!posterior.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("state.hess and state.ess: ", posterior.message()));
+    }
+  }
   return s;
 }
 

@@ -118,6 +118,19 @@ absl::StatusOr<v1::LearningConfig> NormalizeConfig(const v1::LearningConfig& in)
   c.set_memory_batch_size(Or<int64_t>(c.memory_batch_size(), 64));
   if (!c.has_memory_weight()) c.set_memory_weight(1.0);
   if (c.head_mode() == v1::HEAD_MODE_UNSPECIFIED) c.set_head_mode(v1::HEAD_MODE_SINGLE);
+  if (c.head_mode() != v1::HEAD_MODE_SINGLE && c.head_mode() != v1::HEAD_MODE_MULTI) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.head_mode must be HEAD_MODE_SINGLE or HEAD_MODE_MULTI; got ", c.head_mode()));
+  }
+  // 0 means the default for both (models stored before these fields existed have 0).
+  if (!(c.ivon().clip_radius() >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.ivon.clip_radius must be >= 0 (0: no clip); got ", c.ivon().clip_radius()));
+  }
+  if (c.curvature_points() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.curvature_points must be >= 0 (0: the default); got ", c.curvature_points()));
+  }
   c.set_fromp_tau(Or(c.fromp_tau(), 1.0));
   c.set_ewc_lambda(Or(c.ewc_lambda(), 1.0));
   c.set_curvature_points(Or<int64_t>(c.curvature_points(), AdaptConfig().curvature_points));

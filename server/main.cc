@@ -31,7 +31,7 @@ ABSL_FLAG(int, metrics_port, -1, "Prometheus metrics on this HTTP port; -1 off, 
 ABSL_FLAG(int64_t, queue_capacity, 16, "adaptation jobs queued per model");
 ABSL_FLAG(int64_t, max_stream_mb, 4096,
           "examples one stream may hold before its end message, in MiB (streams are "
-          "all-or-nothing, so they are kept in memory until then)");
+          "all-or-nothing, so they are kept in memory until then); also the largest import");
 ABSL_FLAG(int64_t, keep_versions, 0,
           "each model keeps the checkpoints of its newest N versions; older versions stay listed "
           "but can no longer be queried or rolled back to (0: keep every version)");

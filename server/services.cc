@@ -213,6 +213,12 @@ class AdminServiceImpl final : public v1::AdminService::Service {
           return absl::InvalidArgumentError("only the first snapshot chunk may name the model");
         }
         first = false;
+        // A snapshot is held whole until it is checked: bounded as a stream's examples are.
+        if (static_cast<int64_t>(bytes.size() + chunk.data().size()) > c_.max_stream_bytes) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "the snapshot is larger than ", c_.max_stream_bytes >> 20,
+              " MiB (the server's --max_stream_mb)"));
+        }
         bytes += chunk.data();
       }
       if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled the import");

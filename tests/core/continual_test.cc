@@ -724,6 +724,11 @@ TEST(AdaptTest, StateFromTensorsRefusesAMemoryThatDoesNotFitTheModel) {
       {"state.memory.y", at::full({n}, spec.num_classes, at::kLong)},
       {"state.memory.task", at::full({n}, 1, at::kLong)},  // one task learnt: masks [1, K]
       {"state.memory.soft", at::zeros({n, spec.num_classes + 1})},
+      // The weights and the posterior every query and the next task start from.
+      {"state.mean", at::full_like(r0->state.mean, std::nanf(""))},
+      {"state.hess", at::full_like(r0->state.hess, -1.0f)},
+      {"state.ess", ScalarTensor(std::numeric_limits<double>::infinity())},
+      {"state.tasks_seen", ScalarTensor(int64_t{-1})},
   };
   for (const auto& [key, value] : edits) {
     TensorMap bad = good;

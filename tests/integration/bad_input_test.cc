@@ -135,6 +135,27 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   ess.mutable_config()->mutable_ivon()->set_ess_factor(-2);
   EXPECT_STATUS(client_->CreateModel(ess).status(), kInvalidArgument,
                 "ess_factor must be > 0 and finite (1: the plain posterior); got -2");
+  // Values that would overflow the step or memory arithmetic, an unknown head mode, and values
+  // that used to fall back to a default in silence.
+  v1::CreateModelRequest huge = BlobModel("x", false);
+  huge.mutable_config()->set_batch_size(int64_t{1} << 62);
+  EXPECT_STATUS(client_->CreateModel(huge).status(), kInvalidArgument,
+                "batch_size must be in [1, 2147483648]; got 4611686018427387904");
+  huge = BlobModel("x", false);
+  huge.mutable_config()->set_memory_points(int64_t{1} << 62);
+  EXPECT_STATUS(client_->CreateModel(huge).status(), kInvalidArgument, "memory_points must be in");
+  v1::CreateModelRequest head = BlobModel("x", false);
+  head.mutable_config()->set_head_mode(static_cast<v1::HeadMode>(7));
+  EXPECT_STATUS(client_->CreateModel(head).status(), kInvalidArgument,
+                "config.head_mode must be HEAD_MODE_SINGLE or HEAD_MODE_MULTI; got 7");
+  v1::CreateModelRequest clip = BlobModel("x", false);
+  clip.mutable_config()->mutable_ivon()->set_clip_radius(-1);
+  EXPECT_STATUS(client_->CreateModel(clip).status(), kInvalidArgument,
+                "config.ivon.clip_radius must be >= 0 (0: no clip); got -1");
+  v1::CreateModelRequest points = BlobModel("x", false);
+  points.mutable_config()->set_curvature_points(-5);
+  EXPECT_STATUS(client_->CreateModel(points).status(), kInvalidArgument,
+                "config.curvature_points must be >= 0 (0: the default); got -5");
   v1::CreateModelRequest steps = BlobModel("x", false);
   steps.mutable_config()->set_min_steps(-5);
   EXPECT_STATUS(client_->CreateModel(steps).status(), kInvalidArgument,

@@ -482,6 +482,19 @@ TEST(LifecycleTest, ADamagedCheckpointKeepsOnlyItsModelOffline) {
 }
 
 // A snapshot that claims more learnt examples than it holds is refused, changing nothing.
+// A snapshot is held whole until it is checked, so --max_stream_mb bounds it as it bounds a
+// stream: a larger one is refused before it is all in memory, and nothing is written.
+TEST(LifecycleTest, ImportIsBoundedByTheStreamLimit) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--max_stream_mb=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  const absl::Status big = client->Import("big", std::string(3 << 20, 'x')).status();
+  EXPECT_EQ(big.code(), absl::StatusCode::kResourceExhausted) << big;
+  EXPECT_THAT(std::string(big.message()), ::testing::HasSubstr("larger than 1 MiB"));
+  EXPECT_EQ(client->ListModels()->models_size(), 0);
+}
+
 TEST(LifecycleTest, ImportValidatesTheSnapshot) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path());
