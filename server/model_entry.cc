@@ -679,7 +679,8 @@ absl::StatusOr<StreamPlan> ModelEntry::PlanStream(const v1::StreamHeader& h) con
     }
   }
   if (std::set<int64_t>(named.begin(), named.end()).size() != named.size()) {
-    return absl::InvalidArgumentError("header.classes must not repeat a class");
+    return absl::InvalidArgumentError(absl::StrCat("header.classes must not repeat a class; got [",
+                                                   absl::StrJoin(named, ", "), "]"));
   }
   auto it = tasks_.find(h.task_id());
   plan.new_task = it == tasks_.end();
@@ -691,6 +692,11 @@ absl::StatusOr<StreamPlan> ModelEntry::PlanStream(const v1::StreamHeader& h) con
           absl::StrJoin(it->second.classes, ", "), "]; got [", absl::StrJoin(named, ", "), "]"));
     }
     plan.classes = it->second.classes;
+  } else if (!plan.new_task && !named.empty()) {
+    // The label set is fixed by a task's first stream (TaskInfo.classes reports it).
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.classes: task ", h.task_id(), "'s first stream named no classes, so its streams "
+        "take any label; got [", absl::StrJoin(named, ", "), "] (leave header.classes empty)"));
   } else {
     if (multi && named.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(

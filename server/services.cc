@@ -410,9 +410,8 @@ class QueryServiceImpl final : public v1::QueryService::Service {
   grpc::Status Predict(grpc::ServerContext* ctx, const v1::PredictRequest* request,
                        v1::PredictResponse* response) override {
     return Handle(c_, "Predict", ctx, Role::kReader, [&]() -> absl::Status {
+      // The request is checked before a version is loaded (which may evict another from the cache).
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
-      ADAPTD_ASSIGN_OR_RETURN(auto version,
-                              VersionOf(*entry, request->has_version(), request->version()));
       ADAPTD_ASSIGN_OR_RETURN(at::Tensor x, InputsFromProto(request->x(), entry->spec(), false, "x"));
       PredictOptions o;
       switch (request->mode()) {
@@ -434,6 +433,8 @@ class QueryServiceImpl final : public v1::QueryService::Service {
                                                        "] (0: 64); got ", request->samples()));
       }
       o.samples = request->samples() == 0 ? 64 : request->samples();
+      ADAPTD_ASSIGN_OR_RETURN(auto version,
+                              VersionOf(*entry, request->has_version(), request->version()));
       const ContinualState& state = version->state();
       ADAPTD_ASSIGN_OR_RETURN(o.label_mask, HeadMask(state, request->has_task_id(), request->task_id()));
       Posterior posterior;
@@ -459,9 +460,8 @@ class QueryServiceImpl final : public v1::QueryService::Service {
   grpc::Status Influence(grpc::ServerContext* ctx, const v1::InfluenceRequest* request,
                          v1::InfluenceResponse* response) override {
     return Handle(c_, "Influence", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_RETURN_IF_ERROR(CheckScope(request->scope()));
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
-      ADAPTD_ASSIGN_OR_RETURN(auto version,
-                              VersionOf(*entry, request->has_version(), request->version()));
       ADAPTD_ASSIGN_OR_RETURN(at::Tensor x, InputsFromProto(request->x(), entry->spec(), true, "x"));
       if (x.size(0) != 1) {
         return absl::InvalidArgumentError(
@@ -471,6 +471,8 @@ class QueryServiceImpl final : public v1::QueryService::Service {
         return absl::InvalidArgumentError(absl::StrCat("top_k must lie in [0, ", kMaxTopK,
                                                        "] (0: 10); got ", request->top_k()));
       }
+      ADAPTD_ASSIGN_OR_RETURN(auto version,
+                              VersionOf(*entry, request->has_version(), request->version()));
       const ContinualState& state = version->state();
       InfluenceOptions o;
       o.top_k = request->top_k() == 0 ? 10 : request->top_k();
@@ -507,6 +509,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
   grpc::Status MemoryMap(grpc::ServerContext* ctx, const v1::MemoryMapRequest* request,
                          v1::MemoryMapResponse* response) override {
     return Handle(c_, "MemoryMap", ctx, Role::kReader, [&]() -> absl::Status {
+      ADAPTD_RETURN_IF_ERROR(CheckScope(request->scope()));
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
       ADAPTD_ASSIGN_OR_RETURN(auto version,
                               VersionOf(*entry, request->has_version(), request->version()));
@@ -681,9 +684,16 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       case v1::SCOPE_ALL:
         return entry.TrainingExamples(only_task);
       default:
-        return absl::InvalidArgumentError(
-            absl::StrCat("scope must be SCOPE_MEMORY or SCOPE_ALL; got ", scope));
+        return CheckScope(scope);
     }
+  }
+
+  static absl::Status CheckScope(v1::Scope scope) {
+    if (scope == v1::SCOPE_UNSPECIFIED || scope == v1::SCOPE_MEMORY || scope == v1::SCOPE_ALL) {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("scope must be SCOPE_MEMORY or SCOPE_ALL; got ", scope));
   }
 
   static ModelEntry::Examples OfTask(const ModelEntry::Examples& ex, int64_t task_id) {

@@ -105,6 +105,11 @@ TEST_F(BadInputTest, StreamsAreRejectedWholeAndChangeNothing) {
                 "is not one of task 0's classes [0, 1]");
   EXPECT_STATUS(Stream({ok_batch}, "h", 0, {0, 9}), kInvalidArgument,
                 "header.classes must lie in [0, 4); got 9");
+  EXPECT_STATUS(Stream({ok_batch}, "h", 0, {1, 1}), kInvalidArgument,
+                "header.classes must not repeat a class; got [1, 1]");
+  // Task 0 of "m" was first streamed without classes: a later stream cannot add a label set.
+  EXPECT_STATUS(Stream({ok_batch}, "m", 0, {0, 1}), kInvalidArgument,
+                "task 0's first stream named no classes");
   // The first message must be the header.
   v1::StreamHeader empty;
   EXPECT_STATUS(client_->StreamExamples(empty, std::vector<v1::ExampleBatch>{}).status(), kNotFound,
@@ -219,6 +224,12 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   *inf.mutable_x() = TensorToProto(q.x);
   EXPECT_STATUS(client_->Influence(inf).status(), kInvalidArgument,
                 "x must be one query example; got a batch of 4");
+  // A bad scope is the request's error even where the version could not answer anyway.
+  v1::MemoryMapRequest map;
+  map.set_model("h");  // version 0: no posterior yet
+  map.set_scope(static_cast<v1::Scope>(9));
+  EXPECT_STATUS(client_->MemoryMap(map).status(), kInvalidArgument,
+                "scope must be SCOPE_MEMORY or SCOPE_ALL; got 9");
   EXPECT_STATUS(client_->Rollback("m", 99).status(), kNotFound, "has no version 99");
 
   // A refused config update leaves the config as it was, in memory and in the catalog.
