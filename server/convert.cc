@@ -46,7 +46,7 @@ std::string WireShape(const v1::Tensor& p) {
 
 std::string WireName(const v1::Tensor& p) {
   const DtypeInfo* d = FindWire(p.dtype());
-  return d ? d->name : v1::DataType_Name(p.dtype());
+  return d ? d->name : DataTypeText(p.dtype());
 }
 
 template <typename T>
@@ -221,13 +221,17 @@ absl::StatusOr<v1::LearningConfig> MergeConfig(const v1::LearningConfig& current
   return merged;
 }
 
+std::string DataTypeText(v1::DataType dtype) {
+  const std::string name = v1::DataType_Name(dtype);
+  return name.empty() ? absl::StrCat("dtype number ", static_cast<int>(dtype)) : name;
+}
+
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& p, const std::string& what) {
   const DtypeInfo* d = FindWire(p.dtype());
   if (d == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
         what, ": dtype must be one of float32, float64, uint8, int64; got ",
-        v1::DataType_Name(p.dtype()).empty() ? std::to_string(p.dtype())
-                                              : v1::DataType_Name(p.dtype())));
+        DataTypeText(p.dtype())));
   }
   int64_t numel = 1;
   for (int64_t s : p.shape()) {

@@ -36,6 +36,8 @@ absl::StatusOr<v1::LearningConfig> MergeConfig(const v1::LearningConfig& current
 
 // A CPU tensor with the message's dtype and shape (a copy of the bytes).
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& proto, const std::string& what);
+// A dtype's enum name, or "dtype number N" for a value the enum lacks.
+std::string DataTypeText(v1::DataType dtype);
 v1::Tensor TensorToProto(const at::Tensor& tensor);
 
 // Model inputs: float32, or uint8 scaled by 1/255; shape [B, input_shape...] (B >= 1), or

@@ -739,9 +739,15 @@ absl::StatusOr<ExampleBatchData> ModelEntry::ValidateBatch(const StreamPlan& pla
     if (c.dtype() != v1::DATA_TYPE_INT64 || c.shape_size() != 1 || c.shape(0) != n) {
       return absl::InvalidArgumentError(absl::StrCat(
           "batch.client_ids must be int64 [", n, "] (one per example); got dtype ",
-          v1::DataType_Name(c.dtype()), " shape [", absl::StrJoin(c.shape(), ", "), "]"));
+          DataTypeText(c.dtype()), " shape [", absl::StrJoin(c.shape(), ", "), "]"));
     }
     ADAPTD_ASSIGN_OR_RETURN(b.client_ids, TensorFromProto(c, "batch.client_ids"));
+    // Answers say -1 for an example streamed without one.
+    if (n > 0 && b.client_ids.min().item<int64_t>() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "batch.client_ids must be >= 0 (answers use -1 for none); got ",
+          b.client_ids.min().item<int64_t>()));
+    }
   } else {
     b.client_ids = at::full({n}, -1, at::kLong);
   }

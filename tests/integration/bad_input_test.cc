@@ -67,6 +67,10 @@ TEST_F(BadInputTest, StreamsAreRejectedWholeAndChangeNothing) {
 
   EXPECT_STATUS(Stream({MakeBatch(good.x.to(at::kDouble), good.y)}), kInvalidArgument,
                 "batch.x: dtype must be float32 (or uint8 pixels); got float64");
+  v1::ExampleBatch unknown_dtype = ok_batch;
+  unknown_dtype.mutable_x()->set_dtype(static_cast<v1::DataType>(42));
+  EXPECT_STATUS(Stream({unknown_dtype}), kInvalidArgument,
+                "batch.x: dtype must be float32 (or uint8 pixels); got dtype number 42");
   EXPECT_STATUS(Stream({MakeBatch(good.x.narrow(1, 0, 5), good.y)}), kInvalidArgument,
                 "batch.x: shape must be [B, 6] with B >= 1; got [16, 5]");
   at::Tensor nan_x = good.x.clone();
@@ -105,6 +109,10 @@ TEST_F(BadInputTest, StreamsAreRejectedWholeAndChangeNothing) {
                 "is not one of task 0's classes [0, 1]");
   EXPECT_STATUS(Stream({ok_batch}, "h", 0, {0, 9}), kInvalidArgument,
                 "header.classes must lie in [0, 4); got 9");
+  v1::ExampleBatch negative_id = ok_batch;
+  *negative_id.mutable_client_ids() = TensorToProto(at::full({good.size()}, -1, at::kLong));
+  EXPECT_STATUS(Stream({negative_id}), kInvalidArgument,
+                "batch.client_ids must be >= 0 (answers use -1 for none); got -1");
   EXPECT_STATUS(Stream({ok_batch}, "h", 0, {1, 1}), kInvalidArgument,
                 "header.classes must not repeat a class; got [1, 1]");
   // Task 0 of "m" was first streamed without classes: a later stream cannot add a label set.
