@@ -458,7 +458,7 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   curved.curvature_points = 0;
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, curved)
                               .status().message()),
-              testing::HasSubstr("curvature_points >= 1; got 0 and 0"));
+              testing::HasSubstr("curvature_points must be in [1, 2147483648]; got 0"));
   AdaptConfig hasty = SmallConfig(Method::kKPrior);
   hasty.min_steps = -1;
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, hasty)

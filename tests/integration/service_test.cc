@@ -626,6 +626,14 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
   ASSERT_TRUE(client->CreateModel(busy).ok());
   auto running = StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 8));
   ASSERT_TRUE(running.ok() && running->job_ids_size() == 1);
+  // The first job must have started (taken its examples) before the next stream, or that
+  // stream's examples would join it while it is still queued (a loaded machine can delay the
+  // training thread, which runs at a lower priority).
+  const auto started_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (client->ListJobs("busy")->jobs(0).state() != v1::JOB_STATE_RUNNING &&
+         std::chrono::steady_clock::now() < started_by) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   auto queued = StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 9));
   ASSERT_TRUE(queued.ok() && queued->job_ids_size() == 1);
   ASSERT_TRUE(StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 10), 64,
