@@ -50,6 +50,10 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
       // Creation (or import) never reached version 0, so it was never acknowledged.
       std::fprintf(stderr, "adaptd: removing model %s: its creation did not complete\n",
                    row.name.c_str());
+      // Marked first, so that the files (a partial checkpoint, an import's logs) go below with
+      // the rows gone, even after another crash.
+      const std::string dir = options.data_dir + "/models/" + row.name;
+      if (::access(dir.c_str(), F_OK) == 0) MarkDeleting(dir);
       ADAPTD_RETURN_IF_ERROR(r.catalog_->DeleteModel(row.name));
       continue;
     }
@@ -73,9 +77,10 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   for (const std::string& dir : ListDir(options.data_dir + "/models")) {
     if (known.count(dir) != 0) continue;
     const std::string path = options.data_dir + "/models/" + dir;
-    if (::access((path + "/" + kDeletingMarker).c_str(), F_OK) == 0 || !HoldsFiles(path)) {
+    const bool marked = ::access((path + "/" + kDeletingMarker).c_str(), F_OK) == 0;
+    if (marked || !HoldsFiles(path)) {
       std::fprintf(stderr, "adaptd: removing models/%s: an interrupted %s\n", dir.c_str(),
-                   HoldsFiles(path) ? "deletion" : "creation");
+                   marked ? "deletion" : "creation");
       const absl::Status removed = RemoveTree(path, kDeletingMarker);
       if (removed.ok()) continue;
       r.failed_[dir] = absl::StrCat("removing its files failed: ", removed.ToString());

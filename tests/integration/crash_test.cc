@@ -366,7 +366,8 @@ TEST(LifecycleTest, CreateRacingDeleteOfTheSameNameKeepsTheNewModel) {
 
 // A creation that a crash cut before version 0 (a model row, no version) and a directory
 // without a catalog row are cleaned up at start; the name is free again.
-// At start: a creation that never reached version 0 and a directory with no file yet (a creation
+// At start: a creation that never reached version 0 (with what it had written) and a directory
+// with no file yet (a creation
 // a crash interrupted) are removed, and so is a directory marked by an interrupted deletion.
 // Files that the catalog does not list, unmarked, are kept offline until DeleteModel removes
 // them: a catalog removed or restored from an older copy must not take the data with it.
@@ -383,7 +384,8 @@ TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
   }
   const std::string models = dir.path() + "/models";
   ASSERT_EQ(std::system(("mkdir -p '" + models + "/stray/examples' '" + models + "/stray/versions' '" +
-                         models + "/gone/examples' '" + models + "/kept/examples' && touch '" +
+                         models + "/gone/examples' '" + models + "/kept/examples' '" + models +
+                         "/half/versions' && touch '" + models + "/half/versions/0.ckpt.tmp' '" +
                          models + "/gone/examples/0.log' '" + models + "/gone/DELETING' && echo data > '" +
                          models + "/kept/examples/0.log'").c_str()), 0);
   auto server = ServerProcess::Start(dir.path());
