@@ -4,9 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -49,13 +50,17 @@ absl::Status ReplaceFileDurably(
     const std::string& path,
     const std::function<absl::Status(const std::function<absl::Status(absl::string_view)>& write)>&
         produce) {
-  std::string temp = path + ".partial.XXXXXX";
-  std::vector<char> name(temp.begin(), temp.end());
-  name.push_back('\0');
-  const int fd = ::mkostemp(name.data(), O_CLOEXEC);
+  // A name no other writer uses (this process's id and a counter), created exclusively, with
+  // the ordinary mode under the umask (mkstemp's would be 0600).
+  static std::atomic<uint64_t> counter{0};
+  std::string temp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
+    temp = absl::StrCat(path, ".partial.", ::getpid(), ".", counter.fetch_add(1));
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", temp));
-  temp = name.data();
-  (void)::fchmod(fd, 0644);  // mkstemp creates 0600; a snapshot or report is an ordinary file
   absl::Status status = produce([&](absl::string_view data) {
     size_t done = 0;
     while (done < data.size()) {

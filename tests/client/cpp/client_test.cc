@@ -1,5 +1,7 @@
 // AdaptdClient against a scripted server: options, metadata, streaming and status mapping.
 #include "client/client.h"
+
+#include <sys/stat.h>
 #include "client/files.h"
 
 #include <filesystem>
@@ -129,6 +131,12 @@ TEST(AdaptdClientTest, ExportToFileWritesOnlyComplete) {
   ASSERT_TRUE(size.ok()) << size.status();
   EXPECT_EQ(*size, 14);
   EXPECT_EQ(FileText(path), "snapshot-bytes");
+  // An ordinary file: 0644 under the umask.
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644 & ~mask);
   // A failed export leaves neither the file nor its partial copy, and an older file as it was.
   const std::string failed = TestPath("failed");
   EXPECT_EQ(client->ExportToFile("missing", failed).status().code(), absl::StatusCode::kNotFound);
