@@ -17,19 +17,15 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/adaptctl.h"
-#include "client/files.h"
 #include "client/memory_map.h"
 #include "client/progress.h"
 #include "client/report.h"
 #include "client/tensor.h"
+#include "core/files.h"
 #include "core/status_macros.h"
 
 namespace adaptd {
 namespace {
-
-absl::Status WriteTextFile(const std::string& path, const std::string& content) {
-  return ReplaceFileDurably(path, [&](const auto& write) { return write(content); });
-}
 
 absl::StatusOr<int64_t> ParseInt64(const std::string& text, const char* what) {
   int64_t value;
@@ -327,11 +323,11 @@ absl::Status MemoryMap(const AdaptdClient& client, const CtlOptions& options,
         p.example_id, p.client_id, p.task_id, p.label, p.sensitivity, p.error, p.variance);
   }
   if (!options.csv.empty()) {
-    ADAPTD_RETURN_IF_ERROR(WriteTextFile(options.csv, MemoryMapCsv(table)));
+    ADAPTD_RETURN_IF_ERROR(WriteFileAtomically(options.csv, MemoryMapCsv(table)));
     absl::PrintF("wrote %s\n", options.csv);
   }
   if (!options.svg.empty()) {
-    ADAPTD_RETURN_IF_ERROR(WriteTextFile(options.svg, MemoryMapSvg(table, args[0])));
+    ADAPTD_RETURN_IF_ERROR(WriteFileAtomically(options.svg, MemoryMapSvg(table, args[0])));
     absl::PrintF("wrote %s\n", options.svg);
   }
   return absl::OkStatus();
@@ -583,7 +579,7 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   }
   spec.set_activation(options.activation);
   if (!options.torchscript.empty()) {
-    ADAPTD_ASSIGN_OR_RETURN(*spec.mutable_torchscript(), ReadWholeFile(options.torchscript));
+    ADAPTD_ASSIGN_OR_RETURN(*spec.mutable_torchscript(), ReadFile(options.torchscript));
   }
 
   v1::LearningConfig& config = *request.mutable_config();

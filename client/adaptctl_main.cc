@@ -16,7 +16,7 @@
 #include "absl/strings/strip.h"
 #include "client/adaptctl.h"
 #include "client/client.h"
-#include "client/files.h"
+#include "core/files.h"
 
 namespace {
 // Flag defaults come from the options structs, so that they are written once.
@@ -181,7 +181,7 @@ adaptd::CtlOptions OptionsFromFlags() {
 
 absl::StatusOr<std::string> ReadPem(const std::string& path) {
   if (path.empty()) return std::string();
-  return adaptd::ReadWholeFile(path);
+  return adaptd::ReadFile(path);
 }
 
 absl::StatusOr<adaptd::ClientOptions> ClientOptionsFromFlags() {

@@ -13,7 +13,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
-#include "client/files.h"
+#include "core/files.h"
 #include "core/status_macros.h"
 
 namespace adaptd {
@@ -217,12 +217,12 @@ absl::StatusOr<std::string> AdaptdClient::Export(const std::string& name) const 
   return snapshot;
 }
 
-// Local failures carry errno's code (NOT_FOUND for a missing directory, PERMISSION_DENIED,
-// RESOURCE_EXHAUSTED for a full disk), not a code of the server's.
+// Local failures carry ReplaceFile's codes (NOT_FOUND for a missing directory,
+// FAILED_PRECONDITION for one this process may not write, RESOURCE_EXHAUSTED for a full disk).
 absl::StatusOr<int64_t> AdaptdClient::ExportToFile(const std::string& name,
                                                    const std::string& path) const {
   int64_t size = 0;
-  ADAPTD_RETURN_IF_ERROR(ReplaceFileDurably(path, [&](const auto& write) {
+  ADAPTD_RETURN_IF_ERROR(ReplaceFile(path, [&](const auto& write) {
     return ExportTo(name, [&](const std::string& data) {
       size += static_cast<int64_t>(data.size());
       return write(data);

@@ -64,8 +64,9 @@ using JobCallback = std::function<void(const v1::JobStatus&)>;
 //
 // Thread-safe: calls may run concurrently from many threads. Errors are the server's status
 // mapped by FromGrpcStatus (UNAVAILABLE when no server answers, DEADLINE_EXCEEDED after
-// `timeout_seconds`), INVALID_ARGUMENT for bad local input, or errno's code for a local file
-// (NOT_FOUND for a missing one, PERMISSION_DENIED, RESOURCE_EXHAUSTED for a full disk).
+// `timeout_seconds`), INVALID_ARGUMENT for bad local input, or a local file's code from
+// core/files.h (NOT_FOUND for a missing one, FAILED_PRECONDITION for one this process may not
+// read or write, RESOURCE_EXHAUSTED for a full disk).
 class AdaptdClient {
  public:
   // `target` is "host:port". Connects lazily; the first call reports UNAVAILABLE if no server

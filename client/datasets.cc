@@ -16,8 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "client/files.h"
 #include "client/tensor.h"
+#include "core/files.h"
 
 namespace adaptd {
 namespace {
@@ -211,7 +211,7 @@ absl::StatusOr<int> ResolveColumn(int column, int columns, const std::string& pa
 }  // namespace
 
 absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
-  absl::StatusOr<std::string> bytes = ReadWholeFile(path);
+  absl::StatusOr<std::string> bytes = ReadFile(path);
   if (bytes.ok() && bytes->size() >= 2 && static_cast<unsigned char>((*bytes)[0]) == 0x1f &&
       static_cast<unsigned char>((*bytes)[1]) == 0x8b) {
     return Gunzip(*bytes, path);

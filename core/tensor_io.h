@@ -35,13 +35,6 @@ at::Tensor ScalarTensor(int64_t v);
 absl::StatusOr<double> GetDouble(const TensorMap& map, const std::string& name);
 absl::StatusOr<int64_t> GetInt(const TensorMap& map, const std::string& name);
 
-// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the directory.
-// fsync()s the directory that holds `path`, so that a file created, renamed or removed there
-// survives a crash.
-absl::Status FsyncParentDirectory(const std::string& path);
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes);
-absl::StatusOr<std::string> ReadFile(const std::string& path);
-
 }  // namespace adaptd
 
 #endif  // ADAPTD_CORE_TENSOR_IO_H_

@@ -6,7 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "core/tensor_io.h"
+#include "core/files.h"
 
 namespace adaptd {
 namespace {

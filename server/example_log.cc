@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/files.h"
 #include "core/status_macros.h"
 #include "core/tensor_io.h"
 #include "server/crc32c.h"

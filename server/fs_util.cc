@@ -10,8 +10,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/files.h"
 #include "core/status_macros.h"
-#include "core/tensor_io.h"
 
 namespace adaptd {
 

@@ -12,7 +12,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
-#include "core/tensor_io.h"
+#include "core/files.h"
 #include "server/auth.h"
 #include "server/server.h"
 

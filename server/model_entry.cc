@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/files.h"
 #include "core/status_macros.h"
 #include "core/tensor_io.h"
 #include "core/torch_status.h"

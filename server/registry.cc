@@ -8,8 +8,8 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "core/files.h"
 #include "core/status_macros.h"
-#include "core/tensor_io.h"
 #include "core/torch_status.h"
 #include "server/fs_util.h"
 #include "server/metrics.h"

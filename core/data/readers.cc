@@ -14,8 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/files.h"
 #include "core/status_macros.h"
-#include "core/tensor_io.h"
 #include "core/torch_status.h"
 
 namespace adaptd {

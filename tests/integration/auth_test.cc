@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include "core/tensor_io.h"
+#include "core/files.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
 

@@ -7,7 +7,7 @@
 #include <torch/torch.h>
 
 #include "absl/strings/match.h"
-#include "core/tensor_io.h"
+#include "core/files.h"
 #include "server/catalog.h"
 #include "server/convert.h"
 #include "server/crc32c.h"

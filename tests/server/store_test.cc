@@ -11,7 +11,7 @@
 #include "tests/testing/temp_dir.h"
 #include <torch/torch.h>
 
-#include "core/tensor_io.h"
+#include "core/files.h"
 #include "server/catalog.h"
 #include "server/crc32c.h"
 #include "server/example_log.h"

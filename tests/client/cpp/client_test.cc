@@ -2,7 +2,6 @@
 #include "client/client.h"
 
 #include <sys/stat.h>
-#include "client/files.h"
 
 #include <filesystem>
 
@@ -152,17 +151,6 @@ TEST(AdaptdClientTest, ExportToFileWritesOnlyComplete) {
   const absl::Status nowhere = client->ExportToFile("m", TestPath("no/such/dir/snapshot")).status();
   EXPECT_EQ(nowhere.code(), absl::StatusCode::kNotFound) << nowhere;
   EXPECT_THAT(std::string(nowhere.message()), ::testing::HasSubstr("no/such/dir/snapshot.partial"));
-}
-
-// Local reads: errno's code, and a clear refusal of a directory (which std::ifstream opens).
-TEST(FilesTest, ReadWholeFileRefusesADirectoryAndNamesTheFile) {
-  const std::string path = WriteFile("bytes", std::string("a\0b", 3));
-  EXPECT_EQ(ReadWholeFile(path).value(), std::string("a\0b", 3));
-  const absl::Status dir = ReadWholeFile(testing::TempDir()).status();
-  EXPECT_EQ(dir.code(), absl::StatusCode::kInvalidArgument) << dir;
-  EXPECT_THAT(std::string(dir.message()), ::testing::HasSubstr("is a directory; expected a file"));
-  const absl::Status missing = ReadWholeFile(TestPath("missing")).status();
-  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
 }
 
 TEST(AdaptdClientTest, ImportNamesTheModelInTheFirstChunkOnly) {
