@@ -118,7 +118,18 @@ absl::StatusOr<v1::UpdateConfigRequest> BuildConfigUpdate(
 absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& files,
                                             const CtlOptions& options);
 
-// Uploads `examples` in batches of `batch` with a progress bar on stderr.
+// How many rows of `row_bytes` fit in one message of `max_message_bytes` (the server refuses a
+// larger message whole), with room for the message's framing; at least 1.
+int64_t RowsPerMessage(int64_t max_message_bytes, int64_t row_bytes);
+// Predict for every row of `request.x`, in as many requests as messages need: each request's
+// rows and its answer (`num_classes` probabilities and deviations a row) fit in one message.
+// Every part is answered by one version, the first answer's (pinned for the rest unless the
+// request names one), with the request's seed. The answers' rows come back in order.
+absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
+                                                   const v1::PredictRequest& request,
+                                                   int64_t num_classes);
+// Uploads `examples` in batches of `batch` (at most what one message holds) with a progress
+// bar on stderr.
 absl::StatusOr<v1::StreamExamplesResponse> StreamWithProgress(const AdaptdClient& client,
                                                               const v1::StreamHeader& header,
                                                               const ExampleSet& examples,

@@ -35,11 +35,20 @@ absl::StatusOr<int64_t> ParseInt64(const std::string& text, const char* what) {
   return value;
 }
 
+// The bytes of one row of `x` (one example).
+int64_t XRowBytes(const v1::Tensor& x) {
+  int64_t bytes = DataTypeSize(x.dtype());
+  for (int i = 1; i < x.shape_size(); ++i) bytes *= x.shape(i);
+  return bytes;
+}
+
 // Gives `examples` the model's input shape, so that files of images ([N, 28, 28]) feed
-// flat models ([784]) and flat files feed convolutional ones.
+// flat models ([784]) and flat files feed convolutional ones. `model_info`, when given, gets
+// the model's description.
 absl::Status FitToModel(const AdaptdClient& client, const std::string& model,
-                        ExampleSet& examples) {
+                        ExampleSet& examples, v1::ModelInfo* model_info = nullptr) {
   ADAPTD_ASSIGN_OR_RETURN(v1::ModelInfo info, client.GetModel(model));
+  if (model_info != nullptr) *model_info = info;
   const std::vector<int64_t> shape(info.spec().input_shape().begin(),
                                    info.spec().input_shape().end());
   return ReshapeExamples(examples, shape);
@@ -48,7 +57,8 @@ absl::Status FitToModel(const AdaptdClient& client, const std::string& model,
 // Rows [options.index, options.index + options.count) of the first file argument, fitted to
 // the model.
 absl::StatusOr<ExampleSet> QueryExamples(const AdaptdClient& client, const std::string& model,
-                                         const std::string& file, const CtlOptions& options) {
+                                         const std::string& file, const CtlOptions& options,
+                                         v1::ModelInfo* info = nullptr) {
   ADAPTD_ASSIGN_OR_RETURN(ExampleSet all, LoadExampleFiles({file}, options));
   if (options.index < 0 || options.index >= all.size()) {
     return absl::OutOfRangeError(absl::StrCat("--index ", options.index, " outside the ",
@@ -65,7 +75,7 @@ absl::StatusOr<ExampleSet> QueryExamples(const AdaptdClient& client, const std::
   std::vector<int64_t> rows(count);
   for (int64_t i = 0; i < count; ++i) rows[i] = options.index + i;
   ADAPTD_ASSIGN_OR_RETURN(ExampleSet some, TakeRows(all, rows));
-  ADAPTD_RETURN_IF_ERROR(FitToModel(client, model, some));
+  ADAPTD_RETURN_IF_ERROR(FitToModel(client, model, some, info));
   return some;
 }
 
@@ -259,7 +269,9 @@ absl::Status Cancel(const AdaptdClient& client, const CtlOptions&,
 
 absl::Status Predict(const AdaptdClient& client, const CtlOptions& options,
                      const std::vector<std::string>& args) {
-  ADAPTD_ASSIGN_OR_RETURN(ExampleSet examples, QueryExamples(client, args[0], args[1], options));
+  v1::ModelInfo info;
+  ADAPTD_ASSIGN_OR_RETURN(ExampleSet examples,
+                          QueryExamples(client, args[0], args[1], options, &info));
   v1::PredictRequest request;
   request.set_model(args[0]);
   *request.mutable_x() = examples.x;
@@ -269,7 +281,8 @@ absl::Status Predict(const AdaptdClient& client, const CtlOptions& options,
   request.set_seed(options.seed);
   if (options.task >= 0) request.set_task_id(options.task);
   if (options.version >= 0) request.set_version(options.version);
-  ADAPTD_ASSIGN_OR_RETURN(v1::PredictResponse response, client.Predict(request));
+  ADAPTD_ASSIGN_OR_RETURN(v1::PredictResponse response,
+                          PredictInParts(client, request, info.spec().num_classes()));
   ADAPTD_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, PredictionsFromResponse(response));
   absl::PrintF("version %d\n", response.version());
   absl::PrintF("%s", FormatPredictions(predictions, options.index, examples.labels));
@@ -376,6 +389,7 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"cancel", "JOB_ID", 1, 1, "cancel an adaptation job", Cancel},
       {"predict", "NAME FILE", 2, 2,
        "predictions with uncertainty (--index --count --mode --samples --seed --task --version; "
+       "more rows than one message holds go as several requests on one version; "
        "reading FILE: --format --labels --label_column --csv_header --csv_labels)",
        Predict},
       {"influence", "NAME FILE", 2, 2,
@@ -641,6 +655,48 @@ absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& file
   return all;
 }
 
+int64_t RowsPerMessage(int64_t max_message_bytes, int64_t row_bytes) {
+  constexpr int64_t kFraming = 64 << 10;
+  return std::max<int64_t>(1, (max_message_bytes - kFraming) / std::max<int64_t>(1, row_bytes));
+}
+
+absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
+                                                   const v1::PredictRequest& request,
+                                                   int64_t num_classes) {
+  ADAPTD_RETURN_IF_ERROR(CheckTensor(request.x()));
+  if (request.x().shape_size() == 0) {
+    return absl::InvalidArgumentError("x must have a batch dimension; got a scalar");
+  }
+  // An answer's row: probabilities and deviations (float32 each), a label and three entropies.
+  const int64_t answer_row = 8 * std::max<int64_t>(1, num_classes) + 8 + 12;
+  const int64_t rows = request.x().shape(0);
+  const int64_t part = RowsPerMessage(client.options().max_message_bytes,
+                                      std::max(XRowBytes(request.x()), answer_row));
+  v1::PredictResponse all;
+  v1::PredictRequest next = request;
+  if (rows == 0) return client.Predict(request);  // the server's own answer to no rows
+  for (int64_t begin = 0; begin < rows; begin += part) {
+    const int64_t count = std::min(part, rows - begin);
+    ADAPTD_ASSIGN_OR_RETURN(*next.mutable_x(), SliceRows(request.x(), begin, count));
+    ADAPTD_ASSIGN_OR_RETURN(v1::PredictResponse answer, client.Predict(next));
+    if (begin == 0) {
+      all.set_version(answer.version());
+      next.set_version(answer.version());  // the rest on the same version
+    }
+    for (auto [to, from] : {std::pair{all.mutable_probs(), &answer.probs()},
+                            std::pair{all.mutable_labels(), &answer.labels()},
+                            std::pair{all.mutable_total_entropy(), &answer.total_entropy()},
+                            std::pair{all.mutable_expected_entropy(), &answer.expected_entropy()},
+                            std::pair{all.mutable_mutual_information(), &answer.mutual_information()},
+                            std::pair{all.mutable_std(), &answer.std()}}) {
+      if (from->shape_size() == 0) continue;  // a field this mode leaves out
+      ADAPTD_RETURN_IF_ERROR(CheckTensor(*from));
+      ADAPTD_RETURN_IF_ERROR(AppendRows(to, *from));
+    }
+  }
+  return all;
+}
+
 absl::StatusOr<v1::StreamExamplesResponse> StreamWithProgress(const AdaptdClient& client,
                                                               const v1::StreamHeader& header,
                                                               const ExampleSet& examples,
@@ -651,14 +707,9 @@ absl::StatusOr<v1::StreamExamplesResponse> StreamWithProgress(const AdaptdClient
   const absl::Time start = absl::Now();
   const auto elapsed = [&] { return absl::ToDoubleSeconds(absl::Now() - start); };
   ProgressLine line(stderr, ProgressLine::IsTerminal(stderr));
-  // At most as many examples a message as fit in one (the server refuses a larger message
-  // whole): the example's bytes and its label and id, with room for the message's framing.
-  int64_t row_bytes = DataTypeSize(examples.x.dtype());
-  for (int i = 1; i < examples.x.shape_size(); ++i) row_bytes *= examples.x.shape(i);
-  row_bytes += 16;
-  constexpr int64_t kOverhead = 64 << 10;
-  batch = std::min(
-      batch, std::max<int64_t>(1, (client.options().max_message_bytes - kOverhead) / row_bytes));
+  // An example's bytes and its label and id.
+  batch = std::min(batch, RowsPerMessage(client.options().max_message_bytes,
+                                         XRowBytes(examples.x) + 16));
   int64_t begin = 0;
   int64_t sent = 0;
   absl::StatusOr<v1::StreamExamplesResponse> response = client.StreamExamples(

@@ -1,5 +1,6 @@
 #include "client/tensor.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -215,6 +216,23 @@ absl::StatusOr<v1::Tensor> GatherRows(const v1::Tensor& tensor, absl::Span<const
   std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
   shape[0] = static_cast<int64_t>(rows.size());
   return MakeTensor(tensor.dtype(), shape, std::move(raw));
+}
+
+absl::Status AppendRows(v1::Tensor* to, const v1::Tensor& rows) {
+  if (to->shape_size() == 0) {
+    *to = rows;
+    return absl::OkStatus();
+  }
+  if (to->dtype() != rows.dtype() || rows.shape_size() != to->shape_size() ||
+      !std::equal(to->shape().begin() + 1, to->shape().end(), rows.shape().begin() + 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rows to append must be ", DataTypeName(to->dtype()), " rows of shape ",
+                     FormatShape(absl::MakeConstSpan(to->shape()).subspan(1)), "; got ",
+                     DataTypeName(rows.dtype()), " ", FormatShape(rows.shape())));
+  }
+  to->set_shape(0, to->shape(0) + rows.shape(0));
+  to->mutable_raw_data()->append(rows.raw_data());
+  return absl::OkStatus();
 }
 
 }  // namespace adaptd

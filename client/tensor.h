@@ -56,6 +56,11 @@ absl::StatusOr<v1::Tensor> SliceRows(const v1::Tensor& tensor, int64_t begin, in
 // REQUIRES: CheckTensor(tensor) is OK.
 absl::StatusOr<v1::Tensor> GatherRows(const v1::Tensor& tensor, absl::Span<const int64_t> rows);
 
+// Appends the rows of `rows` to `to` along the first dimension. An empty `to` (no shape) becomes
+// a copy of `rows`. INVALID_ARGUMENT, and `to` unchanged, if the dtypes or the other dimensions
+// differ. REQUIRES: CheckTensor is OK for both.
+absl::Status AppendRows(v1::Tensor* to, const v1::Tensor& rows);
+
 }  // namespace adaptd
 
 #endif  // ADAPTD_CLIENT_TENSOR_H_

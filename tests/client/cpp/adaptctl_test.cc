@@ -226,13 +226,17 @@ TEST(AdaptctlTest, StreamsInBatchesWithClientIds) {
   EXPECT_EQ(server.log().client_ids.back(), 124);
 }
 
+absl::StatusOr<std::unique_ptr<AdaptdClient>> ClientWithOneMiBMessages(const FakeServer& server) {
+  ClientOptions co;
+  co.max_message_bytes = 1 << 20;
+  return AdaptdClient::Create(server.target(), co);
+}
+
 // A --batch larger than a message holds is cut to what fits, as the server would refuse the
 // message whole: rows of 4,096 floats (16,400 bytes on the wire) in 1 MiB, less 64 KiB.
 TEST(AdaptctlTest, StreamBatchesFitTheMessageLimit) {
   FakeServer server;
-  ClientOptions co;
-  co.max_message_bytes = 1 << 20;
-  auto client = AdaptdClient::Create(server.target(), co);
+  auto client = ClientWithOneMiBMessages(server);
   ASSERT_TRUE(client.ok());
   ExampleSet set;
   set.x = *FloatTensor(std::vector<float>(130 * 4096), {130, 64, 64});
@@ -246,6 +250,48 @@ TEST(AdaptctlTest, StreamBatchesFitTheMessageLimit) {
   ASSERT_EQ(fits, 59);
   absl::MutexLock lock(&server.log().mu);
   EXPECT_EQ(server.log().batch_sizes, (std::vector<int64_t>{59, 59, 12}));
+}
+
+// Predictions for more rows than one message holds go as several requests, each answered by the
+// first answer's version, and come back whole and in order. 130 rows of 4,096 floats in 1 MiB,
+// less 64 KiB: 60 a request. A model of many classes is split by the size of its answer.
+TEST(AdaptctlTest, PredictSplitsWhatOneMessageCannotHoldOnOneVersion) {
+  FakeServer server;
+  auto client = ClientWithOneMiBMessages(server);
+  ASSERT_TRUE(client.ok());
+  std::vector<float> x(130 * 4096, 0.f);
+  for (int i = 0; i < 130; ++i) x[i * 4096] = static_cast<float>(i) / 1000;
+  v1::PredictRequest request;
+  request.set_model("m");
+  *request.mutable_x() = *FloatTensor(x, {130, 4096});
+  absl::StatusOr<v1::PredictResponse> all = PredictInParts(**client, request, 2);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->version(), 3);
+  absl::StatusOr<std::vector<float>> probs = FloatValues(all->probs());
+  ASSERT_TRUE(probs.ok()) << probs.status();
+  ASSERT_EQ(probs->size(), 260u);
+  for (int i = 0; i < 130; ++i) EXPECT_EQ((*probs)[2 * i], static_cast<float>(i) / 1000) << i;
+  EXPECT_EQ(Int64Values(all->labels())->size(), 130u);
+  EXPECT_EQ(FloatValues(all->mutual_information())->size(), 130u);
+  {
+    absl::MutexLock lock(&server.log().mu);
+    EXPECT_EQ(server.log().predict_rows, (std::vector<int64_t>{60, 60, 10}));
+    EXPECT_EQ(server.log().predict_versions, (std::vector<int64_t>{-1, 3, 3}));
+    server.log().predict_rows.clear();
+    server.log().predict_versions.clear();
+  }
+  // Small rows, a large answer: 100,000 classes take 800 kB a row, so one row a request; a
+  // version the request names is kept.
+  v1::PredictRequest small;
+  small.set_model("m");
+  small.set_version(7);
+  *small.mutable_x() = *FloatTensor(std::vector<float>(3 * 4, 0.5f), {3, 4});
+  all = PredictInParts(**client, small, 100000);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->version(), 7);
+  absl::MutexLock lock(&server.log().mu);
+  EXPECT_EQ(server.log().predict_rows, (std::vector<int64_t>{1, 1, 1}));
+  EXPECT_EQ(server.log().predict_versions, (std::vector<int64_t>{7, 7, 7}));
 }
 
 const CtlCommand& Command(const std::string& name) {

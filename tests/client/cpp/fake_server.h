@@ -30,6 +30,8 @@ struct FakeLog {
   std::vector<std::string> import_names ABSL_GUARDED_BY(mu);  // one per chunk
   std::string import_data ABSL_GUARDED_BY(mu);
   v1::UpdateConfigRequest update ABSL_GUARDED_BY(mu);
+  std::vector<int64_t> predict_rows ABSL_GUARDED_BY(mu);      // one per Predict call
+  std::vector<int64_t> predict_versions ABSL_GUARDED_BY(mu);  // -1: none named
 };
 
 class FakeAdmin final : public v1::AdminService::Service {
@@ -194,23 +196,61 @@ class FakeLearning final : public v1::LearningService::Service {
   FakeLog* const log_;
 };
 
-// Predict answers with the version the request names (or 3); other queries are unimplemented.
+// Predict answers with the version the request names (or 3), and for float32 rows two class
+// probabilities: the row's first element and 1 minus it, so that answers can be traced to their
+// rows. Other queries are unimplemented.
 class FakeQuery final : public v1::QueryService::Service {
  public:
+  explicit FakeQuery(FakeLog* log) : log_(log) {}
+
   grpc::Status Predict(grpc::ServerContext*, const v1::PredictRequest* request,
                        v1::PredictResponse* response) override {
-    if (request->x().shape_size() == 0) {
+    const v1::Tensor& x = request->x();
+    if (x.shape_size() == 0) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x is empty");
     }
+    {
+      absl::MutexLock lock(&log_->mu);
+      log_->predict_rows.push_back(x.shape(0));
+      log_->predict_versions.push_back(request->has_version() ? request->version() : -1);
+    }
     response->set_version(request->has_version() ? request->version() : 3);
+    if (x.dtype() != v1::DATA_TYPE_FLOAT32) return grpc::Status::OK;
+    const int64_t rows = x.shape(0);
+    const size_t row_bytes = x.raw_data().size() / static_cast<size_t>(rows);
+    std::string probs, labels, entropy;
+    for (int64_t i = 0; i < rows; ++i) {
+      float p[2];
+      std::memcpy(&p[0], x.raw_data().data() + i * row_bytes, sizeof(float));
+      p[1] = 1 - p[0];
+      const int64_t label = p[0] >= p[1] ? 0 : 1;
+      const float zero = 0;
+      probs.append(reinterpret_cast<const char*>(p), sizeof p);
+      labels.append(reinterpret_cast<const char*>(&label), sizeof label);
+      entropy.append(reinterpret_cast<const char*>(&zero), sizeof zero);
+    }
+    auto set = [](v1::Tensor* t, v1::DataType dtype, std::vector<int64_t> shape,
+                  std::string bytes) {
+      t->set_dtype(dtype);
+      for (int64_t d : shape) t->add_shape(d);
+      t->set_raw_data(std::move(bytes));
+    };
+    set(response->mutable_probs(), v1::DATA_TYPE_FLOAT32, {rows, 2}, probs);
+    set(response->mutable_labels(), v1::DATA_TYPE_INT64, {rows}, labels);
+    set(response->mutable_total_entropy(), v1::DATA_TYPE_FLOAT32, {rows}, entropy);
+    set(response->mutable_expected_entropy(), v1::DATA_TYPE_FLOAT32, {rows}, entropy);
+    set(response->mutable_mutual_information(), v1::DATA_TYPE_FLOAT32, {rows}, entropy);
     return grpc::Status::OK;
   }
+
+ private:
+  FakeLog* const log_;
 };
 
 // Serves the fakes until destroyed.
 class FakeServer {
  public:
-  FakeServer() : admin_(&log_), learning_(&log_) {
+  FakeServer() : admin_(&log_), learning_(&log_), query_(&log_) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(&admin_);

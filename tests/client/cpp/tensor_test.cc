@@ -1,5 +1,6 @@
 #include "client/tensor.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -99,6 +100,24 @@ TEST(TensorTest, SliceAndGatherRows) {
   EXPECT_EQ(GatherRows(*t, {4}).status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(SliceRows(*Int64Tensor({1}, {}), 0, 1).status().code(),
             absl::StatusCode::kInvalidArgument);  // a scalar has no rows
+}
+
+// Appending the slices gives back the whole; a mismatch is refused and changes nothing.
+TEST(TensorTest, AppendRowsRebuildsTheWholeAndRefusesAMismatch) {
+  absl::StatusOr<v1::Tensor> t = Int64Tensor({0, 1, 10, 11, 20, 21, 30, 31}, {4, 2});
+  ASSERT_TRUE(t.ok());
+  v1::Tensor whole;
+  ASSERT_TRUE(AppendRows(&whole, *SliceRows(*t, 0, 1)).ok());
+  ASSERT_TRUE(AppendRows(&whole, *SliceRows(*t, 1, 3)).ok());
+  EXPECT_EQ(FormatShape(whole.shape()), "[4, 2]");
+  EXPECT_EQ(*Int64Values(whole), *Int64Values(*t));
+  const absl::Status wide = AppendRows(&whole, *Int64Tensor({1, 2, 3}, {1, 3}));
+  EXPECT_EQ(wide.code(), absl::StatusCode::kInvalidArgument) << wide;
+  EXPECT_THAT(std::string(wide.message()),
+              ::testing::HasSubstr("must be int64 rows of shape [2]; got int64 [1, 3]"));
+  EXPECT_EQ(AppendRows(&whole, *FloatTensor({1, 2}, {1, 2})).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*Int64Values(whole), *Int64Values(*t));
 }
 
 }  // namespace
