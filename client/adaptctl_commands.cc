@@ -35,13 +35,6 @@ absl::StatusOr<int64_t> ParseInt64(const std::string& text, const char* what) {
   return value;
 }
 
-// The bytes of one row of `x` (one example).
-int64_t XRowBytes(const v1::Tensor& x) {
-  int64_t bytes = DataTypeSize(x.dtype());
-  for (int i = 1; i < x.shape_size(); ++i) bytes *= x.shape(i);
-  return bytes;
-}
-
 // Gives `examples` the model's input shape, so that files of images ([N, 28, 28]) feed
 // flat models ([784]) and flat files feed convolutional ones. `model_info`, when given, gets
 // the model's description.
@@ -664,17 +657,15 @@ absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
                                                    const v1::PredictRequest& request,
                                                    int64_t num_classes) {
   ADAPTD_RETURN_IF_ERROR(CheckTensor(request.x()));
-  if (request.x().shape_size() == 0) {
-    return absl::InvalidArgumentError("x must have a batch dimension; got a scalar");
-  }
-  // An answer's row: probabilities and deviations (float32 each), a label and three entropies.
-  const int64_t answer_row = 8 * std::max<int64_t>(1, num_classes) + 8 + 12;
+  ADAPTD_ASSIGN_OR_RETURN(const int64_t x_row, RowBytes(request.x()));
   const int64_t rows = request.x().shape(0);
-  const int64_t part = RowsPerMessage(client.options().max_message_bytes,
-                                      std::max(XRowBytes(request.x()), answer_row));
+  if (rows == 0) return client.Predict(request);  // the server's own answer to no rows
+  // An answer's row: probabilities and deviations (float32 each), a label and three entropies.
+  const int64_t answer_row = 8 * std::clamp<int64_t>(num_classes, 1, int64_t{1} << 40) + 8 + 12;
+  const int64_t part =
+      RowsPerMessage(client.options().max_message_bytes, std::max(x_row, answer_row));
   v1::PredictResponse all;
   v1::PredictRequest next = request;
-  if (rows == 0) return client.Predict(request);  // the server's own answer to no rows
   for (int64_t begin = 0; begin < rows; begin += part) {
     const int64_t count = std::min(part, rows - begin);
     ADAPTD_ASSIGN_OR_RETURN(*next.mutable_x(), SliceRows(request.x(), begin, count));
@@ -683,15 +674,26 @@ absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
       all.set_version(answer.version());
       next.set_version(answer.version());  // the rest on the same version
     }
-    for (auto [to, from] : {std::pair{all.mutable_probs(), &answer.probs()},
-                            std::pair{all.mutable_labels(), &answer.labels()},
-                            std::pair{all.mutable_total_entropy(), &answer.total_entropy()},
-                            std::pair{all.mutable_expected_entropy(), &answer.expected_entropy()},
-                            std::pair{all.mutable_mutual_information(), &answer.mutual_information()},
-                            std::pair{all.mutable_std(), &answer.std()}}) {
-      if (from->shape_size() == 0) continue;  // a field this mode leaves out
-      ADAPTD_RETURN_IF_ERROR(CheckTensor(*from));
-      ADAPTD_RETURN_IF_ERROR(AppendRows(to, *from));
+    for (auto [to, from, name] :
+         {std::tuple{all.mutable_probs(), &answer.probs(), "probs"},
+          std::tuple{all.mutable_labels(), &answer.labels(), "labels"},
+          std::tuple{all.mutable_total_entropy(), &answer.total_entropy(), "total_entropy"},
+          std::tuple{all.mutable_expected_entropy(), &answer.expected_entropy(),
+                     "expected_entropy"},
+          std::tuple{all.mutable_mutual_information(), &answer.mutual_information(),
+                     "mutual_information"},
+          std::tuple{all.mutable_std(), &answer.std(), "std"}}) {
+      absl::Status s = CheckTensor(*from);
+      if (s.ok() && (from->shape_size() == 0 || from->shape(0) != count)) {
+        s = absl::InvalidArgumentError(absl::StrCat("expected ", count, " rows; got shape ",
+                                                    FormatShape(from->shape())));
+      }
+      if (s.ok()) s = AppendRows(to, *from);
+      if (!s.ok()) {
+        return absl::InternalError(absl::StrCat("the answer for rows [", begin, ", ",
+                                                begin + count, ") has a bad ", name, ": ",
+                                                s.message()));
+      }
     }
   }
   return all;
@@ -708,8 +710,8 @@ absl::StatusOr<v1::StreamExamplesResponse> StreamWithProgress(const AdaptdClient
   const auto elapsed = [&] { return absl::ToDoubleSeconds(absl::Now() - start); };
   ProgressLine line(stderr, ProgressLine::IsTerminal(stderr));
   // An example's bytes and its label and id.
-  batch = std::min(batch, RowsPerMessage(client.options().max_message_bytes,
-                                         XRowBytes(examples.x) + 16));
+  ADAPTD_ASSIGN_OR_RETURN(const int64_t x_row, RowBytes(examples.x));
+  batch = std::min(batch, RowsPerMessage(client.options().max_message_bytes, x_row + 16));
   int64_t begin = 0;
   int64_t sent = 0;
   absl::StatusOr<v1::StreamExamplesResponse> response = client.StreamExamples(

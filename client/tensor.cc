@@ -50,17 +50,21 @@ std::vector<float> Convert(const std::string& raw) {
   return out;
 }
 
-// Bytes in one row (the product of all but the first dimension, times the element size).
+}  // namespace
+
 absl::StatusOr<int64_t> RowBytes(const v1::Tensor& tensor) {
   if (tensor.shape_size() == 0) {
     return absl::InvalidArgumentError("a scalar tensor has no rows");
   }
   absl::StatusOr<int64_t> row = NumElements(absl::MakeConstSpan(tensor.shape()).subspan(1));
   if (!row.ok()) return row.status();
+  if (*row > std::numeric_limits<int64_t>::max() / 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a row of shape ", FormatShape(absl::MakeConstSpan(tensor.shape()).subspan(1)),
+                     " overflows int64 bytes"));
+  }
   return *row * DataTypeSize(tensor.dtype());
 }
-
-}  // namespace
 
 int64_t DataTypeSize(v1::DataType dtype) {
   switch (dtype) {

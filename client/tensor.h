@@ -49,6 +49,9 @@ absl::StatusOr<std::vector<uint8_t>> Uint8Values(const v1::Tensor& tensor);
 // float32 is returned unchanged.
 absl::StatusOr<v1::Tensor> ToFloat32(const v1::Tensor& tensor);
 
+// The bytes of one row (the product of the dimensions after the first, times the element size).
+// INVALID_ARGUMENT for a scalar or a product that overflows int64.
+absl::StatusOr<int64_t> RowBytes(const v1::Tensor& tensor);
 // Rows [begin, begin + count) along the first dimension.
 // REQUIRES: CheckTensor(tensor) is OK.
 absl::StatusOr<v1::Tensor> SliceRows(const v1::Tensor& tensor, int64_t begin, int64_t count);

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -39,16 +40,26 @@ absl::Status ErrnoError(int err, absl::string_view what, absl::string_view path)
   return absl::Status(CodeFor(err), absl::StrCat(what, " ", path, ": ", std::strerror(err)));
 }
 
-// Everything `fd` has from its current offset on, appended to `out`.
-absl::Status ReadToEnd(int fd, const std::string& path, std::string* out) {
+// What a pipe or a device may hold: /dev/zero would otherwise fill the memory.
+constexpr size_t kMaxStreamBytes = size_t{1} << 30;
+
+// Everything `fd` has from `out->size()` on (the offset, for a regular file), appended to
+// `out`, up to `limit` bytes in all.
+absl::Status ReadToEnd(int fd, const std::string& path, bool seekable, size_t limit,
+                       std::string* out) {
   char buf[1 << 16];
   while (true) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
+    const ssize_t n = seekable ? ::pread(fd, buf, sizeof buf, static_cast<off_t>(out->size()))
+                               : ::read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       return absl::DataLossError(absl::StrCat("reading ", path, ": ", std::strerror(errno)));
     }
     if (n == 0) return absl::OkStatus();
+    if (out->size() + static_cast<size_t>(n) > limit) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, " holds more than ", limit >> 20, " MiB as a pipe or device; expected a file"));
+    }
     out->append(buf, static_cast<size_t>(n));
   }
 }
@@ -61,7 +72,7 @@ absl::StatusOr<std::string> ReadOpen(int fd, const std::string& path) {
   }
   std::string out;
   if (!S_ISREG(st.st_mode)) {  // a pipe or a device: no size to check against
-    absl::Status s = ReadToEnd(fd, path, &out);
+    absl::Status s = ReadToEnd(fd, path, /*seekable=*/false, kMaxStreamBytes, &out);
     if (!s.ok()) return s;
     return out;
   }
@@ -77,6 +88,9 @@ absl::StatusOr<std::string> ReadOpen(int fd, const std::string& path) {
     }
     done += static_cast<size_t>(n);
   }
+  // Whatever was appended since the fstat (or all of a /proc file, whose size reads as 0).
+  absl::Status s = ReadToEnd(fd, path, /*seekable=*/true, std::numeric_limits<size_t>::max(), &out);
+  if (!s.ok()) return s;
   return out;
 }
 

@@ -18,7 +18,9 @@ namespace adaptd {
 // process may not read or write, INTERNAL otherwise.
 
 // The whole file, or an error. A directory is INVALID_ARGUMENT ("... is a directory; expected a
-// file"). A pipe or a device is read to its end. A regular file that yields fewer bytes than its size is DATA_LOSS:
+// file"). A pipe or a device is read to its end, up to 1 GiB (INVALID_ARGUMENT beyond: a device
+// such as /dev/zero has none); a regular file to its end too, should it have grown (or report a
+// size of 0, as /proc's do). A regular file that yields fewer bytes than its size is DATA_LOSS:
 // a read that fails part-way must not pass for a shorter file, since callers (the example log's
 // recovery) act on where a file ends.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
@@ -29,8 +31,10 @@ absl::Status FsyncParentDirectory(const std::string& path);
 
 // Replaces `path` with what `produce` hands to its `write` argument: a new file beside `path`
 // under a name no other writer uses (`path`.partial.<pid>.<n>, created exclusively, mode 0644
-// under the umask), fsync, rename over `path`, fsync of the directory. On any error, `produce`'s
-// included, `path` is left as it was and the new file is removed.
+// under the umask), fsync, rename over `path`, fsync of the directory. On an error before the
+// rename, `produce`'s included, `path` is left as it was and the new file is removed. An error
+// from the directory's fsync comes after the rename: `path` then holds the new content, but a
+// crash may undo that.
 using WriteFn = std::function<absl::Status(absl::string_view)>;
 absl::Status ReplaceFile(const std::string& path,
                          const std::function<absl::Status(const WriteFn& write)>& produce);

@@ -11,6 +11,7 @@
 #include "core/status_macros.h"
 #include "core/tensor_io.h"
 #include "server/crc32c.h"
+#include "server/fs_util.h"
 
 namespace adaptd {
 namespace {
@@ -123,8 +124,10 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
   }
   if (fd < 0) return Errno("open", path);
   auto log = std::unique_ptr<ExampleLog>(new ExampleLog(path, fd, 0));
-  ADAPTD_RETURN_IF_ERROR(FsyncParentDirectory(path));  // the file's own entry is durable too
-  ADAPTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+  ADAPTD_RETURN_IF_ERROR(ServerFault(FsyncParentDirectory(path)));  // its entry is durable too
+  absl::StatusOr<std::string> read = ReadFile(path);
+  if (!read.ok()) return ServerFault(read.status());
+  const std::string& bytes = *read;
 
   std::vector<ExampleBatchData> pending;
   size_t pos = 0;

@@ -15,6 +15,11 @@
 
 namespace adaptd {
 
+absl::Status ServerFault(const absl::Status& status) {
+  if (status.ok() || status.code() == absl::StatusCode::kDataLoss) return status;
+  return absl::InternalError(status.message());
+}
+
 absl::Status MakeDirs(const std::string& path) {
   std::string prefix;
   for (size_t pos = 0; pos != std::string::npos;) {
@@ -22,7 +27,7 @@ absl::Status MakeDirs(const std::string& path) {
     prefix = path.substr(0, pos);
     if (prefix.empty()) continue;
     if (::mkdir(prefix.c_str(), 0755) == 0) {
-      ADAPTD_RETURN_IF_ERROR(FsyncParentDirectory(prefix));  // the new entry is durable
+      ADAPTD_RETURN_IF_ERROR(ServerFault(FsyncParentDirectory(prefix)));  // the entry is durable
     } else if (errno != EEXIST) {
       return absl::InternalError(absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
     }
@@ -43,14 +48,16 @@ absl::Status RemoveTree(const std::string& path, const std::string& last) {
     }
     return absl::OkStatus();
   }
-  for (const std::string& child : ListDir(path)) {
+  // A listing that fails must not pass for an empty directory: the marker would go first.
+  ADAPTD_ASSIGN_OR_RETURN(const std::vector<std::string> children, ReadDir(path));
+  for (const std::string& child : children) {
     if (child != last) ADAPTD_RETURN_IF_ERROR(RemoveTree(path + "/" + child));
   }
   if (!last.empty()) ADAPTD_RETURN_IF_ERROR(RemoveTree(path + "/" + last));
   if (::rmdir(path.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("rmdir ", path, ": ", std::strerror(errno)));
   }
-  return FsyncParentDirectory(path);
+  return ServerFault(FsyncParentDirectory(path));
 }
 
 bool HoldsFiles(const std::string& path) {
@@ -62,16 +69,31 @@ bool HoldsFiles(const std::string& path) {
   return false;
 }
 
-std::vector<std::string> ListDir(const std::string& path) {
-  std::vector<std::string> out;
-  if (DIR* dir = ::opendir(path.c_str())) {
-    while (dirent* e = ::readdir(dir)) {
-      const std::string n = e->d_name;
-      if (n != "." && n != "..") out.push_back(n);
-    }
-    ::closedir(dir);
+absl::StatusOr<std::vector<std::string>> ReadDir(const std::string& path) {
+  DIR* dir = ::opendir(path.c_str());
+  if (dir == nullptr) {
+    return absl::InternalError(absl::StrCat("opendir ", path, ": ", std::strerror(errno)));
   }
+  std::vector<std::string> out;
+  int err = 0;
+  while (true) {
+    errno = 0;  // readdir's end and its failure both return null
+    const dirent* e = ::readdir(dir);
+    if (e == nullptr) {
+      err = errno;
+      break;
+    }
+    const std::string n = e->d_name;
+    if (n != "." && n != "..") out.push_back(n);
+  }
+  ::closedir(dir);
+  if (err != 0) return absl::InternalError(absl::StrCat("readdir ", path, ": ", std::strerror(err)));
   return out;
+}
+
+std::vector<std::string> ListDir(const std::string& path) {
+  absl::StatusOr<std::vector<std::string>> entries = ReadDir(path);
+  return entries.ok() ? *std::move(entries) : std::vector<std::string>();
 }
 
 absl::StatusOr<std::unique_ptr<DirectoryLock>> DirectoryLock::Acquire(const std::string& dir) {

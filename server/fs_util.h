@@ -11,11 +11,18 @@
 
 namespace adaptd {
 
+// A failure of the server's own files as a caller sees it: DATA_LOSS (damage) as it is, anything
+// else INTERNAL with the same message. core/files.h's other codes (NOT_FOUND, INVALID_ARGUMENT,
+// RESOURCE_EXHAUSTED, FAILED_PRECONDITION) would read as a fault of the request.
+absl::Status ServerFault(const absl::Status& status);
+
 // mkdir -p; every directory it creates is made durable (its parent is fsynced).
 absl::Status MakeDirs(const std::string& path);
 // rm -r; OK if `path` does not exist. A direct child named `last` goes after every other.
 absl::Status RemoveTree(const std::string& path, const std::string& last = "");
-// The entries of a directory, without "." and ".."; empty if it cannot be read.
+// The entries of a directory, without "." and "..".
+absl::StatusOr<std::vector<std::string>> ReadDir(const std::string& path);
+// The same, empty if it cannot be read.
 std::vector<std::string> ListDir(const std::string& path);
 // Whether `path` holds anything but directories, at any depth.
 bool HoldsFiles(const std::string& path);

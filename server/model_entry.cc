@@ -247,8 +247,9 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Create(const std::string
 
 absl::StatusOr<std::string> ModelEntry::ReadCheckpoint(int64_t version, uint32_t crc) const {
   const std::string path = CheckpointPath(version);
-  ADAPTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
-  if (Crc32c(bytes) != crc) {
+  absl::StatusOr<std::string> bytes = ReadFile(path);
+  if (!bytes.ok()) return ServerFault(bytes.status());
+  if (Crc32c(*bytes) != crc) {
     return absl::DataLossError(absl::StrCat("checkpoint ", path, " fails its checksum"));
   }
   return bytes;
@@ -257,9 +258,17 @@ absl::StatusOr<std::string> ModelEntry::ReadCheckpoint(int64_t version, uint32_t
 absl::StatusOr<std::shared_ptr<const ModelVersion>> ModelEntry::LoadVersion(
     const v1::VersionInfo& info, uint32_t crc) const {
   ADAPTD_ASSIGN_OR_RETURN(std::string bytes, ReadCheckpoint(info.version(), crc));
-  ADAPTD_ASSIGN_OR_RETURN(TensorMap map, ParseTensors(bytes));
-  ADAPTD_ASSIGN_OR_RETURN(ContinualState state, ContinualState::FromTensors(map, spec_));
-  return ModelVersion::Create(info, std::move(state));
+  // A stored checkpoint that passes its checksum and still does not hold a valid state is
+  // damage, not a bad request (the readers answer INVALID_ARGUMENT, as they do for Import).
+  absl::StatusOr<ContinualState> state = [&]() -> absl::StatusOr<ContinualState> {
+    ADAPTD_ASSIGN_OR_RETURN(TensorMap map, ParseTensors(bytes));
+    return ContinualState::FromTensors(map, spec_);
+  }();
+  if (!state.ok()) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", CheckpointPath(info.version()), ": ",
+                                            state.status().message()));
+  }
+  return ModelVersion::Create(info, *std::move(state));
 }
 
 absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& row,
@@ -353,16 +362,6 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
           lost(tid, count, absl::StrCat("version ", e.current_->version(), " learnt")));
     }
   }
-  // Files go only once every check that could keep the model offline has passed: a model kept
-  // for inspection keeps all its rollback points.
-  // A smaller --keep_versions than before applies from this start.
-  e.DeleteOldCheckpoints();
-  // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
-  for (const std::string& f : ListDir(options.dir + "/versions")) {
-    if (known.count(f) == 0) {
-      ::unlink((options.dir + "/versions/" + f).c_str());
-    }
-  }
   for (JobRow& j : jobs) {
     if (e.tasks_.count(j.task_id) == 0) continue;
     TaskExamples& te = e.tasks_[j.task_id];
@@ -394,6 +393,16 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     if (interrupted) e.queue_.push_back(job);
   }
   e.PruneJobsLocked();
+  // Files go only once every step that could keep the model offline has passed: a model kept
+  // for inspection keeps all its rollback points.
+  // A smaller --keep_versions than before applies from this start.
+  e.DeleteOldCheckpoints();
+  // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
+  for (const std::string& f : ListDir(options.dir + "/versions")) {
+    if (known.count(f) == 0) {
+      ::unlink((options.dir + "/versions/" + f).c_str());
+    }
+  }
   if (options.on_job) {
     for (const auto& job : e.jobs_) options.on_job(job);
   }
@@ -1204,7 +1213,7 @@ absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
   state.AppendTo(map);
   map["version_info"] = BytesTensor(info.SerializeAsString());
   const std::string bytes = SerializeTensors(map);
-  ADAPTD_RETURN_IF_ERROR(WriteFileAtomically(CheckpointPath(info.version()), bytes));
+  ADAPTD_RETURN_IF_ERROR(ServerFault(WriteFileAtomically(CheckpointPath(info.version()), bytes)));
   const uint32_t crc = Crc32c(bytes);
   ADAPTD_RETURN_IF_ERROR(options_.catalog->Publish(
       name_, {info.version(), info.SerializeAsString(), crc}, job_id, v1::JOB_STATE_SUCCEEDED,
@@ -1267,9 +1276,16 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
   auto it = std::find(queue_.begin(), queue_.end(), job);
   if (it != queue_.end()) {
     // The catalog first: a job it still holds as queued must stay in the queue, where the actor
-    // finds the cancel request (and a restart finds the job).
-    ADAPTD_RETURN_IF_ERROR(
-        options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1));
+    // finds the cancel request and ends it as cancelled (and a restart finds the job). The
+    // cancel is then under way, not refused: the answer is the job's status, as for a running
+    // job.
+    const absl::Status recorded =
+        options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1);
+    if (!recorded.ok()) {
+      std::fprintf(stderr, "adaptd: job %s stays queued until the actor cancels it: %s\n",
+                   job->id().c_str(), recorded.ToString().c_str());
+      return job->Status();
+    }
     queue_.erase(it);
     job->Update([](v1::JobStatus& s) {
       s.set_state(v1::JOB_STATE_CANCELLED);
@@ -1488,9 +1504,8 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
   ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/versions"));
   ADAPTD_RETURN_IF_ERROR(options.catalog->InsertModel(
       {name, SpecToProto(e.spec_).SerializeAsString(), e.config_.SerializeAsString(), NowMs()}));
-  auto undo = [&](absl::Status s) {
+  auto undo = [&](absl::Status s) {  // the registry removes the files, its marker last
     (void)options.catalog->DeleteModel(name);
-    (void)RemoveTree(options.dir);
     return s;
   };
   // Exceptions too must reach the undo: CallTorch turns them into statuses.

@@ -140,6 +140,10 @@ class ModelVersion {
 // that a start after a crash tells an interrupted deletion from files that a lost catalog no
 // longer lists.
 inline constexpr char kDeletingMarker[] = "DELETING";
+// Written into a new model's directory before its catalog row, and removed once version 0 is
+// published: a start removes a creation (or import) that a crash cut, and keeps, offline, files
+// that a catalog restored from an older copy shows as unfinished.
+inline constexpr char kCreatingMarker[] = "CREATING";
 
 struct ModelEntryOptions {
   std::string dir;             // <data_dir>/models/<name>

@@ -33,6 +33,28 @@ void MarkDeleting(const std::string& dir) {
   if (!s.ok()) std::fprintf(stderr, "adaptd: %s\n", s.ToString().c_str());
 }
 
+bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+// Removes `marker` from `dir` durably, if it is there: what it announced did not happen, or is
+// done. Best effort; a failure is logged.
+void Unmark(const std::string& dir, const char* marker) {
+  const std::string path = dir + "/" + marker;
+  if (!Exists(path)) return;
+  const absl::Status s =
+      ::unlink(path.c_str()) == 0
+          ? ServerFault(FsyncParentDirectory(path))
+          : absl::InternalError(absl::StrCat("unlink ", path, ": ", std::strerror(errno)));
+  if (!s.ok()) std::fprintf(stderr, "adaptd: %s\n", s.ToString().c_str());
+}
+
+// The marker a start may act on, if `dir` carries one.
+const char* MarkerIn(const std::string& dir) {
+  for (const char* m : {kDeletingMarker, kCreatingMarker}) {
+    if (Exists(dir + "/" + m)) return m;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
@@ -46,18 +68,31 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   std::set<std::string> known;
   for (const ModelRow& row : rows) {
     ADAPTD_ASSIGN_OR_RETURN(std::vector<VersionRow> versions, r.catalog_->ListVersions(row.name));
+    const std::string dir = options.data_dir + "/models/" + row.name;
+    known.insert(row.name);
     if (versions.empty()) {
-      // Creation (or import) never reached version 0, so it was never acknowledged.
+      // Creation (or import) never reached version 0, so it was never acknowledged. Its rows
+      // go, and the loop below removes its files, which the marker (or their absence) names
+      // as such. Files without it are kept: a catalog copied while a creation ran shows the
+      // creation unfinished, though it finished since.
+      if (MarkerIn(dir) == nullptr && Exists(dir) && HoldsFiles(dir)) {
+        r.failed_[row.name] =
+            "its catalog rows show a creation that never reached version 0, but its files carry "
+            "no creation marker (was catalog.sqlite restored from an older copy?); they are kept";
+        std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", row.name.c_str(),
+                     r.failed_[row.name].c_str());
+        continue;
+      }
       std::fprintf(stderr, "adaptd: removing model %s: its creation did not complete\n",
                    row.name.c_str());
-      // Marked first, so that the files (a partial checkpoint, an import's logs) go below with
-      // the rows gone, even after another crash.
-      const std::string dir = options.data_dir + "/models/" + row.name;
-      if (::access(dir.c_str(), F_OK) == 0) MarkDeleting(dir);
       ADAPTD_RETURN_IF_ERROR(r.catalog_->DeleteModel(row.name));
+      known.erase(row.name);
       continue;
     }
-    known.insert(row.name);
+    // A model with rows: a deletion that a crash cut before the rows went did not happen, and
+    // a creation marker left by a crash after version 0 is stale.
+    Unmark(dir, kDeletingMarker);
+    Unmark(dir, kCreatingMarker);
     // A throw (a stored module this LibTorch cannot run, say) keeps only this model offline.
     auto entry = CallTorch([&] { return ModelEntry::Recover(row, r.EntryOptions(row.name)); });
     if (!entry.ok()) {
@@ -70,18 +105,20 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
     }
     r.models_[row.name] = *std::move(entry);
   }
-  // Directories without a catalog row. A deletion that a crash interrupted marked its own, and
-  // a creation that one interrupted wrote no file yet: both go. Any other holds data that a
-  // lost catalog (removed, or restored from an older copy) no longer lists: it is kept, offline,
-  // until DeleteModel removes it.
+  // Directories without a catalog row. A deletion or creation that a crash interrupted marked
+  // its own (or wrote no file yet): they go. Any other holds data that a lost catalog (removed,
+  // or restored from an older copy) no longer lists: it is kept, offline, until DeleteModel
+  // removes it. Anything but a directory is not the server's and is left alone.
   for (const std::string& dir : ListDir(options.data_dir + "/models")) {
     if (known.count(dir) != 0) continue;
     const std::string path = options.data_dir + "/models/" + dir;
-    const bool marked = ::access((path + "/" + kDeletingMarker).c_str(), F_OK) == 0;
-    if (marked || !HoldsFiles(path)) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+    const char* marker = MarkerIn(path);
+    if (marker != nullptr || !HoldsFiles(path)) {
       std::fprintf(stderr, "adaptd: removing models/%s: an interrupted %s\n", dir.c_str(),
-                   marked ? "deletion" : "creation");
-      const absl::Status removed = RemoveTree(path, kDeletingMarker);
+                   marker == kDeletingMarker ? "deletion" : "creation");
+      const absl::Status removed = RemoveTree(path, marker != nullptr ? marker : "");
       if (removed.ok()) continue;
       r.failed_[dir] = absl::StrCat("removing its files failed: ", removed.ToString());
     } else {
@@ -192,13 +229,30 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Add(
     reserved_.insert(name);
     options = EntryOptions(name);
   }
-  // A throw must release the name too.
-  auto entry = CallTorch([&] { return make(options); });
+  // Marked before its first row, so that a start tells a creation a crash cut from files a
+  // restored catalog shows as unfinished. A throw must release the name too.
+  absl::Status marked = ServerFault(MakeDirs(options.dir));
+  if (marked.ok()) marked = ServerFault(WriteFileAtomically(options.dir + "/" + kCreatingMarker, ""));
+  absl::StatusOr<std::shared_ptr<ModelEntry>> entry =
+      marked.ok() ? CallTorch([&] { return make(options); })
+                  : absl::StatusOr<std::shared_ptr<ModelEntry>>(marked);
+  absl::Status undone;
+  if (entry.ok()) {
+    Unmark(options.dir, kCreatingMarker);
+  } else {
+    // Whatever the creation wrote goes, its marker last (a crash meanwhile leaves it marked).
+    (void)catalog_->DeleteModel(name);
+    undone = RemoveTree(options.dir, Exists(options.dir + "/" + kCreatingMarker) ? kCreatingMarker : "");
+  }
   std::shared_ptr<ModelEntry> shared;
   bool interrupted;
   {
     std::lock_guard<std::mutex> lock(mu_);
     reserved_.erase(name);
+    if (!undone.ok()) {
+      failed_[name] = absl::StrCat("its creation failed (", entry.status().ToString(),
+                                   ") and removing its files failed: ", undone.ToString());
+    }
     if (!entry.ok()) return entry.status();
     shared = *std::move(entry);
     models_[name] = shared;
@@ -218,7 +272,10 @@ absl::Status Registry::Delete(const std::string& name) {
       if (failed_.count(name) > 0) {  // a model that could not be loaded at start
         const std::string dir = options_.data_dir + "/models/" + name;
         MarkDeleting(dir);
-        ADAPTD_RETURN_IF_ERROR(catalog_->DeleteModel(name));
+        if (absl::Status rows = catalog_->DeleteModel(name); !rows.ok()) {
+          Unmark(dir, kDeletingMarker);
+          return rows;
+        }
         ADAPTD_RETURN_IF_ERROR(RemoveTree(dir, kDeletingMarker));
         failed_.erase(name);
         return absl::OkStatus();
@@ -238,10 +295,12 @@ absl::Status Registry::Delete(const std::string& name) {
   const std::string dir = options_.data_dir + "/models/" + name;
   MarkDeleting(dir);
   const absl::Status rows = catalog_->DeleteModel(name);
-  if (!rows.ok()) (void)::unlink((dir + "/" + kDeletingMarker).c_str());
-  if (rows.ok()) {
+  absl::Status removed;
+  if (!rows.ok()) {
+    Unmark(dir, kDeletingMarker);
+  } else {
     if (options_.metrics) options_.metrics->RemoveModel(name);
-    const absl::Status removed = entry->Destroy();
+    removed = entry->Destroy();
     if (!removed.ok()) {
       std::fprintf(stderr, "adaptd: model %s deleted, but its files remain: %s\n", name.c_str(),
                    removed.ToString().c_str());
@@ -250,8 +309,10 @@ absl::Status Registry::Delete(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
   deleting_.erase(name);
   // Its actor has stopped but its rows remain: it is kept as a model that is not loaded, which
-  // a later DeleteModel removes (and a restart loads again).
+  // a later DeleteModel removes (and a restart loads again). Rows gone but files left: the name
+  // stays taken until a DeleteModel (or a start, by the marker) removes them.
   if (!rows.ok()) failed_[name] = absl::StrCat("deleting it failed: ", rows.ToString());
+  if (!removed.ok()) failed_[name] = absl::StrCat("its deletion left files: ", removed.ToString());
   return rows;
 }
 

@@ -58,6 +58,13 @@ TEST(FilesTest, ReadFileReadsAPipeToItsEnd) {
   EXPECT_EQ(*got, sent);
 }
 
+// A file whose size reads as 0 (as /proc's do) is read to its end all the same.
+TEST(FilesTest, ReadFileReadsPastTheSizeThatStatGave) {
+  absl::StatusOr<std::string> status = ReadFile("/proc/self/status");
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_THAT(*status, ::testing::HasSubstr("Name:"));
+}
+
 TEST(FilesTest, ReplaceFileLeavesTheOldFileWhenTheProducerFails) {
   const std::string path = TestPath("file");
   ASSERT_TRUE(WriteFileAtomically(path, "old").ok());

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <thread>
@@ -364,45 +365,64 @@ TEST(LifecycleTest, CreateRacingDeleteOfTheSameNameKeepsTheNewModel) {
   ASSERT_EQ(again->tasks_size(), 1);
 }
 
-// A creation that a crash cut before version 0 (a model row, no version) and a directory
-// without a catalog row are cleaned up at start; the name is free again.
-// At start: a creation that never reached version 0 (with what it had written) and a directory
-// with no file yet (a creation
-// a crash interrupted) are removed, and so is a directory marked by an interrupted deletion.
-// Files that the catalog does not list, unmarked, are kept offline until DeleteModel removes
-// them: a catalog removed or restored from an older copy must not take the data with it.
+// At start: a creation or import that never reached version 0 and carries its CREATING marker
+// (with what it had written), a directory with no file yet, and a directory marked by an
+// interrupted deletion are removed. Files that the catalog does not list, or lists as a creation
+// that never finished, unmarked, are kept offline until DeleteModel removes them: a catalog
+// removed or restored from an older copy must not take the data with it. A marker left in a
+// model that has its rows is dropped, and anything but a directory under models/ is left alone.
 TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
   TempDir dir;
+  const std::string models = dir.path() + "/models";
   {
     auto server = ServerProcess::Start(dir.path());
     ASSERT_TRUE(server.ok()) << server.status();
+    ASSERT_TRUE((*server)->Client()->CreateModel(BlobModel("live", false, 1)).ok());
+    ASSERT_NE(::access((models + "/live/CREATING").c_str(), F_OK), 0);  // gone after version 0
   }
   {
     auto catalog = Catalog::Open(dir.path() + "/catalog.sqlite");
     ASSERT_TRUE(catalog.ok());
     ASSERT_TRUE((*catalog)->InsertModel({"half", "", "", 1}).ok());
+    ASSERT_TRUE((*catalog)->InsertModel({"restored", "", "", 1}).ok());
   }
-  const std::string models = dir.path() + "/models";
-  ASSERT_EQ(std::system(("mkdir -p '" + models + "/stray/examples' '" + models + "/stray/versions' '" +
-                         models + "/gone/examples' '" + models + "/kept/examples' '" + models +
-                         "/half/versions' && touch '" + models + "/half/versions/0.ckpt.tmp' '" +
-                         models + "/gone/examples/0.log' '" + models + "/gone/DELETING' && echo data > '" +
-                         models + "/kept/examples/0.log'").c_str()), 0);
+  ASSERT_EQ(std::system(("cd '" + models + "' && mkdir -p stray/examples stray/versions " +
+                         "gone/examples kept/examples half/versions restored/examples " +
+                         "creating/versions && touch half/versions/0.ckpt.partial.1.0 " +
+                         "half/CREATING gone/examples/0.log gone/DELETING " +
+                         "creating/versions/0.ckpt creating/CREATING live/DELETING " +
+                         "live/CREATING && echo data > kept/examples/0.log && " +
+                         "echo data > restored/examples/0.log && echo notes > notes.txt").c_str()),
+            0);
+  auto sorted = [](std::vector<std::string> names) {
+    std::sort(names.begin(), names.end());
+    return names;
+  };
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
-  EXPECT_EQ(client->ListModels()->models_size(), 0);
-  EXPECT_EQ(CatalogDump(dir.path()), "");
-  EXPECT_EQ(ListDir(models), std::vector<std::string>{"kept"});
+  ASSERT_EQ(client->ListModels()->models_size(), 1);
+  EXPECT_EQ(client->ListModels()->models(0).name(), "live");
+  EXPECT_EQ(sorted(ListDir(models)),
+            (std::vector<std::string>{"kept", "live", "notes.txt", "restored"}));
+  EXPECT_EQ(sorted(ListDir(models + "/live")), (std::vector<std::string>{"examples", "versions"}));
   const absl::Status kept = client->GetModel("kept").status();
   EXPECT_EQ(kept.code(), absl::StatusCode::kDataLoss) << kept;
   EXPECT_THAT(std::string(kept.message()), ::testing::HasSubstr("no row in catalog.sqlite"));
-  EXPECT_EQ(client->CreateModel(BlobModel("kept", false, 1)).status().code(),
-            absl::StatusCode::kAlreadyExists);
+  const absl::Status restored = client->GetModel("restored").status();
+  EXPECT_EQ(restored.code(), absl::StatusCode::kDataLoss) << restored;
+  EXPECT_THAT(std::string(restored.message()), ::testing::HasSubstr("no creation marker"));
+  for (const char* name : {"kept", "restored"}) {
+    EXPECT_EQ(client->CreateModel(BlobModel(name, false, 1)).status().code(),
+              absl::StatusCode::kAlreadyExists);
+  }
   EXPECT_TRUE(client->CreateModel(BlobModel("half", false, 1)).ok());
   EXPECT_TRUE(client->DeleteModel("kept").ok());
-  EXPECT_EQ(ListDir(models), std::vector<std::string>{"half"});
+  EXPECT_TRUE(client->DeleteModel("restored").ok());
+  EXPECT_EQ(sorted(ListDir(models)), (std::vector<std::string>{"half", "live", "notes.txt"}));
   EXPECT_TRUE(client->CreateModel(BlobModel("kept", false, 1)).ok());
+  EXPECT_TRUE(client->CreateModel(BlobModel("restored", false, 1)).ok());
+  EXPECT_EQ(client->ListModels()->models_size(), 4);
 }
 
 // An example log that lost acknowledged examples (removed, or emptied) is damage, not an empty

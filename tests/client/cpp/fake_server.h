@@ -198,7 +198,7 @@ class FakeLearning final : public v1::LearningService::Service {
 
 // Predict answers with the version the request names (or 3), and for float32 rows two class
 // probabilities: the row's first element and 1 minus it, so that answers can be traced to their
-// rows. Other queries are unimplemented.
+// rows (other dtypes: no tensors). Other queries are unimplemented.
 class FakeQuery final : public v1::QueryService::Service {
  public:
   explicit FakeQuery(FakeLog* log) : log_(log) {}
@@ -240,6 +240,7 @@ class FakeQuery final : public v1::QueryService::Service {
     set(response->mutable_total_entropy(), v1::DATA_TYPE_FLOAT32, {rows}, entropy);
     set(response->mutable_expected_entropy(), v1::DATA_TYPE_FLOAT32, {rows}, entropy);
     set(response->mutable_mutual_information(), v1::DATA_TYPE_FLOAT32, {rows}, entropy);
+    set(response->mutable_std(), v1::DATA_TYPE_FLOAT32, {rows, 2}, entropy + entropy);
     return grpc::Status::OK;
   }
 
