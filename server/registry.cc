@@ -1,5 +1,6 @@
 #include "server/registry.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -27,24 +28,36 @@ bool ValidName(const std::string& name) {
   return true;
 }
 
-// Best effort: without the marker, a crash mid-deletion leaves the files kept (offline), not lost.
-void MarkDeleting(const std::string& dir) {
-  const absl::Status s = WriteFileAtomically(dir + "/" + kDeletingMarker, "");
+bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+void LogIfFailed(const absl::Status& s) {
   if (!s.ok()) std::fprintf(stderr, "adaptd: %s\n", s.ToString().c_str());
 }
 
-bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+// Creates the empty file `marker` in `dir` durably. Made in one step (no temporary file that a
+// crash could leave without the marker, holding a file that a start would keep offline).
+absl::Status Mark(const std::string& dir, const char* marker) {
+  const std::string path = dir + "/" + marker;
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat("create ", path, ": ", std::strerror(errno)));
+  ::close(fd);
+  return ServerFault(FsyncParentDirectory(path));
+}
+
+// Best effort: without the marker, a crash mid-deletion leaves the files kept (offline), not lost.
+void MarkDeleting(const std::string& dir) {
+  LogIfFailed(Mark(dir, kDeletingMarker));
+}
 
 // Removes `marker` from `dir` durably, if it is there: what it announced did not happen, or is
-// done. Best effort; a failure is logged.
-void Unmark(const std::string& dir, const char* marker) {
+// done.
+absl::Status Unmark(const std::string& dir, const char* marker) {
   const std::string path = dir + "/" + marker;
-  if (!Exists(path)) return;
-  const absl::Status s =
-      ::unlink(path.c_str()) == 0
-          ? ServerFault(FsyncParentDirectory(path))
-          : absl::InternalError(absl::StrCat("unlink ", path, ": ", std::strerror(errno)));
-  if (!s.ok()) std::fprintf(stderr, "adaptd: %s\n", s.ToString().c_str());
+  if (!Exists(path)) return absl::OkStatus();
+  if (::unlink(path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("unlink ", path, ": ", std::strerror(errno)));
+  }
+  return ServerFault(FsyncParentDirectory(path));
 }
 
 // The marker a start may act on, if `dir` carries one.
@@ -90,9 +103,16 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
       continue;
     }
     // A model with rows: a deletion that a crash cut before the rows went did not happen, and
-    // a creation marker left by a crash after version 0 is stale.
-    Unmark(dir, kDeletingMarker);
-    Unmark(dir, kCreatingMarker);
+    // a creation marker left by a crash after version 0 is stale. One that stays would have a
+    // later start remove the model should the catalog lose its rows: it stays offline instead.
+    absl::Status unmarked = Unmark(dir, kDeletingMarker);
+    if (unmarked.ok()) unmarked = Unmark(dir, kCreatingMarker);
+    if (!unmarked.ok()) {
+      r.failed_[row.name] = absl::StrCat("a stale marker could not be removed: ", unmarked.ToString());
+      std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", row.name.c_str(),
+                   r.failed_[row.name].c_str());
+      continue;
+    }
     // A throw (a stored module this LibTorch cannot run, say) keeps only this model offline.
     auto entry = CallTorch([&] { return ModelEntry::Recover(row, r.EntryOptions(row.name)); });
     if (!entry.ok()) {
@@ -229,20 +249,33 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Add(
     reserved_.insert(name);
     options = EntryOptions(name);
   }
+  // Something that is not the server's (a file, a link) under the name is refused, and left
+  // alone.
+  struct stat st;
+  if (::lstat(options.dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    reserved_.erase(name);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "models/", name, " exists in the data directory and is not a model's directory"));
+  }
   // Marked before its first row, so that a start tells a creation a crash cut from files a
   // restored catalog shows as unfinished. A throw must release the name too.
   absl::Status marked = ServerFault(MakeDirs(options.dir));
-  if (marked.ok()) marked = ServerFault(WriteFileAtomically(options.dir + "/" + kCreatingMarker, ""));
+  if (marked.ok()) marked = Mark(options.dir, kCreatingMarker);
   absl::StatusOr<std::shared_ptr<ModelEntry>> entry =
       marked.ok() ? CallTorch([&] { return make(options); })
                   : absl::StatusOr<std::shared_ptr<ModelEntry>>(marked);
   absl::Status undone;
   if (entry.ok()) {
-    Unmark(options.dir, kCreatingMarker);
+    // Should it stay, the next start removes it, or keeps the model offline.
+    LogIfFailed(Unmark(options.dir, kCreatingMarker));
   } else {
-    // Whatever the creation wrote goes, its marker last (a crash meanwhile leaves it marked).
-    (void)catalog_->DeleteModel(name);
-    undone = RemoveTree(options.dir, Exists(options.dir + "/" + kCreatingMarker) ? kCreatingMarker : "");
+    // Whatever the creation wrote goes, its marker last (a crash meanwhile leaves it marked);
+    // rows that cannot be deleted keep the files, and the name, until DeleteModel.
+    undone = catalog_->DeleteModel(name);
+    if (undone.ok()) {
+      undone = RemoveTree(options.dir, Exists(options.dir + "/" + kCreatingMarker) ? kCreatingMarker : "");
+    }
   }
   std::shared_ptr<ModelEntry> shared;
   bool interrupted;
@@ -273,7 +306,7 @@ absl::Status Registry::Delete(const std::string& name) {
         const std::string dir = options_.data_dir + "/models/" + name;
         MarkDeleting(dir);
         if (absl::Status rows = catalog_->DeleteModel(name); !rows.ok()) {
-          Unmark(dir, kDeletingMarker);
+          LogIfFailed(Unmark(dir, kDeletingMarker));
           return rows;
         }
         ADAPTD_RETURN_IF_ERROR(RemoveTree(dir, kDeletingMarker));
@@ -297,7 +330,7 @@ absl::Status Registry::Delete(const std::string& name) {
   const absl::Status rows = catalog_->DeleteModel(name);
   absl::Status removed;
   if (!rows.ok()) {
-    Unmark(dir, kDeletingMarker);
+    LogIfFailed(Unmark(dir, kDeletingMarker));
   } else {
     if (options_.metrics) options_.metrics->RemoveModel(name);
     removed = entry->Destroy();

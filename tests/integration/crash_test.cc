@@ -417,6 +417,9 @@ TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
               absl::StatusCode::kAlreadyExists);
   }
   EXPECT_TRUE(client->CreateModel(BlobModel("half", false, 1)).ok());
+  // A name that a file under models/ holds is refused, and the file stays.
+  EXPECT_EQ(client->CreateModel(BlobModel("notes.txt", false, 1)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(client->DeleteModel("kept").ok());
   EXPECT_TRUE(client->DeleteModel("restored").ok());
   EXPECT_EQ(sorted(ListDir(models)), (std::vector<std::string>{"half", "live", "notes.txt"}));
