@@ -298,33 +298,29 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Add(
 
 absl::Status Registry::Delete(const std::string& name) {
   std::shared_ptr<ModelEntry> entry;
+  std::string offline;  // why a model that is not loaded is not
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(name);
-    if (it == models_.end()) {
-      if (failed_.count(name) > 0) {  // a model that could not be loaded at start
-        const std::string dir = options_.data_dir + "/models/" + name;
-        MarkDeleting(dir);
-        if (absl::Status rows = catalog_->DeleteModel(name); !rows.ok()) {
-          LogIfFailed(Unmark(dir, kDeletingMarker));
-          return rows;
-        }
-        ADAPTD_RETURN_IF_ERROR(RemoveTree(dir, kDeletingMarker));
-        failed_.erase(name);
-        return absl::OkStatus();
-      }
+    if (it != models_.end()) {
+      entry = it->second;
+      models_.erase(it);
+    } else if (auto failed = failed_.find(name); failed != failed_.end()) {
+      offline = failed->second;
+      failed_.erase(failed);
+    } else {
       return absl::NotFoundError(absl::StrCat("no model named \"", name, "\""));
     }
-    entry = it->second;
-    models_.erase(it);
     // The name stays taken until the files are gone: a model created under it meanwhile would
-    // have its new files removed by this deletion.
+    // have its new files removed by this deletion. The files go outside the lock, so that
+    // other calls do not wait for them.
     deleting_.insert(name);
   }
-  // Stop the actor and fence in-flight streams first, so nothing writes a row for the model
-  // after its rows are gone; then the catalog (once its rows are gone the model is gone, and a
-  // start removes any files a crash leaves), then the files.
-  entry->Stop();
+  // Stop the actor (a model that could not be loaded at start has none) and fence in-flight
+  // streams first, so nothing writes a row for the model after its rows are gone; then the
+  // catalog (once its rows are gone the model is gone, and a start removes any files a crash
+  // leaves, by the marker), then the files.
+  if (entry) entry->Stop();
   const std::string dir = options_.data_dir + "/models/" + name;
   MarkDeleting(dir);
   const absl::Status rows = catalog_->DeleteModel(name);
@@ -333,7 +329,7 @@ absl::Status Registry::Delete(const std::string& name) {
     LogIfFailed(Unmark(dir, kDeletingMarker));
   } else {
     if (options_.metrics) options_.metrics->RemoveModel(name);
-    removed = entry->Destroy();
+    removed = entry ? entry->Destroy() : RemoveTree(dir, kDeletingMarker);
     if (!removed.ok()) {
       std::fprintf(stderr, "adaptd: model %s deleted, but its files remain: %s\n", name.c_str(),
                    removed.ToString().c_str());
@@ -341,10 +337,13 @@ absl::Status Registry::Delete(const std::string& name) {
   }
   std::lock_guard<std::mutex> lock(mu_);
   deleting_.erase(name);
-  // Its actor has stopped but its rows remain: it is kept as a model that is not loaded, which
-  // a later DeleteModel removes (and a restart loads again). Rows gone but files left: the name
-  // stays taken until a DeleteModel (or a start, by the marker) removes them.
-  if (!rows.ok()) failed_[name] = absl::StrCat("deleting it failed: ", rows.ToString());
+  // Its rows remain (its actor, if any, has stopped): it is kept as a model that is not loaded,
+  // which a later DeleteModel removes (and a restart loads again). Rows gone but files left:
+  // the name stays taken until a DeleteModel (or a start, by the marker) removes them.
+  if (!rows.ok()) {
+    failed_[name] = absl::StrCat(offline.empty() ? "" : absl::StrCat(offline, "; "),
+                                 "deleting it failed: ", rows.ToString());
+  }
   if (!removed.ok()) failed_[name] = absl::StrCat("its deletion left files: ", removed.ToString());
   return rows;
 }
