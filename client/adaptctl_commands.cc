@@ -653,23 +653,26 @@ int64_t RowsPerMessage(int64_t max_message_bytes, int64_t row_bytes) {
   return std::max<int64_t>(1, (max_message_bytes - kFraming) / std::max<int64_t>(1, row_bytes));
 }
 
-absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
-                                                   const v1::PredictRequest& request,
-                                                   int64_t num_classes) {
-  ADAPTD_RETURN_IF_ERROR(CheckTensor(request.x()));
-  ADAPTD_ASSIGN_OR_RETURN(const int64_t x_row, RowBytes(request.x()));
+namespace {
+
+// The rows of `request.x` in parts of `part` rows, each on the version the first part answered
+// from (or the request names). `pin_lost`: a later part found that version gone.
+absl::StatusOr<v1::PredictResponse> PredictPinned(const AdaptdClient& client,
+                                                  const v1::PredictRequest& request, int64_t part,
+                                                  bool* pin_lost) {
+  *pin_lost = false;
   const int64_t rows = request.x().shape(0);
-  if (rows == 0) return client.Predict(request);  // the server's own answer to no rows
-  // An answer's row: probabilities and deviations (float32 each), a label and three entropies.
-  const int64_t answer_row = 8 * std::clamp<int64_t>(num_classes, 1, int64_t{1} << 40) + 8 + 12;
-  const int64_t part =
-      RowsPerMessage(client.options().max_message_bytes, std::max(x_row, answer_row));
   v1::PredictResponse all;
   v1::PredictRequest next = request;
   for (int64_t begin = 0; begin < rows; begin += part) {
     const int64_t count = std::min(part, rows - begin);
     ADAPTD_ASSIGN_OR_RETURN(*next.mutable_x(), SliceRows(request.x(), begin, count));
-    ADAPTD_ASSIGN_OR_RETURN(v1::PredictResponse answer, client.Predict(next));
+    absl::StatusOr<v1::PredictResponse> answered = client.Predict(next);
+    if (!answered.ok()) {
+      *pin_lost = begin > 0 && !request.has_version() && absl::IsNotFound(answered.status());
+      return answered.status();
+    }
+    const v1::PredictResponse& answer = *answered;
     if (begin == 0) {
       all.set_version(answer.version());
       next.set_version(answer.version());  // the rest on the same version
@@ -696,6 +699,27 @@ absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
       }
     }
   }
+  return all;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
+                                                   const v1::PredictRequest& request,
+                                                   int64_t num_classes) {
+  ADAPTD_RETURN_IF_ERROR(CheckTensor(request.x()));
+  ADAPTD_ASSIGN_OR_RETURN(const int64_t x_row, RowBytes(request.x()));
+  const int64_t rows = request.x().shape(0);
+  if (rows == 0) return client.Predict(request);  // the server's own answer to no rows
+  // An answer's row: probabilities and deviations (float32 each), a label and three entropies.
+  const int64_t answer_row = 8 * std::clamp<int64_t>(num_classes, 1, int64_t{1} << 40) + 8 + 12;
+  const int64_t part =
+      RowsPerMessage(client.options().max_message_bytes, std::max(x_row, answer_row));
+  // A pin of its own is lost when --keep_versions deletes the version before the last part (an
+  // online model publishes often): then the prediction starts again once, on the newest one.
+  bool pin_lost = false;
+  absl::StatusOr<v1::PredictResponse> all = PredictPinned(client, request, part, &pin_lost);
+  if (pin_lost) all = PredictPinned(client, request, part, &pin_lost);
   return all;
 }
 

@@ -376,7 +376,8 @@ class Client:
 
         Inputs too large for one message go as several requests of batch_size examples (by
         default as many as fit, question and answer, in half of max_message_bytes), all on the
-        version the first one answered from. Each request draws its own samples, so in bayes and linearized mode
+        version the first one answered from (should --keep_versions delete it meanwhile, the
+        prediction starts again once, unless `version` named it). Each request draws its own samples, so in bayes and linearized mode
         a split changes the draws (not their distribution).
         """
         x = as_features(x)
@@ -391,7 +392,7 @@ class Client:
         names = ("probs", "labels", "total_entropy", "expected_entropy", "mutual_information",
                  "std")
 
-        def run(rows):
+        def run(rows, again=True):
             parts, pinned = {name: [] for name in names}, version
             for start in range(0, max(len(x), 1), rows):
                 request = query_pb2.PredictRequest(
@@ -400,8 +401,16 @@ class Client:
                     samples=_index(samples, "samples"), seed=_index(seed, "seed"),
                     task_id=_optional_int(task_id, "task_id"),
                     version=_optional_int(pinned, "version"))
-                response = self._query.Predict(request, timeout=self._deadline(timeout),
-                                               metadata=self._metadata)
+                try:
+                    response = self._query.Predict(request, timeout=self._deadline(timeout),
+                                                   metadata=self._metadata)
+                except grpc.RpcError as e:
+                    # The version the first part pinned, deleted by --keep_versions before
+                    # this part (an online model publishes often): once more, on the newest.
+                    if (again and start > 0 and version is None
+                            and e.code() == grpc.StatusCode.NOT_FOUND):
+                        return run(rows, again=False)
+                    raise
                 pinned = response.version  # the rest on the same version
                 for name in names:
                     parts[name].append(from_tensor(getattr(response, name)))

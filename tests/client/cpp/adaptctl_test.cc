@@ -294,6 +294,37 @@ TEST(AdaptctlTest, PredictSplitsWhatOneMessageCannotHoldOnOneVersion) {
   EXPECT_EQ(server.log().predict_versions, (std::vector<int64_t>{7, 7, 7}));
 }
 
+// A version that retention deletes between the parts of a split prediction: the prediction
+// starts again once, on the newest version, unless the request named the version.
+TEST(AdaptctlTest, PredictStartsAgainWhenItsPinnedVersionIsDeleted) {
+  FakeServer server;
+  auto client = ClientWithOneMiBMessages(server);
+  ASSERT_TRUE(client.ok());
+  {
+    absl::MutexLock lock(&server.log().mu);
+    server.log().retire_after_calls = 1;
+  }
+  v1::PredictRequest request;
+  request.set_model("m");
+  *request.mutable_x() = *FloatTensor(std::vector<float>(130 * 4096, 0.f), {130, 4096});
+  absl::StatusOr<v1::PredictResponse> all = PredictInParts(**client, request, 2);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->version(), 4);
+  EXPECT_EQ(FloatValues(all->probs())->size(), 260u);
+  {
+    absl::MutexLock lock(&server.log().mu);
+    EXPECT_EQ(server.log().predict_versions, (std::vector<int64_t>{-1, 3, -1, 4, 4}));
+    server.log().predict_rows.clear();
+    server.log().predict_versions.clear();
+    server.log().retire_after_calls = 0;
+  }
+  // A version the request names is its caller's: its loss is reported, not worked around.
+  request.set_version(3);
+  EXPECT_EQ(PredictInParts(**client, request, 2).status().code(), absl::StatusCode::kNotFound);
+  absl::MutexLock lock(&server.log().mu);
+  EXPECT_EQ(server.log().predict_versions, (std::vector<int64_t>{3}));
+}
+
 const CtlCommand& Command(const std::string& name) {
   for (const CtlCommand& c : CtlCommands()) {
     if (name == c.name) return c;

@@ -32,6 +32,8 @@ struct FakeLog {
   v1::UpdateConfigRequest update ABSL_GUARDED_BY(mu);
   std::vector<int64_t> predict_rows ABSL_GUARDED_BY(mu);      // one per Predict call
   std::vector<int64_t> predict_versions ABSL_GUARDED_BY(mu);  // -1: none named
+  // After this many Predict calls, version 3 is deleted and 4 answers calls that name none.
+  int64_t retire_after_calls ABSL_GUARDED_BY(mu) = -1;
 };
 
 class FakeAdmin final : public v1::AdminService::Service {
@@ -196,7 +198,8 @@ class FakeLearning final : public v1::LearningService::Service {
   FakeLog* const log_;
 };
 
-// Predict answers with the version the request names (or 3), and for float32 rows two class
+// Predict answers with the version the request names (or 3; 4 once log.retire_after_calls
+// have been answered, and then a request naming 3 is NOT_FOUND), and for float32 rows two class
 // probabilities: the row's first element and 1 minus it, so that answers can be traced to their
 // rows (other dtypes: no tensors). Other queries are unimplemented.
 class FakeQuery final : public v1::QueryService::Service {
@@ -209,12 +212,21 @@ class FakeQuery final : public v1::QueryService::Service {
     if (x.shape_size() == 0) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x is empty");
     }
+    int64_t current = 3;
     {
       absl::MutexLock lock(&log_->mu);
+      const bool retired = log_->retire_after_calls >= 0 &&
+                           static_cast<int64_t>(log_->predict_rows.size()) >= log_->retire_after_calls;
       log_->predict_rows.push_back(x.shape(0));
       log_->predict_versions.push_back(request->has_version() ? request->version() : -1);
+      if (retired) {
+        current = 4;
+        if (request->has_version() && request->version() == 3) {
+          return grpc::Status(grpc::StatusCode::NOT_FOUND, "version 3's checkpoint was deleted");
+        }
+      }
     }
-    response->set_version(request->has_version() ? request->version() : 3);
+    response->set_version(request->has_version() ? request->version() : current);
     if (x.dtype() != v1::DATA_TYPE_FLOAT32) return grpc::Status::OK;
     const int64_t rows = x.shape(0);
     const size_t row_bytes = x.raw_data().size() / static_cast<size_t>(rows);

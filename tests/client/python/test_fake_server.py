@@ -74,12 +74,22 @@ class Learning(learning_pb2_grpc.LearningServiceServicer):
 
 
 class Query(query_pb2_grpc.QueryServiceServicer):
+    def __init__(self):
+        self.retiring_calls = 0
+
     def Predict(self, request, context):
         x = from_tensor(request.x)
         if x.ndim != 2 or x.shape[1] != 2:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"x has shape {list(x.shape)}")
+        current = 4
+        if request.model == "retiring":  # version 7, deleted after one answer; then 8
+            self.retiring_calls += 1
+            current = 7 if self.retiring_calls == 1 else 8
+            if request.HasField("version") and request.version == 7 and self.retiring_calls > 1:
+                context.abort(grpc.StatusCode.NOT_FOUND, "version 7's checkpoint was deleted")
         probs = np.full((x.shape[0], 3), 1 / 3, dtype=np.float32)
-        return query_pb2.PredictResponse(version=4, probs=to_tensor(probs),
+        version = request.version if request.HasField("version") else current
+        return query_pb2.PredictResponse(version=version, probs=to_tensor(probs),
                                          labels=to_tensor(np.zeros(x.shape[0], np.int64)))
 
     def Evaluate(self, request, context):
@@ -204,6 +214,18 @@ def test_queries_decode_to_numpy(fake):
         np.testing.assert_array_equal(table["versions"], [0, 1])
         np.testing.assert_array_equal(table["accuracy"][1], [0.9, 0.4])
         assert table["accuracy"][0, 0] == 0.5 and np.isnan(table["accuracy"][0, 1])
+
+
+def test_a_split_predict_starts_again_when_its_version_is_deleted(fake):
+    x = np.zeros((5, 2), np.float32)
+    with Client(fake.target) as client:
+        result = client.predict("retiring", x, mode="mean", batch_size=2)
+        assert result["version"] == 8
+        assert result["probs"].shape == (5, 3)
+        # A version the caller named is not replaced.
+        with pytest.raises(AdaptdError) as raised:
+            client.predict("retiring", x, mode="mean", batch_size=2, version=7)
+        assert raised.value.code == grpc.StatusCode.NOT_FOUND
 
 
 def test_server_errors_become_adaptd_errors(fake):
