@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "core/files.h"
 #include "core/status_macros.h"
 #include "core/tensor_io.h"
@@ -338,6 +339,31 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     return absl::DataLossError(absl::StrCat("model ", row.name, ": its newest version, ",
                                             e.versions_.back().first.version(),
                                             ", is marked deleted"));
+  }
+  // Files the catalog does not know: a crash leaves at most one checkpoint past the newest
+  // version (written just before its row) and one log without a task row (the next task's,
+  // created just before its row), and both are garbage. More of either means a catalog older
+  // than the files (restored from a copy): nothing is deleted, and the model stays offline.
+  const auto unlisted = [](const std::string& dir, absl::string_view suffix,
+                           const std::function<bool(int64_t)>& listed) {
+    int64_t count = 0;
+    for (const std::string& f : ListDir(dir)) {
+      absl::string_view stem = f;
+      int64_t n;
+      if (absl::ConsumeSuffix(&stem, suffix) && absl::SimpleAtoi(stem, &n) && !listed(n)) ++count;
+    }
+    return count;
+  };
+  const int64_t newest = e.versions_.back().first.version();
+  const int64_t newer_checkpoints =
+      unlisted(options.dir + "/versions", ".ckpt", [&](int64_t v) { return v <= newest; });
+  const int64_t unlisted_logs = unlisted(options.dir + "/examples", ".log",
+                                         [&](int64_t t) { return e.tasks_.count(t) > 0; });
+  if (newer_checkpoints > 1 || unlisted_logs > 1) {
+    return absl::DataLossError(absl::StrCat(
+        "model ", row.name, ": ", newer_checkpoints, " checkpoint(s) newer than its newest version (",
+        newest, ") and ", unlisted_logs, " example log(s) of tasks the catalog does not list; a "
+        "crash leaves at most one of each (was catalog.sqlite restored from an older copy?)"));
   }
 
   // Jobs: finished ones are history; queued or running ones start again from the published

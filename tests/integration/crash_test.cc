@@ -208,6 +208,13 @@ TEST(CrashTest, KillDuringAdaptationResumesToTheUninterruptedResult) {
 namespace adaptd {
 namespace {
 
+// The entries of a directory, sorted.
+std::vector<std::string> SortedDir(const std::string& path) {
+  std::vector<std::string> names = ListDir(path);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 using namespace testing_service;  // NOLINT
 
 // SIGTERM: the server exits cleanly (status 0); the job it interrupted stays queued and
@@ -394,18 +401,14 @@ TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
                          "live/CREATING && echo data > kept/examples/0.log && " +
                          "echo data > restored/examples/0.log && echo notes > notes.txt").c_str()),
             0);
-  auto sorted = [](std::vector<std::string> names) {
-    std::sort(names.begin(), names.end());
-    return names;
-  };
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
   ASSERT_EQ(client->ListModels()->models_size(), 1);
   EXPECT_EQ(client->ListModels()->models(0).name(), "live");
-  EXPECT_EQ(sorted(ListDir(models)),
+  EXPECT_EQ(SortedDir(models),
             (std::vector<std::string>{"kept", "live", "notes.txt", "restored"}));
-  EXPECT_EQ(sorted(ListDir(models + "/live")), (std::vector<std::string>{"examples", "versions"}));
+  EXPECT_EQ(SortedDir(models + "/live"), (std::vector<std::string>{"examples", "versions"}));
   const absl::Status kept = client->GetModel("kept").status();
   EXPECT_EQ(kept.code(), absl::StatusCode::kDataLoss) << kept;
   EXPECT_THAT(std::string(kept.message()), ::testing::HasSubstr("no row in catalog.sqlite"));
@@ -422,7 +425,7 @@ TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
             absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(client->DeleteModel("kept").ok());
   EXPECT_TRUE(client->DeleteModel("restored").ok());
-  EXPECT_EQ(sorted(ListDir(models)), (std::vector<std::string>{"half", "live", "notes.txt"}));
+  EXPECT_EQ(SortedDir(models), (std::vector<std::string>{"half", "live", "notes.txt"}));
   EXPECT_TRUE(client->CreateModel(BlobModel("kept", false, 1)).ok());
   EXPECT_TRUE(client->CreateModel(BlobModel("restored", false, 1)).ok());
   EXPECT_EQ(client->ListModels()->models_size(), 4);
@@ -460,6 +463,70 @@ TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
     EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << name << ": " << bad.status();
     EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr(why)) << name;
   }
+}
+
+// A catalog restored from a copy older than the files: the start finds more checkpoints and
+// logs than a crash leaves, keeps the model offline and deletes nothing. One newer version and
+// task more is what a crash leaves, and goes as garbage.
+TEST(LifecycleTest, ACatalogOlderThanTheFilesKeepsTheModelOffline) {
+  TempDir dir;
+  const std::string catalog = dir.path() + "/catalog.sqlite";
+  const std::string copy = dir.path() + "/catalog.copy";
+  // The database with its write-ahead log, as a backup of a stopped server takes it.
+  auto copy_file = [](const std::string& from, const std::string& to) {
+    for (const char* suffix : {"", "-wal"}) {
+      ::unlink((to + suffix).c_str());
+      std::ifstream in(from + suffix, std::ios::binary);
+      if (!in) continue;
+      std::ofstream out(to + suffix, std::ios::binary | std::ios::trunc);
+      out << in.rdbuf();
+      if (!out) return false;
+    }
+    ::unlink((to + "-shm").c_str());
+    return true;
+  };
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    for (const char* name : {"older", "one_more"}) {
+      ASSERT_TRUE(client->CreateModel(BlobModel(name, false, 1)).ok());
+    }
+    auto s = StreamData(*client, "one_more", 0, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 1));
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_EQ(WaitJobs(*client, *s), 1);
+  }
+  ASSERT_TRUE(copy_file(catalog, copy));  // "older" at version 0, "one_more" at version 1
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    for (const auto& [name, tasks] : {std::pair<const char*, int>{"older", 2}, {"one_more", 2}}) {
+      for (int t = name == std::string("older") ? 0 : 1; t < tasks; ++t) {
+        auto s = StreamData(*client, name, t, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 1 + t));
+        ASSERT_TRUE(s.ok()) << s.status();
+        ASSERT_EQ(WaitJobs(*client, *s), t + 1);  // the version it published
+      }
+    }
+  }
+  ASSERT_TRUE(copy_file(copy, catalog));
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  auto older = client->GetModel("older");
+  EXPECT_EQ(older.status().code(), absl::StatusCode::kDataLoss) << older.status();
+  EXPECT_THAT(std::string(older.status().message()),
+              ::testing::HasSubstr("2 checkpoint(s) newer than its newest version (0)"));
+  EXPECT_EQ(SortedDir(dir.path() + "/models/older/versions"),
+            (std::vector<std::string>{"0.ckpt", "1.ckpt", "2.ckpt"}));
+  EXPECT_EQ(SortedDir(dir.path() + "/models/older/examples"),
+            (std::vector<std::string>{"0.log", "1.log"}));
+  // One version and one task past the catalog: what a crash leaves, removed as before.
+  auto one_more = client->GetModel("one_more");
+  ASSERT_TRUE(one_more.ok()) << one_more.status();
+  EXPECT_EQ(one_more->current().version(), 1);
+  EXPECT_EQ(SortedDir(dir.path() + "/models/one_more/versions"),
+            (std::vector<std::string>{"0.ckpt", "1.ckpt"}));
 }
 
 // A checkpoint damaged on disk, even an old version's, keeps its model offline at the next start
