@@ -25,6 +25,15 @@ namespace {
 
 using Objective = std::function<at::Tensor(const at::Tensor&)>;
 
+// The state as a checkpoint stores it and a start reads it back (through the serialized bytes).
+absl::StatusOr<ContinualState> Reloaded(const ContinualState& state) {
+  TensorMap saved;
+  state.AppendTo(saved);
+  absl::StatusOr<TensorMap> parsed = ParseTensors(SerializeTensors(saved));
+  if (!parsed.ok()) return parsed.status();
+  return ContinualState::FromTensors(*parsed, state.spec);
+}
+
 // Newton's method with exact autograd Hessians, in float64: converges to machine precision on
 // the smooth, strictly convex objectives below.
 at::Tensor Newton(const Objective& f, at::Tensor w, int max_iters = 30) {
@@ -392,11 +401,7 @@ TEST(AdaptTest, EveryMethodRunsTwoTasksAndKeepsItsState) {
     ASSERT_TRUE(r1.ok()) << MethodName(m) << ": " << r1.status();
     EXPECT_EQ(r1->state.tasks_seen, 2);
     // A checkpoint of the state between the tasks continues bit-identically.
-    TensorMap saved;
-    r0->state.AppendTo(saved);
-    auto parsed = ParseTensors(SerializeTensors(saved));
-    ASSERT_TRUE(parsed.ok()) << parsed.status();
-    auto restored = ContinualState::FromTensors(*parsed, r0->state.spec);
+    auto restored = Reloaded(r0->state);
     ASSERT_TRUE(restored.ok()) << MethodName(m) << ": " << restored.status();
     auto r1_restored = Adapt(*restored, t1, SmallConfig(m));
     ASSERT_TRUE(r1_restored.ok()) << r1_restored.status();
@@ -627,9 +632,7 @@ TEST(AdaptTest, LogitCurvatureHasTheClosedFormOnLogisticRegression) {
   const at::Tensor after1 = r1->state.curvature.to(at::kDouble);
   EXPECT_TRUE(at::allclose(after0, expected(0), 1e-5, 1e-4));
   EXPECT_TRUE(at::allclose(after1, expected(0) + expected(1), 1e-5, 1e-4));
-  TensorMap saved;
-  r1->state.AppendTo(saved);
-  auto loaded = ContinualState::FromTensors(saved, spec);
+  auto loaded = Reloaded(r1->state);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_TRUE(at::equal(loaded->curvature, r1->state.curvature));
   // 40 of the 150 examples: an unbiased estimate, equal in total on the bias entries.
@@ -693,9 +696,7 @@ TEST(AdaptTest, APosteriorPrecisionGainsOnlyTheNewestCurvature) {
   EXPECT_TRUE(close(r2->state.Precision(), once))
       << (r2->state.Precision() - once).abs().max().item<double>();
   EXPECT_FALSE(close(r2->state.Precision(), r1->state.Precision() + 0.5 * r1->state.curvature));
-  TensorMap saved;
-  r2->state.AppendTo(saved);
-  auto loaded = ContinualState::FromTensors(saved, spec);
+  auto loaded = Reloaded(r2->state);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_TRUE(at::equal(loaded->curvature_last, r2->state.curvature_last));
   // Without the term, the next state carries no newest term: its posterior took the last one in.
