@@ -1013,12 +1013,7 @@ void ModelEntry::RunActor() {
       RunJob(job);
     } catch (const std::exception& e) {
       // A job must never take the server down (and a crash loop would replay it forever).
-      const std::string message = absl::StrCat("internal error: ", e.what());
-      (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_FAILED, message, -1);
-      job->Update([&](v1::JobStatus& s) {
-        s.set_state(v1::JOB_STATE_FAILED);
-        s.set_message(message);
-      });
+      EndJob(job, v1::JOB_STATE_FAILED, absl::StrCat("internal error: ", e.what()));
     }
     std::lock_guard<std::mutex> lock(mu_);
     running_.reset();
@@ -1026,15 +1021,27 @@ void ModelEntry::RunActor() {
   }
 }
 
+void ModelEntry::EndJob(const std::shared_ptr<Job>& job, v1::JobState state,
+                        const std::string& message) {
+  std::string shown = message;
+  const absl::Status recorded = options_.catalog->UpdateJob(job->id(), state, message, -1);
+  if (!recorded.ok()) {
+    // The catalog still holds the job as running: a restart runs it again. Say so where the
+    // user looks, rather than let the job come back unannounced.
+    std::fprintf(stderr, "adaptd: the end of job %s was not recorded: %s\n", job->id().c_str(),
+                 recorded.ToString().c_str());
+    absl::StrAppend(&shown, " (not recorded in the catalog: ", recorded.message(),
+                    "; a restart runs the job again)");
+  }
+  job->Update([&](v1::JobStatus& s) {
+    s.set_state(state);
+    s.set_message(shown);
+  });
+}
+
 void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   auto stopping = [this] { return Stopping() || interrupt_jobs_.load(); };
-  auto finish = [&](v1::JobState state, const std::string& message) {
-    (void)options_.catalog->UpdateJob(job->id(), state, message, -1);
-    job->Update([&](v1::JobStatus& s) {
-      s.set_state(state);
-      s.set_message(message);
-    });
-  };
+  auto finish = [&](v1::JobState state, const std::string& message) { EndJob(job, state, message); };
   // A job that shutdown stops before it publishes goes back to the queue's front, as the catalog
   // has it: a Rollback in the shutdown's grace period sees it (and refuses, as with any queued
   // job), a CancelJob finds and cancels it, and the next start runs it.

@@ -316,6 +316,9 @@ class ModelEntry {
   bool Stopping() const;       // Stop has begun (takes mu_)
   void RunActor();
   void RunJob(const std::shared_ptr<Job>& job);
+  // Records a job's end (failed, cancelled, or succeeded without a new version) in the catalog
+  // and in its status; a catalog write that fails is said in the status's message.
+  void EndJob(const std::shared_ptr<Job>& job, v1::JobState state, const std::string& message);
   at::Tensor LabelMaskLocked(int64_t task_id) const;
   static Dataset Concat(const std::vector<ExampleBatchData>& batches, at::Tensor* ids,
                         at::Tensor* client_ids);

@@ -10,9 +10,11 @@
 #include <thread>
 
 #include <gmock/gmock.h>
+#include <sqlite3.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "core/status_macros.h"
 #include "core/tensor_io.h"
 #include "server/catalog.h"
 #include "server/convert.h"
@@ -217,6 +219,15 @@ std::vector<std::string> SortedDir(const std::string& path) {
 
 using namespace testing_service;  // NOLINT
 
+// Model "m" with one job that trains long enough (300 epochs, 256 hidden units) to be
+// interrupted on purpose; the answer of the stream that queued it.
+absl::StatusOr<v1::StreamExamplesResponse> StartALongJob(const AdaptdClient& client) {
+  v1::CreateModelRequest r = BlobModel("m", false, /*epochs=*/300);
+  r.mutable_spec()->set_hidden(0, 256);
+  ADAPTD_RETURN_IF_ERROR(client.CreateModel(r).status());
+  return StreamData(client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(300, {0, 1}, 1));
+}
+
 // SIGTERM: the server exits cleanly (status 0); the job it interrupted stays queued and
 // completes after the restart.
 TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
@@ -224,10 +235,7 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
-  v1::CreateModelRequest r = BlobModel("m", false, /*epochs=*/300);
-  r.mutable_spec()->set_hidden(0, 256);
-  ASSERT_TRUE(client->CreateModel(r).ok());
-  auto s = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(300, {0, 1}, 1));
+  auto s = StartALongJob(*client);
   ASSERT_TRUE(s.ok()) << s.status();
   int exit_status = -1;
   // The watch keeps a call open through the shutdown's grace period; the job must not train on
@@ -571,6 +579,46 @@ TEST(LifecycleTest, ADamagedCheckpointKeepsOnlyItsModelOffline) {
   ASSERT_TRUE(client->DeleteModel("bad").ok());
   EXPECT_EQ(client->GetModel("bad").status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(client->CreateModel(BlobModel("bad", false, 1)).ok());
+}
+
+// A job's end that the catalog cannot record (another connection holds its write lock past
+// the busy timeout) is said in the job's status; the catalog still has the job running, so a
+// restart runs it again, as the status says.
+TEST(LifecycleTest, AJobEndTheCatalogCannotRecordIsSaidAndRunsAgain) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  auto s = StartALongJob(*client);
+  ASSERT_TRUE(s.ok()) << s.status();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
+  bool locked = false;
+  absl::Status cancelled;
+  auto last = client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
+    if (!locked && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
+      locked = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
+      cancelled = client->CancelJob(s->job_ids(0)).status();
+    }
+  });
+  ASSERT_TRUE(locked) << "the job ended before the catalog could be locked";
+  EXPECT_TRUE(cancelled.ok()) << cancelled;
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_THAT(last->message(),
+              ::testing::AllOf(::testing::HasSubstr("cancelled while running"),
+                               ::testing::HasSubstr("not recorded in the catalog"),
+                               ::testing::HasSubstr("a restart runs the job again")));
+  ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  server->reset();
+
+  auto restarted = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto again = (*restarted)->Client()->WatchJob(s->job_ids(0));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->state(), v1::JOB_STATE_SUCCEEDED) << again->message();
+  EXPECT_EQ(again->version(), 1);
 }
 
 // A snapshot that claims more learnt examples than it holds is refused, changing nothing.
