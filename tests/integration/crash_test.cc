@@ -621,6 +621,83 @@ TEST(LifecycleTest, AJobEndTheCatalogCannotRecordIsSaidAndRunsAgain) {
   EXPECT_EQ(again->version(), 1);
 }
 
+// The other catalog writes a job needs, failing the same way. A job whose start cannot be
+// recorded does not train; its end is not recorded either, so the next start runs it. A cancel
+// of a queued job that cannot be recorded leaves the job queued with the request standing:
+// the actor ends it as cancelled, and that end is on record.
+TEST(LifecycleTest, AJobStartOrCancelTheCatalogCannotRecord) {
+  TempDir dir;
+  std::string job_id;
+  {
+    // A job interrupted by shutdown: queued in the catalog.
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    auto s = StartALongJob(*client);
+    ASSERT_TRUE(s.ok()) << s.status();
+    job_id = s->job_ids(0);
+    int exit_status = -1;
+    (void)client->WatchJob(job_id, [&](const v1::JobStatus& st) {
+      if (exit_status < 0 && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
+        exit_status = (*server)->Terminate();
+      }
+    });
+    ASSERT_GE(exit_status, 0) << "the job ended before it could be interrupted";
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
+  RegistryOptions ro;
+  ro.data_dir = dir.path();
+  ro.hold_training = true;
+  auto wait_end = [](const Job& job) {
+    v1::JobStatus st;
+    uint64_t seen = 0;
+    for (int i = 0; i < 600 && !job.terminal(); ++i) seen = job.WaitForChange(seen, 100, &st);
+    return job.Status();
+  };
+  {
+    auto registry = Registry::Open(ro);
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    auto job = (*registry)->FindJob(job_id);
+    ASSERT_TRUE(job.ok()) << job.status();
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+    (*registry)->StartTraining();
+    const v1::JobStatus st = wait_end(**job);
+    EXPECT_EQ(st.state(), v1::JOB_STATE_FAILED);
+    EXPECT_EQ(st.step(), 0);
+    EXPECT_THAT(st.message(),
+                ::testing::AllOf(::testing::HasSubstr("cannot record the job's start"),
+                                 ::testing::HasSubstr("a restart runs the job again")));
+    ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  }
+  {
+    auto registry = Registry::Open(ro);
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    auto job = (*registry)->FindJob(job_id);
+    ASSERT_TRUE(job.ok()) << job.status();
+    EXPECT_EQ((*job)->Status().state(), v1::JOB_STATE_QUEUED) << (*job)->Status().message();
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+    auto cancelled = (*registry)->CancelJob(job_id);
+    ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+    EXPECT_EQ(cancelled->state(), v1::JOB_STATE_QUEUED);  // under way, not refused
+    ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+    (*registry)->StartTraining();
+    const v1::JobStatus st = wait_end(**job);
+    EXPECT_EQ(st.state(), v1::JOB_STATE_CANCELLED);
+    EXPECT_EQ(st.message(), "cancelled while queued");
+  }
+  sqlite3_close(db);
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  auto last = client->WatchJob(job_id);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->state(), v1::JOB_STATE_CANCELLED) << last->message();
+  auto model = client->GetModel("m");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->current().version(), 0);
+}
+
 // A snapshot that claims more learnt examples than it holds is refused, changing nothing.
 // A snapshot is held whole until it is checked, so --max_stream_mb bounds it as it bounds a
 // stream: a larger one is refused before it is all in memory, and nothing is written.
