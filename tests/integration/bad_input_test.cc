@@ -2,6 +2,10 @@
 // and changes nothing: the catalog and every file under the data directory are compared before
 // and after.
 #include <cmath>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -140,61 +144,50 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   v1::CreateModelRequest arch = BlobModel("x", false);
   arch.mutable_spec()->set_architecture("transformer");
   EXPECT_STATUS(client_->CreateModel(arch).status(), kInvalidArgument, "transformer");
-  v1::CreateModelRequest opt = BlobModel("x", false);
-  opt.mutable_config()->set_optimizer("adam");
-  EXPECT_STATUS(client_->CreateModel(opt).status(), kInvalidArgument,
-                "config.optimizer must be \"ivon\"");
-  v1::CreateModelRequest ess = BlobModel("x", false);
-  ess.mutable_config()->mutable_ivon()->set_ess_factor(-2);
-  EXPECT_STATUS(client_->CreateModel(ess).status(), kInvalidArgument,
-                "ess_factor must be > 0 and finite (1: the plain posterior); got -2");
-  // Values that would overflow the step or memory arithmetic, an unknown head mode, and values
-  // that used to fall back to a default in silence.
-  v1::CreateModelRequest huge = BlobModel("x", false);
-  huge.mutable_config()->set_batch_size(int64_t{1} << 62);
-  EXPECT_STATUS(client_->CreateModel(huge).status(), kInvalidArgument,
-                "batch_size must be in [1, 2147483648]; got 4611686018427387904");
-  huge = BlobModel("x", false);
-  huge.mutable_config()->set_memory_points(int64_t{1} << 62);
-  EXPECT_STATUS(client_->CreateModel(huge).status(), kInvalidArgument, "memory_points must be in");
-  v1::CreateModelRequest head = BlobModel("x", false);
-  head.mutable_config()->set_head_mode(static_cast<v1::HeadMode>(7));
-  EXPECT_STATUS(client_->CreateModel(head).status(), kInvalidArgument,
-                "config.head_mode must be HEAD_MODE_SINGLE or HEAD_MODE_MULTI; got 7");
-  v1::CreateModelRequest clip = BlobModel("x", false);
-  clip.mutable_config()->mutable_ivon()->set_clip_radius(-1);
-  EXPECT_STATUS(client_->CreateModel(clip).status(), kInvalidArgument,
-                "config.ivon.clip_radius must be >= 0 (0: no clip); got -1");
-  v1::CreateModelRequest points = BlobModel("x", false);
-  points.mutable_config()->set_curvature_points(-5);
-  EXPECT_STATUS(client_->CreateModel(points).status(), kInvalidArgument,
-                "config.curvature_points must be >= 0 (0: the default); got -5");
-  v1::CreateModelRequest steps = BlobModel("x", false);
-  steps.mutable_config()->set_min_steps(-5);
-  EXPECT_STATUS(client_->CreateModel(steps).status(), kInvalidArgument,
-                "min_steps must be in [0, 1000000000]; got -5");
-  v1::CreateModelRequest precision = BlobModel("x", false);
-  precision.mutable_config()->set_weight_precision("fisher");
-  EXPECT_STATUS(client_->CreateModel(precision).status(), kInvalidArgument,
-                "config.weight_precision must be \"posterior\" or \"prior\"; got \"fisher\"");
-  for (double wait : {-1.0, std::nan(""), 4e7}) {
-    v1::CreateModelRequest timer = BlobModel("x", false);
-    timer.mutable_config()->set_adapt_after_seconds(wait);
-    EXPECT_STATUS(client_->CreateModel(timer).status(), kInvalidArgument,
-                  "config.adapt_after_seconds must be in [0, 31536000] (0: off); got");
+  // Config values refused at creation, each named in the message: values that would overflow
+  // the step or memory arithmetic, an unknown head mode, and values that used to fall back to a
+  // default in silence.
+  using Set = std::function<void(v1::LearningConfig&)>;
+  const std::vector<std::pair<Set, std::string>> bad_configs = {
+      {[](v1::LearningConfig& c) { c.set_optimizer("adam"); }, "config.optimizer must be \"ivon\""},
+      {[](v1::LearningConfig& c) { c.mutable_ivon()->set_ess_factor(-2); },
+       "ess_factor must be > 0 and finite (1: the plain posterior); got -2"},
+      {[](v1::LearningConfig& c) { c.set_batch_size(int64_t{1} << 62); },
+       "batch_size must be in [1, 2147483648]; got 4611686018427387904"},
+      {[](v1::LearningConfig& c) { c.set_memory_points(int64_t{1} << 62); },
+       "memory_points must be in"},
+      {[](v1::LearningConfig& c) { c.set_head_mode(static_cast<v1::HeadMode>(7)); },
+       "config.head_mode must be HEAD_MODE_SINGLE or HEAD_MODE_MULTI; got 7"},
+      {[](v1::LearningConfig& c) { c.mutable_ivon()->set_clip_radius(-1); },
+       "config.ivon.clip_radius must be >= 0 (0: no clip); got -1"},
+      {[](v1::LearningConfig& c) { c.set_curvature_points(-5); },
+       "config.curvature_points must be >= 0 (0: the default); got -5"},
+      {[](v1::LearningConfig& c) { c.set_min_steps(-5); },
+       "min_steps must be in [0, 1000000000]; got -5"},
+      {[](v1::LearningConfig& c) { c.set_weight_precision("fisher"); },
+       "config.weight_precision must be \"posterior\" or \"prior\"; got \"fisher\""},
+      {[](v1::LearningConfig& c) { c.set_adapt_after_seconds(-1); },
+       "config.adapt_after_seconds must be in [0, 31536000] (0: off); got -1"},
+      {[](v1::LearningConfig& c) { c.set_adapt_after_seconds(std::nan("")); },
+       "config.adapt_after_seconds must be in [0, 31536000] (0: off); got nan"},
+      {[](v1::LearningConfig& c) { c.set_adapt_after_seconds(4e7); },
+       "config.adapt_after_seconds must be in [0, 31536000] (0: off); got 4e+07"},
+      {[](v1::LearningConfig& c) { c.set_memory_weight(std::nan("")); },
+       "memory_weight must be finite (negative: |M| / N_new); got nan"},
+      {[](v1::LearningConfig& c) { c.set_method("magic"); }, "magic"},
+  };
+  for (const auto& [set, says] : bad_configs) {
+    SCOPED_TRACE(says);
+    v1::CreateModelRequest r = BlobModel("x", false);
+    set(*r.mutable_config());
+    EXPECT_STATUS(client_->CreateModel(r).status(), kInvalidArgument, says);
   }
-  // The bound itself is a valid wait (that model is removed again: the test expects no change).
+  // The timer's bound itself is a valid wait (that model is removed again: the test expects no
+  // change).
   v1::CreateModelRequest year = BlobModel("year", false);
   year.mutable_config()->set_adapt_after_seconds(31536000);
   EXPECT_TRUE(client_->CreateModel(year).ok());
   EXPECT_TRUE(client_->DeleteModel("year").ok());
-  v1::CreateModelRequest weight = BlobModel("x", false);
-  weight.mutable_config()->set_memory_weight(std::nan(""));
-  EXPECT_STATUS(client_->CreateModel(weight).status(), kInvalidArgument,
-                "memory_weight must be finite (negative: |M| / N_new); got nan");
-  v1::CreateModelRequest method = BlobModel("x", false);
-  method.mutable_config()->set_method("magic");
-  EXPECT_STATUS(client_->CreateModel(method).status(), kInvalidArgument, "magic");
   EXPECT_STATUS(client_->CreateModel(BlobModel("a/b", false)).status(), kInvalidArgument,
                 "model name must match");
   EXPECT_STATUS(client_->CreateModel(BlobModel("m", false)).status(), kAlreadyExists,
