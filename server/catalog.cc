@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <cstring>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -24,7 +25,8 @@ CREATE TABLE IF NOT EXISTS versions(
 CREATE TABLE IF NOT EXISTS jobs(
   id TEXT PRIMARY KEY, model TEXT NOT NULL, task_id INTEGER NOT NULL, begin_pos INTEGER NOT NULL,
   end_pos INTEGER NOT NULL, state INTEGER NOT NULL, message TEXT NOT NULL,
-  version INTEGER NOT NULL, created_ms INTEGER NOT NULL, config BLOB NOT NULL DEFAULT x'');
+  version INTEGER NOT NULL, created_ms INTEGER NOT NULL, config BLOB NOT NULL DEFAULT x'',
+  progress BLOB NOT NULL DEFAULT x'');
 )sql";
 
 absl::Status SqlError(sqlite3* db, const std::string& what) {
@@ -116,15 +118,24 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
 Catalog::~Catalog() { sqlite3_close(db_); }
 
 absl::Status Catalog::MigrateLocked() {
-  // jobs.config came after the first release: a catalog written before it gains the column,
-  // empty for its jobs (they resume with the model's settings, as they did then).
-  Statement st(db_, "SELECT name FROM pragma_table_info('jobs')");
-  while (true) {
-    ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
-    if (!more) break;
-    if (st.Bytes(0) == "config") return absl::OkStatus();
+  // Columns of jobs that came after the first release; a catalog written before one gains it,
+  // empty for its jobs. config: they resume with the model's settings, as they did then.
+  // progress: a job that ended before it shows no step counts.
+  std::set<std::string> columns;
+  {
+    Statement st(db_, "SELECT name FROM pragma_table_info('jobs')");
+    while (true) {
+      ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+      if (!more) break;
+      columns.insert(st.Bytes(0));
+    }
   }
-  return ExecLocked("ALTER TABLE jobs ADD COLUMN config BLOB NOT NULL DEFAULT x''");
+  for (const char* column : {"config", "progress"}) {
+    if (columns.count(column)) continue;
+    ADAPTD_RETURN_IF_ERROR(ExecLocked(
+        absl::StrCat("ALTER TABLE jobs ADD COLUMN ", column, " BLOB NOT NULL DEFAULT x''")));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Catalog::CommitLocked() {
@@ -241,10 +252,11 @@ absl::Status Catalog::InsertJob(const JobRow& row) {
 }
 
 absl::Status Catalog::UpdateJob(const std::string& id, int state, const std::string& message,
-                                int64_t version) {
+                                int64_t version, const std::string& progress) {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_, "UPDATE jobs SET state = ?, message = ?, version = ? WHERE id = ?");
-  return st.Bind(state).Bind(message).Bind(version).Bind(id).Run();
+  Statement st(db_,
+               "UPDATE jobs SET state = ?, message = ?, version = ?, progress = ? WHERE id = ?");
+  return st.Bind(state).Bind(message).Bind(version).Bind(progress, true).Bind(id).Run();
 }
 
 absl::Status Catalog::StartJob(const std::string& id, int64_t begin, int64_t end,
@@ -260,7 +272,7 @@ absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) 
   std::lock_guard<std::mutex> lock(mu_);
   Statement st(db_,
                "SELECT id, model, task_id, begin_pos, end_pos, state, message, version, created_ms, "
-               "config FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
+               "config, progress FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
   st.Bind(model);
   std::vector<JobRow> rows;
   while (true) {
@@ -277,6 +289,7 @@ absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) 
     r.version = st.Int(7);
     r.created_ms = st.Int(8);
     r.config = st.Bytes(9);
+    r.progress = st.Bytes(10);
     rows.push_back(std::move(r));
   }
   return rows;
@@ -284,7 +297,7 @@ absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) 
 
 absl::Status Catalog::Publish(const std::string& model, const VersionRow& version,
                               const std::string& job_id, int job_state,
-                              const std::string& message) {
+                              const std::string& message, const std::string& progress) {
   std::lock_guard<std::mutex> lock(mu_);
   ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
   absl::Status status =
@@ -295,10 +308,13 @@ absl::Status Catalog::Publish(const std::string& model, const VersionRow& versio
           .Bind(static_cast<int64_t>(version.checkpoint_crc))
           .Run();
   if (status.ok() && !job_id.empty()) {
-    status = Statement(db_, "UPDATE jobs SET state = ?, message = ?, version = ? WHERE id = ?")
+    status = Statement(db_,
+                       "UPDATE jobs SET state = ?, message = ?, version = ?, progress = ? "
+                       "WHERE id = ?")
                  .Bind(job_state)
                  .Bind(message)
                  .Bind(version.version)
+                 .Bind(progress, true)
                  .Bind(job_id)
                  .Run();
   }
@@ -341,7 +357,8 @@ absl::StatusOr<std::string> Catalog::Dump() {
         "SELECT 'task', model, task_id, classes FROM tasks ORDER BY model, task_id",
         "SELECT 'version', model, version, hex(info), checkpoint_crc FROM versions "
         "ORDER BY model, version",
-        "SELECT 'job', id, model, task_id, begin_pos, end_pos, state, message, version, hex(config) "
+        "SELECT 'job', id, model, task_id, begin_pos, end_pos, state, message, version, hex(config), "
+        "hex(progress) "
         "FROM jobs ORDER BY id"}) {
     Statement st(db_, sql);
     while (true) {

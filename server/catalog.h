@@ -48,6 +48,9 @@ struct JobRow {
   // The v1::LearningConfig the job trains with, fixed with its range when it starts; empty
   // before then.
   std::string config;
+  // How far it got, as a serialized v1::JobStatus with step, total_steps, loss and
+  // elapsed_seconds; written when it ends, empty before.
+  std::string progress;
 };
 
 // Thread-safe (one connection behind a mutex).
@@ -69,8 +72,9 @@ class Catalog {
   absl::StatusOr<std::vector<VersionRow>> ListVersions(const std::string& model);
 
   absl::Status InsertJob(const JobRow& row);
+  // `progress`: the JobRow field (empty for a job that has not ended).
   absl::Status UpdateJob(const std::string& id, int state, const std::string& message,
-                         int64_t version);
+                         int64_t version, const std::string& progress = "");
   // A job starts: the examples it learns and the settings it learns them with, fixed from now
   // on, and its new state, in one statement.
   absl::Status StartJob(const std::string& id, int64_t begin, int64_t end,
@@ -80,7 +84,8 @@ class Catalog {
   // Publishing: the version row and the job's success in one transaction (job_id may be
   // empty for rollbacks and imports).
   absl::Status Publish(const std::string& model, const VersionRow& version,
-                       const std::string& job_id, int job_state, const std::string& message);
+                       const std::string& job_id, int job_state, const std::string& message,
+                       const std::string& progress = "");
 
   // Rewrites the info of existing version rows (retention marks deleted checkpoints), in one
   // transaction; only each row's version and info are used. NOT_FOUND (and nothing changes)

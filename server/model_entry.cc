@@ -85,6 +85,16 @@ at::Tensor Cat(const std::vector<at::Tensor>& parts, at::ScalarType dtype) {
   return parts.empty() ? at::empty({0}, dtype) : at::cat(parts);
 }
 
+// What the catalog keeps of a job's status when it ends (JobRow::progress).
+std::string ProgressOf(const v1::JobStatus& s) {
+  v1::JobStatus p;
+  p.set_step(s.step());
+  p.set_total_steps(s.total_steps());
+  p.set_loss(s.loss());
+  p.set_elapsed_seconds(s.elapsed_seconds());
+  return p.SerializeAsString();
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -129,6 +139,13 @@ Job::Job(const JobRow& row)
   status_.set_message(row.message);
   status_.set_version(row.version);
   status_.set_examples(row.end - row.begin);
+  v1::JobStatus progress;
+  if (!row.progress.empty() && progress.ParseFromString(row.progress)) {
+    status_.set_step(progress.step());
+    status_.set_total_steps(progress.total_steps());
+    status_.set_loss(progress.loss());
+    status_.set_elapsed_seconds(progress.elapsed_seconds());
+  }
 }
 
 v1::JobStatus Job::Status() const {
@@ -1024,7 +1041,8 @@ void ModelEntry::RunActor() {
 void ModelEntry::EndJob(const std::shared_ptr<Job>& job, v1::JobState state,
                         const std::string& message) {
   std::string shown = message;
-  const absl::Status recorded = options_.catalog->UpdateJob(job->id(), state, message, -1);
+  const absl::Status recorded =
+      options_.catalog->UpdateJob(job->id(), state, message, -1, ProgressOf(job->Status()));
   if (!recorded.ok()) {
     // The catalog still holds the job as running: a restart runs it again. Say so where the
     // user looks, rather than let the job come back unannounced.
@@ -1036,6 +1054,7 @@ void ModelEntry::EndJob(const std::shared_ptr<Job>& job, v1::JobState state,
   job->Update([&](v1::JobStatus& s) {
     s.set_state(state);
     s.set_message(shown);
+    s.set_eta_seconds(0);
   });
 }
 
@@ -1187,6 +1206,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   for (v1::TaskAccuracy& a : *scored) *info.add_eval() = std::move(a);
   info.set_adapt_seconds(elapsed());
   absl::Status published;
+  double took = 0;  // the job's elapsed time, as published and as its status shows it
   {
     std::lock_guard<std::mutex> commit_lock(commit_mu_);
     if (Current() != base) {
@@ -1206,7 +1226,10 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     }
     // Nothing publishes once a shutdown began, even a job that had just finished training.
     if (stopping() && !job->cancel_requested()) return interrupted();
-    published = Publish(std::move(info), std::move(result->state), job->id());
+    took = elapsed();
+    v1::JobStatus done = job->Status();
+    done.set_elapsed_seconds(took);
+    published = Publish(std::move(info), std::move(result->state), job->id(), ProgressOf(done));
   }
   if (!published.ok()) return finish(v1::JOB_STATE_FAILED, published.ToString());
   int64_t version;
@@ -1218,7 +1241,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   job->Update([&](v1::JobStatus& s) {
     s.set_state(v1::JOB_STATE_SUCCEEDED);
     s.set_version(version);
-    s.set_elapsed_seconds(elapsed());
+    s.set_elapsed_seconds(took);
     s.set_eta_seconds(0);
     s.set_message(absl::StrCat("published version ", version));
   });
@@ -1233,7 +1256,7 @@ at::Tensor ModelEntry::LabelMaskLocked(int64_t task_id) const {
 }
 
 absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
-                                 const std::string& job_id) {
+                                 const std::string& job_id, const std::string& job_progress) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     info.set_version(versions_.empty() ? 0 : versions_.back().first.version() + 1);
@@ -1250,7 +1273,7 @@ absl::Status ModelEntry::Publish(v1::VersionInfo info, ContinualState state,
   const uint32_t crc = Crc32c(bytes);
   ADAPTD_RETURN_IF_ERROR(options_.catalog->Publish(
       name_, {info.version(), info.SerializeAsString(), crc}, job_id, v1::JOB_STATE_SUCCEEDED,
-      absl::StrCat("published version ", info.version())));
+      absl::StrCat("published version ", info.version()), job_progress));
   ADAPTD_ASSIGN_OR_RETURN(auto version, ModelVersion::Create(info, std::move(state)));
   {
     std::lock_guard<std::mutex> lock(mu_);

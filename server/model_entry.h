@@ -279,7 +279,10 @@ class ModelEntry {
   absl::StatusOr<std::shared_ptr<const ModelVersion>> LoadVersion(const v1::VersionInfo& info,
                                                                   uint32_t crc) const;
   // Writes the checkpoint, commits the catalog row (and the job's success), then publishes.
-  absl::Status Publish(v1::VersionInfo info, ContinualState state, const std::string& job_id);
+  // job_id (empty for rollbacks and imports) succeeds with the version; job_progress is its
+  // JobRow::progress.
+  absl::Status Publish(v1::VersionInfo info, ContinualState state, const std::string& job_id,
+                       const std::string& job_progress = "");
   // Retention: deletes the checkpoints of the versions older than the newest keep_versions
   // (marked in the catalog first, so a crash in between leaves only a file that the next
   // start removes). Best effort: a failure is logged and retried at the next publish.

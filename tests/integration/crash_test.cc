@@ -698,6 +698,59 @@ TEST(LifecycleTest, AJobStartOrCancelTheCatalogCannotRecord) {
   EXPECT_EQ(model->current().version(), 0);
 }
 
+// A finished job's step counts, last loss and time are kept in the catalog: ListJobs after a
+// restart shows each job as it showed it before.
+TEST(LifecycleTest, FinishedJobsShowTheirProgressAfterARestart) {
+  TempDir dir;
+  v1::ListJobsResponse before;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    auto s = StartALongJob(*client);
+    ASSERT_TRUE(s.ok()) << s.status();
+    bool cancelled = false;
+    (void)client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
+      if (!cancelled && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
+        cancelled = client->CancelJob(s->job_ids(0)).ok();
+      }
+    });
+    ASSERT_TRUE(cancelled) << "the job ended before it could be cancelled";
+    v1::UpdateConfigRequest fewer;
+    fewer.set_name("m");
+    fewer.mutable_config()->set_epochs(2);
+    fewer.mutable_update_mask()->add_paths("epochs");
+    ASSERT_TRUE(client->UpdateConfig(fewer).ok());
+    auto t = StreamData(*client, "m", 1, v1::SPLIT_TRAIN, {}, BlobTask(100, {2, 3}, 2));
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_EQ(WaitJobs(*client, *t), 1);
+    auto jobs = client->ListJobs("m");
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    before = *std::move(jobs);
+  }
+  ASSERT_EQ(before.jobs_size(), 2);
+  EXPECT_EQ(before.jobs(0).state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_GT(before.jobs(0).step(), 50);
+  EXPECT_LT(before.jobs(0).step(), before.jobs(0).total_steps());
+  EXPECT_EQ(before.jobs(1).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(before.jobs(1).step(), before.jobs(1).total_steps());
+  EXPECT_GT(before.jobs(1).loss(), 0);  // two epochs: not yet fitted (the long job may be)
+  for (const v1::JobStatus& j : before.jobs()) {
+    EXPECT_GT(j.elapsed_seconds(), 0) << j.DebugString();
+    EXPECT_EQ(j.eta_seconds(), 0) << j.DebugString();  // a finished job has none
+  }
+
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto after = (*server)->Client()->ListJobs("m");
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->jobs_size(), before.jobs_size());
+  for (int i = 0; i < before.jobs_size(); ++i) {
+    EXPECT_EQ(after->jobs(i).SerializeAsString(), before.jobs(i).SerializeAsString())
+        << "before:\n" << before.jobs(i).DebugString() << "after:\n" << after->jobs(i).DebugString();
+  }
+}
+
 // A snapshot that claims more learnt examples than it holds is refused, changing nothing.
 // A snapshot is held whole until it is checked, so --max_stream_mb bounds it as it bounds a
 // stream: a larger one is refused before it is all in memory, and nothing is written.

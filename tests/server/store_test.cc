@@ -201,7 +201,7 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   EXPECT_FALSE(c.InsertModel({"m", "spec", "config", 2}).ok());  // the name is the key
   ASSERT_TRUE(c.UpsertTask("m", {0, {3, 4}}).ok());
   ASSERT_TRUE(c.InsertJob({"j1", "m", 0, 0, 10, 1, "queued", -1, 5, ""}).ok());
-  ASSERT_TRUE(c.Publish("m", {1, "info", 77}, "j1", 3, "published version 1").ok());
+  ASSERT_TRUE(c.Publish("m", {1, "info", 77}, "j1", 3, "published version 1", "progress").ok());
   // A second row for the same version fails, and the job's update in it is rolled back.
   EXPECT_FALSE(c.Publish("m", {1, "other", 78}, "j1", 4, "should not stick").ok());
   auto jobs = c.ListJobs("m");
@@ -210,6 +210,7 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   EXPECT_EQ((*jobs)[0].state, 3);
   EXPECT_EQ((*jobs)[0].version, 1);
   EXPECT_EQ((*jobs)[0].message, "published version 1");
+  EXPECT_EQ((*jobs)[0].progress, "progress");
   auto versions = c.ListVersions("m");
   ASSERT_TRUE(versions.ok());
   ASSERT_EQ(versions->size(), 1u);
@@ -268,6 +269,13 @@ TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
   EXPECT_EQ((*jobs)[0].config, "s");
   EXPECT_EQ((*jobs)[0].state, 1);
   EXPECT_EQ((*jobs)[0].message, "resumed");
+  EXPECT_EQ((*jobs)[0].progress, "");
+  // The job's end keeps its progress, bytes and all (the column came after job settings).
+  ASSERT_TRUE((*catalog)->UpdateJob("j1", 4, "cancelled", -1, std::string("\0steps", 6)).ok());
+  jobs = (*catalog)->ListJobs("m");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  EXPECT_EQ((*jobs)[0].state, 4);
+  EXPECT_EQ((*jobs)[0].progress, std::string("\0steps", 6));
 }
 
 }  // namespace
