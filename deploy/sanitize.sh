@@ -17,6 +17,7 @@ rm -rf "$reports" && mkdir -p "$reports"
 # Leak checking is off: LibTorch's and gRPC's process-lifetime singletons read as leaks.
 export ASAN_OPTIONS="detect_leaks=0:log_path=$reports/asan"
 export UBSAN_OPTIONS="print_stacktrace=1:log_path=$reports/ubsan"
+export ADAPTD_REQUIRE_DATA=1  # install-deps.sh installed the datasets
 status=0
 (cd build-sanitize && ctest -j "$jobs" --output-on-failure --timeout 600) || status=$?
 if [ -n "$(ls -A "$reports")" ]; then

@@ -12,6 +12,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/testing/data.h"
+
 namespace adaptd {
 namespace {
 
@@ -101,7 +103,7 @@ TEST(IdxTest, GzipRoundTripAndCorruptGzip) {
 TEST(IdxTest, FashionMnistFromTheDebianPackage) {
   const std::string dir = "/usr/share/datasets/fashion-mnist/";
   if (::access((dir + "t10k-images-idx3-ubyte.gz").c_str(), R_OK) != 0) {
-    GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+    ADAPTD_SKIP_WITHOUT_DATA("dataset-fashion-mnist is not installed");
   }
   auto d = LoadIdxDataset(dir + "t10k-images-idx3-ubyte.gz", dir + "t10k-labels-idx1-ubyte.gz");
   ASSERT_TRUE(d.ok()) << d.status();
@@ -173,7 +175,7 @@ TEST(CsvTest, ParsesLabelColumnByNameOrIndex) {
 
 TEST(CsvTest, ScikitLearnBundledSets) {
   const std::string dir = "/usr/lib/python3/dist-packages/sklearn/datasets/data/";
-  if (::access((dir + "breast_cancer.csv").c_str(), R_OK) != 0) GTEST_SKIP() << "no python3-sklearn";
+  if (::access((dir + "breast_cancer.csv").c_str(), R_OK) != 0) ADAPTD_SKIP_WITHOUT_DATA("no python3-sklearn");
   CsvOptions o;
   o.has_header = false;
   o.skip_lines = 1;  // "569,30,malignant,benign"

@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_split.h"
+#include "tests/testing/data.h"
 #include "tests/testing/models.h"
 
 namespace adaptd {
@@ -172,7 +173,7 @@ struct SoftmaxRegression {
 // influence of every example on one query against the same refits.
 TEST(MpeTest, LogisticRegressionLooMatchesBruteForceRefitsOnBreastCancer) {
   at::Tensor x, y;
-  if (!LoadBreastCancer(&x, &y)) GTEST_SKIP() << "scikit-learn's breast_cancer.csv not installed";
+  if (!LoadBreastCancer(&x, &y)) ADAPTD_SKIP_WITHOUT_DATA("scikit-learn's breast_cancer.csv not installed");
   const int64_t n = x.size(0), d = x.size(1);
   ASSERT_EQ(n, 569);
   ASSERT_EQ(d, 30);
