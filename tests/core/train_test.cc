@@ -198,6 +198,9 @@ TEST(TrainTest, IvonLearnsAndPosteriorAveragingIsCalibrated) {
   EXPECT_GT(cm->accuracy, 0.9);
   EXPECT_GT(cb->accuracy, cm->accuracy - 0.01);
   EXPECT_LT(cb->nll, cm->nll + 0.01);
+  std::cout << "ECE: mean " << cm->ece << ", posterior averaging " << cb->ece << "\n";
+  EXPECT_LT(cb->ece, cm->ece + 0.005);
+  EXPECT_LT(cb->ece, 0.02);
   // Predicting restored the posterior mean into the weights.
   EXPECT_TRUE(at::equal((*t)->flat().params(), (*t)->ivon()->posterior().mean()));
 }
@@ -246,6 +249,35 @@ TEST(TrainTest, MultiHeadMaskKeepsPredictionsInTheHead) {
   auto p = PredictProbs(**model, (*t)->flat(), &(*t)->ivon()->posterior(), head.x, po, (*t)->generator());
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->select(1, 1).abs().max().item<float>(), 0.0f);
+
+  // Training under the mask ignores class 1's output row: a run whose row starts elsewhere
+  // ends bit-identical in every other weight. Without the mask the same start moves them all.
+  auto run = [&](bool moved_row, const at::Tensor& label_mask) {
+    auto m = BuildModel(MlpSpec(), 1);
+    std::vector<at::Tensor> params = (*m)->Parameters();
+    if (moved_row) {
+      at::NoGradGuard no_grad;
+      params[params.size() - 2][1].add_(1.0);  // the output layer's weights of class 1
+      params.back()[1].add_(1.0);              // and its bias
+    }
+    auto trainer = Trainer::Create(m->get(), IvonOptionsFor(head.size()), 20);
+    EXPECT_TRUE(trainer.ok());
+    EXPECT_TRUE((*trainer)->TrainEpoch(head, label_mask).ok());
+    return (*trainer)->ivon()->posterior().mean().clone();
+  };
+  std::vector<at::Tensor> params = (*model)->Parameters();
+  int64_t offset = 0;
+  for (size_t i = 0; i + 2 < params.size(); ++i) offset += params[i].numel();
+  const int64_t width = params[params.size() - 2].size(1), rows = params.back().numel();
+  at::Tensor others = at::ones({offset + rows * (width + 1)}, at::kBool);
+  others.narrow(0, offset + width, width).fill_(false);
+  others[offset + rows * width + 1] = false;
+  const at::Tensor masked = run(false, *mask), masked_moved = run(true, *mask);
+  ASSERT_EQ(masked.numel(), others.numel());
+  EXPECT_TRUE(at::equal(masked.masked_select(others), masked_moved.masked_select(others)));
+  EXPECT_FALSE(at::equal(masked, masked_moved));
+  const at::Tensor free = run(false, at::Tensor()), free_moved = run(true, at::Tensor());
+  EXPECT_FALSE(at::equal(free.masked_select(others), free_moved.masked_select(others)));
 }
 
 TEST(TrainTest, BadInputIsInvalidArgumentAndChangesNothing) {
