@@ -80,18 +80,21 @@ TEST_P(JacobianTest, LayerIdentitiesMatchAutograd) {
   ASSERT_TRUE(autograd.ok()) << autograd.status();
   ASSERT_EQ((*layers)->backend(), LogitJacobian::Backend::kLayers);
 
-  auto j_ref = (*autograd)->Jacobian(x);
-  auto j = (*layers)->Jacobian(x);
-  ASSERT_TRUE(j_ref.ok() && j.ok()) << j_ref.status() << j.status();
-  ASSERT_EQ(j->value.sizes(), j_ref->value.sizes());
+  // The reference: one backward pass per example and logit, written apart from both engines.
+  const testing_models::ExplicitJacobian ref = testing_models::ComputeExplicitJacobian(*model, x);
   // float64 with a few hundred terms per entry: agreement to ~1e-15 relative; 1e-12 is slack.
-  const double scale = j_ref->value.abs().max().item<double>();
-  EXPECT_LT((j->value - j_ref->value).abs().max().item<double>(), 1e-12 * scale);
-  EXPECT_LT((j->logits - j_ref->logits).abs().max().item<double>(), 1e-12);
+  const double scale = ref.jac.abs().max().item<double>();
+  for (auto* engine : {layers->get(), autograd->get()}) {
+    auto j = engine->Jacobian(x);
+    ASSERT_TRUE(j.ok()) << j.status();
+    ASSERT_EQ(j->value.sizes(), ref.jac.sizes());
+    EXPECT_LT((j->value - ref.jac).abs().max().item<double>(), 1e-12 * scale);
+    EXPECT_LT((j->logits - ref.logits).abs().max().item<double>(), 1e-12);
+  }
 
-  // Sigma Gram, diagonal covariance: J diag(s) J^T from the autograd Jacobian.
+  // Sigma Gram, diagonal covariance: J diag(s) J^T from the reference Jacobian.
   const at::Tensor var = at::rand({p}, gen, at::kDouble) + 0.1;
-  const at::Tensor expected = at::bmm(j_ref->value * var, j_ref->value.transpose(1, 2));
+  const at::Tensor expected = at::bmm(ref.jac * var, ref.jac.transpose(1, 2));
   const Covariance diag = *Covariance::Diagonal(var);
   const double gscale = expected.abs().max().item<double>();
   for (bool fused : {true, false}) {  // the CPU kernel for conv-pool blocks, and tensor ops
@@ -109,16 +112,16 @@ TEST_P(JacobianTest, LayerIdentitiesMatchAutograd) {
   if (p <= 2000) {
     const at::Tensor a = at::randn({p, p}, gen, at::kDouble) / std::sqrt(static_cast<double>(p));
     const at::Tensor dense = a.matmul(a.t()) + at::eye(p, at::kDouble);
-    const at::Tensor expected_dense = j_ref->value.matmul(dense).bmm(j_ref->value.transpose(1, 2));
+    const at::Tensor expected_dense = ref.jac.matmul(dense).bmm(ref.jac.transpose(1, 2));
     auto gd = (*layers)->SigmaGram(x, *Covariance::Dense(dense), /*full=*/true);
     ASSERT_TRUE(gd.ok()) << gd.status();
     EXPECT_LT((gd->value - expected_dense).abs().max().item<double>(),
               1e-12 * expected_dense.abs().max().item<double>());
   }
 
-  // Squared entries summed over the batch and a subset of the logits, against the autograd J.
+  // Squared entries summed over the batch and a subset of the logits, against the reference J.
   const at::Tensor classes = at::arange(1, model->spec().num_classes, at::kLong);
-  const at::Tensor squared = j_ref->value.index_select(1, classes).square().sum(at::IntArrayRef{0, 1});
+  const at::Tensor squared = ref.jac.index_select(1, classes).square().sum(at::IntArrayRef{0, 1});
   for (auto* engine : {layers->get(), autograd->get()}) {
     auto sq = engine->SquaredSum(x, classes);
     ASSERT_TRUE(sq.ok()) << sq.status();
@@ -127,9 +130,9 @@ TEST_P(JacobianTest, LayerIdentitiesMatchAutograd) {
   EXPECT_EQ((*layers)->SquaredSum(x, at::tensor({model->spec().num_classes}, at::kLong)).status().code(),
             absl::StatusCode::kInvalidArgument);
 
-  // J u: forward-mode by hand and the double-backward identity, against J u from autograd.
+  // J u: forward-mode by hand and the double-backward identity, against the reference J u.
   const at::Tensor u = at::randn({p}, gen, at::kDouble);
-  const at::Tensor ju = at::matmul(j_ref->value, u);
+  const at::Tensor ju = at::matmul(ref.jac, u);
   for (auto* engine : {layers->get(), autograd->get()}) {
     auto jvp = engine->Jvp(x, u);
     ASSERT_TRUE(jvp.ok()) << jvp.status();
