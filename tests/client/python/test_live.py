@@ -206,9 +206,15 @@ def test_predict(client, trained):
     linearized = client.predict(trained.name, x, mode="linearized", samples=16)
     assert linearized["probs"].shape == (20, NUM_CLASSES)
 
-    # uint8 examples are accepted (and scaled by 1/255 on the server).
-    as_bytes = client.predict(trained.name, np.zeros((2, 2), dtype=np.uint8), mode="mean")
+    # uint8 examples are accepted and scaled by 1/255 on the server: bytes of 255 and 51 predict
+    # as the floats 1.0 and 0.2 do.
+    pixels = np.array([[255, 51], [51, 255]], dtype=np.uint8)
+    as_bytes = client.predict(trained.name, pixels, mode="mean")
+    as_floats = client.predict(trained.name, pixels.astype(np.float32) / 255, mode="mean")
     assert as_bytes["probs"].shape == (2, NUM_CLASSES)
+    np.testing.assert_allclose(as_bytes["probs"], as_floats["probs"], rtol=1e-6, atol=1e-7)
+    unscaled = client.predict(trained.name, pixels.astype(np.float32), mode="mean")
+    assert not np.allclose(as_bytes["probs"], unscaled["probs"], atol=1e-3)
 
 
 def test_predict_splits_large_inputs(client, trained, server):
