@@ -403,23 +403,49 @@ INSTANTIATE_TEST_SUITE_P(
         DeepCase{"torchscript", [] { return BuildOrDie(ScriptedMlpSpec(6, 4)); }}),
     [](const testing::TestParamInfo<DeepCase>& info) { return info.param.name; });
 
+// Under a head's mask, every MPE quantity is that of the softmax over the head's classes alone:
+// the oracle restricts the explicit-Jacobian logits to classes {1, 2} and writes the formulas
+// out; the other classes carry no error and no curvature.
 TEST(MpeTest, LabelMaskKeepsEverythingInTheHead) {
   auto model = BuildOrDie(Spec(Architecture::kMlp, {6}, 4, {5}));
+  ConvertToDouble(*model);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(301);
-  const at::Tensor x = RandomInput(*model, 8, gen);
+  const at::Tensor x = RandomInput(*model, 8, gen, at::kDouble);
   const at::Tensor y = at::tensor({1, 2, 1, 2, 2, 1, 1, 2}, at::kLong);
   MpeOptions o;
   o.label_mask = *MakeLabelMask({1, 2}, 4);
-  const Covariance sigma = *Covariance::Diagonal(at::full({model->NumParameters()}, 0.01));
+  const at::Tensor var = at::full({model->NumParameters()}, 0.01, at::kDouble);
+  const Covariance sigma = *Covariance::Diagonal(var);
+
+  const at::Tensor head = at::tensor({1, 2}, at::kLong);
+  const ExplicitJacobian j = ComputeExplicitJacobian(*model, x);
+  const at::Tensor f = j.logits.index_select(1, head);
+  const at::Tensor jac = j.jac.index_select(1, head);
+  const at::Tensor p = at::softmax(f, 1);
+  const at::Tensor e = p - at::one_hot(y - 1, 2).to(at::kDouble);
+  const at::Tensor lambda = p * (1 - p);
+  const at::Tensor v = (jac.square() * var).sum(2);  // diag(J Sigma J^T) over the head
+  const at::Tensor shift = e * v;
+  const at::Tensor nll = -at::log_softmax(f + shift, 1).gather(1, (y - 1).unsqueeze(1)).squeeze(1);
+  auto close = [](const at::Tensor& a, const at::Tensor& b) {
+    return (a - b).abs().max().item<double>() <= 1e-10 * (1 + b.abs().max().item<double>());
+  };
+
   auto map = ComputeMemoryMap(*model, sigma, {x, y}, o);
   ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_TRUE(close(map->error.index_select(1, head), e));
+  EXPECT_TRUE(close(map->lambda.index_select(1, head), lambda));
+  EXPECT_TRUE(close(map->variance.index_select(1, head), v));
+  EXPECT_TRUE(close(map->sensitivity, (e * lambda * v).abs().sum(1)));
   for (int64_t c : {0, 3}) {
     EXPECT_EQ(map->error.select(1, c).abs().max().item<double>(), 0.0);
     EXPECT_EQ(map->lambda.select(1, c).abs().max().item<double>(), 0.0);
   }
   auto loo = EstimateLoo(*model, sigma, {x, y}, o);
   ASSERT_TRUE(loo.ok()) << loo.status();
-  EXPECT_TRUE(std::isfinite(loo->nll));
+  EXPECT_TRUE(close(loo->shift.index_select(1, head), shift));
+  EXPECT_TRUE(close(loo->nll_per_example, nll));
+  EXPECT_NEAR(loo->nll, nll.mean().item<double>(), 1e-12);
   // A label outside the head is rejected.
   auto bad = EstimateLoo(*model, sigma, {x, at::tensor({0, 2, 1, 2, 2, 1, 1, 2}, at::kLong)}, o);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
