@@ -364,9 +364,23 @@ TEST(MemoryTest, ShortClassesDonateTheirQuota) {
   SelectionOptions o;
   o.points = 60;
   auto mem = SelectMemory(**model, d, at::Tensor(), 0, at::Tensor(), o);
-  ASSERT_TRUE(mem.ok());
+  ASSERT_TRUE(mem.ok()) << mem.status();
   EXPECT_EQ(mem->size(), 60);
   EXPECT_EQ(mem->y.eq(3).sum().item<int64_t>(), class3);
+  EXPECT_EQ(std::get<0>(at::_unique(mem->id)).numel(), 60);  // no example twice
+  // The shortfall goes evenly to the other classes, and each keeps its top-lambda examples.
+  at::NoGradGuard g;
+  const at::Tensor scores = LambdaScores(at::softmax((**model).Forward(d.x), 1));
+  const int64_t rest = 60 - class3;
+  for (int64_t c = 0; c < 3; ++c) {
+    const at::Tensor picked = mem->id.index_select(0, mem->y.eq(c).nonzero().squeeze(1));
+    EXPECT_GE(picked.numel(), rest / 3) << "class " << c;
+    EXPECT_LE(picked.numel(), (rest + 2) / 3) << "class " << c;
+    const at::Tensor rows = d.y.eq(c).nonzero().squeeze(1);
+    const at::Tensor top = rows.index_select(
+        0, std::get<1>(scores.index_select(0, rows).topk(picked.numel())));
+    EXPECT_TRUE(at::equal(std::get<0>(top.sort()), std::get<0>(picked.sort()))) << "class " << c;
+  }
 }
 
 AdaptConfig SmallConfig(Method m) {
