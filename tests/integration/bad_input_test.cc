@@ -7,9 +7,11 @@
 #include <utility>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "adaptd/v1/learning.grpc.pb.h"
 #include "server/convert.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
@@ -122,10 +124,29 @@ TEST_F(BadInputTest, StreamsAreRejectedWholeAndChangeNothing) {
   // Task 0 of "m" was first streamed without classes: a later stream cannot add a label set.
   EXPECT_STATUS(Stream({ok_batch}, "m", 0, {0, 1}), kInvalidArgument,
                 "task 0's first stream named no classes");
-  // The first message must be the header.
   v1::StreamHeader empty;
   EXPECT_STATUS(client_->StreamExamples(empty, std::vector<v1::ExampleBatch>{}).status(), kNotFound,
                 "no model named \"\"");
+  // The first message must be the header, and a stream must carry one. The client always sends
+  // it, so these go through the generated stub.
+  auto stub = v1::LearningService::NewStub(
+      grpc::CreateChannel(server_->target(), grpc::InsecureChannelCredentials()));
+  auto raw = [&](const std::vector<v1::StreamExamplesRequest>& messages) {
+    grpc::ClientContext ctx;
+    v1::StreamExamplesResponse response;
+    auto writer = stub->StreamExamples(&ctx, &response);
+    for (const v1::StreamExamplesRequest& m : messages) {
+      if (!writer->Write(m)) break;
+    }
+    writer->WritesDone();
+    const grpc::Status s = writer->Finish();
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  };
+  v1::StreamExamplesRequest batch_first;
+  *batch_first.mutable_batch() = ok_batch;
+  EXPECT_STATUS(raw({batch_first}), kInvalidArgument,
+                "the first message of a stream must be its header");
+  EXPECT_STATUS(raw({}), kInvalidArgument, "the stream carried no header");
 }
 
 TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
