@@ -74,7 +74,7 @@ class Catalog {
   absl::Status InsertJob(const JobRow& row);
   // `progress`: the JobRow field (empty for a job that has not ended).
   absl::Status UpdateJob(const std::string& id, int state, const std::string& message,
-                         int64_t version, const std::string& progress = "");
+                         int64_t version, const std::string& progress);
   // A job starts: the examples it learns and the settings it learns them with, fixed from now
   // on, and its new state, in one statement.
   absl::Status StartJob(const std::string& id, int64_t begin, int64_t end,
@@ -85,7 +85,7 @@ class Catalog {
   // empty for rollbacks and imports).
   absl::Status Publish(const std::string& model, const VersionRow& version,
                        const std::string& job_id, int job_state, const std::string& message,
-                       const std::string& progress = "");
+                       const std::string& progress);
 
   // Rewrites the info of existing version rows (retention marks deleted checkpoints), in one
   // transaction; only each row's version and info are used. NOT_FOUND (and nothing changes)

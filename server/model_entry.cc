@@ -88,6 +88,7 @@ at::Tensor Cat(const std::vector<at::Tensor>& parts, at::ScalarType dtype) {
 // What the catalog keeps of a job's status when it ends (JobRow::progress).
 std::string ProgressOf(const v1::JobStatus& s) {
   v1::JobStatus p;
+  p.set_examples(s.examples());
   p.set_step(s.step());
   p.set_total_steps(s.total_steps());
   p.set_loss(s.loss());
@@ -140,7 +141,8 @@ Job::Job(const JobRow& row)
   status_.set_version(row.version);
   status_.set_examples(row.end - row.begin);
   v1::JobStatus progress;
-  if (!row.progress.empty() && progress.ParseFromString(row.progress)) {
+  if (terminal() && !row.progress.empty() && progress.ParseFromString(row.progress)) {
+    status_.set_examples(progress.examples());
     status_.set_step(progress.step());
     status_.set_total_steps(progress.total_steps());
     status_.set_loss(progress.loss());
@@ -428,7 +430,8 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     if (interrupted) {
       j.message = was_running ? kResumedRunning : "queued before a server restart; resumed";
       j.state = v1::JOB_STATE_QUEUED;
-      ADAPTD_RETURN_IF_ERROR(options.catalog->UpdateJob(j.id, j.state, j.message, -1));
+      j.progress.clear();  // it runs again from the start
+      ADAPTD_RETURN_IF_ERROR(options.catalog->UpdateJob(j.id, j.state, j.message, -1, ""));
     }
     auto job = std::make_shared<Job>(j);
     if (was_running) job->set_resumed_range();
@@ -1044,8 +1047,8 @@ void ModelEntry::EndJob(const std::shared_ptr<Job>& job, v1::JobState state,
   const absl::Status recorded =
       options_.catalog->UpdateJob(job->id(), state, message, -1, ProgressOf(job->Status()));
   if (!recorded.ok()) {
-    // The catalog still holds the job as running: a restart runs it again. Say so where the
-    // user looks, rather than let the job come back unannounced.
+    // The catalog still holds the job as queued or running: a restart runs it again from the
+    // start. Say so where the user looks, rather than let the job come back unannounced.
     std::fprintf(stderr, "adaptd: the end of job %s was not recorded: %s\n", job->id().c_str(),
                  recorded.ToString().c_str());
     absl::StrAppend(&shown, " (not recorded in the catalog: ", recorded.message(),
@@ -1171,10 +1174,17 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   auto should_stop = [&] { return job->cancel_requested() || stopping(); };
   // Shutdown: the job stays queued in the catalog and resumes on the next start.
   auto interrupted = [&] {
-    (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED, kInterruptedByShutdown, -1);
+    (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED, kInterruptedByShutdown, -1,
+                                      "");
     job->Update([&](v1::JobStatus& s) {
       s.set_state(v1::JOB_STATE_QUEUED);
       s.set_message(kInterruptedByShutdown);
+      // It runs again from the start: this run's progress no longer describes it.
+      s.set_step(0);
+      s.set_total_steps(0);
+      s.set_loss(0);
+      s.set_elapsed_seconds(0);
+      s.set_eta_seconds(0);
     });
     requeue();
   };
@@ -1204,9 +1214,10 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   auto scored = Score(result->state, evals);
   if (!scored.ok()) return finish(v1::JOB_STATE_FAILED, scored.status().ToString());
   for (v1::TaskAccuracy& a : *scored) *info.add_eval() = std::move(a);
-  info.set_adapt_seconds(elapsed());
+  // The job's time, one figure for its version, its status, the catalog and the metrics.
+  const double took = elapsed();
+  info.set_adapt_seconds(took);
   absl::Status published;
-  double took = 0;  // the job's elapsed time, as published and as its status shows it
   {
     std::lock_guard<std::mutex> commit_lock(commit_mu_);
     if (Current() != base) {
@@ -1226,7 +1237,6 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     }
     // Nothing publishes once a shutdown began, even a job that had just finished training.
     if (stopping() && !job->cancel_requested()) return interrupted();
-    took = elapsed();
     v1::JobStatus done = job->Status();
     done.set_elapsed_seconds(took);
     published = Publish(std::move(info), std::move(result->state), job->id(), ProgressOf(done));
@@ -1237,7 +1247,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     std::lock_guard<std::mutex> lock(mu_);
     version = current_->version();  // Publish set the task's learnt count with it
   }
-  if (options_.metrics) options_.metrics->ObserveAdaptation(name_, elapsed());
+  if (options_.metrics) options_.metrics->ObserveAdaptation(name_, took);
   job->Update([&](v1::JobStatus& s) {
     s.set_state(v1::JOB_STATE_SUCCEEDED);
     s.set_version(version);
@@ -1335,8 +1345,8 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
     // finds the cancel request and ends it as cancelled (and a restart finds the job). The
     // cancel is then under way, not refused: the answer is the job's status, as for a running
     // job.
-    const absl::Status recorded =
-        options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1);
+    const absl::Status recorded = options_.catalog->UpdateJob(
+        job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1, ProgressOf(job->Status()));
     if (!recorded.ok()) {
       std::fprintf(stderr, "adaptd: job %s stays queued until the actor cancels it: %s\n",
                    job->id().c_str(), recorded.ToString().c_str());
@@ -1346,6 +1356,7 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
     job->Update([](v1::JobStatus& s) {
       s.set_state(v1::JOB_STATE_CANCELLED);
       s.set_message("cancelled while queued");
+      s.set_eta_seconds(0);
     });
     PruneJobsLocked();
     if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
@@ -1627,6 +1638,7 @@ absl::Status ModelEntry::Destroy() {
       job->Update([](v1::JobStatus& s) {
         s.set_state(v1::JOB_STATE_CANCELLED);
         s.set_message("the model was deleted");
+        s.set_eta_seconds(0);
       });
     }
     queue_.clear();

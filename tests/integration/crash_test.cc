@@ -621,48 +621,60 @@ TEST(LifecycleTest, AJobEndTheCatalogCannotRecordIsSaidAndRunsAgain) {
   EXPECT_EQ(again->version(), 1);
 }
 
-// The other catalog writes a job needs, failing the same way. A job whose start cannot be
-// recorded does not train; its end is not recorded either, so the next start runs it. A cancel
-// of a queued job that cannot be recorded leaves the job queued with the request standing:
-// the actor ends it as cancelled, and that end is on record.
-TEST(LifecycleTest, AJobStartOrCancelTheCatalogCannotRecord) {
-  TempDir dir;
-  std::string job_id;
-  {
-    // A job interrupted by shutdown: queued in the catalog.
-    auto server = ServerProcess::Start(dir.path());
-    ASSERT_TRUE(server.ok()) << server.status();
-    auto client = (*server)->Client();
-    auto s = StartALongJob(*client);
-    ASSERT_TRUE(s.ok()) << s.status();
-    job_id = s->job_ids(0);
-    int exit_status = -1;
-    (void)client->WatchJob(job_id, [&](const v1::JobStatus& st) {
-      if (exit_status < 0 && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
-        exit_status = (*server)->Terminate();
-      }
-    });
-    ASSERT_GE(exit_status, 0) << "the job ended before it could be interrupted";
+// Stops a server with SIGTERM while it trains StartALongJob's job, with (if `second_task`) a
+// job for task 1 queued behind it: both stay queued in the catalog. Returns their ids.
+std::vector<std::string> QueuedByAShutdown(const std::string& dir, bool second_task) {
+  auto server = ServerProcess::Start(dir);
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return {};
+  auto client = (*server)->Client();
+  auto s = StartALongJob(*client);
+  EXPECT_TRUE(s.ok()) << s.status();
+  if (!s.ok()) return {};
+  std::vector<std::string> ids = {s->job_ids(0)};
+  if (second_task) {
+    auto t = StreamData(*client, "m", 1, v1::SPLIT_TRAIN, {}, BlobTask(100, {2, 3}, 2));
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (!t.ok()) return {};
+    ids.push_back(t->job_ids(0));
   }
+  int exit_status = -1;
+  (void)client->WatchJob(ids[0], [&](const v1::JobStatus& st) {
+    if (exit_status < 0 && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
+      exit_status = (*server)->Terminate();
+    }
+  });
+  EXPECT_GE(exit_status, 0) << "the job ended before it could be interrupted";
+  return exit_status < 0 ? std::vector<std::string>{} : ids;
+}
+
+// Waits (up to a minute) for `job` to end; its status then.
+v1::JobStatus WaitForTheEnd(const Job& job) {
+  v1::JobStatus st;
+  uint64_t seen = 0;
+  for (int i = 0; i < 600 && !job.terminal(); ++i) seen = job.WaitForChange(seen, 100, &st);
+  return job.Status();
+}
+
+// A job whose start the catalog cannot record does not train. Its end cannot be recorded
+// either, so the next start runs it, as its status says.
+TEST(LifecycleTest, AJobStartTheCatalogCannotRecordDoesNotTrain) {
+  TempDir dir;
+  const std::vector<std::string> ids = QueuedByAShutdown(dir.path(), false);
+  ASSERT_EQ(ids.size(), 1u);
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open((dir.path() + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
-  RegistryOptions ro;
-  ro.data_dir = dir.path();
-  ro.hold_training = true;
-  auto wait_end = [](const Job& job) {
-    v1::JobStatus st;
-    uint64_t seen = 0;
-    for (int i = 0; i < 600 && !job.terminal(); ++i) seen = job.WaitForChange(seen, 100, &st);
-    return job.Status();
-  };
   {
+    RegistryOptions ro;
+    ro.data_dir = dir.path();
+    ro.hold_training = true;
     auto registry = Registry::Open(ro);
     ASSERT_TRUE(registry.ok()) << registry.status();
-    auto job = (*registry)->FindJob(job_id);
+    auto job = (*registry)->FindJob(ids[0]);
     ASSERT_TRUE(job.ok()) << job.status();
     ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
     (*registry)->StartTraining();
-    const v1::JobStatus st = wait_end(**job);
+    const v1::JobStatus st = WaitForTheEnd(**job);
     EXPECT_EQ(st.state(), v1::JOB_STATE_FAILED);
     EXPECT_EQ(st.step(), 0);
     EXPECT_THAT(st.message(),
@@ -670,19 +682,42 @@ TEST(LifecycleTest, AJobStartOrCancelTheCatalogCannotRecord) {
                                  ::testing::HasSubstr("a restart runs the job again")));
     ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
   }
+  sqlite3_close(db);
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto last = (*server)->Client()->WatchJob(ids[0]);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->state(), v1::JOB_STATE_SUCCEEDED) << last->message();
+  EXPECT_EQ(last->version(), 1);
+}
+
+// A cancel of a queued job that the catalog cannot record answers the job still queued, with
+// the request standing: the actor ends it as cancelled, on record, and a restart leaves it so.
+TEST(LifecycleTest, AQueuedCancelTheCatalogCannotRecordStands) {
+  TempDir dir;
+  const std::vector<std::string> ids = QueuedByAShutdown(dir.path(), true);
+  ASSERT_EQ(ids.size(), 2u);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
   {
+    RegistryOptions ro;
+    ro.data_dir = dir.path();
+    ro.hold_training = true;
     auto registry = Registry::Open(ro);
     ASSERT_TRUE(registry.ok()) << registry.status();
-    auto job = (*registry)->FindJob(job_id);
-    ASSERT_TRUE(job.ok()) << job.status();
-    EXPECT_EQ((*job)->Status().state(), v1::JOB_STATE_QUEUED) << (*job)->Status().message();
+    // The first job holds the actor (waiting for a training slot); the second is in the queue.
+    auto second = (*registry)->FindJob(ids[1]);
+    ASSERT_TRUE(second.ok()) << second.status();
     ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
-    auto cancelled = (*registry)->CancelJob(job_id);
+    ::testing::internal::CaptureStderr();
+    auto cancelled = (*registry)->CancelJob(ids[1]);
+    const std::string said = ::testing::internal::GetCapturedStderr();
     ASSERT_TRUE(cancelled.ok()) << cancelled.status();
     EXPECT_EQ(cancelled->state(), v1::JOB_STATE_QUEUED);  // under way, not refused
+    EXPECT_THAT(said, ::testing::HasSubstr("stays queued until the actor cancels it"));
     ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
     (*registry)->StartTraining();
-    const v1::JobStatus st = wait_end(**job);
+    const v1::JobStatus st = WaitForTheEnd(**second);
     EXPECT_EQ(st.state(), v1::JOB_STATE_CANCELLED);
     EXPECT_EQ(st.message(), "cancelled while queued");
   }
@@ -690,12 +725,13 @@ TEST(LifecycleTest, AJobStartOrCancelTheCatalogCannotRecord) {
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
-  auto last = client->WatchJob(job_id);
+  auto first = client->WatchJob(ids[0]);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->state(), v1::JOB_STATE_SUCCEEDED) << first->message();
+  auto last = client->WatchJob(ids[1]);
   ASSERT_TRUE(last.ok()) << last.status();
   EXPECT_EQ(last->state(), v1::JOB_STATE_CANCELLED) << last->message();
-  auto model = client->GetModel("m");
-  ASSERT_TRUE(model.ok()) << model.status();
-  EXPECT_EQ(model->current().version(), 0);
+  EXPECT_EQ(client->GetModel("m")->current().version(), 1);
 }
 
 // A finished job's step counts, last loss and time are kept in the catalog: ListJobs after a

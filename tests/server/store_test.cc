@@ -203,7 +203,7 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   ASSERT_TRUE(c.InsertJob({"j1", "m", 0, 0, 10, 1, "queued", -1, 5, ""}).ok());
   ASSERT_TRUE(c.Publish("m", {1, "info", 77}, "j1", 3, "published version 1", "progress").ok());
   // A second row for the same version fails, and the job's update in it is rolled back.
-  EXPECT_FALSE(c.Publish("m", {1, "other", 78}, "j1", 4, "should not stick").ok());
+  EXPECT_FALSE(c.Publish("m", {1, "other", 78}, "j1", 4, "should not stick", "").ok());
   auto jobs = c.ListJobs("m");
   ASSERT_TRUE(jobs.ok());
   ASSERT_EQ(jobs->size(), 1u);
@@ -229,22 +229,28 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   EXPECT_EQ(*(*reopened)->Dump(), "");
 }
 
+// A jobs table as an older release wrote it: the first release's columns plus `more`, with
+// the rows `insert` adds.
+void WriteOldJobsTable(const std::string& path, const std::string& more, const std::string& insert) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const std::string sql =
+      "CREATE TABLE jobs(id TEXT PRIMARY KEY, model TEXT NOT NULL, task_id INTEGER NOT NULL, "
+      "begin_pos INTEGER NOT NULL, end_pos INTEGER NOT NULL, state INTEGER NOT NULL, "
+      "message TEXT NOT NULL, version INTEGER NOT NULL, created_ms INTEGER NOT NULL" + more +
+      ");" + insert;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  ASSERT_EQ(rc, SQLITE_OK) << sql;
+}
+
 // A catalog written before jobs recorded their settings opens, keeps its jobs, and records the
 // settings of the jobs that start from then on.
 TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
   TempDir tmp;
   const std::string path = tmp.path() + "/catalog.sqlite";
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db,
-                         "CREATE TABLE jobs(id TEXT PRIMARY KEY, model TEXT NOT NULL, task_id "
-                         "INTEGER NOT NULL, begin_pos INTEGER NOT NULL, end_pos INTEGER NOT NULL, "
-                         "state INTEGER NOT NULL, message TEXT NOT NULL, version INTEGER NOT NULL, "
-                         "created_ms INTEGER NOT NULL);"
-                         "INSERT INTO jobs VALUES('j1', 'm', 0, 0, 10, 2, 'running', -1, 5);",
-                         nullptr, nullptr, nullptr),
-            SQLITE_OK);
-  sqlite3_close(db);
+  ASSERT_NO_FATAL_FAILURE(WriteOldJobsTable(
+      path, "", "INSERT INTO jobs VALUES('j1', 'm', 0, 0, 10, 2, 'running', -1, 5);"));
   for (int open = 0; open < 2; ++open) {  // the second open finds the column there
     auto catalog = Catalog::Open(path);
     ASSERT_TRUE(catalog.ok()) << catalog.status();
@@ -276,6 +282,28 @@ TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
   ASSERT_TRUE(jobs.ok()) << jobs.status();
   EXPECT_EQ((*jobs)[0].state, 4);
   EXPECT_EQ((*jobs)[0].progress, std::string("\0steps", 6));
+}
+
+// A catalog of the release before job progress (jobs.config there, jobs.progress not) gains the
+// column, keeps its rows, and opens again with it.
+TEST(CatalogTest, ACatalogWithJobSettingsGainsJobProgress) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/catalog.sqlite";
+  ASSERT_NO_FATAL_FAILURE(WriteOldJobsTable(
+      path, ", config BLOB NOT NULL DEFAULT x''",
+      "INSERT INTO jobs VALUES('j1', 'm', 0, 0, 10, 3, 'published version 1', 1, 5, x'0102');"));
+  for (int open = 0; open < 2; ++open) {
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    auto jobs = (*catalog)->ListJobs("m");
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    ASSERT_EQ(jobs->size(), 1u);
+    EXPECT_EQ((*jobs)[0].message, "published version 1");
+    EXPECT_EQ((*jobs)[0].config, "\x01\x02");
+    EXPECT_EQ((*jobs)[0].progress, open == 0 ? "" : "p");
+    EXPECT_TRUE((*catalog)->Dump().ok());
+    ASSERT_TRUE((*catalog)->UpdateJob("j1", 3, "published version 1", 1, "p").ok());
+  }
 }
 
 }  // namespace
