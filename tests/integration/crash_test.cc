@@ -228,6 +228,34 @@ absl::StatusOr<v1::StreamExamplesResponse> StartALongJob(const AdaptdClient& cli
   return StreamData(client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(300, {0, 1}, 1));
 }
 
+// A second connection to a data directory's catalog that can hold its write lock. While it is
+// held, the server's catalog writes wait out SQLite's busy timeout (5 s) and fail.
+class CatalogWriteLock {
+ public:
+  explicit CatalogWriteLock(const std::string& data_dir) {
+    if (sqlite3_open((data_dir + "/catalog.sqlite").c_str(), &db_) != SQLITE_OK) {
+      ADD_FAILURE() << "cannot open the catalog: " << sqlite3_errmsg(db_);
+    }
+  }
+  ~CatalogWriteLock() { sqlite3_close(db_); }
+  CatalogWriteLock(const CatalogWriteLock&) = delete;
+  CatalogWriteLock& operator=(const CatalogWriteLock&) = delete;
+
+  bool Take() { return sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK; }
+  bool Release() { return sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr) == SQLITE_OK; }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+// The data directory's registry in this process, its jobs queued until StartTraining.
+absl::StatusOr<std::unique_ptr<Registry>> OpenHeld(const std::string& data_dir) {
+  RegistryOptions ro;
+  ro.data_dir = data_dir;
+  ro.hold_training = true;
+  return Registry::Open(ro);
+}
+
 // SIGTERM: the server exits cleanly (status 0); the job it interrupted stays queued and
 // completes after the restart.
 TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
@@ -256,10 +284,7 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
   // A server opens its registry before it binds its port: until it holds the port, the
   // recovered job stays queued (a start that fails to bind trains nothing), then it trains.
   {
-    RegistryOptions ro;
-    ro.data_dir = dir.path();
-    ro.hold_training = true;
-    auto registry = Registry::Open(ro);
+    auto registry = OpenHeld(dir.path());
     ASSERT_TRUE(registry.ok()) << registry.status();
     auto job = (*registry)->FindJob(s->job_ids(0));
     ASSERT_TRUE(job.ok()) << job.status();
@@ -591,13 +616,12 @@ TEST(LifecycleTest, AJobEndTheCatalogCannotRecordIsSaidAndRunsAgain) {
   auto client = (*server)->Client();
   auto s = StartALongJob(*client);
   ASSERT_TRUE(s.ok()) << s.status();
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir.path() + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
+  CatalogWriteLock lock(dir.path());
   bool locked = false;
   absl::Status cancelled;
   auto last = client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
     if (!locked && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
-      locked = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
+      locked = lock.Take();
       cancelled = client->CancelJob(s->job_ids(0)).status();
     }
   });
@@ -609,8 +633,7 @@ TEST(LifecycleTest, AJobEndTheCatalogCannotRecordIsSaidAndRunsAgain) {
               ::testing::AllOf(::testing::HasSubstr("cancelled while running"),
                                ::testing::HasSubstr("not recorded in the catalog"),
                                ::testing::HasSubstr("a restart runs the job again")));
-  ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
+  ASSERT_TRUE(lock.Release());
   server->reset();
 
   auto restarted = ServerProcess::Start(dir.path());
@@ -662,17 +685,13 @@ TEST(LifecycleTest, AJobStartTheCatalogCannotRecordDoesNotTrain) {
   TempDir dir;
   const std::vector<std::string> ids = QueuedByAShutdown(dir.path(), false);
   ASSERT_EQ(ids.size(), 1u);
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir.path() + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
   {
-    RegistryOptions ro;
-    ro.data_dir = dir.path();
-    ro.hold_training = true;
-    auto registry = Registry::Open(ro);
+    CatalogWriteLock lock(dir.path());
+    auto registry = OpenHeld(dir.path());
     ASSERT_TRUE(registry.ok()) << registry.status();
     auto job = (*registry)->FindJob(ids[0]);
     ASSERT_TRUE(job.ok()) << job.status();
-    ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_TRUE(lock.Take());
     (*registry)->StartTraining();
     const v1::JobStatus st = WaitForTheEnd(**job);
     EXPECT_EQ(st.state(), v1::JOB_STATE_FAILED);
@@ -680,9 +699,8 @@ TEST(LifecycleTest, AJobStartTheCatalogCannotRecordDoesNotTrain) {
     EXPECT_THAT(st.message(),
                 ::testing::AllOf(::testing::HasSubstr("cannot record the job's start"),
                                  ::testing::HasSubstr("a restart runs the job again")));
-    ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_TRUE(lock.Release());
   }
-  sqlite3_close(db);
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto last = (*server)->Client()->WatchJob(ids[0]);
@@ -697,31 +715,26 @@ TEST(LifecycleTest, AQueuedCancelTheCatalogCannotRecordStands) {
   TempDir dir;
   const std::vector<std::string> ids = QueuedByAShutdown(dir.path(), true);
   ASSERT_EQ(ids.size(), 2u);
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir.path() + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
   {
-    RegistryOptions ro;
-    ro.data_dir = dir.path();
-    ro.hold_training = true;
-    auto registry = Registry::Open(ro);
+    CatalogWriteLock lock(dir.path());
+    auto registry = OpenHeld(dir.path());
     ASSERT_TRUE(registry.ok()) << registry.status();
     // The first job holds the actor (waiting for a training slot); the second is in the queue.
     auto second = (*registry)->FindJob(ids[1]);
     ASSERT_TRUE(second.ok()) << second.status();
-    ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_TRUE(lock.Take());
     ::testing::internal::CaptureStderr();
     auto cancelled = (*registry)->CancelJob(ids[1]);
     const std::string said = ::testing::internal::GetCapturedStderr();
     ASSERT_TRUE(cancelled.ok()) << cancelled.status();
     EXPECT_EQ(cancelled->state(), v1::JOB_STATE_QUEUED);  // under way, not refused
     EXPECT_THAT(said, ::testing::HasSubstr("stays queued until the actor cancels it"));
-    ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_TRUE(lock.Release());
     (*registry)->StartTraining();
     const v1::JobStatus st = WaitForTheEnd(**second);
     EXPECT_EQ(st.state(), v1::JOB_STATE_CANCELLED);
     EXPECT_EQ(st.message(), "cancelled while queued");
   }
-  sqlite3_close(db);
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
