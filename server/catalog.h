@@ -48,7 +48,7 @@ struct JobRow {
   // The v1::LearningConfig the job trains with, fixed with its range when it starts; empty
   // before then.
   std::string config;
-  // How far it got, as a serialized v1::JobStatus with step, total_steps, loss and
+  // How far it got, as a serialized v1::JobStatus with examples, step, total_steps, loss and
   // elapsed_seconds; written when it ends, empty before.
   std::string progress;
 };
