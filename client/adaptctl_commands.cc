@@ -236,10 +236,7 @@ absl::Status Watch(const AdaptdClient& client, const CtlOptions&,
 absl::Status Jobs(const AdaptdClient& client, const CtlOptions&,
                   const std::vector<std::string>& args) {
   ADAPTD_ASSIGN_OR_RETURN(v1::ListJobsResponse jobs, client.ListJobs(args[0]));
-  for (const v1::JobStatus& j : jobs.jobs()) {
-    absl::PrintF("%s  task %d  %-9s  %d examples  %s\n", j.job_id(), j.task_id(),
-                 JobStateName(j.state()), j.examples(), j.message());
-  }
+  for (const v1::JobStatus& j : jobs.jobs()) absl::PrintF("%s\n", JobListLine(j));
   return absl::OkStatus();
 }
 
@@ -378,7 +375,7 @@ const std::vector<CtlCommand>& CtlCommands() {
        "set-config (--task --watch)",
        AdaptPending},
       {"watch", "JOB_ID", 1, 1, "follow an adaptation job", Watch},
-      {"jobs", "NAME", 1, 1, "a model's adaptation jobs, oldest first", Jobs},
+      {"jobs", "NAME", 1, 1, "a model's adaptation jobs, oldest first, with their steps, loss and time", Jobs},
       {"cancel", "JOB_ID", 1, 1, "cancel an adaptation job", Cancel},
       {"predict", "NAME FILE", 2, 2,
        "predictions with uncertainty (--index --count --mode --samples --seed --task --version; "

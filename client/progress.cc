@@ -68,6 +68,22 @@ std::string JobProgressText(const v1::JobStatus& status) {
   return text;
 }
 
+std::string JobListLine(const v1::JobStatus& status) {
+  std::string line = absl::StrFormat("%s  task %d  %-9s  %d examples", status.job_id(),
+                                     status.task_id(), JobStateName(status.state()),
+                                     status.examples());
+  if (status.total_steps() > 0) {
+    absl::StrAppend(&line, "  ",
+                    status.step() == status.total_steps()
+                        ? absl::StrCat(status.step(), " steps")
+                        : absl::StrCat(status.step(), "/", status.total_steps(), " steps"),
+                    absl::StrFormat("  loss %.4f  in %s", status.loss(),
+                                    FormatDuration(status.elapsed_seconds())));
+  }
+  absl::StrAppend(&line, "  ", status.message());
+  return line;
+}
+
 ProgressLine::ProgressLine(std::FILE* out, bool interactive, absl::Duration log_every)
     : out_(out), interactive_(interactive), log_every_(log_every) {}
 

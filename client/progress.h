@@ -24,6 +24,9 @@ std::string UploadProgressText(int64_t sent, int64_t total, double seconds);
 // "[#####-----] step 120/600  loss 0.4312  ETA 12s  running"; before the first step only the
 // state.
 std::string JobProgressText(const v1::JobStatus& status);
+// One job of `adaptctl jobs`: "ID  task 1  succeeded  2000 examples  160 steps  loss 0.3120
+// in 4s  published version 2"; the steps, loss and time once the job has taken a step.
+std::string JobListLine(const v1::JobStatus& status);
 
 // One status line, redrawn in place on a terminal. On anything else (a log file, a pipe) whole
 // lines, the first update at once and then at most one every `log_every`, so that a log shows

@@ -45,6 +45,31 @@ TEST(ProgressTest, UploadAndJobTexts) {
   EXPECT_NE(JobProgressText(status).find("in 12s  succeeded"), std::string::npos);
 }
 
+TEST(ProgressTest, JobListLines) {
+  v1::JobStatus status;
+  status.set_job_id("j1");
+  status.set_task_id(2);
+  status.set_state(v1::JOB_STATE_QUEUED);
+  status.set_examples(2000);
+  status.set_message("queued");
+  EXPECT_EQ(JobListLine(status), "j1  task 2  queued     2000 examples  queued");
+  status.set_state(v1::JOB_STATE_CANCELLED);
+  status.set_step(57);
+  status.set_total_steps(160);
+  status.set_loss(0.31204);
+  status.set_elapsed_seconds(75);
+  status.set_message("cancelled while running");
+  EXPECT_EQ(JobListLine(status),
+            "j1  task 2  cancelled  2000 examples  57/160 steps  loss 0.3120  in 1m15s  "
+            "cancelled while running");
+  status.set_state(v1::JOB_STATE_SUCCEEDED);
+  status.set_step(160);
+  status.set_message("published version 3");
+  EXPECT_EQ(JobListLine(status),
+            "j1  task 2  succeeded  2000 examples  160 steps  loss 0.3120  in 1m15s  "
+            "published version 3");
+}
+
 std::string Contents(std::FILE* f) {
   std::rewind(f);
   std::string text;
