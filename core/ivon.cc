@@ -273,8 +273,11 @@ void Ivon::DiscardStep() {
 }
 
 int64_t Ivon::StateBytes() const {
-  return (posterior_.mean().numel() + posterior_.hess().numel() + momentum_.numel()) *
-         static_cast<int64_t>(momentum_.element_size());
+  int64_t n = posterior_.mean().numel() + posterior_.hess().numel() + momentum_.numel();
+  for (const at::Tensor* t : {&avg_grad_, &avg_hess_}) {
+    if (t->defined()) n += t->numel();
+  }
+  return n * static_cast<int64_t>(momentum_.element_size());
 }
 
 void Ivon::AppendTo(TensorMap& out) const {

@@ -87,7 +87,8 @@ class Ivon {
   const at::Tensor& momentum() const { return momentum_; }
   const IvonOptions& options() const { return options_; }
   int64_t step_count() const { return step_; }
-  // Bytes of persistent optimizer state (m, g, h).
+  // Bytes of optimizer state held now: m, g and h, plus the means of a multi-sample step while
+  // it is under way (released by Step).
   int64_t StateBytes() const;
 
   // Serialization of everything needed to continue bit-identically (with the generator state,

@@ -306,12 +306,23 @@ TEST(IvonTest, RejectsBadOptionsAndBuffers) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Between steps IVON holds three vectors (m, g, h), as Adam holds two and its step count. A step
+// of two samples holds the two means of its samples while it runs, and Step releases them.
 TEST(IvonTest, PersistentStateIsThreeVectors) {
   Buffers b = MakeBuffers(at::zeros({1000}));
   IvonOptions o;
   o.ess = 10;
   auto ivon = Ivon::Create(b.params, b.grads, o);
   ASSERT_TRUE(ivon.ok());
+  EXPECT_EQ((*ivon)->StateBytes(), 3 * 1000 * 4);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (int s = 0; s < 2; ++s) {
+    ASSERT_TRUE((*ivon)->BeginSample(gen).ok());
+    b.grads.copy_(b.params);
+    ASSERT_TRUE((*ivon)->EndSample().ok());
+  }
+  EXPECT_EQ((*ivon)->StateBytes(), 5 * 1000 * 4);
+  ASSERT_TRUE((*ivon)->Step(0.1).ok());
   EXPECT_EQ((*ivon)->StateBytes(), 3 * 1000 * 4);
 }
 
