@@ -256,6 +256,16 @@ absl::StatusOr<std::unique_ptr<Registry>> OpenHeld(const std::string& data_dir) 
   return Registry::Open(ro);
 }
 
+// A server started again on `data_dir` runs job `id` to the end and publishes version 1.
+void ExpectItRunsAfterARestart(const std::string& data_dir, const std::string& id) {
+  auto server = ServerProcess::Start(data_dir);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto last = (*server)->Client()->WatchJob(id);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->state(), v1::JOB_STATE_SUCCEEDED) << last->message();
+  EXPECT_EQ(last->version(), 1);
+}
+
 // SIGTERM: the server exits cleanly (status 0); the job it interrupted stays queued and
 // completes after the restart.
 TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
@@ -299,13 +309,7 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
     EXPECT_NE(st.state(), v1::JOB_STATE_QUEUED) << st.message();
   }  // closing the registry interrupts the job again; it stays queued
 
-  auto restarted = ServerProcess::Start(dir.path());
-  ASSERT_TRUE(restarted.ok()) << restarted.status();
-  auto client2 = (*restarted)->Client();
-  auto last = client2->WatchJob(s->job_ids(0));
-  ASSERT_TRUE(last.ok()) << last.status();
-  EXPECT_EQ(last->state(), v1::JOB_STATE_SUCCEEDED) << last->message();
-  EXPECT_EQ(last->version(), 1);
+  ExpectItRunsAfterARestart(dir.path(), s->job_ids(0));
 }
 
 }  // namespace
@@ -636,12 +640,7 @@ TEST(LifecycleTest, AJobEndTheCatalogCannotRecordIsSaidAndRunsAgain) {
   ASSERT_TRUE(lock.Release());
   server->reset();
 
-  auto restarted = ServerProcess::Start(dir.path());
-  ASSERT_TRUE(restarted.ok()) << restarted.status();
-  auto again = (*restarted)->Client()->WatchJob(s->job_ids(0));
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->state(), v1::JOB_STATE_SUCCEEDED) << again->message();
-  EXPECT_EQ(again->version(), 1);
+  ExpectItRunsAfterARestart(dir.path(), s->job_ids(0));
 }
 
 // Stops a server with SIGTERM while it trains StartALongJob's job, with (if `second_task`) a
@@ -701,12 +700,7 @@ TEST(LifecycleTest, AJobStartTheCatalogCannotRecordDoesNotTrain) {
                                  ::testing::HasSubstr("a restart runs the job again")));
     ASSERT_TRUE(lock.Release());
   }
-  auto server = ServerProcess::Start(dir.path());
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto last = (*server)->Client()->WatchJob(ids[0]);
-  ASSERT_TRUE(last.ok()) << last.status();
-  EXPECT_EQ(last->state(), v1::JOB_STATE_SUCCEEDED) << last->message();
-  EXPECT_EQ(last->version(), 1);
+  ExpectItRunsAfterARestart(dir.path(), ids[0]);
 }
 
 // A cancel of a queued job that the catalog cannot record answers the job still queued, with
