@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/flat_params.h"
+#include "core/fromp.h"
 #include "core/jacobian.h"
 #include "core/kprior.h"
 #include "core/status_macros.h"
@@ -42,16 +43,6 @@ at::Tensor Logits(Model& model, const at::Tensor& x, const at::Tensor& masks) {
   at::Tensor logits = model.Forward(x.to(device));
   return masks.defined() ? MaskLogits(logits, masks.to(device)) : logits;
 }
-
-// FROMP's per-task, per-class kernel blocks (Pan et al. 2020, Eq. 7 and opt_fromp.py):
-// K_{s,k} = J_{s,k} Sigma J_{s,k}^T + jitter I with J the Jacobian of the class-k probability
-// at task s's memorable points, fixed for the task; the step adds J(w)^T K^-1 (m(w) - m_old).
-struct FrompBlock {
-  at::Tensor rows;   // memory rows of task s, on the parameters' device
-  int64_t klass;     // class k
-  at::Tensor kinv;   // [M_s, M_s]
-  at::Tensor m_old;  // [M_s] old probabilities of class k
-};
 
 // Bool [k]: the classes that occur in `labels`.
 at::Tensor ClassesIn(const at::Tensor& labels, int64_t k) {
@@ -107,75 +98,6 @@ absl::StatusOr<at::Tensor> LogitCurvature(Model& model, const Dataset& data,
     sum = sum.defined() ? sum + out.value : out.value;
   }
   return (sum * (static_cast<double>(n) / static_cast<double>(x.size(0)))).cpu();
-}
-
-absl::StatusOr<std::vector<FrompBlock>> BuildFrompBlocks(Model& model, FlatParameters& flat,
-                                                         const Memory& memory,
-                                                         const at::Tensor& task_masks,
-                                                         const at::Tensor& sigma2, double jitter) {
-  std::vector<FrompBlock> blocks;
-  if (memory.size() == 0) return blocks;
-  model.SetTraining(false);
-  const int64_t num_classes = model.spec().num_classes;
-  const at::Tensor tasks = std::get<0>(at::_unique(memory.task));
-  const at::Device device = flat.params().device();
-  for (int64_t t = 0; t < tasks.numel(); ++t) {
-    const int64_t task = tasks[t].item<int64_t>();
-    const at::Tensor rows = memory.task.eq(task).nonzero().squeeze(1);
-    const int64_t m = rows.numel();
-    const at::Tensor x = memory.x.index_select(0, rows).to(device);
-    const at::Tensor masks = MasksFor(task_masks, memory.task.index_select(0, rows));
-    std::vector<int64_t> head;
-    for (int64_t k = 0; k < num_classes; ++k) {
-      if (!masks.defined() || masks[0][k].item<bool>()) head.push_back(k);
-    }
-    for (int64_t k : head) {
-      at::Tensor jac = at::empty({m, flat.numel()}, flat.params().options());
-      for (int64_t i = 0; i < m; ++i) {
-        flat.ZeroGrad();
-        const at::Tensor logits = Logits(model, x.narrow(0, i, 1), masks.defined() ? masks.narrow(0, i, 1) : masks);
-        at::softmax(logits, 1)[0][k].backward();
-        jac[i].copy_(flat.grads());
-      }
-      const at::Tensor gram = (jac * sigma2).matmul(jac.t());
-      at::Tensor kernel = gram.clone();
-      kernel.diagonal().add_(jitter);
-      auto [chol, info] = at::linalg_cholesky_ex(kernel);
-      at::Tensor kinv;
-      if (info.item<int64_t>() == 0) {
-        kinv = at::cholesky_inverse(chol);
-      } else {
-        // Nearly collinear memorable points: in float64, with the jitter raised until it factors.
-        const at::Tensor gram64 = gram.to(at::kDouble);
-        const double base = std::max(jitter, 1e-12);
-        std::vector<double> tries = {jitter};
-        for (double j = 10 * base; j <= 1e6 * base; j *= 10) tries.push_back(j);
-        for (const double j : tries) {
-          at::Tensor k64 = gram64.clone();
-          k64.diagonal().add_(j);
-          std::tie(chol, info) = at::linalg_cholesky_ex(k64);
-          if (info.item<int64_t>() == 0) {
-            kinv = at::cholesky_inverse(chol).to(gram.scalar_type());
-            break;
-          }
-        }
-        if (!kinv.defined()) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "FROMP's kernel on task ", task, "'s memorable points, class ", k,
-              ", is not positive definite even with jitter ", tries.back(),
-              " (non-finite Jacobians?)"));
-        }
-      }
-      FrompBlock b;
-      b.rows = rows.to(device);
-      b.klass = k;
-      b.kinv = kinv;
-      b.m_old = memory.soft.index_select(0, rows).select(1, k).to(device);
-      blocks.push_back(std::move(b));
-    }
-  }
-  flat.ZeroGrad();
-  return blocks;
 }
 
 // Reservoir sampling (Vitter's algorithm R) of the task's examples into `buffer`.
@@ -728,16 +650,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         if (fromp_blocks.empty()) break;
         extra = [&]() {
           const at::Tensor probs = at::softmax(Logits(*model, mem_x, mem_masks), 1);
-          at::Tensor term = at::zeros({}, probs.options());
-          for (const FrompBlock& b : fromp_blocks) {
-            const at::Tensor m = probs.index_select(0, b.rows).select(1, b.klass);
-            const at::Tensor delta = (m - b.m_old).detach();
-            const at::Tensor v = b.kinv.matmul(delta.unsqueeze(1)).squeeze(1);
-            // Value 1/2 delta^T K^-1 delta; gradient J^T K^-1 delta (K fixed within the task).
-            const at::Tensor surrogate = (v * m).sum();
-            term = term + surrogate - surrogate.detach() + 0.5 * (delta * v).sum();
-          }
-          return term * config.fromp_tau;
+          return FrompTerm(probs, fromp_blocks) * config.fromp_tau;
         };
         break;
       case Method::kEwc:
