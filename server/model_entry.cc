@@ -1604,7 +1604,7 @@ absl::Status ModelEntry::WriteImported(std::map<int64_t, TaskExamples>& tasks,
     // Learnt examples stay learnt: a job marks them so that recovery agrees.
     if (t.learned > 0) {
       JobRow row{NewJobId(), name, tid, 0, t.learned, v1::JOB_STATE_SUCCEEDED,
-                 "learnt before the export", 0, NowMs(), ""};
+                 "learnt before the export", 0, NowMs(), /*config=*/"", /*progress=*/""};
       s = options.catalog->InsertJob(row);
       if (!s.ok()) return s;
     }
@@ -1614,7 +1614,7 @@ absl::Status ModelEntry::WriteImported(std::map<int64_t, TaskExamples>& tasks,
       JobRow row{NewJobId(), name, tid, t.learned, t.taken, v1::JOB_STATE_FAILED,
                  "held back before the export (a failed or cancelled job, or a rollback); the "
                  "task's next job learns them",
-                 -1, NowMs(), ""};
+                 -1, NowMs(), /*config=*/"", /*progress=*/""};
       s = options.catalog->InsertJob(row);
       if (!s.ok()) return s;
     }
