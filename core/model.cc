@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 
@@ -113,17 +114,39 @@ std::vector<Layer> SequentialModel::Layers() {
   return layers;
 }
 
+// The interpreter's error text with its last line, the error itself, first: it reads "The
+// following operation failed in the TorchScript interpreter", then two tracebacks, and only then
+// what went wrong. The tracebacks follow, cut at 1,500 characters.
+std::string InterpreterErrorText(const std::string& text) {
+  const std::string trimmed(absl::StripTrailingAsciiWhitespace(text));
+  const size_t last = trimmed.rfind('\n');
+  if (last == std::string::npos) return trimmed;
+  return absl::StrCat(trimmed.substr(last + 1), "\n", trimmed.substr(0, std::min<size_t>(last, 1500)));
+}
+
 class ScriptModel : public Model {
  public:
   ScriptModel(ModelSpec spec, torch::jit::Module module)
       : Model(std::move(spec)), module_(std::move(module)) {}
   // Logits [B, K]; the module is checked on every call, not only at load (a module that
-  // ignores the batch, returning [1, K], would otherwise be broadcast silently).
+  // ignores the batch, returning [1, K], would otherwise be broadcast silently). Throws
+  // ModuleError for what the module does wrong; out-of-memory passes through as itself.
   at::Tensor Forward(const at::Tensor& x) override {
-    at::Tensor out = module_.forward({x}).toTensor();
-    TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.size(1) == spec().num_classes,
-                "the TorchScript module maps ", x.sizes(), " to ", out.sizes(), "; expected [",
-                x.size(0), ", ", spec().num_classes, "]");
+    at::Tensor out;
+    try {
+      out = module_.forward({x}).toTensor();
+    } catch (const c10::OutOfMemoryError&) {
+      throw;
+    } catch (const std::exception& e) {  // the interpreter rethrows as std::runtime_error
+      throw ModuleError(absl::StrCat("TorchScript module failed on an input of shape ",
+                                     ShapeString(x.sizes()), ": ",
+                                     InterpreterErrorText(ExceptionText(e))));
+    }
+    if (out.dim() != 2 || out.size(0) != x.size(0) || out.size(1) != spec().num_classes) {
+      throw ModuleError(absl::StrCat("the TorchScript module maps ", ShapeString(x.sizes()), " to ",
+                                     ShapeString(out.sizes()), "; expected [", x.size(0), ", ",
+                                     spec().num_classes, "]"));
+    }
     return out;
   }
   std::vector<at::Tensor> Parameters() override {
@@ -318,15 +341,17 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(const ModelSpec& spec, uint64_
   // A dry run on one zero example checks the declared shapes against the module.
   std::vector<int64_t> shape = {1};
   shape.insert(shape.end(), spec.input_shape.begin(), spec.input_shape.end());
-  try {
+  const absl::Status dry = CallTorch([&]() -> absl::Status {
     at::NoGradGuard no_grad;
     model->SetTraining(false);  // as queries run it (dropout off)
     (void)model->Forward(at::zeros(shape));  // Forward checks the logits' shape
-  } catch (const std::exception& e) {  // the interpreter rethrows as std::runtime_error
-    return absl::InvalidArgumentError(absl::StrCat(
-        "TorchScript module failed on an input of shape ", ShapeString(shape), ": ",
-        ExceptionText(e).substr(0, 300)));
+    return absl::OkStatus();
+  });
+  // At creation the module is the request's: what it does wrong is an invalid argument.
+  if (dry.code() == absl::StatusCode::kFailedPrecondition) {
+    return absl::InvalidArgumentError(dry.message());
   }
+  ADAPTD_RETURN_IF_ERROR(dry);
   return std::unique_ptr<Model>(std::move(model));
 }
 

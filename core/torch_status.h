@@ -3,6 +3,7 @@
 #ifndef ADAPTD_CORE_TORCH_STATUS_H_
 #define ADAPTD_CORE_TORCH_STATUS_H_
 
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -18,15 +19,25 @@ namespace adaptd {
 // An exception's message; a c10::Error's without its C++ backtrace.
 std::string ExceptionText(const std::exception& e);
 
-// Runs `fn` (returning absl::Status or absl::StatusOr<T>) and converts LibTorch exceptions:
-// out-of-memory becomes RESOURCE_EXHAUSTED; any other c10::Error INTERNAL (inputs are validated
-// before LibTorch sees them, so a throw after validation is our bug).
+// What a model's user-supplied TorchScript module throws from its forward pass: its own error,
+// or logits of the wrong shape for the batch.
+class ModuleError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Runs `fn` (returning absl::Status or absl::StatusOr<T>) and converts exceptions:
+// out-of-memory becomes RESOURCE_EXHAUSTED; a ModuleError FAILED_PRECONDITION (the model's
+// module is at fault, not the request or the server); anything else INTERNAL (inputs are
+// validated before LibTorch sees them, so a throw after validation is our bug).
 template <typename Fn>
 auto CallTorch(Fn&& fn) -> decltype(fn()) {
   try {
     return std::forward<Fn>(fn)();
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(std::string(e.what_without_backtrace()));
+  } catch (const ModuleError& e) {
+    return absl::FailedPreconditionError(e.what());
   } catch (const std::exception& e) {
     return absl::InternalError(ExceptionText(e));
   }

@@ -449,6 +449,37 @@ TEST(AdaptTest, EveryMethodRunsTwoTasksAndKeepsItsState) {
   }
 }
 
+// A user's TorchScript module that passes the one-example check at creation but fails on a
+// batch: the run ends FAILED_PRECONDITION, naming what the module did, rather than as an internal
+// error of the service.
+TEST(AdaptTest, AModuleThatFailsOnABatchIsTheModelsFault) {
+  torch::jit::Module single("OneAtATime");
+  single.register_parameter("w", at::full({4, 6}, 0.1f), false);
+  single.define(R"(
+    def forward(self, x):
+        assert x.size(0) == 1, "this module takes one example at a time"
+        return x.matmul(self.w.t())
+  )");
+  torch::jit::Module blind("BatchBlind");
+  blind.register_parameter("b", at::zeros({4}), false);
+  blind.define(R"(
+    def forward(self, x):
+        return self.b.unsqueeze(0) + x.sum() * 0.0
+  )");
+  const TaskData task{0, Blobs(64, 4, 1), at::Tensor(), at::Tensor()};
+  for (const auto& [module, says] :
+       {std::pair<torch::jit::Module*, std::string>{&single, "one example at a time"},
+        {&blind, "maps [32, 6] to [1, 4]; expected [32, 4]"}}) {
+    auto s0 = InitialState(testing_models::ScriptSpec(*module, 6, 4), 1);
+    ASSERT_TRUE(s0.ok()) << s0.status();
+    auto r = Adapt(*s0, task, SmallConfig(Method::kFinetune));
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+    // What went wrong comes first, before the interpreter's tracebacks.
+    const std::string message(r.status().message());
+    EXPECT_THAT(message.substr(0, message.find('\n')), testing::HasSubstr(says)) << message;
+  }
+}
+
 TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   auto s0 = InitialState(SmallMlp(), 1);
   ASSERT_TRUE(s0.ok());

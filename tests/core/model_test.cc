@@ -8,9 +8,13 @@
 #include <torch/torch.h>
 
 #include "core/flat_params.h"
+#include "core/torch_status.h"
+#include "tests/testing/models.h"
 
 namespace adaptd {
 namespace {
+
+using testing_models::ScriptSpec;
 
 ModelSpec Spec(Architecture a, std::vector<int64_t> input, std::vector<int64_t> hidden = {}) {
   ModelSpec s;
@@ -149,16 +153,6 @@ TEST(ModelTest, MalformedTorchScriptIsInvalidArgument) {
               testing::HasSubstr("TorchScript module failed on an input of shape [1, 5]"));
 }
 
-// A spec carrying module `m`, saved as torch.jit.save would, for inputs [in] and `classes`.
-ModelSpec ScriptSpec(const torch::jit::Module& m, int64_t in, int64_t classes) {
-  std::ostringstream bytes;
-  m.save(bytes);
-  ModelSpec s = Spec(Architecture::kTorchScript, {in});
-  s.num_classes = classes;
-  s.torchscript = bytes.str();
-  return s;
-}
-
 // A module that ignores the batch (logits [1, K] whatever comes in) passes a one-example check;
 // every forward is checked, so training or a query on a batch of 4 is an error, not a broadcast.
 TEST(ModelTest, TorchScriptOutputIsCheckedOnEveryCall) {
@@ -170,7 +164,14 @@ TEST(ModelTest, TorchScriptOutputIsCheckedOnEveryCall) {
   )");
   auto model = BuildModel(ScriptSpec(m, 6, 3));
   ASSERT_TRUE(model.ok()) << model.status();
-  EXPECT_THROW((*model)->Forward(at::zeros({4, 6})), c10::Error);
+  EXPECT_THROW((*model)->Forward(at::zeros({4, 6})), ModuleError);
+  // Through the exception seam: the model is at fault, not the server.
+  const absl::Status s = CallTorch([&]() -> absl::Status {
+    (*model)->Forward(at::zeros({4, 6}));
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("maps [4, 6] to [1, 3]; expected [4, 3]"));
 }
 
 // Buffers (BatchNorm's running statistics) are refused with the reason.

@@ -46,6 +46,15 @@ inline std::unique_ptr<Model> BuildOrDie(const ModelSpec& spec, uint64_t seed = 
   return m.ok() ? std::move(m).value() : nullptr;
 }
 
+// A spec carrying module `m`, saved as torch.jit.save would, for inputs [in] and `classes`.
+inline ModelSpec ScriptSpec(const torch::jit::Module& m, int64_t in, int64_t classes) {
+  std::ostringstream bytes;
+  m.save(bytes);
+  ModelSpec s = Spec(Architecture::kTorchScript, {in}, classes);
+  s.torchscript = bytes.str();
+  return s;
+}
+
 // A TorchScript MLP in -> 8 (tanh) -> classes: no layer list, so it takes the autograd paths.
 inline ModelSpec ScriptedMlpSpec(int64_t in, int64_t classes) {
   torch::jit::Module m("ScriptedMlp");
@@ -59,11 +68,7 @@ inline ModelSpec ScriptedMlpSpec(int64_t in, int64_t classes) {
         h = (x.matmul(self.w1.t()) + self.b1).tanh()
         return h.matmul(self.w2.t()) + self.b2
   )");
-  std::ostringstream bytes;
-  m.save(bytes);
-  ModelSpec s = Spec(Architecture::kTorchScript, {in}, classes);
-  s.torchscript = bytes.str();
-  return s;
+  return ScriptSpec(m, in, classes);
 }
 
 // Switches every parameter to float64 in place (the module keeps its structure), for oracles
