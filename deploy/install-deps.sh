@@ -6,8 +6,8 @@ set -euo pipefail
 PACKAGES=(
   # Toolchain.
   build-essential cmake ninja-build ccache pkg-config git
-  # Core: LibTorch (CPU) and the OpenBLAS it must resolve to, Abseil, c10d's Gloo.
-  libtorch-dev libopenblas0-openmp libgloo-dev libabsl-dev zlib1g-dev
+  # Core: LibTorch (CPU) and the OpenBLAS it must resolve to, Abseil.
+  libtorch-dev libopenblas0-openmp libabsl-dev zlib1g-dev
   # Service: gRPC, Protobuf, SQLite, Prometheus, HTTP.
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libsqlite3-dev prometheus-cpp-dev libcpp-httplib-dev
