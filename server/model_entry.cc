@@ -34,6 +34,13 @@ namespace {
 
 constexpr char kInterruptedByShutdown[] = "interrupted by shutdown; resumes on restart";
 
+// A task's classes are a label set: the order a header names them in does not matter.
+bool SameClasses(std::vector<int64_t> a, std::vector<int64_t> b) {
+  std::sort(a.begin(), a.end());
+  std::sort(b.begin(), b.end());
+  return a == b;
+}
+
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -742,7 +749,7 @@ absl::StatusOr<StreamPlan> ModelEntry::PlanStream(const v1::StreamHeader& h) con
   plan.new_task = it == tasks_.end();
   const bool multi = config_.head_mode() == v1::HEAD_MODE_MULTI;
   if (!plan.new_task && !it->second.classes.empty()) {
-    if (!named.empty() && named != it->second.classes) {
+    if (!named.empty() && !SameClasses(named, it->second.classes)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "header.classes must match task ", h.task_id(), "'s classes [",
           absl::StrJoin(it->second.classes, ", "), "]; got [", absl::StrJoin(named, ", "), "]"));
@@ -841,7 +848,7 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
             "task ", task_id, " is no longer the next task (another stream started task ",
             next_task - 1, ")"));
       }
-    } else if (plan.new_task && it->second.classes != plan.classes) {
+    } else if (plan.new_task && !SameClasses(it->second.classes, plan.classes)) {
       // Two first streams of one task raced; the batches were checked against other classes.
       return absl::AbortedError(absl::StrCat(
           "another stream started task ", task_id, " first, with classes [",

@@ -109,6 +109,32 @@ TEST(ServiceTest, MemoryMapOfAllExamplesSkipsTasksWithoutAHead) {
   EXPECT_GT(map->loo_accuracy(), 0.8);
 }
 
+// A task's classes are a set: a later stream may name them in another order, not other ones.
+TEST(ServiceTest, ALaterStreamNamesItsTasksClassesInAnyOrder) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("h", /*multi=*/true)).ok());
+  ASSERT_TRUE(StreamData(*client, "h", 0, v1::SPLIT_TRAIN, {0, 1}, BlobTask(40, {0, 1}, 3), 64,
+                         /*keep_open=*/true)
+                  .ok());
+  auto reordered = StreamData(*client, "h", 0, v1::SPLIT_TRAIN, {1, 0}, BlobTask(24, {0, 1}, 4),
+                              64, /*keep_open=*/true);
+  ASSERT_TRUE(reordered.ok()) << reordered.status();
+  auto other = StreamData(*client, "h", 0, v1::SPLIT_TRAIN, {0, 2}, BlobTask(8, {0, 2}, 5), 64,
+                          /*keep_open=*/true);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(other.status().message()),
+              ::testing::HasSubstr("header.classes must match task 0's classes [0, 1]; got [0, 2]"));
+  auto info = client->GetModel("h");
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->tasks_size(), 1);
+  EXPECT_EQ(info->tasks(0).train_examples(), 64);
+  EXPECT_THAT(std::vector<int64_t>(info->tasks(0).classes().begin(), info->tasks(0).classes().end()),
+              ::testing::ElementsAre(0, 1));
+}
+
 TEST(ServiceTest, EveryRpcThroughTheClient) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path());
