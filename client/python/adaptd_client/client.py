@@ -254,11 +254,11 @@ class Client:
             client_ids = as_int64(client_ids, "client_ids")
             if client_ids.shape != (n,):
                 raise ValueError(f"client_ids must have shape [{n}], got {list(client_ids.shape)}")
-        if int(batch_size) < 1:
+        if _index(batch_size, "batch_size") < 1:
             raise ValueError("batch_size must be positive")
         per_example = x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64)) + 16
         fits = max(1, (self.max_message_bytes - _MESSAGE_OVERHEAD) // per_example)
-        step = int(min(int(batch_size), fits))
+        step = int(min(_index(batch_size, "batch_size"), fits))
         header = learning_pb2.StreamHeader(
             model=model, task_id=_index(task_id, "task_id"),
             split=enum_value(learning_pb2.Split.DESCRIPTOR, split),
@@ -268,10 +268,26 @@ class Client:
         started = threading.Event()
         calls = []
 
+        def report(sent):
+            # progress(sent, n); False when it raised. The exception is re-raised below, in the
+            # caller, and the stream is cancelled rather than ended: a cancelled stream stores
+            # nothing. (gRPC's request thread would log an exception that escaped the generator
+            # and fail the call with UNKNOWN, losing it.)
+            if progress is None:
+                return True
+            try:
+                progress(sent, n)
+            except BaseException as error:
+                failure.append(error)
+                started.wait()
+                calls[0].cancel()
+                return False
+            return True
+
         def requests():
             yield learning_pb2.StreamExamplesRequest(header=header)
-            if n == 0 and progress is not None:
-                progress(0, 0)  # nothing to send: the upload is complete at once
+            if n == 0 and not report(0):  # nothing to send: the upload is complete at once
+                return
             for start in range(0, n, step):
                 end = min(n, start + step)
                 batch = learning_pb2.ExampleBatch(x=to_tensor(x[start:end]),
@@ -279,15 +295,8 @@ class Client:
                 if client_ids is not None:
                     batch.client_ids.CopyFrom(to_tensor(client_ids[start:end]))
                 yield learning_pb2.StreamExamplesRequest(batch=batch)
-                if progress is not None:
-                    try:
-                        progress(end, n)
-                    except BaseException as error:  # re-raised below, in the caller
-                        # Cancel rather than end the stream: a cancelled stream stores nothing.
-                        failure.append(error)
-                        started.wait()
-                        calls[0].cancel()
-                        return
+                if not report(end):
+                    return
             # The end message tells the server the stream is complete (see learning.proto).
             yield learning_pb2.StreamExamplesRequest(
                 end=learning_pb2.StreamEnd(examples=n))
@@ -383,7 +392,7 @@ class Client:
         x = as_features(x)
         if x.ndim == 0:
             raise ValueError("x must be [B, input_shape...]")
-        if batch_size is not None and batch_size < 1:
+        if batch_size is not None and _index(batch_size, "batch_size") < 1:
             raise ValueError("batch_size must be positive")
         budget = self.max_message_bytes // 2
         features = max(1, int(np.prod(x.shape[1:])))
@@ -425,7 +434,10 @@ class Client:
                 # The question fitted; the answer (K numbers a row, two arrays of them) did not.
                 if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                     raise
-                parts, version = run(self._predict_rows(model, features, timeout))
+                rows = self._predict_rows(model, features, timeout)
+                if rows >= len(x):
+                    raise  # the answer fits: another shortage (the server's memory), not size
+                parts, version = run(rows)
         result = {"version": version}
         for name in names:
             pieces = parts[name]

@@ -38,6 +38,10 @@ class JobError(Exception):
         super().__init__(f"job {status.job_id} on {status.model!r} ended {state}: {status.message}")
         self.status = status
 
+    def __reduce__(self):
+        # Pickled (a worker process's error) and copied from its status, not from its message.
+        return (type(self), (self.status,))
+
 
 def wrap_rpc_errors(method):
     """Re-raises grpc.RpcError from a call as AdaptdError."""

@@ -1,5 +1,6 @@
 """Builds request messages from plain Python values: dicts for messages, short enum names."""
 
+import operator
 import re
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -14,10 +15,6 @@ def enum_value(enum_descriptor, value):
     """An enum number from a number, a full name ("PREDICT_MODE_MEAN") or a short one ("mean")."""
     if isinstance(value, bool):
         raise TypeError(f"{enum_descriptor.name} expects a name or a number, got {value!r}")
-    if isinstance(value, int):
-        if value not in enum_descriptor.values_by_number:
-            raise ValueError(f"{value} is not a {enum_descriptor.name} value")
-        return value
     if isinstance(value, str):
         prefix = _enum_prefix(enum_descriptor)
         for name in (value, value.upper(), prefix + value.upper()):
@@ -26,7 +23,14 @@ def enum_value(enum_descriptor, value):
         choices = [v.name[len(prefix):].lower() for v in enum_descriptor.values
                    if v.name.startswith(prefix) and not v.name.endswith("_UNSPECIFIED")]
         raise ValueError(f"unknown {enum_descriptor.name} {value!r}: expected one of {choices}")
-    raise TypeError(f"{enum_descriptor.name} expects a name or a number, got {type(value).__name__}")
+    try:
+        number = operator.index(value)  # Python and numpy integers
+    except TypeError:
+        raise TypeError(f"{enum_descriptor.name} expects a name or a number, "
+                        f"got {type(value).__name__}") from None
+    if number not in enum_descriptor.values_by_number:
+        raise ValueError(f"{number} is not a {enum_descriptor.name} value")
+    return number
 
 
 def make_message(cls, value=None, **fields):
@@ -52,7 +56,9 @@ def make_message(cls, value=None, **fields):
         try:
             _set_field(message, field, item)
         except (TypeError, ValueError) as error:
-            raise type(error)(f"{descriptor.name}.{key}: {error}") from None
+            # A plain ValueError / TypeError: a subclass may need other constructor arguments.
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"{descriptor.name}.{key}: {error}") from error
     return message
 
 

@@ -69,7 +69,9 @@ def as_int64(values, name):
     """Labels and ids: any integer array -> int64; floats must hold whole numbers."""
     values = np.asarray(values)
     if values.dtype.kind in "iub":
-        if values.dtype == np.uint64 and values.size and values.max() > np.uint64(np.iinfo(np.int64).max):
+        # Any byte order: ">u8" is not equal to np.uint64.
+        if (values.dtype.kind == "u" and values.dtype.itemsize == 8 and values.size
+                and values.max() > np.uint64(np.iinfo(np.int64).max)):
             raise ValueError(f"{name} holds values above the int64 range (largest {values.max()})")
         return values.astype(np.int64, copy=False)
     if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):

@@ -32,6 +32,8 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListModelsResponse()
 
     def GetModel(self, request, context):
+        if request.name == "oom":
+            return model_pb2.ModelInfo(name="oom", spec=model_pb2.ModelSpec(num_classes=3))
         context.abort(grpc.StatusCode.NOT_FOUND, f"model '{request.name}' not found")
 
     def Export(self, request, context):
@@ -76,12 +78,16 @@ class Learning(learning_pb2_grpc.LearningServiceServicer):
 class Query(query_pb2_grpc.QueryServiceServicer):
     def __init__(self):
         self.retiring_calls = 0
+        self.oom_calls = 0
 
     def Predict(self, request, context):
         x = from_tensor(request.x)
         if x.ndim != 2 or x.shape[1] != 2:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"x has shape {list(x.shape)}")
         current = 4
+        if request.model == "oom":  # a server short of memory, whatever the size
+            self.oom_calls += 1
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "CUDA out of memory")
         if request.model == "retiring":  # version 7, deleted after one answer; then 8
             self.retiring_calls += 1
             current = 7 if self.retiring_calls == 1 else 8
@@ -105,7 +111,8 @@ def fake():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     admin_pb2_grpc.add_AdminServiceServicer_to_server(Admin(recorder), server)
     learning_pb2_grpc.add_LearningServiceServicer_to_server(Learning(recorder), server)
-    query_pb2_grpc.add_QueryServiceServicer_to_server(Query(), server)
+    recorder.query = Query()
+    query_pb2_grpc.add_QueryServiceServicer_to_server(recorder.query, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     recorder.target = f"127.0.0.1:{port}"
@@ -201,6 +208,33 @@ def test_an_empty_stream_reports_its_upload_complete(fake):
         client.stream_examples("m", 0, np.zeros((0, 2), np.float32), np.zeros(0, np.int64),
                                progress=lambda sent, total: seen.append((sent, total)))
     assert seen == [(0, 0)]
+
+
+def test_a_progress_error_on_an_empty_stream_reaches_the_caller(fake):
+    # The empty stream's one progress call fails: the caller gets that error (not gRPC's
+    # UNKNOWN "Exception iterating requests!"), and the server stores nothing.
+    fake.cancelled.clear()
+    before = len(fake.streams)
+
+    def progress(sent, total):
+        return sent / total  # 0 / 0
+
+    with Client(fake.target) as client:
+        with pytest.raises(ZeroDivisionError):
+            client.stream_examples("m", 0, np.zeros((0, 2), np.float32), np.zeros(0, np.int64),
+                                   progress=progress)
+    assert fake.cancelled.wait(5), "the server saw the stream cancelled, not closed"
+    assert len(fake.streams) == before
+
+
+def test_a_predict_refused_for_memory_is_not_sent_again(fake):
+    # RESOURCE_EXHAUSTED on a request whose answer fits a message is the server's shortage,
+    # not the message limit: splitting cannot help, so the same request is not repeated.
+    with Client(fake.target) as client:
+        with pytest.raises(AdaptdError) as raised:
+            client.predict("oom", np.zeros((5, 2), np.float32), mode="mean")
+    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert fake.query.oom_calls == 1
 
 
 def test_queries_decode_to_numpy(fake):

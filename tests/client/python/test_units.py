@@ -1,5 +1,8 @@
 """The client's own logic, no server: tensors, request building, errors."""
 
+import copy
+import pickle
+
 import grpc
 import numpy as np
 import pytest
@@ -73,6 +76,9 @@ def test_enum_names():
     assert enum_value(mode, "MEAN") == query_pb2.PREDICT_MODE_MEAN
     assert enum_value(mode, "PREDICT_MODE_LINEARIZED") == query_pb2.PREDICT_MODE_LINEARIZED
     assert enum_value(mode, 2) == query_pb2.PREDICT_MODE_MEAN
+    assert enum_value(mode, np.int64(2)) == query_pb2.PREDICT_MODE_MEAN  # as integer fields take
+    with pytest.raises(TypeError, match="PredictMode expects a name or a number, got float"):
+        enum_value(mode, 2.0)
     assert enum_value(learning_pb2.Split.DESCRIPTOR, "eval") == learning_pb2.SPLIT_EVAL
     assert enum_value(query_pb2.Scope.DESCRIPTOR, "all") == query_pb2.SCOPE_ALL
     with pytest.raises(ValueError, match=r"\['bayes', 'mean', 'linearized'\]"):
@@ -119,6 +125,11 @@ def test_errors_carry_code_and_message():
     status = learning_pb2.JobStatus(job_id="j1", model="m", state=learning_pb2.JOB_STATE_FAILED,
                                     message="diverged")
     assert "j1" in str(JobError(status)) and "JOB_STATE_FAILED: diverged" in str(JobError(status))
+    # Both survive a trip to another process (pickle) and a copy, status and all.
+    for original in (error, JobError(status)):
+        for copied in (pickle.loads(pickle.dumps(original)), copy.copy(original)):
+            assert type(copied) is type(original) and str(copied) == str(original)
+    assert pickle.loads(pickle.dumps(JobError(status))).status == status
 
 
 def test_unreachable_server_raises_unavailable():
@@ -157,6 +168,10 @@ def test_integer_arguments_are_not_truncated():
             client.rollback("m", 2.5)
         with pytest.raises(TypeError, match="top_k must be an integer"):
             client.influence("m", x[:1], top_k=3.2)
+        with pytest.raises(TypeError, match="batch_size must be an integer"):
+            client.stream_examples("m", 0, x, np.zeros(4), batch_size=1.7)
+        with pytest.raises(TypeError, match="batch_size must be an integer"):
+            client.predict("m", x, batch_size=1.5)
 
 
 def test_ids_outside_int64_are_refused():
@@ -165,6 +180,10 @@ def test_ids_outside_int64_are_refused():
         with pytest.raises(ValueError, match="client_ids holds values above the int64 range"):
             client.stream_examples("m", 0, x, np.zeros(2),
                                    client_ids=np.array([1, 2**63], dtype=np.uint64))
+        # In either byte order (">u8" is not np.uint64): refused, not wrapped to a negative id.
+        with pytest.raises(ValueError, match="client_ids holds values above the int64 range"):
+            client.stream_examples("m", 0, x, np.zeros(2),
+                                   client_ids=np.array([1, 2**63 + 5], dtype=">u8"))
         with pytest.raises(ValueError, match="client_ids holds values outside the int64 range"):
             client.stream_examples("m", 0, x, np.zeros(2), client_ids=np.array([1.0, 1e19]))
 
