@@ -1,13 +1,13 @@
 #include "client/client.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
@@ -19,9 +19,9 @@
 namespace adaptd {
 namespace {
 
-// Import chunk size: far below any sensible message limit, large enough that per-message
-// overhead does not matter.
-constexpr int64_t kImportChunkBytes = 1 << 20;
+// Import chunk size: with its framing under 1 MiB, the smallest limit a server accepts
+// (--max_message_mb), and large enough that per-message overhead does not matter.
+constexpr int64_t kImportChunkBytes = (1 << 20) - (64 << 10);
 
 std::chrono::system_clock::time_point DeadlineAfter(double seconds) {
   return std::chrono::system_clock::now() +
@@ -278,17 +278,39 @@ absl::StatusOr<v1::ModelInfo> AdaptdClient::Import(const std::string& name,
 
 absl::StatusOr<v1::ModelInfo> AdaptdClient::ImportFromFile(const std::string& name,
                                                            const std::string& path) const {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
+  // Read in pieces (a snapshot may be larger than the memory should hold twice); failures carry
+  // core/files' codes (FAILED_PRECONDITION, not PERMISSION_DENIED, for a file this process may
+  // not read: the latter would read as the caller's role).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return FileError(errno, "cannot open", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const absl::Status s = FileError(errno, "cannot stat", path);
+    ::close(fd);
+    return s;
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, " is a directory; expected a file"));
+  }
   const int64_t step = std::min<int64_t>(kImportChunkBytes, options_.max_message_bytes / 2 + 1);
-  return ImportFrom(name, [&]() -> absl::StatusOr<std::optional<std::string>> {
-    std::string data(step, '\0');
-    in.read(data.data(), step);
-    if (in.bad()) return absl::ErrnoToStatus(errno, absl::StrCat("reading ", path));
-    data.resize(static_cast<size_t>(in.gcount()));
-    if (data.empty()) return std::optional<std::string>();
-    return std::optional<std::string>(std::move(data));
-  });
+  absl::StatusOr<v1::ModelInfo> info =
+      ImportFrom(name, [&]() -> absl::StatusOr<std::optional<std::string>> {
+        std::string data(static_cast<size_t>(step), '\0');
+        size_t got = 0;
+        while (got < data.size()) {
+          const ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+          if (n < 0 && errno == EINTR) continue;
+          if (n < 0) return FileError(errno, "reading", path);
+          if (n == 0) break;
+          got += static_cast<size_t>(n);
+        }
+        data.resize(got);
+        if (data.empty()) return std::optional<std::string>();
+        return std::optional<std::string>(std::move(data));
+      });
+  ::close(fd);
+  return info;
 }
 
 absl::StatusOr<v1::StreamExamplesResponse> AdaptdClient::StreamExamples(

@@ -30,7 +30,9 @@ namespace {
 
 constexpr int64_t kMaxSamples = 4096;
 constexpr int64_t kMaxTopK = 10000;
-constexpr size_t kSnapshotChunk = 1 << 20;
+// Export's chunk of snapshot bytes: under 1 MiB, the smallest --max_message_mb, with room for
+// the message's own framing (a full 1 MiB of data is a 1,048,580-byte message).
+constexpr size_t kSnapshotChunk = (size_t{1} << 20) - 1024;
 
 // Runs one RPC: role check, the body (LibTorch exceptions become statuses), metrics.
 template <typename Body>

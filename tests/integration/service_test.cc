@@ -109,6 +109,32 @@ TEST(ServiceTest, MemoryMapOfAllExamplesSkipsTasksWithoutAHead) {
   EXPECT_GT(map->loo_accuracy(), 0.8);
 }
 
+// At the smallest message limit, on both sides, a snapshot larger than one message exports
+// (each chunk and its framing under the limit) and imports back.
+TEST(ServiceTest, ExportAndImportAtTheSmallestMessageLimit) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--max_message_mb=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions o;
+  o.max_message_bytes = 1 << 20;
+  auto client = AdaptdClient::Create((*server)->target(), o);
+  ASSERT_TRUE(client.ok()) << client.status();
+  v1::CreateModelRequest big = BlobModel("big", /*multi=*/false);
+  big.mutable_spec()->clear_input_shape();
+  big.mutable_spec()->add_input_shape(784);
+  big.mutable_spec()->clear_hidden();
+  big.mutable_spec()->add_hidden(600);  // 471k parameters: a snapshot of about 1.9 MB
+  ASSERT_TRUE((*client)->CreateModel(big).ok());
+  auto snapshot = (*client)->Export("big");
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  EXPECT_GT(snapshot->size(), size_t{1} << 20);  // more than one message holds
+  auto copy = (*client)->Import("copy", *snapshot);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  auto again = (*client)->Export("copy");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->size(), snapshot->size());
+}
+
 // A task's classes are a set: a later stream may name them in another order, not other ones.
 TEST(ServiceTest, ALaterStreamNamesItsTasksClassesInAnyOrder) {
   TempDir dir;

@@ -24,6 +24,10 @@ MIN_KEEPALIVE_SECONDS = 10
 # Room left in each message for everything but the tensors' bytes.
 _MESSAGE_OVERHEAD = 64 << 10
 
+# Import's chunk of snapshot bytes: with its framing under 1 MiB, the smallest message limit a
+# server accepts (--max_message_mb).
+_SNAPSHOT_CHUNK = (1 << 20) - _MESSAGE_OVERHEAD
+
 
 def ids_from_ranges(ranges):
     """The example ids of a StreamExamplesResponse's `ids` ranges, in order, as int64 [N]."""
@@ -211,7 +215,7 @@ class Client:
         return b"".join(chunk.data for chunk in chunks)
 
     @wrap_rpc_errors
-    def import_model(self, name, data, chunk_bytes=1 << 20, timeout=None):
+    def import_model(self, name, data, chunk_bytes=_SNAPSHOT_CHUNK, timeout=None):
         """Creates model `name` from a snapshot (bytes from export_model); returns its ModelInfo."""
         view = memoryview(data).cast("B")
         step = max(1, min(int(chunk_bytes), self.max_message_bytes - _MESSAGE_OVERHEAD))

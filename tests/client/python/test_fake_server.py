@@ -185,6 +185,11 @@ def test_export_and_import_chunks(fake):
     with Client(fake.target) as client:
         client.import_model("empty", b"")
     assert [c.name for c in fake.imported] == ["empty"]
+    # By default each chunk and its framing fit the smallest limit a server takes, 1 MiB.
+    with Client(fake.target) as client:
+        client.import_model("big", b"x" * (2 << 20))
+    assert len(fake.imported) == 3
+    assert max(c.ByteSize() for c in fake.imported) < 1 << 20
 
 
 def test_wait_job(fake):
@@ -212,8 +217,8 @@ def test_an_empty_stream_reports_its_upload_complete(fake):
 
 def test_a_progress_error_on_an_empty_stream_reaches_the_caller(fake):
     # The empty stream's one progress call fails: the caller gets that error (not gRPC's
-    # UNKNOWN "Exception iterating requests!"), and the server stores nothing.
-    fake.cancelled.clear()
+    # UNKNOWN "Exception iterating requests!"), and the server stores nothing. (The cancel may
+    # come before the server's handler starts, so no cancellation callback is awaited here.)
     before = len(fake.streams)
 
     def progress(sent, total):
@@ -223,7 +228,6 @@ def test_a_progress_error_on_an_empty_stream_reaches_the_caller(fake):
         with pytest.raises(ZeroDivisionError):
             client.stream_examples("m", 0, np.zeros((0, 2), np.float32), np.zeros(0, np.int64),
                                    progress=progress)
-    assert fake.cancelled.wait(5), "the server saw the stream cancelled, not closed"
     assert len(fake.streams) == before
 
 
