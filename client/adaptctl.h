@@ -99,6 +99,9 @@ std::string CtlUsage();
 // below 0, --batch below 1.
 absl::Status ValidateCtlOptions(const CtlOptions& options);
 
+// The items of a comma-separated flag value, each stripped of spaces; none for an empty value.
+// INVALID_ARGUMENT for an empty item ("1,,28"): a typo must not change what the flag means.
+absl::StatusOr<std::vector<std::string>> SplitList(const std::string& text);
 absl::StatusOr<std::vector<int64_t>> ParseInt64List(const std::string& text);
 absl::StatusOr<v1::Split> ParseSplit(const std::string& text);
 absl::StatusOr<v1::HeadMode> ParseHeadMode(const std::string& text);

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -421,11 +422,26 @@ absl::Status ValidateCtlOptions(const CtlOptions& options) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<std::string>> SplitList(const std::string& text) {
+  std::vector<std::string> items;
+  if (absl::StripAsciiWhitespace(text).empty()) return items;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (part.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", text, "' has an empty item; expected a comma-separated list without empty items"));
+    }
+    items.emplace_back(part);
+  }
+  return items;
+}
+
 absl::StatusOr<std::vector<int64_t>> ParseInt64List(const std::string& text) {
+  ADAPTD_ASSIGN_OR_RETURN(const std::vector<std::string> items, SplitList(text));
   std::vector<int64_t> values;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+  for (const std::string& item : items) {
     int64_t v;
-    if (!absl::SimpleAtoi(part, &v)) {
+    if (!absl::SimpleAtoi(item, &v)) {
       return absl::InvalidArgumentError(
           absl::StrCat("'", text, "' is not a comma-separated list of integers"));
     }
@@ -612,9 +628,7 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
 
 absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& files,
                                             const CtlOptions& options) {
-  const std::vector<std::string> labels =
-      options.labels.empty() ? std::vector<std::string>()
-                             : absl::StrSplit(options.labels, ',', absl::SkipEmpty());
+  ADAPTD_ASSIGN_OR_RETURN(const std::vector<std::string> labels, SplitList(options.labels));
   CsvOptions csv;
   csv.has_labels = options.csv_labels;
   csv.label_column = options.label_column;

@@ -171,17 +171,24 @@ std::string MemoryMapCsv(const MemoryMapTable& table) {
 }
 
 std::string MemoryMapSvg(const MemoryMapTable& table, const std::string& model) {
+  // A point with a non-finite variance or error has no place on the axes (an infinite one
+  // would make the log axis endless): such points are counted in the title, not drawn.
+  std::vector<MemoryMapPoint> points;
+  for (const MemoryMapPoint& p : table.points) {
+    if (std::isfinite(p.variance) && std::isfinite(p.error)) points.push_back(p);
+  }
+  const size_t left_out = table.points.size() - points.size();
   double min_positive = std::numeric_limits<double>::infinity();
   double x_min = std::numeric_limits<double>::infinity();
   double x_max = -x_min;
   double y_max = 0;
-  for (const MemoryMapPoint& p : table.points) {
+  for (const MemoryMapPoint& p : points) {
     if (p.variance > 0) min_positive = std::min(min_positive, p.variance);
     x_min = std::min(x_min, p.variance);
     x_max = std::max(x_max, p.variance);
     y_max = std::max(y_max, std::abs(p.error));
   }
-  if (table.points.empty()) {
+  if (points.empty()) {
     x_min = 0;
     x_max = 1;
   }
@@ -202,8 +209,10 @@ std::string MemoryMapSvg(const MemoryMapTable& table, const std::string& model) 
                                  "\" font-family=\"sans-serif\" font-size=\"12\">\n",
                                  "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
   const std::string title = absl::StrFormat(
-      "Memory map of %s v%d (%d examples): LOO NLL %.4f, LOO accuracy %.1f%%", model, table.version,
-      table.points.size(), table.loo_nll, 100 * table.loo_accuracy);
+      "Memory map of %s v%d (%d examples%s): LOO NLL %.4f, LOO accuracy %.1f%%", model,
+      table.version, table.points.size(),
+      left_out ? absl::StrFormat(", %d with a non-finite value not drawn", left_out) : "",
+      table.loo_nll, 100 * table.loo_accuracy);
   absl::StrAppend(&svg, "<text x=\"", kWidth / 2, "\" y=\"28\" text-anchor=\"middle\" ",
                   "font-size=\"15\">", EscapeXml(title), "</text>\n");
 
@@ -231,7 +240,7 @@ std::string MemoryMapSvg(const MemoryMapTable& table, const std::string& model) 
 
   // Points, then the legend (rectangles, so that circles are exactly the points).
   std::map<int64_t, const char*> colours;
-  for (const MemoryMapPoint& p : table.points) {
+  for (const MemoryMapPoint& p : points) {
     const char* colour = kPalette[static_cast<size_t>(p.label) % std::size(kPalette)];
     colours.emplace(p.label, colour);
     absl::StrAppend(&svg, "<circle cx=\"", Number(px(p.variance), 6), "\" cy=\"",
@@ -246,7 +255,7 @@ std::string MemoryMapSvg(const MemoryMapTable& table, const std::string& model) 
                     kWidth - kRight + 36, "\" y=\"", legend_y, "\">label ", label, "</text>\n");
     legend_y += 18;
   }
-  if (table.points.empty()) {
+  if (points.empty()) {
     absl::StrAppend(&svg, "<text x=\"", kLeft + plot_w / 2, "\" y=\"", kTop + plot_h / 2,
                     "\" text-anchor=\"middle\">no examples</text>\n");
   }

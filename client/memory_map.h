@@ -47,7 +47,8 @@ std::string MemoryMapCsv(const MemoryMapTable& table);
 // A standalone SVG document: one circle per point at x = variance (log scale when the positive
 // values span two decades or more; non-positive ones are drawn at the smallest positive value),
 // y = |error|, coloured by label with a legend, axes with ticks and labels, and a title naming
-// `model`, the version and the leave-one-out NLL and accuracy.
+// `model`, the version and the leave-one-out NLL and accuracy. Points with a non-finite
+// variance or error are not drawn; the title counts them.
 std::string MemoryMapSvg(const MemoryMapTable& table, const std::string& model);
 
 }  // namespace adaptd

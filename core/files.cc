@@ -36,9 +36,6 @@ absl::StatusCode CodeFor(int err) {
   }
 }
 
-absl::Status ErrnoError(int err, absl::string_view what, absl::string_view path) {
-  return absl::Status(CodeFor(err), absl::StrCat(what, " ", path, ": ", std::strerror(err)));
-}
 
 // What a pipe or a device may hold: /dev/zero would otherwise fill the memory.
 constexpr size_t kMaxStreamBytes = size_t{1} << 30;
@@ -66,7 +63,7 @@ absl::Status ReadToEnd(int fd, const std::string& path, bool seekable, size_t li
 
 absl::StatusOr<std::string> ReadOpen(int fd, const std::string& path) {
   struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoError(errno, "cannot stat", path);
+  if (::fstat(fd, &st) != 0) return FileError(errno, "cannot stat", path);
   if (S_ISDIR(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is a directory; expected a file"));
   }
@@ -96,9 +93,13 @@ absl::StatusOr<std::string> ReadOpen(int fd, const std::string& path) {
 
 }  // namespace
 
+absl::Status FileError(int err, absl::string_view what, absl::string_view path) {
+  return absl::Status(CodeFor(err), absl::StrCat(what, " ", path, ": ", std::strerror(err)));
+}
+
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, "cannot open", path);
+  if (fd < 0) return FileError(errno, "cannot open", path);
   absl::StatusOr<std::string> out = ReadOpen(fd, path);
   ::close(fd);
   return out;
@@ -108,11 +109,11 @@ absl::Status FsyncParentDirectory(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return ErrnoError(errno, "cannot open directory", dir);
+  if (dfd < 0) return FileError(errno, "cannot open directory", dir);
   const int rc = ::fsync(dfd);
   const int err = errno;
   ::close(dfd);
-  if (rc != 0) return ErrnoError(err, "fsync", dir);
+  if (rc != 0) return FileError(err, "fsync", dir);
   return absl::OkStatus();
 }
 
@@ -128,21 +129,21 @@ absl::Status ReplaceFile(const std::string& path,
     fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0 && errno != EEXIST) break;
   }
-  if (fd < 0) return ErrnoError(errno, "cannot write", temp);
+  if (fd < 0) return FileError(errno, "cannot write", temp);
   absl::Status status = produce([&](absl::string_view data) {
     size_t done = 0;
     while (done < data.size()) {
       const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return ErrnoError(errno, "writing", temp);
+      if (n < 0) return FileError(errno, "writing", temp);
       done += static_cast<size_t>(n);
     }
     return absl::OkStatus();
   });
-  if (status.ok() && ::fsync(fd) != 0) status = ErrnoError(errno, "fsync", temp);
-  if (::close(fd) != 0 && status.ok()) status = ErrnoError(errno, "closing", temp);
+  if (status.ok() && ::fsync(fd) != 0) status = FileError(errno, "fsync", temp);
+  if (::close(fd) != 0 && status.ok()) status = FileError(errno, "closing", temp);
   if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
-    status = ErrnoError(errno, absl::StrCat("cannot rename ", temp, " to"), path);
+    status = FileError(errno, absl::StrCat("cannot rename ", temp, " to"), path);
   }
   if (!status.ok()) {
     ::unlink(temp.c_str());

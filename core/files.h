@@ -17,6 +17,10 @@ namespace adaptd {
 // directory, RESOURCE_EXHAUSTED for a full disk or quota, FAILED_PRECONDITION for a file this
 // process may not read or write, INTERNAL otherwise.
 
+// "<what> <path>: <strerror>" with the code above for `err`, for callers that read or write a
+// file themselves (in pieces, say).
+absl::Status FileError(int err, absl::string_view what, absl::string_view path);
+
 // The whole file, or an error. A directory is INVALID_ARGUMENT ("... is a directory; expected a
 // file"). A pipe or a device is read to its end, up to 1 GiB (INVALID_ARGUMENT beyond: a device
 // such as /dev/zero has none); a regular file to its end too, should it have grown (or report a

@@ -99,5 +99,17 @@ TEST(FilesTest, WriteFailuresNameTheFileWithTheirCode) {
   EXPECT_EQ(Names(std::filesystem::path(dir).parent_path()), std::vector<std::string>{"a_directory"});
 }
 
+// The errno codes callers that read in pieces share (a root test process cannot be refused a
+// read, so the mapping is checked directly): never PERMISSION_DENIED, which would read as the
+// caller's role on a server.
+TEST(FilesTest, FileErrorCodes) {
+  EXPECT_EQ(FileError(EACCES, "cannot open", "f").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(FileError(EPERM, "cannot open", "f").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(FileError(ENOENT, "cannot open", "f").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(FileError(ENOSPC, "writing", "f").code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(FileError(EISDIR, "reading", "f").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FileError(EIO, "reading", "f").message(), "reading f: Input/output error");
+}
+
 }  // namespace
 }  // namespace adaptd

@@ -200,7 +200,7 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   ASSERT_TRUE(c.InsertModel({"m", "spec", "config", 1}).ok());
   EXPECT_FALSE(c.InsertModel({"m", "spec", "config", 2}).ok());  // the name is the key
   ASSERT_TRUE(c.UpsertTask("m", {0, {3, 4}}).ok());
-  ASSERT_TRUE(c.InsertJob({"j1", "m", 0, 0, 10, 1, "queued", -1, 5, ""}).ok());
+  ASSERT_TRUE(c.InsertJob({"j1", "m", 0, 0, 10, 1, "queued", -1, 5, /*config=*/"", /*progress=*/""}).ok());
   ASSERT_TRUE(c.Publish("m", {1, "info", 77}, "j1", 3, "published version 1", "progress").ok());
   // A second row for the same version fails, and the job's update in it is rolled back.
   EXPECT_FALSE(c.Publish("m", {1, "other", 78}, "j1", 4, "should not stick", "").ok());

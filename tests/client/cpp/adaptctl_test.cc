@@ -22,6 +22,14 @@ TEST(AdaptctlTest, ParsesOptionValues) {
   EXPECT_EQ(*ParseInt64List("256, 128,64"), (std::vector<int64_t>{256, 128, 64}));
   EXPECT_TRUE(ParseInt64List("")->empty());
   EXPECT_EQ(ParseInt64List("1,x").status().code(), absl::StatusCode::kInvalidArgument);
+  // An empty item is a typo, not nothing: "1,,28" is not [1, 28].
+  for (const char* text : {"1,,28", "256,", ",", " , 3"}) {
+    const absl::Status s = ParseInt64List(text).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("has an empty item")) << text;
+  }
+  EXPECT_EQ(*SplitList(" a.gz , b.gz"), (std::vector<std::string>{"a.gz", "b.gz"}));
+  EXPECT_TRUE(SplitList("  ")->empty());
   EXPECT_EQ(*ParseSplit("eval"), v1::SPLIT_EVAL);
   EXPECT_FALSE(ParseSplit("test").ok());
   EXPECT_EQ(*ParseHeadMode(""), v1::HEAD_MODE_UNSPECIFIED);

@@ -185,6 +185,20 @@ TEST(AdaptdClientTest, ImportFromFileStreamsTheFile) {
   EXPECT_EQ(client->ImportFromFile("m", TestPath("absent")).status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_EQ(client->Import("m", "").status().code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status dir = client->ImportFromFile("m", testing::TempDir()).status();
+  EXPECT_EQ(dir.code(), absl::StatusCode::kInvalidArgument) << dir;
+  EXPECT_THAT(std::string(dir.message()), ::testing::HasSubstr("is a directory; expected a file"));
+  // A file of several chunks arrives whole and in order.
+  ClientOptions small;
+  small.max_message_bytes = 4096;
+  auto chunked = Connect(server, small);
+  std::string bytes(10000, 'x');
+  bytes[0] = 'a';
+  bytes[9999] = 'z';
+  ASSERT_TRUE(chunked->ImportFromFile("m", WriteFile("large", bytes)).ok());
+  absl::MutexLock lock(&server.log().mu);
+  EXPECT_EQ(server.log().import_data, bytes);
+  EXPECT_GE(server.log().import_names.size(), 3u);
 }
 
 TEST(AdaptdClientTest, StreamExamplesSendsHeaderBatchesAndReportsProgress) {

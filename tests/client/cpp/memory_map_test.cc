@@ -1,5 +1,7 @@
 #include "client/memory_map.h"
 
+#include <cmath>
+#include <limits>
 #include <regex>
 #include <string>
 #include <vector>
@@ -154,6 +156,27 @@ TEST(MemoryMapTest, SvgUsesALinearScaleForANarrowRangeAndEscapesText) {
   ASSERT_EQ(circles.size(), 3u);
   EXPECT_NEAR(circles[1].cx - circles[0].cx, circles[2].cx - circles[1].cx, 1e-3);
   EXPECT_EQ(Count(MemoryMapSvg(MemoryMapTable(), "m"), "<circle"), 0u);
+}
+
+// An infinite variance (a float32 overflow) would make the log axis endless: such points are
+// left out of the plot and counted in the title; the others are drawn as before.
+TEST(MemoryMapTest, SvgLeavesOutNonFiniteValuesAndSaysSo) {
+  MemoryMapTable table = *MemoryMapFromResponse(Response());
+  const std::vector<Circle> finite = Circles(MemoryMapSvg(table, "m"));
+  MemoryMapPoint inf_variance = table.points[0];
+  inf_variance.variance = std::numeric_limits<float>::infinity();
+  MemoryMapPoint nan_error = table.points[1];
+  nan_error.error = std::nanf("");
+  table.points.push_back(inf_variance);
+  table.points.push_back(nan_error);
+  const std::string svg = MemoryMapSvg(table, "m");
+  EXPECT_NE(svg.find("(6 examples, 2 with a non-finite value not drawn)"), std::string::npos);
+  const std::vector<Circle> drawn = Circles(svg);
+  ASSERT_EQ(drawn.size(), finite.size());
+  for (size_t i = 0; i < drawn.size(); ++i) {
+    EXPECT_EQ(drawn[i].cx, finite[i].cx) << i;
+    EXPECT_EQ(drawn[i].cy, finite[i].cy) << i;
+  }
 }
 
 }  // namespace
