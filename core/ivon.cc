@@ -90,16 +90,21 @@ void FusedStep(at::Tensor& m, at::Tensor& g, at::Tensor& h, at::Tensor& params,
   });
 }
 
-// The same update in plain tensor ops: any device, and the oracle for the fused kernels.
+// The same update in plain tensor ops: any device, and the oracle for the fused kernels. Every
+// new value is computed before the state changes, so a failed allocation (a GPU out of memory)
+// leaves the optimizer as it was.
 void TensorStep(at::Tensor& m, at::Tensor& g, at::Tensor& h, at::Tensor& params,
                 const at::Tensor& ghat, const at::Tensor& hhat, const StepScalars& s) {
-  g.mul_(s.b1).add_(ghat, 1.0 - s.b1);
+  at::Tensor gn = g.mul(s.b1);
+  gn.add_(ghat, 1.0 - s.b1);
   const at::Tensor hd = h + s.delta;
   at::Tensor hn = h * s.b2 + hhat * (1.0 - s.b2) +
                   (h - hhat).square_().div_(hd).mul_(0.5 * (1.0 - s.b2) * (1.0 - s.b2));
-  at::Tensor u = (g / s.debias + m * s.delta).div_(hn + s.delta);
+  at::Tensor u = (gn / s.debias + m * s.delta).div_(hn + s.delta);
   if (std::isfinite(s.clip)) u.clamp_(-s.clip, s.clip);
-  m.sub_(u, s.lr);
+  at::Tensor mn = m.sub(u, s.lr);
+  g.copy_(gn);
+  m.copy_(mn);
   h.copy_(hn);
   params.copy_(m);
 }
@@ -230,14 +235,14 @@ absl::Status Ivon::Step(double lr) {
   }
   return CallTorch([&]() -> absl::Status {
     at::NoGradGuard no_grad;
-    ++step_;
+    const int64_t step = step_ + 1;  // counted once the update has gone through
     StepScalars s;
     s.b1 = options_.beta1;
     s.b2 = options_.beta2;
     s.delta = options_.weight_decay;
     s.ess = options_.ess;
     s.lr = options_.rescale_lr ? lr * (options_.hess_init + options_.weight_decay) : lr;
-    s.debias = options_.debias ? 1.0 - std::pow(options_.beta1, static_cast<double>(step_)) : 1.0;
+    s.debias = options_.debias ? 1.0 - std::pow(options_.beta1, static_cast<double>(step)) : 1.0;
     s.clip = options_.clip_radius;
     at::Tensor& m = posterior_.mutable_mean();
     at::Tensor& h = posterior_.mutable_hess();
@@ -253,6 +258,7 @@ absl::Status Ivon::Step(double lr) {
       if (!spilled_) SpillPendingSample();
       TensorStep(m, momentum_, h, params_, avg_grad_, avg_hess_, s);
     }
+    step_ = step;
     samples_ = 0;
     spilled_ = false;
     avg_grad_ = at::Tensor();

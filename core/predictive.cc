@@ -146,8 +146,9 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
     return absl::InvalidArgumentError(absl::StrCat("samples and batch_size must be >= 1; got ",
                                                    options.samples, " and ", options.batch_size));
   }
-  // Either way of drawing (weight draws check it again in SampleInto).
-  if (options.mode == PredictMode::kBayes) {
+  // Every way of drawing (weight draws check it again in SampleInto; the linearized draws come
+  // from the same generator on the parameters' device).
+  if (options.mode != PredictMode::kMean) {
     ADAPTD_RETURN_IF_ERROR(posterior->CheckDrawTarget(flat.params(), gen));
   }
   std::unique_ptr<LogitJacobian> jacobian;
@@ -195,14 +196,22 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
       }
       m.Finish(static_cast<double>(options.samples), out);
     } else if (options.mode == PredictMode::kBayes) {
-      // Sample-major: each weight sample is drawn once and applied to every batch.
-      for (int64_t s = 0; s < options.samples; ++s) {
-        ADAPTD_RETURN_IF_ERROR(posterior->SampleInto(params, gen));
-        for (int64_t b = 0; b < n; b += options.batch_size) {
-          m.Add(b, at::softmax(logits(b, std::min(options.batch_size, n - b)), 1));
+      // Sample-major: each weight sample is drawn once and applied to every batch. Whatever
+      // happens, the model ends at the mean, where every other caller expects it.
+      absl::Status drawn;
+      try {
+        for (int64_t s = 0; s < options.samples && drawn.ok(); ++s) {
+          drawn = posterior->SampleInto(params, gen);
+          for (int64_t b = 0; drawn.ok() && b < n; b += options.batch_size) {
+            m.Add(b, at::softmax(logits(b, std::min(options.batch_size, n - b)), 1));
+          }
         }
+      } catch (...) {
+        params.copy_(posterior->mean());
+        throw;
       }
       params.copy_(posterior->mean());
+      ADAPTD_RETURN_IF_ERROR(drawn);
       m.Finish(static_cast<double>(options.samples), out);
     } else {
       params.copy_(posterior->mean());

@@ -52,7 +52,8 @@ struct Prediction {
 };
 
 // `flat` must bind `model`'s parameters. kMean with a posterior, kBayes and kLinearized write
-// the posterior mean into the parameters before they return (kBayes writes samples meanwhile).
+// the posterior mean into the parameters before they return, failing or not (kBayes writes
+// samples meanwhile).
 // `posterior` may be null for kMean (the model's current weights are used) and is required
 // otherwise. kLinearized's probabilities are deterministic; its entropies and std are Monte
 // Carlo over `samples` logit draws (MI is clamped at 0 because the probit total and the sampled

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 
@@ -131,6 +132,30 @@ absl::Status CheckLabels(const at::Tensor& y, int64_t batch, int64_t num_classes
                                                  num_classes, "]; got ", DescribeTensor(y)));
 }
 
+// Labels inside their heads: a hard label the mask hides, or soft labels with mass there, has
+// an infinite loss, which would otherwise read as the run diverging. `label_mask` is [K] or
+// [N, K] (undefined: every class).
+absl::Status CheckLabelsInHead(const at::Tensor& y, const at::Tensor& label_mask) {
+  if (!label_mask.defined()) return absl::OkStatus();
+  const at::Tensor mask = label_mask.to(y.device());
+  if (y.dim() == 1) {
+    const at::Tensor inside = mask.dim() == 1 ? mask.index_select(0, y)
+                                              : mask.gather(1, y.unsqueeze(1)).squeeze(1);
+    if (inside.all().item<bool>()) return absl::OkStatus();
+    const int64_t i = inside.logical_not().nonzero()[0][0].item<int64_t>();
+    const at::Tensor head = (mask.dim() == 1 ? mask : mask[i]).nonzero().squeeze(1).cpu();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "labels must lie in their head: example ", i, " has label ", y[i].item<int64_t>(),
+        ", outside classes [", absl::StrJoin(head.data_ptr<int64_t>(),
+                                             head.data_ptr<int64_t>() + head.numel(), ", "),
+        "]"));
+  }
+  const double outside = (y * mask.logical_not()).sum().item<double>();
+  if (outside == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "soft labels must put no mass outside their head; got ", outside, " in all"));
+}
+
 at::Tensor MeanCrossEntropy(const at::Tensor& logits, const at::Tensor& y) {
   if (y.dim() == 1) return at::cross_entropy_loss(logits, y);
   return SoftCrossEntropySum(logits, y) / static_cast<double>(y.size(0));
@@ -148,6 +173,7 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
   ADAPTD_RETURN_IF_ERROR(model_->CheckInput(x));
   ADAPTD_RETURN_IF_ERROR(CheckLabels(y, x.size(0), model_->spec().num_classes));
   return CallTorch([&]() -> absl::StatusOr<double> {
+    ADAPTD_RETURN_IF_ERROR(CheckLabelsInHead(y, label_mask));
     const double lr = NextLr();
     model_->SetTraining(true);
     // Returns the data term alone: a regulariser's value (the K-prior's weight term has a

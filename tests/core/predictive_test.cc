@@ -217,6 +217,32 @@ TEST_F(PredictiveTest, LinearizedMatchesProbitAndIndependentMonteCarlo) {
   EXPECT_GE(p.mutual_information.min().item<float>(), 0.f);
 }
 
+// A forward pass that fails in the middle of the weight draws (here a module that takes at most
+// two examples at a time, asked for three) is an error, and the model is left at the mean,
+// where MPE, memory selection and mean-mode prediction expect it, not at the draw that failed.
+TEST(PredictiveFailureTest, AFailedWeightDrawLeavesTheMeanInPlace) {
+  torch::jit::Module m("AtMostTwo");
+  m.register_parameter("w", at::full({3, 6}, 0.1f), false);
+  m.define(R"(
+    def forward(self, x):
+        assert x.size(0) <= 2, "at most two examples at a time"
+        return x.matmul(self.w.t())
+  )");
+  std::unique_ptr<Model> model = BuildOrDie(ScriptSpec(m, 6, 3));
+  ASSERT_NE(model, nullptr);
+  FlatParameters flat = *FlatParameters::Bind(model->Parameters());
+  const Posterior posterior =
+      *Posterior::Create(flat.params().clone(), at::full({flat.numel()}, 0.5f), 10, 0.0);
+  PredictOptions o;
+  o.mode = PredictMode::kBayes;
+  o.samples = 4;
+  o.batch_size = 3;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const auto p = Predict(*model, flat, &posterior, at::ones({3, 6}), o, gen);
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition) << p.status();
+  EXPECT_TRUE(at::equal(flat.params(), posterior.mean())) << "a weight draw stayed in place";
+}
+
 TEST_F(PredictiveTest, BadInputIsInvalidArgument) {
   PredictOptions o;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);

@@ -300,7 +300,25 @@ TEST(TrainTest, BadInputIsInvalidArgumentAndChangesNothing) {
   EXPECT_EQ(soft.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(soft.message()),
               ::testing::HasSubstr("labels must be int64 [4] or probabilities float32 [4, 3]"));
+  // Labels outside their head: an infinite loss that used to be reported as divergence.
+  const at::Tensor head = at::tensor({1, 0, 1}, at::kLong).to(at::kBool);
+  const absl::Status hidden =
+      (*t)->Step(at::zeros({4, 10}), at::tensor({0, 2, 1, 0}, at::kLong), head).status();
+  EXPECT_EQ(hidden.code(), absl::StatusCode::kInvalidArgument) << hidden;
+  EXPECT_THAT(std::string(hidden.message()),
+              ::testing::HasSubstr("example 2 has label 1, outside classes [0, 2]"));
+  const at::Tensor per_example = head.unsqueeze(0).repeat({4, 1});
+  EXPECT_EQ((*t)->Step(at::zeros({4, 10}), at::tensor({0, 2, 1, 0}, at::kLong), per_example)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  const absl::Status soft_hidden =
+      (*t)->Step(at::zeros({4, 10}), at::full({4, 3}, 1.0f / 3), head).status();
+  EXPECT_EQ(soft_hidden.code(), absl::StatusCode::kInvalidArgument) << soft_hidden;
+  EXPECT_THAT(std::string(soft_hidden.message()),
+              ::testing::HasSubstr("soft labels must put no mass outside their head"));
   EXPECT_TRUE(at::equal(before, (*t)->flat().params()));
+  EXPECT_EQ((*t)->steps_taken(), 0);
   TrainOptions bad = IvonOptionsFor(10);
   bad.batch_size = 0;
   EXPECT_EQ(Trainer::Create(model->get(), bad, 10).status().code(), absl::StatusCode::kInvalidArgument);
