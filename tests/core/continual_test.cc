@@ -460,12 +460,7 @@ TEST(AdaptTest, AModuleThatFailsOnABatchIsTheModelsFault) {
         assert x.size(0) == 1, "this module takes one example at a time"
         return x.matmul(self.w.t())
   )");
-  torch::jit::Module blind("BatchBlind");
-  blind.register_parameter("b", at::zeros({4}), false);
-  blind.define(R"(
-    def forward(self, x):
-        return self.b.unsqueeze(0) + x.sum() * 0.0
-  )");
+  torch::jit::Module blind = testing_models::BatchBlindModule(4);
   const TaskData task{0, Blobs(64, 4, 1), at::Tensor(), at::Tensor()};
   for (const auto& [module, says] :
        {std::pair<torch::jit::Module*, std::string>{&single, "one example at a time"},

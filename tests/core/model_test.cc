@@ -156,13 +156,7 @@ TEST(ModelTest, MalformedTorchScriptIsInvalidArgument) {
 // A module that ignores the batch (logits [1, K] whatever comes in) passes a one-example check;
 // every forward is checked, so training or a query on a batch of 4 is an error, not a broadcast.
 TEST(ModelTest, TorchScriptOutputIsCheckedOnEveryCall) {
-  torch::jit::Module m("BatchBlind");
-  m.register_parameter("b", at::zeros({3}), false);
-  m.define(R"(
-    def forward(self, x):
-        return self.b.unsqueeze(0) + x.sum() * 0.0
-  )");
-  auto model = BuildModel(ScriptSpec(m, 6, 3));
+  auto model = BuildModel(ScriptSpec(testing_models::BatchBlindModule(3), 6, 3));
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_THROW((*model)->Forward(at::zeros({4, 6})), ModuleError);
   // Through the exception seam: the model is at fault, not the server.

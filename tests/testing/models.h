@@ -55,6 +55,18 @@ inline ModelSpec ScriptSpec(const torch::jit::Module& m, int64_t in, int64_t cla
   return s;
 }
 
+// A TorchScript module that ignores the batch: logits [1, classes] whatever comes in. It passes
+// the one-example check at creation and fails on any larger batch.
+inline torch::jit::Module BatchBlindModule(int64_t classes) {
+  torch::jit::Module m("BatchBlind");
+  m.register_parameter("b", at::zeros({classes}), false);
+  m.define(R"(
+    def forward(self, x):
+        return self.b.unsqueeze(0) + x.sum() * 0.0
+  )");
+  return m;
+}
+
 // A TorchScript MLP in -> 8 (tanh) -> classes: no layer list, so it takes the autograd paths.
 inline ModelSpec ScriptedMlpSpec(int64_t in, int64_t classes) {
   torch::jit::Module m("ScriptedMlp");
