@@ -91,8 +91,8 @@ void FusedStep(at::Tensor& m, at::Tensor& g, at::Tensor& h, at::Tensor& params,
 }
 
 // The same update in plain tensor ops: any device, and the oracle for the fused kernels. Every
-// new value is computed before the state changes, so a failed allocation (a GPU out of memory)
-// leaves the optimizer as it was.
+// allocation comes before the state changes, so a failed one (a GPU out of memory) leaves the
+// optimizer as it was.
 void TensorStep(at::Tensor& m, at::Tensor& g, at::Tensor& h, at::Tensor& params,
                 const at::Tensor& ghat, const at::Tensor& hhat, const StepScalars& s) {
   at::Tensor gn = g.mul(s.b1);
@@ -102,9 +102,9 @@ void TensorStep(at::Tensor& m, at::Tensor& g, at::Tensor& h, at::Tensor& params,
                   (h - hhat).square_().div_(hd).mul_(0.5 * (1.0 - s.b2) * (1.0 - s.b2));
   at::Tensor u = (gn / s.debias + m * s.delta).div_(hn + s.delta);
   if (std::isfinite(s.clip)) u.clamp_(-s.clip, s.clip);
-  at::Tensor mn = m.sub(u, s.lr);
+  // From here on nothing allocates: the in-place updates cannot fail half-way.
   g.copy_(gn);
-  m.copy_(mn);
+  m.sub_(u, s.lr);
   h.copy_(hn);
   params.copy_(m);
 }
