@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "core/files.h"
@@ -16,8 +17,9 @@
 namespace adaptd {
 namespace {
 
-enum RecordType : uint8_t { kBatch = 1, kCommit = 2 };
+enum RecordType : uint8_t { kBatch = 1, kCommit = 2, kKey = 3 };
 constexpr size_t kHeaderBytes = 8;
+constexpr size_t kKeyBytes = 16;
 // A batch larger than this is refused before it reaches the log (the gRPC limit is lower).
 constexpr uint32_t kMaxRecordBytes = 1u << 30;
 
@@ -39,15 +41,6 @@ void AppendRecord(std::string& out, RecordType type, absl::string_view body) {
   PutU32(out, static_cast<uint32_t>(payload.size()));
   PutU32(out, Crc32c(payload));
   out += payload;
-}
-
-// True when a whole record with a matching checksum starts at `pos`.
-bool ValidRecordAt(const std::string& bytes, size_t pos) {
-  if (pos + kHeaderBytes > bytes.size()) return false;
-  const uint32_t len = GetU32(bytes.data() + pos);
-  if (len == 0 || len > kMaxRecordBytes || pos + kHeaderBytes + len > bytes.size()) return false;
-  return Crc32c(absl::string_view(bytes.data() + pos + kHeaderBytes, len)) ==
-         GetU32(bytes.data() + pos + 4);
 }
 
 std::string EncodeBatch(const ExampleBatchData& b) {
@@ -73,10 +66,33 @@ absl::StatusOr<ExampleBatchData> DecodeBatch(absl::string_view body) {
   return b;
 }
 
-absl::Status Errno(const std::string& what, const std::string& path);
-
 absl::Status Errno(const std::string& what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+// Writes `bytes` at `offset`, whole.
+absl::Status WriteAt(int fd, const std::string& path, absl::string_view bytes, int64_t offset) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::pwrite(fd, bytes.data() + done, bytes.size() - done,
+                               static_cast<off_t>(offset + static_cast<int64_t>(done)));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("write", path);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Sync(int fd, const std::string& path) {
+  return ::fdatasync(fd) == 0 ? absl::OkStatus() : Errno("fsync", path);
+}
+
+std::string CommitRecord(const std::string& key) {
+  std::string c;
+  AppendRecord(c, kCommit, key);
+  return c;
 }
 
 }  // namespace
@@ -125,6 +141,23 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
   if (fd < 0) return Errno("open", path);
   auto log = std::unique_ptr<ExampleLog>(new ExampleLog(path, fd, 0));
   ADAPTD_RETURN_IF_ERROR(ServerFault(FsyncParentDirectory(path)));  // its entry is durable too
+  if (fresh) {
+    // The log's key: random, and never sent to a client, so no example's bytes can pass for
+    // one of its commit records.
+    std::random_device random;
+    std::string key;
+    while (key.size() < kKeyBytes) {
+      const uint32_t r = random();
+      key.append(reinterpret_cast<const char*>(&r), sizeof r);
+    }
+    std::string record;
+    AppendRecord(record, kKey, key);
+    ADAPTD_RETURN_IF_ERROR(WriteAt(fd, path, record, 0));
+    ADAPTD_RETURN_IF_ERROR(Sync(fd, path));
+    log->key_ = std::move(key);
+    log->size_ = static_cast<int64_t>(record.size());
+    return log;
+  }
   absl::StatusOr<std::string> read = ReadFile(path);
   if (!read.ok()) return ServerFault(read.status());
   const std::string& bytes = *read;
@@ -135,49 +168,50 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
   while (pos + kHeaderBytes <= bytes.size()) {
     const uint32_t len = GetU32(bytes.data() + pos);
     const uint32_t crc = GetU32(bytes.data() + pos + 4);
+    // A torn write leaves a record that is cut short or fails its checksum, and not only at
+    // the end of the file: pages of a stream that was being written reach the disk in any
+    // order. Whether what follows was acknowledged is told by the commit records below.
     if (len == 0 || len > kMaxRecordBytes || pos + kHeaderBytes + len > bytes.size()) break;
     const absl::string_view payload(bytes.data() + pos + kHeaderBytes, len);
-    if (Crc32c(payload) != crc) {
-      // A torn write leaves a bad record only at the end. A valid record after this one means
-      // the file was damaged after it was written: refuse rather than drop what follows.
-      if (ValidRecordAt(bytes, pos + kHeaderBytes + len)) {
-        return absl::DataLossError(absl::StrCat(path, ": the record at byte ", pos,
-                                                " fails its checksum and valid records follow it"));
-      }
-      break;
-    }
+    if (Crc32c(payload) != crc) break;
     // A record that passes its checksum was written whole: if it still does not decode, the
     // format is not ours (or a bug wrote it); never truncate acknowledged data over that.
     const auto type = static_cast<RecordType>(payload[0]);
+    const absl::string_view body = payload.substr(1);
     if (type == kBatch) {
-      auto batch = DecodeBatch(payload.substr(1));
+      auto batch = DecodeBatch(body);
       if (!batch.ok()) {
         return absl::DataLossError(absl::StrCat(path, ": the batch record at byte ", pos,
                                                 " does not decode: ", batch.status().message()));
       }
       pending.push_back(*std::move(batch));
-    } else if (type == kCommit) {
+    } else if (type == kCommit && body == log->key_) {
       for (auto& b : pending) recovery->batches.push_back(std::move(b));
       pending.clear();
       committed_end = pos + kHeaderBytes + len;
+    } else if (type == kKey && pos == 0 && body.size() == kKeyBytes) {
+      log->key_ = std::string(body);  // a log written before keys has none, and empty commits
+      committed_end = pos + kHeaderBytes + len;
     } else {
-      return absl::DataLossError(absl::StrCat(path, ": the record at byte ", pos,
-                                              " has unknown type ", static_cast<int>(type)));
+      return absl::DataLossError(absl::StrCat(
+          path, ": the record at byte ", pos, " (type ", static_cast<int>(type), ", ",
+          body.size(), " bytes) is not one this log can hold"));
     }
     pos += kHeaderBytes + len;
   }
+  // A log's first record was durable before its task was listed (the key at creation; in a log
+  // without one, its first stream), so a log that cannot be read from its start is damaged.
+  if (pos == 0 && !bytes.empty()) {
+    return absl::DataLossError(absl::StrCat(path, ": the log's first record is damaged"));
+  }
   // What follows the last whole commit is cut, as the tail of a stream a crash interrupted. A
-  // commit record anywhere in that tail means otherwise: a stream is acknowledged only after
-  // fdatasync, which makes every byte before its commit durable, so damage before a commit that
-  // reached the disk is damage to acknowledged data (a length field that lies, say, which the
-  // loop above cannot step over). Refuse, rather than cut it away.
-  const std::string commit = [] {
-    std::string c;
-    AppendRecord(c, kCommit, "");
-    return c;
-  }();
+  // commit record anywhere in that tail means otherwise: a commit is written only once its
+  // stream's batches are durable, so damage before a commit that reached the disk is damage
+  // to acknowledged data (a length field that lies, say, which the loop above cannot step
+  // over). Refuse, rather than cut it away. (In a log without a key, the examples' own bytes
+  // could pass for a commit record; such a log may be refused where cutting was safe.)
   if (committed_end != bytes.size() &&
-      bytes.find(commit, committed_end + 1) != std::string::npos) {
+      bytes.find(CommitRecord(log->key_), committed_end + 1) != std::string::npos) {
     return absl::DataLossError(absl::StrCat(
         path, ": the log cannot be read past byte ", pos, ", and a committed stream follows; "
         "its examples were acknowledged, so the log is not cut there"));
@@ -200,29 +234,29 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
         path_, ": an earlier write failed and could not be undone; restart the server, which "
         "recovers the log from what is on disk"));
   }
-  std::string out;
+  // One record at a time, so that a stream is not held twice. The batches are durable before
+  // their commit record is written, so a commit on disk vouches for every byte before it (Open
+  // relies on it); one write and one fdatasync would let a crash leave the commit on disk and
+  // an earlier page of its stream not.
+  int64_t end = size_;
+  absl::Status status;
   for (const auto& b : batches) {
+    std::string record;
     const std::string body = EncodeBatch(b);
     if (body.size() + 1 > kMaxRecordBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("a batch of ", body.size(),
-                                                     " bytes exceeds the log's record limit"));
-    }
-    AppendRecord(out, kBatch, body);
-  }
-  AppendRecord(out, kCommit, "");
-  size_t done = 0;
-  absl::Status status;
-  while (done < out.size()) {
-    const ssize_t n = ::pwrite(fd_, out.data() + done, out.size() - done,
-                               static_cast<off_t>(size_ + static_cast<int64_t>(done)));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      status = Errno("write", path_);
+      status = absl::InvalidArgumentError(absl::StrCat("a batch of ", body.size(),
+                                                       " bytes exceeds the log's record limit"));
       break;
     }
-    done += static_cast<size_t>(n);
+    AppendRecord(record, kBatch, body);
+    status = WriteAt(fd_, path_, record, end);
+    if (!status.ok()) break;
+    end += static_cast<int64_t>(record.size());
   }
-  if (status.ok() && ::fdatasync(fd_) != 0) status = Errno("fsync", path_);
+  const std::string commit = CommitRecord(key_);
+  if (status.ok() && end > size_) status = Sync(fd_, path_);
+  if (status.ok()) status = WriteAt(fd_, path_, commit, end);
+  if (status.ok()) status = Sync(fd_, path_);
   if (!status.ok()) {
     // Leave no partial stream behind (Open() would drop it anyway). After a failed fdatasync
     // the page cache may already hold the commit: unless the cut is itself durable, a crash
@@ -230,7 +264,7 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
     if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd_) != 0) broken_ = true;
     return status;
   }
-  size_ += static_cast<int64_t>(out.size());
+  size_ = end + static_cast<int64_t>(commit.size());
   return absl::OkStatus();
 }
 

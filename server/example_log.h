@@ -1,12 +1,15 @@
 // The durable log of one task's examples (the on-disk layout: docs/api.md, "On disk").
 //
 // File format: a sequence of records [u32 length][u32 crc32c][u8 type][body], little-endian,
-// where length counts the type byte and the body, and the checksum covers them. A kBatch body
-// is a SerializeTensors map (split, x, y, ids, client_ids); a kCommit record has no body and
-// makes every batch since the previous commit part of the log. One stream writes its batches
-// and one commit record in a single append followed by fsync, so a stream is all-or-nothing:
-// after a crash, Open() truncates whatever follows the last commit record (a torn write or a
-// stream that never finished).
+// where length counts the type byte and the body, and the checksum covers them. The first
+// record is the log's key (16 random bytes, never sent to a client). A kBatch body is a
+// SerializeTensors map (split, x, y, ids, client_ids); a kCommit record's body is the key, and
+// it makes every batch since the previous commit part of the log. A stream writes its batches
+// and fdatasyncs, then writes its commit record and fdatasyncs, so a stream is all-or-nothing
+// and a commit on disk vouches for every byte before it: after a crash, Open() cuts whatever
+// follows the last commit record (a stream that never finished, torn in any order). No
+// example's bytes can pass for a commit record without the key. (A log written before keys
+// has none; its commit records are empty.)
 #ifndef ADAPTD_SERVER_EXAMPLE_LOG_H_
 #define ADAPTD_SERVER_EXAMPLE_LOG_H_
 
@@ -47,22 +50,23 @@ struct LogRecovery {
 // Thread-compatible: the owner serializes Append calls.
 class ExampleLog {
  public:
-  // Opens or creates the log at `path`, reads its committed batches into `recovery` and
-  // truncates the file after the last commit record (a torn or uncommitted tail). DATA_LOSS if
-  // a record fails its checksum while a valid record follows it (damage after the write, not
-  // a crash), or if a whole record does not decode: the file is left as it is.
+  // Opens the log at `path`, reads its committed batches into `recovery` and truncates the
+  // file after the last commit record (an uncommitted tail). DATA_LOSS, with the file left as
+  // it is, if a commit record follows a record that cannot be read (damage after the write,
+  // not a crash), if a whole record does not decode or is not one a log holds, or if the
+  // first record is damaged.
   static absl::StatusOr<std::unique_ptr<ExampleLog>> Open(const std::string& path,
                                                           LogRecovery* recovery);
-  // An empty log at `path`: whatever a file there held (left by a model whose catalog rows are
-  // gone) is discarded.
+  // A new log at `path`, holding its key only, durable: whatever a file there held (left by a
+  // model whose catalog rows are gone) is discarded.
   static absl::StatusOr<std::unique_ptr<ExampleLog>> Create(const std::string& path);
   ~ExampleLog();
 
   ExampleLog(const ExampleLog&) = delete;
   ExampleLog& operator=(const ExampleLog&) = delete;
 
-  // Appends the batches and a commit record, then fsyncs: durable when it returns OK. On
-  // failure the file is cut back to its previous length.
+  // Appends the batches and then a commit record, each followed by fdatasync: durable when
+  // it returns OK. On failure the file is cut back to its previous length.
   absl::Status AppendCommitted(const std::vector<ExampleBatchData>& batches);
 
   int64_t size_bytes() const { return size_; }
@@ -74,6 +78,7 @@ class ExampleLog {
   std::string path_;
   int fd_;
   int64_t size_;
+  std::string key_;  // the commit records' body; empty in a log written before keys
   // Set when a failed append could not be cut back durably: what the file holds past size_ is
   // unknown, so no more appends until a restart recovers it from disk.
   bool broken_ = false;

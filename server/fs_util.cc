@@ -30,6 +30,11 @@ absl::Status MakeDirs(const std::string& path) {
       ADAPTD_RETURN_IF_ERROR(ServerFault(FsyncParentDirectory(prefix)));  // the entry is durable
     } else if (errno != EEXIST) {
       return absl::InternalError(absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
+    } else if (pos == std::string::npos) {
+      // The directory asked for exists, but a crash may have come between its mkdir and that
+      // fsync: make its entry durable now, as a fresh mkdir would have. (Ancestors that already
+      // exist are the caller's, and may not be readable.)
+      ADAPTD_RETURN_IF_ERROR(ServerFault(FsyncParentDirectory(prefix)));
     }
   }
   return absl::OkStatus();

@@ -16,7 +16,8 @@ namespace adaptd {
 // RESOURCE_EXHAUSTED, FAILED_PRECONDITION) would read as a fault of the request.
 absl::Status ServerFault(const absl::Status& status);
 
-// mkdir -p; every directory it creates is made durable (its parent is fsynced).
+// mkdir -p; every directory it creates, and `path` itself, is made durable (its parent is
+// fsynced).
 absl::Status MakeDirs(const std::string& path);
 // rm -r; OK if `path` does not exist. A direct child named `last` goes after every other.
 absl::Status RemoveTree(const std::string& path, const std::string& last = "");

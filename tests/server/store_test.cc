@@ -107,75 +107,104 @@ void Append(const std::string& path, const std::string& bytes) {
   ::close(fd);
 }
 
+// A record as the log's format spells it: [u32 length][u32 CRC-32C][type][body].
+std::string Record(uint8_t type, const std::string& body) {
+  std::string payload(1, static_cast<char>(type));
+  payload += body;
+  std::string out;
+  for (uint32_t v : {static_cast<uint32_t>(payload.size()), Crc32c(payload)}) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+  }
+  return out + payload;
+}
+
+// Where the records of a log start, found by walking their length fields, plus the end of
+// the last whole one.
+std::vector<size_t> RecordStarts(const std::string& bytes) {
+  std::vector<size_t> starts;
+  size_t pos = 0;
+  while (pos + 8 <= bytes.size()) {
+    uint32_t len = 0;
+    for (int i = 0; i < 4; ++i) len |= static_cast<uint32_t>(static_cast<uint8_t>(bytes[pos + i])) << (8 * i);
+    if (pos + 8 + len > bytes.size()) break;
+    starts.push_back(pos);
+    pos += 8 + len;
+  }
+  starts.push_back(pos);
+  return starts;
+}
+
+// A log at `path` holding the given streams, committed, and its bytes.
+std::string WriteLog(const std::string& path, const std::vector<std::vector<ExampleBatchData>>& streams) {
+  auto log = ExampleLog::Create(path);
+  EXPECT_TRUE(log.ok()) << log.status();
+  for (const auto& stream : streams) EXPECT_TRUE((*log)->AppendCommitted(stream).ok());
+  auto bytes = ReadFile(path);
+  EXPECT_TRUE(bytes.ok());
+  EXPECT_EQ(static_cast<int64_t>(bytes->size()), (*log)->size_bytes());
+  return *bytes;
+}
+
+void ExpectBatches(const LogRecovery& rec, const std::vector<const ExampleBatchData*>& want) {
+  ASSERT_EQ(rec.batches.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_TRUE(at::equal(rec.batches[i].x, want[i]->x)) << i;
+    EXPECT_TRUE(at::equal(rec.batches[i].y, want[i]->y)) << i;
+    EXPECT_TRUE(at::equal(rec.batches[i].ids, want[i]->ids)) << i;
+  }
+}
+
 TEST(ExampleLogTest, RecoveryKeepsCommittedStreamsAndCutsEverythingAfter) {
   TempDir dir;
   const std::string path = dir.path() + "/0.log";
   const ExampleBatchData a = Batch(0, 5, 1), b = Batch(5, 7, 2), c = Batch(12, 3, 3);
-  int64_t committed_size;
   // Recovery never creates a log: a missing one lost what it held.
   LogRecovery none;
   EXPECT_EQ(ExampleLog::Open(path, &none).status().code(), absl::StatusCode::kDataLoss);
-  {
-    auto log = ExampleLog::Create(path);
-    ASSERT_TRUE(log.ok()) << log.status();
-    ASSERT_TRUE((*log)->AppendCommitted({a, b}).ok());
-    ASSERT_TRUE((*log)->AppendCommitted({c}).ok());
-    committed_size = (*log)->size_bytes();
-  }
+  const std::string bytes = WriteLog(path, {{a, b}, {c}});
+  // Records: the key, a, b, commit, c, commit.
+  const std::vector<size_t> at = RecordStarts(bytes);
+  ASSERT_EQ(at.size(), 7u);
+  ASSERT_EQ(at.back(), bytes.size());
   // A stream that never committed (a whole batch record, no commit record), then a torn
   // record: both must go.
-  auto bytes = ReadFile(path);
-  ASSERT_TRUE(bytes.ok());
-  {
-    // Re-create an uncommitted batch record by copying the first record of the file.
-    const uint32_t len = static_cast<uint8_t>((*bytes)[0]) | static_cast<uint8_t>((*bytes)[1]) << 8 |
-                         static_cast<uint8_t>((*bytes)[2]) << 16 |
-                         static_cast<uint32_t>(static_cast<uint8_t>((*bytes)[3])) << 24;
-    Append(path, bytes->substr(0, 8 + len));
-    Append(path, bytes->substr(0, 8 + len / 2));  // torn
-  }
+  const std::string batch_a = bytes.substr(at[1], at[2] - at[1]);
+  Append(path, batch_a);
+  Append(path, batch_a.substr(0, batch_a.size() / 2));
   LogRecovery rec;
   auto log = ExampleLog::Open(path, &rec);
   ASSERT_TRUE(log.ok()) << log.status();
-  EXPECT_GT(rec.truncated_bytes, 0);
-  EXPECT_EQ((*log)->size_bytes(), committed_size);
-  ASSERT_EQ(rec.batches.size(), 3u);
-  for (const auto& [got, want] : {std::pair{&rec.batches[0], &a}, {&rec.batches[1], &b},
-                                  {&rec.batches[2], &c}}) {
-    EXPECT_TRUE(at::equal(got->x, want->x));
-    EXPECT_TRUE(at::equal(got->y, want->y));
-    EXPECT_TRUE(at::equal(got->ids, want->ids));
-  }
+  EXPECT_EQ(rec.truncated_bytes, static_cast<int64_t>(batch_a.size() + batch_a.size() / 2));
+  EXPECT_EQ((*log)->size_bytes(), static_cast<int64_t>(bytes.size()));
+  ExpectBatches(rec, {&a, &b, &c});
   // The file itself was cut back, so a second open reads the same and cuts nothing.
   LogRecovery again;
   ASSERT_TRUE(ExampleLog::Open(path, &again).ok());
   EXPECT_EQ(again.truncated_bytes, 0);
   EXPECT_EQ(again.batches.size(), 3u);
+  EXPECT_EQ(*ReadFile(path), bytes);
 }
 
 TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
   TempDir dir;
   const std::string path = dir.path() + "/0.log";
-  {
-    auto log = ExampleLog::Create(path);
-    ASSERT_TRUE(log.ok());
-    ASSERT_TRUE((*log)->AppendCommitted({Batch(0, 4, 1)}).ok());
-    ASSERT_TRUE((*log)->AppendCommitted({Batch(4, 4, 2)}).ok());
-  }
-  auto bytes = ReadFile(path);
-  ASSERT_TRUE(bytes.ok());
-  std::string damaged = *bytes;
-  damaged[damaged.size() - 20] ^= 0x01;  // inside the second stream's batch record
-  ASSERT_TRUE(WriteFileAtomically(path, damaged).ok());
+  const ExampleBatchData first = Batch(0, 4, 1);
+  const std::string bytes = WriteLog(path, {{first}, {Batch(4, 4, 2)}});
+  // Records: the key, batch, commit, batch, commit.
+  const std::vector<size_t> at = RecordStarts(bytes);
+  ASSERT_EQ(at.size(), 6u);
   // Damage with a valid commit record after it is not a torn tail: refuse, change nothing.
+  std::string damaged = bytes;
+  damaged[(at[3] + at[4]) / 2] ^= 0x01;  // inside the second stream's batch record
+  ASSERT_TRUE(WriteFileAtomically(path, damaged).ok());
   LogRecovery rec;
   const auto damaged_open = ExampleLog::Open(path, &rec);
   EXPECT_EQ(damaged_open.status().code(), absl::StatusCode::kDataLoss) << damaged_open.status();
   EXPECT_EQ(*ReadFile(path), damaged);
   // A length field that lies (here far past the end of the file) stops the reading at the first
   // stream; the commits after it are still seen, so nothing is cut.
-  std::string lying = *bytes;
-  lying[2] = static_cast<char>(0x3f);  // the first record's length, now about 1 GiB
+  std::string lying = bytes;
+  lying[at[1] + 2] = static_cast<char>(0x3f);  // the first batch's length, now about 1 GiB
   ASSERT_TRUE(WriteFileAtomically(path, lying).ok());
   LogRecovery lied;
   const auto lying_open = ExampleLog::Open(path, &lied);
@@ -183,12 +212,95 @@ TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
   EXPECT_THAT(std::string(lying_open.status().message()),
               ::testing::HasSubstr("a committed stream follows"));
   EXPECT_EQ(*ReadFile(path), lying);
-  // The same damage in the last record (nothing valid after it) reads as a torn tail.
-  ASSERT_TRUE(WriteFileAtomically(path, damaged.substr(0, damaged.size() - 9)).ok());
+  // A damaged key: the log cannot be read from its start, and its first stream was
+  // acknowledged after the key was durable.
+  std::string keyless = bytes;
+  keyless[at[0] + 12] ^= 0x01;
+  ASSERT_TRUE(WriteFileAtomically(path, keyless).ok());
+  LogRecovery no_key;
+  const auto key_open = ExampleLog::Open(path, &no_key);
+  EXPECT_EQ(key_open.status().code(), absl::StatusCode::kDataLoss) << key_open.status();
+  EXPECT_THAT(std::string(key_open.status().message()), ::testing::HasSubstr("first record"));
+  EXPECT_EQ(*ReadFile(path), keyless);
+  // The same damage in the last stream with its commit not on disk reads as a torn tail.
+  ASSERT_TRUE(WriteFileAtomically(path, damaged.substr(0, at[4])).ok());
   LogRecovery tail;
   ASSERT_TRUE(ExampleLog::Open(path, &tail).ok());
-  ASSERT_EQ(tail.batches.size(), 1u);
-  EXPECT_EQ(tail.batches[0].ids[0].item<int64_t>(), 0);
+  ExpectBatches(tail, {&first});
+}
+
+// A log written before logs had keys: no key record, and commit records without a body.
+TEST(ExampleLogTest, ALogWrittenBeforeKeysStillReadsAndGrows) {
+  TempDir dir;
+  const std::string path = dir.path() + "/0.log";
+  const ExampleBatchData a = Batch(0, 4, 1), b = Batch(4, 3, 2);
+  const std::string bytes = WriteLog(path, {{a}});
+  const std::vector<size_t> at = RecordStarts(bytes);  // the key, a, commit
+  ASSERT_EQ(at.size(), 4u);
+  const std::string old = bytes.substr(at[1], at[2] - at[1]) + Record(2, "");
+  ASSERT_TRUE(WriteFileAtomically(path, old).ok());
+  {
+    LogRecovery rec;
+    auto log = ExampleLog::Open(path, &rec);
+    ASSERT_TRUE(log.ok()) << log.status();
+    ExpectBatches(rec, {&a});
+    ASSERT_TRUE((*log)->AppendCommitted({b}).ok());
+  }
+  const std::string grown = *ReadFile(path);
+  EXPECT_EQ(grown.substr(grown.size() - 9), Record(2, ""));
+  LogRecovery rec;
+  ASSERT_TRUE(ExampleLog::Open(path, &rec).ok());
+  ExpectBatches(rec, {&a, &b});
+}
+
+// A crash while a stream is written may leave any of its pages on disk and not others (the
+// kernel writes pages back in no set order). Its commit record is written only after the
+// rest is durable, so the stream was not acknowledged, and is cut however it was torn.
+TEST(ExampleLogTest, AStreamTornInAnyOrderIsCutWhenItsCommitIsMissing) {
+  TempDir dir;
+  const std::string path = dir.path() + "/0.log";
+  const ExampleBatchData a = Batch(0, 4, 1);
+  const std::string bytes = WriteLog(path, {{a}, {Batch(4, 64, 2), Batch(68, 64, 3)}});
+  // Records: the key, a, commit, b1, b2, commit.
+  const std::vector<size_t> at = RecordStarts(bytes);
+  ASSERT_EQ(at.size(), 7u);
+  const std::string uncommitted = bytes.substr(0, at[5]);
+  std::string middle_lost = uncommitted, header_lost = uncommitted;
+  std::fill(middle_lost.begin() + at[3] + 100, middle_lost.begin() + at[3] + 400, '\0');
+  std::fill(header_lost.begin() + at[3], header_lost.begin() + at[3] + 8, '\0');
+  for (const std::string& torn : {middle_lost, header_lost, uncommitted.substr(0, at[4] + 50)}) {
+    ASSERT_TRUE(WriteFileAtomically(path, torn).ok());
+    LogRecovery rec;
+    const auto log = ExampleLog::Open(path, &rec);
+    ASSERT_TRUE(log.ok()) << log.status();
+    ExpectBatches(rec, {&a});
+    EXPECT_EQ(rec.truncated_bytes, static_cast<int64_t>(torn.size() - at[3]));
+    EXPECT_EQ(*ReadFile(path), bytes.substr(0, at[3]));
+  }
+}
+
+// A client chooses its examples' bytes. Those of a torn stream must not pass for a commit
+// record, or a crash would take the model offline where cutting is safe.
+TEST(ExampleLogTest, AnExamplesBytesCannotPassForACommitRecord) {
+  TempDir dir;
+  const std::string path = dir.path() + "/0.log";
+  const ExampleBatchData a = Batch(0, 4, 1);
+  // Inputs whose bytes spell a commit record in every form a client could know: the body-less
+  // one of a log without a key, with and without a key-sized body of its choosing.
+  const std::string forged = Record(2, "") + Record(2, std::string(16, '\0')) + Record(2, std::string(16, 'k'));
+  ExampleBatchData b = Batch(4, 1, 2);
+  b.x = at::zeros({1, static_cast<int64_t>((forged.size() + 3) / 4)}, at::kFloat);
+  std::memcpy(b.x.data_ptr<float>(), forged.data(), forged.size());
+  const std::string bytes = WriteLog(path, {{a}, {b}});
+  const size_t planted = bytes.find(forged);
+  ASSERT_NE(planted, std::string::npos);
+  // A kill during the second stream's write: its first bytes, up to past the planted ones.
+  const std::string torn = bytes.substr(0, planted + forged.size() + 4);
+  ASSERT_TRUE(WriteFileAtomically(path, torn).ok());
+  LogRecovery rec;
+  const auto log = ExampleLog::Open(path, &rec);
+  ASSERT_TRUE(log.ok()) << log.status();
+  ExpectBatches(rec, {&a});
 }
 
 TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
@@ -306,40 +418,36 @@ TEST(CatalogTest, ACatalogWithJobSettingsGainsJobProgress) {
   }
 }
 
-}  // namespace
-}  // namespace adaptd
-
-namespace adaptd {
-namespace {
-
-std::string Record(uint8_t type, const std::string& body) {
-  std::string payload(1, static_cast<char>(type));
-  payload += body;
-  std::string out;
-  for (uint32_t v : {static_cast<uint32_t>(payload.size()), Crc32c(payload)}) {
-    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
-  }
-  return out + payload;
-}
-
 TEST(ExampleLogTest, AWholeRecordThatDoesNotDecodeIsDataLoss) {
   TempDir dir;
   const std::string path = dir.path() + "/0.log";
-  // Checksums match, so no crash wrote these: a batch body that is not a tensor map, and a
-  // record of a type this version does not know. Neither may cut the log.
-  for (const std::string& bad : {Record(1, "not a tensor map"), Record(9, "")}) {
-    const std::string bytes = bad + Record(2, "");
+  // Checksums match, so no crash wrote these: a batch body that is not a tensor map, a record
+  // of a type this version does not know, a commit without the key of a log that has one, and
+  // a key anywhere but first. None may cut the log.
+  const std::string key = Record(3, std::string(16, 'k'));
+  for (const std::string& bytes :
+       {Record(1, "not a tensor map") + Record(2, ""), Record(9, "") + Record(2, ""),
+        key + Record(2, "") + Record(2, std::string(16, 'k')), Record(2, "") + key + Record(2, "")}) {
     ASSERT_TRUE(WriteFileAtomically(path, bytes).ok());
     LogRecovery rec;
     const auto log = ExampleLog::Open(path, &rec);
     EXPECT_EQ(log.status().code(), absl::StatusCode::kDataLoss) << log.status();
     EXPECT_EQ(*ReadFile(path), bytes);
   }
-  // ExampleLog::Create starts over whatever the file held.
+  // ExampleLog::Create starts over whatever the file held: its key only, which reads back as
+  // a log of no examples with nothing to cut.
   auto fresh = ExampleLog::Create(path);
   ASSERT_TRUE(fresh.ok()) << fresh.status();
-  EXPECT_EQ((*fresh)->size_bytes(), 0);
-  EXPECT_EQ(ReadFile(path)->size(), 0u);
+  const auto fresh_bytes = ReadFile(path);
+  EXPECT_EQ(static_cast<int64_t>(fresh_bytes->size()), (*fresh)->size_bytes());
+  EXPECT_EQ(RecordStarts(*fresh_bytes), (std::vector<size_t>{0, 8 + 1 + 16}));
+  LogRecovery rec;
+  ASSERT_TRUE(ExampleLog::Open(path, &rec).ok());
+  EXPECT_EQ(rec.batches.size(), 0u);
+  EXPECT_EQ(rec.truncated_bytes, 0);
+  // Each log draws its own key.
+  ASSERT_TRUE(ExampleLog::Create(path + "2").ok());
+  EXPECT_NE(ReadFile(path + "2")->substr(9, 16), fresh_bytes->substr(9, 16));
 }
 
 }  // namespace
