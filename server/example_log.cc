@@ -20,8 +20,9 @@ namespace {
 enum RecordType : uint8_t { kBatch = 1, kCommit = 2, kKey = 3 };
 constexpr size_t kHeaderBytes = 8;
 constexpr size_t kKeyBytes = 16;
-// A batch larger than this is refused before it reaches the log (the gRPC limit is lower).
-constexpr uint32_t kMaxRecordBytes = 1u << 30;
+// A record's most bytes. Streams refuse batches over kMaxBatchBytes, which counts more than a
+// batch's record takes.
+constexpr uint32_t kMaxRecordBytes = static_cast<uint32_t>(kMaxBatchBytes);
 
 void PutU32(std::string& out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
@@ -96,6 +97,12 @@ std::string CommitRecord(const std::string& key) {
 }
 
 }  // namespace
+
+int64_t HeldBytes(const ExampleBatchData& b) {
+  constexpr int64_t kTensorsBytes = 2048;
+  return b.x.numel() * static_cast<int64_t>(sizeof(float)) +
+         b.size() * 3 * static_cast<int64_t>(sizeof(int64_t)) + kTensorsBytes;
+}
 
 std::vector<ExampleBatchData> SliceBatches(const std::vector<ExampleBatchData>& batches,
                                            int64_t begin, int64_t end) {

@@ -37,6 +37,14 @@ struct ExampleBatchData {
   int64_t size() const { return y.defined() ? y.size(0) : 0; }
 };
 
+// The memory a batch holds, as --max_stream_mb counts it: its inputs as float32, its labels,
+// ids and client ids as int64, and 2 KiB for its four tensors themselves (about 1.7 KiB measured
+// for four one-element tensors), so that many tiny batches cannot hold far more than they are
+// charged.
+int64_t HeldBytes(const ExampleBatchData& b);
+// The most HeldBytes a batch may count: the log keeps each batch in one record, of at most 1 GiB.
+constexpr int64_t kMaxBatchBytes = int64_t{1} << 30;
+
 // Rows [begin, end) of `batches` read as one sequence, as views of the batches that hold them
 // (no copy; batches outside the range are skipped). 0 <= begin <= end <= the rows in all.
 std::vector<ExampleBatchData> SliceBatches(const std::vector<ExampleBatchData>& batches,

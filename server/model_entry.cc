@@ -814,6 +814,11 @@ absl::StatusOr<ExampleBatchData> ModelEntry::ValidateBatch(const StreamPlan& pla
   } else {
     b.client_ids = at::full({n}, -1, at::kLong);
   }
+  if (HeldBytes(b) > kMaxBatchBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a batch may hold at most ", kMaxBatchBytes >> 20, " MiB (inputs as float32); this one "
+        "holds ", HeldBytes(b) >> 20, " MiB: send it as several batches"));
+  }
   return b;
 }
 

@@ -323,7 +323,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           ++batches;
           received += batch->size();
           pending_examples += batch->size();
-          pending_bytes += batch->x.numel() * static_cast<int64_t>(sizeof(float));
+          pending_bytes += HeldBytes(*batch);
           if (pending_bytes > c_.max_stream_bytes) {
             return absl::ResourceExhaustedError(absl::StrCat(
                 "the stream holds more than ", c_.max_stream_bytes >> 20,

@@ -147,6 +147,19 @@ TEST_F(BadInputTest, StreamsAreRejectedWholeAndChangeNothing) {
   EXPECT_STATUS(raw({batch_first}), kInvalidArgument,
                 "the first message of a stream must be its header");
   EXPECT_STATUS(raw({}), kInvalidArgument, "the stream carried no header");
+  // A stream is all-or-nothing: without its end message (a client that half-closes early) it
+  // stores nothing, and nothing may come after the end message, or in place of a batch.
+  v1::StreamExamplesRequest header;
+  header.mutable_header()->set_model("m");
+  header.mutable_header()->set_task_id(1);
+  v1::StreamExamplesRequest end;
+  end.mutable_end()->set_examples(good.size());
+  EXPECT_STATUS(raw({header, batch_first}), kAborted,
+                "the stream ended without its end message (cancelled or cut short)");
+  EXPECT_STATUS(raw({header, batch_first, end, batch_first}), kInvalidArgument,
+                "nothing may follow the stream's end message");
+  EXPECT_STATUS(raw({header, batch_first, header}), kInvalidArgument,
+                "message 2 of the stream must be a batch; only the first is a header");
 }
 
 TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {

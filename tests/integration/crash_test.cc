@@ -808,6 +808,35 @@ TEST(LifecycleTest, ImportIsBoundedByTheStreamLimit) {
   EXPECT_EQ(client->ListModels()->models_size(), 0);
 }
 
+// A stream is charged for what its batches hold in memory, not only their inputs: 2 KiB of
+// tensors each, and 24 bytes of label and ids per example. Many one-example batches (24 bytes
+// of inputs each) reach a 1 MiB limit at about 500, and are refused whole.
+TEST(LifecycleTest, AStreamIsChargedForEveryBatchItHolds) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--max_stream_mb=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", false, 1)).ok());
+  const Dataset data = BlobTask(600, {0, 1}, 1);
+  auto singles = [&](int64_t n) {
+    std::vector<v1::ExampleBatch> batches;
+    for (int64_t i = 0; i < n; ++i) {
+      batches.push_back(MakeBatch(data.x.narrow(0, i, 1), data.y.narrow(0, i, 1)));
+    }
+    return batches;
+  };
+  v1::StreamHeader h;
+  h.set_model("m");
+  h.set_task_id(0);
+  const absl::Status refused = client->StreamExamples(h, singles(600)).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(std::string(refused.message()), ::testing::HasSubstr("more than 1 MiB of examples"));
+  EXPECT_EQ(client->GetModel("m")->tasks_size(), 0);
+  auto stored = client->StreamExamples(h, singles(400));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->examples(), 400);
+}
+
 TEST(LifecycleTest, ImportValidatesTheSnapshot) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path());
