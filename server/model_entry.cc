@@ -1247,8 +1247,12 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
                                  "examples stay pending for the task's next stream, or the "
                                  "adapt_after_seconds timer"));
     }
-    // Nothing publishes once a shutdown began, even a job that had just finished training.
-    if (stopping() && !job->cancel_requested()) return interrupted();
+    // Nothing publishes once a shutdown began, even a job that had just finished training; one
+    // that was also cancelled ends so, rather than run again after the restart.
+    if (stopping()) {
+      return job->cancel_requested() ? finish(v1::JOB_STATE_CANCELLED, "cancelled while running")
+                                     : interrupted();
+    }
     v1::JobStatus done = job->Status();
     done.set_elapsed_seconds(took);
     published = Publish(std::move(info), std::move(result->state), job->id(), ProgressOf(done));
