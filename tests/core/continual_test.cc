@@ -823,6 +823,62 @@ TEST(AdaptTest, LogitCurvatureTermHoldsThePastHeads) {
   EXPECT_GT(*acc, 0.9);
 }
 
+// EWC's Laplace term holds the weights that its Fisher says matter: the penalty
+// sum F (w - w*)^2 ends far smaller than in the same run with lambda 0 (same seeds, same data).
+TEST(AdaptTest, EwcHoldsTheWeightsItsFisherWeighs) {
+  const FirstHeadLearnt run([](AdaptConfig& c) { c.method = Method::kEwc; });
+  ASSERT_TRUE(run.state.fisher.defined());
+  auto penalty = [&](double lambda) {
+    const ContinualState next = run.Second([&](AdaptConfig& d) { d.ewc_lambda = lambda; });
+    return (run.state.fisher * (next.mean - run.state.mean).square()).sum().item<double>();
+  };
+  // Well-fit blobs give a small Fisher, so the term needs a large lambda to bite (1e3 takes 17 %
+  // off the penalty, 1e5 94 %; 1e6 makes IVON's steps overshoot).
+  const double without = penalty(0.0), with = penalty(1e5);
+  EXPECT_GT(without, 0.0);
+  EXPECT_LT(with, 0.25 * without);
+}
+
+// Replay's stored examples keep the first task learnt while the second is: its cross-entropy
+// on the first head ends lower than in the same run with the replay weight at 0.
+TEST(AdaptTest, ReplayKeepsThePastTask) {
+  const FirstHeadLearnt run([](AdaptConfig& c) {
+    c.method = Method::kReplay;
+    c.memory_points = 100;
+  });
+  const TaskData& past = run.tasks[0];
+  const at::Tensor head = past.label_mask.nonzero().squeeze(1);
+  const at::Tensor y = (past.train.y - head[0]).to(at::kLong);  // the head's own class indices
+  auto loss = [&](double weight) {
+    const ContinualState next = run.Second([&](AdaptConfig& d) { d.memory_weight = weight; });
+    return at::cross_entropy_loss(run.Head0(next, past.train.x), y).item<double>();
+  };
+  const double start = at::cross_entropy_loss(run.Head0(run.state, past.train.x), y).item<double>();
+  const double without = loss(0.0), with = loss(1.0);
+  EXPECT_GT(without, start);  // the second task disturbs the first
+  EXPECT_LT(with - start, 0.5 * (without - start)) << start << " " << with << " " << without;
+}
+
+// A run whose mean model ends worse than a uniform guess on the examples it trained on learnt
+// nothing: Adapt refuses it (ABORTED) rather than return a state to publish. Here the start is
+// confidently wrong (weights x 30) and the learning rate too small to mend it.
+TEST(AdaptTest, ARunThatLearntNothingIsAborted) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  s0->mean.mul_(30);
+  const at::Tensor before = s0->mean.clone();
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.ivon.lr = 1e-9;
+  auto r = Adapt(*s0, TaskData{0, Blobs(200, 4, 1), at::Tensor(), at::Tensor()}, c);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), testing::HasSubstr("training learnt nothing of the task"));
+  EXPECT_TRUE(at::equal(before, s0->mean));
+  // The same start at the usual rate learns the task.
+  c.ivon.lr = 0.2;
+  c.epochs = 10;
+  EXPECT_TRUE(Adapt(*s0, TaskData{0, Blobs(200, 4, 1), at::Tensor(), at::Tensor()}, c).ok());
+}
+
 // The curvature enters IVON's initial Hessian as well as the weight term, so even a very strong
 // term needs no clip: the Newton-like step is scaled by the term's own curvature and holds the
 // past head more tightly than a weak term, instead of overshooting it.
