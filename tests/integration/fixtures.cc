@@ -1,6 +1,8 @@
 #include "tests/integration/fixtures.h"
 
 #include <dirent.h>
+#include <cerrno>
+#include <cstring>
 #include <sys/stat.h>
 
 #include <gtest/gtest.h>
@@ -72,6 +74,7 @@ v1::CreateModelRequest BlobModel(const std::string& name, bool multi, int64_t ep
 
 int64_t WaitJobs(const AdaptdClient& client, const v1::StreamExamplesResponse& response) {
   int64_t version = -1;
+  EXPECT_GT(response.job_ids_size(), 0) << "the stream queued no job to wait for";
   for (const auto& id : response.job_ids()) {
     auto last = client.WatchJob(id);
     EXPECT_TRUE(last.ok()) << last.status();
@@ -85,17 +88,24 @@ int64_t WaitJobs(const AdaptdClient& client, const v1::StreamExamplesResponse& r
 namespace {
 void Walk(const std::string& root, const std::string& rel, std::map<std::string, uint32_t>& out) {
   DIR* dir = ::opendir((root + rel).c_str());
-  if (!dir) return;
+  if (!dir) {
+    ADD_FAILURE() << "cannot list " << root + rel << ": " << std::strerror(errno);
+    return;
+  }
   while (dirent* e = ::readdir(dir)) {
     const std::string n = e->d_name;
     if (n == "." || n == ".." || absl::StartsWith(n, "catalog.sqlite")) continue;
     const std::string path = rel + "/" + n;
     struct stat st;
-    if (::stat((root + path).c_str(), &st) != 0) continue;
+    if (::stat((root + path).c_str(), &st) != 0) {
+      ADD_FAILURE() << "cannot stat " << root + path << ": " << std::strerror(errno);
+      continue;
+    }
     if (S_ISDIR(st.st_mode)) {
       Walk(root, path, out);
     } else {
       auto bytes = ReadFile(root + path);
+      EXPECT_TRUE(bytes.ok()) << bytes.status();
       out[path] = bytes.ok() ? Crc32c(*bytes) : 0;
     }
   }

@@ -17,6 +17,8 @@ class TempDir {
   TempDir() {
     std::string templ = ::testing::TempDir() + "adaptd_test_XXXXXX";
     path_ = ::mkdtemp(templ.data()) ? templ : "";
+    // Every test writes under it: without one, fail now rather than write elsewhere.
+    EXPECT_FALSE(path_.empty()) << "cannot create a temporary directory under " << ::testing::TempDir();
   }
   ~TempDir() {
     if (!path_.empty()) (void)std::system(("rm -rf '" + path_ + "'").c_str());
