@@ -241,16 +241,22 @@ std::string ModelEntry::LogPath(int64_t task_id) const {
   return absl::StrCat(options_.dir, "/examples/", task_id, ".log");
 }
 
+absl::StatusOr<ModelEntry::Blueprint> ModelEntry::Plan(const v1::ModelSpec& spec,
+                                                       const v1::LearningConfig& config) {
+  Blueprint b;
+  ADAPTD_ASSIGN_OR_RETURN(b.spec, SpecFromProto(spec));
+  ADAPTD_ASSIGN_OR_RETURN(b.config, NormalizeConfig(config));
+  ADAPTD_ASSIGN_OR_RETURN(b.adapt, ConfigFromProto(b.config));
+  ADAPTD_ASSIGN_OR_RETURN(b.state, InitialState(b.spec, b.config.seed()));
+  return b;
+}
+
 absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Create(const std::string& name,
-                                                               const v1::ModelSpec& spec_proto,
-                                                               const v1::LearningConfig& config,
+                                                               Blueprint plan,
                                                                const ModelEntryOptions& options) {
-  ADAPTD_ASSIGN_OR_RETURN(ModelSpec spec, SpecFromProto(spec_proto));
-  ADAPTD_ASSIGN_OR_RETURN(v1::LearningConfig normalized, NormalizeConfig(config));
-  ADAPTD_ASSIGN_OR_RETURN(AdaptConfig adapt, ConfigFromProto(normalized));
-  ADAPTD_ASSIGN_OR_RETURN(ContinualState state, InitialState(spec, normalized.seed()));
-  auto entry = std::unique_ptr<ModelEntry>(
-      new ModelEntry(name, std::move(spec), std::move(normalized), std::move(adapt), options));
+  ContinualState state = std::move(plan.state);
+  auto entry = std::unique_ptr<ModelEntry>(new ModelEntry(
+      name, std::move(plan.spec), std::move(plan.config), std::move(plan.adapt), options));
   ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/examples"));
   ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/versions"));
   ModelRow row{name, SpecToProto(entry->spec_).SerializeAsString(),
@@ -1488,8 +1494,11 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     ADAPTD_ASSIGN_OR_RETURN(normalized, NormalizeConfig(config));
     ADAPTD_ASSIGN_OR_RETURN(adapt, ConfigFromProto(normalized));
     ADAPTD_ASSIGN_OR_RETURN(state, ContinualState::FromTensors(map, spec));
-    if (state.mean.numel() != InitialState(spec, 0)->mean.numel()) {
-      return absl::InvalidArgumentError("the snapshot's weights do not fit its model spec");
+    const int64_t expected = InitialState(spec, 0)->mean.numel();
+    if (state.mean.numel() != expected) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the snapshot's weights do not fit its model spec: the spec has ", expected,
+          " parameters; the snapshot holds ", state.mean.numel()));
     }
     // Tasks and their examples.
     for (int64_t i = 0;; ++i) {
@@ -1558,14 +1567,21 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     // Example ids name one example each (memory maps and influence answers are given by id).
     if (!all_ids.empty()) {
       const at::Tensor ids = at::cat(all_ids);
-      if (std::get<0>(at::_unique(ids)).numel() != ids.numel()) {
-        return absl::InvalidArgumentError("snapshot example ids must be unique");
+      const at::Tensor sorted = std::get<0>(ids.sort());
+      const at::Tensor repeats = sorted.narrow(0, 1, sorted.numel() - 1).eq(sorted.narrow(0, 0, sorted.numel() - 1));
+      if (repeats.any().item<bool>()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "snapshot example ids must be unique; id ", sorted[repeats.nonzero()[0][0]].item<int64_t>(),
+            " repeats"));
       }
     }
     // Tasks are numbered 0, 1, ... in arrival order; so are the evaluation results.
     if (!tasks.empty() && tasks.rbegin()->first != static_cast<int64_t>(tasks.size()) - 1) {
-      return absl::InvalidArgumentError(
-          "snapshot tasks must be numbered 0, 1, 2, ... without gaps");
+      std::vector<int64_t> numbers;
+      for (const auto& [tid, t] : tasks) numbers.push_back(tid);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "snapshot tasks must be numbered 0, 1, 2, ... without gaps; got [",
+          absl::StrJoin(numbers, ", "), "]"));
     }
     for (const auto& a : info.eval()) {
       if (tasks.count(a.task_id()) == 0) {

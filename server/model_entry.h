@@ -180,10 +180,17 @@ struct CommitResult {
 
 class ModelEntry {
  public:
+  // A new model's spec, config and prior, checked: all that Create needs from the request,
+  // worked out before anything is reserved or written (INVALID_ARGUMENT for a bad request).
+  struct Blueprint {
+    ModelSpec spec;
+    v1::LearningConfig config;  // normalized: defaults filled in
+    AdaptConfig adapt;
+    ContinualState state;
+  };
+  static absl::StatusOr<Blueprint> Plan(const v1::ModelSpec& spec, const v1::LearningConfig& config);
   // A new model: writes version 0 (the prior) and the catalog row.
-  static absl::StatusOr<std::unique_ptr<ModelEntry>> Create(const std::string& name,
-                                                            const v1::ModelSpec& spec,
-                                                            const v1::LearningConfig& config,
+  static absl::StatusOr<std::unique_ptr<ModelEntry>> Create(const std::string& name, Blueprint plan,
                                                             const ModelEntryOptions& options);
   // A model from the catalog: reads its logs (dropping uncommitted tails), verifies its
   // checkpoints and requeues the jobs a crash interrupted.

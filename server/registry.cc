@@ -224,8 +224,11 @@ absl::Status Registry::CheckNewName(const std::string& name) const {
 absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Create(const std::string& name,
                                                              const v1::ModelSpec& spec,
                                                              const v1::LearningConfig& config) {
+  // A bad spec or config is refused before the name is reserved or anything is written.
+  absl::StatusOr<ModelEntry::Blueprint> plan = CallTorch([&] { return ModelEntry::Plan(spec, config); });
+  if (!plan.ok()) return plan.status();
   return Add(name, [&](const ModelEntryOptions& o) {
-    return ModelEntry::Create(name, spec, config, o);
+    return ModelEntry::Create(name, *std::move(plan), o);
   });
 }
 

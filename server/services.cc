@@ -212,7 +212,9 @@ class AdminServiceImpl final : public v1::AdminService::Service {
       while (reader->Read(&chunk)) {
         if (first) name = chunk.name();
         else if (!chunk.name().empty() && chunk.name() != name) {
-          return absl::InvalidArgumentError("only the first snapshot chunk may name the model");
+          return absl::InvalidArgumentError(absl::StrCat(
+              "only the first snapshot chunk may name the model; it named \"", name,
+              "\", a later one \"", chunk.name(), "\""));
         }
         first = false;
         // A snapshot is held whole until it is checked: bounded as a stream's examples are.

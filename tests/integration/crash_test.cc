@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "absl/strings/match.h"
 #include "core/status_macros.h"
 #include "core/tensor_io.h"
 #include "server/catalog.h"
@@ -888,7 +889,21 @@ TEST(LifecycleTest, ImportValidatesTheSnapshot) {
   refused = client->Import("copy", SerializeTensors(bad));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
   EXPECT_THAT(std::string(refused.status().message()),
-              ::testing::HasSubstr("example ids must be unique"));
+              ::testing::HasSubstr(absl::StrCat("example ids must be unique; id ",
+                                                map->at("batch.0.ids")[0].item<int64_t>(), " repeats")));
+  // Weights of another model, and tasks with a gap: each message says what came.
+  bad = *map;
+  const int64_t params = map->at("state.mean").numel();
+  for (auto& [key, t] : bad) {  // every per-parameter tensor of the state, three longer
+    if (absl::StartsWith(key, "state.") && t.dim() == 1 && t.numel() == params) {
+      t = at::cat({t, at::zeros({3}, t.options())});
+    }
+  }
+  refused = client->Import("copy", SerializeTensors(bad));
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::HasSubstr(absl::StrCat("the spec has ", params,
+                                                " parameters; the snapshot holds ", params + 3)))
+      << refused.status();
   EXPECT_EQ(CatalogDump(dir.path()), catalog_before);
   EXPECT_EQ(DirDigest(dir.path()), files_before);
   EXPECT_TRUE(client->Import("copy", *snapshot).ok());
