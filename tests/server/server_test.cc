@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
@@ -172,6 +173,80 @@ TEST(ConvertTest, WeightPrecisionReachesTheAdaptConfig) {
   v1::LearningConfig stored = *normal;
   stored.clear_weight_precision();
   EXPECT_TRUE(ConfigFromProto(stored)->posterior_precision);
+}
+
+// Every LearningConfig field reaches the AdaptConfig member it names: each is set to a value
+// no other field has, so a field read into the wrong member, or not read, fails. Fields the
+// server keeps for itself are listed; a field added to the message and not named here fails
+// too.
+TEST(ConvertTest, EveryLearningConfigFieldReachesItsAdaptConfigMember) {
+  v1::LearningConfig c;
+  c.set_method("ewc");
+  c.mutable_ivon()->set_lr(0.011);
+  c.mutable_ivon()->set_beta1(0.812);
+  c.mutable_ivon()->set_beta2(0.913);
+  c.mutable_ivon()->set_hess_init(0.014);
+  c.mutable_ivon()->set_weight_decay(0.0015);
+  c.mutable_ivon()->set_clip_radius(0.016);
+  c.mutable_ivon()->set_ess_factor(17);
+  c.set_epochs(18);
+  c.set_min_steps(19);
+  c.set_batch_size(20);
+  c.set_memory_points(21);
+  c.set_selection("sensitivity");
+  c.set_memory_batch_size(22);
+  c.set_memory_weight(2.3);
+  c.set_replay_correction(true);
+  c.set_distill_temperature(2.4);
+  c.set_new_input_weight(2.5);
+  c.set_curvature_weight(2.6);
+  c.set_curvature_points(27);
+  c.set_weight_precision("prior");
+  c.set_fromp_tau(2.8);
+  c.set_ewc_lambda(2.9);
+  c.set_seed(30);
+  absl::StatusOr<AdaptConfig> a = ConfigFromProto(c);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->method, Method::kEwc);
+  EXPECT_EQ(a->ivon.lr, 0.011);
+  EXPECT_EQ(a->ivon.beta1, 0.812);
+  EXPECT_EQ(a->ivon.beta2, 0.913);
+  EXPECT_EQ(a->ivon.hess_init, 0.014);
+  EXPECT_EQ(a->ivon.weight_decay, 0.0015);
+  EXPECT_EQ(a->ivon.clip_radius, 0.016);
+  EXPECT_EQ(a->ess_factor, 17);
+  EXPECT_EQ(a->epochs, 18);
+  EXPECT_EQ(a->min_steps, 19);
+  EXPECT_EQ(a->batch_size, 20);
+  EXPECT_EQ(a->memory_points, 21);
+  EXPECT_EQ(a->selection, SelectionMethod::kSensitivity);
+  EXPECT_EQ(a->memory_batch_size, 22);
+  EXPECT_EQ(a->memory_weight, 2.3);
+  EXPECT_TRUE(a->replay_correction);
+  EXPECT_EQ(a->distill_temperature, 2.4);
+  EXPECT_EQ(a->new_input_weight, 2.5);
+  EXPECT_EQ(a->curvature_weight, 2.6);
+  EXPECT_EQ(a->curvature_points, 27);
+  EXPECT_FALSE(a->posterior_precision);
+  EXPECT_EQ(a->fromp_tau, 2.8);
+  EXPECT_EQ(a->ewc_lambda, 2.9);
+  EXPECT_EQ(a->seed, 30u);
+  // The fields set above, and those the server keeps for itself (the optimizer is always IVON;
+  // head mode, online chunks and the timer act before a job starts).
+  const std::set<std::string> covered = {
+      "method", "ivon", "epochs", "min_steps", "batch_size", "memory_points", "selection",
+      "memory_batch_size", "memory_weight", "replay_correction", "distill_temperature",
+      "new_input_weight", "curvature_weight", "curvature_points", "weight_precision", "fromp_tau",
+      "ewc_lambda", "seed", "optimizer", "head_mode", "adapt_every", "adapt_after_seconds"};
+  const std::set<std::string> ivon_covered = {"lr", "beta1", "beta2", "hess_init", "weight_decay",
+                                              "clip_radius", "ess_factor"};
+  for (const auto& [descriptor, names] :
+       {std::pair{v1::LearningConfig::descriptor(), &covered}, {v1::IvonConfig::descriptor(), &ivon_covered}}) {
+    for (int i = 0; i < descriptor->field_count(); ++i) {
+      EXPECT_TRUE(names->count(descriptor->field(i)->name()))
+          << descriptor->name() << "." << descriptor->field(i)->name() << " is not checked here";
+    }
+  }
 }
 
 google::protobuf::FieldMask Mask(std::initializer_list<const char*> paths) {
