@@ -71,6 +71,9 @@ absl::Status ForEachBatch(Model& model, const Covariance& sigma, const Dataset& 
   ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<LogitJacobian> jac, LogitJacobian::Create(model));
   const int64_t n = data.size();
   for (int64_t start = 0; start < n; start += options.batch_size) {
+    if (options.should_stop && options.should_stop()) {
+      return absl::CancelledError(absl::StrCat("stopped after ", start, " of ", n, " examples"));
+    }
     const int64_t len = std::min(options.batch_size, n - start);
     ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output out,
                             jac->SigmaGram(data.x.narrow(0, start, len), sigma, full));

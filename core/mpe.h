@@ -24,6 +24,7 @@
 #define ADAPTD_CORE_MPE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -53,6 +54,9 @@ struct MpeOptions {
   // Lambda_i = diag(p) - p p^T), as Eq. 10's (S^{\i})^-1 asks. Exact for linear-Gaussian models
   // (Cook's formula, MPE Eq. 2); the paper's deep-network estimates leave it off.
   bool exclude_self = false;
+  // Asked before each batch (may be null): once it returns true, the computation ends with
+  // CANCELLED (a query whose client went away).
+  std::function<bool()> should_stop;
 
   absl::Status Validate() const;
 };
@@ -139,6 +143,9 @@ struct InfluenceOptions {
   // delta p*_j = (J_j u)^T (I - Lambda_j Gamma_j)^-1 e_j (push-through identity). Costs a
   // J Sigma J^T block per example on top of the forward pass with a tangent.
   bool exclude_self = false;
+  // Asked before each batch (may be null): once it returns true, the computation ends with
+  // CANCELLED (a query whose client went away).
+  std::function<bool()> should_stop;
 
   absl::Status Validate() const;
 };

@@ -490,6 +490,9 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       ADAPTD_ASSIGN_OR_RETURN(auto scorer, InfluenceScorer::Create(lease.model(), sigma, x, o));
       const int64_t n = ex.data.size(), batch = 1024;
       for (int64_t b = 0; b < n; b += batch) {
+        // A client that went away (or passed its deadline, or a shutdown past its grace) stops
+        // the scoring between batches.
+        if (ctx->IsCancelled()) return absl::CancelledError("the query was cancelled");
         const int64_t len = std::min(batch, n - b);
         ADAPTD_RETURN_IF_ERROR(
             scorer->Add(ex.data.x.narrow(0, b, len), ex.data.y.narrow(0, b, len), b).status());
@@ -557,6 +560,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
                                        : ex.task_ids.eq(g).nonzero().reshape({-1});
         if (index.numel() == 0) continue;
         MpeOptions o;
+        o.should_stop = [ctx] { return ctx->IsCancelled(); };
         if (g >= 0) {
           ADAPTD_ASSIGN_OR_RETURN(o.label_mask, HeadMask(state, true, g));
         }

@@ -500,6 +500,25 @@ TEST(MpeTest, BadInputIsInvalidArgument) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// should_stop is asked before every batch: a computation told to stop after two batches ends
+// CANCELLED, saying how far it got; one never told to stop asks once per batch.
+TEST(MpeTest, ShouldStopEndsTheComputationBetweenBatches) {
+  auto model = BuildOrDie(Spec(Architecture::kMlp, {6}, 4, {5}));
+  const Covariance sigma = *Covariance::Diagonal(at::full({model->NumParameters()}, 0.01));
+  const Dataset data{at::randn({10, 6}), at::tensor({0, 1, 2, 3, 0, 1, 2, 3, 0, 1}, at::kLong)};
+  MpeOptions o;
+  o.batch_size = 3;
+  int asked = 0;
+  o.should_stop = [&] { return ++asked > 2; };
+  auto stopped = ComputeMemoryMapAndLoo(*model, sigma, data, o);
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+  EXPECT_THAT(std::string(stopped.status().message()), HasSubstr("stopped after 6 of 10 examples"));
+  asked = 0;
+  o.should_stop = [&] { return ++asked > 100; };
+  EXPECT_TRUE(ComputeMemoryMapAndLoo(*model, sigma, data, o).ok());
+  EXPECT_EQ(asked, 4);
+}
+
 // The same queries on a CUDA copy of the model (the tensor-op path; the fused kernel is CPU
 // only) agree with the CPU in float32.
 TEST(MpeTest, CudaMatchesCpu) {
