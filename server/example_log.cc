@@ -86,6 +86,17 @@ absl::Status WriteAt(int fd, const std::string& path, absl::string_view bytes, i
   return absl::OkStatus();
 }
 
+// A file descriptor closed when it goes out of scope.
+struct ScopedFd {
+  explicit ScopedFd(int f) : fd(f) {}
+  ~ScopedFd() {
+    if (fd >= 0) ::close(fd);
+  }
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  const int fd;
+};
+
 absl::Status Sync(int fd, const std::string& path) {
   return ::fdatasync(fd) == 0 ? absl::OkStatus() : Errno("fsync", path);
 }
@@ -141,12 +152,14 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
                                                                  bool fresh) {
   // Recovery opens a log that must exist: a task's row is written only after its first append
   // is durable, so a missing log lost acknowledged examples; creating it empty would hide that.
-  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (fresh ? O_CREAT | O_TRUNC : 0), 0644);
+  // The file is open only while it is read or written: a server may hold many tasks' logs.
+  const ScopedFd file(::open(path.c_str(), O_RDWR | O_CLOEXEC | (fresh ? O_CREAT | O_TRUNC : 0), 0644));
+  const int fd = file.fd;
   if (fd < 0 && errno == ENOENT && !fresh) {
     return absl::DataLossError(absl::StrCat(path, " is missing: its acknowledged examples are lost"));
   }
   if (fd < 0) return Errno("open", path);
-  auto log = std::unique_ptr<ExampleLog>(new ExampleLog(path, fd, 0));
+  auto log = std::unique_ptr<ExampleLog>(new ExampleLog(path, 0));
   ADAPTD_RETURN_IF_ERROR(ServerFault(FsyncParentDirectory(path)));  // its entry is durable too
   if (fresh) {
     // The log's key: random, and never sent to a client, so no example's bytes can pass for
@@ -233,8 +246,6 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
   return log;
 }
 
-ExampleLog::~ExampleLog() { ::close(fd_); }
-
 absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& batches) {
   if (broken_) {
     return absl::InternalError(absl::StrCat(
@@ -245,6 +256,9 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
   // their commit record is written, so a commit on disk vouches for every byte before it (Open
   // relies on it); one write and one fdatasync would let a crash leave the commit on disk and
   // an earlier page of its stream not.
+  const ScopedFd file(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
+  if (file.fd < 0) return Errno("open", path_);
+  const int fd = file.fd;
   int64_t end = size_;
   absl::Status status;
   for (const auto& b : batches) {
@@ -256,19 +270,19 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
       break;
     }
     AppendRecord(record, kBatch, body);
-    status = WriteAt(fd_, path_, record, end);
+    status = WriteAt(fd, path_, record, end);
     if (!status.ok()) break;
     end += static_cast<int64_t>(record.size());
   }
   const std::string commit = CommitRecord(key_);
-  if (status.ok() && end > size_) status = Sync(fd_, path_);
-  if (status.ok()) status = WriteAt(fd_, path_, commit, end);
-  if (status.ok()) status = Sync(fd_, path_);
+  if (status.ok() && end > size_) status = Sync(fd, path_);
+  if (status.ok()) status = WriteAt(fd, path_, commit, end);
+  if (status.ok()) status = Sync(fd, path_);
   if (!status.ok()) {
     // Leave no partial stream behind (Open() would drop it anyway). After a failed fdatasync
     // the page cache may already hold the commit: unless the cut is itself durable, a crash
     // could bring back a stream its client was told had failed, so the log takes no more.
-    if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd_) != 0) broken_ = true;
+    if (::ftruncate(fd, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd) != 0) broken_ = true;
     return status;
   }
   size_ = end + static_cast<int64_t>(commit.size());

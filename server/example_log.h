@@ -68,7 +68,6 @@ class ExampleLog {
   // A new log at `path`, holding its key only, durable: whatever a file there held (left by a
   // model whose catalog rows are gone) is discarded.
   static absl::StatusOr<std::unique_ptr<ExampleLog>> Create(const std::string& path);
-  ~ExampleLog();
 
   ExampleLog(const ExampleLog&) = delete;
   ExampleLog& operator=(const ExampleLog&) = delete;
@@ -82,9 +81,8 @@ class ExampleLog {
  private:
   static absl::StatusOr<std::unique_ptr<ExampleLog>> OpenFile(const std::string& path,
                                                               LogRecovery* recovery, bool fresh);
-  ExampleLog(std::string path, int fd, int64_t size) : path_(std::move(path)), fd_(fd), size_(size) {}
-  std::string path_;
-  int fd_;
+  ExampleLog(std::string path, int64_t size) : path_(std::move(path)), size_(size) {}
+  std::string path_;  // opened for each append, not held: a server may hold many tasks' logs
   int64_t size_;
   std::string key_;  // the commit records' body; empty in a log written before keys
   // Set when a failed append could not be cut back durably: what the file holds past size_ is

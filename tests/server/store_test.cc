@@ -15,6 +15,7 @@
 #include "server/catalog.h"
 #include "server/crc32c.h"
 #include "server/example_log.h"
+#include "server/fs_util.h"
 
 namespace adaptd {
 namespace {
@@ -251,6 +252,29 @@ TEST(ExampleLogTest, ALogWrittenBeforeKeysStillReadsAndGrows) {
   LogRecovery rec;
   ASSERT_TRUE(ExampleLog::Open(path, &rec).ok());
   ExpectBatches(rec, {&a, &b});
+}
+
+// A log keeps no file open between its calls, so that a model's many tasks cannot run the
+// server out of file descriptors.
+TEST(ExampleLogTest, ALogHoldsNoFileOpenBetweenCalls) {
+  TempDir dir;
+  auto open_files = [] {
+    auto names = ReadDir("/proc/self/fd");
+    EXPECT_TRUE(names.ok()) << names.status();
+    return names.ok() ? names->size() : 0;
+  };
+  const size_t before = open_files();
+  std::vector<std::unique_ptr<ExampleLog>> logs;
+  for (int i = 0; i < 20; ++i) {
+    const std::string path = dir.path() + "/" + std::to_string(i) + ".log";
+    ASSERT_TRUE(ExampleLog::Create(path).ok());
+    LogRecovery rec;
+    auto log = ExampleLog::Open(path, &rec);
+    ASSERT_TRUE(log.ok()) << log.status();
+    ASSERT_TRUE((*log)->AppendCommitted({Batch(0, 3, i)}).ok());
+    logs.push_back(*std::move(log));
+  }
+  EXPECT_EQ(open_files(), before);
 }
 
 // A crash while a stream is written may leave any of its pages on disk and not others (the
