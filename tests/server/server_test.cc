@@ -7,12 +7,15 @@
 #include "tests/testing/temp_dir.h"
 #include <stdlib.h>
 
+#include <cmath>
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "server/convert.h"
+#include "server/evaluation.h"
 #include "server/grpc_status.h"
 
 namespace adaptd {
@@ -323,6 +326,66 @@ TEST(ConvertTest, MergeConfigChangesOnlyTheNamedFields) {
   refused(negative, Mask({"epochs"}), "epochs");
   negative.set_adapt_after_seconds(-1);
   refused(negative, Mask({"adapt_after_seconds"}), "config.adapt_after_seconds must be in");
+}
+
+// A version as the catalog lists it: the task it learnt (-1: none), its evaluation, and the
+// examples it has learnt of each task.
+v1::VersionInfo Version(int64_t version, int64_t task, std::vector<double> accuracy,
+                        std::map<int64_t, int64_t> learnt) {
+  v1::VersionInfo v;
+  v.set_version(version);
+  v.set_task_id(task);
+  for (size_t t = 0; t < accuracy.size(); ++t) {
+    v1::TaskAccuracy* a = v.add_eval();
+    a->set_task_id(static_cast<int64_t>(t));
+    a->set_accuracy(accuracy[t]);
+  }
+  for (const auto& [t, n] : learnt) (*v.mutable_learnt()->mutable_per_task())[t] = n;
+  return v;
+}
+
+// Evaluate's figures on accuracy matrices worked out by hand: forgetting is the drop from the
+// best accuracy at the end of any task from the task's own on (so a task whose accuracy rose
+// and fell again has forgotten from its peak, not from when it was learnt), BWT compares now
+// with the end of the task itself, and a version a rollback went back past is not an end.
+TEST(EvaluationTest, ForgettingAndTransferFollowTheServedHistory) {
+  const std::vector<v1::VersionInfo> versions = {
+      Version(0, -1, {}, {}),
+      Version(1, 0, {0.75}, {{0, 100}}),
+      Version(2, 1, {0.875, 0.75}, {{0, 100}, {1, 100}}),
+      Version(3, 2, {0.8125, 0.5, 0.9375}, {{0, 100}, {1, 100}, {2, 100}}),
+  };
+  const v1::EvaluateResponse r = SummarizeVersions(versions, versions.back());
+  EXPECT_EQ(r.version(), 3);
+  ASSERT_EQ(r.rows_size(), 4);
+  EXPECT_EQ(r.rows(0).accuracy_size(), 3);
+  EXPECT_TRUE(std::isnan(r.rows(1).accuracy(1)));
+  EXPECT_DOUBLE_EQ(r.average_accuracy(), (0.8125 + 0.5 + 0.9375) / 3);
+  ASSERT_EQ(r.forgetting_size(), 3);
+  EXPECT_DOUBLE_EQ(r.forgetting(0), 0.875 - 0.8125);  // from its peak after task 1
+  EXPECT_DOUBLE_EQ(r.forgetting(1), 0.75 - 0.5);
+  EXPECT_DOUBLE_EQ(r.forgetting(2), 0);
+  EXPECT_DOUBLE_EQ(r.average_forgetting(), (0.0625 + 0.25) / 2);  // the tasks before the last
+  EXPECT_DOUBLE_EQ(r.backward_transfer(), ((0.8125 - 0.75) + (0.5 - 0.75)) / 2);
+
+  // A rollback to version 2 (as version 4, which learnt no task of its own, and has the third
+  // task's evaluation measured now): version 3 is no longer the end of task 2.
+  std::vector<v1::VersionInfo> rolled = versions;
+  rolled.push_back(Version(4, -1, {0.875, 0.75, 0.125}, {{0, 100}, {1, 100}}));
+  const v1::EvaluateResponse b = SummarizeVersions(rolled, rolled.back());
+  EXPECT_EQ(b.version(), 4);
+  EXPECT_EQ(b.rows_size(), 5);
+  EXPECT_DOUBLE_EQ(b.forgetting(0), 0);
+  EXPECT_DOUBLE_EQ(b.forgetting(1), 0);
+  EXPECT_TRUE(std::isnan(b.forgetting(2)));  // learnt only by a version rolled back past
+  EXPECT_DOUBLE_EQ(b.average_forgetting(), 0);
+  EXPECT_DOUBLE_EQ(b.backward_transfer(), 0.875 - 0.75);
+
+  // One task: nothing to compare yet.
+  const v1::EvaluateResponse one = SummarizeVersions({versions[0], versions[1]}, versions[1]);
+  EXPECT_DOUBLE_EQ(one.forgetting(0), 0);
+  EXPECT_TRUE(std::isnan(one.average_forgetting()));
+  EXPECT_TRUE(std::isnan(one.backward_transfer()));
 }
 
 TEST(GrpcStatusTest, EveryCodeRoundTrips) {
