@@ -245,6 +245,10 @@ TEST(AdaptdClientTest, StreamExamplesStopsOnTheSourcesError) {
   EXPECT_EQ(response.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(response.status().message(), "disk read failed");
   EXPECT_EQ(calls, 2);
+  // The stream was abandoned, not closed: nothing of it would be stored. (Closing it with an end
+  // message would have committed the batch before the error.)
+  absl::MutexLock lock(&server.log().mu);
+  EXPECT_EQ(server.log().committed_streams, 0);
 }
 
 TEST(AdaptdClientTest, WatchJobSeesEveryStatusAndReturnsTheLast) {

@@ -27,6 +27,8 @@ struct FakeLog {
   v1::StreamHeader header ABSL_GUARDED_BY(mu);
   std::vector<int64_t> batch_sizes ABSL_GUARDED_BY(mu);
   std::vector<int64_t> client_ids ABSL_GUARDED_BY(mu);
+  // Streams that ended with their end message, and so would be stored (all or nothing).
+  int64_t committed_streams ABSL_GUARDED_BY(mu) = 0;
   std::vector<std::string> import_names ABSL_GUARDED_BY(mu);  // one per chunk
   std::string import_data ABSL_GUARDED_BY(mu);
   v1::UpdateConfigRequest update ABSL_GUARDED_BY(mu);
@@ -115,12 +117,13 @@ class FakeLearning final : public v1::LearningService::Service {
 
   // Records each batch's size and client ids; a batch whose x has no dtype is rejected, as the
   // real server rejects malformed batches.
-  grpc::Status StreamExamples(grpc::ServerContext*,
+  grpc::Status StreamExamples(grpc::ServerContext* ctx,
                               grpc::ServerReader<v1::StreamExamplesRequest>* reader,
                               v1::StreamExamplesResponse* response) override {
     v1::StreamExamplesRequest request;
     int64_t examples = 0;
     int64_t batches = 0;
+    bool ended = false;
     absl::MutexLock lock(&log_->mu);
     log_->batch_sizes.clear();
     log_->client_ids.clear();
@@ -133,6 +136,7 @@ class FakeLearning final : public v1::LearningService::Service {
         if (request.end().examples() != examples) {
           return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "end count mismatch");
         }
+        ended = true;
         continue;
       }
       const v1::ExampleBatch& batch = request.batch();
@@ -151,6 +155,11 @@ class FakeLearning final : public v1::LearningService::Service {
       examples += n;
       ++batches;
     }
+    // As the real server: a stream without its end message (or cancelled) stores nothing.
+    if (!ended || ctx->IsCancelled()) {
+      return grpc::Status(grpc::StatusCode::ABORTED, "the stream ended without its end message");
+    }
+    ++log_->committed_streams;
     response->set_model(log_->header.model());
     response->set_task_id(log_->header.task_id());
     response->set_examples(examples);
