@@ -618,6 +618,123 @@ TEST(ServiceTest, AnIdleWatchSurvivesTheClientsKeepalivePings) {
   ASSERT_TRUE(client->CancelJob(hog).ok());
 }
 
+// Two refusals the error table promises while jobs wait: a stream that would close its task
+// when the model's queue is full (RESOURCE_EXHAUSTED at its header, storing nothing), and a
+// rollback while the model's jobs are queued or running (FAILED_PRECONDITION).
+TEST(ServiceTest, AFullQueueAndBusyJobsRefuseWhatWouldWait) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--queue_capacity=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  std::string hog, waiter;
+  ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &waiter));
+  // The waiter's first job has left the queue and waits for the training slot; a second task's
+  // job fills the queue, and a third task's stream is refused.
+  auto second = StreamData(*client, "waiter", 1, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 3));
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto third = StreamData(*client, "waiter", 2, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 4));
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  EXPECT_THAT(std::string(third.status().message()),
+              ::testing::HasSubstr("has 1 adaptation jobs queued (the limit is 1)"));
+  EXPECT_EQ(client->GetModel("waiter")->tasks_size(), 2);
+  // A keep_open stream does not close its task, so it is not refused.
+  EXPECT_TRUE(StreamData(*client, "waiter", 2, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 4), 64,
+                         /*keep_open=*/true).ok());
+  for (const std::string model : {"hog", "waiter"}) {
+    const absl::Status refused = client->Rollback(model, 0).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << model << ": " << refused;
+    EXPECT_EQ(client->GetModel(model)->current().version(), 0) << model;
+    EXPECT_EQ(client->ListVersions(model)->versions_size(), 1) << model;
+  }
+  ASSERT_TRUE(client->CancelJob(hog).ok());
+}
+
+// Two refusals the error table promises while jobs wait: a stream that would close its task
+// when the model's queue is full (RESOURCE_EXHAUSTED at its header, storing nothing), and a
+// rollback while the model's jobs are queued or running (FAILED_PRECONDITION).
+TEST(ServiceTest, AFullQueueAndBusyJobsRefuseWhatWouldWait) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--queue_capacity=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  std::string hog, waiter;
+  ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &waiter));
+  // The waiter's first job has left the queue and waits for the training slot; a second task's
+  // job fills the queue, and a third task's stream is refused.
+  auto second = StreamData(*client, "waiter", 1, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 3));
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto third = StreamData(*client, "waiter", 2, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 4));
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  EXPECT_THAT(std::string(third.status().message()),
+              ::testing::HasSubstr("has 1 adaptation jobs queued (the limit is 1)"));
+  EXPECT_EQ(client->GetModel("waiter")->tasks_size(), 2);
+  // A keep_open stream does not close its task, so it is not refused.
+  EXPECT_TRUE(StreamData(*client, "waiter", 2, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 4), 64,
+                         /*keep_open=*/true).ok());
+  for (const std::string model : {"hog", "waiter"}) {
+    const absl::Status refused = client->Rollback(model, 0).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << model << ": " << refused;
+    EXPECT_EQ(client->GetModel(model)->current().version(), 0) << model;
+    EXPECT_EQ(client->ListVersions(model)->versions_size(), 1) << model;
+  }
+  ASSERT_TRUE(client->CancelJob(hog).ok());
+}
+
+// --max_buffered_mb bounds what all calls hold before their end together: with one stream
+// holding about 0.6 MiB, a second one (under --max_stream_mb on its own) is refused once the
+// two would pass 1 MiB, storing nothing; after the first has ended, the second goes through.
+TEST(ServiceTest, StreamsShareTheServersBufferLimit) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--max_stream_mb=4", "--max_buffered_mb=1",
+                                                  "--metrics_port=0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  for (const char* name : {"a", "b"}) ASSERT_TRUE(client->CreateModel(BlobModel(name, false, 1)).ok());
+  const Dataset data = BlobTask(300, {0, 1}, 1);
+  auto buffered = [&] {
+    httplib::Client http("127.0.0.1", (*server)->metrics_port());
+    auto res = http.Get("/metrics");
+    const std::string key = "\nadaptd_buffered_bytes ";
+    const size_t at = res ? res->body.find(key) : std::string::npos;
+    return at == std::string::npos ? -1.0 : std::stod(res->body.substr(at + key.size()));
+  };
+  auto singles = [&](const std::string& model, std::function<void()> before_end) {
+    v1::StreamHeader h;
+    h.set_model(model);
+    h.set_task_id(0);
+    int64_t i = 0;
+    return client->StreamExamples(h, [&]() -> absl::StatusOr<std::optional<v1::ExampleBatch>> {
+      if (i == data.size()) {
+        if (before_end) before_end();
+        return std::nullopt;
+      }
+      ++i;
+      return std::optional<v1::ExampleBatch>(MakeBatch(data.x.narrow(0, i - 1, 1), data.y.narrow(0, i - 1, 1)));
+    });
+  };
+  absl::Notification second_done;
+  absl::StatusOr<v1::StreamExamplesResponse> first;
+  std::thread holder([&] { first = singles("a", [&] { second_done.WaitForNotification(); }); });
+  // 300 one-example batches hold 300 x (2 KiB + 48 bytes): wait until the server holds them.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (buffered() < 600000 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(buffered(), 600000);
+  const auto refused = singles("b", nullptr);
+  second_done.Notify();
+  holder.join();
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("--max_buffered_mb"));
+  EXPECT_EQ(client->GetModel("b")->tasks_size(), 0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->examples(), 300);
+  EXPECT_EQ(buffered(), 0);
+  const auto again = singles("b", nullptr);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->examples(), 300);
+}
+
 // adapt_after_seconds: training examples that a keep_open stream left pending get a job of
 // their own once they have waited, after a restart too. A job that failed is not retried on the
 // timer; its examples go with the task's next ones.
