@@ -32,6 +32,9 @@ ABSL_FLAG(int64_t, queue_capacity, 16, "adaptation jobs queued per model");
 ABSL_FLAG(int64_t, max_stream_mb, 4096,
           "examples one stream may hold before its end message, in MiB (streams are "
           "all-or-nothing, so they are kept in memory until then); also the largest import");
+ABSL_FLAG(int64_t, max_buffered_mb, 8192,
+          "examples and snapshots that all streams and imports together may hold before their "
+          "end, in MiB; a call that would pass it is refused with RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, keep_versions, 0,
           "each model keeps the checkpoints of its newest N versions; older versions stay listed "
           "but can no longer be queried or rolled back to (0: keep every version)");
@@ -107,6 +110,8 @@ int main(int argc, char** argv) {
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_stream_bytes =
       MiB(absl::GetFlag(FLAGS_max_stream_mb), int64_t{1} << 40, "max_stream_mb");
+  options.max_buffered_bytes =
+      MiB(absl::GetFlag(FLAGS_max_buffered_mb), int64_t{1} << 40, "max_buffered_mb");
   options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
   options.training_nice = absl::GetFlag(FLAGS_training_nice);
   options.keep_versions = absl::GetFlag(FLAGS_keep_versions);

@@ -58,6 +58,13 @@ struct Metrics::Impl {
           .Help("Memorable examples the current version keeps, by model")
           .Register(*registry);
 
+  prometheus::Family<prometheus::Gauge>& buffered =
+      prometheus::BuildGauge()
+          .Name("adaptd_buffered_bytes")
+          .Help("Bytes of examples and snapshots that calls hold before their end (--max_buffered_mb)")
+          .Register(*registry);
+  prometheus::Gauge& buffered_total = buffered.Add({});
+
   std::mutex mu;  // guards the families' Add/Remove against Render
   httplib::Server http;
   std::thread http_thread;
@@ -105,6 +112,8 @@ void Metrics::SetQueueDepth(const std::string& model, int64_t n) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->queue.Add({{"model", model}}).Set(static_cast<double>(n));
 }
+
+void Metrics::SetBufferedBytes(int64_t n) { impl_->buffered_total.Set(static_cast<double>(n)); }
 
 void Metrics::SetModelVersion(const std::string& model, int64_t v) {
   std::lock_guard<std::mutex> lock(impl_->mu);

@@ -23,6 +23,8 @@ class Metrics {
   void SetQueueDepth(const std::string& model, int64_t n);
   void SetModelVersion(const std::string& model, int64_t version);
   void SetMemorySize(const std::string& model, int64_t n);
+  // Bytes that streams and imports hold before their end, across the server.
+  void SetBufferedBytes(int64_t n);
   // Drops the model's series (after DeleteModel).
   void RemoveModel(const std::string& model);
 

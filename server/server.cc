@@ -25,6 +25,7 @@ class Server::Impl {
   Metrics metrics;
   int metrics_port = -1;
   TokenAuth auth;
+  std::unique_ptr<BufferBudget> buffers;  // outlives the services and the gRPC server
   std::unique_ptr<Registry> registry;
   std::unique_ptr<v1::AdminService::Service> admin;
   std::unique_ptr<v1::LearningService::Service> learning;
@@ -53,6 +54,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   if (options.keep_versions < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "keep_versions must be >= 0 (0: keep every version); got ", options.keep_versions));
+  }
+  if (options.max_buffered_bytes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_buffered_bytes must be >= 1; got ", options.max_buffered_bytes));
   }
   if (options.queue_capacity < 1) {
     return absl::InvalidArgumentError(
@@ -94,6 +99,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   sc.auth = &impl->auth;
   sc.max_message_bytes = options.max_message_bytes;
   sc.max_stream_bytes = options.max_stream_bytes;
+  impl->buffers = std::make_unique<BufferBudget>(options.max_buffered_bytes, &impl->metrics);
+  sc.buffers = impl->buffers.get();
   sc.device = device;
   impl->admin = MakeAdminService(sc);
   impl->learning = MakeLearningService(sc);

@@ -31,6 +31,8 @@ struct ServerOptions {
   int64_t queue_capacity = 16;
   // Bytes of examples one stream may buffer before its end message.
   int64_t max_stream_bytes = int64_t{4} << 30;
+  // What all streams and imports may hold together before their end.
+  int64_t max_buffered_bytes = int64_t{8} << 30;
   int max_concurrent_jobs = 1;
   // Nice value of the threads that train (queries keep the server's priority).
   int training_nice = 10;

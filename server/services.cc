@@ -27,7 +27,50 @@
 #endif
 
 namespace adaptd {
+
+bool BufferBudget::Take(int64_t bytes) {
+  int64_t held = held_.load();
+  do {
+    if (held + bytes > limit_) return false;
+  } while (!held_.compare_exchange_weak(held, held + bytes));
+  if (metrics_) metrics_->SetBufferedBytes(held + bytes);
+  return true;
+}
+
+void BufferBudget::Give(int64_t bytes) {
+  const int64_t held = held_.fetch_sub(bytes) - bytes;
+  if (metrics_) metrics_->SetBufferedBytes(held);
+}
+
 namespace {
+
+// What one call holds of the server's BufferBudget; all of it goes back when the call ends.
+class BufferShare {
+ public:
+  explicit BufferShare(BufferBudget* budget) : budget_(budget) {}
+  ~BufferShare() { Release(); }
+  BufferShare(const BufferShare&) = delete;
+  BufferShare& operator=(const BufferShare&) = delete;
+  // RESOURCE_EXHAUSTED, taking nothing, when the server's calls together would hold too much.
+  absl::Status Take(int64_t bytes) {
+    if (budget_ != nullptr && !budget_->Take(bytes)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the server's calls already hold close to ", budget_->limit() >> 20,
+          " MiB of examples and snapshots before their end (the server's --max_buffered_mb); "
+          "try again once other streams have ended"));
+    }
+    held_ += bytes;
+    return absl::OkStatus();
+  }
+  void Release() {
+    if (budget_ != nullptr && held_ > 0) budget_->Give(held_);
+    held_ = 0;
+  }
+
+ private:
+  BufferBudget* const budget_;
+  int64_t held_ = 0;
+};
 
 constexpr int64_t kMaxSamples = 4096;
 constexpr int64_t kMaxTopK = 10000;
@@ -210,6 +253,7 @@ class AdminServiceImpl final : public v1::AdminService::Service {
       v1::SnapshotChunk chunk;
       std::string name, bytes;
       bool first = true;
+      BufferShare share(c_.buffers);  // held until the snapshot has become a model
       while (reader->Read(&chunk)) {
         if (first) name = chunk.name();
         else if (!chunk.name().empty() && chunk.name() != name) {
@@ -224,6 +268,7 @@ class AdminServiceImpl final : public v1::AdminService::Service {
               "the snapshot is larger than ", c_.max_stream_bytes >> 20,
               " MiB (the server's --max_stream_mb)"));
         }
+        ADAPTD_RETURN_IF_ERROR(share.Take(static_cast<int64_t>(chunk.data().size())));
         bytes += chunk.data();
       }
       if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled the import");
@@ -262,11 +307,13 @@ class LearningServiceImpl final : public v1::LearningService::Service {
       const bool online = adapt_every > 0 && plan.split == ExampleSplit::kTrain;
       std::vector<ExampleBatchData> pending;
       int64_t pending_examples = 0, pending_bytes = 0, batches = 0;
+      BufferShare share(c_.buffers);
       auto commit = [&](bool adapt) -> absl::Status {
         ADAPTD_ASSIGN_OR_RETURN(CommitResult r, entry->Commit(plan, std::move(pending), adapt));
         pending.clear();
         pending_examples = 0;
         pending_bytes = 0;
+        share.Release();
         for (const auto& [first, count] : r.id_ranges) {
           v1::IdRange* range = response->add_ids();
           range->set_first(first);
@@ -327,6 +374,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           received += batch->size();
           pending_examples += batch->size();
           pending_bytes += HeldBytes(*batch);
+          ADAPTD_RETURN_IF_ERROR(share.Take(HeldBytes(*batch)));
           if (pending_bytes > c_.max_stream_bytes) {
             return absl::ResourceExhaustedError(absl::StrCat(
                 "the stream holds more than ", c_.max_stream_bytes >> 20,

@@ -1,6 +1,8 @@
 // Every RPC of the real server, through the real C++ client.
 #include <httplib.h>
 
+#include "absl/synchronization/notification.h"
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -615,37 +617,6 @@ TEST(ServiceTest, AnIdleWatchSurvivesTheClientsKeepalivePings) {
   canceller.join();
   ASSERT_TRUE(watched.ok()) << watched.status();
   EXPECT_EQ(watched->state(), v1::JOB_STATE_CANCELLED) << watched->message();
-  ASSERT_TRUE(client->CancelJob(hog).ok());
-}
-
-// Two refusals the error table promises while jobs wait: a stream that would close its task
-// when the model's queue is full (RESOURCE_EXHAUSTED at its header, storing nothing), and a
-// rollback while the model's jobs are queued or running (FAILED_PRECONDITION).
-TEST(ServiceTest, AFullQueueAndBusyJobsRefuseWhatWouldWait) {
-  TempDir dir;
-  auto server = ServerProcess::Start(dir.path(), {"--queue_capacity=1"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = (*server)->Client();
-  std::string hog, waiter;
-  ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &waiter));
-  // The waiter's first job has left the queue and waits for the training slot; a second task's
-  // job fills the queue, and a third task's stream is refused.
-  auto second = StreamData(*client, "waiter", 1, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 3));
-  ASSERT_TRUE(second.ok()) << second.status();
-  auto third = StreamData(*client, "waiter", 2, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 4));
-  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
-  EXPECT_THAT(std::string(third.status().message()),
-              ::testing::HasSubstr("has 1 adaptation jobs queued (the limit is 1)"));
-  EXPECT_EQ(client->GetModel("waiter")->tasks_size(), 2);
-  // A keep_open stream does not close its task, so it is not refused.
-  EXPECT_TRUE(StreamData(*client, "waiter", 2, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 4), 64,
-                         /*keep_open=*/true).ok());
-  for (const std::string model : {"hog", "waiter"}) {
-    const absl::Status refused = client->Rollback(model, 0).status();
-    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << model << ": " << refused;
-    EXPECT_EQ(client->GetModel(model)->current().version(), 0) << model;
-    EXPECT_EQ(client->ListVersions(model)->versions_size(), 1) << model;
-  }
   ASSERT_TRUE(client->CancelJob(hog).ok());
 }
 

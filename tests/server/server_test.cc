@@ -85,6 +85,10 @@ TEST(ServerTest, RefusesSettingsOutOfRange) {
   EXPECT_NE(bad.status().message().find("keep_jobs must be >= 1; got 0"), std::string::npos)
       << bad.status();
   o.keep_jobs = 1;
+  o.max_buffered_bytes = 0;
+  bad = Server::Create(o);
+  EXPECT_EQ(bad.status().message(), "max_buffered_bytes must be >= 1; got 0") << bad.status();
+  o.max_buffered_bytes = 1;
   // No queue would refuse every training stream; no training slot would leave every job queued.
   o.queue_capacity = 0;
   bad = Server::Create(o);
