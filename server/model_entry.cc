@@ -108,8 +108,13 @@ std::string ProgressOf(const v1::JobStatus& s) {
 // ---------------------------------------------------------------------------------------------
 // JobSlots, Job
 
-bool JobSlots::Acquire(const std::function<bool()>& stop) {
+bool JobSlots::Acquire(const std::function<bool()>& stop, const std::function<void()>& on_wait) {
   std::unique_lock<std::mutex> lock(mu_);
+  if ((free_ == 0 || !open_) && on_wait) {
+    lock.unlock();  // on_wait may take other locks
+    on_wait();
+    lock.lock();
+  }
   while (free_ == 0 || !open_) {
     if (stop()) return false;
     cv_.wait_for(lock, std::chrono::milliseconds(100));
@@ -1092,7 +1097,12 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   };
   if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while queued");
   // Waiting for a training slot (other models hold them all) ends at a cancel too.
-  if (!options_.slots->Acquire([&] { return stopping() || job->cancel_requested(); })) {
+  auto waiting = [&] {
+    job->Update([](v1::JobStatus& s) {
+      s.set_message("waiting for a training slot (other models' jobs hold all --max_concurrent_jobs)");
+    });
+  };
+  if (!options_.slots->Acquire([&] { return stopping() || job->cancel_requested(); }, waiting)) {
     if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while queued");
     return requeue();  // shutting down: stays queued
   }

@@ -44,8 +44,9 @@ class JobSlots {
   // `open` false: no slot is handed out until Open() (a server holds training back until it
   // listens, so that a failed start trains nothing).
   explicit JobSlots(int slots, bool open = true) : free_(slots), open_(open) {}
-  // Waits for a slot; false if `stop` became true first (checked every 100 ms).
-  bool Acquire(const std::function<bool()>& stop);
+  // Waits for a slot; false if `stop` became true first (checked every 100 ms). `on_wait` (may
+  // be null) is called once, before waiting, when no slot is free at once.
+  bool Acquire(const std::function<bool()>& stop, const std::function<void()>& on_wait = nullptr);
   void Release();
   void Open();
 

@@ -574,7 +574,8 @@ TEST(ServiceTest, KeepJobsBoundsTheFinishedJobsKept) {
 }
 
 // Model "hog" trains until cancelled (min_steps far beyond its data) and holds the one training
-// slot (the server's default); then model "waiter" streams a task, whose job waits for that slot.
+// slot (the server's default); then model "waiter" streams a task, whose job waits for that slot:
+// returns once the waiter's actor has taken the job and says that it waits.
 void StartHogAndWaiter(const AdaptdClient& client, std::string* hog_job, std::string* waiter_job) {
   v1::CreateModelRequest hog = BlobModel("hog", false, 1);
   hog.mutable_config()->set_min_steps(1000000);
@@ -589,6 +590,12 @@ void StartHogAndWaiter(const AdaptdClient& client, std::string* hog_job, std::st
   }
   auto waiting = StreamData(client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 2));
   ASSERT_TRUE(waiting.ok() && waiting->job_ids_size() == 1);
+  const std::string says = "waiting for a training slot (other models' jobs hold all --max_concurrent_jobs)";
+  while (client.ListJobs("waiter")->jobs(0).message() != says &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(client.ListJobs("waiter")->jobs(0).message(), says);
   *hog_job = running->job_ids(0);
   *waiter_job = waiting->job_ids(0);
 }
@@ -831,7 +838,8 @@ TEST(ServiceTest, CancelEndsAJobWaitingForATrainingSlot) {
   auto client = (*server)->Client();
   std::string hog, waiter;
   ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &waiter));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // its actor has taken it
+  // Its actor has taken it, and it says why it does not run.
+  EXPECT_EQ(client->ListJobs("waiter")->jobs(0).state(), v1::JOB_STATE_QUEUED);
   ASSERT_TRUE(client->CancelJob(waiter).ok());
   // Polled, not watched: a watch would wait for as long as the hog runs.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
