@@ -53,7 +53,7 @@ Dataset ExportedTrain(const AdaptdClient& client, const std::string& model, int6
 
 TEST(CrashTest, KillWhileStreamingLosesNothingAcknowledged) {
   TempDir dir;
-  auto server = ServerProcess::Start(dir.path());
+  auto server = ServerProcess::Start(dir.path(), {"--metrics_port=0"});
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
   ASSERT_TRUE(client->CreateModel(BlobModel("m", false)).ok());
@@ -88,8 +88,10 @@ TEST(CrashTest, KillWhileStreamingLosesNothingAcknowledged) {
       return absl::CancelledError("the server is gone");
     }).status();
   });
-  while (sent.load() < 5) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The server holds all five batches (64 examples of 6 floats, 2 KiB of tensors, 24 bytes of
+  // ids each) when it dies.
+  ASSERT_TRUE(WaitForMetric((*server)->metrics_port(), "adaptd_buffered_bytes",
+                            5 * (64 * (6 * 4 + 24) + 2048)));
   (*server)->Kill();
   server->reset();
   dead = true;

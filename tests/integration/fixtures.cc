@@ -5,6 +5,11 @@
 #include <cstring>
 #include <sys/stat.h>
 
+#include <chrono>
+#include <thread>
+
+#include <httplib.h>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -126,6 +131,23 @@ std::string CatalogDump(const std::string& data_dir) {
   auto dump = (*catalog)->Dump();
   EXPECT_TRUE(dump.ok()) << dump.status();
   return dump.ok() ? *dump : "";
+}
+
+double MetricValue(int port, const std::string& name) {
+  httplib::Client http("127.0.0.1", port);
+  auto res = http.Get("/metrics");
+  const std::string key = "\n" + name + " ";
+  const size_t at = res ? res->body.find(key) : std::string::npos;
+  return at == std::string::npos ? -1.0 : std::stod(res->body.substr(at + key.size()));
+}
+
+bool WaitForMetric(int port, const std::string& name, double at_least) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (MetricValue(port, name) < at_least) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
 }
 
 }  // namespace testing_service

@@ -49,6 +49,12 @@ std::map<std::string, uint32_t> DirDigest(const std::string& dir);
 // The catalog's rows as text (opened beside the running server; WAL allows it).
 std::string CatalogDump(const std::string& data_dir);
 
+// The value of the unlabelled metric `name` that the server's /metrics on `port` shows; -1 if
+// it shows none.
+double MetricValue(int port, const std::string& name);
+// Waits (up to 60 s) until MetricValue(port, name) is at least `at_least`; false if it never is.
+bool WaitForMetric(int port, const std::string& name, double at_least);
+
 }  // namespace testing_service
 }  // namespace adaptd
 

@@ -669,13 +669,7 @@ TEST(ServiceTest, StreamsShareTheServersBufferLimit) {
   auto client = (*server)->Client();
   for (const char* name : {"a", "b"}) ASSERT_TRUE(client->CreateModel(BlobModel(name, false, 1)).ok());
   const Dataset data = BlobTask(300, {0, 1}, 1);
-  auto buffered = [&] {
-    httplib::Client http("127.0.0.1", (*server)->metrics_port());
-    auto res = http.Get("/metrics");
-    const std::string key = "\nadaptd_buffered_bytes ";
-    const size_t at = res ? res->body.find(key) : std::string::npos;
-    return at == std::string::npos ? -1.0 : std::stod(res->body.substr(at + key.size()));
-  };
+  auto buffered = [&] { return MetricValue((*server)->metrics_port(), "adaptd_buffered_bytes"); };
   auto singles = [&](const std::string& model, std::function<void()> before_end) {
     v1::StreamHeader h;
     h.set_model(model);
@@ -694,11 +688,7 @@ TEST(ServiceTest, StreamsShareTheServersBufferLimit) {
   absl::StatusOr<v1::StreamExamplesResponse> first;
   std::thread holder([&] { first = singles("a", [&] { second_done.WaitForNotification(); }); });
   // 300 one-example batches hold 300 x (2 KiB + 48 bytes): wait until the server holds them.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (buffered() < 600000 && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_GE(buffered(), 600000);
+  ASSERT_TRUE(WaitForMetric((*server)->metrics_port(), "adaptd_buffered_bytes", 600000));
   const auto refused = singles("b", nullptr);
   second_done.Notify();
   holder.join();
