@@ -805,11 +805,16 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
   EXPECT_EQ(client->ListJobs("later")->jobs_size(), 0);
   (*server)->Kill();
   server->reset();
+  const auto restart = std::chrono::steady_clock::now();
   auto restarted = ServerProcess::Start(dir.path());
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   auto client2 = (*restarted)->Client();
-  jobs = JobsOnceEnded(*client2, "later", 1);
+  std::chrono::steady_clock::time_point later_seen;
+  jobs = JobsOnceEnded(*client2, "later", 1, &later_seen);
   ASSERT_EQ(jobs.size(), 1u);
+  // Stored before the start, they wait T from when the model was loaded, not from their
+  // acknowledgement (nor not at all).
+  EXPECT_GE(later_seen - restart, std::chrono::seconds(5));
   EXPECT_EQ(jobs[0].state(), v1::JOB_STATE_SUCCEEDED) << jobs[0].message();
   EXPECT_EQ(jobs[0].examples(), 50);
   EXPECT_EQ(client2->GetModel("later")->tasks(0).pending_examples(), 0);
