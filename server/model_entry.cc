@@ -1477,9 +1477,7 @@ absl::StatusOr<std::string> ModelEntry::Export() const {
   return SerializeTensors(map);
 }
 
-absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string& name,
-                                                               const std::string& snapshot,
-                                                               const ModelEntryOptions& options) {
+absl::StatusOr<ModelEntry::ImportBlueprint> ModelEntry::PlanImport(const std::string& snapshot) {
   auto parsed = ParseTensors(snapshot);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(
@@ -1488,12 +1486,13 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
   // Everything is validated before anything is written. The snapshot is the client's input:
   // what does not parse or fit is INVALID_ARGUMENT (the shared readers call it DATA_LOSS, as
   // they would for a checkpoint on disk).
-  ModelSpec spec;
-  v1::LearningConfig normalized;
-  AdaptConfig adapt;
-  ContinualState state;
-  v1::VersionInfo info;
-  std::map<int64_t, TaskExamples> tasks;
+  ImportBlueprint plan;
+  ModelSpec& spec = plan.model.spec;
+  v1::LearningConfig& normalized = plan.model.config;
+  AdaptConfig& adapt = plan.model.adapt;
+  ContinualState& state = plan.model.state;
+  v1::VersionInfo& info = plan.info;
+  std::map<int64_t, TaskExamples>& tasks = plan.tasks;
   const absl::Status valid = [&]() -> absl::Status {
     std::vector<at::Tensor> all_ids;
     const TensorMap& map = *parsed;
@@ -1605,9 +1604,15 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     return absl::InvalidArgumentError(absl::StrCat("the snapshot: ", valid.message()));
   }
   ADAPTD_RETURN_IF_ERROR(valid);
+  return plan;
+}
 
-  auto entry = std::unique_ptr<ModelEntry>(
-      new ModelEntry(name, std::move(spec), std::move(normalized), std::move(adapt), options));
+absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string& name,
+                                                               ImportBlueprint plan,
+                                                               const ModelEntryOptions& options) {
+  auto entry = std::unique_ptr<ModelEntry>(new ModelEntry(
+      name, std::move(plan.model.spec), std::move(plan.model.config), std::move(plan.model.adapt),
+      options));
   ModelEntry& e = *entry;
   ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/examples"));
   ADAPTD_RETURN_IF_ERROR(MakeDirs(options.dir + "/versions"));
@@ -1618,8 +1623,9 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Import(const std::string
     return s;
   };
   // Exceptions too must reach the undo: CallTorch turns them into statuses.
-  absl::Status written = CallTorch(
-      [&]() -> absl::Status { return e.WriteImported(tasks, name, info, std::move(state)); });
+  absl::Status written = CallTorch([&]() -> absl::Status {
+    return e.WriteImported(plan.tasks, name, plan.info, std::move(plan.model.state));
+  });
   if (!written.ok()) return undo(written);
   entry->Start();
   return entry;

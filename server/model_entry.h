@@ -197,10 +197,6 @@ class ModelEntry {
   // checkpoints and requeues the jobs a crash interrupted.
   static absl::StatusOr<std::unique_ptr<ModelEntry>> Recover(const ModelRow& row,
                                                              const ModelEntryOptions& options);
-  // A model from an exported snapshot.
-  static absl::StatusOr<std::unique_ptr<ModelEntry>> Import(const std::string& name,
-                                                            const std::string& snapshot,
-                                                            const ModelEntryOptions& options);
   ~ModelEntry();
 
   const std::string& name() const { return name_; }
@@ -276,6 +272,22 @@ class ModelEntry {
     std::chrono::steady_clock::time_point waiting_since = std::chrono::steady_clock::now();
     bool Waiting() const { return train_count > std::max(learned, taken); }
   };
+
+ public:
+  // An exported snapshot, parsed and checked: all that Import needs from it, worked out before
+  // anything is reserved or written (INVALID_ARGUMENT for a bad snapshot).
+  struct ImportBlueprint {
+    Blueprint model;
+    v1::VersionInfo info;
+    std::map<int64_t, TaskExamples> tasks;
+  };
+  static absl::StatusOr<ImportBlueprint> PlanImport(const std::string& snapshot);
+  // A model from an exported snapshot: its state becomes version 0.
+  static absl::StatusOr<std::unique_ptr<ModelEntry>> Import(const std::string& name,
+                                                            ImportBlueprint plan,
+                                                            const ModelEntryOptions& options);
+
+ private:
 
   ModelEntry(std::string name, ModelSpec spec, v1::LearningConfig config, AdaptConfig adapt,
              ModelEntryOptions options);

@@ -234,8 +234,12 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Create(const std::string& 
 
 absl::StatusOr<std::shared_ptr<ModelEntry>> Registry::Import(const std::string& name,
                                                              const std::string& snapshot) {
+  // A bad snapshot is refused before the name is reserved or anything is written.
+  absl::StatusOr<ModelEntry::ImportBlueprint> plan =
+      CallTorch([&] { return ModelEntry::PlanImport(snapshot); });
+  if (!plan.ok()) return plan.status();
   return Add(name, [&](const ModelEntryOptions& o) {
-    return ModelEntry::Import(name, snapshot, o);
+    return ModelEntry::Import(name, *std::move(plan), o);
   });
 }
 
