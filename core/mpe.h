@@ -143,9 +143,6 @@ struct InfluenceOptions {
   // delta p*_j = (J_j u)^T (I - Lambda_j Gamma_j)^-1 e_j (push-through identity). Costs a
   // J Sigma J^T block per example on top of the forward pass with a tangent.
   bool exclude_self = false;
-  // Asked before each batch (may be null): once it returns true, the computation ends with
-  // CANCELLED (a query whose client went away).
-  std::function<bool()> should_stop;
 
   absl::Status Validate() const;
 };

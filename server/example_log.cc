@@ -101,6 +101,18 @@ absl::Status Sync(int fd, const std::string& path) {
   return ::fdatasync(fd) == 0 ? absl::OkStatus() : Errno("fsync", path);
 }
 
+// A log's key: random, and never sent to a client, so no example's bytes can pass for one of
+// its commit records.
+std::string NewKey() {
+  std::random_device random;
+  std::string key;
+  while (key.size() < kKeyBytes) {
+    const uint32_t r = random();
+    key.append(reinterpret_cast<const char*>(&r), sizeof r);
+  }
+  return key;
+}
+
 std::string CommitRecord(const std::string& key) {
   std::string c;
   AppendRecord(c, kCommit, key);
@@ -162,14 +174,7 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
   auto log = std::unique_ptr<ExampleLog>(new ExampleLog(path, 0));
   ADAPTD_RETURN_IF_ERROR(ServerFault(FsyncParentDirectory(path)));  // its entry is durable too
   if (fresh) {
-    // The log's key: random, and never sent to a client, so no example's bytes can pass for
-    // one of its commit records.
-    std::random_device random;
-    std::string key;
-    while (key.size() < kKeyBytes) {
-      const uint32_t r = random();
-      key.append(reinterpret_cast<const char*>(&r), sizeof r);
-    }
+    std::string key = NewKey();
     std::string record;
     AppendRecord(record, kKey, key);
     ADAPTD_RETURN_IF_ERROR(WriteAt(fd, path, record, 0));
@@ -237,6 +242,27 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
         "its examples were acknowledged, so the log is not cut there"));
   }
   recovery->truncated_bytes = static_cast<int64_t>(bytes.size() - committed_end);
+  if (log->key_.empty()) {
+    // A log written before logs had keys: its committed records are written again under a new
+    // key, in a new file that replaces it whole (what follows the last commit is left out), so
+    // that from now on no example's bytes can pass for one of its commit records.
+    const std::string key = NewKey();
+    std::string upgraded;
+    AppendRecord(upgraded, kKey, key);
+    for (size_t p = 0; p < committed_end;) {
+      const size_t whole = kHeaderBytes + GetU32(bytes.data() + p);
+      if (static_cast<RecordType>(bytes[p + kHeaderBytes]) == kCommit) {
+        upgraded += CommitRecord(key);
+      } else {
+        upgraded.append(bytes, p, whole);
+      }
+      p += whole;
+    }
+    ADAPTD_RETURN_IF_ERROR(ServerFault(WriteFileAtomically(path, upgraded)));
+    log->key_ = key;
+    log->size_ = static_cast<int64_t>(upgraded.size());
+    return log;
+  }
   if (committed_end != bytes.size()) {
     if (::ftruncate(fd, static_cast<off_t>(committed_end)) != 0 || ::fsync(fd) != 0) {
       return Errno("truncate", path);
@@ -259,30 +285,39 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
   const ScopedFd file(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
   if (file.fd < 0) return Errno("open", path_);
   const int fd = file.fd;
+  // Leave no partial stream behind (Open() would drop it anyway), whether a write fails or
+  // encoding throws. After a failed fdatasync the page cache may already hold the commit:
+  // unless the cut is itself durable, a crash could bring back a stream its client was told
+  // had failed, so the log takes no more.
+  auto cut_back = [&] {
+    if (::ftruncate(fd, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd) != 0) broken_ = true;
+  };
   int64_t end = size_;
   absl::Status status;
-  for (const auto& b : batches) {
-    std::string record;
-    const std::string body = EncodeBatch(b);
-    if (body.size() + 1 > kMaxRecordBytes) {
-      status = absl::InvalidArgumentError(absl::StrCat("a batch of ", body.size(),
-                                                       " bytes exceeds the log's record limit"));
-      break;
-    }
-    AppendRecord(record, kBatch, body);
-    status = WriteAt(fd, path_, record, end);
-    if (!status.ok()) break;
-    end += static_cast<int64_t>(record.size());
-  }
   const std::string commit = CommitRecord(key_);
+  try {
+    for (const auto& b : batches) {
+      std::string record;
+      const std::string body = EncodeBatch(b);
+      if (body.size() + 1 > kMaxRecordBytes) {
+        status = absl::InvalidArgumentError(absl::StrCat("a batch of ", body.size(),
+                                                         " bytes exceeds the log's record limit"));
+        break;
+      }
+      AppendRecord(record, kBatch, body);
+      status = WriteAt(fd, path_, record, end);
+      if (!status.ok()) break;
+      end += static_cast<int64_t>(record.size());
+    }
+  } catch (...) {
+    cut_back();
+    throw;
+  }
   if (status.ok() && end > size_) status = Sync(fd, path_);
   if (status.ok()) status = WriteAt(fd, path_, commit, end);
   if (status.ok()) status = Sync(fd, path_);
   if (!status.ok()) {
-    // Leave no partial stream behind (Open() would drop it anyway). After a failed fdatasync
-    // the page cache may already hold the commit: unless the cut is itself durable, a crash
-    // could bring back a stream its client was told had failed, so the log takes no more.
-    if (::ftruncate(fd, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd) != 0) broken_ = true;
+    cut_back();
     return status;
   }
   size_ = end + static_cast<int64_t>(commit.size());

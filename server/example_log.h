@@ -9,7 +9,7 @@
 // and a commit on disk vouches for every byte before it: after a crash, Open() cuts whatever
 // follows the last commit record (a stream that never finished, torn in any order). No
 // example's bytes can pass for a commit record without the key. (A log written before keys
-// has none; its commit records are empty.)
+// had none, and empty commit records: Open writes its committed records again under a key.)
 #ifndef ADAPTD_SERVER_EXAMPLE_LOG_H_
 #define ADAPTD_SERVER_EXAMPLE_LOG_H_
 
@@ -59,7 +59,8 @@ struct LogRecovery {
 class ExampleLog {
  public:
   // Opens the log at `path`, reads its committed batches into `recovery` and truncates the
-  // file after the last commit record (an uncommitted tail). DATA_LOSS, with the file left as
+  // file after the last commit record (an uncommitted tail); a log without a key is replaced
+  // by its committed records under a new key. DATA_LOSS, with the file left as
   // it is, if a commit record follows a record that cannot be read (damage after the write,
   // not a crash), if a whole record does not decode or is not one a log holds, or if the
   // first record is damaged.
@@ -84,7 +85,7 @@ class ExampleLog {
   ExampleLog(std::string path, int64_t size) : path_(std::move(path)), size_(size) {}
   std::string path_;  // opened for each append, not held: a server may hold many tasks' logs
   int64_t size_;
-  std::string key_;  // the commit records' body; empty in a log written before keys
+  std::string key_;  // the commit records' body
   // Set when a failed append could not be cut back durably: what the file holds past size_ is
   // unknown, so no more appends until a restart recovers it from disk.
   bool broken_ = false;

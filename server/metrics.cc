@@ -113,7 +113,9 @@ void Metrics::SetQueueDepth(const std::string& model, int64_t n) {
   impl_->queue.Add({{"model", model}}).Set(static_cast<double>(n));
 }
 
-void Metrics::SetBufferedBytes(int64_t n) { impl_->buffered_total.Set(static_cast<double>(n)); }
+void Metrics::AddBufferedBytes(int64_t delta) {
+  impl_->buffered_total.Increment(static_cast<double>(delta));
+}
 
 void Metrics::SetModelVersion(const std::string& model, int64_t v) {
   std::lock_guard<std::mutex> lock(impl_->mu);

@@ -23,8 +23,9 @@ class Metrics {
   void SetQueueDepth(const std::string& model, int64_t n);
   void SetModelVersion(const std::string& model, int64_t version);
   void SetMemorySize(const std::string& model, int64_t n);
-  // Bytes that streams and imports hold before their end, across the server.
-  void SetBufferedBytes(int64_t n);
+  // Bytes that streams and imports hold before their end, across the server: moved by `delta`
+  // (atomic, so concurrent calls cannot leave it stale).
+  void AddBufferedBytes(int64_t delta);
   // Drops the model's series (after DeleteModel).
   void RemoveModel(const std::string& model);
 

@@ -110,7 +110,7 @@ std::string ProgressOf(const v1::JobStatus& s) {
 
 bool JobSlots::Acquire(const std::function<bool()>& stop, const std::function<void()>& on_wait) {
   std::unique_lock<std::mutex> lock(mu_);
-  if ((free_ == 0 || !open_) && on_wait) {
+  if (free_ == 0 && open_ && on_wait) {  // not while a start holds training back
     lock.unlock();  // on_wait may take other locks
     on_wait();
     lock.lock();
@@ -1104,6 +1104,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   };
   if (!options_.slots->Acquire([&] { return stopping() || job->cancel_requested(); }, waiting)) {
     if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while queued");
+    job->Update([](v1::JobStatus& s) { s.set_message("queued"); });
     return requeue();  // shutting down: stays queued
   }
   struct SlotGuard {
@@ -1544,6 +1545,11 @@ absl::StatusOr<ModelEntry::ImportBlueprint> ModelEntry::PlanImport(const std::st
       if (b.ids.numel() > 0 && b.ids.min().item<int64_t>() < 0) {
         return absl::InvalidArgumentError(absl::StrCat("snapshot ", p, "ids: must be >= 0"));
       }
+      if (HeldBytes(b) > kMaxBatchBytes) {  // as a stream's batch: one log record each
+        return absl::InvalidArgumentError(absl::StrCat(
+            "snapshot ", p, "x: a batch may hold at most ", kMaxBatchBytes >> 20, " MiB; this one holds ",
+            HeldBytes(b) >> 20, " MiB"));
+      }
       all_ids.push_back(b.ids);
       tasks[tid];
       auto& list = b.split == ExampleSplit::kTrain ? tasks[tid].train : tasks[tid].eval;
@@ -1574,8 +1580,8 @@ absl::StatusOr<ModelEntry::ImportBlueprint> ModelEntry::PlanImport(const std::st
       }
     }
     // Example ids name one example each (memory maps and influence answers are given by id).
-    if (!all_ids.empty()) {
-      const at::Tensor ids = at::cat(all_ids);
+    const at::Tensor ids = all_ids.empty() ? at::Tensor() : at::cat(all_ids);
+    if (ids.defined() && ids.numel() > 1) {
       const at::Tensor sorted = std::get<0>(ids.sort());
       const at::Tensor repeats = sorted.narrow(0, 1, sorted.numel() - 1).eq(sorted.narrow(0, 0, sorted.numel() - 1));
       if (repeats.any().item<bool>()) {

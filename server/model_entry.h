@@ -45,7 +45,7 @@ class JobSlots {
   // listens, so that a failed start trains nothing).
   explicit JobSlots(int slots, bool open = true) : free_(slots), open_(open) {}
   // Waits for a slot; false if `stop` became true first (checked every 100 ms). `on_wait` (may
-  // be null) is called once, before waiting, when no slot is free at once.
+  // be null) is called once, before waiting, when other holders have taken every slot.
   bool Acquire(const std::function<bool()>& stop, const std::function<void()>& on_wait = nullptr);
   void Release();
   void Open();

@@ -33,13 +33,13 @@ bool BufferBudget::Take(int64_t bytes) {
   do {
     if (held + bytes > limit_) return false;
   } while (!held_.compare_exchange_weak(held, held + bytes));
-  if (metrics_) metrics_->SetBufferedBytes(held + bytes);
+  if (metrics_) metrics_->AddBufferedBytes(bytes);
   return true;
 }
 
 void BufferBudget::Give(int64_t bytes) {
-  const int64_t held = held_.fetch_sub(bytes) - bytes;
-  if (metrics_) metrics_->SetBufferedBytes(held);
+  held_.fetch_sub(bytes);
+  if (metrics_) metrics_->AddBufferedBytes(-bytes);
 }
 
 namespace {
@@ -54,6 +54,12 @@ class BufferShare {
   // RESOURCE_EXHAUSTED, taking nothing, when the server's calls together would hold too much.
   absl::Status Take(int64_t bytes) {
     if (budget_ != nullptr && !budget_->Take(bytes)) {
+      if (held_ + bytes > budget_->limit()) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "this call alone would hold more than ", budget_->limit() >> 20,
+            " MiB before its end (the server's --max_buffered_mb); send it as several streams "
+            "with keep_open"));
+      }
       return absl::ResourceExhaustedError(absl::StrCat(
           "the server's calls already hold close to ", budget_->limit() >> 20,
           " MiB of examples and snapshots before their end (the server's --max_buffered_mb); "
@@ -374,13 +380,13 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           received += batch->size();
           pending_examples += batch->size();
           pending_bytes += HeldBytes(*batch);
-          ADAPTD_RETURN_IF_ERROR(share.Take(HeldBytes(*batch)));
           if (pending_bytes > c_.max_stream_bytes) {
             return absl::ResourceExhaustedError(absl::StrCat(
                 "the stream holds more than ", c_.max_stream_bytes >> 20,
                 " MiB of examples before its end message (the server's --max_stream_mb); send "
                 "them as several streams with keep_open"));
           }
+          ADAPTD_RETURN_IF_ERROR(share.Take(HeldBytes(*batch)));
           pending.push_back(*std::move(batch));
           if (online && pending_examples >= adapt_every) {
             ADAPTD_RETURN_IF_ERROR(commit(true));

@@ -688,7 +688,7 @@ TEST(ServiceTest, StreamsShareTheServersBufferLimit) {
   absl::StatusOr<v1::StreamExamplesResponse> first;
   std::thread holder([&] { first = singles("a", [&] { second_done.WaitForNotification(); }); });
   // 300 one-example batches hold 300 x (2 KiB + 48 bytes): wait until the server holds them.
-  ASSERT_TRUE(WaitForMetric((*server)->metrics_port(), "adaptd_buffered_bytes", 600000));
+  ASSERT_TRUE(WaitForMetric((*server)->metrics_port(), "adaptd_buffered_bytes", 300 * (6 * 4 + 24 + 2048)));
   const auto refused = singles("b", nullptr);
   second_done.Notify();
   holder.join();

@@ -205,7 +205,7 @@ TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
   // A length field that lies (here far past the end of the file) stops the reading at the first
   // stream; the commits after it are still seen, so nothing is cut.
   std::string lying = bytes;
-  lying[at[1] + 2] = static_cast<char>(0x3f);  // the first batch's length, now about 1 GiB
+  lying[at[1] + 2] = static_cast<char>(0x3f);  // the first batch's length, now about 4 MiB
   ASSERT_TRUE(WriteFileAtomically(path, lying).ok());
   LogRecovery lied;
   const auto lying_open = ExampleLog::Open(path, &lied);
@@ -230,28 +230,46 @@ TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
   ExpectBatches(tail, {&first});
 }
 
-// A log written before logs had keys: no key record, and commit records without a body.
-TEST(ExampleLogTest, ALogWrittenBeforeKeysStillReadsAndGrows) {
+// A log written before logs had keys: no key record, and commit records without a body. Open
+// reads it, and writes its committed records again under a key of its own (the uncommitted
+// tail left out), so that it grows with keyed commits from then on. An empty one gets a key.
+TEST(ExampleLogTest, ALogWrittenBeforeKeysIsReadAndGivenAKey) {
   TempDir dir;
   const std::string path = dir.path() + "/0.log";
   const ExampleBatchData a = Batch(0, 4, 1), b = Batch(4, 3, 2);
   const std::string bytes = WriteLog(path, {{a}});
   const std::vector<size_t> at = RecordStarts(bytes);  // the key, a, commit
   ASSERT_EQ(at.size(), 4u);
-  const std::string old = bytes.substr(at[1], at[2] - at[1]) + Record(2, "");
+  const std::string batch_a = bytes.substr(at[1], at[2] - at[1]);
+  const std::string old = batch_a + Record(2, "") + batch_a.substr(0, 40);  // and a torn tail
   ASSERT_TRUE(WriteFileAtomically(path, old).ok());
   {
     LogRecovery rec;
     auto log = ExampleLog::Open(path, &rec);
     ASSERT_TRUE(log.ok()) << log.status();
     ExpectBatches(rec, {&a});
+    EXPECT_EQ(rec.truncated_bytes, 40);
+    const std::string upgraded = *ReadFile(path);
+    EXPECT_EQ(static_cast<int64_t>(upgraded.size()), (*log)->size_bytes());
+    const std::vector<size_t> now = RecordStarts(upgraded);  // the key, a, a keyed commit
+    ASSERT_EQ(now.size(), 4u);
+    EXPECT_EQ(upgraded[8], 3);
+    EXPECT_EQ(upgraded.substr(now[1], now[2] - now[1]), batch_a);
+    EXPECT_EQ(upgraded.substr(now[2]), Record(2, upgraded.substr(9, 16)));
     ASSERT_TRUE((*log)->AppendCommitted({b}).ok());
   }
   const std::string grown = *ReadFile(path);
-  EXPECT_EQ(grown.substr(grown.size() - 9), Record(2, ""));
+  EXPECT_EQ(grown.substr(grown.size() - 25), Record(2, grown.substr(9, 16)));
   LogRecovery rec;
   ASSERT_TRUE(ExampleLog::Open(path, &rec).ok());
   ExpectBatches(rec, {&a, &b});
+  EXPECT_EQ(rec.truncated_bytes, 0);
+  // An empty file (a log created before keys, by a stream of no examples).
+  ASSERT_TRUE(WriteFileAtomically(path, "").ok());
+  LogRecovery none;
+  ASSERT_TRUE(ExampleLog::Open(path, &none).ok());
+  EXPECT_EQ(none.batches.size(), 0u);
+  EXPECT_EQ(RecordStarts(*ReadFile(path)), (std::vector<size_t>{0, 25}));
 }
 
 // A log keeps no file open between its calls, so that a model's many tasks cannot run the
@@ -263,6 +281,7 @@ TEST(ExampleLogTest, ALogHoldsNoFileOpenBetweenCalls) {
     EXPECT_TRUE(names.ok()) << names.status();
     return names.ok() ? names->size() : 0;
   };
+  Batch(0, 1, 0);  // whatever LibTorch opens on first use, before the count
   const size_t before = open_files();
   std::vector<std::unique_ptr<ExampleLog>> logs;
   for (int i = 0; i < 20; ++i) {
