@@ -72,6 +72,8 @@ class BufferShare {
     if (budget_ != nullptr && held_ > 0) budget_->Give(held_);
     held_ = 0;
   }
+  // What the call holds now (all of it counted, with or without a budget).
+  int64_t held() const { return held_; }
 
  private:
   BufferBudget* const budget_;
@@ -312,13 +314,12 @@ class LearningServiceImpl final : public v1::LearningService::Service {
       const int64_t adapt_every = entry->adapt_every();
       const bool online = adapt_every > 0 && plan.split == ExampleSplit::kTrain;
       std::vector<ExampleBatchData> pending;
-      int64_t pending_examples = 0, pending_bytes = 0, batches = 0;
+      int64_t pending_examples = 0, batches = 0;
       BufferShare share(c_.buffers);
       auto commit = [&](bool adapt) -> absl::Status {
         ADAPTD_ASSIGN_OR_RETURN(CommitResult r, entry->Commit(plan, std::move(pending), adapt));
         pending.clear();
         pending_examples = 0;
-        pending_bytes = 0;
         share.Release();
         for (const auto& [first, count] : r.id_ranges) {
           v1::IdRange* range = response->add_ids();
@@ -379,14 +380,14 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           ++batches;
           received += batch->size();
           pending_examples += batch->size();
-          pending_bytes += HeldBytes(*batch);
-          if (pending_bytes > c_.max_stream_bytes) {
+          const int64_t bytes = HeldBytes(*batch);
+          if (share.held() + bytes > c_.max_stream_bytes) {
             return absl::ResourceExhaustedError(absl::StrCat(
                 "the stream holds more than ", c_.max_stream_bytes >> 20,
                 " MiB of examples before its end message (the server's --max_stream_mb); send "
                 "them as several streams with keep_open"));
           }
-          ADAPTD_RETURN_IF_ERROR(share.Take(HeldBytes(*batch)));
+          ADAPTD_RETURN_IF_ERROR(share.Take(bytes));
           pending.push_back(*std::move(batch));
           if (online && pending_examples >= adapt_every) {
             ADAPTD_RETURN_IF_ERROR(commit(true));
