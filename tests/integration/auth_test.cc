@@ -22,11 +22,16 @@ absl::StatusCode Code(const absl::StatusOr<T>& s) {
   return s.status().code();
 }
 
-TEST(AuthTest, RolesGateTheCalls) {
-  TempDir dir;
+// A server under `dir` whose tokens file gives admintok, writetok and readtok their roles.
+absl::StatusOr<std::unique_ptr<ServerProcess>> StartWithThreeRoles(const TempDir& dir) {
   const std::string tokens = dir.path() + "/tokens";
   std::ofstream(tokens) << "# token role\nadmintok admin\nwritetok writer\nreadtok reader\n";
-  auto server = ServerProcess::Start(dir.path() + "/data", {"--tokens_file=" + tokens});
+  return ServerProcess::Start(dir.path() + "/data", {"--tokens_file=" + tokens});
+}
+
+TEST(AuthTest, RolesGateTheCalls) {
+  TempDir dir;
+  auto server = StartWithThreeRoles(dir);
   ASSERT_TRUE(server.ok()) << server.status();
   auto admin = (*server)->Client("admintok");
   auto writer = (*server)->Client("writetok");
@@ -75,9 +80,7 @@ TEST(AuthTest, RolesGateTheCalls) {
 // a model that does not exist, or a bad request, so nothing changes).
 TEST(AuthTest, EveryCallNeedsTheRoleTheTableGives) {
   TempDir dir;
-  const std::string tokens = dir.path() + "/tokens";
-  std::ofstream(tokens) << "admintok admin\nwritetok writer\nreadtok reader\n";
-  auto server = ServerProcess::Start(dir.path() + "/data", {"--tokens_file=" + tokens});
+  auto server = StartWithThreeRoles(dir);
   ASSERT_TRUE(server.ok()) << server.status();
   enum Role { kReader, kWriter, kAdmin };
   using Call = std::function<absl::Status(const AdaptdClient&)>;
