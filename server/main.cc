@@ -42,6 +42,10 @@ ABSL_FLAG(int64_t, keep_jobs, 1000,
           "each model keeps its unfinished jobs and its newest N finished ones for ListJobs, "
           "WatchJob and CancelJob; older ones stay in the catalog only");
 ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across models");
+ABSL_FLAG(int, max_threads, 1024,
+          "gRPC handler threads; each call in progress holds one (an open stream or WatchJob "
+          "for its whole life), and a call that finds none free is refused with "
+          "RESOURCE_EXHAUSTED (at least 4)");
 ABSL_FLAG(int, training_nice, 10,
           "nice value of the training threads, so that queries come first (0: same priority)");
 
@@ -113,6 +117,7 @@ int main(int argc, char** argv) {
   options.max_buffered_bytes =
       MiB(absl::GetFlag(FLAGS_max_buffered_mb), int64_t{1} << 40, "max_buffered_mb");
   options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
+  options.max_threads = absl::GetFlag(FLAGS_max_threads);
   options.training_nice = absl::GetFlag(FLAGS_training_nice);
   options.keep_versions = absl::GetFlag(FLAGS_keep_versions);
   options.keep_jobs = absl::GetFlag(FLAGS_keep_jobs);

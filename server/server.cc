@@ -8,6 +8,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/str_cat.h"
@@ -66,6 +67,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   if (options.max_concurrent_jobs < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_concurrent_jobs must be >= 1; got ", options.max_concurrent_jobs));
+  }
+  if (options.max_threads < 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_threads must be >= 4; got ", options.max_threads));
   }
   if (options.training_nice < 0 || options.training_nice > 19) {
     return absl::InvalidArgumentError(
@@ -129,6 +134,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   // than every 5 minutes as abuse and closes the connection. Every 10 s is accepted (the
   // clients' kMinKeepaliveSeconds and docs/api.md say the same).
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10 * 1000);
+  grpc::ResourceQuota quota("adaptd");
+  quota.SetMaxThreads(options.max_threads);
+  builder.SetResourceQuota(quota);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(impl->admin.get());

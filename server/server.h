@@ -34,6 +34,11 @@ struct ServerOptions {
   // What all streams and imports may hold together before their end.
   int64_t max_buffered_bytes = int64_t{8} << 30;
   int max_concurrent_jobs = 1;
+  // gRPC handler threads (a synchronous server holds one per call in progress: an open stream or
+  // WatchJob holds one for its whole life). A call that finds them all busy is refused with
+  // RESOURCE_EXHAUSTED instead of starting a thread, so clients cannot exhaust the process's
+  // threads. At least 4 (gRPC's pollers count against it).
+  int max_threads = 1024;
   // Nice value of the threads that train (queries keep the server's priority).
   int training_nice = 10;
   // Retention: each model keeps the checkpoints of its newest N versions (0: every version).

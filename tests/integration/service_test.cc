@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -701,6 +702,59 @@ TEST(ServiceTest, StreamsShareTheServersBufferLimit) {
   const auto again = singles("b", nullptr);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->examples(), 300);
+}
+
+// --max_threads bounds the handler threads. Twelve watches of a running job, each held open for
+// 5 s, need twelve threads: under --max_threads=4 some are refused at once with
+// RESOURCE_EXHAUSTED (the server never starts more threads than the limit), and once the held
+// ones have ended the server answers again. Without the flag all twelve are served.
+TEST(ServiceTest, MaxThreadsRefusesCallsThatFindNoHandlerThread) {
+  for (const bool capped : {true, false}) {
+    SCOPED_TRACE(capped ? "--max_threads=4" : "default");
+    TempDir dir;
+    std::vector<std::string> flags;
+    if (capped) flags.push_back("--max_threads=4");
+    auto server = ServerProcess::Start(dir.path(), flags);
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    v1::CreateModelRequest hog = BlobModel("hog", false, 1);
+    hog.mutable_config()->set_min_steps(1000000);
+    ASSERT_TRUE(client->CreateModel(hog).ok());
+    auto running = StreamData(*client, "hog", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 1));
+    ASSERT_TRUE(running.ok() && running->job_ids_size() == 1) << running.status();
+    ClientOptions o;
+    o.stream_timeout_seconds = 5;
+    auto watching = AdaptdClient::Create((*server)->target(), o);
+    ASSERT_TRUE(watching.ok()) << watching.status();
+    std::mutex mu;
+    std::map<absl::StatusCode, int> ends;
+    std::vector<std::thread> watchers;
+    for (int i = 0; i < 12; ++i) {
+      watchers.emplace_back([&] {
+        const absl::StatusCode code = (*watching)->WatchJob(running->job_ids(0)).status().code();
+        std::lock_guard<std::mutex> lock(mu);
+        ++ends[code];
+      });
+    }
+    for (std::thread& t : watchers) t.join();
+    if (capped) {
+      EXPECT_GE(ends[absl::StatusCode::kResourceExhausted], 1);
+      EXPECT_GE(ends[absl::StatusCode::kDeadlineExceeded], 1);
+    } else {
+      EXPECT_EQ(ends[absl::StatusCode::kDeadlineExceeded], 12);
+    }
+    EXPECT_EQ(ends[absl::StatusCode::kResourceExhausted] + ends[absl::StatusCode::kDeadlineExceeded], 12);
+    // A handler notices its client's deadline within half a second (WatchJob's wait), and only
+    // then frees its thread: until then a call may still be refused, never failed otherwise.
+    absl::Status cancel = client->CancelJob(running->job_ids(0)).status();
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (cancel.code() == absl::StatusCode::kResourceExhausted &&
+           std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      cancel = client->CancelJob(running->job_ids(0)).status();
+    }
+    ASSERT_TRUE(cancel.ok()) << cancel;
+  }
 }
 
 // adapt_after_seconds: training examples that a keep_open stream left pending get a job of

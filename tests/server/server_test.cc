@@ -101,6 +101,11 @@ TEST(ServerTest, RefusesSettingsOutOfRange) {
   o.training_nice = -5;
   bad = Server::Create(o);
   EXPECT_EQ(bad.status().message(), "training_nice must be in [0, 19]; got -5") << bad.status();
+  o.training_nice = 10;
+  // Below gRPC's pollers no call would get a thread.
+  o.max_threads = 3;
+  bad = Server::Create(o);
+  EXPECT_EQ(bad.status().message(), "max_threads must be >= 4; got 3") << bad.status();
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
