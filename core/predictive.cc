@@ -18,13 +18,15 @@ namespace {
 // -sum_k p_k log p_k per row, with 0 log 0 = 0.
 at::Tensor Entropy(const at::Tensor& p) { return at::special_entr(p).sum(-1); }
 
-// Running sums over S probability draws per example: E p, E p^2 and E H[p]. The standard
-// deviation comes from float64 sums: E p^2 - (E p)^2 in float32 cancels to noise of about 1e-7 in
-// the variance, which would swamp the spread of a confident class (p near 1, std below 3e-4).
+// Running sums over S probability draws per example: E p, E p^2 and E H[p]. The probability
+// sums are float64: E p^2 - (E p)^2 in float32 cancels to noise of about 1e-7 in the variance,
+// which would swamp the spread of a confident class (p near 1, std below 3e-4). The mean is
+// rounded to the draws' dtype once, at the end.
 struct Moments {
-  at::Tensor sum_p, sum_h, sum_p64, sum_p2_64;
+  at::ScalarType dtype;
+  at::Tensor sum_h, sum_p64, sum_p2_64;
   Moments(int64_t n, int64_t k, const at::TensorOptions& opts)
-      : sum_p(at::zeros({n, k}, opts)),
+      : dtype(opts.dtype().toScalarType()),
         sum_h(at::zeros({n}, opts)),
         sum_p64(at::zeros({n, k}, opts.dtype(at::kDouble))),
         sum_p2_64(at::zeros({n, k}, opts.dtype(at::kDouble))) {}
@@ -32,7 +34,6 @@ struct Moments {
   void Add(int64_t start, const at::Tensor& p) {
     const at::Tensor draws = p.dim() == 3 ? p : p.unsqueeze(0);
     const int64_t len = draws.size(1);
-    sum_p.narrow(0, start, len).add_(draws.sum(0).cpu());
     sum_h.narrow(0, start, len).add_(Entropy(draws).sum(0).cpu());
     const at::Tensor d64 = draws.to(at::kDouble);
     sum_p64.narrow(0, start, len).add_(d64.sum(0).cpu());
@@ -40,9 +41,9 @@ struct Moments {
   }
   // Mean probabilities, their standard deviation and the expected entropy over `s` draws.
   void Finish(double s, Prediction& out) const {
-    out.probs = sum_p / s;
     const at::Tensor mean64 = sum_p64 / s;
-    out.std = (sum_p2_64 / s - mean64.square()).clamp_min_(0).sqrt_().to(sum_p.scalar_type());
+    out.probs = mean64.to(dtype);
+    out.std = (sum_p2_64 / s - mean64.square()).clamp_min_(0).sqrt_().to(dtype);
     out.expected_entropy = sum_h / s;
   }
 };
@@ -216,7 +217,7 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
     } else {
       params.copy_(posterior->mean());
       const Covariance sigma = Covariance::FromPosterior(*posterior);
-      out.probs = at::empty({n, k}, m.sum_p.options());
+      out.probs = at::empty({n, k}, m.sum_h.options());
       for (int64_t b = 0; b < n; b += options.batch_size) {
         const int64_t len = std::min(options.batch_size, n - b);
         ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output g,
