@@ -167,7 +167,8 @@ absl::Status Stream(const AdaptdClient& client, const CtlOptions& options,
   ADAPTD_ASSIGN_OR_RETURN(ExampleSet examples, LoadExampleFiles(files, options));
   if (examples.labels.empty()) {
     return absl::InvalidArgumentError(
-        "streamed examples need labels (--labels, or a CSV label column)");
+        "streamed examples need labels (--labels for NPY and IDX files; a CSV file's label "
+        "column, --csv_labels)");
   }
   if (options.select_classes || options.limit > 0) {
     if (options.select_classes && classes.empty()) {
@@ -314,13 +315,9 @@ absl::Status MemoryMap(const AdaptdClient& client, const CtlOptions& options,
   ADAPTD_ASSIGN_OR_RETURN(MemoryMapTable table, MemoryMapFromResponse(response));
   absl::PrintF("%s version %d: %d examples, LOO NLL %.4f, LOO accuracy %.1f%%\n", args[0],
                table.version, table.points.size(), table.loo_nll, 100 * table.loo_accuracy);
-  std::vector<MemoryMapPoint> sorted = table.points;
-  std::sort(sorted.begin(), sorted.end(), [](const MemoryMapPoint& a, const MemoryMapPoint& b) {
-    return a.sensitivity > b.sensitivity;
-  });
+  const std::vector<MemoryMapPoint> sorted = MostSensitive(table.points, 5);
   if (!sorted.empty()) absl::PrintF("most sensitive:\n");
-  for (size_t i = 0; i < std::min<size_t>(5, sorted.size()); ++i) {
-    const MemoryMapPoint& p = sorted[i];
+  for (const MemoryMapPoint& p : sorted) {
     absl::PrintF(
         "  example %d (client id %d, task %d, label %d): sensitivity %.3e, e %.3f, "
         "v %.3e\n",
@@ -646,7 +643,12 @@ absl::StatusOr<ExampleSet> LoadExampleFiles(const std::vector<std::string>& file
       ADAPTD_ASSIGN_OR_RETURN(format, DataFormatOfPath(files[i]));
     }
     std::string labels_path;
-    if (format != DataFormat::kCsv && !labels.empty()) {
+    if (format == DataFormat::kCsv && !labels.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--labels is for NPY and IDX files; the labels of a CSV file (", files[i],
+          ") come from one of its columns (--csv_labels, --label_column)"));
+    }
+    if (!labels.empty()) {
       if (labels.size() != files.size()) {
         return absl::InvalidArgumentError(absl::StrCat("--labels names ", labels.size(),
                                                        " files for ", files.size(), " data files"));

@@ -521,6 +521,24 @@ absl::Status ReshapeExamples(ExampleSet& examples, absl::Span<const int64_t> exa
         absl::StrCat("examples of shape ", FormatShape(absl::MakeConstSpan(old).subspan(1)),
                      " do not fit the model's input shape ", FormatShape(example_shape)));
   }
+  // A reshape keeps the values in place, so it may only flatten, unflatten, or add and drop
+  // axes of size 1: [32, 32, 3] -> [3, 32, 32] has the same count and would scramble every
+  // image's channels.
+  auto squeezed = [](absl::Span<const int64_t> shape) {
+    std::vector<int64_t> out;
+    for (int64_t d : shape) {
+      if (d != 1) out.push_back(d);
+    }
+    return out;
+  };
+  const absl::Span<const int64_t> from = absl::MakeConstSpan(old).subspan(1);
+  const std::vector<int64_t> a = squeezed(from), b = squeezed(example_shape);
+  if (a.size() > 1 && b.size() > 1 && a != b) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "examples of shape ", FormatShape(from), " hold as many values as the model's input shape ",
+        FormatShape(example_shape), " but in another layout; reorder their axes first (a "
+        "reshape would mix them up)"));
+  }
   examples.x.clear_shape();
   examples.x.add_shape(old.empty() ? 0 : old[0]);
   for (int64_t d : example_shape) examples.x.add_shape(d);

@@ -80,8 +80,10 @@ absl::StatusOr<ExampleSet> TakeRows(const ExampleSet& examples, absl::Span<const
 // REQUIRES: `examples` has labels.
 std::vector<int64_t> RowsWithLabels(const ExampleSet& examples, absl::Span<const int64_t> classes,
                                     int64_t limit = 0);
-// Gives every example the shape `example_shape` (e.g. [28, 28] -> [784]); INVALID_ARGUMENT if
-// the element counts differ.
+// Gives every example the shape `example_shape` (e.g. [28, 28] -> [784], [784] -> [1, 28, 28]),
+// keeping its values in order. INVALID_ARGUMENT if the element counts differ, or if both shapes
+// have two or more axes (not counting axes of size 1) and differ: [32, 32, 3] -> [3, 32, 32]
+// would need a transpose, not a reshape.
 absl::Status ReshapeExamples(ExampleSet& examples, absl::Span<const int64_t> example_shape);
 // Examples [begin, begin + count) as a batch: x, y (when labelled) and client ids.
 absl::StatusOr<v1::ExampleBatch> MakeBatch(const ExampleSet& examples, int64_t begin,

@@ -160,6 +160,20 @@ absl::StatusOr<MemoryMapTable> MemoryMapFromResponse(const v1::MemoryMapResponse
   return table;
 }
 
+std::vector<MemoryMapPoint> MostSensitive(std::vector<MemoryMapPoint> points, size_t k) {
+  // NaN compares false with everything, which would break the strict ordering that sorting
+  // needs (and can make std::sort read outside the range): NaNs go last.
+  auto first = [](const MemoryMapPoint& a, const MemoryMapPoint& b) {
+    const bool a_nan = std::isnan(a.sensitivity), b_nan = std::isnan(b.sensitivity);
+    if (a_nan || b_nan) return b_nan && !a_nan;
+    return a.sensitivity > b.sensitivity;
+  };
+  k = std::min(k, points.size());
+  std::partial_sort(points.begin(), points.begin() + static_cast<std::ptrdiff_t>(k), points.end(), first);
+  points.resize(k);
+  return points;
+}
+
 std::string MemoryMapCsv(const MemoryMapTable& table) {
   std::string csv = "example_id,client_id,task_id,label,error,variance,lambda,sensitivity\n";
   for (const MemoryMapPoint& p : table.points) {

@@ -40,6 +40,10 @@ struct MemoryMapTable {
 // column in error/variance/lambda.
 absl::StatusOr<MemoryMapTable> MemoryMapFromResponse(const v1::MemoryMapResponse& response);
 
+// The `k` points of largest sensitivity, largest first; points whose sensitivity is not a
+// number come after every other.
+std::vector<MemoryMapPoint> MostSensitive(std::vector<MemoryMapPoint> points, size_t k);
+
 // A header line "example_id,client_id,task_id,label,error,variance,lambda,sensitivity" and one
 // line per point.
 std::string MemoryMapCsv(const MemoryMapTable& table);

@@ -187,6 +187,14 @@ TEST(AdaptctlTest, LoadsSeveralFilesAsOneSet) {
   o.format = "npy";
   EXPECT_NE(LoadExampleFiles({images}, o).status().message().find("bad magic"),
             absl::string_view::npos);
+  // A CSV file's labels are one of its columns: --labels beside it is refused, not ignored.
+  CtlOptions csv_labels;
+  csv_labels.labels = o.labels;
+  const absl::Status ignored = LoadExampleFiles({a}, csv_labels).status();
+  EXPECT_EQ(ignored.code(), absl::StatusCode::kInvalidArgument) << ignored;
+  EXPECT_NE(ignored.message().find("--labels is for NPY and IDX files; the labels of a CSV file"),
+            absl::string_view::npos)
+      << ignored;
   // A missing file is named as missing, whatever its name says of its format.
   const absl::Status missing = LoadExampleFiles({images + ".gone.gz"}, CtlOptions()).status();
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;

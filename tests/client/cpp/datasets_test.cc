@@ -283,6 +283,22 @@ ExampleSet Small(std::vector<uint8_t> pixels, std::vector<int64_t> labels) {
   return set;
 }
 
+// A reshape keeps each example's values in order: it may flatten and unflatten, but not turn
+// [3, 2] into [2, 3] (a transpose's job); a refusal leaves the examples as they were.
+TEST(ExampleSetTest, ReshapeRefusesAnotherLayoutOfTheSameCount) {
+  ExampleSet set = Small({0, 1, 2, 3, 4, 5}, {0});
+  ASSERT_TRUE(ReshapeExamples(set, {3, 2}).ok());
+  const absl::Status layout = ReshapeExamples(set, {2, 3});
+  EXPECT_EQ(layout.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(layout, "examples of shape [3, 2] hold as many values as the model's input "
+                               "shape [2, 3] but in another layout")) << layout;
+  EXPECT_EQ(FormatShape(set.x.shape()), "[1, 3, 2]");
+  ASSERT_TRUE(ReshapeExamples(set, {1, 6}).ok());
+  ASSERT_TRUE(ReshapeExamples(set, {2, 3}).ok());
+  EXPECT_EQ(FormatShape(set.x.shape()), "[1, 2, 3]");
+  EXPECT_EQ(set.x.raw_data(), std::string("\0\1\2\3\4\5", 6));
+}
+
 TEST(ExampleSetTest, AppendKeepsCountingIds) {
   ExampleSet all;
   ASSERT_TRUE(AppendExamples(all, Small({1, 2, 3, 4}, {0, 1})).ok());
@@ -309,6 +325,9 @@ TEST(ExampleSetTest, SelectReshapeAndBatch) {
   EXPECT_EQ(FormatShape(some->x.shape()), "[3, 1, 2]");
   const absl::Status misfit = ReshapeExamples(*some, {3});
   EXPECT_TRUE(Contains(misfit, "input shape [3]")) << misfit;
+  // Axes of size 1 may move.
+  ASSERT_TRUE(ReshapeExamples(*some, {2, 1}).ok());
+  ASSERT_TRUE(ReshapeExamples(*some, {1, 2}).ok());
 
   absl::StatusOr<v1::ExampleBatch> batch = MakeBatch(*some, 1, 2);
   ASSERT_TRUE(batch.ok()) << batch.status();

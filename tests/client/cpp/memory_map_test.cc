@@ -179,5 +179,25 @@ TEST(MemoryMapTest, SvgLeavesOutNonFiniteValuesAndSaysSo) {
   }
 }
 
+// The most sensitive points, largest first, with NaN sensitivities (0 x inf from an
+// overflowed variance) after every number: 40 points so that the sort takes its unguarded path.
+TEST(MemoryMapTest, MostSensitiveOrdersNumbersFirstAndNaNLast) {
+  std::vector<MemoryMapPoint> points(40);
+  for (int i = 0; i < 40; ++i) {
+    points[i].example_id = i;
+    points[i].sensitivity = i % 3 == 0 ? std::numeric_limits<double>::quiet_NaN() : i;
+  }
+  const std::vector<MemoryMapPoint> top = MostSensitive(points, 5);
+  ASSERT_EQ(top.size(), 5u);
+  const std::vector<int64_t> ids = {top[0].example_id, top[1].example_id, top[2].example_id,
+                                    top[3].example_id, top[4].example_id};
+  EXPECT_EQ(ids, (std::vector<int64_t>{38, 37, 35, 34, 32}));
+  const std::vector<MemoryMapPoint> all = MostSensitive(points, 100);
+  ASSERT_EQ(all.size(), 40u);
+  for (int i = 0; i < 26; ++i) EXPECT_FALSE(std::isnan(all[i].sensitivity)) << i;
+  for (int i = 26; i < 40; ++i) EXPECT_TRUE(std::isnan(all[i].sensitivity)) << i;
+  EXPECT_TRUE(MostSensitive({}, 5).empty());
+}
+
 }  // namespace
 }  // namespace adaptd
