@@ -326,10 +326,16 @@ absl::StatusOr<v1::StreamExamplesResponse> AdaptdClient::StreamExamples(
   while (open) {
     absl::StatusOr<std::optional<v1::ExampleBatch>> batch = next();
     if (!batch.ok()) {
-      // Cancelling makes the server drop the whole stream: nothing half-sent is stored.
-      context.TryCancel();
-      writer->Finish().IgnoreError();
-      return batch.status();
+      // Closing without the end message makes the server drop what it has not committed, and
+      // answer what it has: nothing, or in online mode the chunks already stored and queued
+      // (their ids). That account follows the source's own error, so that a caller resends
+      // only the rest.
+      writer->WritesDone();
+      const grpc::Status server = writer->Finish();
+      if (server.ok() || server.error_message().empty()) return batch.status();
+      return absl::Status(batch.status().code(),
+                          absl::StrCat(batch.status().message(), "; the server: ",
+                                       server.error_message()));
     }
     if (!batch->has_value()) break;
     const int64_t examples = ExamplesIn(**batch);

@@ -53,7 +53,10 @@ struct ClientOptions {
 };
 
 // Yields the batches of one StreamExamples call: a batch, std::nullopt at the end, or an error
-// that cancels the stream (the server then stores none of it).
+// that ends the stream without its end message. The server then stores none of it, except in
+// online mode (adapt_every > 0) the chunks it had already committed; StreamExamples returns the
+// source's error followed by the server's account ("...; the server: ... the online chunks
+// before it were stored and queued (N examples, ids [a, b)) ...").
 using BatchSource = std::function<absl::StatusOr<std::optional<v1::ExampleBatch>>()>;
 // Called after each batch is written with the examples sent so far.
 using StreamProgress = std::function<void(int64_t examples_sent)>;

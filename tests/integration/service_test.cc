@@ -536,6 +536,25 @@ TEST(ServiceTest, AnOnlineStreamRefusedHalfWayNamesWhatItStored) {
   EXPECT_THAT(miscounted.error_message(),
               ::testing::AllOf(::testing::HasSubstr("the end message counts 240 examples; 150 arrived"),
                                ::testing::HasSubstr("stored and queued (100 examples, ids [100, 200))")));
+
+  // A client whose batch source fails half-way gets the source's error and the server's account
+  // of the online chunk it had already stored.
+  int64_t next = 0;
+  const absl::Status failed =
+      client
+          ->StreamExamples(h,
+                           [&]() -> absl::StatusOr<std::optional<v1::ExampleBatch>> {
+                             if (next == 3) return absl::DataLossError("row 151 is unreadable");
+                             return std::optional<v1::ExampleBatch>(batches[next++]);
+                           })
+          .status();
+  EXPECT_EQ(failed.code(), absl::StatusCode::kDataLoss) << failed;
+  EXPECT_THAT(std::string(failed.message()),
+              ::testing::AllOf(::testing::StartsWith("row 151 is unreadable; the server: "),
+                               ::testing::HasSubstr("stored and queued (100 examples, ids [200, 300))")));
+  info = client->GetModel("online");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->tasks(0).train_examples(), 300);
 }
 
 // --keep_jobs bounds the finished jobs a model keeps in memory (online mode makes many): the

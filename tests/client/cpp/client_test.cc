@@ -243,10 +243,12 @@ TEST(AdaptdClientTest, StreamExamplesStopsOnTheSourcesError) {
         return absl::DataLossError("disk read failed");
       });
   EXPECT_EQ(response.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(response.status().message(), "disk read failed");
+  // The source's error, then what the server said of the stream it got without an end message.
+  EXPECT_EQ(response.status().message(),
+            "disk read failed; the server: the stream ended without its end message");
   EXPECT_EQ(calls, 2);
-  // The stream was abandoned, not closed: nothing of it would be stored. (Closing it with an end
-  // message would have committed the batch before the error.)
+  // The stream was closed without its end message: nothing of it would be stored. (Closing it
+  // with an end message would have committed the batch before the error.)
   absl::MutexLock lock(&server.log().mu);
   EXPECT_EQ(server.log().committed_streams, 0);
 }
