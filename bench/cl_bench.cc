@@ -28,7 +28,8 @@ ABSL_FLAG(std::string, benchmark, "split-fmnist-til",
           "split-fmnist-til | split-fmnist-cil | permuted-fmnist | digits-add");
 ABSL_FLAG(std::string, method, "kprior", "comma-separated: kprior, fromp, ewc, replay, finetune, joint");
 ABSL_FLAG(int64_t, memory, -1, "memory points per task (-1: the benchmark's default)");
-ABSL_FLAG(double, memory_fraction, -1, "digits-add: memory as a fraction of the base task (overrides --memory)");
+ABSL_FLAG(double, memory_fraction, -1, "memory per task as a fraction of the first task's training examples (overrides --memory; "
+          "digits-add's 2 / 5 / 10 %)");
 ABSL_FLAG(int, seeds, 3, "how many seeds, from --first_seed");
 ABSL_FLAG(int64_t, epochs, -1, "epochs per task (-1: the benchmark's default)");
 ABSL_FLAG(int, tasks, 10, "permuted-fmnist: number of tasks");
@@ -116,7 +117,7 @@ Defaults DefaultsFor(const TaskStream& s, const std::string& name, Method method
     c.memory_points = 113;
     c.memory_weight = -1;
     c.posterior_precision = false;
-    c.ivon.weight_decay = 50.0 / 1130.0;  // delta = 50 in total units over the base task
+    // The weight decay is --delta over the base task's size, set where the stream is known.
     c.ivon.lr = 0.2;
     c.ivon.hess_init = 1.0;
     c.ivon.beta2 = 0.999;
