@@ -121,7 +121,11 @@ int Main() {
     TaskData rest = base;
     rest.train = base.train.Select(keep_mask.nonzero().squeeze(1));
     rest.ids = base.ids.index_select(0, keep_mask.nonzero().squeeze(1));
-    const ContinualState retrained = OrDie(Adapt(initial, rest, c), "batch retraining").state;
+    // Batch retraining under the same prior in total units (delta), the minimiser Forget aims
+    // at: the weight decay per example grows as the examples shrink.
+    AdaptConfig rc = c;
+    rc.ivon.weight_decay = absl::GetFlag(FLAGS_delta) / static_cast<double>(n - r);
+    const ContinualState retrained = OrDie(Adapt(initial, rest, rc), "batch retraining").state;
 
     AdaptConfig fc = c;
     fc.epochs = 1;

@@ -550,9 +550,13 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     to.cosine = true;
     at::Tensor initial_hess;
     at::Tensor weight_precision;  // total units: the old posterior (or prior) and the curvature term
-    if (!first && config.method != Method::kJoint) {
-      // Keep the prior's precision (total units) fixed while ess follows the task's size.
-      to.ivon.weight_decay = state.prior_ess * state.prior_delta / static_cast<double>(n);
+    if (!first) {
+      // Keep the prior's precision (total units) fixed while ess follows the task's size. Joint
+      // retraining takes the current weight decay, over the first task's size: batch retraining
+      // on everything under the same prior, the reference the K-prior approximates (a per-example
+      // decay over all data would grow its prior with every task).
+      const double delta = config.method == Method::kJoint ? config.ivon.weight_decay : state.prior_delta;
+      to.ivon.weight_decay = state.prior_ess * delta / static_cast<double>(n);
     }
     if (!first && config.method == Method::kKPrior) {
       // The old posterior (or prior) becomes the prior, so the IVON prior delta is off.

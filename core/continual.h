@@ -38,7 +38,9 @@ std::string MethodName(Method method);
 struct AdaptConfig {
   Method method = Method::kKPrior;
   // IVON hyperparameters. ess is set per task to ess_factor times the number of examples
-  // trained on; weight_decay is the first task's prior precision per example (delta).
+  // trained on; weight_decay is the first task's prior precision per example (delta): every
+  // later task keeps that prior's total precision, prior_ess * delta (joint retraining takes
+  // the current weight_decay, over the first task's size).
   IvonOptions ivon;
   // IVON draws its training weight samples at ess = ess_factor * N: above 1 they come from a
   // colder posterior (noise std / sqrt(ess_factor)). The posterior that the state carries keeps

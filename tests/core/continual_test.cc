@@ -1020,6 +1020,55 @@ TEST(AdaptTest, ForgetEndsNearBatchRetrainingWithoutTheExamples) {
   EXPECT_EQ(r->state.ess, 175.0);
 }
 
+// The float64 MAP of SmallLogReg's logistic regression on (x, y) under the prior
+// delta_total / 2 ||w||^2 (total units), by Newton from `start`.
+at::Tensor BatchMap(const at::Tensor& x, const at::Tensor& y, double delta_total,
+                    const at::Tensor& start) {
+  return Newton([&](const at::Tensor& w) {
+    const at::Tensor logits = x.matmul(w.narrow(0, 0, 24).view({4, 6}).t()) + w.narrow(0, 24, 4);
+    return at::cross_entropy_loss(logits, y, {}, at::Reduction::Sum) +
+           0.5 * delta_total * w.square().sum();
+  }, start);
+}
+
+// ||w - ref|| / ||ref||, in float64.
+double RelativeDistance(const at::Tensor& w, const at::Tensor& ref) {
+  return (w.to(at::kDouble) - ref).norm().item<double>() / ref.norm().item<double>();
+}
+
+// Joint retraining is batch retraining on every example so far under the first task's prior
+// (weight decay x the first task's size, in total units), the reference that the K-prior
+// approximates: after a second task of as many examples it ends near that MAP, not near the
+// MAP under twice the prior that the weight decay per example over all 400 would give.
+TEST(AdaptTest, JointRetrainingKeepsTheFirstTasksPrior) {
+  ConvexTask convex;
+  AdaptConfig c = convex.config;
+  c.method = Method::kJoint;
+  c.ess_factor = 100;
+  c.epochs = 400;
+  auto s0 = InitialState(SmallLogReg(), 1);
+  ASSERT_TRUE(s0.ok()) << s0.status();
+  auto first = Adapt(*s0, convex.task, c);
+  ASSERT_TRUE(first.ok()) << first.status();
+  TaskData next{1, Blobs(200, 4, 10), at::Tensor(), at::Tensor()};
+  next.train.x = next.train.x + 1.5;
+  auto joint = Adapt(first->state, next, c);
+  ASSERT_TRUE(joint.ok()) << joint.status();
+  const at::Tensor x = at::cat({convex.task.train.x, next.train.x}).to(at::kDouble);
+  const at::Tensor y = at::cat({convex.task.train.y, next.train.y});
+  const double delta_total = c.ivon.weight_decay * static_cast<double>(convex.task.train.size());
+  const at::Tensor w_batch = BatchMap(x, y, delta_total, convex.w_map);
+  const at::Tensor w_doubled = BatchMap(x, y, 2 * delta_total, convex.w_map);
+  const double to_batch = RelativeDistance(joint->state.mean, w_batch);
+  const double apart = RelativeDistance(w_doubled, w_batch);
+  std::cout << "joint retraining: relative distance " << to_batch
+            << " to batch retraining under the first task's prior, "
+            << RelativeDistance(joint->state.mean, w_doubled)
+            << " to the MAP under twice that prior, which lies " << apart << " from it\n";
+  EXPECT_GT(apart, 0.05);
+  EXPECT_LT(to_batch, 0.2 * apart);
+}
+
 // The GLM identity through Adapt itself (the memory term's scaling, the soft labels it refreshes
 // and the weight term as the trainer adds it): logistic regression from the float64 MAP of 200
 // blobs, all of them in memory at the exact scaling, then 200 shifted blobs. IVON ends near batch
@@ -1038,14 +1087,8 @@ TEST(AdaptTest, FullMemoryKPriorEndsNearBatchRetraining) {
   const at::Tensor x = at::cat({old.x, next.train.x}).to(at::kDouble);
   const at::Tensor y = at::cat({old.y, next.train.y});
   const double delta_total = convex.config.ivon.weight_decay * static_cast<double>(old.size());
-  const at::Tensor w_batch = Newton([&](const at::Tensor& w) {
-    const at::Tensor logits = x.matmul(w.narrow(0, 0, 24).view({4, 6}).t()) + w.narrow(0, 24, 4);
-    return at::cross_entropy_loss(logits, y, {}, at::Reduction::Sum) +
-           0.5 * delta_total * w.square().sum();
-  }, convex.w_map);
-  auto distance = [&](const at::Tensor& w) {
-    return (w.to(at::kDouble) - w_batch).norm().item<double>() / w_batch.norm().item<double>();
-  };
+  const at::Tensor w_batch = BatchMap(x, y, delta_total, convex.w_map);
+  auto distance = [&](const at::Tensor& w) { return RelativeDistance(w, w_batch); };
   c.ess_factor = 100;
   c.epochs = 100;
   auto adapted = Adapt(state, next, c);
