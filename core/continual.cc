@@ -90,8 +90,8 @@ absl::StatusOr<at::Tensor> LogitCurvature(Model& model, const Dataset& data,
   }
   const at::Tensor classes = classes_mask.nonzero().squeeze(1);
   at::Tensor sum;
-  // Built-in models never hold J; TorchScript ones hold [B, K, P] per chunk.
-  const int64_t chunk = jacobian->backend() == LogitJacobian::Backend::kLayers ? 256 : 4;
+  // Neither backend holds more than a few examples' J at once (see jacobian.cc).
+  constexpr int64_t chunk = 256;
   for (int64_t s = 0; s < x.size(0); s += chunk) {
     const at::Tensor part = x.narrow(0, s, std::min(chunk, x.size(0) - s));
     ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output out, jacobian->SquaredSum(part, classes));
@@ -335,17 +335,20 @@ absl::Status AdaptConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "memory_weight must be finite (negative: |M| / N_new); got ", memory_weight));
   }
-  if (!(distill_temperature >= 0) || !std::isfinite(distill_temperature)) {
+  // Outside [0.01, 100] the softened logits (f / T) or the T^2 factor leave float32's range
+  // or its precision, and the term turns into NaN or nothing.
+  if (!(distill_temperature == 0 || (distill_temperature >= 0.01 && distill_temperature <= 100))) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "distill_temperature must be >= 0 and finite (0: off); got ", distill_temperature));
+        "distill_temperature must be 0 (off) or in [0.01, 100]; got ", distill_temperature));
   }
   if (!(curvature_weight >= 0) || !std::isfinite(curvature_weight)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "curvature_weight must be >= 0 and finite (0: off); got ", curvature_weight));
   }
-  if (!(ess_factor > 0) || !std::isfinite(ess_factor)) {
+  // IVON forms ess (h + delta) in float32: beyond 1e6 x the examples it overflows.
+  if (!(ess_factor > 0 && ess_factor <= 1e6)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("ess_factor must be > 0 and finite (1: the plain posterior); got ", ess_factor));
+        absl::StrCat("ess_factor must be in (0, 1e6] (1: the plain posterior); got ", ess_factor));
   }
   if (!(new_input_weight >= 0) || !std::isfinite(new_input_weight)) {
     return absl::InvalidArgumentError(
@@ -695,6 +698,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       so.method = config.selection;
       so.points = config.memory_points;
       so.seed = to.seed;
+      so.should_stop = should_stop;
       if (so.method == SelectionMethod::kSensitivity) so.variance = post.Precision().reciprocal();
       ADAPTD_ASSIGN_OR_RETURN(Memory selected, SelectMemory(*model, data, task.ids, task.task_id,
                                                             task.label_mask, so));
@@ -720,6 +724,11 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       next.curvature_last = c;
     }
     next.tasks_seen = state.tasks_seen + 1;
+    // A stop asked for after the last step (during selection, the Fisher or the curvature) still
+    // counts: the caller must not publish a run it cancelled.
+    if (should_stop && should_stop()) {
+      return absl::CancelledError("cancelled after training, before the run was finished");
+    }
     return Finish(std::move(next), *trainer, loss, start);
   });
 }

@@ -379,9 +379,30 @@ class AutogradJacobian final : public LogitJacobian {
   explicit AutogradJacobian(Model& model) : LogitJacobian(model, Backend::kAutograd) {}
 
  protected:
+  // J is [B, K, P] here (P can be millions for a TorchScript model), so the Gram and the squared
+  // sums are formed kRows examples at a time: a caller's batch of hundreds would otherwise hold
+  // hundreds of copies of the parameters. Only the small per-chunk results are kept.
+  static constexpr int64_t kRows = 4;
+
   Output SigmaGramImpl(const at::Tensor& x, const Covariance& sigma, bool full) override {
-    Output j = JacobianImpl(x);
-    return {j.logits, GramFromJacobian(j.value, sigma, full)};
+    std::vector<at::Tensor> logits, grams;
+    for (int64_t s = 0; s < x.size(0); s += kRows) {
+      const Output j = JacobianImpl(x.narrow(0, s, std::min(kRows, x.size(0) - s)));
+      logits.push_back(j.logits);
+      grams.push_back(GramFromJacobian(j.value, sigma, full));
+    }
+    return {at::cat(logits), at::cat(grams)};
+  }
+
+  Output SquaredSumImpl(const at::Tensor& x, const at::Tensor& classes) override {
+    std::vector<at::Tensor> logits;
+    at::Tensor sum;
+    for (int64_t s = 0; s < x.size(0); s += kRows) {
+      const Output j = LogitJacobian::SquaredSumImpl(x.narrow(0, s, std::min(kRows, x.size(0) - s)), classes);
+      logits.push_back(j.logits);
+      sum = sum.defined() ? sum + j.value : j.value;
+    }
+    return {at::cat(logits), sum};
   }
 
   Output JacobianImpl(const at::Tensor& x) override {

@@ -143,6 +143,10 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
     std::vector<at::Tensor> best_score(k), best_index(k);
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
     for (int64_t start = 0; start < n; start += options.batch_size) {
+      if (options.should_stop && options.should_stop()) {
+        return absl::CancelledError(absl::StrCat("memory selection stopped after ", start, " of ", n,
+                                                 " examples"));
+      }
       const int64_t len = std::min(options.batch_size, n - start);
       at::Tensor score;
       if (options.method == SelectionMethod::kLambda) {
@@ -152,6 +156,7 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
       } else if (options.method == SelectionMethod::kSensitivity) {
         MpeOptions mo;
         mo.label_mask = label_mask;
+        mo.should_stop = options.should_stop;
         const Dataset batch{data.x.narrow(0, start, len), data.y.narrow(0, start, len)};
         ADAPTD_ASSIGN_OR_RETURN(MemoryMap map, ComputeMemoryMap(model, covariance, batch, mo));
         score = map.sensitivity.cpu().to(at::kFloat);

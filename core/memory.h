@@ -6,6 +6,7 @@
 #define ADAPTD_CORE_MEMORY_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include <ATen/core/Tensor.h>
@@ -55,6 +56,8 @@ struct SelectionOptions {
   int64_t batch_size = 1000;  // examples scored per forward pass
   uint64_t seed = 0;          // random selection
   at::Tensor variance;        // kSensitivity: the posterior's sigma^2, flat over parameters
+  // Asked before each batch (may be null): once it returns true, selection ends with CANCELLED.
+  std::function<bool()> should_stop;
 };
 
 // lambda_i = sum_k p_ik (1 - p_ik) for probabilities [N, K].

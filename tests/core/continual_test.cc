@@ -495,12 +495,18 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   cold.distill_temperature = -1;
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, cold)
                               .status().message()),
-              testing::HasSubstr("distill_temperature must be >= 0 and finite (0: off); got -1"));
+              testing::HasSubstr("distill_temperature must be 0 (off) or in [0.01, 100]; got -1"));
+  cold.distill_temperature = 1e-46;  // f / T would overflow to inf and the softmax to NaN
+  EXPECT_EQ(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, cold).status().code(),
+            absl::StatusCode::kInvalidArgument);
   AdaptConfig frozen = SmallConfig(Method::kKPrior);
   frozen.ess_factor = 0;
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, frozen)
                               .status().message()),
-              testing::HasSubstr("ess_factor must be > 0 and finite (1: the plain posterior); got 0"));
+              testing::HasSubstr("ess_factor must be in (0, 1e6] (1: the plain posterior); got 0"));
+  frozen.ess_factor = 1e34;  // ess (h + delta) would leave float32's range
+  EXPECT_EQ(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, frozen).status().code(),
+            absl::StatusCode::kInvalidArgument);
   AdaptConfig curved = SmallConfig(Method::kKPrior);
   curved.curvature_points = 0;
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, curved)
@@ -524,6 +530,25 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   auto cancelled = Adapt(*s0, good, SmallConfig(Method::kKPrior), nullptr, [&] { return ++calls > 3; });
   EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(at::equal(before, s0->mean));  // the input state never changes
+  // A stop asked for after the last step (while the memory is selected) is still a cancelled
+  // run, not a finished one that its caller would publish.
+  for (const SelectionMethod m : {SelectionMethod::kLambda, SelectionMethod::kSensitivity}) {
+    AdaptConfig c = SmallConfig(Method::kKPrior);
+    c.selection = m;
+    bool trained = false;
+    auto late = Adapt(
+        *s0, good, c, [&](const StepReport& r) { trained = r.step == r.total_steps; },
+        [&] { return trained; });
+    EXPECT_EQ(late.status().code(), absl::StatusCode::kCancelled) << late.status();
+    EXPECT_THAT(std::string(late.status().message()), testing::HasSubstr("memory selection stopped"));
+  }
+  // EWC selects nothing; its Fisher comes after the last step.
+  bool trained = false;
+  auto late = Adapt(
+      *s0, good, SmallConfig(Method::kEwc),
+      [&](const StepReport& r) { trained = r.step == r.total_steps; }, [&] { return trained; });
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kCancelled) << late.status();
+  EXPECT_THAT(std::string(late.status().message()), testing::HasSubstr("cancelled after training"));
 }
 
 // Distilling on the memory keeps the old model's softened predictions there closer than the

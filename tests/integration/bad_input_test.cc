@@ -185,7 +185,7 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   const std::vector<std::pair<Set, std::string>> bad_configs = {
       {[](v1::LearningConfig& c) { c.set_optimizer("adam"); }, "config.optimizer must be \"ivon\""},
       {[](v1::LearningConfig& c) { c.mutable_ivon()->set_ess_factor(-2); },
-       "ess_factor must be > 0 and finite (1: the plain posterior); got -2"},
+       "ess_factor must be in (0, 1e6] (1: the plain posterior); got -2"},
       {[](v1::LearningConfig& c) { c.set_batch_size(int64_t{1} << 62); },
        "batch_size must be in [1, 2147483648]; got 4611686018427387904"},
       {[](v1::LearningConfig& c) { c.set_memory_points(int64_t{1} << 62); },
