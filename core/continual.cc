@@ -700,12 +700,32 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       so.seed = to.seed;
       so.should_stop = should_stop;
       if (so.method == SelectionMethod::kSensitivity) so.variance = post.Precision().reciprocal();
-      ADAPTD_ASSIGN_OR_RETURN(Memory selected, SelectMemory(*model, data, task.ids, task.task_id,
-                                                            task.label_mask, so));
-      next.memory = Memory::Concat(memory, selected);
+      // An earlier run on this task (online mode, a later stream) left rows of it in the
+      // memory: they compete with the new rows for the task's budget, which therefore holds
+      // however many runs the task takes.
+      Memory others = memory;
+      Dataset candidates = data;
+      at::Tensor candidate_ids = task.ids;
+      const at::Tensor mine = memory.size() > 0 ? memory.task.eq(task.task_id) : at::Tensor();
+      if (mine.defined() && mine.any().item<bool>()) {
+        const Memory held = memory.Select(mine.nonzero().squeeze(1));
+        others = memory.Select(mine.logical_not().nonzero().squeeze(1));
+        candidates = Dataset{at::cat({held.x.to(data.x.scalar_type()), data.x}), at::cat({held.y, data.y})};
+        candidate_ids = at::cat({held.id, task.ids.defined() ? task.ids : at::arange(data.size(), at::kLong)});
+        so.held = held.size();
+        so.held_weight = std::max(1.0, static_cast<double>(task.learnt_before) /
+                                            static_cast<double>(held.size()));
+      }
+      ADAPTD_ASSIGN_OR_RETURN(Memory selected, SelectMemory(*model, candidates, candidate_ids,
+                                                            task.task_id, task.label_mask, so));
+      next.memory = Memory::Concat(others, selected);
     } else if (config.method == Method::kReplay) {
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x72657365ULL);
-      next.memory = ReservoirUpdate(state.memory, task, config.memory_points * (state.tasks_seen + 1),
+      // memory_points per task: tasks are numbered in arrival order, so the largest id seen
+      // counts them (runs do not: online mode runs many on one task).
+      int64_t tasks = task.task_id + 1;
+      if (state.memory.size() > 0) tasks = std::max(tasks, state.memory.task.max().item<int64_t>() + 1);
+      next.memory = ReservoirUpdate(state.memory, task, config.memory_points * tasks,
                                     &next.stream_seen, gen);
     } else if (config.method == Method::kEwc) {
       const at::Tensor f = EmpiricalFisher(*model, flat, data, task.label_mask, config.batch_size).cpu();

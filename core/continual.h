@@ -107,6 +107,9 @@ struct TaskData {
   Dataset train;
   at::Tensor label_mask;  // bool [K]: the task's head (multi-head); undefined: single head
   at::Tensor ids;         // int64 [N] example ids (optional; default: positions)
+  // Examples of this task that earlier runs learnt (online mode, a later stream to the task):
+  // its memory rows from those runs stand for them when the memory is chosen at random.
+  int64_t learnt_before = 0;
 };
 
 // Everything carried from one task to the next.

@@ -1,5 +1,7 @@
 #include "core/memory.h"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -103,6 +105,12 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
     return absl::InvalidArgumentError(absl::StrCat("memory points must be >= 0 and batch_size >= 1; got ",
                                                    options.points, " and ", options.batch_size));
   }
+  if (options.held < 0 || options.held > n || !(options.held_weight >= 1) ||
+      !std::isfinite(options.held_weight)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "held rows must lie in [0, ", n, "] and weigh >= 1; got ", options.held, " weighing ",
+        options.held_weight));
+  }
   if (ids.defined() && (ids.dim() != 1 || ids.size(0) != n)) {
     return absl::InvalidArgumentError(absl::StrCat("ids must be int64 [", n, "]; got ", DescribeTensor(ids)));
   }
@@ -142,7 +150,37 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
     // Streaming top-quota per class over (score, index) candidates.
     std::vector<at::Tensor> best_score(k), best_index(k);
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
-    for (int64_t start = 0; start < n; start += options.batch_size) {
+    const bool draw_with_held = options.method == SelectionMethod::kRandom && options.held > 0;
+    if (draw_with_held) {
+      // Indices only: per class, the places that go to new rows are drawn one by one without
+      // replacement from the examples the held rows stand for and the new ones.
+      const at::Tensor is_new = at::arange(n, at::kLong).ge(options.held);
+      for (int64_t c = 0; c < k; ++c) {
+        if (quota[c] == 0) continue;
+        const at::Tensor of_class = data.y.eq(c);
+        const at::Tensor held_rows = of_class.logical_and(is_new.logical_not()).nonzero().squeeze(1);
+        const at::Tensor new_rows = of_class.logical_and(is_new).nonzero().squeeze(1);
+        double pool = static_cast<double>(held_rows.numel()) * options.held_weight +
+                      static_cast<double>(new_rows.numel());
+        double fresh = static_cast<double>(new_rows.numel());
+        int64_t take_new = 0;
+        const at::Tensor u = at::rand({quota[c]}, gen, at::kDouble);
+        for (int64_t i = 0; i < quota[c] && pool > 0; ++i, pool -= 1) {
+          if (u[i].item<double>() * pool < fresh) {
+            ++take_new;
+            fresh -= 1;
+          }
+        }
+        const int64_t take_held = std::min<int64_t>(quota[c] - take_new, held_rows.numel());
+        take_new = quota[c] - take_held;
+        auto some = [&](const at::Tensor& rows, int64_t count) {
+          return rows.index_select(0, at::randperm(rows.numel(), gen, at::TensorOptions(at::kLong))
+                                          .narrow(0, 0, count));
+        };
+        best_index[c] = at::cat({some(held_rows, take_held), some(new_rows, take_new)});
+      }
+    }
+    for (int64_t start = 0; start < n && !draw_with_held; start += options.batch_size) {
       if (options.should_stop && options.should_stop()) {
         return absl::CancelledError(absl::StrCat("memory selection stopped after ", start, " of ", n,
                                                  " examples"));

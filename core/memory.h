@@ -58,6 +58,14 @@ struct SelectionOptions {
   at::Tensor variance;        // kSensitivity: the posterior's sigma^2, flat over parameters
   // Asked before each batch (may be null): once it returns true, selection ends with CANCELLED.
   std::function<bool()> should_stop;
+  // The first `held` rows of the data are this task's memory from earlier runs on it (online
+  // mode, a later stream): they compete with the new rows for the same quota. Under random
+  // selection each stands for `held_weight` examples (the task's examples learnt before /
+  // held): per class, how many places go to new rows is hypergeometric over the examples the
+  // held rows stand for and the new ones, so the result is a uniform draw over all of the
+  // task's examples (a uniform subset of a uniform sample is uniform).
+  int64_t held = 0;
+  double held_weight = 1;
 };
 
 // lambda_i = sum_k p_ik (1 - p_ik) for probabilities [N, K].

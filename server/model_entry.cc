@@ -1142,6 +1142,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     // queued: the adapt_after_seconds timer leaves them to it (and does not retry them).
     te.taken = std::max(te.taken, end);
     train_batches = SliceBatches(te.train, begin, end);
+    task.learnt_before = begin;
     task.label_mask = LabelMaskLocked(job->task_id());
     evals = EvalSetsLocked();
     base = current_;

@@ -354,6 +354,35 @@ TEST(MemoryTest, SensitivitySelectionMatchesTheMemoryMap) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Rows held from earlier runs on a task compete with the new rows. Under random selection each
+// stands for the examples it was drawn from: 10 rows held for 60 earlier examples against 60
+// new ones should keep about half of the 10 places, not the 10 / 70 that equal keys give.
+TEST(MemoryTest, HeldRowsWeighAsTheExamplesTheyStandFor) {
+  auto model = BuildModel(SmallMlp(), 3);
+  ASSERT_TRUE(model.ok());
+  const Dataset d = Blobs(70, 2, 12);  // rows 0-9 play the held ones
+  SelectionOptions o;
+  o.method = SelectionMethod::kRandom;
+  o.points = 10;
+  o.held = 10;
+  o.held_weight = 6;
+  double held_share = 0;
+  constexpr int kDraws = 400;
+  for (int seed = 0; seed < kDraws; ++seed) {
+    o.seed = static_cast<uint64_t>(seed);
+    auto mem = SelectMemory(**model, d, at::Tensor(), 0, at::Tensor(), o);
+    ASSERT_TRUE(mem.ok()) << mem.status();
+    ASSERT_EQ(mem->size(), 10);
+    held_share += mem->id.lt(10).sum().item<double>() / 10.0 / kDraws;
+  }
+  // A uniform draw over the 120 examples gives 0.5 (sd of this mean about 0.008); equal keys
+  // would give 1/7.
+  EXPECT_NEAR(held_share, 0.5, 0.04);
+  o.held_weight = 0.5;
+  EXPECT_EQ(SelectMemory(**model, d, at::Tensor(), 0, at::Tensor(), o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(MemoryTest, ShortClassesDonateTheirQuota) {
   auto model = BuildModel(SmallMlp(), 3);
   Dataset d = Blobs(400, 4, 9);
@@ -549,6 +578,50 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
       [&](const StepReport& r) { trained = r.step == r.total_steps; }, [&] { return trained; });
   EXPECT_EQ(late.status().code(), absl::StatusCode::kCancelled) << late.status();
   EXPECT_THAT(std::string(late.status().message()), testing::HasSubstr("cancelled after training"));
+}
+
+// A task learnt in several runs (online mode) keeps memory_points of it, not memory_points per
+// run: with lambda selection the memory holds the top-lambda rows of each class among those
+// the first run kept and the second run's, under the second run's model; a replay buffer keeps
+// memory_points per task as well.
+TEST(AdaptTest, ATaskLearntInSeveralRunsKeepsOneBudget) {
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  const Dataset all = Blobs(160, 4, 21);
+  TaskData first{0, all.Select(at::arange(80, at::kLong)), at::Tensor(), at::arange(80, at::kLong)};
+  TaskData second{0, all.Select(at::arange(80, 160, at::kLong)), at::Tensor(),
+                  at::arange(80, 160, at::kLong)};
+  second.learnt_before = 80;
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.selection = SelectionMethod::kLambda;
+  auto r1 = Adapt(*s0, first, c);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  ASSERT_EQ(r1->state.memory.size(), 20);
+  auto r2 = Adapt(r1->state, second, c);
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  const Memory& m = r2->state.memory;
+  ASSERT_EQ(m.size(), 20);
+  EXPECT_TRUE(m.task.eq(0).all().item<bool>());
+  auto model = MaterializeModel(r2->state);
+  ASSERT_TRUE(model.ok());
+  (*model)->SetTraining(false);
+  const at::Tensor candidates = at::cat({r1->state.memory.id, second.ids});
+  const at::Tensor x = at::cat({r1->state.memory.x, second.train.x});
+  const at::Tensor y = at::cat({r1->state.memory.y, second.train.y});
+  const at::Tensor scores = LambdaScores(at::softmax((*model)->Forward(x), 1)).detach();
+  for (int64_t cls = 0; cls < 4; ++cls) {
+    const at::Tensor rows = y.eq(cls).nonzero().squeeze(1);
+    const at::Tensor top = candidates.index_select(
+        0, rows.index_select(0, std::get<1>(scores.index_select(0, rows).topk(5))));
+    const at::Tensor picked = m.id.index_select(0, m.y.eq(cls).nonzero().squeeze(1));
+    EXPECT_TRUE(at::equal(std::get<0>(top.sort()), std::get<0>(picked.sort()))) << "class " << cls;
+  }
+  AdaptConfig replay = SmallConfig(Method::kReplay);
+  auto p1 = Adapt(*s0, first, replay);
+  ASSERT_TRUE(p1.ok()) << p1.status();
+  auto p2 = Adapt(p1->state, second, replay);
+  ASSERT_TRUE(p2.ok()) << p2.status();
+  EXPECT_EQ(p2->state.memory.size(), 20);
 }
 
 // Distilling on the memory keeps the old model's softened predictions there closer than the

@@ -388,6 +388,8 @@ TEST(ServiceTest, OnlineModeAndKeepOpen) {
   ASSERT_EQ(versions->versions_size(), 1 + publishing);
   for (int v = 1; v <= publishing; ++v) EXPECT_EQ(versions->versions(v).task_id(), 0);
   EXPECT_EQ(client->GetModel("online")->tasks(0).pending_examples(), 0);
+  // However many jobs the task took, its memory keeps one budget.
+  EXPECT_EQ(versions->versions(publishing).memory_size(), online.config().memory_points());
 
   // A config update during an online stream applies to the task's next streams: this one
   // keeps the chunk size it started with (here 100, though the update turns chunks off).
