@@ -43,6 +43,9 @@ ABSL_FLAG(int, first_seed, 0,
           "run seeds first_seed .. first_seed + seeds - 1 (choose settings on one range, report another)");
 ABSL_FLAG(double, beta2, -1, "IVON beta2 (-1: default)");
 ABSL_FLAG(double, h0, -1, "IVON initial Hessian (-1: default)");
+ABSL_FLAG(double, weight_decay, -1,
+          "IVON weight decay: the first task's prior precision per example (-1: default, 1e-3; "
+          "digits-add takes --delta instead)");
 ABSL_FLAG(double, ess_factor, -1, "IVON training ess as a multiple of the examples (-1: default)");
 ABSL_FLAG(double, clip, -1, "IVON element-wise clip radius of the update (-1: default)");
 ABSL_FLAG(double, memory_weight, -2, "memory term weight (-1: exact |M|/N; -2: the benchmark's default)");
@@ -251,6 +254,7 @@ int Main() {
       if (absl::GetFlag(FLAGS_lr) > 0) c.ivon.lr = absl::GetFlag(FLAGS_lr);
       if (absl::GetFlag(FLAGS_beta2) > 0) c.ivon.beta2 = absl::GetFlag(FLAGS_beta2);
       if (absl::GetFlag(FLAGS_h0) > 0) c.ivon.hess_init = absl::GetFlag(FLAGS_h0);
+      if (absl::GetFlag(FLAGS_weight_decay) >= 0) c.ivon.weight_decay = absl::GetFlag(FLAGS_weight_decay);
       if (absl::GetFlag(FLAGS_ess_factor) > 0) c.ess_factor = absl::GetFlag(FLAGS_ess_factor);
       if (absl::GetFlag(FLAGS_clip) > 0) c.ivon.clip_radius = absl::GetFlag(FLAGS_clip);
       if (absl::GetFlag(FLAGS_memory_weight) > -2) c.memory_weight = absl::GetFlag(FLAGS_memory_weight);
