@@ -4,6 +4,7 @@
 //
 //   build/bench/cl_bench --benchmark=split-fmnist-til --method=kprior --memory=40 --seeds=3
 //       --json=til-kprior.json  (one command)
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -43,6 +44,10 @@ ABSL_FLAG(int, first_seed, 0,
           "run seeds first_seed .. first_seed + seeds - 1 (choose settings on one range, report another)");
 ABSL_FLAG(double, beta2, -1, "IVON beta2 (-1: default)");
 ABSL_FLAG(double, h0, -1, "IVON initial Hessian (-1: default)");
+ABSL_FLAG(double, validation_fraction, 0,
+          "above 0: hold out this fraction of each task's training examples (a fixed draw, the "
+          "same for every seed) and test on them instead of the test set, so that settings are "
+          "chosen on images the reported figures never see");
 ABSL_FLAG(double, weight_decay, -1,
           "IVON weight decay: the first task's prior precision per example (-1: default, 1e-3; "
           "digits-add takes --delta instead)");
@@ -200,6 +205,26 @@ void ToImages(TaskStream& s) {
   for (Dataset& d : s.tests) d.x = image(d.x);
 }
 
+// Replaces each task's test set by a held-out `fraction` of its training examples (a fixed
+// draw per task) and trains on the rest.
+void HoldOutValidation(TaskStream& s, double fraction) {
+  for (size_t i = 0; i < s.tasks.size(); ++i) {
+    TaskData& t = s.tasks[i];
+    const int64_t n = t.train.size();
+    const int64_t held = std::lround(fraction * static_cast<double>(n));
+    if (held < 1 || held >= n) {
+      Die("--validation_fraction", absl::InvalidArgumentError(absl::StrCat(
+                                       "task ", i, " of ", n, " examples would hold out ", held)));
+    }
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0x76616cULL + i);
+    const at::Tensor order = at::randperm(n, gen, at::TensorOptions(at::kLong));
+    const at::Tensor rest = order.narrow(0, held, n - held);
+    s.tests[i] = t.train.Select(order.narrow(0, 0, held));
+    t.train = t.train.Select(rest);
+    if (t.ids.defined()) t.ids = t.ids.index_select(0, rest);
+  }
+}
+
 // The summary's memory column: the memory per task the seeds used ("112/113" where the
 // seeds' task sizes differ), or "—" for methods that keep none.
 std::string MemoryColumn(std::vector<int64_t> memories, Method method) {
@@ -220,6 +245,8 @@ int Main() {
   else if (name == "digits-add") stream = DigitsAdd(kSklearnDataDir, 0);
   else Die("--benchmark", absl::InvalidArgumentError("unknown benchmark " + name));
   if (!stream.ok()) Die("loading the task stream", stream.status());
+  const double validation = absl::GetFlag(FLAGS_validation_fraction);
+  if (validation > 0) HoldOutValidation(*stream, validation);
   const std::string arch = absl::GetFlag(FLAGS_architecture);
   if (arch == "lenet5") {
     if (stream->input_shape != std::vector<int64_t>{784}) {
@@ -239,7 +266,10 @@ int Main() {
     const int first_seed = absl::GetFlag(FLAGS_first_seed);
     for (int seed = first_seed; seed < first_seed + absl::GetFlag(FLAGS_seeds); ++seed) {
       // digits-add draws its train/test split from the seed too.
-      if (name == "digits-add") stream = OrDie(DigitsAdd(kSklearnDataDir, seed), "digits");
+      if (name == "digits-add") {
+        stream = OrDie(DigitsAdd(kSklearnDataDir, seed), "digits");
+        if (validation > 0) HoldOutValidation(*stream, validation);
+      }
       Defaults d = DefaultsFor(*stream, name, method);
       AdaptConfig c = d.config;
       c.method = method;
