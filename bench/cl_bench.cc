@@ -160,8 +160,17 @@ Defaults DefaultsFor(const TaskStream& s, const std::string& name, Method method
         c.ivon.clip_radius = 0.1;
         c.curvature_weight = 3000;
       }
-      // Permuted: half the learning rate forgets less (82.97 % against 81.64 % on seed 0).
-      if (name == "permuted-fmnist") c.ivon.lr = 0.05;
+      // Permuted: half the learning rate forgets less (82.97 % against 81.64 % on seed 0). Twice
+      // the epochs, IVON's update clipped at 0.1 and its training samples at ess = 16 N, chosen on
+      // held-out training images (--validation_fraction=0.1) of seeds 11 and 12: 85.28 / 85.09
+      // against 83.17 / 83.34 by the earlier setting (seed 11: the clip alone 83.76, with ess 16 N
+      // 84.62; 20 epochs and the clip 84.31, with ess 64 N 84.90).
+      if (name == "permuted-fmnist") {
+        c.ivon.lr = 0.05;
+        c.epochs = 20;
+        c.ivon.clip_radius = 0.1;
+        c.ess_factor = 16;
+      }
     } else if (method == Method::kFromp) {
       // IVON's unnormalised Newton step needs a soft FROMP term and a clipped update.
       c.fromp_tau = 0.01;
