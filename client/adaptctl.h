@@ -44,6 +44,7 @@ struct CtlOptions {
   double distill_temperature = 0;
   double new_input_weight = 0;
   double curvature_weight = 0;
+  int64_t memory_mixup = 0;
   std::string torchscript;
   uint64_t seed = 0;
 

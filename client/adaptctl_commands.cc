@@ -350,7 +350,7 @@ const std::vector<CtlCommand>& CtlCommands() {
        "create a model (--arch --input_shape --classes --hidden --activation; --method --head --epochs --min_steps "
        "--batch_size --lr --clip_radius --ess_factor --memory_points --memory_weight --selection --weight_precision "
        "--adapt_every --adapt_after_seconds --replay_correction "
-       "--distill_temperature --new_input_weight --curvature_weight --torchscript --seed)",
+       "--distill_temperature --new_input_weight --curvature_weight --memory_mixup --torchscript --seed)",
        Create},
       {"list", "", 0, 0, "list the models", List},
       {"get", "NAME", 1, 1, "a model's spec, configuration, version and tasks", Get},
@@ -619,6 +619,7 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   config.set_distill_temperature(options.distill_temperature);
   config.set_new_input_weight(options.new_input_weight);
   config.set_curvature_weight(options.curvature_weight);
+  config.set_memory_mixup(options.memory_mixup);
   config.set_seed(options.seed);
   return request;
 }

@@ -58,7 +58,7 @@ ABSL_FLAG(int64_t, batch_size, Defaults().batch_size, "create: training batch si
 ABSL_FLAG(double, lr, Defaults().lr, "create: IVON peak learning rate (0: default)");
 ABSL_FLAG(double, ess_factor, Defaults().ess_factor,
           "create: IVON samples training weights at ess = factor x examples; above 1, less noise "
-          "(0: default 1; the class-incremental benchmark uses 16)");
+          "(0: default 1; the class-incremental and Permuted benchmarks use 16)");
 ABSL_FLAG(int64_t, memory_points, Defaults().memory_points,
           "create: memorable examples kept per task (0: default)");
 ABSL_FLAG(double, memory_weight, Defaults().memory_weight,
@@ -80,6 +80,9 @@ ABSL_FLAG(double, distill_temperature, Defaults().distill_temperature,
 ABSL_FLAG(double, new_input_weight, Defaults().new_input_weight,
           "create: K-prior function term on the new task's inputs, through the past heads or "
           "old classes (0: off; the Split TIL benchmark uses 1)");
+ABSL_FLAG(int64_t, memory_mixup, Defaults().memory_mixup,
+          "create: K-prior mixed inputs per memory example, between two of one task (0: off; the "
+          "Permuted benchmark uses 16)");
 ABSL_FLAG(double, curvature_weight, Defaults().curvature_weight,
           "create: K-prior logit-curvature term on the past tasks' weights (0: off; the Split TIL "
           "benchmark uses 3000)");
@@ -150,6 +153,7 @@ adaptd::CtlOptions OptionsFromFlags() {
   o.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);
   o.new_input_weight = absl::GetFlag(FLAGS_new_input_weight);
   o.curvature_weight = absl::GetFlag(FLAGS_curvature_weight);
+  o.memory_mixup = absl::GetFlag(FLAGS_memory_mixup);
   o.torchscript = absl::GetFlag(FLAGS_torchscript);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.task = absl::GetFlag(FLAGS_task);

@@ -118,6 +118,9 @@ std::string FormatModelInfo(const v1::ModelInfo& model) {
   if (config.new_input_weight() > 0) {
     absl::StrAppend(&text, ", new-input term weight ", config.new_input_weight());
   }
+  if (config.memory_mixup() > 0) {
+    absl::StrAppend(&text, ", ", config.memory_mixup(), " mixed inputs per memory example");
+  }
   if (config.curvature_weight() > 0) {
     absl::StrAppend(&text, ", logit-curvature weight ", config.curvature_weight());
   }

@@ -223,6 +223,33 @@ at::Tensor DrawRows(int64_t size, int64_t b, at::Generator& gen, at::Device devi
   return at::randperm(size, gen, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, b).to(device);
 }
 
+// A memory's tensors on the training device, with each row's head (undefined: single head).
+struct DeviceMemory {
+  at::Tensor x, y, soft, logits, masks;
+  int64_t size = 0;
+
+  static DeviceMemory Of(const Memory& m, const at::Tensor& task_masks, at::Device device) {
+    DeviceMemory d;
+    d.size = m.size();
+    if (d.size == 0) return d;
+    auto put = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : at::Tensor(); };
+    d.x = put(m.x);
+    d.y = put(m.y);
+    d.soft = put(m.soft);
+    d.logits = put(m.logits);
+    d.masks = put(MasksFor(task_masks, m.task));
+    return d;
+  }
+  // The rows of a random minibatch of at most b, drawn on the CPU.
+  at::Tensor Batch(int64_t b, at::Generator& gen, at::Device device) const {
+    return DrawRows(size, std::min(b, size), gen, device);
+  }
+  at::Tensor Logits(Model& model, const at::Tensor& rows) const {
+    return adaptd::Logits(model, x.index_select(0, rows),
+                          masks.defined() ? masks.index_select(0, rows) : at::Tensor());
+  }
+};
+
 // A stored memory must fit the model it belongs to: inputs of the spec's shape, labels among its
 // classes, targets over all of them, and tasks the state knows (multi-head).
 absl::Status CheckMemoryFits(const Memory& m, const ModelSpec& spec, const at::Tensor& task_masks,
@@ -319,7 +346,9 @@ absl::Status AdaptConfig::Validate() const {
                          Bound{"memory_batch_size", memory_batch_size, 1, kMaxCount},
                          Bound{"memory_points", memory_points, 0, kMaxCount},
                          Bound{"min_steps", min_steps, 0, kMaxSteps},
-                         Bound{"curvature_points", curvature_points, 1, kMaxCount}}) {
+                         Bound{"curvature_points", curvature_points, 1, kMaxCount},
+                         // Each unit is another copy of the memory's inputs held while training.
+                         Bound{"memory_mixup", memory_mixup, 0, 64}}) {
     if (b.value < b.low || b.value > b.high) {
       return absl::InvalidArgumentError(absl::StrCat(b.name, " must be in [", b.low, ", ", b.high,
                                                      "]; got ", b.value));
@@ -551,6 +580,13 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     to.batch_size = config.batch_size;
     to.seed = config.seed + 7919 * static_cast<uint64_t>(state.tasks_seen);
     to.cosine = true;
+    // The K-prior's mixed memory inputs, labelled by the old model as the memory is.
+    Memory mixed;
+    if (config.method == Method::kKPrior && config.memory_mixup > 0 && memory.size() > 0) {
+      at::Generator mix_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6d6978ULL);
+      mixed = MixMemory(memory, config.memory_mixup, mix_gen);
+      ADAPTD_RETURN_IF_ERROR(RefreshTargets(*model, mixed, next.task_masks));
+    }
     at::Tensor initial_hess;
     at::Tensor weight_precision;  // total units: the old posterior (or prior) and the curvature term
     if (!first) {
@@ -600,20 +636,23 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
     const double mem_weight = config.memory_weight < 0
                                   ? static_cast<double>(memory.size()) / static_cast<double>(n)
                                   : config.memory_weight;
-    // The memory on the device once, rather than its rows every step.
-    const at::Tensor mem_x = on_device(memory.x);
-    const at::Tensor mem_y = on_device(memory.y);
-    const at::Tensor mem_soft = on_device(memory.soft);
-    const at::Tensor mem_logits = on_device(memory.logits);
-    const at::Tensor mem_masks =
-        on_device(memory.size() ? MasksFor(next.task_masks, memory.task) : at::Tensor());
+    // The memory (and its mixed inputs) on the device once, rather than its rows every step.
+    const DeviceMemory mem = DeviceMemory::Of(memory, next.task_masks, device);
+    const DeviceMemory mix = DeviceMemory::Of(mixed, next.task_masks, device);
     const at::Tensor fisher = on_device(state.fisher);
-
-    // The rows of a random memory minibatch (drawn on the CPU, so the draw is the same on any
-    // device).
-    auto memory_batch = [&]() {
-      return DrawRows(memory.size(), std::min(config.memory_batch_size, memory.size()), mem_gen,
-                      device);
+    at::Generator mix_batch_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6d6962ULL);
+    // The soft-label function term on a random minibatch of `m` (drawn on the CPU, so the draw is
+    // the same on any device), with the replay correction where asked and distillation.
+    auto soft_label_term = [&](const DeviceMemory& m, at::Generator& gen, bool correct) {
+      const at::Tensor rows = m.Batch(config.memory_batch_size, gen, device);
+      const at::Tensor logits = m.Logits(*model, rows);
+      const at::Tensor soft = m.soft.index_select(0, rows);
+      at::Tensor f = FunctionSpaceTerm(logits, soft, Likelihood::kCategorical);
+      if (correct) f = f + ReplayCorrectionTerm(logits, soft, m.y.index_select(0, rows));
+      if (config.distill_temperature > 0) {
+        f = f + DistillationTerm(logits, m.logits.index_select(0, rows), config.distill_temperature);
+      }
+      return f * (mem_weight / static_cast<double>(rows.numel()));
     };
     ExtraLossFn extra;
     switch (config.method) {
@@ -626,21 +665,9 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
         if (memory.size() == 0 && !label_sets.defined()) break;
         extra = [&]() {
           at::Tensor term = at::zeros({}, anchor.options());
-          if (memory.size() > 0) {
-            const at::Tensor rows = memory_batch();
-            const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
-            const at::Tensor logits = Logits(*model, mem_x.index_select(0, rows), masks);
-            const at::Tensor soft = mem_soft.index_select(0, rows);
-            at::Tensor f = FunctionSpaceTerm(logits, soft, Likelihood::kCategorical);
-            if (config.replay_correction) {
-              f = f + ReplayCorrectionTerm(logits, soft, mem_y.index_select(0, rows));
-            }
-            if (config.distill_temperature > 0) {
-              f = f + DistillationTerm(logits, mem_logits.index_select(0, rows),
-                                       config.distill_temperature);
-            }
-            term = term + f * (mem_weight / static_cast<double>(rows.numel()));
-          }
+          if (mem.size > 0) term = term + soft_label_term(mem, mem_gen, config.replay_correction);
+          // The mixed inputs' soft labels are the old model's on them: no true label to correct to.
+          if (mix.size > 0) term = term + soft_label_term(mix, mix_batch_gen, false);
           if (label_sets.defined()) {
             const int64_t b = std::min(config.memory_batch_size, n);
             const at::Tensor rows =
@@ -656,7 +683,7 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       case Method::kFromp:
         if (fromp_blocks.empty()) break;
         extra = [&]() {
-          const at::Tensor probs = at::softmax(Logits(*model, mem_x, mem_masks), 1);
+          const at::Tensor probs = at::softmax(Logits(*model, mem.x, mem.masks), 1);
           return FrompTerm(probs, fromp_blocks) * config.fromp_tau;
         };
         break;
@@ -668,10 +695,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       case Method::kReplay:
         if (memory.size() == 0) break;
         extra = [&]() {
-          const at::Tensor rows = memory_batch();
-          const at::Tensor masks = mem_masks.defined() ? mem_masks.index_select(0, rows) : at::Tensor();
-          const at::Tensor logits = Logits(*model, mem_x.index_select(0, rows), masks);
-          return at::cross_entropy_loss(logits, mem_y.index_select(0, rows)) * mem_weight;
+          const at::Tensor rows = mem.Batch(config.memory_batch_size, mem_gen, device);
+          return at::cross_entropy_loss(mem.Logits(*model, rows), mem.y.index_select(0, rows)) * mem_weight;
         };
         break;
       case Method::kFinetune:

@@ -88,6 +88,14 @@ struct AdaptConfig {
   // K-prior weight-space precision: the old IVON posterior's lambda (h + delta) (true), or the
   // prior precision lambda delta alone (false: the exact K-prior of the GLM identity).
   bool posterior_precision = true;
+  // K-prior: mixed inputs per memory example (MixMemory), x = u x_i + (1 - u) x_j with j a
+  // uniform draw among the memory examples of i's task and u ~ U(0, 1), labelled by the old model
+  // at the start of the task; the soft-label term (with distillation, not the replay correction)
+  // also runs on a minibatch of memory_batch_size of them per step, at memory_weight. It keeps the
+  // old function between the memorable points, where a stream's new tasks bring new inputs of the
+  // same classes (domain-incremental); where new classes may lie between old examples
+  // (class-incremental) it holds them to the old classes. 0: off.
+  int64_t memory_mixup = 0;
   // FROMP: the function-space term's weight (tau) and the kernel jitter.
   double fromp_tau = 1.0;
   double fromp_jitter = 1e-5;

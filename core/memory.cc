@@ -240,6 +240,30 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
   });
 }
 
+Memory MixMemory(const Memory& memory, int64_t per_example, at::Generator& gen) {
+  Memory mixed;
+  const int64_t m = memory.size();
+  if (m == 0 || per_example <= 0) return mixed;
+  const at::Tensor first = at::arange(m, at::kLong).repeat({per_example});
+  mixed.task = memory.task.index_select(0, first);
+  // Each row's partner: a uniform draw among its task's examples.
+  at::Tensor partner = at::empty_like(first);
+  const at::Tensor tasks = std::get<0>(at::_unique(memory.task));
+  for (int64_t i = 0; i < tasks.numel(); ++i) {
+    const at::Tensor pool = memory.task.eq(tasks[i]).nonzero().squeeze(1);
+    const at::Tensor slots = mixed.task.eq(tasks[i]).nonzero().squeeze(1);
+    const at::Tensor draw = at::randint(pool.numel(), {slots.numel()}, gen, at::kLong);
+    partner.index_put_({slots}, pool.index_select(0, draw));
+  }
+  std::vector<int64_t> shape(memory.x.dim(), 1);
+  shape[0] = first.numel();
+  const at::Tensor u = at::rand({first.numel()}, gen, memory.x.options()).view(shape);
+  mixed.x = memory.x.index_select(0, first) * u + memory.x.index_select(0, partner) * (1 - u);
+  mixed.y = memory.y.index_select(0, first);
+  mixed.id = memory.id.index_select(0, first);
+  return mixed;
+}
+
 absl::Status RefreshTargets(Model& model, Memory& memory, const at::Tensor& task_masks) {
   if (memory.size() == 0) return absl::OkStatus();
   return CallTorch([&]() -> absl::Status {

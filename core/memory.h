@@ -83,6 +83,12 @@ absl::StatusOr<Memory> SelectMemory(Model& model, const Dataset& data, const at:
 // from `task_masks` (bool [T, K], row t = task t's head; undefined = single head).
 absl::Status RefreshTargets(Model& model, Memory& memory, const at::Tensor& task_masks);
 
+// Mixed inputs between memory examples of the same task: `per_example` rows for each example i,
+// x = u x_i + (1 - u) x_j with j a uniform draw among the examples of i's task (i itself
+// included) and u ~ U(0, 1). Each row keeps i's label, task and id, and has no targets
+// (RefreshTargets gives them). Empty when the memory is.
+Memory MixMemory(const Memory& memory, int64_t per_example, at::Generator& gen);
+
 }  // namespace adaptd
 
 #endif  // ADAPTD_CORE_MEMORY_H_

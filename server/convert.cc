@@ -176,6 +176,7 @@ absl::StatusOr<AdaptConfig> ConfigFromProto(const v1::LearningConfig& c) {
   a.distill_temperature = c.distill_temperature();
   a.new_input_weight = c.new_input_weight();
   a.curvature_weight = c.curvature_weight();
+  a.memory_mixup = c.memory_mixup();
   // Models stored before the field existed have 0: the default.
   if (c.curvature_points() > 0) a.curvature_points = c.curvature_points();
   // Models stored before the field existed have "": the posterior, as they were trained.

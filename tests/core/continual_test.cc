@@ -264,6 +264,55 @@ TEST(MemoryTest, LambdaScoresAreTheSumOfBernoulliVariances) {
   EXPECT_NEAR(scores[2].item<double>(), 0.16 + 0.21 + 0.25, 1e-15);
 }
 
+// Each mixed row lies on the segment between its own example and one of the same task: with
+// one-hot inputs the row's mass is u on its example and 1 - u on the partner, and sums to 1.
+TEST(MemoryTest, MixedInputsLieBetweenTwoExamplesOfOneTask) {
+  Memory m;
+  m.x = at::eye(6, at::kFloat).reshape({6, 1, 6});  // a non-flat input shape too
+  m.y = at::tensor({3, 1, 4, 1, 5, 9}, at::kLong);
+  m.task = at::tensor({0, 0, 0, 1, 1, 2}, at::kLong);
+  m.id = at::arange(100, 106, at::kLong);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const int64_t k = 200;
+  const Memory mixed = MixMemory(m, k, gen);
+  ASSERT_EQ(mixed.size(), 6 * k);
+  EXPECT_FALSE(mixed.soft.defined());
+  EXPECT_EQ(mixed.x.sizes(), (std::vector<int64_t>{6 * k, 1, 6}));
+  const at::Tensor x = mixed.x.reshape({6 * k, 6}).to(at::kDouble);
+  std::vector<std::vector<int>> partners(6, std::vector<int>(6, 0));
+  double u_min = 1, u_max = 0;
+  for (int64_t r = 0; r < 6 * k; ++r) {
+    const int64_t i = r % 6;
+    ASSERT_EQ(mixed.y[r].item<int64_t>(), m.y[i].item<int64_t>());
+    ASSERT_EQ(mixed.task[r].item<int64_t>(), m.task[i].item<int64_t>());
+    ASSERT_EQ(mixed.id[r].item<int64_t>(), m.id[i].item<int64_t>());
+    ASSERT_NEAR(x[r].sum().item<double>(), 1.0, 1e-6);
+    const double u = x[r][i].item<double>();
+    for (int64_t j = 0; j < 6; ++j) {
+      if (j == i || x[r][j].item<double>() == 0) continue;
+      ASSERT_EQ(m.task[j].item<int64_t>(), m.task[i].item<int64_t>()) << "row " << r;
+      ++partners[i][j];
+      u_min = std::min(u_min, u);
+      u_max = std::max(u_max, u);
+    }
+  }
+  // u ~ U(0, 1); every other example of the task is drawn (about k / 3 times in task 0), and a
+  // task of one example mixes with itself only.
+  EXPECT_LT(u_min, 0.05);
+  EXPECT_GT(u_max, 0.95);
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < 3; ++j) {
+      if (i != j) {
+        EXPECT_GT(partners[i][j], k / 5) << i << " with " << j;
+      }
+    }
+  }
+  EXPECT_GT(partners[3][4], k / 3);
+  EXPECT_TRUE(at::equal(mixed.x.reshape({6 * k, 6}).index_select(0, at::arange(5, 6 * k, 6)),
+                        at::eye(6, at::kFloat)[5].expand({k, 6})));
+  EXPECT_EQ(MixMemory(Memory(), 3, gen).size(), 0);
+}
+
 // EWC's Fisher on logistic regression, whose per-example gradient has the closed form
 // (p_i - y_i) [x_i, 1]: with batches of one it is sum_i g_i^2 exactly; with batches of 64 over
 // 150 examples (64, 64, 22) it is N / 3 * sum_b len_b * (mean of g_i over b)^2, the short last
@@ -541,6 +590,11 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, curved)
                               .status().message()),
               testing::HasSubstr("curvature_points must be in [1, 2147483648]; got 0"));
+  curved.curvature_points = 1000;
+  curved.memory_mixup = 65;  // 65 more copies of the memory's inputs
+  EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, curved)
+                              .status().message()),
+              testing::HasSubstr("memory_mixup must be in [0, 64]; got 65"));
   AdaptConfig hasty = SmallConfig(Method::kKPrior);
   hasty.min_steps = -1;
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, hasty)
@@ -709,6 +763,47 @@ TEST(AdaptTest, NewInputTermKeepsThePastHeadsOnNewInputs) {
   };
   const double with = divergence(2.0), without = divergence(0.0);
   EXPECT_LT(with, 0.5 * without);
+}
+
+// On a permuted stream (the second task: the first's classes with its input features reversed),
+// the soft-label term on mixed memory inputs keeps the old function closer between the memorable
+// points (fresh mixes, not the ones trained on) than the memory alone does.
+TEST(AdaptTest, MixedMemoryKeepsTheOldFunctionBetweenMemorablePoints) {
+  const Dataset first = Blobs(300, 4, 1);
+  Dataset second = Blobs(300, 4, 7);
+  second.x = second.x.flip({1});
+  AdaptConfig c = SmallConfig(Method::kKPrior);
+  c.epochs = 20;
+  c.memory_points = 8;
+  auto s0 = InitialState(SmallMlp(), 1);
+  ASSERT_TRUE(s0.ok());
+  auto r0 = Adapt(*s0, TaskData{0, first, at::Tensor(), at::Tensor()}, c);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(99);
+  const at::Tensor x = MixMemory(r0->state.memory, 50, gen).x;
+  auto logits = [&](const ContinualState& s) {
+    auto model = MaterializeModel(s);
+    EXPECT_TRUE(model.ok()) << model.status();
+    torch::NoGradGuard no_grad;
+    return (*model)->Forward(x);
+  };
+  const at::Tensor before = at::softmax(logits(r0->state), 1);
+  auto divergence = [&](int64_t mixup) {
+    AdaptConfig d = c;
+    d.memory_mixup = mixup;
+    auto r1 = Adapt(r0->state, TaskData{1, second, at::Tensor(), at::Tensor()}, d);
+    EXPECT_TRUE(r1.ok()) << r1.status();
+    const at::Tensor now = at::log_softmax(logits(r1->state), 1);
+    return (before * (before.log() - now)).sum(1).mean().item<double>();  // KL(old || new)
+  };
+  // Summed over three seeds: one tiny run's KL moves by a third with IVON's noise alone.
+  double with = 0, without = 0;
+  for (uint64_t seed : {0, 1, 2}) {
+    c.seed = seed;
+    with += divergence(8);
+    without += divergence(0);
+  }
+  EXPECT_LT(with, 0.75 * without);
 }
 
 // On a single head whose new task teaches every old class again (as a permuted stream does),

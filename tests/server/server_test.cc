@@ -217,6 +217,7 @@ TEST(ConvertTest, EveryLearningConfigFieldReachesItsAdaptConfigMember) {
   c.set_fromp_tau(2.8);
   c.set_ewc_lambda(2.9);
   c.set_seed(30);
+  c.set_memory_mixup(31);
   absl::StatusOr<AdaptConfig> a = ConfigFromProto(c);
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->method, Method::kEwc);
@@ -243,13 +244,14 @@ TEST(ConvertTest, EveryLearningConfigFieldReachesItsAdaptConfigMember) {
   EXPECT_EQ(a->fromp_tau, 2.8);
   EXPECT_EQ(a->ewc_lambda, 2.9);
   EXPECT_EQ(a->seed, 30u);
+  EXPECT_EQ(a->memory_mixup, 31);
   // The fields set above, and those the server keeps for itself (the optimizer is always IVON;
   // head mode, online chunks and the timer act before a job starts).
   const std::set<std::string> covered = {
       "method", "ivon", "epochs", "min_steps", "batch_size", "memory_points", "selection",
       "memory_batch_size", "memory_weight", "replay_correction", "distill_temperature",
       "new_input_weight", "curvature_weight", "curvature_points", "weight_precision", "fromp_tau",
-      "ewc_lambda", "seed", "optimizer", "head_mode", "adapt_every", "adapt_after_seconds"};
+      "ewc_lambda", "seed", "memory_mixup", "optimizer", "head_mode", "adapt_every", "adapt_after_seconds"};
   const std::set<std::string> ivon_covered = {"lr", "beta1", "beta2", "hess_init", "weight_decay",
                                               "clip_radius", "ess_factor"};
   for (const auto& [descriptor, names] :

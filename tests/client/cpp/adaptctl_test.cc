@@ -71,6 +71,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   o.distill_temperature = 2;
   o.new_input_weight = 1.5;
   o.curvature_weight = 300;
+  o.memory_mixup = 8;
   o.ess_factor = 16;
   o.min_steps = 50;
   o.weight_precision = "prior";
@@ -93,6 +94,7 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_DOUBLE_EQ(r->config().distill_temperature(), 2);
   EXPECT_DOUBLE_EQ(r->config().new_input_weight(), 1.5);
   EXPECT_DOUBLE_EQ(r->config().curvature_weight(), 300);
+  EXPECT_EQ(r->config().memory_mixup(), 8);
   EXPECT_DOUBLE_EQ(r->config().ivon().ess_factor(), 16);
   EXPECT_EQ(r->config().weight_precision(), "prior");
   ASSERT_TRUE(r->config().has_memory_weight());
@@ -362,10 +364,12 @@ TEST(AdaptctlTest, FormatsTheConfigAsAssignments) {
   EXPECT_THAT(text, ::testing::HasSubstr(" epochs=15 batch_size=0 "));
   EXPECT_THAT(text, ::testing::HasSubstr(" memory_weight=0 "));
   EXPECT_THAT(text, ::testing::HasSubstr(" head_mode=HEAD_MODE_MULTI "));
-  EXPECT_THAT(text, ::testing::EndsWith(" adapt_after_seconds=0"));
-  // Every field appears once, and each assignment parses back to the same config.
+  EXPECT_THAT(text, ::testing::EndsWith(" memory_mixup=0"));
+  // Every field appears once (ivon's own in place of the message), and each assignment parses
+  // back to the same config.
   const std::vector<std::string> parts = absl::StrSplit(text, ' ');
-  EXPECT_EQ(parts.size(), 28u);
+  EXPECT_EQ(parts.size(), static_cast<size_t>(v1::LearningConfig::descriptor()->field_count() - 1 +
+                                              v1::IvonConfig::descriptor()->field_count()));
   absl::StatusOr<v1::UpdateConfigRequest> back = BuildConfigUpdate("m", parts);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->config().SerializeAsString(), c.SerializeAsString());
