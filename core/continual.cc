@@ -227,6 +227,9 @@ at::Tensor DrawRows(int64_t size, int64_t b, at::Generator& gen, at::Device devi
 struct DeviceMemory {
   at::Tensor x, y, soft, logits, masks;
   int64_t size = 0;
+  // Minibatches drawn with replacement, O(b) per draw, where a permutation of every row per step
+  // would grow with the set (the mixed inputs: memory_mixup copies of the memory).
+  bool with_replacement = false;
 
   static DeviceMemory Of(const Memory& m, const at::Tensor& task_masks, at::Device device) {
     DeviceMemory d;
@@ -242,6 +245,7 @@ struct DeviceMemory {
   }
   // The rows of a random minibatch of at most b, drawn on the CPU.
   at::Tensor Batch(int64_t b, at::Generator& gen, at::Device device) const {
+    if (with_replacement) return at::randint(size, {std::min(b, size)}, gen, at::kLong).to(device);
     return DrawRows(size, std::min(b, size), gen, device);
   }
   at::Tensor Logits(Model& model, const at::Tensor& rows) const {
@@ -638,7 +642,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
                                   : config.memory_weight;
     // The memory (and its mixed inputs) on the device once, rather than its rows every step.
     const DeviceMemory mem = DeviceMemory::Of(memory, next.task_masks, device);
-    const DeviceMemory mix = DeviceMemory::Of(mixed, next.task_masks, device);
+    DeviceMemory mix = DeviceMemory::Of(mixed, next.task_masks, device);
+    mix.with_replacement = true;
     const at::Tensor fisher = on_device(state.fisher);
     at::Generator mix_batch_gen = at::make_generator<at::CPUGeneratorImpl>(to.seed ^ 0x6d6962ULL);
     // The soft-label function term on a random minibatch of `m` (drawn on the CPU, so the draw is
