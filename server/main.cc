@@ -28,6 +28,8 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA for client certificates (enables mTLS)");
 ABSL_FLAG(int, metrics_port, -1, "Prometheus metrics on this HTTP port; -1 off, 0 any free port");
+ABSL_FLAG(std::string, metrics_host, "",
+          "address the metrics port listens on (plain HTTP, no tokens); empty: --host");
 ABSL_FLAG(int64_t, queue_capacity, 16, "adaptation jobs queued per model");
 ABSL_FLAG(int64_t, max_stream_mb, 4096,
           "examples one stream may hold before its end message, in MiB (streams are "
@@ -111,6 +113,7 @@ int main(int argc, char** argv) {
   options.tls_key = ReadOrDie(absl::GetFlag(FLAGS_tls_key), "tls_key");
   options.tls_client_ca = ReadOrDie(absl::GetFlag(FLAGS_tls_client_ca), "tls_client_ca");
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_stream_bytes =
       MiB(absl::GetFlag(FLAGS_max_stream_mb), int64_t{1} << 40, "max_stream_mb");
@@ -137,7 +140,7 @@ int main(int argc, char** argv) {
   }
   std::printf("adaptd listening on %s:%d\n", options.host.c_str(), (*server)->port());
   if ((*server)->metrics_port() > 0) {
-    std::printf("adaptd metrics on http://%s:%d/metrics\n", options.host.c_str(),
+    std::printf("adaptd metrics on http://%s:%d/metrics\n", options.MetricsHost().c_str(),
                 (*server)->metrics_port());
   }
   std::fflush(stdout);

@@ -95,7 +95,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   ro.hold_training = true;  // until the port is bound
   ADAPTD_ASSIGN_OR_RETURN(impl->registry, Registry::Open(ro));
   if (options.metrics_port >= 0) {
-    ADAPTD_ASSIGN_OR_RETURN(impl->metrics_port, impl->metrics.Serve(options.host, options.metrics_port));
+    ADAPTD_ASSIGN_OR_RETURN(impl->metrics_port, impl->metrics.Serve(options.MetricsHost(), options.metrics_port));
   }
 
   ServiceContext sc;

@@ -25,8 +25,12 @@ struct ServerOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
-  // Prometheus text on http://host:metrics_port/metrics; -1: off, 0: a free port.
+  // Prometheus text on http://metrics_host:metrics_port/metrics; -1: off, 0: a free port. The
+  // endpoint has neither TLS nor tokens: metrics_host (empty: `host`) can keep it on a private
+  // interface while gRPC listens on every one.
   int metrics_port = -1;
+  std::string metrics_host;
+  const std::string& MetricsHost() const { return metrics_host.empty() ? host : metrics_host; }
   // Adaptation jobs queued per model, and trained at once across models.
   int64_t queue_capacity = 16;
   // Bytes of examples one stream may buffer before its end message.

@@ -1412,5 +1412,24 @@ TEST(ServiceTest, HealthReflectionAndMetrics) {
   EXPECT_NE(text.find("\nadaptd_request_seconds_bucket{"), std::string::npos);
 }
 
+// --metrics_host keeps the plain-HTTP metrics endpoint on its own address: here 127.0.0.2 (a
+// loopback address like 127.0.0.1, but a different one), while gRPC stays on 127.0.0.1. The
+// endpoint answers on its address and not on gRPC's.
+TEST(ServiceTest, MetricsListenOnTheirOwnHost) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--metrics_port=0", "--metrics_host=127.0.0.2"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_GT((*server)->metrics_port(), 0);
+  auto client = (*server)->Client();
+  EXPECT_TRUE(client->GetServerInfo().ok());
+  httplib::Client own("127.0.0.2", (*server)->metrics_port());
+  auto res = own.Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_NE(res->body.find("adaptd_requests_total"), std::string::npos) << res->body;
+  httplib::Client grpc_host("127.0.0.1", (*server)->metrics_port());
+  EXPECT_FALSE(grpc_host.Get("/metrics"));
+}
+
 }  // namespace
 }  // namespace adaptd
