@@ -319,6 +319,9 @@ std::string Trainer::SaveState() const {
   state["trainer.steps"] = ScalarTensor(steps_);
   state["trainer.total_steps"] = ScalarTensor(total_steps_);
   state["trainer.optimizer"] = ScalarTensor(static_cast<int64_t>(options_.optimizer));
+  state["trainer.batch_size"] = ScalarTensor(options_.batch_size);
+  state["trainer.train_samples"] = ScalarTensor(options_.train_samples);
+  state["trainer.cosine"] = ScalarTensor(static_cast<int64_t>(options_.cosine));
   state["trainer.generator"] = gen_.get_state();
   state["trainer.shuffle_generator"] = shuffle_gen_.get_state();
   if (ivon_) ivon_->AppendTo(state);
@@ -344,6 +347,24 @@ absl::Status Trainer::LoadState(const std::string& bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "checkpoint is at step ", steps, " of ", total, "; this trainer runs ", total_steps_,
         " steps (its schedule would not be the checkpoint's)"));
+  }
+  // Steps that draw other minibatches or weight samples, or another schedule, would not
+  // continue the checkpoint's run.
+  struct Setting {
+    const char* key;
+    const char* what;
+    int64_t mine;
+  };
+  for (const Setting& want : {Setting{"trainer.batch_size", "batch size", options_.batch_size},
+                              Setting{"trainer.train_samples", "weight samples per step",
+                                      options_.train_samples},
+                              Setting{"trainer.cosine", "cosine schedule (1: on)",
+                                      static_cast<int64_t>(options_.cosine)}}) {
+    ADAPTD_ASSIGN_OR_RETURN(int64_t theirs, GetInt(state, want.key));
+    if (theirs != want.mine) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint was written with ", want.what, " ",
+                                                     theirs, "; this trainer uses ", want.mine));
+    }
   }
   ADAPTD_ASSIGN_OR_RETURN(at::Tensor gen_state, GetTensor(state, "trainer.generator", at::kByte));
   ADAPTD_ASSIGN_OR_RETURN(at::Tensor shuffle_state,

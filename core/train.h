@@ -134,7 +134,12 @@ class Trainer {
   // Persistent optimizer state in bytes (IVON: m, g, h; Adam: two moments; SGD: momentum).
   int64_t OptimizerStateBytes() const;
 
-  // Everything needed to continue bit-identically: weights, optimizer state, step, generator.
+  // Everything needed to continue bit-identically from an epoch boundary: weights, optimizer
+  // state, step, generators. TrainEpoch draws each epoch's order when it starts, so a state
+  // saved inside an epoch (from a progress callback, say) resumes with a fresh order: a valid
+  // run, not the same one. LoadState refuses, with INVALID_ARGUMENT and the trainer unchanged,
+  // a state from another optimizer, schedule length, batch size, number of weight samples per
+  // step or schedule shape.
   std::string SaveState() const;
   absl::Status LoadState(const std::string& bytes);
 

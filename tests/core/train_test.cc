@@ -166,6 +166,45 @@ TEST(TrainTest, LoadRejectsAnotherOptimizersCheckpoint) {
   EXPECT_TRUE(at::equal(before, (*longer)->flat().params()));
 }
 
+// Another batch size, number of weight samples or schedule shape would draw other minibatches
+// or samples, or run another lr, from the checkpoint's step on: refused, the trainer unchanged.
+TEST(TrainTest, LoadRejectsACheckpointOfAnotherBatchSizeSamplingOrSchedule) {
+  const Dataset data = Blobs(64, 2);
+  auto model = BuildModel(MlpSpec(), 1);
+  const TrainOptions o = IvonOptionsFor(64);
+  auto saved = Trainer::Create(model->get(), o, 10);
+  ASSERT_TRUE(saved.ok());
+  ASSERT_TRUE((*saved)->TrainEpoch(data).ok());
+  const std::string bytes = (*saved)->SaveState();
+  struct Case {
+    void (*change)(TrainOptions&);
+    const char* message;
+  };
+  const Case cases[] = {
+      {[](TrainOptions& t) { t.batch_size *= 2; }, "written with batch size 32; this trainer uses 64"},
+      {[](TrainOptions& t) { t.train_samples = 2; }, "weight samples per step 1; this trainer uses 2"},
+      {[](TrainOptions& t) { t.cosine = false; }, "cosine schedule (1: on) 1; this trainer uses 0"},
+  };
+  for (const Case& c : cases) {
+    TrainOptions other = o;
+    c.change(other);
+    auto model2 = BuildModel(MlpSpec(), 1);
+    auto t = Trainer::Create(model2->get(), other, 10);
+    ASSERT_TRUE(t.ok());
+    const at::Tensor before = (*t)->flat().params().clone();
+    const absl::Status s = (*t)->LoadState(bytes);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_THAT(std::string(s.message()), testing::HasSubstr(c.message));
+    EXPECT_TRUE(at::equal(before, (*t)->flat().params()));
+    EXPECT_EQ((*t)->steps_taken(), 0);
+  }
+  // The same options load.
+  auto model3 = BuildModel(MlpSpec(), 1);
+  auto same = Trainer::Create(model3->get(), o, 10);
+  ASSERT_TRUE(same.ok());
+  EXPECT_TRUE((*same)->LoadState(bytes).ok());
+}
+
 // IVON learns the blobs, and posterior averaging yields a valid, no-worse predictive.
 TEST(TrainTest, IvonLearnsAndPosteriorAveragingIsCalibrated) {
   const Dataset train = Blobs(1500, 3), test = Blobs(1500, 4);
