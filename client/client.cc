@@ -234,27 +234,31 @@ absl::StatusOr<int64_t> AdaptdClient::ExportToFile(const std::string& name,
 absl::StatusOr<v1::ModelInfo> AdaptdClient::ImportFrom(
     const std::string& name,
     const std::function<absl::StatusOr<std::optional<std::string>>()>& next_chunk) const {
+  // The first chunk comes before the call opens: a snapshot that is empty or cannot be read
+  // never reaches the server (a cancelled call could still run there after this one returned).
+  absl::StatusOr<std::optional<std::string>> data = next_chunk();
+  if (!data.ok()) return data.status();
+  if (!data->has_value()) return absl::InvalidArgumentError("the snapshot is empty");
   grpc::ClientContext context;
   Prepare(context, /*streaming=*/true);
   v1::ModelInfo response;
   auto writer = admin_->Import(&context, &response);
   bool first = true;
   bool open = true;
-  while (open) {
-    absl::StatusOr<std::optional<std::string>> data = next_chunk();
-    if (!data.ok() || (first && !data->has_value())) {
-      context.TryCancel();
-      writer->Finish().IgnoreError();
-      if (!data.ok()) return data.status();
-      return absl::InvalidArgumentError("the snapshot is empty");
-    }
-    if (!data->has_value()) break;
+  while (open && data->has_value()) {
     v1::SnapshotChunk chunk;
     if (first) chunk.set_name(name);
     first = false;
     *chunk.mutable_data() = std::move(**data);
     // A failed write means the server has ended the call; Finish says why.
     open = writer->Write(chunk);
+    if (!open) break;
+    data = next_chunk();
+    if (!data.ok()) {
+      context.TryCancel();
+      writer->Finish().IgnoreError();
+      return data.status();
+    }
   }
   if (open) writer->WritesDone();
   const absl::Status status = FromGrpcStatus(writer->Finish());

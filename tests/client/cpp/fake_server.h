@@ -31,6 +31,7 @@ struct FakeLog {
   int64_t committed_streams ABSL_GUARDED_BY(mu) = 0;
   std::vector<std::string> import_names ABSL_GUARDED_BY(mu);  // one per chunk
   std::string import_data ABSL_GUARDED_BY(mu);
+  int64_t import_calls ABSL_GUARDED_BY(mu) = 0;  // Import calls that reached the server
   v1::UpdateConfigRequest update ABSL_GUARDED_BY(mu);
   std::vector<int64_t> predict_rows ABSL_GUARDED_BY(mu);      // one per Predict call
   std::vector<int64_t> predict_versions ABSL_GUARDED_BY(mu);  // -1: none named
@@ -93,6 +94,7 @@ class FakeAdmin final : public v1::AdminService::Service {
                       v1::ModelInfo* response) override {
     v1::SnapshotChunk chunk;
     absl::MutexLock lock(&log_->mu);
+    ++log_->import_calls;
     log_->import_names.clear();
     log_->import_data.clear();
     while (reader->Read(&chunk)) {
