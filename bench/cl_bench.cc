@@ -357,9 +357,10 @@ int Main() {
                             : std::nan(""));
         }
         run.acc.push_back(row);
-        std::printf("[%s %s seed %d] task %zu: %.1f s, loss %.4f, memory %lld, acc on seen tasks %s\n",
+        std::printf("[%s %s seed %d] task %zu: %.1f s, loss %.4f, IVON step growth %.3g (peak step "
+                    "%.3g), memory %lld, acc on seen tasks %s\n",
                     name.c_str(), mname.c_str(), seed, i, r.stats.seconds, r.stats.final_loss,
-                    static_cast<long long>(r.stats.memory_size),
+                    r.stats.step_growth, r.stats.peak_step, static_cast<long long>(r.stats.memory_size),
                     absl::StrJoin(std::vector<double>(row.begin(), row.begin() + i + 1), " ",
                                   [](std::string* out, double v) { absl::StrAppend(out, absl::SixDigits(100 * v)); })
                         .c_str());

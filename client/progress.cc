@@ -65,6 +65,10 @@ std::string JobProgressText(const v1::JobStatus& status) {
     absl::StrAppend(&text, "  in ", FormatDuration(status.elapsed_seconds()));
   }
   absl::StrAppend(&text, "  ", state);
+  if (status.ivon_peak_step() >= kPeakStepWarning) {
+    absl::StrAppend(&text, absl::StrFormat("  IVON step x%.0f its first (docs/api.md: long jobs)",
+                                           status.ivon_peak_step()));
+  }
   return text;
 }
 
@@ -77,8 +81,11 @@ std::string JobListLine(const v1::JobStatus& status) {
                     status.step() == status.total_steps()
                         ? absl::StrCat(status.step(), " steps")
                         : absl::StrCat(status.step(), "/", status.total_steps(), " steps"),
-                    absl::StrFormat("  loss %.4f  in %s", status.loss(),
-                                    FormatDuration(status.elapsed_seconds())));
+                    absl::StrFormat("  loss %.4f", status.loss()),
+                    status.ivon_peak_step() > 0
+                        ? absl::StrFormat("  peak step x%.2g", status.ivon_peak_step())
+                        : "",
+                    "  in ", FormatDuration(status.elapsed_seconds()));
   }
   absl::StrAppend(&line, "  ", status.message());
   return line;

@@ -22,10 +22,15 @@ std::string JobStateName(v1::JobState state);
 // "[#####-----] 12000/60000 examples  20%  4.1k/s".
 std::string UploadProgressText(int64_t sent, int64_t total, double seconds);
 // "[#####-----] step 120/600  loss 0.4312  ETA 12s  running"; before the first step only the
-// state.
+// state. From a peak step (JobStatus.ivon_peak_step) of kPeakStepWarning on, it adds
+// "  IVON step x12 its first (docs/api.md: long jobs)".
 std::string JobProgressText(const v1::JobStatus& status);
+// Where an unclipped IVON job starts to overshoot: on docs/benchmarks.md's long digits-add
+// runs, peak steps of 2 / 10 / 57 lost 0 / 0.2 / 5 points.
+inline constexpr double kPeakStepWarning = 10;
 // One job of `adaptctl jobs`: "ID  task 1  succeeded  2000 examples  160 steps  loss 0.3120
-// in 4s  published version 2"; the steps, loss and time once the job has taken a step.
+// peak step x2.2  in 4s  published version 2"; the steps, loss, peak step (IVON) and time once
+// the job has taken a step.
 std::string JobListLine(const v1::JobStatus& status);
 
 // One status line, redrawn in place on a terminal. On anything else (a log file, a pipe) whole

@@ -195,6 +195,8 @@ AdaptResult Finish(ContinualState next, const Trainer& trainer, double loss,
   result.stats.steps = trainer.steps_taken();
   result.stats.final_loss = loss;
   result.stats.memory_size = result.state.memory.size();
+  result.stats.step_growth = trainer.step_growth();
+  result.stats.peak_step = trainer.peak_step();
   result.stats.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

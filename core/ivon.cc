@@ -278,6 +278,16 @@ void Ivon::DiscardStep() {
   grads_.zero_();
 }
 
+double Ivon::StepGrowth() const {
+  const at::Tensor& h = posterior_.hess();
+  if (h.numel() == 0) return 1.0;
+  at::NoGradGuard no_grad;
+  // The median of (h0 + delta) / (h + delta) is (h0 + delta) over the median of h + delta, up
+  // to which of the two middle values an even count takes; both are positive.
+  const double median = (h + options_.weight_decay).median().item<double>();
+  return (options_.hess_init + options_.weight_decay) / median;
+}
+
 int64_t Ivon::StateBytes() const {
   int64_t n = posterior_.mean().numel() + posterior_.hess().numel() + momentum_.numel();
   for (const at::Tensor* t : {&avg_grad_, &avg_hess_}) {

@@ -54,7 +54,17 @@ struct StepReport {
   int64_t total_steps = 0;  // the schedule's length
   double loss = 0;          // this minibatch's mean cross-entropy (regularisers excluded)
   double lr = 0;            // the learning rate this step used
+  // IVON only (0 for Adam and SGD), measured by TrainEpoch at the trainer's first step, every
+  // kStepGrowthEvery steps and at the schedule's last step (a median over the weights: cheap
+  // that often, not every step), and repeated in between:
+  // - step_growth: Ivon::StepGrowth(), how many times its step has grown as h fell;
+  // - peak_step: the largest, over the measurements so far, of lr / (peak lr) * step_growth: the
+  //   step's size against the first step's at h = hess_init and the schedule's peak rate. A
+  //   long unclipped run overshoots where it passes about 10 (docs/api.md, long jobs).
+  double step_growth = 0;
+  double peak_step = 0;
 };
+inline constexpr int64_t kStepGrowthEvery = 100;
 using ProgressFn = std::function<void(const StepReport&)>;
 
 // Labels for training: int64 [batch] classes, or float32 [batch, num_classes] probabilities
@@ -123,6 +133,9 @@ class Trainer {
   double NextLr() const;
   int64_t steps_taken() const { return steps_; }
   int64_t total_steps() const { return total_steps_; }
+  // StepReport's figures as last measured.
+  double step_growth() const { return step_growth_; }
+  double peak_step() const { return peak_step_; }
 
   // IVON's posterior; nullptr for Adam and SGD.
   const Ivon* ivon() const { return ivon_.get(); }
@@ -158,6 +171,10 @@ class Trainer {
   // SetQuadraticPenalty's term; undefined anchor: none.
   at::Tensor penalty_anchor_, penalty_precision_;
   double penalty_scale_ = 0;
+  // StepReport's step_growth and peak_step as last measured (saved with the state), and the
+  // step they were measured at (-1: not yet).
+  double step_growth_ = 0, peak_step_ = 0;
+  int64_t step_growth_at_ = -1;
   at::Tensor moment1_;  // Adam first moment / SGD momentum buffer
   at::Tensor moment2_;  // Adam second moment
 };

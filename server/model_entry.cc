@@ -99,6 +99,8 @@ std::string ProgressOf(const v1::JobStatus& s) {
   p.set_step(s.step());
   p.set_total_steps(s.total_steps());
   p.set_loss(s.loss());
+  p.set_ivon_step_growth(s.ivon_step_growth());
+  p.set_ivon_peak_step(s.ivon_peak_step());
   p.set_elapsed_seconds(s.elapsed_seconds());
   return p.SerializeAsString();
 }
@@ -158,6 +160,8 @@ Job::Job(const JobRow& row)
     status_.set_step(progress.step());
     status_.set_total_steps(progress.total_steps());
     status_.set_loss(progress.loss());
+    status_.set_ivon_step_growth(progress.ivon_step_growth());
+    status_.set_ivon_peak_step(progress.ivon_peak_step());
     status_.set_elapsed_seconds(progress.elapsed_seconds());
   }
 }
@@ -1196,6 +1200,8 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
           s.set_step(r.step);
           s.set_total_steps(r.total_steps);
           s.set_loss(r.loss);
+          s.set_ivon_step_growth(r.step_growth);
+          s.set_ivon_peak_step(r.peak_step);
           s.set_elapsed_seconds(t);
           s.set_eta_seconds(r.step > 0 ? t / r.step * (r.total_steps - r.step) : 0);
         },
@@ -1213,6 +1219,8 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
       s.set_step(0);
       s.set_total_steps(0);
       s.set_loss(0);
+      s.set_ivon_step_growth(0);
+      s.set_ivon_peak_step(0);
       s.set_elapsed_seconds(0);
       s.set_eta_seconds(0);
     });
@@ -1232,6 +1240,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   info.set_created_unix_ms(NowMs());
   info.set_steps(result->stats.steps);
   info.set_final_loss(result->stats.final_loss);
+  info.set_ivon_peak_step(result->stats.peak_step);
   info.set_job_id(job->id());
   *info.mutable_config() = std::move(config);
   {

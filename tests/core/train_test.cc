@@ -74,6 +74,7 @@ TEST(TrainTest, SaveLoadContinueIsBitIdentical) {
       EXPECT_TRUE(at::equal((*a)->ivon()->momentum(), (*c)->ivon()->momentum()));
     }
     EXPECT_EQ((*a)->steps_taken(), (*c)->steps_taken());
+    EXPECT_EQ((*a)->peak_step(), (*c)->peak_step()) << OptimizerName(kind);
   }
 }
 
@@ -242,6 +243,51 @@ TEST(TrainTest, IvonLearnsAndPosteriorAveragingIsCalibrated) {
   EXPECT_LT(cb->ece, 0.02);
   // Predicting restored the posterior mean into the weights.
   EXPECT_TRUE(at::equal((*t)->flat().params(), (*t)->ivon()->posterior().mean()));
+}
+
+// Progress carries IVON's step growth, measured at the first step, every kStepGrowthEvery
+// steps after it and at the schedule's last step, and repeated in between, and the peak step:
+// the largest of lr / (peak lr) * growth at those measurements. Adam reports 0 for both.
+TEST(TrainTest, ProgressReportsIvonsStepGrowthAndPeakStep) {
+  const Dataset train = Blobs(1500, 3);
+  const int64_t epochs = 5, per_epoch = (1500 + 31) / 32, total = epochs * per_epoch;
+  ASSERT_GT(total, 2 * kStepGrowthEvery);
+  for (auto kind : {OptimizerKind::kIvon, OptimizerKind::kAdam}) {
+    auto model = BuildModel(MlpSpec(), 1);
+    TrainOptions o = IvonOptionsFor(1500);
+    o.optimizer = kind;
+    o.lr = 1e-2;
+    auto t = Trainer::Create(model->get(), o, total);
+    ASSERT_TRUE(t.ok());
+    double shown = -1, peak = 0;
+    int64_t measured = 0;
+    for (int e = 0; e < epochs; ++e) {
+      ASSERT_TRUE((*t)->TrainEpoch(train, at::Tensor(), [&](const StepReport& r) {
+        if (kind != OptimizerKind::kIvon) {
+          EXPECT_EQ(r.step_growth, 0);
+          EXPECT_EQ(r.peak_step, 0);
+          return;
+        }
+        const bool due = r.step == 1 || (r.step - 1) % kStepGrowthEvery == 0 || r.step == total;
+        if (due) {
+          EXPECT_EQ(r.step_growth, (*t)->ivon()->StepGrowth()) << "step " << r.step;
+          peak = std::max(peak, r.lr / o.ivon.lr * r.step_growth);
+          ++measured;
+        } else {
+          EXPECT_EQ(r.step_growth, shown) << "step " << r.step;
+        }
+        EXPECT_DOUBLE_EQ(r.peak_step, peak) << "step " << r.step;
+        shown = r.step_growth;
+      }).ok());
+    }
+    if (kind == OptimizerKind::kIvon) {
+      EXPECT_EQ(measured, 2 + (total - 1) / kStepGrowthEvery);
+      // h started at h0 = 0.1 and fell towards the blobs' smaller curvature.
+      EXPECT_GT(shown, 1.05);
+      EXPECT_EQ((*t)->step_growth(), shown);
+      EXPECT_EQ((*t)->peak_step(), peak);
+    }
+  }
 }
 
 // The same loop on a GPU: IVON learns, and a checkpoint continues bit-identically there too.

@@ -744,8 +744,8 @@ TEST(LifecycleTest, AQueuedCancelTheCatalogCannotRecordStands) {
   EXPECT_EQ(client->GetModel("m")->current().version(), 1);
 }
 
-// A finished job's step counts, last loss and time are kept in the catalog: ListJobs after a
-// restart shows each job as it showed it before.
+// A finished job's step counts, last loss, IVON step figures and time are kept in the catalog:
+// ListJobs after a restart shows each job as it showed it before.
 TEST(LifecycleTest, FinishedJobsShowTheirProgressAfterARestart) {
   TempDir dir;
   v1::ListJobsResponse before;
@@ -773,6 +773,12 @@ TEST(LifecycleTest, FinishedJobsShowTheirProgressAfterARestart) {
     auto jobs = client->ListJobs("m");
     ASSERT_TRUE(jobs.ok()) << jobs.status();
     before = *std::move(jobs);
+    // The version records the peak step its job ended at.
+    auto versions = client->ListVersions("m");
+    ASSERT_TRUE(versions.ok()) << versions.status();
+    const v1::VersionInfo& made = versions->versions(versions->versions_size() - 1);
+    ASSERT_EQ(made.job_id(), before.jobs(1).job_id());
+    EXPECT_EQ(made.ivon_peak_step(), before.jobs(1).ivon_peak_step());
   }
   ASSERT_EQ(before.jobs_size(), 2);
   EXPECT_EQ(before.jobs(0).state(), v1::JOB_STATE_CANCELLED);
@@ -783,6 +789,8 @@ TEST(LifecycleTest, FinishedJobsShowTheirProgressAfterARestart) {
   EXPECT_GT(before.jobs(1).loss(), 0);  // two epochs: not yet fitted (the long job may be)
   for (const v1::JobStatus& j : before.jobs()) {
     EXPECT_GT(j.elapsed_seconds(), 0) << j.DebugString();
+    EXPECT_GT(j.ivon_step_growth(), 0) << j.DebugString();
+    EXPECT_GT(j.ivon_peak_step(), 0) << j.DebugString();
     EXPECT_EQ(j.eta_seconds(), 0) << j.DebugString();  // a finished job has none
   }
 

@@ -37,8 +37,14 @@ TEST(ProgressTest, UploadAndJobTexts) {
   status.set_total_steps(600);
   status.set_loss(0.43125);
   status.set_eta_seconds(75);
+  status.set_ivon_peak_step(9.9);  // below kPeakStepWarning: not shown while running
   EXPECT_EQ(JobProgressText(status),
             "[########----------------------] step 150/600  loss 0.4313  ETA 1m15s  running");
+  status.set_ivon_peak_step(12.4);
+  EXPECT_EQ(JobProgressText(status),
+            "[########----------------------] step 150/600  loss 0.4313  ETA 1m15s  running  "
+            "IVON step x12 its first (docs/api.md: long jobs)");
+  status.set_ivon_peak_step(0);
   status.set_state(v1::JOB_STATE_SUCCEEDED);
   status.set_step(600);
   status.set_elapsed_seconds(12);
@@ -68,6 +74,10 @@ TEST(ProgressTest, JobListLines) {
   EXPECT_EQ(JobListLine(status),
             "j1  task 2  succeeded  2000 examples  160 steps  loss 0.3120  in 1m15s  "
             "published version 3");
+  status.set_ivon_peak_step(2.2);
+  EXPECT_EQ(JobListLine(status),
+            "j1  task 2  succeeded  2000 examples  160 steps  loss 0.3120  peak step x2.2  in "
+            "1m15s  published version 3");
 }
 
 std::string Contents(std::FILE* f) {
