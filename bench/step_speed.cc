@@ -2,7 +2,8 @@
 // loop, side by side in one process: MLP 784-512-512-10 at batch 256 and LeNet-5 at batch 128.
 // LibTorch's own torch::optim::Adam (per-tensor) runs beside them for reference. At the end the
 // program prints the median IVON/Adam time ratio per model and each optimizer's persistent
-// state.
+// state, then the time of the measurement behind a job's IVON step figures (Ivon::StepGrowth)
+// against the 100 steps it is taken once in.
 //
 //   build/bench/step_speed --benchmark_repetitions=15 --benchmark_enable_random_interleaving=true
 //   build/bench/step_speed --device=cuda ...   (on a GPU machine)
@@ -104,6 +105,32 @@ BENCHMARK(BM_Step)
     ->Unit(benchmark::kMillisecond)
     ->MinTime(0.5);
 
+// The progress figures' measurement (Ivon::StepGrowth, a median over the weights), which
+// TrainEpoch takes once every kStepGrowthEvery IVON steps.
+void BM_StepGrowth(benchmark::State& state) {
+  auto model = OrDie(BuildModel(SpecFor(static_cast<Net>(state.range(0))), 0), "model");
+  model->To(Device());
+  TrainOptions o;
+  o.ivon.ess = 60000;
+  o.ivon.hess_init = 0.1;
+  o.ivon.weight_decay = 1e-3;
+  auto trainer = OrDie(Trainer::Create(model.get(), o, 1 << 30), "trainer");
+  // A few steps, so that h holds distinct values as in training (a constant h selects faster).
+  std::vector<int64_t> shape = {32};
+  for (int64_t d : model->spec().input_shape) shape.push_back(d);
+  for (int i = 0; i < 3; ++i) {
+    const at::Tensor y = at::randint(0, 10, {32}, at::kLong).to(Device());
+    OrDie(trainer->Step(at::rand(shape).to(Device()), y), "step");
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(trainer->ivon()->StepGrowth());
+}
+
+BENCHMARK(BM_StepGrowth)
+    ->ArgNames({"net"})
+    ->DenseRange(kMlp, kLeNet)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5);
+
 // Console output plus a record of each benchmark's median for the ratio table.
 class RatioReporter : public MedianReporter {
  public:
@@ -123,6 +150,15 @@ class RatioReporter : public MedianReporter {
                   bytes(kAdam));
     }
     std::printf("(%s of the per-run times; state = persistent optimizer buffers)\n", Kind());
+    std::printf("\n| model | progress figures (ms) | their share of %lld IVON steps |\n|---|---|---|\n",
+                static_cast<long long>(kStepGrowthEvery));
+    for (int net = 0; net < 2; ++net) {
+      const double growth = Time("BM_StepGrowth/net:" + std::to_string(net) + "/min_time:0.500");
+      const double step = Time("BM_Step/net:" + std::to_string(net) + "/opt:0/min_time:0.500");
+      if (growth < 0 || step < 0) continue;  // filtered out
+      std::printf("| %s | %.3f | %.2f %% |\n", kNetNames[net], growth,
+                  100 * growth / (growth + kStepGrowthEvery * step));
+    }
   }
 };
 

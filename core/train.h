@@ -171,8 +171,8 @@ class Trainer {
   // SetQuadraticPenalty's term; undefined anchor: none.
   at::Tensor penalty_anchor_, penalty_precision_;
   double penalty_scale_ = 0;
-  // StepReport's step_growth and peak_step as last measured (saved with the state), and the
-  // step they were measured at (-1: not yet).
+  // StepReport's step_growth and peak_step as last measured (the peak is saved with the
+  // state), and the step they were measured at (-1: not yet).
   double step_growth_ = 0, peak_step_ = 0;
   int64_t step_growth_at_ = -1;
   at::Tensor moment1_;  // Adam first moment / SGD momentum buffer
