@@ -2,7 +2,7 @@
 // loop, side by side in one process: MLP 784-512-512-10 at batch 256 and LeNet-5 at batch 128.
 // LibTorch's own torch::optim::Adam (per-tensor) runs beside them for reference. At the end the
 // program prints the median IVON/Adam time ratio per model and each optimizer's persistent
-// state, then the time of the measurement behind a job's IVON step figures (Ivon::StepGrowth)
+// state, then the time of the measurement behind a job's IVON step figures (Ivon::StepScale)
 // against the 100 steps it is taken once in.
 //
 //   build/bench/step_speed --benchmark_repetitions=15 --benchmark_enable_random_interleaving=true
@@ -105,9 +105,9 @@ BENCHMARK(BM_Step)
     ->Unit(benchmark::kMillisecond)
     ->MinTime(0.5);
 
-// The progress figures' measurement (Ivon::StepGrowth, a median over the weights), which
+// The progress figures' measurement (Ivon::StepScale, a median over the weights), which
 // TrainEpoch takes once every kStepGrowthEvery IVON steps.
-void BM_StepGrowth(benchmark::State& state) {
+void BM_StepScale(benchmark::State& state) {
   auto model = OrDie(BuildModel(SpecFor(static_cast<Net>(state.range(0))), 0), "model");
   model->To(Device());
   TrainOptions o;
@@ -122,10 +122,10 @@ void BM_StepGrowth(benchmark::State& state) {
     const at::Tensor y = at::randint(0, 10, {32}, at::kLong).to(Device());
     OrDie(trainer->Step(at::rand(shape).to(Device()), y), "step");
   }
-  for (auto _ : state) benchmark::DoNotOptimize(trainer->ivon()->StepGrowth());
+  for (auto _ : state) benchmark::DoNotOptimize(trainer->ivon()->StepScale());
 }
 
-BENCHMARK(BM_StepGrowth)
+BENCHMARK(BM_StepScale)
     ->ArgNames({"net"})
     ->DenseRange(kMlp, kLeNet)
     ->Unit(benchmark::kMillisecond)
@@ -153,7 +153,7 @@ class RatioReporter : public MedianReporter {
     std::printf("\n| model | progress figures (ms) | their share of %lld IVON steps |\n|---|---|---|\n",
                 static_cast<long long>(kStepGrowthEvery));
     for (int net = 0; net < 2; ++net) {
-      const double growth = Time("BM_StepGrowth/net:" + std::to_string(net) + "/min_time:0.500");
+      const double growth = Time("BM_StepScale/net:" + std::to_string(net) + "/min_time:0.500");
       const double step = Time("BM_Step/net:" + std::to_string(net) + "/opt:0/min_time:0.500");
       if (growth < 0 || step < 0) continue;  // filtered out
       std::printf("| %s | %.3f | %.2f %% |\n", kNetNames[net], growth,

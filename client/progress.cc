@@ -27,6 +27,13 @@ std::string FormatDuration(double seconds) {
   return absl::StrFormat("%dh%02dm", s / 3600, (s % 3600) / 60);
 }
 
+namespace {
+// "x2.2", "x0.74", "x57", "x101": a factor, to two significant digits below 10.
+std::string Factor(double x) {
+  return x < 10 ? absl::StrFormat("x%.2g", x) : absl::StrFormat("x%.0f", x);
+}
+}  // namespace
+
 std::string JobStateName(v1::JobState state) {
   switch (state) {
     case v1::JOB_STATE_QUEUED:
@@ -66,8 +73,8 @@ std::string JobProgressText(const v1::JobStatus& status) {
   }
   absl::StrAppend(&text, "  ", state);
   if (status.ivon_peak_step() >= kPeakStepWarning) {
-    absl::StrAppend(&text, absl::StrFormat("  IVON step x%.0f its first (docs/api.md: long jobs)",
-                                           status.ivon_peak_step()));
+    absl::StrAppend(&text, "  IVON step ", Factor(status.ivon_peak_step()),
+                    " its first (docs/api.md: long jobs)");
   }
   return text;
 }
@@ -82,9 +89,8 @@ std::string JobListLine(const v1::JobStatus& status) {
                         ? absl::StrCat(status.step(), " steps")
                         : absl::StrCat(status.step(), "/", status.total_steps(), " steps"),
                     absl::StrFormat("  loss %.4f", status.loss()),
-                    status.ivon_peak_step() > 0
-                        ? absl::StrFormat("  peak step x%.2g", status.ivon_peak_step())
-                        : "",
+                    status.ivon_peak_step() > 0 ? "  peak step " + Factor(status.ivon_peak_step())
+                                                : "",
                     "  in ", FormatDuration(status.elapsed_seconds()));
   }
   absl::StrAppend(&line, "  ", status.message());

@@ -162,7 +162,7 @@ struct AdaptStats {
   double seconds = 0;     // wall time of the whole adaptation
   int64_t memory_size = 0;
   // IVON's StepReport figures at the end (0 without IVON): how many times its step grew as h
-  // fell, and its largest step against the first at the peak rate (see StepReport).
+  // fell, and its largest step against its first (see StepReport).
   double step_growth = 0, peak_step = 0;
 };
 

@@ -278,13 +278,13 @@ void Ivon::DiscardStep() {
   grads_.zero_();
 }
 
-double Ivon::StepGrowth() const {
+double Ivon::StepScale() const {
   const at::Tensor& h = posterior_.hess();
   if (h.numel() == 0) return 1.0;
   at::NoGradGuard no_grad;
-  // The median of (h0 + delta) / (h + delta) is (h0 + delta) over the median of h + delta, up
-  // to which of the two middle values an even count takes; both are positive.
-  const double median = (h + options_.weight_decay).median().item<double>();
+  // The median of (h0 + delta) / (h + delta) is (h0 + delta) over the median of h, plus delta,
+  // up to which of the two middle values an even count takes; every h + delta is positive.
+  const double median = h.median().item<double>() + options_.weight_decay;
   return (options_.hess_init + options_.weight_decay) / median;
 }
 

@@ -87,14 +87,14 @@ class Ivon {
   const at::Tensor& momentum() const { return momentum_; }
   const IvonOptions& options() const { return options_; }
   int64_t step_count() const { return step_; }
-  // How many times larger the step is than at h = hess_init: the median over the weights of
+  // The step's size against a step at h = hess_init: the median over the weights of
   // (hess_init + delta) / (h + delta). The update moves m by lr (hess_init + delta) / (h + delta)
   // times (g + delta m) (with rescale_lr), so this is 1 where h still is hess_init. h moves
   // towards the data's curvature by a fraction 1 - beta2 a step; where that curvature is far
-  // below hess_init, the step grows as (h0 + delta) / (h0 beta2^t + delta) towards
-  // (h0 + delta) / delta, and a long run at a high learning rate overshoots unless clip_radius
-  // bounds it (docs/api.md, long jobs). 1 for an empty model.
-  double StepGrowth() const;
+  // below hess_init, the scale grows as (h0 + delta) / (h0 beta2^t + delta) until h meets it,
+  // and a long run at a high learning rate overshoots unless clip_radius bounds the step
+  // (docs/api.md, long jobs). 1 for an empty model.
+  double StepScale() const;
   // Bytes of optimizer state held now: m, g and h, plus the means of a multi-sample step while
   // it is under way (released by Step).
   int64_t StateBytes() const;

@@ -297,12 +297,14 @@ absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor
     if (!std::isfinite(loss)) return Diverged(absl::StrCat("the loss became ", loss), lr);
     loss_sum += loss;
     ++batches;
-    if (ivon_ && (step_growth_at_ < 0 || steps_ - step_growth_at_ >= kStepGrowthEvery ||
-                  steps_ == total_steps_)) {
-      step_growth_ = ivon_->StepGrowth();
-      step_growth_at_ = steps_;
-      if (options_.ivon.lr > 0) {
-        peak_step_ = std::max(peak_step_, lr / options_.ivon.lr * step_growth_);
+    if (ivon_ && ((steps_ - 1) % kStepGrowthEvery == 0 || steps_ == total_steps_)) {
+      const double scale = ivon_->StepScale();
+      if (std::isfinite(scale)) {
+        if (first_step_scale_ == 0) first_step_scale_ = scale;
+        step_growth_ = scale / first_step_scale_;
+        if (options_.ivon.lr > 0) {
+          peak_step_ = std::max(peak_step_, lr / options_.ivon.lr * step_growth_);
+        }
       }
     }
     if (progress) progress(StepReport{steps_, total_steps_, loss, lr, step_growth_, peak_step_});
@@ -330,7 +332,9 @@ std::string Trainer::SaveState() const {
   state["trainer.batch_size"] = ScalarTensor(options_.batch_size);
   state["trainer.train_samples"] = ScalarTensor(options_.train_samples);
   state["trainer.cosine"] = ScalarTensor(static_cast<int64_t>(options_.cosine));
+  state["trainer.step_growth"] = ScalarTensor(step_growth_);
   state["trainer.peak_step"] = ScalarTensor(peak_step_);
+  state["trainer.first_step_scale"] = ScalarTensor(first_step_scale_);
   state["trainer.generator"] = gen_.get_state();
   state["trainer.shuffle_generator"] = shuffle_gen_.get_state();
   if (ivon_) ivon_->AppendTo(state);
@@ -375,7 +379,9 @@ absl::Status Trainer::LoadState(const std::string& bytes) {
                                                      theirs, "; this trainer uses ", want.mine));
     }
   }
+  ADAPTD_ASSIGN_OR_RETURN(double step_growth, GetDouble(state, "trainer.step_growth"));
   ADAPTD_ASSIGN_OR_RETURN(double peak_step, GetDouble(state, "trainer.peak_step"));
+  ADAPTD_ASSIGN_OR_RETURN(double first_step_scale, GetDouble(state, "trainer.first_step_scale"));
   ADAPTD_ASSIGN_OR_RETURN(at::Tensor gen_state, GetTensor(state, "trainer.generator", at::kByte));
   ADAPTD_ASSIGN_OR_RETURN(at::Tensor shuffle_state,
                           GetTensor(state, "trainer.shuffle_generator", at::kByte));
@@ -412,8 +418,9 @@ absl::Status Trainer::LoadState(const std::string& bytes) {
     if (m1.defined()) moment1_.copy_(m1);
     if (m2.defined()) moment2_.copy_(m2);
     steps_ = steps;
+    step_growth_ = step_growth;
     peak_step_ = peak_step;
-    step_growth_at_ = -1;  // measured again at the next step
+    first_step_scale_ = first_step_scale;
     return absl::OkStatus();
   });
 }

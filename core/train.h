@@ -54,13 +54,15 @@ struct StepReport {
   int64_t total_steps = 0;  // the schedule's length
   double loss = 0;          // this minibatch's mean cross-entropy (regularisers excluded)
   double lr = 0;            // the learning rate this step used
-  // IVON only (0 for Adam and SGD), measured by TrainEpoch at the trainer's first step, every
-  // kStepGrowthEvery steps and at the schedule's last step (a median over the weights: cheap
-  // that often, not every step), and repeated in between:
-  // - step_growth: Ivon::StepGrowth(), how many times its step has grown as h fell;
+  // IVON only (0 for Adam and SGD), measured by TrainEpoch at steps 1, 1 + kStepGrowthEvery,
+  // 1 + 2 kStepGrowthEvery, ... and the schedule's last (Ivon::StepScale is a median over the
+  // weights: cheap that often, not every step), and repeated in between:
+  // - step_growth: Ivon::StepScale() over its value at step 1, how many times the step has
+  //   grown since the trainer's first as h fell;
   // - peak_step: the largest, over the measurements so far, of lr / (peak lr) * step_growth: the
-  //   step's size against the first step's at h = hess_init and the schedule's peak rate. A
-  //   long unclipped run overshoots where it passes about 10 (docs/api.md, long jobs).
+  //   step's size against the first, which the schedule takes at its peak rate. A long
+  //   unclipped run overshoots where it passes about 10 (docs/api.md, long jobs).
+  // A non-finite measurement (h no longer finite, as a run diverges) leaves both as they were.
   double step_growth = 0;
   double peak_step = 0;
 };
@@ -171,10 +173,9 @@ class Trainer {
   // SetQuadraticPenalty's term; undefined anchor: none.
   at::Tensor penalty_anchor_, penalty_precision_;
   double penalty_scale_ = 0;
-  // StepReport's step_growth and peak_step as last measured (the peak is saved with the
-  // state), and the step they were measured at (-1: not yet).
-  double step_growth_ = 0, peak_step_ = 0;
-  int64_t step_growth_at_ = -1;
+  // StepReport's step_growth and peak_step as last measured, and Ivon::StepScale() at step 1
+  // (0: not yet measured); all three are saved with the state.
+  double step_growth_ = 0, peak_step_ = 0, first_step_scale_ = 0;
   at::Tensor moment1_;  // Adam first moment / SGD momentum buffer
   at::Tensor moment2_;  // Adam second moment
 };

@@ -92,16 +92,22 @@ at::Tensor Cat(const std::vector<at::Tensor>& parts, at::ScalarType dtype) {
   return parts.empty() ? at::empty({0}, dtype) : at::cat(parts);
 }
 
+// The fields of a job's status that describe its run so far, from `from` into `to` (from an
+// empty status: cleared).
+void CopyRunProgress(const v1::JobStatus& from, v1::JobStatus* to) {
+  to->set_step(from.step());
+  to->set_total_steps(from.total_steps());
+  to->set_loss(from.loss());
+  to->set_ivon_step_growth(from.ivon_step_growth());
+  to->set_ivon_peak_step(from.ivon_peak_step());
+  to->set_elapsed_seconds(from.elapsed_seconds());
+}
+
 // What the catalog keeps of a job's status when it ends (JobRow::progress).
 std::string ProgressOf(const v1::JobStatus& s) {
   v1::JobStatus p;
   p.set_examples(s.examples());
-  p.set_step(s.step());
-  p.set_total_steps(s.total_steps());
-  p.set_loss(s.loss());
-  p.set_ivon_step_growth(s.ivon_step_growth());
-  p.set_ivon_peak_step(s.ivon_peak_step());
-  p.set_elapsed_seconds(s.elapsed_seconds());
+  CopyRunProgress(s, &p);
   return p.SerializeAsString();
 }
 
@@ -157,12 +163,7 @@ Job::Job(const JobRow& row)
   v1::JobStatus progress;
   if (terminal() && !row.progress.empty() && progress.ParseFromString(row.progress)) {
     status_.set_examples(progress.examples());
-    status_.set_step(progress.step());
-    status_.set_total_steps(progress.total_steps());
-    status_.set_loss(progress.loss());
-    status_.set_ivon_step_growth(progress.ivon_step_growth());
-    status_.set_ivon_peak_step(progress.ivon_peak_step());
-    status_.set_elapsed_seconds(progress.elapsed_seconds());
+    CopyRunProgress(progress, &status_);
   }
 }
 
@@ -1216,12 +1217,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
       s.set_state(v1::JOB_STATE_QUEUED);
       s.set_message(kInterruptedByShutdown);
       // It runs again from the start: this run's progress no longer describes it.
-      s.set_step(0);
-      s.set_total_steps(0);
-      s.set_loss(0);
-      s.set_ivon_step_growth(0);
-      s.set_ivon_peak_step(0);
-      s.set_elapsed_seconds(0);
+      CopyRunProgress(v1::JobStatus(), &s);
       s.set_eta_seconds(0);
     });
     requeue();

@@ -286,10 +286,10 @@ TEST(IvonTest, MissingGradientCountsAsZero) {
   }
 }
 
-// StepGrowth against h's own recursion: with zero gradients the estimate h_hat is 0, so each
+// StepScale against h's own recursion: with zero gradients the estimate h_hat is 0, so each
 // step takes h to beta2 h + (1 - beta2)^2 / 2 * h^2 / (h + delta), in closed form per step.
 // Starting from a carried-over h, the growth is that of the median weight.
-TEST(IvonTest, StepGrowthFollowsTheFallOfH) {
+TEST(IvonTest, StepScaleFollowsTheFallOfH) {
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   IvonOptions o;
   o.ess = 100;
@@ -299,7 +299,7 @@ TEST(IvonTest, StepGrowthFollowsTheFallOfH) {
   Buffers b = MakeBuffers(at::zeros({4}, f64));
   auto ivon = Ivon::Create(b.params, b.grads, o);
   ASSERT_TRUE(ivon.ok());
-  EXPECT_EQ((*ivon)->StepGrowth(), 1.0);
+  EXPECT_EQ((*ivon)->StepScale(), 1.0);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
   double h = o.hess_init;
   for (int t = 1; t <= 40; ++t) {
@@ -307,17 +307,17 @@ TEST(IvonTest, StepGrowthFollowsTheFallOfH) {
     ASSERT_TRUE((*ivon)->EndSample().ok());
     ASSERT_TRUE((*ivon)->Step(0.1).ok());
     h = o.beta2 * h + 0.5 * (1 - o.beta2) * (1 - o.beta2) * h * h / (h + o.weight_decay);
-    EXPECT_NEAR((*ivon)->StepGrowth(), (o.hess_init + o.weight_decay) / (h + o.weight_decay),
-                1e-12 * (*ivon)->StepGrowth())
+    EXPECT_NEAR((*ivon)->StepScale(), (o.hess_init + o.weight_decay) / (h + o.weight_decay),
+                1e-12 * (*ivon)->StepScale())
         << "step " << t;
   }
   // h fell from 1 to 0.018 (0.9^40 = 0.015, and the correction term): the step grew 36 times.
-  EXPECT_GT((*ivon)->StepGrowth(), 30);
+  EXPECT_GT((*ivon)->StepScale(), 30);
 
   Buffers c = MakeBuffers(at::zeros({5}, f64));
   auto carried = Ivon::Create(c.params, c.grads, o, at::tensor({2.0, 0.05, 0.5, 8.0, 0.1}, f64));
   ASSERT_TRUE(carried.ok());
-  EXPECT_DOUBLE_EQ((*carried)->StepGrowth(), (1.0 + 0.01) / (0.5 + 0.01));
+  EXPECT_DOUBLE_EQ((*carried)->StepScale(), (1.0 + 0.01) / (0.5 + 0.01));
 }
 
 TEST(IvonTest, RejectsBadOptionsAndBuffers) {

@@ -78,6 +78,10 @@ TEST(ProgressTest, JobListLines) {
   EXPECT_EQ(JobListLine(status),
             "j1  task 2  succeeded  2000 examples  160 steps  loss 0.3120  peak step x2.2  in "
             "1m15s  published version 3");
+  status.set_ivon_peak_step(101.4);  // not "1e+02"
+  EXPECT_EQ(JobListLine(status),
+            "j1  task 2  succeeded  2000 examples  160 steps  loss 0.3120  peak step x101  in "
+            "1m15s  published version 3");
 }
 
 std::string Contents(std::FILE* f) {
