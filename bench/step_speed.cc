@@ -14,6 +14,8 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -57,16 +59,20 @@ ModelSpec SpecFor(Net net) {
   return s;
 }
 
+// Uniform inputs of the model's shape and random labels, `batch` of them, on the device.
+std::pair<at::Tensor, at::Tensor> RandomBatch(const Model& model, int64_t batch) {
+  std::vector<int64_t> shape = {batch};
+  for (int64_t d : model.spec().input_shape) shape.push_back(d);
+  return {at::rand(shape).to(Device()), at::randint(0, 10, {batch}, at::kLong).to(Device())};
+}
+
 void BM_Step(benchmark::State& state) {
   const Net net = static_cast<Net>(state.range(0));
   const Opt opt = static_cast<Opt>(state.range(1));
   const int64_t batch = net == kMlp ? 256 : 128;
   auto model = OrDie(BuildModel(SpecFor(net), 0), "model");
   model->To(Device());
-  std::vector<int64_t> shape = {batch};
-  for (int64_t d : model->spec().input_shape) shape.push_back(d);
-  const at::Tensor x = at::rand(shape).to(Device());
-  const at::Tensor y = at::randint(0, 10, {batch}, at::kLong).to(Device());
+  const auto [x, y] = RandomBatch(*model, batch);
   if (opt == kTorchAdam) {
     torch::optim::Adam adam(model->Parameters(), torch::optim::AdamOptions(1e-3));
     for (auto _ : state) {
@@ -116,11 +122,9 @@ void BM_StepScale(benchmark::State& state) {
   o.ivon.weight_decay = 1e-3;
   auto trainer = OrDie(Trainer::Create(model.get(), o, 1 << 30), "trainer");
   // A few steps, so that h holds distinct values as in training (a constant h selects faster).
-  std::vector<int64_t> shape = {32};
-  for (int64_t d : model->spec().input_shape) shape.push_back(d);
   for (int i = 0; i < 3; ++i) {
-    const at::Tensor y = at::randint(0, 10, {32}, at::kLong).to(Device());
-    OrDie(trainer->Step(at::rand(shape).to(Device()), y), "step");
+    const auto [x, y] = RandomBatch(*model, 32);
+    OrDie(trainer->Step(x, y), "step");
   }
   for (auto _ : state) benchmark::DoNotOptimize(trainer->ivon()->StepScale());
 }

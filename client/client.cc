@@ -245,7 +245,7 @@ absl::StatusOr<v1::ModelInfo> AdaptdClient::ImportFrom(
   auto writer = admin_->Import(&context, &response);
   bool first = true;
   bool open = true;
-  while (open && data->has_value()) {
+  while (data->has_value()) {  // a failed write breaks out
     v1::SnapshotChunk chunk;
     if (first) chunk.set_name(name);
     first = false;
