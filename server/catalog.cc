@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS jobs(
   id TEXT PRIMARY KEY, model TEXT NOT NULL, task_id INTEGER NOT NULL, begin_pos INTEGER NOT NULL,
   end_pos INTEGER NOT NULL, state INTEGER NOT NULL, message TEXT NOT NULL,
   version INTEGER NOT NULL, created_ms INTEGER NOT NULL, config BLOB NOT NULL DEFAULT x'',
-  progress BLOB NOT NULL DEFAULT x'');
+  progress BLOB NOT NULL DEFAULT x'', cancel_requested INTEGER NOT NULL DEFAULT 0);
 )sql";
 
 absl::Status SqlError(sqlite3* db, const std::string& what) {
@@ -120,7 +120,8 @@ Catalog::~Catalog() { sqlite3_close(db_); }
 absl::Status Catalog::MigrateLocked() {
   // Columns of jobs that came after the first release; a catalog written before one gains it,
   // empty for its jobs. config: they resume with the model's settings, as they did then.
-  // progress: a job that ended before it shows no step counts.
+  // progress: a job that ended before it shows no step counts. cancel_requested: no cancel of
+  // theirs was on record.
   std::set<std::string> columns;
   {
     Statement st(db_, "SELECT name FROM pragma_table_info('jobs')");
@@ -130,10 +131,13 @@ absl::Status Catalog::MigrateLocked() {
       columns.insert(st.Bytes(0));
     }
   }
-  for (const char* column : {"config", "progress"}) {
+  const std::pair<const char*, const char*> added[] = {
+      {"config", "BLOB NOT NULL DEFAULT x''"},
+      {"progress", "BLOB NOT NULL DEFAULT x''"},
+      {"cancel_requested", "INTEGER NOT NULL DEFAULT 0"}};
+  for (const auto& [column, type] : added) {
     if (columns.count(column)) continue;
-    ADAPTD_RETURN_IF_ERROR(ExecLocked(
-        absl::StrCat("ALTER TABLE jobs ADD COLUMN ", column, " BLOB NOT NULL DEFAULT x''")));
+    ADAPTD_RETURN_IF_ERROR(ExecLocked(absl::StrCat("ALTER TABLE jobs ADD COLUMN ", column, " ", type)));
   }
   return absl::OkStatus();
 }
@@ -259,6 +263,11 @@ absl::Status Catalog::UpdateJob(const std::string& id, int state, const std::str
   return st.Bind(state).Bind(message).Bind(version).Bind(progress, true).Bind(id).Run();
 }
 
+absl::Status Catalog::RecordCancel(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Statement(db_, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").Bind(id).Run();
+}
+
 absl::Status Catalog::StartJob(const std::string& id, int64_t begin, int64_t end,
                                const std::string& config, int state, const std::string& message) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -272,7 +281,7 @@ absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) 
   std::lock_guard<std::mutex> lock(mu_);
   Statement st(db_,
                "SELECT id, model, task_id, begin_pos, end_pos, state, message, version, created_ms, "
-               "config, progress FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
+               "config, progress, cancel_requested FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
   st.Bind(model);
   std::vector<JobRow> rows;
   while (true) {
@@ -290,6 +299,7 @@ absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) 
     r.created_ms = st.Int(8);
     r.config = st.Bytes(9);
     r.progress = st.Bytes(10);
+    r.cancel_requested = st.Int(11) != 0;
     rows.push_back(std::move(r));
   }
   return rows;
@@ -358,8 +368,7 @@ absl::StatusOr<std::string> Catalog::Dump() {
         "SELECT 'version', model, version, hex(info), checkpoint_crc FROM versions "
         "ORDER BY model, version",
         "SELECT 'job', id, model, task_id, begin_pos, end_pos, state, message, version, hex(config), "
-        "hex(progress) "
-        "FROM jobs ORDER BY id"}) {
+        "hex(progress), cancel_requested FROM jobs ORDER BY id"}) {
     Statement st(db_, sql);
     while (true) {
       ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());

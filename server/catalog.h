@@ -51,6 +51,9 @@ struct JobRow {
   // How far it got, as a serialized v1::JobStatus with examples, step, total_steps, loss and
   // elapsed_seconds; written when it ends, empty before.
   std::string progress;
+  // A CancelJob was acknowledged for it (recorded before the answer). A restart ends an
+  // unfinished job that has it as cancelled.
+  bool cancel_requested = false;
 };
 
 // Thread-safe (one connection behind a mutex).
@@ -75,6 +78,8 @@ class Catalog {
   // `progress`: the JobRow field (empty for a job that has not ended).
   absl::Status UpdateJob(const std::string& id, int state, const std::string& message,
                          int64_t version, const std::string& progress);
+  // Sets the job's cancel_requested; its state is the job's own to change.
+  absl::Status RecordCancel(const std::string& id);
   // A job starts: the examples it learns and the settings it learns them with, fixed from now
   // on, and its new state, in one statement.
   absl::Status StartJob(const std::string& id, int64_t begin, int64_t end,

@@ -445,11 +445,19 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   constexpr char kResumedRunning[] =
       "interrupted by a server restart while running; resumed from the start";
   for (JobRow& j : jobs) {
-    const bool interrupted = j.state == v1::JOB_STATE_QUEUED || j.state == v1::JOB_STATE_RUNNING;
+    bool interrupted = j.state == v1::JOB_STATE_QUEUED || j.state == v1::JOB_STATE_RUNNING;
     // Started before the crash (now, or before an earlier restart): its range is fixed.
     const bool was_running =
         j.state == v1::JOB_STATE_RUNNING ||
         (interrupted && (j.message == kResumedRunning || j.message == kInterruptedByShutdown));
+    if (interrupted && j.cancel_requested) {
+      // Cancelled (and told so) before the crash, which came before its end was recorded.
+      j.state = v1::JOB_STATE_CANCELLED;
+      j.message = was_running ? "cancelled while running; the server stopped before it ended"
+                              : "cancelled while queued";
+      ADAPTD_RETURN_IF_ERROR(options.catalog->UpdateJob(j.id, j.state, j.message, -1, ""));
+      interrupted = false;
+    }
     if (interrupted) {
       j.message = was_running ? kResumedRunning : "queued before a server restart; resumed";
       j.state = v1::JOB_STATE_QUEUED;
@@ -1076,11 +1084,14 @@ void ModelEntry::EndJob(const std::shared_ptr<Job>& job, v1::JobState state,
       options_.catalog->UpdateJob(job->id(), state, message, -1, ProgressOf(job->Status()));
   if (!recorded.ok()) {
     // The catalog still holds the job as queued or running: a restart runs it again from the
-    // start. Say so where the user looks, rather than let the job come back unannounced.
+    // start, unless its cancel is on record (Cancel records it before it asks). Say so where
+    // the user looks, rather than let the job come back unannounced.
     std::fprintf(stderr, "adaptd: the end of job %s was not recorded: %s\n", job->id().c_str(),
                  recorded.ToString().c_str());
     absl::StrAppend(&shown, " (not recorded in the catalog: ", recorded.message(),
-                    "; a restart runs the job again)");
+                    state == v1::JOB_STATE_CANCELLED
+                        ? "; its cancel is, so a restart ends it as cancelled)"
+                        : "; a restart runs the job again)");
   }
   job->Update([&](v1::JobStatus& s) {
     s.set_state(state);
@@ -1376,30 +1387,45 @@ void ModelEntry::DeleteOldCheckpoints() {
 }
 
 absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job) {
+  if (job->terminal()) return job->Status();
+  // On record before it is acknowledged: a crash before the job's end is written must not
+  // let the restart run (and publish) a job its user cancelled. A cancel the catalog cannot
+  // record is refused, and the job goes on as if it had not been asked.
+  const absl::Status on_record = options_.catalog->RecordCancel(job->id());
+  if (!on_record.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the cancel of job ", job->id(), " could not be recorded in the catalog (",
+        on_record.message(), "); the job was not cancelled and goes on; try again"));
+  }
   job->RequestCancel();
   std::lock_guard<std::mutex> lock(mu_);
   auto it = std::find(queue_.begin(), queue_.end(), job);
-  if (it != queue_.end()) {
-    // The catalog first: a job it still holds as queued must stay in the queue, where the actor
-    // finds the cancel request and ends it as cancelled (and a restart finds the job). The
-    // cancel is then under way, not refused: the answer is the job's status, as for a running
-    // job.
-    const absl::Status recorded = options_.catalog->UpdateJob(
-        job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1, ProgressOf(job->Status()));
-    if (!recorded.ok()) {
-      std::fprintf(stderr, "adaptd: job %s stays queued until the actor cancels it: %s\n",
-                   job->id().c_str(), recorded.ToString().c_str());
-      return job->Status();
+  if (it == queue_.end()) {
+    if (!job->terminal()) {
+      job->Update([](v1::JobStatus& s) {
+        s.set_message("cancel requested; the job stops at its next step");
+      });
     }
-    queue_.erase(it);
-    job->Update([](v1::JobStatus& s) {
-      s.set_state(v1::JOB_STATE_CANCELLED);
-      s.set_message("cancelled while queued");
-      s.set_eta_seconds(0);
-    });
-    PruneJobsLocked();
-    if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+    return job->Status();
   }
+  // The catalog first: a job it still holds as queued must stay in the queue, where the actor
+  // finds the cancel request and ends it as cancelled (a restart finds the request on record
+  // and does the same).
+  const absl::Status recorded = options_.catalog->UpdateJob(
+      job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1, ProgressOf(job->Status()));
+  if (!recorded.ok()) {
+    std::fprintf(stderr, "adaptd: job %s stays queued until the actor cancels it: %s\n",
+                 job->id().c_str(), recorded.ToString().c_str());
+    return job->Status();
+  }
+  queue_.erase(it);
+  job->Update([](v1::JobStatus& s) {
+    s.set_state(v1::JOB_STATE_CANCELLED);
+    s.set_message("cancelled while queued");
+    s.set_eta_seconds(0);
+  });
+  PruneJobsLocked();
+  if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
   return job->Status();
 }
 

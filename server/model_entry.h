@@ -231,8 +231,9 @@ class ModelEntry {
   absl::StatusOr<v1::ModelInfo> UpdateConfig(const v1::LearningConfig& update,
                                              const google::protobuf::FieldMask& mask);
 
-  // A queued job is cancelled at once; a running one stops at its next step. Cancelling a
-  // finished job changes nothing.
+  // A queued job is cancelled at once; a running one stops at its next step. The request is
+  // recorded in the catalog before the answer, so a restart never runs the job again; if it
+  // cannot be, UNAVAILABLE and nothing changes. Cancelling a finished job changes nothing.
   absl::StatusOr<v1::JobStatus> Cancel(const std::shared_ptr<Job>& job);
 
   absl::StatusOr<v1::ModelInfo> Rollback(int64_t version);

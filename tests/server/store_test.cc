@@ -461,6 +461,31 @@ TEST(CatalogTest, ACatalogWithJobSettingsGainsJobProgress) {
   }
 }
 
+// A catalog of the release before recorded cancels (jobs.progress there, jobs.cancel_requested
+// not) gains the column with no cancel on record; a recorded cancel changes nothing else of the
+// job and survives a reopen.
+TEST(CatalogTest, ACatalogWithJobProgressGainsRecordedCancels) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/catalog.sqlite";
+  ASSERT_NO_FATAL_FAILURE(WriteOldJobsTable(
+      path, ", config BLOB NOT NULL DEFAULT x'', progress BLOB NOT NULL DEFAULT x''",
+      "INSERT INTO jobs VALUES('j1', 'm', 0, 0, 10, 2, 'running', -1, 5, x'01', x'');"
+      "INSERT INTO jobs VALUES('j2', 'm', 0, 10, 20, 1, 'queued', -1, 6, x'', x'');"));
+  for (int open = 0; open < 2; ++open) {
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    auto jobs = (*catalog)->ListJobs("m");
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    ASSERT_EQ(jobs->size(), 2u);
+    EXPECT_EQ((*jobs)[0].cancel_requested, open == 1);
+    EXPECT_FALSE((*jobs)[1].cancel_requested);
+    EXPECT_EQ((*jobs)[0].state, 2);
+    EXPECT_EQ((*jobs)[0].message, "running");
+    EXPECT_EQ((*jobs)[0].config, "\x01");
+    ASSERT_TRUE((*catalog)->RecordCancel("j1").ok());
+  }
+}
+
 TEST(ExampleLogTest, AWholeRecordThatDoesNotDecodeIsDataLoss) {
   TempDir dir;
   const std::string path = dir.path() + "/0.log";
