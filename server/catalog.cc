@@ -268,6 +268,15 @@ absl::Status Catalog::RecordCancel(const std::string& id) {
   return Statement(db_, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").Bind(id).Run();
 }
 
+absl::Status Catalog::RecordCancelAndEnd(const std::string& id, int state,
+                                         const std::string& message, const std::string& progress) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_,
+               "UPDATE jobs SET cancel_requested = 1, state = ?, message = ?, progress = ? "
+               "WHERE id = ?");
+  return st.Bind(state).Bind(message).Bind(progress, true).Bind(id).Run();
+}
+
 absl::Status Catalog::StartJob(const std::string& id, int64_t begin, int64_t end,
                                const std::string& config, int state, const std::string& message) {
   std::lock_guard<std::mutex> lock(mu_);

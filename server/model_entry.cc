@@ -33,6 +33,9 @@ namespace adaptd {
 namespace {
 
 constexpr char kInterruptedByShutdown[] = "interrupted by shutdown; resumes on restart";
+constexpr char kCancelRequested[] = "cancel requested; the job stops at its next step";
+constexpr char kCancelledWhileQueued[] = "cancelled while queued";
+constexpr char kCancelledWhileRunning[] = "cancelled while running";
 
 // A task's classes are a label set: the order a header names them in does not matter.
 bool SameClasses(std::vector<int64_t> a, std::vector<int64_t> b) {
@@ -451,11 +454,11 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
         j.state == v1::JOB_STATE_RUNNING ||
         (interrupted && (j.message == kResumedRunning || j.message == kInterruptedByShutdown));
     if (interrupted && j.cancel_requested) {
-      // Cancelled (and told so) before the crash, which came before its end was recorded.
+      // Cancelled (and told so) before the server stopped, which came before the job's end
+      // was recorded.
       j.state = v1::JOB_STATE_CANCELLED;
-      j.message = was_running ? "cancelled while running; the server stopped before it ended"
-                              : "cancelled while queued";
-      ADAPTD_RETURN_IF_ERROR(options.catalog->UpdateJob(j.id, j.state, j.message, -1, ""));
+      j.message = "cancelled; the server stopped before the job's end was recorded";
+      ADAPTD_RETURN_IF_ERROR(options.catalog->UpdateJob(j.id, j.state, j.message, -1, j.progress));
       interrupted = false;
     }
     if (interrupted) {
@@ -1111,7 +1114,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     queue_.push_front(job);
     if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
   };
-  if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while queued");
+  if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, kCancelledWhileQueued);
   // Waiting for a training slot (other models hold them all) ends at a cancel too.
   auto waiting = [&] {
     job->Update([](v1::JobStatus& s) {
@@ -1119,7 +1122,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     });
   };
   if (!options_.slots->Acquire([&] { return stopping() || job->cancel_requested(); }, waiting)) {
-    if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while queued");
+    if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, kCancelledWhileQueued);
     job->Update([](v1::JobStatus& s) { s.set_message("queued"); });
     return requeue();  // shutting down: stays queued
   }
@@ -1201,8 +1204,10 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   };
   job->Update([&](v1::JobStatus& s) {
     s.set_state(v1::JOB_STATE_RUNNING);
-    s.set_message(absl::StrCat("learning ", end - begin, " examples of task ", task.task_id,
-                               " from version ", base->version()));
+    s.set_message(job->cancel_requested()
+                      ? std::string(kCancelRequested)
+                      : absl::StrCat("learning ", end - begin, " examples of task ",
+                                     task.task_id, " from version ", base->version()));
     s.set_examples(end - begin);
   });
   auto progress = [&](const StepReport& r) {
@@ -1236,7 +1241,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   auto result = Adapt(base->state(), task, adapt, progress, should_stop);
   if (!result.ok()) {
     if (stopping() && !job->cancel_requested()) return interrupted();
-    if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, "cancelled while running");
+    if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, kCancelledWhileRunning);
     return finish(v1::JOB_STATE_FAILED, result.status().ToString());
   }
 
@@ -1263,6 +1268,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   // The job's time, one figure for its version, its status, the catalog and the metrics.
   const double took = elapsed();
   info.set_adapt_seconds(took);
+  // From here to the end the job's end is settled against CancelJob.
+  std::lock_guard<std::mutex> end_lock(end_mu_);
+  if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, kCancelledWhileRunning);
   absl::Status published;
   {
     std::lock_guard<std::mutex> commit_lock(commit_mu_);
@@ -1281,12 +1289,8 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
                                  "examples stay pending for the task's next stream, or the "
                                  "adapt_after_seconds timer"));
     }
-    // Nothing publishes once a shutdown began, even a job that had just finished training; one
-    // that was also cancelled ends so, rather than run again after the restart.
-    if (stopping()) {
-      return job->cancel_requested() ? finish(v1::JOB_STATE_CANCELLED, "cancelled while running")
-                                     : interrupted();
-    }
+    // Nothing publishes once a shutdown began, even a job that had just finished training.
+    if (stopping()) return interrupted();
     v1::JobStatus done = job->Status();
     done.set_elapsed_seconds(took);
     published = Publish(std::move(info), std::move(result->state), job->id(), ProgressOf(done));
@@ -1387,45 +1391,45 @@ void ModelEntry::DeleteOldCheckpoints() {
 }
 
 absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job) {
+  std::lock_guard<std::mutex> end_lock(end_mu_);
   if (job->terminal()) return job->Status();
   // On record before it is acknowledged: a crash before the job's end is written must not
   // let the restart run (and publish) a job its user cancelled. A cancel the catalog cannot
   // record is refused, and the job goes on as if it had not been asked.
-  const absl::Status on_record = options_.catalog->RecordCancel(job->id());
-  if (!on_record.ok()) {
+  auto refused = [&](const absl::Status& s) {
     return absl::UnavailableError(absl::StrCat(
-        "the cancel of job ", job->id(), " could not be recorded in the catalog (",
-        on_record.message(), "); the job was not cancelled and goes on; try again"));
-  }
-  job->RequestCancel();
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = std::find(queue_.begin(), queue_.end(), job);
-  if (it == queue_.end()) {
-    if (!job->terminal()) {
+        "the cancel of job ", job->id(), " could not be recorded in the catalog (", s.message(),
+        "); the job was not cancelled and goes on; try again"));
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find(queue_.begin(), queue_.end(), job);
+    if (it != queue_.end()) {
+      // A queued job ends at once: its end and the request in one statement.
+      const absl::Status recorded = options_.catalog->RecordCancelAndEnd(
+          job->id(), v1::JOB_STATE_CANCELLED, kCancelledWhileQueued, ProgressOf(job->Status()));
+      if (!recorded.ok()) return refused(recorded);
+      job->RequestCancel();
+      queue_.erase(it);
       job->Update([](v1::JobStatus& s) {
-        s.set_message("cancel requested; the job stops at its next step");
+        s.set_state(v1::JOB_STATE_CANCELLED);
+        s.set_message(kCancelledWhileQueued);
+        s.set_eta_seconds(0);
       });
+      PruneJobsLocked();
+      if (options_.metrics) {
+        options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+      }
+      return job->Status();
     }
-    return job->Status();
   }
-  // The catalog first: a job it still holds as queued must stay in the queue, where the actor
-  // finds the cancel request and ends it as cancelled (a restart finds the request on record
-  // and does the same).
-  const absl::Status recorded = options_.catalog->UpdateJob(
-      job->id(), v1::JOB_STATE_CANCELLED, "cancelled while queued", -1, ProgressOf(job->Status()));
-  if (!recorded.ok()) {
-    std::fprintf(stderr, "adaptd: job %s stays queued until the actor cancels it: %s\n",
-                 job->id().c_str(), recorded.ToString().c_str());
-    return job->Status();
-  }
-  queue_.erase(it);
+  // Taken by the actor: it stops at its next step, or its next check before training.
+  const absl::Status recorded = options_.catalog->RecordCancel(job->id());
+  if (!recorded.ok()) return refused(recorded);
+  job->RequestCancel();
   job->Update([](v1::JobStatus& s) {
-    s.set_state(v1::JOB_STATE_CANCELLED);
-    s.set_message("cancelled while queued");
-    s.set_eta_seconds(0);
+    if (s.state() == v1::JOB_STATE_RUNNING) s.set_message(kCancelRequested);
   });
-  PruneJobsLocked();
-  if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
   return job->Status();
 }
 

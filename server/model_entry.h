@@ -354,6 +354,9 @@ class ModelEntry {
   const ModelEntryOptions options_;
 
   std::mutex commit_mu_;  // serializes log appends and publishing
+  // Held by Cancel, and by a job from its last cancel check through its publish: a cancel that
+  // finds the job unfinished is one the job obeys. Taken before commit_mu_ and mu_.
+  std::mutex end_mu_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   // The learning config (UpdateConfig replaces both under mu_, and commit_mu_).
