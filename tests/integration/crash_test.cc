@@ -252,12 +252,20 @@ class CatalogWriteLock {
   sqlite3* db_ = nullptr;
 };
 
-// The data directory's registry in this process, its jobs queued until StartTraining.
-absl::StatusOr<std::unique_ptr<Registry>> OpenHeld(const std::string& data_dir) {
+// The data directory's registry in this process, its jobs queued until StartTraining, and its
+// job `id`.
+struct Held {
+  std::unique_ptr<Registry> registry;
+  std::shared_ptr<Job> job;
+};
+absl::StatusOr<Held> OpenHeld(const std::string& data_dir, const std::string& id) {
   RegistryOptions ro;
   ro.data_dir = data_dir;
   ro.hold_training = true;
-  return Registry::Open(ro);
+  Held held;
+  ADAPTD_ASSIGN_OR_RETURN(held.registry, Registry::Open(ro));
+  ADAPTD_ASSIGN_OR_RETURN(held.job, held.registry->FindJob(id));
+  return held;
 }
 
 // A server started again on `data_dir` runs job `id` to the end and publishes version 1.
@@ -298,17 +306,16 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
   // A server opens its registry before it binds its port: until it holds the port, the
   // recovered job stays queued (a start that fails to bind trains nothing), then it trains.
   {
-    auto registry = OpenHeld(dir.path());
-    ASSERT_TRUE(registry.ok()) << registry.status();
-    auto job = (*registry)->FindJob(s->job_ids(0));
-    ASSERT_TRUE(job.ok()) << job.status();
+    auto held = OpenHeld(dir.path(), s->job_ids(0));
+    ASSERT_TRUE(held.ok()) << held.status();
+    auto& [registry, job] = *held;
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-    EXPECT_EQ((*job)->Status().state(), v1::JOB_STATE_QUEUED);
-    (*registry)->StartTraining();
+    EXPECT_EQ(job->Status().state(), v1::JOB_STATE_QUEUED);
+    registry->StartTraining();
     v1::JobStatus st;
     uint64_t seen = 0;
     for (int i = 0; i < 300 && st.state() == v1::JOB_STATE_QUEUED; ++i) {
-      seen = (*job)->WaitForChange(seen, 100, &st);
+      seen = job->WaitForChange(seen, 100, &st);
     }
     EXPECT_NE(st.state(), v1::JOB_STATE_QUEUED) << st.message();
   }  // closing the registry interrupts the job again; it stays queued
@@ -714,13 +721,12 @@ TEST(LifecycleTest, AJobStartTheCatalogCannotRecordDoesNotTrain) {
   ASSERT_EQ(ids.size(), 1u);
   {
     CatalogWriteLock lock(dir.path());
-    auto registry = OpenHeld(dir.path());
-    ASSERT_TRUE(registry.ok()) << registry.status();
-    auto job = (*registry)->FindJob(ids[0]);
-    ASSERT_TRUE(job.ok()) << job.status();
+    auto held = OpenHeld(dir.path(), ids[0]);
+    ASSERT_TRUE(held.ok()) << held.status();
+    auto& [registry, job] = *held;
     ASSERT_TRUE(lock.Take());
-    (*registry)->StartTraining();
-    const v1::JobStatus st = WaitForTheEnd(**job);
+    registry->StartTraining();
+    const v1::JobStatus st = WaitForTheEnd(*job);
     EXPECT_EQ(st.state(), v1::JOB_STATE_FAILED);
     EXPECT_EQ(st.step(), 0);
     EXPECT_THAT(st.message(),
@@ -739,23 +745,22 @@ TEST(LifecycleTest, AQueuedCancelTheCatalogCannotRecordIsRefused) {
   ASSERT_EQ(ids.size(), 2u);
   {
     CatalogWriteLock lock(dir.path());
-    auto registry = OpenHeld(dir.path());
-    ASSERT_TRUE(registry.ok()) << registry.status();
     // The first job holds the actor (waiting for a training slot); the second is in the queue.
-    auto second = (*registry)->FindJob(ids[1]);
-    ASSERT_TRUE(second.ok()) << second.status();
+    auto held = OpenHeld(dir.path(), ids[1]);
+    ASSERT_TRUE(held.ok()) << held.status();
+    auto& [registry, second] = *held;
     ASSERT_TRUE(lock.Take());
-    auto refused = (*registry)->CancelJob(ids[1]);
+    auto refused = registry->CancelJob(ids[1]);
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
-    EXPECT_EQ((*second)->Status().state(), v1::JOB_STATE_QUEUED);
-    EXPECT_FALSE((*second)->cancel_requested());
+    EXPECT_EQ(second->Status().state(), v1::JOB_STATE_QUEUED);
+    EXPECT_FALSE(second->cancel_requested());
     ASSERT_TRUE(lock.Release());
-    auto cancelled = (*registry)->CancelJob(ids[1]);
+    auto cancelled = registry->CancelJob(ids[1]);
     ASSERT_TRUE(cancelled.ok()) << cancelled.status();
     EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED);
     EXPECT_EQ(cancelled->message(), "cancelled while queued");
-    (*registry)->StartTraining();
-    EXPECT_EQ(WaitForTheEnd(**second).state(), v1::JOB_STATE_CANCELLED);
+    registry->StartTraining();
+    EXPECT_EQ(WaitForTheEnd(*second).state(), v1::JOB_STATE_CANCELLED);
   }
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
@@ -812,17 +817,16 @@ TEST(LifecycleTest, ACancelledJobWhoseEndIsNotRecordedStaysCancelled) {
   ASSERT_EQ(ids.size(), 1u);
   {
     CatalogWriteLock lock(dir.path());
-    auto registry = OpenHeld(dir.path());
-    ASSERT_TRUE(registry.ok()) << registry.status();
-    auto job = (*registry)->FindJob(ids[0]);
-    ASSERT_TRUE(job.ok()) << job.status();
+    auto held = OpenHeld(dir.path(), ids[0]);
+    ASSERT_TRUE(held.ok()) << held.status();
+    auto& [registry, job] = *held;
     std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the actor takes the job
-    auto answer = (*registry)->CancelJob(ids[0]);
+    auto answer = registry->CancelJob(ids[0]);
     ASSERT_TRUE(lock.Take());
     ASSERT_TRUE(answer.ok()) << answer.status();
     // Queued in the catalog, but no longer in the queue: the request waits for the actor.
     ASSERT_EQ(answer->state(), v1::JOB_STATE_QUEUED) << answer->message();
-    const v1::JobStatus st = WaitForTheEnd(**job);
+    const v1::JobStatus st = WaitForTheEnd(*job);
     EXPECT_EQ(st.state(), v1::JOB_STATE_CANCELLED);
     // The actor's check can, rarely, come before the lock; then the end is on record.
     if (st.message() != "cancelled while queued") {
