@@ -269,12 +269,13 @@ absl::Status Catalog::RecordCancel(const std::string& id) {
 }
 
 absl::Status Catalog::RecordCancelAndEnd(const std::string& id, int state,
-                                         const std::string& message, const std::string& progress) {
+                                         const std::string& message, const std::string& progress,
+                                         int64_t end) {
   std::lock_guard<std::mutex> lock(mu_);
   Statement st(db_,
-               "UPDATE jobs SET cancel_requested = 1, state = ?, message = ?, progress = ? "
-               "WHERE id = ?");
-  return st.Bind(state).Bind(message).Bind(progress, true).Bind(id).Run();
+               "UPDATE jobs SET cancel_requested = 1, state = ?, message = ?, progress = ?, "
+               "end_pos = ? WHERE id = ?");
+  return st.Bind(state).Bind(message).Bind(progress, true).Bind(end).Bind(id).Run();
 }
 
 absl::Status Catalog::StartJob(const std::string& id, int64_t begin, int64_t end,

@@ -80,10 +80,10 @@ class Catalog {
                          int64_t version, const std::string& progress);
   // Sets the job's cancel_requested; its state is the job's own to change.
   absl::Status RecordCancel(const std::string& id);
-  // The same, with the job's end (UpdateJob's fields but the version) in the same statement:
-  // a queued job, cancelled at once.
+  // The same, with the job's end (UpdateJob's fields but the version) and the end of its range
+  // in the same statement: a queued job, cancelled at once, with the examples it had taken.
   absl::Status RecordCancelAndEnd(const std::string& id, int state, const std::string& message,
-                                  const std::string& progress);
+                                  const std::string& progress, int64_t end);
   // A job starts: the examples it learns and the settings it learns them with, fixed from now
   // on, and its new state, in one statement.
   absl::Status StartJob(const std::string& id, int64_t begin, int64_t end,

@@ -1405,15 +1405,23 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
     std::lock_guard<std::mutex> lock(mu_);
     auto it = std::find(queue_.begin(), queue_.end(), job);
     if (it != queue_.end()) {
-      // A queued job ends at once: its end and the request in one statement.
+      // A queued job ends at once: its end and the request in one statement, with the range it
+      // would have learnt: the examples that joined it while it waited too (a job a restart
+      // resumed keeps its own), so that a restart counts them as taken, not as waiting for the
+      // adapt_after_seconds timer.
+      const TaskExamples& te = tasks_.at(job->task_id());
+      const int64_t end = job->resumed_range() ? job->end() : std::max(job->end(), te.taken);
+      v1::JobStatus ended = job->Status();
+      if (!job->resumed_range()) ended.set_examples(end - std::max(job->begin(), te.learned));
       const absl::Status recorded = options_.catalog->RecordCancelAndEnd(
-          job->id(), v1::JOB_STATE_CANCELLED, kCancelledWhileQueued, ProgressOf(job->Status()));
+          job->id(), v1::JOB_STATE_CANCELLED, kCancelledWhileQueued, ProgressOf(ended), end);
       if (!recorded.ok()) return refused(recorded);
       job->RequestCancel();
       queue_.erase(it);
-      job->Update([](v1::JobStatus& s) {
+      job->Update([&](v1::JobStatus& s) {
         s.set_state(v1::JOB_STATE_CANCELLED);
         s.set_message(kCancelledWhileQueued);
+        s.set_examples(ended.examples());
         s.set_eta_seconds(0);
       });
       PruneJobsLocked();

@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 
 #include "adaptd/v1/learning.grpc.pb.h"
+#include "core/status_macros.h"
 #include "server/convert.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
@@ -465,6 +466,29 @@ v1::CreateModelRequest DivergingModel(const std::string& name) {
   return r;
 }
 
+// Model "busy" (adapt_after_seconds 0.2) with one job of task 0 that trains until it is
+// cancelled; the answer of the stream that queued it, once the job has started and taken its
+// examples (a loaded machine can delay the training thread, which runs at a lower priority, and
+// a stream before the start would join the job).
+absl::StatusOr<v1::StreamExamplesResponse> StartABusyJob(const AdaptdClient& client) {
+  v1::CreateModelRequest busy = BlobModel("busy", false, 1);
+  busy.mutable_config()->set_min_steps(1000000);  // runs until cancelled
+  busy.mutable_config()->set_adapt_after_seconds(0.2);
+  ADAPTD_RETURN_IF_ERROR(client.CreateModel(busy).status());
+  ADAPTD_ASSIGN_OR_RETURN(v1::StreamExamplesResponse running,
+                          StreamData(client, "busy", 0, v1::SPLIT_TRAIN, {},
+                                     BlobTask(100, {0, 1}, 8)));
+  if (running.job_ids_size() != 1) return absl::InternalError("the stream queued no job");
+  const auto started_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (client.ListJobs("busy")->jobs(0).state() != v1::JOB_STATE_RUNNING) {
+    if (std::chrono::steady_clock::now() > started_by) {
+      return absl::DeadlineExceededError("the busy job did not start within a minute");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return running;
+}
+
 // The model's jobs once there are at least `n` of them and the last has ended (polls ListJobs
 // for up to a minute; a test that needs a timer does not time it). `seen`: when a poll first
 // found the n-th job (no earlier than the job was queued).
@@ -778,6 +802,42 @@ TEST(ServiceTest, MaxThreadsRefusesCallsThatFindNoHandlerThread) {
   }
 }
 
+// Examples of a closing stream that join a queued job of their task stay that job's when it is
+// cancelled while still queued: its status counts them, and after a restart the
+// adapt_after_seconds timer leaves them alone, as it leaves any cancelled job's examples.
+TEST(ServiceTest, ACancelledQueuedJobKeepsTheExamplesThatJoinedIt) {
+  TempDir dir;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    auto running = StartABusyJob(*client);
+    ASSERT_TRUE(running.ok()) << running.status();
+    auto queued = StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 9));
+    ASSERT_TRUE(queued.ok() && queued->job_ids_size() == 1);
+    auto joined = StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 10));
+    ASSERT_TRUE(joined.ok() && joined->job_ids_size() == 1);
+    ASSERT_EQ(joined->job_ids(0), queued->job_ids(0));  // the queued job takes them
+    auto cancelled = client->CancelJob(queued->job_ids(0));
+    ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+    EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED);
+    // A job's range starts at the task's last learnt example: here all 120 (110 when queued).
+    EXPECT_EQ(cancelled->examples(), 120);
+    ASSERT_TRUE(client->CancelJob(running->job_ids(0)).ok());
+    ASSERT_EQ(JobsOnceEnded(*client, "busy", 2).size(), 2u);
+  }
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // five of the timer's waits
+  auto jobs = client->ListJobs("busy");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  ASSERT_EQ(jobs->jobs_size(), 2);
+  EXPECT_EQ(jobs->jobs(1).state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(jobs->jobs(1).examples(), 120);
+  EXPECT_EQ(client->GetModel("busy")->tasks(0).pending_examples(), 120);
+}
+
 // adapt_after_seconds: training examples that a keep_open stream left pending get a job of
 // their own once they have waited, after a restart too. A job that failed is not retried on the
 // timer; its examples go with the task's next ones.
@@ -835,20 +895,8 @@ TEST(ServiceTest, AdaptAfterSecondsGivesWaitingExamplesAJob) {
 
   // Examples that arrive while the task's job is queued are that job's: when it ends without
   // learning them (here cancelled while running), the timer does not retry them either.
-  v1::CreateModelRequest busy = BlobModel("busy", false, 1);
-  busy.mutable_config()->set_min_steps(1000000);  // runs until cancelled
-  busy.mutable_config()->set_adapt_after_seconds(0.2);
-  ASSERT_TRUE(client->CreateModel(busy).ok());
-  auto running = StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 8));
-  ASSERT_TRUE(running.ok() && running->job_ids_size() == 1);
-  // The first job must have started (taken its examples) before the next stream, or that
-  // stream's examples would join it while it is still queued (a loaded machine can delay the
-  // training thread, which runs at a lower priority).
-  const auto started_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (client->ListJobs("busy")->jobs(0).state() != v1::JOB_STATE_RUNNING &&
-         std::chrono::steady_clock::now() < started_by) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  auto running = StartABusyJob(*client);
+  ASSERT_TRUE(running.ok()) << running.status();
   auto queued = StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 9));
   ASSERT_TRUE(queued.ok() && queued->job_ids_size() == 1);
   ASSERT_TRUE(StreamData(*client, "busy", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 10), 64,
