@@ -256,11 +256,12 @@ absl::Status Catalog::InsertJob(const JobRow& row) {
 }
 
 absl::Status Catalog::UpdateJob(const std::string& id, int state, const std::string& message,
-                                int64_t version, const std::string& progress) {
+                                int64_t version, const std::string& progress, int64_t end) {
   std::lock_guard<std::mutex> lock(mu_);
   Statement st(db_,
-               "UPDATE jobs SET state = ?, message = ?, version = ?, progress = ? WHERE id = ?");
-  return st.Bind(state).Bind(message).Bind(version).Bind(progress, true).Bind(id).Run();
+               "UPDATE jobs SET state = ?, message = ?, version = ?, progress = ?, "
+               "end_pos = MAX(end_pos, ?) WHERE id = ?");
+  return st.Bind(state).Bind(message).Bind(version).Bind(progress, true).Bind(end).Bind(id).Run();
 }
 
 absl::Status Catalog::RecordCancel(const std::string& id) {

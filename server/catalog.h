@@ -75,9 +75,10 @@ class Catalog {
   absl::StatusOr<std::vector<VersionRow>> ListVersions(const std::string& model);
 
   absl::Status InsertJob(const JobRow& row);
-  // `progress`: the JobRow field (empty for a job that has not ended).
+  // `progress`: the JobRow field (empty for a job that has not ended). `end`: the job's range
+  // grows to end there if it ended short of it (-1: the range stays).
   absl::Status UpdateJob(const std::string& id, int state, const std::string& message,
-                         int64_t version, const std::string& progress);
+                         int64_t version, const std::string& progress, int64_t end = -1);
   // Sets the job's cancel_requested; its state is the job's own to change.
   absl::Status RecordCancel(const std::string& id);
   // The same, with the job's end (UpdateJob's fields but the version) and the end of its range

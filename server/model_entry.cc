@@ -154,8 +154,8 @@ Job::Job(const JobRow& row)
     : id_(row.id),
       task_id_(row.task_id),
       begin_(row.begin),
-      end_(row.end),
-      started_config_(row.config) {
+      started_config_(row.config),
+      end_(row.end) {
   status_.set_job_id(row.id);
   status_.set_model(row.model);
   status_.set_task_id(row.task_id);
@@ -168,6 +168,16 @@ Job::Job(const JobRow& row)
     status_.set_examples(progress.examples());
     CopyRunProgress(progress, &status_);
   }
+}
+
+int64_t Job::end() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return end_;
+}
+
+void Job::Join(int64_t end) {
+  std::lock_guard<std::mutex> lock(mu_);
+  end_ = std::max(end_, end);
 }
 
 v1::JobStatus Job::Status() const {
@@ -937,6 +947,10 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
   return result;
 }
 
+int64_t ModelEntry::UnlearntLocked(const Job& job) const {
+  return job.end() - std::max(job.begin(), tasks_.at(job.task_id()).learned);
+}
+
 std::shared_ptr<Job> ModelEntry::QueuedJobLocked(int64_t task_id) const {
   for (const auto& job : queue_) {
     if (job->task_id() == task_id) return job;
@@ -952,7 +966,10 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   // exactly the range it had started on.
   if (std::shared_ptr<Job> queued = QueuedJobLocked(task_id);
       queued != nullptr && !queued->resumed_range()) {
+    queued->Join(te.train_count);
     te.taken = std::max(te.taken, te.train_count);
+    const int64_t unlearnt = UnlearntLocked(*queued);
+    queued->Update([&](v1::JobStatus& s) { s.set_examples(unlearnt); });
     return queued;
   }
   JobRow row;
@@ -1083,8 +1100,11 @@ void ModelEntry::RunActor() {
 void ModelEntry::EndJob(const std::shared_ptr<Job>& job, v1::JobState state,
                         const std::string& message) {
   std::string shown = message;
-  const absl::Status recorded =
-      options_.catalog->UpdateJob(job->id(), state, message, -1, ProgressOf(job->Status()));
+  // With the examples the job answers for: a job that ends before it starts (or before its
+  // start is recorded) took those that joined it in the queue, and a restart must count them
+  // as taken, as this server does, not as waiting for the adapt_after_seconds timer.
+  const absl::Status recorded = options_.catalog->UpdateJob(
+      job->id(), state, message, -1, ProgressOf(job->Status()), job->end());
   if (!recorded.ok()) {
     // The catalog still holds the job as queued or running: a restart runs it again from the
     // start, unless its cancel is on record (Cancel records it before it asks). Say so where
@@ -1114,7 +1134,16 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     queue_.push_front(job);
     if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
   };
-  if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, kCancelledWhileQueued);
+  // Cancelled before it started, as a cancel of a queued job ends it.
+  auto cancelled_unstarted = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const int64_t unlearnt = UnlearntLocked(*job);
+      job->Update([&](v1::JobStatus& s) { s.set_examples(unlearnt); });
+    }
+    finish(v1::JOB_STATE_CANCELLED, kCancelledWhileQueued);
+  };
+  if (job->cancel_requested()) return cancelled_unstarted();
   // Waiting for a training slot (other models hold them all) ends at a cancel too.
   auto waiting = [&] {
     job->Update([](v1::JobStatus& s) {
@@ -1122,7 +1151,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     });
   };
   if (!options_.slots->Acquire([&] { return stopping() || job->cancel_requested(); }, waiting)) {
-    if (job->cancel_requested()) return finish(v1::JOB_STATE_CANCELLED, kCancelledWhileQueued);
+    if (job->cancel_requested()) return cancelled_unstarted();
     job->Update([](v1::JobStatus& s) { s.set_message("queued"); });
     return requeue();  // shutting down: stays queued
   }
@@ -1160,6 +1189,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     // Everything up to `end` is this job's now, including examples that came after it was
     // queued: the adapt_after_seconds timer leaves them to it (and does not retry them).
     te.taken = std::max(te.taken, end);
+    job->Join(end);
     train_batches = SliceBatches(te.train, begin, end);
     task.learnt_before = begin;
     task.label_mask = LabelMaskLocked(job->task_id());
@@ -1406,13 +1436,11 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
     auto it = std::find(queue_.begin(), queue_.end(), job);
     if (it != queue_.end()) {
       // A queued job ends at once: its end and the request in one statement, with the range it
-      // would have learnt: the examples that joined it while it waited too (a job a restart
-      // resumed keeps its own), so that a restart counts them as taken, not as waiting for the
-      // adapt_after_seconds timer.
-      const TaskExamples& te = tasks_.at(job->task_id());
-      const int64_t end = job->resumed_range() ? job->end() : std::max(job->end(), te.taken);
+      // would have learnt: the examples that joined it while it waited too, so that a restart
+      // counts them as taken, not as waiting for the adapt_after_seconds timer.
+      const int64_t end = job->end();
       v1::JobStatus ended = job->Status();
-      if (!job->resumed_range()) ended.set_examples(end - std::max(job->begin(), te.learned));
+      ended.set_examples(UnlearntLocked(*job));
       const absl::Status recorded = options_.catalog->RecordCancelAndEnd(
           job->id(), v1::JOB_STATE_CANCELLED, kCancelledWhileQueued, ProgressOf(ended), end);
       if (!recorded.ok()) return refused(recorded);

@@ -65,7 +65,12 @@ class Job {
   const std::string& id() const { return id_; }
   int64_t task_id() const { return task_id_; }
   int64_t begin() const { return begin_; }
-  int64_t end() const { return end_; }
+  // The end of the examples the job answers for: those it was queued with, and those that
+  // joined it later (Join).
+  int64_t end() const;
+  // Examples up to `end` join the job (a stream that closes while it is queued, or the job's
+  // start, which takes every example pending then).
+  void Join(int64_t end);
   // The serialized v1::LearningConfig the job started with (empty if it never started).
   const std::string& started_config() const { return started_config_; }
 
@@ -86,13 +91,15 @@ class Job {
 
  private:
   const std::string id_;
-  const int64_t task_id_, begin_, end_;
+  const int64_t task_id_, begin_;
   const std::string started_config_;
   std::atomic<bool> cancel_{false};
   bool resumed_range_ = false;
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
+  // Guarded by mu_:
   v1::JobStatus status_;
+  int64_t end_;
   uint64_t seq_ = 1;
   int64_t last_notify_ms_ = 0;
 };
@@ -315,6 +322,9 @@ class ModelEntry {
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
   // The task's job that waits in the queue, if any. REQUIRES: mu_ held.
   std::shared_ptr<Job> QueuedJobLocked(int64_t task_id) const;
+  // The examples a job that ends before it starts leaves unlearnt: its range, less what jobs
+  // before it learnt since it was queued. REQUIRES: mu_ held.
+  int64_t UnlearntLocked(const Job& job) const;
   // A task's evaluation examples (tensor handles, taken under mu_) and its head.
   struct EvalSet {
     int64_t task_id;

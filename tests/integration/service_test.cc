@@ -619,6 +619,24 @@ TEST(ServiceTest, KeepJobsBoundsTheFinishedJobsKept) {
   EXPECT_EQ(listed->jobs(0).job_id(), ids[3]);
 }
 
+constexpr char kWaitingForASlot[] =
+    "waiting for a training slot (other models' jobs hold all --max_concurrent_jobs)";
+
+// Polls the model's `index`-th job for up to a minute until its message is `message`; true if
+// it came.
+bool WaitForJobMessage(const AdaptdClient& client, const std::string& model, int index,
+                       const std::string& message) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < give_up) {
+    auto jobs = client.ListJobs(model);
+    if (jobs.ok() && jobs->jobs_size() > index && jobs->jobs(index).message() == message) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
 // Model "hog" trains until cancelled (min_steps far beyond its data) and holds the one training
 // slot (the server's default); then model "waiter" streams a task, whose job waits for that slot:
 // returns once the waiter's actor has taken the job and says that it waits.
@@ -636,12 +654,7 @@ void StartHogAndWaiter(const AdaptdClient& client, std::string* hog_job, std::st
   }
   auto waiting = StreamData(client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(100, {0, 1}, 2));
   ASSERT_TRUE(waiting.ok() && waiting->job_ids_size() == 1);
-  const std::string says = "waiting for a training slot (other models' jobs hold all --max_concurrent_jobs)";
-  while (client.ListJobs("waiter")->jobs(0).message() != says &&
-         std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_EQ(client.ListJobs("waiter")->jobs(0).message(), says);
+  ASSERT_TRUE(WaitForJobMessage(client, "waiter", 0, kWaitingForASlot));
   *hog_job = running->job_ids(0);
   *waiter_job = waiting->job_ids(0);
 }
@@ -970,6 +983,55 @@ TEST(ServiceTest, CancelEndsAJobWaitingForATrainingSlot) {
   EXPECT_EQ(client->ListJobs("hog")->jobs(0).state(), v1::JOB_STATE_RUNNING);
   EXPECT_EQ(client->GetModel("waiter")->tasks(0).pending_examples(), 100);
   ASSERT_TRUE(client->CancelJob(hog).ok());
+}
+
+// A job that the actor took from the queue and that is cancelled while it waits for a training
+// slot keeps the examples that joined it in the queue: its status counts them, and its catalog
+// row holds them, so that after a restart the adapt_after_seconds timer leaves them alone, as
+// the server that cancelled the job did.
+TEST(ServiceTest, AJobCancelledWaitingForASlotKeepsTheExamplesThatJoinedIt) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  std::string hog, first;
+  ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &first));
+  v1::UpdateConfigRequest timer;
+  timer.set_name("waiter");
+  timer.mutable_config()->set_adapt_after_seconds(0.2);
+  timer.mutable_update_mask()->add_paths("adapt_after_seconds");
+  ASSERT_TRUE(client->UpdateConfig(timer).ok());
+  // The first job holds the actor; a second one is queued, and a later stream joins it.
+  auto second = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 3));
+  ASSERT_TRUE(second.ok() && second->job_ids_size() == 1);
+  auto joined = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 4));
+  ASSERT_TRUE(joined.ok() && joined->job_ids_size() == 1);
+  EXPECT_EQ(joined->job_ids(0), second->job_ids(0));
+  EXPECT_EQ(client->ListJobs("waiter")->jobs(1).examples(), 120);
+  // The actor takes the second job once the first is cancelled; it then waits for the slot.
+  ASSERT_TRUE(client->CancelJob(first).ok());
+  ASSERT_TRUE(WaitForJobMessage(*client, "waiter", 1, kWaitingForASlot));
+  ASSERT_TRUE(client->CancelJob(second->job_ids(0)).ok());
+  auto jobs = JobsOnceEnded(*client, "waiter", 2);
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[1].state(), v1::JOB_STATE_CANCELLED) << jobs[1].message();
+  EXPECT_EQ(jobs[1].examples(), 120);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // five waits
+  EXPECT_EQ(client->ListJobs("waiter")->jobs_size(), 2);
+  EXPECT_EQ(client->GetModel("waiter")->tasks(0).pending_examples(), 120);
+  ASSERT_TRUE(client->CancelJob(hog).ok());
+
+  (*server)->Kill();
+  server->reset();
+  auto restarted = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto client2 = (*restarted)->Client();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  auto after = client2->ListJobs("waiter");
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->jobs_size(), 2);
+  EXPECT_EQ(after->jobs(1).examples(), 120);
+  EXPECT_EQ(client2->GetModel("waiter")->tasks(0).pending_examples(), 120);
 }
 
 // A rollback goes back to what its target had learnt: the examples learnt since are pending

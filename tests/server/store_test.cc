@@ -437,6 +437,14 @@ TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
   ASSERT_TRUE(jobs.ok()) << jobs.status();
   EXPECT_EQ((*jobs)[0].state, 4);
   EXPECT_EQ((*jobs)[0].progress, std::string("\0steps", 6));
+  EXPECT_EQ((*jobs)[0].end, 7);
+  // An end can grow the range (examples that joined the job), never shrink it.
+  ASSERT_TRUE((*catalog)->UpdateJob("j1", 4, "cancelled", -1, "", 9).ok());
+  ASSERT_TRUE((*catalog)->UpdateJob("j1", 4, "cancelled", -1, "", 8).ok());
+  jobs = (*catalog)->ListJobs("m");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  EXPECT_EQ((*jobs)[0].begin, 3);
+  EXPECT_EQ((*jobs)[0].end, 9);
 }
 
 // A catalog of the release before job progress (jobs.config there, jobs.progress not) gains the
