@@ -674,6 +674,10 @@ std::vector<std::shared_ptr<Job>> ModelEntry::KeptJobsLocked() const {
 
 void ModelEntry::PruneJobsLocked() { jobs_ = KeptJobsLocked(); }
 
+void ModelEntry::ReportQueueDepthLocked() const {
+  if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+}
+
 std::vector<std::shared_ptr<Job>> ModelEntry::Jobs() const {
   std::lock_guard<std::mutex> lock(mu_);
   // A job that has just ended is pruned once its actor is done with it; the list is bounded
@@ -988,7 +992,7 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   PruneJobsLocked();
   queue_.push_back(job);
   if (options_.on_job) options_.on_job(job);
-  if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+  ReportQueueDepthLocked();
   cv_.notify_all();
   return job;
 }
@@ -1081,9 +1085,7 @@ void ModelEntry::RunActor() {
       job = queue_.front();
       queue_.pop_front();
       running_ = job;
-      if (options_.metrics) {
-        options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
-      }
+      ReportQueueDepthLocked();
     }
     try {
       RunJob(job);
@@ -1128,11 +1130,16 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   auto finish = [&](v1::JobState state, const std::string& message) { EndJob(job, state, message); };
   // A job that shutdown stops before it publishes goes back to the queue's front, as the catalog
   // has it: a Rollback in the shutdown's grace period sees it (and refuses, as with any queued
-  // job), a CancelJob finds and cancels it, and the next start runs it.
-  auto requeue = [&] {
+  // job), a CancelJob finds and cancels it, and the next start runs it. `shown` is its status
+  // there. A cancel asked since the caller looked keeps it out (false): Cancel asks, then looks
+  // in the queue again, both here under mu_, so one of the two ends the job.
+  auto requeue = [&](const std::function<void(v1::JobStatus&)>& shown) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (job->cancel_requested()) return false;
+    job->Update(shown);
     queue_.push_front(job);
-    if (options_.metrics) options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
+    ReportQueueDepthLocked();
+    return true;
   };
   // Cancelled before it started, as a cancel of a queued job ends it.
   auto cancelled_unstarted = [&] {
@@ -1151,9 +1158,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     });
   };
   if (!options_.slots->Acquire([&] { return stopping() || job->cancel_requested(); }, waiting)) {
-    if (job->cancel_requested()) return cancelled_unstarted();
-    job->Update([](v1::JobStatus& s) { s.set_message("queued"); });
-    return requeue();  // shutting down: stays queued
+    // Shutting down: it stays queued, unless it was cancelled.
+    if (!requeue([](v1::JobStatus& s) { s.set_message("queued"); })) cancelled_unstarted();
+    return;
   }
   struct SlotGuard {
     JobSlots* slots;
@@ -1259,14 +1266,14 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   auto interrupted = [&] {
     (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED, kInterruptedByShutdown, -1,
                                       "");
-    job->Update([&](v1::JobStatus& s) {
+    const bool queued = requeue([&](v1::JobStatus& s) {
       s.set_state(v1::JOB_STATE_QUEUED);
       s.set_message(kInterruptedByShutdown);
       // It runs again from the start: this run's progress no longer describes it.
       CopyRunProgress(v1::JobStatus(), &s);
       s.set_eta_seconds(0);
     });
-    requeue();
+    if (!queued) finish(v1::JOB_STATE_CANCELLED, kCancelledWhileRunning);
   };
   auto result = Adapt(base->state(), task, adapt, progress, should_stop);
   if (!result.ok()) {
@@ -1453,9 +1460,7 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
         s.set_eta_seconds(0);
       });
       PruneJobsLocked();
-      if (options_.metrics) {
-        options_.metrics->SetQueueDepth(name_, static_cast<int64_t>(queue_.size()));
-      }
+      ReportQueueDepthLocked();
       return job->Status();
     }
   }
@@ -1463,6 +1468,24 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
   const absl::Status recorded = options_.catalog->RecordCancel(job->id());
   if (!recorded.ok()) return refused(recorded);
   job->RequestCancel();
+  // Unless a shutdown has put it back in the queue since the look above (the actor does so
+  // only while it sees no request, under mu_): then nothing would end it before the restart,
+  // and it ends here, as a cancel of a queued job ends it.
+  int64_t unlearnt = -1;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find(queue_.begin(), queue_.end(), job);
+    if (it != queue_.end()) {
+      unlearnt = UnlearntLocked(*job);
+      queue_.erase(it);
+      ReportQueueDepthLocked();
+    }
+  }
+  if (unlearnt >= 0) {
+    job->Update([&](v1::JobStatus& s) { s.set_examples(unlearnt); });
+    EndJob(job, v1::JOB_STATE_CANCELLED, kCancelledWhileQueued);
+    return job->Status();
+  }
   job->Update([](v1::JobStatus& s) {
     if (s.state() == v1::JOB_STATE_RUNNING) s.set_message(kCancelRequested);
   });

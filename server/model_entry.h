@@ -325,6 +325,8 @@ class ModelEntry {
   // The examples a job that ends before it starts leaves unlearnt: its range, less what jobs
   // before it learnt since it was queued. REQUIRES: mu_ held.
   int64_t UnlearntLocked(const Job& job) const;
+  // Tells the metrics how many jobs wait in the queue. REQUIRES: mu_ held.
+  void ReportQueueDepthLocked() const;
   // A task's evaluation examples (tensor handles, taken under mu_) and its head.
   struct EvalSet {
     int64_t task_id;

@@ -278,6 +278,22 @@ void ExpectItRunsAfterARestart(const std::string& data_dir, const std::string& i
   EXPECT_EQ(last->version(), 1);
 }
 
+// A server started again on `data_dir` shows job `id` cancelled (with `message`, unless empty),
+// and has published nothing.
+void ExpectCancelledAfterARestart(const std::string& data_dir, const std::string& id,
+                                  const std::string& message = "") {
+  auto server = ServerProcess::Start(data_dir);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  auto last = client->WatchJob(id);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->state(), v1::JOB_STATE_CANCELLED) << last->message();
+  if (!message.empty()) {
+    EXPECT_EQ(last->message(), message);
+  }
+  EXPECT_EQ(client->GetModel("m")->current().version(), 0);
+}
+
 // SIGTERM: the server exits cleanly (status 0); the job it interrupted stays queued and
 // completes after the restart.
 TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
@@ -669,13 +685,7 @@ TEST(LifecycleTest, ACancelTheCatalogCannotRecordIsRefusedAndTheJobGoesOn) {
   EXPECT_EQ(last->message(), "cancelled while running");
   EXPECT_GT(last->step(), refused_at + 20);
   server->reset();
-
-  server = ServerProcess::Start(dir.path());
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto after = (*server)->Client()->WatchJob(s->job_ids(0));
-  ASSERT_TRUE(after.ok()) << after.status();
-  EXPECT_EQ(after->state(), v1::JOB_STATE_CANCELLED) << after->message();
-  EXPECT_EQ((*server)->Client()->GetModel("m")->current().version(), 0);
+  ExpectCancelledAfterARestart(dir.path(), s->job_ids(0));
 }
 
 // Stops a server with SIGTERM while it trains StartALongJob's job, with (if `second_task`) a
@@ -837,13 +847,38 @@ TEST(LifecycleTest, ACancelledJobWhoseEndIsNotRecordedStaysCancelled) {
     }
     ASSERT_TRUE(lock.Release());
   }
-  auto server = ServerProcess::Start(dir.path());
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = (*server)->Client();
-  auto last = client->WatchJob(ids[0]);
-  ASSERT_TRUE(last.ok()) << last.status();
-  EXPECT_EQ(last->state(), v1::JOB_STATE_CANCELLED) << last->message();
-  EXPECT_EQ(client->GetModel("m")->current().version(), 0);
+  ExpectCancelledAfterARestart(dir.path(), ids[0]);
+}
+
+// A cancel that a shutdown overtakes: the actor holds the job (waiting for a training slot)
+// and the cancel, past its look in the queue, waits for the catalog; meanwhile the shutdown
+// puts the job back in the queue. The cancel, once recorded, finds it there and ends it, rather
+// than leave it queued, with its cancel on record, for the restart to end.
+TEST(LifecycleTest, ACancelThatAShutdownOvertakesStillEndsTheJob) {
+  TempDir dir;
+  const std::vector<std::string> ids = QueuedByAShutdown(dir.path(), false);
+  ASSERT_EQ(ids.size(), 1u);
+  {
+    CatalogWriteLock lock(dir.path());
+    auto held = OpenHeld(dir.path(), ids[0]);
+    ASSERT_TRUE(held.ok()) << held.status();
+    auto& [registry, job] = *held;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the actor takes the job
+    ASSERT_TRUE(lock.Take());
+    absl::StatusOr<v1::JobStatus> answer;
+    std::thread cancel([&] { answer = registry->CancelJob(ids[0]); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // it waits for the catalog
+    registry->InterruptJobs();
+    // The actor looks every 100 ms; SQLite's busy timeout (5 s) is far off.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    ASSERT_TRUE(lock.Release());
+    cancel.join();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->state(), v1::JOB_STATE_CANCELLED) << answer->message();
+    EXPECT_EQ(answer->message(), "cancelled while queued");
+    EXPECT_EQ(job->Status().state(), v1::JOB_STATE_CANCELLED);
+  }
+  ExpectCancelledAfterARestart(dir.path(), ids[0], "cancelled while queued");
 }
 
 // A finished job's step counts, last loss, IVON step figures and time are kept in the catalog:
