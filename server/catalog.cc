@@ -264,6 +264,14 @@ absl::Status Catalog::UpdateJob(const std::string& id, int state, const std::str
   return st.Bind(state).Bind(message).Bind(version).Bind(progress, true).Bind(end).Bind(id).Run();
 }
 
+absl::Status Catalog::GrowJob(const std::string& id, int64_t end) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Statement(db_, "UPDATE jobs SET end_pos = MAX(end_pos, ?) WHERE id = ?")
+      .Bind(end)
+      .Bind(id)
+      .Run();
+}
+
 absl::Status Catalog::RecordCancel(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   return Statement(db_, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").Bind(id).Run();
@@ -275,7 +283,7 @@ absl::Status Catalog::RecordCancelAndEnd(const std::string& id, int state,
   std::lock_guard<std::mutex> lock(mu_);
   Statement st(db_,
                "UPDATE jobs SET cancel_requested = 1, state = ?, message = ?, progress = ?, "
-               "end_pos = ? WHERE id = ?");
+               "end_pos = MAX(end_pos, ?) WHERE id = ?");
   return st.Bind(state).Bind(message).Bind(progress, true).Bind(end).Bind(id).Run();
 }
 

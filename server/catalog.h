@@ -79,6 +79,8 @@ class Catalog {
   // grows to end there if it ended short of it (-1: the range stays).
   absl::Status UpdateJob(const std::string& id, int state, const std::string& message,
                          int64_t version, const std::string& progress, int64_t end = -1);
+  // A queued job's range grows to end there (it never shrinks): a closing stream joined it.
+  absl::Status GrowJob(const std::string& id, int64_t end);
   // Sets the job's cancel_requested; its state is the job's own to change.
   absl::Status RecordCancel(const std::string& id);
   // The same, with the job's end (UpdateJob's fields but the version) and the end of its range

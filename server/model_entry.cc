@@ -941,7 +941,8 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
     auto job = QueueJobLocked(task_id);
     if (!job.ok()) {
       // The examples are stored; they stay pending until the task's next stream queues a job.
-      std::fprintf(stderr, "adaptd: model %s task %lld: could not queue a job: %s\n",
+      std::fprintf(stderr, "adaptd: model %s task %lld: could not queue a job (or add the "
+                   "examples to the task's queued one): %s\n",
                    name_.c_str(), static_cast<long long>(task_id), job.status().ToString().c_str());
     } else if (*job) {
       result.job_ids.push_back((*job)->id());
@@ -952,7 +953,9 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
 }
 
 int64_t ModelEntry::UnlearntLocked(const Job& job) const {
-  return job.end() - std::max(job.begin(), tasks_.at(job.task_id()).learned);
+  // None, if a job before it learnt past its end (examples of a stream kept open, which join
+  // no queued job, came after it).
+  return std::max<int64_t>(0, job.end() - std::max(job.begin(), tasks_.at(job.task_id()).learned));
 }
 
 std::shared_ptr<Job> ModelEntry::QueuedJobLocked(int64_t task_id) const {
@@ -970,6 +973,10 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   // exactly the range it had started on.
   if (std::shared_ptr<Job> queued = QueuedJobLocked(task_id);
       queued != nullptr && !queued->resumed_range()) {
+    // On record first, as a new job is: a restart (or a cancel after a crash) must find the
+    // examples the job answers for. Refused, the examples stay pending, as they would be if a
+    // new job could not be recorded; the job still takes them if it starts first.
+    ADAPTD_RETURN_IF_ERROR(options_.catalog->GrowJob(queued->id(), te.train_count));
     queued->Join(te.train_count);
     te.taken = std::max(te.taken, te.train_count);
     const int64_t unlearnt = UnlearntLocked(*queued);
@@ -1471,17 +1478,19 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
   // Unless a shutdown has put it back in the queue since the look above (the actor does so
   // only while it sees no request, under mu_): then nothing would end it before the restart,
   // and it ends here, as a cancel of a queued job ends it.
-  int64_t unlearnt = -1;
+  bool requeued = false;
+  int64_t unlearnt = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = std::find(queue_.begin(), queue_.end(), job);
     if (it != queue_.end()) {
+      requeued = true;
       unlearnt = UnlearntLocked(*job);
       queue_.erase(it);
       ReportQueueDepthLocked();
     }
   }
-  if (unlearnt >= 0) {
+  if (requeued) {
     job->Update([&](v1::JobStatus& s) { s.set_examples(unlearnt); });
     EndJob(job, v1::JOB_STATE_CANCELLED, kCancelledWhileQueued);
     return job->Status();

@@ -252,22 +252,6 @@ class CatalogWriteLock {
   sqlite3* db_ = nullptr;
 };
 
-// The data directory's registry in this process, its jobs queued until StartTraining, and its
-// job `id`.
-struct Held {
-  std::unique_ptr<Registry> registry;
-  std::shared_ptr<Job> job;
-};
-absl::StatusOr<Held> OpenHeld(const std::string& data_dir, const std::string& id) {
-  RegistryOptions ro;
-  ro.data_dir = data_dir;
-  ro.hold_training = true;
-  Held held;
-  ADAPTD_ASSIGN_OR_RETURN(held.registry, Registry::Open(ro));
-  ADAPTD_ASSIGN_OR_RETURN(held.job, held.registry->FindJob(id));
-  return held;
-}
-
 // A server started again on `data_dir` runs job `id` to the end and publishes version 1.
 void ExpectItRunsAfterARestart(const std::string& data_dir, const std::string& id) {
   auto server = ServerProcess::Start(data_dir);

@@ -15,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "core/files.h"
+#include "core/status_macros.h"
 #include "server/catalog.h"
 #include "server/convert.h"
 #include "server/crc32c.h"
@@ -148,6 +149,16 @@ bool WaitForMetric(int port, const std::string& name, double at_least) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return true;
+}
+
+absl::StatusOr<Held> OpenHeld(const std::string& data_dir, const std::string& id) {
+  RegistryOptions ro;
+  ro.data_dir = data_dir;
+  ro.hold_training = true;
+  Held held;
+  ADAPTD_ASSIGN_OR_RETURN(held.registry, Registry::Open(ro));
+  ADAPTD_ASSIGN_OR_RETURN(held.job, held.registry->FindJob(id));
+  return held;
 }
 
 }  // namespace testing_service

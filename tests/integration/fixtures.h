@@ -4,6 +4,7 @@
 #define ADAPTD_TESTS_INTEGRATION_FIXTURES_H_
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "client/client.h"
 #include "core/data/readers.h"
+#include "server/registry.h"
 
 namespace adaptd {
 namespace testing_service {
@@ -54,6 +56,14 @@ std::string CatalogDump(const std::string& data_dir);
 double MetricValue(int port, const std::string& name);
 // Waits (up to 60 s) until MetricValue(port, name) is at least `at_least`; false if it never is.
 bool WaitForMetric(int port, const std::string& name, double at_least);
+
+// The data directory's registry in this process, its jobs queued until StartTraining, and its
+// job `id`.
+struct Held {
+  std::unique_ptr<Registry> registry;
+  std::shared_ptr<Job> job;
+};
+absl::StatusOr<Held> OpenHeld(const std::string& data_dir, const std::string& id);
 
 }  // namespace testing_service
 }  // namespace adaptd

@@ -1034,6 +1034,39 @@ TEST(ServiceTest, AJobCancelledWaitingForASlotKeepsTheExamplesThatJoinedIt) {
   EXPECT_EQ(client2->GetModel("waiter")->tasks(0).pending_examples(), 120);
 }
 
+// A stream that joins a queued job grows the job's range on record at once: after a crash while
+// the job still waits, the job answers for the examples that joined it, and a cancel keeps them
+// all, as the server before the crash would have.
+TEST(ServiceTest, AQueuedJobKeepsTheExamplesThatJoinedItThroughACrash) {
+  TempDir dir;
+  std::string second_id;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    std::string hog, first;
+    ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &first));
+    // The first job holds the actor; a second one is queued, and a later stream joins it.
+    auto second = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 3));
+    ASSERT_TRUE(second.ok() && second->job_ids_size() == 1);
+    second_id = second->job_ids(0);
+    auto joined = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 4));
+    ASSERT_TRUE(joined.ok() && joined->job_ids_size() == 1);
+    EXPECT_EQ(joined->job_ids(0), second_id);
+    (*server)->Kill();
+  }
+  // Nothing trains in the held registry: the first job holds its actor again, the second waits.
+  auto held = OpenHeld(dir.path(), second_id);
+  ASSERT_TRUE(held.ok()) << held.status();
+  auto& [registry, second] = *held;
+  EXPECT_EQ(second->Status().state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(second->Status().examples(), 120);
+  auto cancelled = registry->CancelJob(second_id);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED) << cancelled->message();
+  EXPECT_EQ(cancelled->examples(), 120);
+}
+
 // A rollback goes back to what its target had learnt: the examples learnt since are pending
 // again (after a restart and in an export too), the timer leaves them alone, and the task's
 // next job learns them.

@@ -438,13 +438,24 @@ TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
   EXPECT_EQ((*jobs)[0].state, 4);
   EXPECT_EQ((*jobs)[0].progress, std::string("\0steps", 6));
   EXPECT_EQ((*jobs)[0].end, 7);
-  // An end can grow the range (examples that joined the job), never shrink it.
+  // A join, an end and a cancel can grow the range (examples that joined the job), never
+  // shrink it.
+  ASSERT_TRUE((*catalog)->GrowJob("j1", 8).ok());
+  ASSERT_TRUE((*catalog)->GrowJob("j1", 7).ok());
+  jobs = (*catalog)->ListJobs("m");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  EXPECT_EQ((*jobs)[0].end, 8);
   ASSERT_TRUE((*catalog)->UpdateJob("j1", 4, "cancelled", -1, "", 9).ok());
   ASSERT_TRUE((*catalog)->UpdateJob("j1", 4, "cancelled", -1, "", 8).ok());
   jobs = (*catalog)->ListJobs("m");
   ASSERT_TRUE(jobs.ok()) << jobs.status();
   EXPECT_EQ((*jobs)[0].begin, 3);
   EXPECT_EQ((*jobs)[0].end, 9);
+  ASSERT_TRUE((*catalog)->RecordCancelAndEnd("j1", 4, "cancelled", "", 6).ok());
+  jobs = (*catalog)->ListJobs("m");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  EXPECT_EQ((*jobs)[0].end, 9);
+  EXPECT_TRUE((*jobs)[0].cancel_requested);
 }
 
 // A catalog of the release before job progress (jobs.config there, jobs.progress not) gains the
