@@ -1273,6 +1273,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   auto interrupted = [&] {
     (void)options_.catalog->UpdateJob(job->id(), v1::JOB_STATE_QUEUED, kInterruptedByShutdown, -1,
                                       "");
+    // Its range is fixed from its start on: a stream that closes in the grace period gets a job
+    // of its own, and the restart resumes this one on exactly what it had started on.
+    job->set_resumed_range();
     const bool queued = requeue([&](v1::JobStatus& s) {
       s.set_state(v1::JOB_STATE_QUEUED);
       s.set_message(kInterruptedByShutdown);

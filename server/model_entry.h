@@ -82,9 +82,11 @@ class Job {
   // Applies `f` to the status; watchers wake at once if `urgent`, else at most every 100 ms.
   void Update(const std::function<void(v1::JobStatus&)>& f, bool urgent = true);
 
-  // Set on recovery for a job a crash interrupted while it ran: it learns [begin, end) again.
-  void set_resumed_range() { resumed_range_ = true; }
-  bool resumed_range() const { return resumed_range_; }
+  // Set for a job that started and was stopped before it ended (on recovery from a crash, or
+  // as a shutdown puts it back in the queue): it learns exactly its started range again, and no
+  // stream joins it.
+  void set_resumed_range() { resumed_range_.store(true); }
+  bool resumed_range() const { return resumed_range_.load(); }
 
   void RequestCancel() { cancel_.store(true); }
   bool cancel_requested() const { return cancel_.load(); }
@@ -94,7 +96,7 @@ class Job {
   const int64_t task_id_, begin_;
   const std::string started_config_;
   std::atomic<bool> cancel_{false};
-  bool resumed_range_ = false;
+  std::atomic<bool> resumed_range_{false};
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   // Guarded by mu_:

@@ -308,7 +308,8 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
   {
     auto held = OpenHeld(dir.path(), s->job_ids(0));
     ASSERT_TRUE(held.ok()) << held.status();
-    auto& [registry, job] = *held;
+    auto& registry = held->registry;
+    auto& job = held->job;
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     EXPECT_EQ(job->Status().state(), v1::JOB_STATE_QUEUED);
     registry->StartTraining();
@@ -717,7 +718,8 @@ TEST(LifecycleTest, AJobStartTheCatalogCannotRecordDoesNotTrain) {
     CatalogWriteLock lock(dir.path());
     auto held = OpenHeld(dir.path(), ids[0]);
     ASSERT_TRUE(held.ok()) << held.status();
-    auto& [registry, job] = *held;
+    auto& registry = held->registry;
+    auto& job = held->job;
     ASSERT_TRUE(lock.Take());
     registry->StartTraining();
     const v1::JobStatus st = WaitForTheEnd(*job);
@@ -742,7 +744,8 @@ TEST(LifecycleTest, AQueuedCancelTheCatalogCannotRecordIsRefused) {
     // The first job holds the actor (waiting for a training slot); the second is in the queue.
     auto held = OpenHeld(dir.path(), ids[1]);
     ASSERT_TRUE(held.ok()) << held.status();
-    auto& [registry, second] = *held;
+    auto& registry = held->registry;
+    auto& second = held->job;
     ASSERT_TRUE(lock.Take());
     auto refused = registry->CancelJob(ids[1]);
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
@@ -813,8 +816,9 @@ TEST(LifecycleTest, ACancelledJobWhoseEndIsNotRecordedStaysCancelled) {
     CatalogWriteLock lock(dir.path());
     auto held = OpenHeld(dir.path(), ids[0]);
     ASSERT_TRUE(held.ok()) << held.status();
-    auto& [registry, job] = *held;
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the actor takes the job
+    auto& registry = held->registry;
+    auto& job = held->job;
+    ASSERT_TRUE(held->WaitForQueueDepth("m", 0));  // the actor has taken the job
     auto answer = registry->CancelJob(ids[0]);
     ASSERT_TRUE(lock.Take());
     ASSERT_TRUE(answer.ok()) << answer.status();
@@ -846,15 +850,16 @@ TEST(LifecycleTest, ACancelThatAShutdownOvertakesStillEndsTheJob) {
     CatalogWriteLock lock(dir.path());
     auto held = OpenHeld(dir.path(), ids[0]);
     ASSERT_TRUE(held.ok()) << held.status();
-    auto& [registry, job] = *held;
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the actor takes the job
+    auto& registry = held->registry;
+    auto& job = held->job;
+    ASSERT_TRUE(held->WaitForQueueDepth("m", 0));  // the actor has taken the job
     ASSERT_TRUE(lock.Take());
     absl::StatusOr<v1::JobStatus> answer;
     std::thread cancel([&] { answer = registry->CancelJob(ids[0]); });
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // it waits for the catalog
     registry->InterruptJobs();
     // The actor looks every 100 ms; SQLite's busy timeout (5 s) is far off.
-    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    EXPECT_TRUE(held->WaitForQueueDepth("m", 1));  // back in the queue
     ASSERT_TRUE(lock.Release());
     cancel.join();
     ASSERT_TRUE(answer.ok()) << answer.status();
@@ -863,6 +868,69 @@ TEST(LifecycleTest, ACancelThatAShutdownOvertakesStillEndsTheJob) {
     EXPECT_EQ(job->Status().state(), v1::JOB_STATE_CANCELLED);
   }
   ExpectCancelledAfterARestart(dir.path(), ids[0], "cancelled while queued");
+}
+
+// A stream that ends in a shutdown's grace period is stored, and the job it queues runs after
+// the restart; the job the shutdown interrupted is not that job: it resumes on exactly the
+// examples it had started on, and the stream's examples get a job of their own.
+TEST(ShutdownTest, AStreamEndingInTheGracePeriodGetsAJobOfItsOwn) {
+  TempDir dir;
+  std::string interrupted;
+  absl::StatusOr<v1::StreamExamplesResponse> late;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    auto s = StartALongJob(*client);
+    ASSERT_TRUE(s.ok()) << s.status();
+    interrupted = s->job_ids(0);
+    std::atomic<bool> terminating{false};
+    std::thread terminator;
+    (void)client->WatchJob(interrupted, [&](const v1::JobStatus& st) {
+      if (terminating || st.state() != v1::JOB_STATE_RUNNING || st.step() <= 50) return;
+      // The stream is under way (one batch sent) when the signal comes; it ends a second after.
+      v1::StreamHeader h;
+      h.set_model("m");
+      h.set_task_id(0);
+      h.set_split(v1::SPLIT_TRAIN);
+      const Dataset more = BlobTask(10, {0, 1}, 7);
+      bool sent = false;
+      std::thread streamer([&] {
+        late = client->StreamExamples(
+            h, [&]() -> absl::StatusOr<std::optional<v1::ExampleBatch>> {
+              if (!sent) {
+                sent = true;
+                return MakeBatch(more.x, more.y);
+              }
+              while (!terminating) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+              std::this_thread::sleep_for(std::chrono::seconds(1));
+              return std::nullopt;
+            });
+      });
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the batch is on its way
+      terminating = true;
+      terminator = std::thread([&] { EXPECT_EQ((*server)->Terminate(), 0); });
+      streamer.join();
+    });
+    ASSERT_TRUE(terminating) << "the job ended before it could be interrupted";
+    terminator.join();
+  }
+  ASSERT_TRUE(late.ok()) << late.status();
+  ASSERT_EQ(late->job_ids_size(), 1);
+  EXPECT_NE(late->job_ids(0), interrupted);
+
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  auto resumed = client->WatchJob(interrupted);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->state(), v1::JOB_STATE_SUCCEEDED) << resumed->message();
+  EXPECT_EQ(resumed->examples(), 300);
+  auto after = client->WatchJob(late->job_ids(0));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->state(), v1::JOB_STATE_SUCCEEDED) << after->message();
+  EXPECT_EQ(after->examples(), 10);
+  EXPECT_EQ(client->GetModel("m")->current().version(), 2);
 }
 
 // A finished job's step counts, last loss, IVON step figures and time are kept in the catalog:

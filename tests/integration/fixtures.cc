@@ -19,6 +19,7 @@
 #include "server/catalog.h"
 #include "server/convert.h"
 #include "server/crc32c.h"
+#include "server/metrics.h"
 
 namespace adaptd {
 namespace testing_service {
@@ -134,12 +135,22 @@ std::string CatalogDump(const std::string& data_dir) {
   return dump.ok() ? *dump : "";
 }
 
+namespace {
+
+// The value of metric `name` (with its labels, if any) in the Prometheus text `text`; -1 if the
+// text shows none.
+double MetricIn(const std::string& text, const std::string& name) {
+  const std::string key = "\n" + name + " ";
+  const size_t at = text.find(key);
+  return at == std::string::npos ? -1.0 : std::stod(text.substr(at + key.size()));
+}
+
+}  // namespace
+
 double MetricValue(int port, const std::string& name) {
   httplib::Client http("127.0.0.1", port);
   auto res = http.Get("/metrics");
-  const std::string key = "\n" + name + " ";
-  const size_t at = res ? res->body.find(key) : std::string::npos;
-  return at == std::string::npos ? -1.0 : std::stod(res->body.substr(at + key.size()));
+  return res ? MetricIn(res->body, name) : -1.0;
 }
 
 bool WaitForMetric(int port, const std::string& name, double at_least) {
@@ -152,13 +163,25 @@ bool WaitForMetric(int port, const std::string& name, double at_least) {
 }
 
 absl::StatusOr<Held> OpenHeld(const std::string& data_dir, const std::string& id) {
+  Held held;
+  held.metrics = std::make_unique<Metrics>();
   RegistryOptions ro;
   ro.data_dir = data_dir;
   ro.hold_training = true;
-  Held held;
+  ro.metrics = held.metrics.get();
   ADAPTD_ASSIGN_OR_RETURN(held.registry, Registry::Open(ro));
   ADAPTD_ASSIGN_OR_RETURN(held.job, held.registry->FindJob(id));
   return held;
+}
+
+bool Held::WaitForQueueDepth(const std::string& model, int64_t depth) const {
+  const std::string name = "adaptd_job_queue_depth{model=\"" + model + "\"}";
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (MetricIn(metrics->Render(), name) != static_cast<double>(depth)) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
 }
 
 }  // namespace testing_service

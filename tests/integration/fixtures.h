@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "client/client.h"
 #include "core/data/readers.h"
+#include "server/metrics.h"
 #include "server/registry.h"
 
 namespace adaptd {
@@ -60,8 +61,13 @@ bool WaitForMetric(int port, const std::string& name, double at_least);
 // The data directory's registry in this process, its jobs queued until StartTraining, and its
 // job `id`.
 struct Held {
+  std::unique_ptr<Metrics> metrics;  // outlives the registry, which reports to it
   std::unique_ptr<Registry> registry;
   std::shared_ptr<Job> job;
+
+  // Waits (up to 10 s) until `model`'s queue holds `depth` jobs (its actor has taken the rest);
+  // false if it never does.
+  bool WaitForQueueDepth(const std::string& model, int64_t depth) const;
 };
 absl::StatusOr<Held> OpenHeld(const std::string& data_dir, const std::string& id);
 

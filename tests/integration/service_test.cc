@@ -1058,7 +1058,8 @@ TEST(ServiceTest, AQueuedJobKeepsTheExamplesThatJoinedItThroughACrash) {
   // Nothing trains in the held registry: the first job holds its actor again, the second waits.
   auto held = OpenHeld(dir.path(), second_id);
   ASSERT_TRUE(held.ok()) << held.status();
-  auto& [registry, second] = *held;
+  auto& registry = held->registry;
+  auto& second = held->job;
   EXPECT_EQ(second->Status().state(), v1::JOB_STATE_QUEUED);
   EXPECT_EQ(second->Status().examples(), 120);
   auto cancelled = registry->CancelJob(second_id);
