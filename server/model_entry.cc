@@ -958,9 +958,9 @@ int64_t ModelEntry::UnlearntLocked(const Job& job) const {
   return std::max<int64_t>(0, job.end() - std::max(job.begin(), tasks_.at(job.task_id()).learned));
 }
 
-std::shared_ptr<Job> ModelEntry::QueuedJobLocked(int64_t task_id) const {
+std::shared_ptr<Job> ModelEntry::QueuedJobLocked(int64_t task_id, bool joinable) const {
   for (const auto& job : queue_) {
-    if (job->task_id() == task_id) return job;
+    if (job->task_id() == task_id && !(joinable && job->resumed_range())) return job;
   }
   return nullptr;
 }
@@ -970,9 +970,8 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   if (te.train_count == te.learned) return std::shared_ptr<Job>();
   // A job of the task that has not started takes every example pending when it starts: a
   // second one would find nothing left to learn. Not one that a restart resumed: it learns
-  // exactly the range it had started on.
-  if (std::shared_ptr<Job> queued = QueuedJobLocked(task_id);
-      queued != nullptr && !queued->resumed_range()) {
+  // exactly the range it had started on (a shutdown may put one ahead of a job that takes).
+  if (std::shared_ptr<Job> queued = QueuedJobLocked(task_id, /*joinable=*/true)) {
     // On record first, as a new job is: a restart (or a cancel after a crash) must find the
     // examples the job answers for. Refused, the examples stay pending, as they would be if a
     // new job could not be recorded; the job still takes them if it starts first.
@@ -1014,7 +1013,7 @@ std::chrono::steady_clock::time_point ModelEntry::QueueOverdueJobsLocked() {
   for (auto& [task_id, te] : tasks_) {
     if (!te.Waiting()) continue;
     // A queued job takes every example pending when it starts, these included.
-    if (QueuedJobLocked(task_id) != nullptr) continue;
+    if (QueuedJobLocked(task_id, /*joinable=*/true) != nullptr) continue;
     const Clock::time_point due = te.waiting_since + wait;
     if (due > now) {
       next = std::min(next, due);

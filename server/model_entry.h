@@ -322,8 +322,9 @@ class ModelEntry {
   std::vector<std::shared_ptr<Job>> KeptJobsLocked() const;
   void PruneJobsLocked();
   absl::StatusOr<std::shared_ptr<Job>> QueueJobLocked(int64_t task_id);
-  // The task's job that waits in the queue, if any. REQUIRES: mu_ held.
-  std::shared_ptr<Job> QueuedJobLocked(int64_t task_id) const;
+  // The task's job that waits in the queue, if any; with `joinable`, the first that takes every
+  // example pending when it starts (not one with a fixed range). REQUIRES: mu_ held.
+  std::shared_ptr<Job> QueuedJobLocked(int64_t task_id, bool joinable = false) const;
   // The examples a job that ends before it starts leaves unlearnt: its range, less what jobs
   // before it learnt since it was queued. REQUIRES: mu_ held.
   int64_t UnlearntLocked(const Job& job) const;

@@ -872,10 +872,12 @@ TEST(LifecycleTest, ACancelThatAShutdownOvertakesStillEndsTheJob) {
 
 // A stream that ends in a shutdown's grace period is stored, and the job it queues runs after
 // the restart; the job the shutdown interrupted is not that job: it resumes on exactly the
-// examples it had started on, and the stream's examples get a job of their own.
-TEST(ShutdownTest, AStreamEndingInTheGracePeriodGetsAJobOfItsOwn) {
+// examples it had started on. The stream's examples get a job of their own, or join the task's
+// job queued behind the interrupted one (with `queued_behind`), not a third that would find
+// nothing left.
+void ExpectAGracePeriodStreamsJobToRunAfterTheRestart(bool queued_behind) {
   TempDir dir;
-  std::string interrupted;
+  std::string interrupted, behind;
   absl::StatusOr<v1::StreamExamplesResponse> late;
   {
     auto server = ServerProcess::Start(dir.path());
@@ -888,6 +890,11 @@ TEST(ShutdownTest, AStreamEndingInTheGracePeriodGetsAJobOfItsOwn) {
     std::thread terminator;
     (void)client->WatchJob(interrupted, [&](const v1::JobStatus& st) {
       if (terminating || st.state() != v1::JOB_STATE_RUNNING || st.step() <= 50) return;
+      if (queued_behind) {  // now that the long job runs, a second job is queued behind it
+        auto b = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 8));
+        ASSERT_TRUE(b.ok() && b->job_ids_size() == 1);
+        behind = b->job_ids(0);
+      }
       // The stream is under way (one batch sent) when the signal comes; it ends a second after.
       v1::StreamHeader h;
       h.set_model("m");
@@ -918,6 +925,9 @@ TEST(ShutdownTest, AStreamEndingInTheGracePeriodGetsAJobOfItsOwn) {
   ASSERT_TRUE(late.ok()) << late.status();
   ASSERT_EQ(late->job_ids_size(), 1);
   EXPECT_NE(late->job_ids(0), interrupted);
+  if (queued_behind) {
+    EXPECT_EQ(late->job_ids(0), behind);
+  }
 
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
@@ -929,8 +939,17 @@ TEST(ShutdownTest, AStreamEndingInTheGracePeriodGetsAJobOfItsOwn) {
   auto after = client->WatchJob(late->job_ids(0));
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->state(), v1::JOB_STATE_SUCCEEDED) << after->message();
-  EXPECT_EQ(after->examples(), 10);
+  EXPECT_EQ(after->examples(), queued_behind ? 20 : 10);
+  EXPECT_EQ(client->ListJobs("m")->jobs_size(), 2);
   EXPECT_EQ(client->GetModel("m")->current().version(), 2);
+}
+
+TEST(ShutdownTest, AStreamEndingInTheGracePeriodGetsAJobOfItsOwn) {
+  ExpectAGracePeriodStreamsJobToRunAfterTheRestart(false);
+}
+
+TEST(ShutdownTest, AStreamEndingInTheGracePeriodJoinsTheJobQueuedBehind) {
+  ExpectAGracePeriodStreamsJobToRunAfterTheRestart(true);
 }
 
 // A finished job's step counts, last loss, IVON step figures and time are kept in the catalog:
