@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -225,11 +226,28 @@ using namespace testing_service;  // NOLINT
 // Model "m" with one job that trains long enough (300 epochs by default, 256 hidden units) to be
 // interrupted on purpose; the answer of the stream that queued it.
 absl::StatusOr<v1::StreamExamplesResponse> StartALongJob(const AdaptdClient& client,
-                                                          int epochs = 300) {
+                                                          int epochs = 300,
+                                                          double adapt_after_seconds = 0) {
   v1::CreateModelRequest r = BlobModel("m", false, epochs);
   r.mutable_spec()->set_hidden(0, 256);
+  r.mutable_config()->set_adapt_after_seconds(adapt_after_seconds);
   ADAPTD_RETURN_IF_ERROR(client.CreateModel(r).status());
   return StreamData(client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(300, {0, 1}, 1));
+}
+
+// Watches job `id` and calls `act` once, when the job has run 50 steps. The watch's end (a
+// shutdown ends it with UNAVAILABLE); `*acted` says whether `act` ran.
+absl::Status WhenItHasRun(const AdaptdClient& client, const std::string& id,
+                          const std::function<void()>& act, bool* acted) {
+  *acted = false;
+  return client
+      .WatchJob(id,
+                [&](const v1::JobStatus& st) {
+                  if (*acted || st.state() != v1::JOB_STATE_RUNNING || st.step() <= 50) return;
+                  *acted = true;
+                  act();
+                })
+      .status();
 }
 
 // A second connection to a data directory's catalog that can hold its write lock. While it is
@@ -288,15 +306,12 @@ TEST(ShutdownTest, SigtermInterruptsAJobThatResumesOnRestart) {
   auto s = StartALongJob(*client);
   ASSERT_TRUE(s.ok()) << s.status();
   int exit_status = -1;
+  bool acted;
   // The watch keeps a call open through the shutdown's grace period; the job must not train on
   // (and publish) meanwhile, and the watcher is told why its watch ends.
-  const absl::Status watched =
-      client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
-        if (exit_status < 0 && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
-          exit_status = (*server)->Terminate();
-        }
-      }).status();
-  ASSERT_GE(exit_status, 0) << "the job ended before it could be interrupted";
+  const absl::Status watched = WhenItHasRun(
+      *client, s->job_ids(0), [&] { exit_status = (*server)->Terminate(); }, &acted);
+  ASSERT_TRUE(acted) << "the job ended before it could be interrupted";
   EXPECT_TRUE(WIFEXITED(exit_status) && WEXITSTATUS(exit_status) == 0) << exit_status;
   EXPECT_EQ(watched.code(), absl::StatusCode::kUnavailable) << watched;
   EXPECT_THAT(std::string(watched.message()), ::testing::HasSubstr("the server is shutting down"));
@@ -690,14 +705,10 @@ std::vector<std::string> QueuedByAShutdown(const std::string& dir, bool second_t
     if (!t.ok()) return {};
     ids.push_back(t->job_ids(0));
   }
-  int exit_status = -1;
-  (void)client->WatchJob(ids[0], [&](const v1::JobStatus& st) {
-    if (exit_status < 0 && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
-      exit_status = (*server)->Terminate();
-    }
-  });
-  EXPECT_GE(exit_status, 0) << "the job ended before it could be interrupted";
-  return exit_status < 0 ? std::vector<std::string>{} : ids;
+  bool acted;
+  (void)WhenItHasRun(*client, ids[0], [&] { EXPECT_EQ((*server)->Terminate(), 0); }, &acted);
+  EXPECT_TRUE(acted) << "the job ended before it could be interrupted";
+  return acted ? ids : std::vector<std::string>{};
 }
 
 // Waits (up to a minute) for `job` to end; its status then.
@@ -888,8 +899,8 @@ void ExpectAGracePeriodStreamsJobToRunAfterTheRestart(bool queued_behind) {
     interrupted = s->job_ids(0);
     std::atomic<bool> terminating{false};
     std::thread terminator;
-    (void)client->WatchJob(interrupted, [&](const v1::JobStatus& st) {
-      if (terminating || st.state() != v1::JOB_STATE_RUNNING || st.step() <= 50) return;
+    bool acted;
+    (void)WhenItHasRun(*client, interrupted, [&] {
       if (queued_behind) {  // now that the long job runs, a second job is queued behind it
         auto b = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 8));
         ASSERT_TRUE(b.ok() && b->job_ids_size() == 1);
@@ -918,8 +929,8 @@ void ExpectAGracePeriodStreamsJobToRunAfterTheRestart(bool queued_behind) {
       terminating = true;
       terminator = std::thread([&] { EXPECT_EQ((*server)->Terminate(), 0); });
       streamer.join();
-    });
-    ASSERT_TRUE(terminating) << "the job ended before it could be interrupted";
+    }, &acted);
+    ASSERT_TRUE(acted) << "the job ended before it could be interrupted";
     terminator.join();
   }
   ASSERT_TRUE(late.ok()) << late.status();
@@ -952,6 +963,55 @@ TEST(ShutdownTest, AStreamEndingInTheGracePeriodJoinsTheJobQueuedBehind) {
   ExpectAGracePeriodStreamsJobToRunAfterTheRestart(true);
 }
 
+// Examples streamed (kept open) while a job runs that a shutdown interrupts are not the resumed
+// job's to learn: it learns exactly the range it had started on, and the adapt_after_seconds
+// timer gives them a job of their own after it.
+TEST(ShutdownTest, ExamplesStreamedDuringAResumedJobGetATimedJobAfterIt) {
+  TempDir dir;
+  std::string interrupted;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    auto s = StartALongJob(*client, 300, /*adapt_after_seconds=*/0.5);
+    ASSERT_TRUE(s.ok()) << s.status();
+    interrupted = s->job_ids(0);
+    bool acted;
+    (void)WhenItHasRun(*client, interrupted, [&] {
+      auto open = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 7), 64,
+                             /*keep_open=*/true);
+      ASSERT_TRUE(open.ok() && open->job_ids_size() == 0) << open.status();
+      EXPECT_EQ((*server)->Terminate(), 0);
+    }, &acted);
+    ASSERT_TRUE(acted) << "the job ended before it could be interrupted";
+  }
+
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  auto resumed = client->WatchJob(interrupted);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->state(), v1::JOB_STATE_SUCCEEDED) << resumed->message();
+  EXPECT_EQ(resumed->examples(), 300);
+  EXPECT_EQ(resumed->version(), 1);
+  // The timer's job is queued once the resumed one has ended: wait for it to appear.
+  v1::ListJobsResponse jobs;
+  for (int i = 0; i < 100 && jobs.jobs_size() < 2; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto listed = client->ListJobs("m");
+    ASSERT_TRUE(listed.ok()) << listed.status();
+    jobs = *std::move(listed);
+  }
+  ASSERT_EQ(jobs.jobs_size(), 2);
+  const std::string timed =
+      jobs.jobs(0).job_id() == interrupted ? jobs.jobs(1).job_id() : jobs.jobs(0).job_id();
+  auto after = client->WatchJob(timed);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->state(), v1::JOB_STATE_SUCCEEDED) << after->message();
+  EXPECT_EQ(after->examples(), 10);
+  EXPECT_EQ(after->version(), 2);
+}
+
 // A finished job's step counts, last loss, IVON step figures and time are kept in the catalog:
 // ListJobs after a restart shows each job as it showed it before.
 TEST(LifecycleTest, FinishedJobsShowTheirProgressAfterARestart) {
@@ -963,13 +1023,12 @@ TEST(LifecycleTest, FinishedJobsShowTheirProgressAfterARestart) {
     auto client = (*server)->Client();
     auto s = StartALongJob(*client);
     ASSERT_TRUE(s.ok()) << s.status();
-    bool cancelled = false;
-    (void)client->WatchJob(s->job_ids(0), [&](const v1::JobStatus& st) {
-      if (!cancelled && st.state() == v1::JOB_STATE_RUNNING && st.step() > 50) {
-        cancelled = client->CancelJob(s->job_ids(0)).ok();
-      }
-    });
-    ASSERT_TRUE(cancelled) << "the job ended before it could be cancelled";
+    bool cancelled = false, acted;
+    (void)WhenItHasRun(
+        *client, s->job_ids(0), [&] { cancelled = client->CancelJob(s->job_ids(0)).ok(); },
+        &acted);
+    ASSERT_TRUE(acted) << "the job ended before it could be cancelled";
+    ASSERT_TRUE(cancelled);
     v1::UpdateConfigRequest fewer;
     fewer.set_name("m");
     fewer.mutable_config()->set_epochs(2);
