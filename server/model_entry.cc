@@ -968,9 +968,16 @@ std::shared_ptr<Job> ModelEntry::QueuedJobLocked(int64_t task_id, bool joinable)
 absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id) {
   TaskExamples& te = tasks_.at(task_id);
   if (te.train_count == te.learned) return std::shared_ptr<Job>();
+  // A job that a restart resumes learns exactly the range it had started on (a shutdown puts
+  // one at the queue's front). If that range holds every stored example (an empty stream closes
+  // the task in a shutdown's grace period), it answers for them: a new job would learn nothing.
+  for (const auto& job : queue_) {
+    if (job->task_id() == task_id && job->resumed_range() && job->end() >= te.train_count) {
+      return job;
+    }
+  }
   // A job of the task that has not started takes every example pending when it starts: a
-  // second one would find nothing left to learn. Not one that a restart resumed: it learns
-  // exactly the range it had started on (a shutdown may put one ahead of a job that takes).
+  // second one would find nothing left to learn. Not a resumed one (above).
   if (std::shared_ptr<Job> queued = QueuedJobLocked(task_id, /*joinable=*/true)) {
     // On record first, as a new job is: a restart (or a cancel after a crash) must find the
     // examples the job answers for. Refused, the examples stay pending, as they would be if a
