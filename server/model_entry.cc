@@ -968,13 +968,18 @@ std::shared_ptr<Job> ModelEntry::QueuedJobLocked(int64_t task_id, bool joinable)
 absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id) {
   TaskExamples& te = tasks_.at(task_id);
   if (te.train_count == te.learned) return std::shared_ptr<Job>();
-  // A job that a restart resumes learns exactly the range it had started on (a shutdown puts
-  // one at the queue's front). If that range holds every stored example (an empty stream closes
-  // the task in a shutdown's grace period), it answers for them: a new job would learn nothing.
+  // No stream joins the running job (it took its examples as it started, or takes them as it
+  // starts after its wait for a training slot) or one that a crash or a shutdown interrupted
+  // (it learns exactly the range it had started on). A stream that brings nothing past such a
+  // job's range (an empty one that closes the task) is answered with that job: a new one would
+  // find nothing to learn.
+  auto answers_for_every_example = [&](const std::shared_ptr<Job>& job) {
+    return job != nullptr && job->task_id() == task_id && !job->terminal() &&
+           !job->cancel_requested() && job->end() >= te.train_count;
+  };
+  if (answers_for_every_example(running_)) return running_;
   for (const auto& job : queue_) {
-    if (job->task_id() == task_id && job->resumed_range() && job->end() >= te.train_count) {
-      return job;
-    }
+    if (job->resumed_range() && answers_for_every_example(job)) return job;
   }
   // A job of the task that has not started takes every example pending when it starts: a
   // second one would find nothing left to learn. Not a resumed one (above).

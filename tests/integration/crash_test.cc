@@ -993,6 +993,41 @@ TEST(ShutdownTest, AnEmptyStreamEndingInTheGracePeriodQueuesNoJob) {
   ExpectAGracePeriodStreamsJobToRunAfterTheRestart(false, /*late=*/0);
 }
 
+// An empty stream that closes the task while its job runs (here one that a restart resumed after
+// a crash) brings nothing that job will not learn: it is answered with that job, not a new one.
+TEST(CrashTest, AnEmptyStreamWhileTheResumedJobRunsIsAnsweredWithIt) {
+  TempDir dir;
+  std::string interrupted;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    auto s = StartALongJob(*client, /*epochs=*/3000);
+    ASSERT_TRUE(s.ok()) << s.status();
+    interrupted = s->job_ids(0);
+    bool acted;
+    (void)WhenItHasRun(*client, interrupted, [&] { (*server)->Kill(); }, &acted);
+    ASSERT_TRUE(acted) << "the job ended before it could be interrupted";
+  }
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::StreamHeader h;
+  h.set_model("m");
+  h.set_task_id(0);
+  h.set_split(v1::SPLIT_TRAIN);
+  auto empty = client->StreamExamples(h, std::vector<v1::ExampleBatch>());
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  ASSERT_EQ(empty->job_ids_size(), 1) << "the resumed job ended before the stream";
+  EXPECT_EQ(empty->job_ids(0), interrupted);
+  auto resumed = client->WatchJob(interrupted);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->state(), v1::JOB_STATE_SUCCEEDED) << resumed->message();
+  EXPECT_EQ(resumed->examples(), 300);
+  EXPECT_EQ(client->ListJobs("m")->jobs_size(), 1);
+  EXPECT_EQ(client->GetModel("m")->current().version(), 1);
+}
+
 // Examples streamed (kept open) while a job runs that a shutdown interrupts are not the resumed
 // job's to learn: it learns exactly the range it had started on, and the adapt_after_seconds
 // timer gives them a job of their own after it.
