@@ -203,7 +203,8 @@ absl::Status Stream(const AdaptdClient& client, const CtlOptions& options,
 }
 
 // A closing training stream with no examples: it queues a job for the task's examples not yet
-// learnt (those a failed or cancelled job left, or those of keep_open streams).
+// learnt (those a failed or cancelled job left, or those of keep_open streams), or names the
+// job that learns them already (the task's running job, or its queued one).
 absl::Status AdaptPending(const AdaptdClient& client, const CtlOptions& options,
                           const std::vector<std::string>& args) {
   if (options.task < 0) return absl::InvalidArgumentError("adapt needs --task");
@@ -219,7 +220,7 @@ absl::Status AdaptPending(const AdaptdClient& client, const CtlOptions& options,
     return absl::OkStatus();
   }
   for (const std::string& job : response.job_ids()) {
-    absl::PrintF("%s task %d: job %s queued\n", response.model(), response.task_id(), job);
+    absl::PrintF("%s task %d: job %s learns them\n", response.model(), response.task_id(), job);
     if (!options.watch) continue;
     ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, WatchWithProgress(client, job));
     absl::PrintF("job %s %s: %s\n", job, JobStateName(status.state()), status.message());
