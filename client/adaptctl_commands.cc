@@ -370,8 +370,8 @@ const std::vector<CtlCommand>& CtlCommands() {
        "--csv_header --csv_labels --batch --keep_open --watch --select_classes --limit)",
        Stream},
       {"adapt", "NAME", 1, 1,
-       "queue a job for a task's examples not yet learnt, e.g. after a failed job and a "
-       "set-config (--task --watch)",
+       "queue a job for a task's examples not yet learnt (or name the job that learns them), "
+       "e.g. after a failed job and a set-config (--task --watch)",
        AdaptPending},
       {"watch", "JOB_ID", 1, 1, "follow an adaptation job", Watch},
       {"jobs", "NAME", 1, 1, "a model's adaptation jobs, oldest first, with their steps, loss and time", Jobs},

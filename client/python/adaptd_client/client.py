@@ -240,7 +240,8 @@ class Client:
         progress(sent, total) is called as batches go out.
 
         Returns the StreamExamplesResponse: examples stored, their ids (ids_from_ranges) and
-        the job_ids of adaptation jobs it queued. The stream is all-or-nothing, with one caveat: an
+        the job_ids of the adaptation jobs that learn them (queued or joined; for a stream of no
+        examples, possibly the task's running job). The stream is all-or-nothing, with one caveat: an
         error that comes after the end message went out (a timeout, an interrupt while waiting
         for the reply) may come after the server stored the examples. Check get_model's task
         counts before resending, or the examples are stored twice.
