@@ -286,6 +286,35 @@ void ExpectInterruptedByTheShutdown(const std::string& data_dir, const std::stri
   ADD_FAILURE() << "no job " << id;
 }
 
+// Runs StartALongJob's job (`epochs`, `adapt_after_seconds`) on a server on `data_dir` and calls
+// `act` with the client and the server once it has run 50 steps (act stops the server). The
+// job's id; empty, with a failure, if the job ended first.
+std::string InterruptALongJob(
+    const std::string& data_dir, int epochs, double adapt_after_seconds,
+    const std::function<void(const AdaptdClient&, ServerProcess&)>& act) {
+  auto server = ServerProcess::Start(data_dir);
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return "";
+  auto client = (*server)->Client();
+  auto s = StartALongJob(*client, epochs, adapt_after_seconds);
+  EXPECT_TRUE(s.ok()) << s.status();
+  if (!s.ok()) return "";
+  bool acted;
+  (void)WhenItHasRun(*client, s->job_ids(0), [&] { act(*client, **server); }, &acted);
+  EXPECT_TRUE(acted) << "the job ended before it could be interrupted";
+  return acted ? s->job_ids(0) : "";
+}
+
+// After a restart, the interrupted job `id` learns the 300 examples it had started on, and
+// publishes version 1.
+void ExpectItLearnsItsRange(const AdaptdClient& client, const std::string& id) {
+  auto resumed = client.WatchJob(id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->state(), v1::JOB_STATE_SUCCEEDED) << resumed->message();
+  EXPECT_EQ(resumed->examples(), 300);
+  EXPECT_EQ(resumed->version(), 1);
+}
+
 // A server started again on `data_dir` runs job `id` to the end and publishes version 1.
 void ExpectItRunsAfterARestart(const std::string& data_dir, const std::string& id) {
   auto server = ServerProcess::Start(data_dir);
@@ -966,10 +995,7 @@ void ExpectAGracePeriodStreamsJobToRunAfterTheRestart(bool queued_behind, int64_
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
-  auto resumed = client->WatchJob(interrupted);
-  ASSERT_TRUE(resumed.ok()) << resumed.status();
-  EXPECT_EQ(resumed->state(), v1::JOB_STATE_SUCCEEDED) << resumed->message();
-  EXPECT_EQ(resumed->examples(), 300);
+  ExpectItLearnsItsRange(*client, interrupted);
   const int64_t jobs = late == 0 && !queued_behind ? 1 : 2;
   if (jobs == 2) {
     auto after = client->WatchJob(answer->job_ids(0));
@@ -997,18 +1023,11 @@ TEST(ShutdownTest, AnEmptyStreamEndingInTheGracePeriodQueuesNoJob) {
 // a crash) brings nothing that job will not learn: it is answered with that job, not a new one.
 TEST(CrashTest, AnEmptyStreamWhileTheResumedJobRunsIsAnsweredWithIt) {
   TempDir dir;
-  std::string interrupted;
-  {
-    auto server = ServerProcess::Start(dir.path());
-    ASSERT_TRUE(server.ok()) << server.status();
-    auto client = (*server)->Client();
-    auto s = StartALongJob(*client, /*epochs=*/3000);
-    ASSERT_TRUE(s.ok()) << s.status();
-    interrupted = s->job_ids(0);
-    bool acted;
-    (void)WhenItHasRun(*client, interrupted, [&] { (*server)->Kill(); }, &acted);
-    ASSERT_TRUE(acted) << "the job ended before it could be interrupted";
-  }
+  const std::string interrupted = InterruptALongJob(
+      dir.path(), /*epochs=*/3000, 0, [](const AdaptdClient&, ServerProcess& server) {
+        server.Kill();
+      });
+  ASSERT_FALSE(interrupted.empty());
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
@@ -1020,10 +1039,7 @@ TEST(CrashTest, AnEmptyStreamWhileTheResumedJobRunsIsAnsweredWithIt) {
   ASSERT_TRUE(empty.ok()) << empty.status();
   ASSERT_EQ(empty->job_ids_size(), 1) << "the resumed job ended before the stream";
   EXPECT_EQ(empty->job_ids(0), interrupted);
-  auto resumed = client->WatchJob(interrupted);
-  ASSERT_TRUE(resumed.ok()) << resumed.status();
-  EXPECT_EQ(resumed->state(), v1::JOB_STATE_SUCCEEDED) << resumed->message();
-  EXPECT_EQ(resumed->examples(), 300);
+  ExpectItLearnsItsRange(*client, interrupted);
   EXPECT_EQ(client->ListJobs("m")->jobs_size(), 1);
   EXPECT_EQ(client->GetModel("m")->current().version(), 1);
 }
@@ -1033,33 +1049,21 @@ TEST(CrashTest, AnEmptyStreamWhileTheResumedJobRunsIsAnsweredWithIt) {
 // timer gives them a job of their own after it.
 TEST(ShutdownTest, ExamplesStreamedDuringAResumedJobGetATimedJobAfterIt) {
   TempDir dir;
-  std::string interrupted;
-  {
-    auto server = ServerProcess::Start(dir.path());
-    ASSERT_TRUE(server.ok()) << server.status();
-    auto client = (*server)->Client();
-    auto s = StartALongJob(*client, 300, /*adapt_after_seconds=*/0.5);
-    ASSERT_TRUE(s.ok()) << s.status();
-    interrupted = s->job_ids(0);
-    bool acted;
-    (void)WhenItHasRun(*client, interrupted, [&] {
-      auto open = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 7), 64,
-                             /*keep_open=*/true);
-      ASSERT_TRUE(open.ok() && open->job_ids_size() == 0) << open.status();
-      EXPECT_EQ((*server)->Terminate(), 0);
-    }, &acted);
-    ASSERT_TRUE(acted) << "the job ended before it could be interrupted";
-  }
+  const std::string interrupted = InterruptALongJob(
+      dir.path(), 300, /*adapt_after_seconds=*/0.5,
+      [](const AdaptdClient& client, ServerProcess& server) {
+        auto open = StreamData(client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 7), 64,
+                               /*keep_open=*/true);
+        ASSERT_TRUE(open.ok() && open->job_ids_size() == 0) << open.status();
+        EXPECT_EQ(server.Terminate(), 0);
+      });
+  ASSERT_FALSE(interrupted.empty());
   ExpectInterruptedByTheShutdown(dir.path(), interrupted);
 
   auto server = ServerProcess::Start(dir.path());
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = (*server)->Client();
-  auto resumed = client->WatchJob(interrupted);
-  ASSERT_TRUE(resumed.ok()) << resumed.status();
-  EXPECT_EQ(resumed->state(), v1::JOB_STATE_SUCCEEDED) << resumed->message();
-  EXPECT_EQ(resumed->examples(), 300);
-  EXPECT_EQ(resumed->version(), 1);
+  ExpectItLearnsItsRange(*client, interrupted);
   // The timer's job is queued once the resumed one has ended: wait for it to appear.
   v1::ListJobsResponse jobs;
   for (int i = 0; i < 100 && jobs.jobs_size() < 2; ++i) {
