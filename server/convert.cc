@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/status_macros.h"
@@ -197,7 +198,11 @@ absl::StatusOr<v1::LearningConfig> MergeConfig(const v1::LearningConfig& current
         "\"ivon.lr\"; got none");
   }
   for (const std::string& path : mask.paths()) {
-    if (!FieldMaskUtil::IsValidPath<v1::LearningConfig>(path)) {
+    // IsValidPath skips empty segments, so "ivon." would pass as "ivon" and reset every IVON
+    // setting the request leaves out.
+    const bool empty_segment = path.empty() || absl::StartsWith(path, ".") ||
+                               absl::EndsWith(path, ".") || absl::StrContains(path, "..");
+    if (empty_segment || !FieldMaskUtil::IsValidPath<v1::LearningConfig>(path)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "update_mask: \"", path, "\" is not a LearningConfig field (expected a path such as "
           "\"epochs\" or \"ivon.lr\")"));

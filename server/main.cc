@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <thread>
+#include <vector>
 
 #include <ATen/Parallel.h>
 
@@ -88,7 +89,12 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage("adaptd: continual-learning training service\n"
                                "  adaptd --data_dir=DIR [--port=50051] [--metrics_port=PORT (off by default)]");
-  absl::ParseCommandLine(argc, argv);
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr, "adaptd: takes flags only; got the argument \"%s\" (flags are --name=value)\n",
+                 rest[1]);
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_threads) < 1) {
     std::fprintf(stderr, "adaptd: --threads must be >= 1; got %d\n", absl::GetFlag(FLAGS_threads));
     return 2;

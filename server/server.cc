@@ -76,6 +76,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return absl::InvalidArgumentError(
         absl::StrCat("training_nice must be in [0, 19]; got ", options.training_nice));
   }
+  // gRPC and the metrics listener would take a port outside 16 bits modulo 65536, or say
+  // "in use" for a negative one.
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("port must be in [0, 65535] (0: any free port); got ", options.port));
+  }
+  if (options.metrics_port < -1 || options.metrics_port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics_port must be in [-1, 65535] (-1: off, 0: any free port); got ",
+        options.metrics_port));
+  }
   if (options.keep_jobs < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("keep_jobs must be >= 1; got ", options.keep_jobs));

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <thread>
@@ -1261,6 +1262,17 @@ TEST(LifecycleTest, ATokensFileWithoutTokensIsRefused) {
   const std::string tokens = dir.path() + "/tokens";
   std::ofstream(tokens) << "# nobody yet\n\n";
   EXPECT_FALSE(ServerProcess::Start(dir.path() + "/data", {"--tokens_file=" + tokens}).ok());
+}
+
+// A word without "--" (a flag mistyped as "port 7000", say) used to be dropped and the server
+// run on the defaults. It now exits with the usage status, 2, before it touches the directory.
+TEST(LifecycleTest, AnArgumentThatIsNotAFlagIsRefused) {
+  TempDir dir;
+  auto refused = ServerProcess::Start(dir.path() + "/data", {"7000"});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("(exit status 512)"))
+      << refused.status();
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/data"));
 }
 
 }  // namespace

@@ -106,6 +106,24 @@ TEST(ServerTest, RefusesSettingsOutOfRange) {
   o.max_threads = 3;
   bad = Server::Create(o);
   EXPECT_EQ(bad.status().message(), "max_threads must be >= 4; got 3") << bad.status();
+  o.max_threads = 4;
+  // Out of 16 bits a port used to wrap (70000 listened on 4464); a negative one said "in use".
+  for (int port : {-5, 65536, 70000}) {
+    o.port = port;
+    bad = Server::Create(o);
+    EXPECT_EQ(bad.status().message(),
+              absl::StrCat("port must be in [0, 65535] (0: any free port); got ", port))
+        << bad.status();
+  }
+  o.port = 0;
+  for (int port : {-7, 99999}) {
+    o.metrics_port = port;
+    bad = Server::Create(o);
+    EXPECT_EQ(bad.status().message(),
+              absl::StrCat("metrics_port must be in [-1, 65535] (-1: off, 0: any free port); got ",
+                           port))
+        << bad.status();
+  }
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
@@ -324,6 +342,10 @@ TEST(ConvertTest, MergeConfigChangesOnlyTheNamedFields) {
   refused(update, Mask({"epochs", "learning_rate"}),
           "\"learning_rate\" is not a LearningConfig field");
   refused(update, Mask({"ivon.nope"}), "\"ivon.nope\" is not a LearningConfig field");
+  // Empty segments: "ivon." used to pass as "ivon" and reset every IVON setting.
+  for (const char* path : {"ivon.", ".epochs", "ivon..lr", ""}) {
+    refused(update, Mask({path}), absl::StrCat("\"", path, "\" is not a LearningConfig field"));
+  }
   v1::LearningConfig kprior;
   kprior.set_method("kprior");
   refused(kprior, Mask({"method"}),
