@@ -106,9 +106,13 @@ void CopyRunProgress(const v1::JobStatus& from, v1::JobStatus* to) {
   to->set_elapsed_seconds(from.elapsed_seconds());
 }
 
-// What the catalog keeps of a job's status when it ends (JobRow::progress).
+// What the catalog keeps of a job's status when it ends (JobRow::progress). With the job's id,
+// so that a job that ends with no examples and no step ("nothing new to learn") still leaves a
+// record: an empty one is a job that ended before the catalog kept any, which a start shows
+// with its range's examples.
 std::string ProgressOf(const v1::JobStatus& s) {
   v1::JobStatus p;
+  p.set_job_id(s.job_id());
   p.set_examples(s.examples());
   CopyRunProgress(s, &p);
   return p.SerializeAsString();

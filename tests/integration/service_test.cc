@@ -659,6 +659,17 @@ void StartHogAndWaiter(const AdaptdClient& client, std::string* hog_job, std::st
   *waiter_job = waiting->job_ids(0);
 }
 
+// StartHogAndWaiter, then a second job for the waiter's task (10 more examples): the first job
+// holds the waiter's actor while it waits for the hog's slot, so the second is queued behind it.
+void QueueBehindTheWaiter(const AdaptdClient& client, std::string* hog, std::string* first,
+                          std::string* second) {
+  ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(client, hog, first));
+  auto queued = StreamData(client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 3));
+  ASSERT_TRUE(queued.ok() && queued->job_ids_size() == 1);
+  *second = queued->job_ids(0);
+  ASSERT_NE(*second, *first);
+}
+
 // A watch that carries no data for 35 s (its job waits for the training slot a long job holds),
 // on a client that pings every 10 s, the most often the server accepts: gRPC's default server
 // policy would take the third such ping as abuse and close the connection (UNAVAILABLE); this
@@ -1045,11 +1056,8 @@ TEST(ServiceTest, AQueuedJobKeepsTheExamplesThatJoinedItThroughACrash) {
     ASSERT_TRUE(server.ok()) << server.status();
     auto client = (*server)->Client();
     std::string hog, first;
-    ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &first));
-    // The first job holds the actor; a second one is queued, and a later stream joins it.
-    auto second = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 3));
-    ASSERT_TRUE(second.ok() && second->job_ids_size() == 1);
-    second_id = second->job_ids(0);
+    // A later stream joins the second job.
+    ASSERT_NO_FATAL_FAILURE(QueueBehindTheWaiter(*client, &hog, &first, &second_id));
     auto joined = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 4));
     ASSERT_TRUE(joined.ok() && joined->job_ids_size() == 1);
     EXPECT_EQ(joined->job_ids(0), second_id);
@@ -1066,6 +1074,40 @@ TEST(ServiceTest, AQueuedJobKeepsTheExamplesThatJoinedItThroughACrash) {
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
   EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED) << cancelled->message();
   EXPECT_EQ(cancelled->examples(), 120);
+}
+
+// A job queued behind one that waits for a training slot finds nothing left when it starts (the
+// waiting job takes every example): it ends with 0 examples, and a restart still shows 0, not
+// the range it held in the queue (it did, as the catalog kept an empty record of it).
+TEST(ServiceTest, AJobThatFoundNothingToLearnKeepsItsCountThroughARestart) {
+  TempDir dir;
+  std::string second_id;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    std::string hog, first;
+    ASSERT_NO_FATAL_FAILURE(QueueBehindTheWaiter(*client, &hog, &first, &second_id));
+    ASSERT_TRUE(client->CancelJob(hog).ok());
+    auto ended = client->WatchJob(second_id);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    EXPECT_EQ(ended->state(), v1::JOB_STATE_SUCCEEDED) << ended->message();
+    EXPECT_THAT(ended->message(), ::testing::HasSubstr("nothing new to learn"));
+    EXPECT_EQ(ended->examples(), 0);
+    auto learnt = client->WatchJob(first);
+    ASSERT_TRUE(learnt.ok()) << learnt.status();
+    EXPECT_EQ(learnt->examples(), 110);
+    EXPECT_EQ((*server)->Terminate(), 0);
+  }
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto jobs = (*server)->Client()->ListJobs("waiter");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  ASSERT_EQ(jobs->jobs_size(), 2);
+  EXPECT_EQ(jobs->jobs(0).examples(), 110);
+  EXPECT_EQ(jobs->jobs(1).job_id(), second_id);
+  EXPECT_EQ(jobs->jobs(1).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(jobs->jobs(1).examples(), 0);
 }
 
 // A rollback goes back to what its target had learnt: the examples learnt since are pending
