@@ -296,6 +296,16 @@ absl::Status Model::CheckInput(const at::Tensor& x) const {
                                                  DescribeTensor(x)));
 }
 
+absl::Status CheckFiniteOutputs(const at::Tensor& out, const at::Tensor& x, int64_t first) {
+  const at::Tensor bad = at::isfinite(out).reshape({out.size(0), -1}).all(1).logical_not().cpu();
+  if (!bad.any().item<bool>()) return absl::OkStatus();
+  const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "x: the model's outputs for example ", first + i, " are not finite: its features reach |x| = ",
+      x[i].abs().max().item<double>(), ", and an input that far from the scale the model learnt "
+      "on overflows float32"));
+}
+
 int64_t Model::NumParameters() {
   int64_t n = 0;
   for (const at::Tensor& p : Parameters()) n += p.numel();

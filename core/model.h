@@ -94,6 +94,13 @@ absl::StatusOr<at::Tensor> MakeLabelMask(const std::vector<int64_t>& labels, int
 // INVALID_ARGUMENT unless `mask` is undefined (no head) or bool [num_classes].
 absl::Status CheckLabelMask(const at::Tensor& mask, int64_t num_classes);
 
+// INVALID_ARGUMENT naming the first example whose row of `out` ([N, ...]: its logits, or what was
+// computed from them, for the examples x [N, ...]) is not finite, and how far its features
+// reach: an input far outside the scale the model learnt on overflows float32 on a published
+// (finite) model, and the caller must not answer with NaN. `first`: the index of x's first row
+// in the request. OK when every row is finite.
+absl::Status CheckFiniteOutputs(const at::Tensor& out, const at::Tensor& x, int64_t first = 0);
+
 // Logits with classes outside `mask` set to -inf, so softmax and cross-entropy see only the
 // task's head. An undefined mask returns the logits unchanged.
 at::Tensor MaskLogits(const at::Tensor& logits, const at::Tensor& mask);

@@ -299,11 +299,13 @@ absl::StatusOr<std::unique_ptr<InfluenceScorer>> InfluenceScorer::Create(
     const std::vector<at::Tensor> params = model.Parameters();
     const at::Tensor& w = params[0];
     const at::Tensor p = at::softmax(MaskLogits(model.Forward(q.to(w.device())), options.label_mask), 1);
+    ADAPTD_RETURN_IF_ERROR(CheckFiniteOutputs(p, q));
     const int64_t c = options.query_class >= 0 ? options.query_class : p.argmax(1).item<int64_t>();
     const at::Tensor pc = p[0][c];
     const std::vector<at::Tensor> grads = torch::autograd::grad({pc}, params, {}, false, false, true);
     at::NoGradGuard no_grad;
     scorer->u_ = sigma.To(w.device(), w.scalar_type()).Apply(FlattenLike(grads, params));
+    ADAPTD_RETURN_IF_ERROR(CheckFiniteOutputs(scorer->u_.unsqueeze(0), q));
     scorer->query_class_ = c;
     scorer->query_probability_ = pc.item<double>();
     return absl::OkStatus();

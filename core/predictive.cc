@@ -222,6 +222,10 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
         const int64_t len = std::min(options.batch_size, n - b);
         ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output g,
                                 jacobian->SigmaGram(x.narrow(0, b, len), sigma, /*full=*/true));
+        // (A non-finite J Sigma J^T would fail the eigendecomposition below as INTERNAL.)
+        const at::Tensor rows = x.narrow(0, b, len);
+        ADAPTD_RETURN_IF_ERROR(CheckFiniteOutputs(g.logits, rows, b));
+        ADAPTD_RETURN_IF_ERROR(CheckFiniteOutputs(g.value, rows, b));
         const at::Tensor f = MaskLogits(g.logits, options.label_mask);
         const at::Tensor var = g.value.diagonal(0, 1, 2);
         out.probs.narrow(0, b, len).copy_(at::softmax(f / (1 + M_PI / 8 * var).sqrt(), 1));
@@ -237,6 +241,7 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
       m.Finish(static_cast<double>(options.samples), out);
       out.probs = probit;
     }
+    ADAPTD_RETURN_IF_ERROR(CheckFiniteOutputs(out.probs, x));
     out.label = out.probs.argmax(1);
     out.total_entropy = Entropy(out.probs);
     out.mutual_information = (out.total_entropy - out.expected_entropy).clamp_min(0);

@@ -231,11 +231,14 @@ absl::StatusOr<double> Trainer::Step(const at::Tensor& x, const at::Tensor& y,
   });
 }
 
-absl::Status Trainer::Diverged(const std::string& what, double lr) const {
+absl::Status Trainer::Diverged(const std::string& what, double lr, const Dataset& data) const {
+  // How far the inputs reach: features far from unit scale (unscaled measurements, say) make
+  // any learning rate diverge, and no setting but scaling them helps.
   return absl::AbortedError(absl::StrCat(
       "training diverged: ", what, " at step ", steps_, " of ", total_steps_,
-      " (learning rate ", lr, "). Lower the learning rate, raise the initial Hessian "
-      "(hess_init) or set a clip radius"));
+      " (learning rate ", lr, "; the examples' features reach |x| = ",
+      data.x.abs().max().item<double>(), "). Lower the learning rate, raise the initial Hessian "
+      "(hess_init) or set a clip radius; features far from unit scale need scaling"));
 }
 
 absl::Status Trainer::CheckLearnt(const Dataset& data, const at::Tensor& label_mask) {
@@ -294,7 +297,7 @@ absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor
                                 : label_mask;
     ADAPTD_ASSIGN_OR_RETURN(double loss, Step(data.x.index_select(0, idx).to(device),
                                               data.y.index_select(0, idx).to(device), mask, extra));
-    if (!std::isfinite(loss)) return Diverged(absl::StrCat("the loss became ", loss), lr);
+    if (!std::isfinite(loss)) return Diverged(absl::StrCat("the loss became ", loss), lr, data);
     loss_sum += loss;
     ++batches;
     if (ivon_ && ((steps_ - 1) % kStepGrowthEvery == 0 || steps_ == total_steps_)) {
@@ -311,7 +314,7 @@ absl::StatusOr<double> Trainer::TrainEpoch(const Dataset& data, const at::Tensor
   }
   // The last step's update is not seen by any loss of this epoch.
   if (!flat_.params().isfinite().all().item<bool>()) {
-    return Diverged("the weights are no longer finite", lr);
+    return Diverged("the weights are no longer finite", lr, data);
   }
   return loss_sum / static_cast<double>(batches);
 }

@@ -160,7 +160,7 @@ class Trainer {
 
  private:
   Trainer(Model* model, const TrainOptions& options, int64_t total_steps, FlatParameters flat);
-  absl::Status Diverged(const std::string& what, double lr) const;
+  absl::Status Diverged(const std::string& what, double lr, const Dataset& data) const;
 
   Model* model_;  // Not owned.
   TrainOptions options_;

@@ -492,6 +492,16 @@ TEST(MpeTest, BadInputIsInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(InfluenceScorer::Create(*model, sigma, x, {}).status().message()),
               HasSubstr("one query example"));
+  // A query whose features overflow a wider model's float32 outputs: refused, not scored as NaN.
+  auto wide = BuildOrDie(Spec(Architecture::kMlp, {64}, 4, {32}));
+  // (Signed as the first hidden unit's weights, so that its pre-activation overflows.)
+  const at::Tensor huge = wide->Parameters()[0][0].detach().sign() * 3e38f;
+  auto overflowed = InfluenceScorer::Create(
+      *wide, *Covariance::Diagonal(at::full({wide->NumParameters()}, 0.01)), huge, {});
+  EXPECT_EQ(overflowed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(overflowed.status().message()),
+              HasSubstr(absl::StrCat("outputs for example 0 are not finite: its features reach |x| = ",
+                                     huge.abs().max().item<double>())));
   // LooLogitShift: shapes, and a covariance that does not contain the example's curvature.
   const at::Tensor e = at::ones({2, 3});
   EXPECT_EQ(LooLogitShift(e, at::ones({2, 3}), at::ones({2, 4}), false).status().code(),

@@ -277,6 +277,38 @@ TEST_F(PredictiveTest, BadInputIsInvalidArgument) {
   }
 }
 
+// An input far outside the model's scale overflows a ReLU network's float32 logits. Every mode
+// refuses it, naming the example and its features' reach, rather than answering NaN (bayes and
+// mean) or failing the eigendecomposition (linearized); the model is left at its mean.
+TEST(PredictiveOverflowTest, AnInputThatOverflowsTheOutputsIsRefusedInEveryMode) {
+  auto model = BuildOrDie(Spec(Architecture::kMlp, {64}, 4, {32}), 3);
+  FlatParameters flat = *FlatParameters::Bind(model->Parameters());
+  const Posterior posterior = *Posterior::Create(flat.params().clone(),
+                                                 at::full({flat.numel()}, 0.5), 100, 0.0);
+  at::Tensor x = at::rand({3, 64});
+  // Signed as the first hidden unit's weights, so that its pre-activation overflows.
+  x[1] = model->Parameters()[0][0].detach().sign() * 3e38f;
+  const at::Tensor before = flat.params().clone();
+  for (PredictMode mode : {PredictMode::kMean, PredictMode::kBayes, PredictMode::kLinearized}) {
+    for (bool local : {true, false}) {
+      PredictOptions o;
+      o.mode = mode;
+      o.samples = 8;
+      o.local_reparameterization = local;
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
+      auto p = Predict(*model, flat, &posterior, x, o, gen);
+      EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << p.status();
+      EXPECT_THAT(std::string(p.status().message()),
+                  testing::HasSubstr(absl::StrCat(
+                      "outputs for example 1 are not finite: its features reach |x| = ",
+                      x[1].abs().max().item<double>())));
+      EXPECT_TRUE(at::equal(flat.params(), before));
+      // The same request without that row is answered.
+      EXPECT_TRUE(Predict(*model, flat, &posterior, x.narrow(0, 0, 1), o, gen).ok());
+    }
+  }
+}
+
 // Linearized prediction on a CUDA copy: the same probit probabilities as on the CPU.
 TEST_F(PredictiveTest, LinearizedOnCudaMatchesCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";

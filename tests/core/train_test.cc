@@ -95,6 +95,9 @@ TEST(TrainTest, DivergenceIsAnErrorNamingTheStep) {
   EXPECT_THAT(std::string(status.message()), testing::HasSubstr("training diverged: "));
   EXPECT_THAT(std::string(status.message()), testing::HasSubstr("Lower the learning rate"));
   EXPECT_THAT(std::string(status.message()), testing::ContainsRegex("at step [0-9]+ of 70"));
+  EXPECT_THAT(std::string(status.message()),
+              testing::HasSubstr(absl::StrCat("the examples' features reach |x| = ",
+                                              data.x.abs().max().item<double>(), ")")));
 
   // A sane rate on the same data trains without complaint.
   auto model2 = BuildModel(MlpSpec(), 1);
