@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -287,6 +288,24 @@ absl::Status CheckMemoryFits(const Memory& m, const ModelSpec& spec, const at::T
   return absl::OkStatus();
 }
 
+// CheckLearnt's refusal, told when IVON trained at weight samples wider than the weights they
+// perturb (root-mean-square standard deviation against root-mean-square mean, at the run's end).
+// At ess = N on a small task the noise of each step's sample then drowns its signal, and the
+// mean learns nothing; colder samples (a larger ess_factor) are the remedy the message names.
+absl::Status WithSampleWidth(absl::Status refused, const Posterior& posterior, double ess_factor) {
+  if (refused.ok()) return refused;
+  const double sd = posterior.Sigma().square().mean().sqrt().item<double>();
+  const double weights = posterior.mean().square().mean().sqrt().item<double>();
+  if (!(sd > weights)) return refused;
+  return absl::Status(
+      refused.code(),
+      absl::StrCat(refused.message(), ". IVON's weight samples were wider than the weights: a "
+                   "standard deviation of ", absl::SixDigits(sd), " against weights of ",
+                   absl::SixDigits(weights), " (root mean squares) at ess = ", posterior.ess(),
+                   " (ess_factor ", ess_factor, " times the examples); a larger ess_factor (16, "
+                   "say) draws colder samples, which a task this small may need"));
+}
+
 }  // namespace
 
 // Per-example empirical Fisher, summed over the task. Near an optimum the per-example gradients
@@ -360,11 +379,15 @@ absl::Status AdaptConfig::Validate() const {
                                                      "]; got ", b.value));
     }
   }
-  if (!(fromp_jitter > 0) || !(fromp_tau >= 0) || !(ewc_lambda >= 0) ||
-      !std::isfinite(fromp_jitter) || !std::isfinite(fromp_tau) || !std::isfinite(ewc_lambda)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "fromp_jitter must be > 0, fromp_tau and ewc_lambda >= 0, all finite; got ", fromp_jitter,
-        ", ", fromp_tau, " and ", ewc_lambda));
+  // Each named alone, so that the message says which one is wrong.
+  for (const auto& [name, value, positive] :
+       {std::tuple<const char*, double, bool>{"fromp_jitter", fromp_jitter, true},
+        {"fromp_tau", fromp_tau, false},
+        {"ewc_lambda", ewc_lambda, false}}) {
+    if (!(positive ? value > 0 : value >= 0) || !std::isfinite(value)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " must be ", positive ? "> 0" : ">= 0",
+                                                     " and finite; got ", value));
+    }
   }
   if (!std::isfinite(memory_weight)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -716,7 +739,8 @@ absl::StatusOr<AdaptResult> Adapt(const ContinualState& state, const TaskData& t
       ADAPTD_ASSIGN_OR_RETURN(loss, trainer->TrainEpoch(train, train_mask, progress, extra, should_stop));
     }
     // A run that collapsed onto one class has a finite loss; nothing of it may be published.
-    ADAPTD_RETURN_IF_ERROR(trainer->CheckLearnt(train, train_mask));
+    ADAPTD_RETURN_IF_ERROR(WithSampleWidth(trainer->CheckLearnt(train, train_mask),
+                                           trainer->ivon()->posterior(), config.ess_factor));
 
     // What the next task needs.
     TakePosterior(*trainer, n, &next);

@@ -595,6 +595,16 @@ TEST(AdaptTest, BadInputIsRejectedAndCancellationStops) {
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, curved)
                               .status().message()),
               testing::HasSubstr("memory_mixup must be in [0, 64]; got 65"));
+  // Each of the regularizers' own settings is named when it alone is wrong.
+  AdaptConfig strict = SmallConfig(Method::kKPrior);
+  strict.ewc_lambda = -2;
+  EXPECT_EQ(strict.Validate().message(), "ewc_lambda must be >= 0 and finite; got -2");
+  strict.ewc_lambda = 1;
+  strict.fromp_tau = -1;
+  EXPECT_EQ(strict.Validate().message(), "fromp_tau must be >= 0 and finite; got -1");
+  strict.fromp_tau = 1;
+  strict.fromp_jitter = 0;
+  EXPECT_EQ(strict.Validate().message(), "fromp_jitter must be > 0 and finite; got 0");
   AdaptConfig hasty = SmallConfig(Method::kKPrior);
   hasty.min_steps = -1;
   EXPECT_THAT(std::string(Adapt(*s0, TaskData{0, Blobs(50, 4, 1), at::Tensor(), at::Tensor()}, hasty)
@@ -1065,11 +1075,47 @@ TEST(AdaptTest, ARunThatLearntNothingIsAborted) {
   auto r = Adapt(*s0, TaskData{0, Blobs(200, 4, 1), at::Tensor(), at::Tensor()}, c);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
   EXPECT_THAT(std::string(r.status().message()), testing::HasSubstr("training learnt nothing of the task"));
+  // Its weights are far wider than its samples: the message does not blame them.
+  EXPECT_THAT(std::string(r.status().message()),
+              testing::Not(testing::HasSubstr("weight samples were wider")));
   EXPECT_TRUE(at::equal(before, s0->mean));
   // The same start at the usual rate learns the task.
   c.ivon.lr = 0.2;
   c.epochs = 10;
   EXPECT_TRUE(Adapt(*s0, TaskData{0, Blobs(200, 4, 1), at::Tensor(), at::Tensor()}, c).ok());
+}
+
+// IVON at ess = N on a small task draws weights far wider than the weights themselves; the mean
+// then learns nothing, and the refusal says so and names the remedy, which works.
+TEST(AdaptTest, ASmallTaskLostInWideSamplesIsToldOfTheColderOnes) {
+  if (::access((std::string(kFashionMnistDir) + "/train-images-idx3-ubyte.gz").c_str(), R_OK) != 0) {
+    ADAPTD_SKIP_WITHOUT_DATA("dataset-fashion-mnist is not installed");
+  }
+  auto stream = SplitFashionMnist(kFashionMnistDir, /*multi_head=*/true);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  // 100 images of T-shirts and trousers, on the demo's network at the service's defaults.
+  TaskData task = stream->tasks[0];
+  task.train = Dataset{task.train.x.narrow(0, 0, 100), task.train.y.narrow(0, 0, 100)};
+  task.ids = at::Tensor();
+  ModelSpec spec = SmallMlp(10);
+  spec.input_shape = {784};
+  spec.hidden = {256, 256};
+  auto s0 = InitialState(spec, 1);
+  ASSERT_TRUE(s0.ok());
+  AdaptConfig c;
+  auto lost = Adapt(*s0, task, c);
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kAborted) << lost.status();
+  EXPECT_THAT(std::string(lost.status().message()),
+              testing::AllOf(testing::HasSubstr("training learnt nothing of the task"),
+                             testing::HasSubstr("IVON's weight samples were wider than the weights"),
+                             testing::HasSubstr("at ess = 100 (ess_factor 1 times the examples)")))
+      << lost.status();
+  c.ess_factor = 16;
+  auto learnt = Adapt(*s0, task, c);
+  ASSERT_TRUE(learnt.ok()) << learnt.status();
+  auto accuracy = EvaluateAccuracy(learnt->state, task.train, task.label_mask);
+  ASSERT_TRUE(accuracy.ok()) << accuracy.status();
+  EXPECT_GE(*accuracy, 0.85);
 }
 
 // The curvature enters IVON's initial Hessian as well as the weight term, so even a very strong
