@@ -390,7 +390,8 @@ const std::vector<CtlCommand>& CtlCommands() {
       {"evaluate", "NAME", 1, 1, "accuracy matrix, forgetting and backward transfer", Evaluate},
       {"demo", "split-fmnist", 1, 1,
        "continual learning on Split Fashion-MNIST, end to end (--data_dir --per_task --batch "
-       "--model; how it learns: create's --method --head --epochs and the other learning flags)",
+       "--model; the MLP's widths: --hidden; how it learns: create's --method --head --epochs and "
+       "the other learning flags)",
        RunDemo},
   };
   return *commands;
@@ -407,14 +408,16 @@ std::string CtlUsage() {
 }
 
 absl::Status ValidateCtlOptions(const CtlOptions& options) {
-  for (const auto& [flag, value, least] :
-       {std::tuple<const char*, int64_t, int64_t>{"task", options.task, -1},
-        {"version", options.version, -1},
-        {"limit", options.limit, 0},
-        {"batch", options.batch, 1}}) {
+  // Each flag's least value, and what that value means where it is not a plain count.
+  for (const auto& [flag, value, least, meaning] :
+       {std::tuple<const char*, int64_t, int64_t, const char*>{"task", options.task, -1,
+                                                               " (-1: none)"},
+        {"version", options.version, -1, " (-1: the current one)"},
+        {"limit", options.limit, 0, " (0: all)"},
+        {"batch", options.batch, 1, ""}}) {
     if (value < least) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--", flag, " must be >= ", least, least < 0 ? " (-1: none)" : "", "; got ", value));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, " must be >= ", least, meaning, "; got ", value));
     }
   }
   return absl::OkStatus();

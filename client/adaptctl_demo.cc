@@ -83,12 +83,12 @@ absl::Status RunDemo(const AdaptdClient& client, const CtlOptions& options,
   absl::PrintF("Split Fashion-MNIST from %s: %d training and %d test images, %d tasks\n",
                options.data_dir, train.size(), test.size(), kTasks);
 
-  // The demo's network is fixed (an MLP 784-256-256); how it learns follows the flags.
+  // The demo's network is an MLP from 784 pixels to 10 classes, its hidden widths from --hidden
+  // (256,256 by default); how it learns follows the flags.
   CtlOptions create = options;
   create.arch = "mlp";
   create.input_shape = "784";
   create.classes = "10";
-  create.hidden = "256,256";
   create.torchscript.clear();
   if (create.method.empty()) create.method = "kprior";
   if (create.head.empty()) create.head = "multi";
@@ -143,35 +143,51 @@ absl::Status RunDemo(const AdaptdClient& client, const CtlOptions& options,
 
   // Predict over some test images of every task (within the task's classes: multi-head), then
   // pick the one the model is least sure about and the one it is surest of.
+  // Bayes predictions of some test rows within task t's head, as `adaptctl predict` asks them.
+  auto predict = [&](const std::vector<int64_t>& rows,
+                     int64_t t) -> absl::StatusOr<std::vector<Scored>> {
+    ADAPTD_ASSIGN_OR_RETURN(ExampleSet some, TakeRows(test, rows));
+    v1::PredictRequest request;
+    request.set_model(options.model);
+    *request.mutable_x() = some.x;
+    request.set_mode(v1::PREDICT_MODE_BAYES);
+    request.set_task_id(t);
+    ADAPTD_ASSIGN_OR_RETURN(v1::PredictResponse response, client.Predict(request));
+    ADAPTD_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, PredictionsFromResponse(response));
+    std::vector<Scored> out;
+    for (size_t i = 0; i < predictions.size(); ++i) {
+      out.push_back({rows[i], t, some.labels[i], predictions[i]});
+    }
+    return out;
+  };
   std::vector<Scored> scored;
   for (int64_t t = 0; t < kTasks; ++t) {
-    const std::vector<int64_t> rows = RowsWithLabels(test, {2 * t, 2 * t + 1}, kPredictPerTask);
-    ADAPTD_ASSIGN_OR_RETURN(ExampleSet some, TakeRows(test, rows));
-    v1::PredictRequest predict;
-    predict.set_model(options.model);
-    *predict.mutable_x() = some.x;
-    predict.set_mode(v1::PREDICT_MODE_BAYES);
-    predict.set_task_id(t);
-    ADAPTD_ASSIGN_OR_RETURN(v1::PredictResponse response, client.Predict(predict));
-    ADAPTD_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, PredictionsFromResponse(response));
-    for (size_t i = 0; i < predictions.size(); ++i) {
-      scored.push_back({rows[i], t, some.labels[i], predictions[i]});
-    }
+    ADAPTD_ASSIGN_OR_RETURN(std::vector<Scored> some,
+                            predict(RowsWithLabels(test, {2 * t, 2 * t + 1}, kPredictPerTask), t));
+    scored.insert(scored.end(), some.begin(), some.end());
   }
   if (scored.empty()) return absl::InternalError("no test predictions");
   // Most uncertain: the highest mutual information (what more data could fix), entropy breaking
   // ties; most confident: the highest probability.
-  const Scored uncertain =
+  Scored uncertain =
       *std::max_element(scored.begin(), scored.end(), [](const Scored& a, const Scored& b) {
         return std::make_pair(a.prediction.epistemic, a.prediction.total_entropy) <
                std::make_pair(b.prediction.epistemic, b.prediction.total_entropy);
       });
-  const Scored confident =
+  Scored confident =
       *std::max_element(scored.begin(), scored.end(), [](const Scored& a, const Scored& b) {
         return a.prediction.probability < b.prediction.probability;
       });
-  absl::PrintF("\nover %d test predictions (bayes):\nmost uncertain: %s\nmost confident: %s\n",
-               scored.size(), Describe(uncertain), Describe(confident));
+  // An MLP draws each example's samples in the stream of its whole request, so the figures are
+  // shown as the image asked alone gives them: what the "Try next" predict below prints.
+  for (Scored* s : {&uncertain, &confident}) {
+    ADAPTD_ASSIGN_OR_RETURN(std::vector<Scored> alone, predict({s->test_index}, s->task));
+    *s = alone.at(0);
+  }
+  absl::PrintF(
+      "\nover %d test predictions (bayes), the two picked asked again alone:\nmost uncertain: "
+      "%s\nmost confident: %s\n",
+      scored.size(), Describe(uncertain), Describe(confident));
 
   v1::InfluenceRequest influence;
   influence.set_model(options.model);

@@ -34,6 +34,11 @@ std::string Percent(double fraction) {
   return std::isnan(fraction) ? "-" : absl::StrFormat("%.1f", 100 * fraction);
 }
 
+// Percent and its unit, or "-" alone when there is no figure (no evaluation data yet).
+std::string PercentIn(double fraction, absl::string_view unit) {
+  return std::isnan(fraction) ? "-" : absl::StrCat(Percent(fraction), unit);
+}
+
 std::string OrDash(int64_t value) { return value < 0 ? "-" : absl::StrCat(value); }
 
 }  // namespace
@@ -270,11 +275,11 @@ std::string FormatEvaluation(const v1::EvaluateResponse& evaluation) {
   absl::StrAppend(&text, absl::StrFormat("%-14s |", "forgetting"));
   for (double f : evaluation.forgetting())
     absl::StrAppend(&text, absl::StrFormat(" %7s", Percent(f)));
-  absl::StrAppend(&text, "\n\naverage accuracy   ", Percent(evaluation.average_accuracy()),
-                  "% (version ", evaluation.version(), ")\n");
-  absl::StrAppend(&text, "average forgetting ", Percent(evaluation.average_forgetting()),
-                  " points\nbackward transfer  ", Percent(evaluation.backward_transfer()),
-                  " points\n");
+  absl::StrAppend(&text, "\n\naverage accuracy   ", PercentIn(evaluation.average_accuracy(), "%"),
+                  " (version ", evaluation.version(), ")\n");
+  absl::StrAppend(&text, "average forgetting ",
+                  PercentIn(evaluation.average_forgetting(), " points"), "\nbackward transfer  ",
+                  PercentIn(evaluation.backward_transfer(), " points"), "\n");
   return text;
 }
 

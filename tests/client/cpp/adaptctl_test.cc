@@ -47,13 +47,13 @@ TEST(AdaptctlTest, RefusesOptionValuesOutOfRange) {
   CtlOptions o;
   EXPECT_TRUE(ValidateCtlOptions(o).ok());
   o.version = -3;
-  EXPECT_EQ(ValidateCtlOptions(o).message(), "--version must be >= -1 (-1: none); got -3");
+  EXPECT_EQ(ValidateCtlOptions(o).message(), "--version must be >= -1 (-1: the current one); got -3");
   o = CtlOptions();
   o.task = -2;
   EXPECT_EQ(ValidateCtlOptions(o).code(), absl::StatusCode::kInvalidArgument);
   o = CtlOptions();
   o.limit = -5;
-  EXPECT_EQ(ValidateCtlOptions(o).message(), "--limit must be >= 0; got -5");
+  EXPECT_EQ(ValidateCtlOptions(o).message(), "--limit must be >= 0 (0: all); got -5");
   o = CtlOptions();
   o.batch = 0;
   EXPECT_EQ(ValidateCtlOptions(o).message(), "--batch must be >= 1; got 0");

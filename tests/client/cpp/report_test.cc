@@ -85,6 +85,12 @@ TEST(ReportTest, EvaluationShowsTheMatrixForgettingAndTransfer) {
   EXPECT_TRUE(Has(text, "forgetting     |     4.0     0.0\n")) << text;
   EXPECT_TRUE(Has(text, "average accuracy   96.0% (version 2)")) << text;
   EXPECT_TRUE(Has(text, "backward transfer  -4.0 points")) << text;
+  // Before any evaluation data there is no figure, and no unit after the dash.
+  e.set_average_accuracy(NAN);
+  e.set_backward_transfer(NAN);
+  const std::string none = FormatEvaluation(e);
+  EXPECT_TRUE(Has(none, "average accuracy   - (version 2)")) << none;
+  EXPECT_TRUE(Has(none, "backward transfer  -\n")) << none;
 }
 
 TEST(ReportTest, ModelInfoNamesDefaults) {
