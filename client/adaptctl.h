@@ -128,10 +128,12 @@ int64_t RowsPerMessage(int64_t max_message_bytes, int64_t row_bytes);
 // Predict for every row of `request.x`, in as many requests as messages need: each request's
 // rows and its answer (`num_classes` probabilities and deviations a row) fit in one message.
 // Every part is answered by one version, the first answer's (pinned for the rest unless the
-// request names one), with the request's seed. The answers' rows come back in order.
+// request names one), with the request's seed. The answers' rows come back in order. A part's
+// error names its rows, counted from `first_row` (the input's first row in the caller's terms,
+// adaptctl's --index), when the input was split or starts past row 0.
 absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
                                                    const v1::PredictRequest& request,
-                                                   int64_t num_classes);
+                                                   int64_t num_classes, int64_t first_row = 0);
 // Uploads `examples` in batches of `batch` (at most what one message holds) with a progress
 // bar on stderr.
 absl::StatusOr<v1::StreamExamplesResponse> StreamWithProgress(const AdaptdClient& client,

@@ -275,7 +275,8 @@ absl::Status Predict(const AdaptdClient& client, const CtlOptions& options,
   if (options.task >= 0) request.set_task_id(options.task);
   if (options.version >= 0) request.set_version(options.version);
   ADAPTD_ASSIGN_OR_RETURN(v1::PredictResponse response,
-                          PredictInParts(client, request, info.spec().num_classes()));
+                          PredictInParts(client, request, info.spec().num_classes(),
+                                         options.index));
   ADAPTD_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, PredictionsFromResponse(response));
   absl::PrintF("version %d\n", response.version());
   absl::PrintF("%s", FormatPredictions(predictions, options.index, examples.labels));
@@ -677,7 +678,7 @@ namespace {
 // from (or the request names). `pin_lost`: a later part found that version gone.
 absl::StatusOr<v1::PredictResponse> PredictPinned(const AdaptdClient& client,
                                                   const v1::PredictRequest& request, int64_t part,
-                                                  bool* pin_lost) {
+                                                  int64_t first_row, bool* pin_lost) {
   *pin_lost = false;
   const int64_t rows = request.x().shape(0);
   v1::PredictResponse all;
@@ -688,7 +689,13 @@ absl::StatusOr<v1::PredictResponse> PredictPinned(const AdaptdClient& client,
     absl::StatusOr<v1::PredictResponse> answered = client.Predict(next);
     if (!answered.ok()) {
       *pin_lost = begin > 0 && !request.has_version() && absl::IsNotFound(answered.status());
-      return answered.status();
+      if (part >= rows && first_row == 0) return answered.status();
+      // The server numbers a refused example within the request it got: say which rows that was.
+      return absl::Status(answered.status().code(),
+                          absl::StrCat("rows [", first_row + begin, ", ", first_row + begin + count,
+                                       ") of the input, asked as one request (the server counts "
+                                       "its examples from 0 there): ",
+                                       answered.status().message()));
     }
     const v1::PredictResponse& answer = *answered;
     if (begin == 0) {
@@ -724,7 +731,7 @@ absl::StatusOr<v1::PredictResponse> PredictPinned(const AdaptdClient& client,
 
 absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
                                                    const v1::PredictRequest& request,
-                                                   int64_t num_classes) {
+                                                   int64_t num_classes, int64_t first_row) {
   ADAPTD_RETURN_IF_ERROR(CheckTensor(request.x()));
   ADAPTD_ASSIGN_OR_RETURN(const int64_t x_row, RowBytes(request.x()));
   const int64_t rows = request.x().shape(0);
@@ -736,8 +743,9 @@ absl::StatusOr<v1::PredictResponse> PredictInParts(const AdaptdClient& client,
   // A pin of its own is lost when --keep_versions deletes the version before the last part (an
   // online model publishes often): then the prediction starts again once, on the newest one.
   bool pin_lost = false;
-  absl::StatusOr<v1::PredictResponse> all = PredictPinned(client, request, part, &pin_lost);
-  if (pin_lost) all = PredictPinned(client, request, part, &pin_lost);
+  absl::StatusOr<v1::PredictResponse> all =
+      PredictPinned(client, request, part, first_row, &pin_lost);
+  if (pin_lost) all = PredictPinned(client, request, part, first_row, &pin_lost);
   return all;
 }
 

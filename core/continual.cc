@@ -302,8 +302,9 @@ absl::Status WithSampleWidth(absl::Status refused, const Posterior& posterior, d
       absl::StrCat(refused.message(), ". IVON's weight samples were wider than the weights: a "
                    "standard deviation of ", absl::SixDigits(sd), " against weights of ",
                    absl::SixDigits(weights), " (root mean squares) at ess = ", posterior.ess(),
-                   " (ess_factor ", ess_factor, " times the examples); a larger ess_factor (16, "
-                   "say) draws colder samples, which a task this small may need"));
+                   " (ess_factor ", ess_factor, " times the examples); a larger ess_factor (the "
+                   "service's ivon.ess_factor; 16, say) draws colder samples, which a task this "
+                   "small may need, with more epochs or min_steps if it still learns little"));
 }
 
 }  // namespace

@@ -297,9 +297,9 @@ absl::Status Model::CheckInput(const at::Tensor& x) const {
 }
 
 absl::Status CheckFiniteOutputs(const at::Tensor& out, const at::Tensor& x, int64_t first) {
-  const at::Tensor bad = at::isfinite(out).reshape({out.size(0), -1}).all(1).logical_not().cpu();
-  if (!bad.any().item<bool>()) return absl::OkStatus();
-  const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+  const int64_t flat = FirstNonFinite(out);
+  if (flat < 0) return absl::OkStatus();
+  const int64_t i = flat / (out.numel() / out.size(0));  // its row
   return absl::InvalidArgumentError(absl::StrCat(
       "x: the model's outputs for example ", first + i, " are not finite: its features reach |x| = ",
       x[i].abs().max().item<double>(), ", and an input that far from the scale the model learnt "

@@ -64,12 +64,17 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
   return *device;
 }
 
+int64_t FirstNonFinite(const at::Tensor& t) {
+  if (!t.is_floating_point()) return -1;
+  const at::Tensor bad = t.isfinite().logical_not().reshape({-1});
+  if (!bad.any().item<bool>()) return -1;
+  return bad.nonzero()[0][0].item<int64_t>();
+}
+
 absl::Status CheckFinite(const at::Tensor& t, const std::string& what) {
-  if (!t.is_floating_point()) return absl::OkStatus();
-  const at::Tensor bad = t.isfinite().logical_not();
-  const int64_t count = bad.sum().item<int64_t>();
-  if (count == 0) return absl::OkStatus();
-  const int64_t first = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
+  const int64_t first = FirstNonFinite(t);
+  if (first < 0) return absl::OkStatus();
+  const int64_t count = t.isfinite().logical_not().sum().item<int64_t>();
   return absl::InvalidArgumentError(absl::StrCat(what, " must be finite; found ", count,
                                                  " NaN/Inf value(s), the first at flat index ",
                                                  first));

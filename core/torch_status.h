@@ -57,6 +57,10 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name);
 // OK for the CPU and for a CUDA device that exists here; FAILED_PRECONDITION otherwise.
 absl::Status CheckDevice(const at::Device& device);
 
+// The flat index of the first NaN or Inf of a floating tensor; -1 when there is none (or the
+// tensor is not floating).
+int64_t FirstNonFinite(const at::Tensor& t);
+
 // INVALID_ARGUMENT unless every element of a floating tensor is finite. `what` names the
 // tensor in the message.
 absl::Status CheckFinite(const at::Tensor& t, const std::string& what);

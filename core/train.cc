@@ -1,5 +1,6 @@
 #include "core/train.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -237,8 +238,10 @@ absl::Status Trainer::Diverged(const std::string& what, double lr, const Dataset
   return absl::AbortedError(absl::StrCat(
       "training diverged: ", what, " at step ", steps_, " of ", total_steps_,
       " (learning rate ", lr, "; the examples' features reach |x| = ",
-      data.x.abs().max().item<double>(), "). Lower the learning rate, raise the initial Hessian "
-      "(hess_init) or set a clip radius; features far from unit scale need scaling"));
+      // Two reductions, not abs(): no copy of what may be every example seen.
+      std::max(-data.x.min().item<double>(), data.x.max().item<double>()),
+      "). Lower the learning rate, raise the initial Hessian (hess_init) or set a clip radius; "
+      "features far from unit scale need scaling"));
 }
 
 absl::Status Trainer::CheckLearnt(const Dataset& data, const at::Tensor& label_mask) {

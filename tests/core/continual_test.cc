@@ -1093,9 +1093,10 @@ TEST(AdaptTest, ASmallTaskLostInWideSamplesIsToldOfTheColderOnes) {
   }
   auto stream = SplitFashionMnist(kFashionMnistDir, /*multi_head=*/true);
   ASSERT_TRUE(stream.ok()) << stream.status();
-  // 100 images of T-shirts and trousers, on the demo's network at the service's defaults.
+  // 300 images of T-shirts and trousers (`adaptctl demo --per_task=300`'s first task), on the
+  // demo's network at the service's defaults (server/convert.cc: NormalizeConfig).
   TaskData task = stream->tasks[0];
-  task.train = Dataset{task.train.x.narrow(0, 0, 100), task.train.y.narrow(0, 0, 100)};
+  task.train = Dataset{task.train.x.narrow(0, 0, 300), task.train.y.narrow(0, 0, 300)};
   task.ids = at::Tensor();
   ModelSpec spec = SmallMlp(10);
   spec.input_shape = {784};
@@ -1103,12 +1104,15 @@ TEST(AdaptTest, ASmallTaskLostInWideSamplesIsToldOfTheColderOnes) {
   auto s0 = InitialState(spec, 1);
   ASSERT_TRUE(s0.ok());
   AdaptConfig c;
+  c.ivon.hess_init = 0.1;
+  c.ivon.beta2 = 0.9999;
+  c.ivon.weight_decay = 1e-3;
   auto lost = Adapt(*s0, task, c);
   EXPECT_EQ(lost.status().code(), absl::StatusCode::kAborted) << lost.status();
   EXPECT_THAT(std::string(lost.status().message()),
               testing::AllOf(testing::HasSubstr("training learnt nothing of the task"),
                              testing::HasSubstr("IVON's weight samples were wider than the weights"),
-                             testing::HasSubstr("at ess = 100 (ess_factor 1 times the examples)")))
+                             testing::HasSubstr("at ess = 300 (ess_factor 1 times the examples)")))
       << lost.status();
   c.ess_factor = 16;
   auto learnt = Adapt(*s0, task, c);

@@ -312,6 +312,28 @@ TEST(AdaptctlTest, PredictSplitsWhatOneMessageCannotHoldOnOneVersion) {
   EXPECT_EQ(server.log().predict_versions, (std::vector<int64_t>{7, 7, 7}));
 }
 
+// A part the server refuses: its error says which rows of the input the part held, counted from
+// the input's first row (adaptctl's --index), since the server numbers examples within the part.
+TEST(AdaptctlTest, ARefusedPartOfASplitPredictionNamesItsRows) {
+  FakeServer server;
+  auto client = ClientWithOneMiBMessages(server);
+  ASSERT_TRUE(client.ok());
+  std::vector<float> x(130 * 4096, 0.f);
+  x[75 * 4096] = 2;  // row 75: the second part's example 15
+  v1::PredictRequest request;
+  request.set_model("m");
+  *request.mutable_x() = *FloatTensor(x, {130, 4096});
+  absl::Status refused = PredictInParts(**client, request, 2, /*first_row=*/500).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.message(),
+            "rows [560, 620) of the input, asked as one request (the server counts its examples "
+            "from 0 there): x: the model's outputs for example 15 are not finite");
+  // One request from row 0: the server's own words.
+  *request.mutable_x() = *FloatTensor(std::vector<float>{0.5f, 2.f}, {2, 1});
+  EXPECT_EQ(PredictInParts(**client, request, 2).status().message(),
+            "x: the model's outputs for example 1 are not finite");
+}
+
 // A version that retention deletes between the parts of a split prediction: the prediction
 // starts again once, on the newest version, unless the request named the version.
 TEST(AdaptctlTest, PredictStartsAgainWhenItsPinnedVersionIsDeleted) {

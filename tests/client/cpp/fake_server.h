@@ -212,7 +212,8 @@ class FakeLearning final : public v1::LearningService::Service {
 // Predict answers with the version the request names (or 3; 4 once log.retire_after_calls
 // have been answered, and then a request naming 3 is NOT_FOUND), and for float32 rows two class
 // probabilities: the row's first element and 1 minus it, so that answers can be traced to their
-// rows (other dtypes: no tensors). Other queries are unimplemented.
+// rows (other dtypes: no tensors). A row whose first element is above 1 is refused, numbered
+// within the request as the server numbers it. Other queries are unimplemented.
 class FakeQuery final : public v1::QueryService::Service {
  public:
   explicit FakeQuery(FakeLog* log) : log_(log) {}
@@ -245,6 +246,11 @@ class FakeQuery final : public v1::QueryService::Service {
     for (int64_t i = 0; i < rows; ++i) {
       float p[2];
       std::memcpy(&p[0], x.raw_data().data() + i * row_bytes, sizeof(float));
+      if (p[0] > 1) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            absl::StrCat("x: the model's outputs for example ", i,
+                                         " are not finite"));
+      }
       p[1] = 1 - p[0];
       const int64_t label = p[0] >= p[1] ? 0 : 1;
       const float zero = 0;
