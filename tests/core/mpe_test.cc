@@ -529,6 +529,31 @@ TEST(MpeTest, ShouldStopEndsTheComputationBetweenBatches) {
   EXPECT_EQ(asked, 4);
 }
 
+// A model of many classes takes fewer examples a batch, so that a batch's K x K blocks stay near
+// 2^24 values (a batch of 256 at 3,000 classes held gigabytes and could not be cancelled for
+// tens of seconds): 2,048 classes take 4 examples a batch, asked to stop before each, and the map
+// is the one batches of a single example give.
+TEST(MpeTest, ManyClassesTakeFewerExamplesABatch) {
+  auto model = BuildOrDie(Spec(Architecture::kMlp, {6}, 2048, {5}));
+  EXPECT_EQ(MpeRowsPerBatch(*model, 256), 4);
+  EXPECT_EQ(MpeRowsPerBatch(*model, 2), 2);
+  auto small = BuildOrDie(Spec(Architecture::kMlp, {6}, 4, {5}));
+  EXPECT_EQ(MpeRowsPerBatch(*small, 256), 256);
+  const Covariance sigma = *Covariance::Diagonal(at::full({model->NumParameters()}, 0.01));
+  const Dataset data{at::randn({10, 6}), at::randint(0, 2048, {10}, at::kLong)};
+  MpeOptions o;
+  int asked = 0;
+  o.should_stop = [&] { return ++asked > 100; };
+  auto map = ComputeMemoryMapAndLoo(*model, sigma, data, o);
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(asked, 3);  // rows 0-3, 4-7, 8-9
+  o.batch_size = 1;
+  auto one = ComputeMemoryMapAndLoo(*model, sigma, data, o);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_TRUE(at::allclose(map->map.variance, one->map.variance, 1e-5, 1e-7));
+  EXPECT_TRUE(at::allclose(map->loo.shift, one->loo.shift, 1e-5, 1e-7));
+}
+
 // The same queries on a CUDA copy of the model (the tensor-op path; the fused kernel is CPU
 // only) agree with the CPU in float32.
 TEST(MpeTest, CudaMatchesCpu) {
