@@ -886,7 +886,7 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) {
       return absl::UnavailableError(absl::StrCat(
-          "model ", name_, " is being deleted or the server is shutting down; nothing was stored"));
+          "model ", name_, " is being deleted or the server is shutting down"));
     }
     first_id = next_example_id_;
     auto it = tasks_.find(task_id);
@@ -902,7 +902,7 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
       // Two first streams of one task raced; the batches were checked against other classes.
       return absl::AbortedError(absl::StrCat(
           "another stream started task ", task_id, " first, with classes [",
-          absl::StrJoin(it->second.classes, ", "), "]; nothing was stored"));
+          absl::StrJoin(it->second.classes, ", "), "]"));
     }
   }
   // A new task gets a fresh log (a file left by a deleted model of the same name is emptied);

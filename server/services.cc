@@ -101,6 +101,17 @@ grpc::Status Handle(const ServiceContext& c, const char* method, grpc::ServerCon
   return ToGrpcStatus(status);
 }
 
+// An answer larger than the server may send would leave as gRPC's own RESOURCE_EXHAUSTED, which
+// names no remedy and which the metrics would count as OK: refuse it here, saying what to ask.
+absl::Status FitsOneMessage(const google::protobuf::Message& answer, int max_message_bytes,
+                            absl::string_view remedy) {
+  const size_t bytes = answer.ByteSizeLong();
+  if (bytes <= static_cast<size_t>(max_message_bytes)) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the answer would take ", bytes, " bytes, more than this server sends in one message (",
+      max_message_bytes, ", --max_message_mb): ", remedy));
+}
+
 absl::StatusOr<std::shared_ptr<const ModelVersion>> VersionOf(const ModelEntry& entry,
                                                               bool has_version, int64_t version) {
   if (has_version && version < 0) {
@@ -513,7 +524,8 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       *response->mutable_expected_entropy() = TensorToProto(pred.expected_entropy);
       *response->mutable_mutual_information() = TensorToProto(pred.mutual_information);
       *response->mutable_std() = TensorToProto(pred.std);
-      return absl::OkStatus();
+      return FitsOneMessage(*response, c_.max_message_bytes,
+                            "ask for fewer rows at a time (the clients split by their own limit)");
     });
   }
 
@@ -644,7 +656,9 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       *response->mutable_sensitivity() = TensorToProto(at::cat(sens).to(at::kFloat));
       response->set_loo_nll(nll_sum / n);
       response->set_loo_accuracy(acc_sum / n);
-      return absl::OkStatus();
+      return FitsOneMessage(*response, c_.max_message_bytes,
+                            "ask for scope memory, or start the server with a larger "
+                            "--max_message_mb");
     });
   }
 

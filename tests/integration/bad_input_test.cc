@@ -162,6 +162,23 @@ TEST_F(BadInputTest, StreamsAreRejectedWholeAndChangeNothing) {
                 "message 2 of the stream must be a batch; only the first is a header");
 }
 
+// An answer over the server's message limit (1 MiB here) from a request within it: 30,000 rows
+// of 6 floats ask in 720 kB and would be answered in about 1.6 MB. The server refuses it with
+// the remedy, rather than leave it to gRPC's send, which names none (and which the metrics
+// counted as OK).
+TEST_F(BadInputTest, AnAnswerOverTheMessageLimitIsRefusedWithTheRemedy) {
+  v1::PredictRequest r;
+  r.set_model("m");
+  r.set_mode(v1::PREDICT_MODE_MEAN);
+  *r.mutable_x() = MakeBatch(at::zeros({30000, kDim}), at::zeros({30000}, at::kLong)).x();
+  ASSERT_LT(r.ByteSizeLong(), size_t{1} << 20);
+  EXPECT_STATUS(client_->Predict(r).status(), kResourceExhausted,
+                "more than this server sends in one message (1048576, --max_message_mb): ask for "
+                "fewer rows at a time");
+  *r.mutable_x() = MakeBatch(at::zeros({3000, kDim}), at::zeros({3000}, at::kLong)).x();
+  EXPECT_TRUE(client_->Predict(r).ok());
+}
+
 TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   v1::CreateModelRequest ts = BlobModel("ts", false);
   ts.mutable_spec()->set_architecture("torchscript");
