@@ -92,7 +92,7 @@ absl::StatusOr<at::Tensor> LogitCurvature(Model& model, const Dataset& data,
   const at::Tensor classes = classes_mask.nonzero().squeeze(1);
   at::Tensor sum;
   // Neither backend holds more than a few examples' J at once (see jacobian.cc).
-  constexpr int64_t chunk = 256;
+  const int64_t chunk = SweepRowsPerBatch(model, 256);
   for (int64_t s = 0; s < x.size(0); s += chunk) {
     const at::Tensor part = x.narrow(0, s, std::min(chunk, x.size(0) - s));
     ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output out, jacobian->SquaredSum(part, classes));

@@ -488,6 +488,56 @@ at::Tensor Covariance::Apply(const at::Tensor& g) const {
   return g * matrix_;
 }
 
+int64_t SweepRowsPerBatch(Model& model, int64_t wanted, int64_t extra_per_class) {
+  constexpr int64_t kBatchValues = int64_t{1} << 24;
+  const ModelSpec& spec = model.spec();
+  const int64_t k = spec.num_classes;
+  const std::vector<at::Tensor> params = model.Parameters();
+  const std::vector<Layer> layers = model.Layers();
+  auto numel = [](const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  };
+  int64_t widest = k;
+  if (!layers.empty()) {
+    // One example's shape through the layers; the widest output is what each signal spans.
+    std::vector<int64_t> shape = spec.input_shape;
+    for (const Layer& l : layers) {
+      const bool planar = shape.size() == 3;
+      switch (l.kind) {
+        case Layer::Kind::kConv2d:
+          if (planar) {
+            auto side = [&](int64_t n) { return (n + 2 * l.padding - l.kernel) / l.stride + 1; };
+            shape = {params[l.weight_index].size(0), side(shape[1]), side(shape[2])};
+          }
+          break;
+        case Layer::Kind::kMaxPool2d:
+          if (planar) {
+            auto side = [&](int64_t n) { return (n - l.kernel) / l.stride + 1; };
+            shape = {shape[0], side(shape[1]), side(shape[2])};
+          }
+          break;
+        case Layer::Kind::kLinear: shape = {params[l.weight_index].size(0)}; break;
+        case Layer::Kind::kFlatten: shape = {numel(shape)}; break;
+        case Layer::Kind::kRelu:
+        case Layer::Kind::kTanh: break;
+      }
+      widest = std::max(widest, numel(shape));
+    }
+  } else {
+    // A TorchScript module: a linear layer's outputs, or a convolution's channels times the
+    // input's plane (the most it can span at stride 1 with same padding).
+    const int64_t plane = spec.input_shape.size() == 3 ? spec.input_shape[1] * spec.input_shape[2] : 1;
+    for (const at::Tensor& p : params) {
+      if (p.dim() == 2) widest = std::max(widest, p.size(0));
+      if (p.dim() == 4) widest = std::max(widest, p.size(0) * plane);
+    }
+  }
+  const int64_t per_row = k * (widest + std::max<int64_t>(extra_per_class, 0));
+  return std::clamp<int64_t>(kBatchValues / per_row, 1, std::max<int64_t>(wanted, 1));
+}
+
 namespace internal {
 void SetJacobianFusedKernels(bool enabled) { g_fused_kernels = enabled; }
 }  // namespace internal

@@ -125,6 +125,14 @@ class LogitJacobian {
 // an undefined entry (a parameter autograd did not reach) contributes zeros of `like[i]`'s size.
 at::Tensor FlattenLike(const std::vector<at::Tensor>& parts, const std::vector<at::Tensor>& like);
 
+// The rows a batch of SigmaGram, SquaredSum or Jacobian may take: `wanted`, fewer when each row's
+// K back-propagated signals (as wide as the widest layer output: K x K at the output) plus
+// `extra_per_class` values per class would make a batch hold more than 2^24 values; at least 1.
+// The widths come from Model::Layers() (for a TorchScript module: a linear layer's outputs, or
+// a convolution's channels times the input's plane). With thousands of classes a fixed batch of 256
+// held gigabytes and ran for tens of seconds between two checks for a cancel.
+int64_t SweepRowsPerBatch(Model& model, int64_t wanted, int64_t extra_per_class = 0);
+
 namespace internal {
 // Tests compare the fused CPU kernel (core/jacobian_kernels.h) against the tensor-op path with
 // this switch. Not thread-safe; on by default.

@@ -61,23 +61,7 @@ struct Batch {
   at::Tensor gram;
 };
 
-}  // namespace
-
-int64_t MpeRowsPerBatch(Model& model, int64_t wanted) {
-  // Each example back-propagates K signals as wide as the layer they pass (K x K at the output,
-  // as is the Gram block), so a batch holds about B K max(K, widest layer) values, several times
-  // over. With thousands of classes a batch of 256 held gigabytes (14 GB at 3,000 classes) and
-  // ran for tens of seconds between two checks for a cancel.
-  constexpr int64_t kBatchValues = int64_t{1} << 24;
-  const int64_t k = model.spec().num_classes;
-  int64_t widest = k;
-  for (const at::Tensor& p : model.Parameters()) widest = std::max(widest, p.size(0));
-  return std::clamp<int64_t>(kBatchValues / (k * widest), 1, std::max<int64_t>(wanted, 1));
-}
-
-namespace {
-
-// Validates, then runs `fn(const Batch&)` over the data set in batches (of MpeRowsPerBatch).
+// Validates, then runs `fn(const Batch&)` over the data set in batches (of SweepRowsPerBatch).
 template <typename Fn>
 absl::Status ForEachBatch(Model& model, const Covariance& sigma, const Dataset& data,
                           const MpeOptions& options, bool full, Fn&& fn) {
@@ -85,7 +69,7 @@ absl::Status ForEachBatch(Model& model, const Covariance& sigma, const Dataset& 
   ADAPTD_RETURN_IF_ERROR(CheckExamples(model, data.x, data.y, options.label_mask));
   ADAPTD_RETURN_IF_ERROR(CheckCovariance(model, sigma));
   ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<LogitJacobian> jac, LogitJacobian::Create(model));
-  const int64_t n = data.size(), rows = MpeRowsPerBatch(model, options.batch_size);
+  const int64_t n = data.size(), rows = SweepRowsPerBatch(model, options.batch_size);
   for (int64_t start = 0; start < n; start += rows) {
     if (options.should_stop && options.should_stop()) {
       return absl::CancelledError(absl::StrCat("stopped after ", start, " of ", n, " examples"));
@@ -395,8 +379,11 @@ absl::StatusOr<std::vector<InfluenceEntry>> TopInfluences(Model& model, const Co
   ADAPTD_RETURN_IF_ERROR(CheckExamples(model, data.x, data.y, options.label_mask));
   ADAPTD_ASSIGN_OR_RETURN(std::unique_ptr<InfluenceScorer> scorer,
                           InfluenceScorer::Create(model, sigma, query, options));
-  for (int64_t start = 0; start < data.size(); start += options.batch_size) {
-    const int64_t len = std::min(options.batch_size, data.size() - start);
+  // Without exclude_self a row costs K values at the logits (Jvp); with it, a K x K block.
+  const int64_t rows = options.exclude_self ? SweepRowsPerBatch(model, options.batch_size)
+                                            : options.batch_size;
+  for (int64_t start = 0; start < data.size(); start += rows) {
+    const int64_t len = std::min(rows, data.size() - start);
     ADAPTD_RETURN_IF_ERROR(
         scorer->Add(data.x.narrow(0, start, len), data.y.narrow(0, start, len), start).status());
   }

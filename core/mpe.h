@@ -46,7 +46,7 @@ enum class LooMode {
 
 struct MpeOptions {
   // Examples per batch, at most (memory grows with batch * K * the widest layer, so a model of
-  // many classes takes fewer: MpeRowsPerBatch).
+  // many classes takes fewer: SweepRowsPerBatch).
   int64_t batch_size = 256;
   // Optional bool [K]: a task's head; classes outside it get probability zero.
   at::Tensor label_mask;
@@ -94,11 +94,6 @@ struct MemoryMap {
   at::Tensor lambda;       // lambda = p (1 - p)                       [N, K]
   at::Tensor sensitivity;  // sum_k |e_k lambda_k v_k|                  [N]
 };
-// The examples a batch of the memory map, the LOO estimate or self-influence takes: `wanted`
-// (MpeOptions::batch_size), fewer when the model's classes times its widest layer would make
-// a batch hold more than 2^24 values, at least 1.
-int64_t MpeRowsPerBatch(Model& model, int64_t wanted);
-
 absl::StatusOr<MemoryMap> ComputeMemoryMap(Model& model, const Covariance& sigma,
                                            const Dataset& data, const MpeOptions& options = {});
 

@@ -218,8 +218,11 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
       params.copy_(posterior->mean());
       const Covariance sigma = Covariance::FromPosterior(*posterior);
       out.probs = at::empty({n, k}, m.sum_h.options());
-      for (int64_t b = 0; b < n; b += options.batch_size) {
-        const int64_t len = std::min(options.batch_size, n - b);
+      // A row holds a K x K block and its sweep's signals, and K values per sample.
+      const int64_t rows_per_batch =
+          SweepRowsPerBatch(model, options.batch_size, /*extra_per_class=*/options.samples);
+      for (int64_t b = 0; b < n; b += rows_per_batch) {
+        const int64_t len = std::min(rows_per_batch, n - b);
         ADAPTD_ASSIGN_OR_RETURN(LogitJacobian::Output g,
                                 jacobian->SigmaGram(x.narrow(0, b, len), sigma, /*full=*/true));
         // (A non-finite J Sigma J^T would fail the eigendecomposition below as INTERNAL.)
@@ -234,7 +237,9 @@ absl::StatusOr<Prediction> Predict(Model& model, FlatParameters& flat, const Pos
         auto [evals, evecs] = at::linalg_eigh(g.value);
         const at::Tensor l = evecs * evals.clamp_min(0).sqrt().unsqueeze(1);
         const at::Tensor eps = at::randn({options.samples, len, k}, gen, f.options());
-        const at::Tensor draws = f + at::matmul(l, eps.unsqueeze(3)).squeeze(3);
+        // L_i eps_si for every sample s, as one batched product over the rows (a broadcast
+        // matmul would copy L once per sample).
+        const at::Tensor draws = f + at::bmm(l, eps.permute({1, 2, 0})).permute({2, 0, 1});
         m.Add(b, at::softmax(draws, 2));
       }
       const at::Tensor probit = out.probs;

@@ -29,7 +29,9 @@ struct PredictOptions {
   // S: posterior samples for kBayes; logit samples from N(f, J Sigma J^T) for kLinearized's
   // expected entropy and per-class standard deviation (no extra forward passes).
   int64_t samples = 64;
-  int64_t batch_size = 2000;  // examples per forward pass
+  // Examples per forward pass (kLinearized: at most; fewer for many classes or samples, see
+  // SweepRowsPerBatch).
+  int64_t batch_size = 2000;
   at::Tensor label_mask;      // optional bool [K]: a task's head
   // kBayes on a model of Linear layers and elementwise activations (MLP, logistic regression):
   // draw each example's pre-activations, layer by layer, from their Gaussian given the layer's

@@ -535,10 +535,15 @@ TEST(MpeTest, ShouldStopEndsTheComputationBetweenBatches) {
 // is the one batches of a single example give.
 TEST(MpeTest, ManyClassesTakeFewerExamplesABatch) {
   auto model = BuildOrDie(Spec(Architecture::kMlp, {6}, 2048, {5}));
-  EXPECT_EQ(MpeRowsPerBatch(*model, 256), 4);
-  EXPECT_EQ(MpeRowsPerBatch(*model, 2), 2);
+  EXPECT_EQ(SweepRowsPerBatch(*model, 256), 4);
+  EXPECT_EQ(SweepRowsPerBatch(*model, 2), 2);
   auto small = BuildOrDie(Spec(Architecture::kMlp, {6}, 4, {5}));
-  EXPECT_EQ(MpeRowsPerBatch(*small, 256), 256);
+  EXPECT_EQ(SweepRowsPerBatch(*small, 256), 256);
+  // LeNet-5's widest output is its first convolution's, 6 x 28 x 28 = 4,704 a class: 256 rows
+  // at 10 classes, 35 at 100.
+  auto lenet = BuildOrDie(Spec(Architecture::kLeNet5, {1, 28, 28}, 100));
+  EXPECT_EQ(SweepRowsPerBatch(*lenet, 256), (int64_t{1} << 24) / (100 * 4704));
+  EXPECT_EQ(SweepRowsPerBatch(*BuildOrDie(Spec(Architecture::kLeNet5, {1, 28, 28}, 10)), 256), 256);
   const Covariance sigma = *Covariance::Diagonal(at::full({model->NumParameters()}, 0.01));
   const Dataset data{at::randn({10, 6}), at::randint(0, 2048, {10}, at::kLong)};
   MpeOptions o;
