@@ -689,7 +689,9 @@ absl::StatusOr<v1::PredictResponse> PredictPinned(const AdaptdClient& client,
     absl::StatusOr<v1::PredictResponse> answered = client.Predict(next);
     if (!answered.ok()) {
       *pin_lost = begin > 0 && !request.has_version() && absl::IsNotFound(answered.status());
-      if (part >= rows && first_row == 0) return answered.status();
+      const bool names_an_example = absl::IsInvalidArgument(answered.status()) ||
+                                    absl::IsFailedPrecondition(answered.status());
+      if (!names_an_example || (part >= rows && first_row == 0)) return answered.status();
       // The server numbers a refused example within the request it got: say which rows that was.
       return absl::Status(answered.status().code(),
                           absl::StrCat("rows [", first_row + begin, ", ", first_row + begin + count,

@@ -657,8 +657,10 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       response->set_loo_nll(nll_sum / n);
       response->set_loo_accuracy(acc_sum / n);
       return FitsOneMessage(*response, c_.max_message_bytes,
-                            "ask for scope memory, or start the server with a larger "
-                            "--max_message_mb");
+                            request->scope() == v1::SCOPE_ALL
+                                ? "ask for scope memory, or start the server with a larger "
+                                  "--max_message_mb"
+                                : "start the server with a larger --max_message_mb");
     });
   }
 
