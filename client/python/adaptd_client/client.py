@@ -36,7 +36,10 @@ def ids_from_ranges(ranges):
 
 
 def _index(value, name):
-    # An integer argument: Python or numpy integers; 1.7 is refused rather than sent as 1.
+    # An integer argument: Python or numpy integers; 1.7 is refused rather than sent as 1, and
+    # True rather than sent as version or task 1.
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:
@@ -353,8 +356,15 @@ class Client:
     def wait_jobs(self, job_ids, timeout=None, check=True):
         """wait_job for each id in turn; a list of their last JobStatus.
 
-        timeout: seconds for all of them together (DEADLINE_EXCEEDED raises AdaptdError).
+        timeout: seconds for all of them together (DEADLINE_EXCEEDED raises AdaptdError). Each
+        job's wait gets at least 2 s, so that a job that has ended still reports it once the
+        budget is spent: a job still running then raises up to 2 s past the budget (more only
+        if earlier jobs ended within their 2 s).
         """
+        if isinstance(job_ids, (str, bytes)):
+            # A string would be waited on letter by letter ("no job with id 'j'").
+            raise TypeError(f"job_ids must be a list of job ids; got the single id {job_ids!r} "
+                            "(wait_job waits for one)")
         if timeout is None:
             return [self.wait_job(job_id, check=check) for job_id in job_ids]
         deadline = time.monotonic() + timeout

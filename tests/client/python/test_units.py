@@ -172,6 +172,18 @@ def test_integer_arguments_are_not_truncated():
             client.stream_examples("m", 0, x, np.zeros(4), batch_size=1.7)
         with pytest.raises(TypeError, match="batch_size must be an integer"):
             client.predict("m", x, batch_size=1.5)
+        # A bool is an int to Python, but True is no version number.
+        with pytest.raises(TypeError, match="version must be an integer, got True"):
+            client.rollback("m", True)
+        with pytest.raises(TypeError, match="task_id must be an integer, got np.True_|"
+                                            "task_id must be an integer, got True"):
+            client.stream_examples("m", np.bool_(True), x, np.zeros(4))
+
+
+def test_wait_jobs_refuses_a_single_id():
+    with Client("127.0.0.1:1") as client:
+        with pytest.raises(TypeError, match="job_ids must be a list of job ids; got the single id"):
+            client.wait_jobs("j0123", timeout=1)
 
 
 def test_ids_outside_int64_are_refused():
