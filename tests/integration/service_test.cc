@@ -139,6 +139,33 @@ TEST(ServiceTest, ExportAndImportAtTheSmallestMessageLimit) {
   EXPECT_EQ(again->size(), snapshot->size());
 }
 
+// A memory map of every example learnt can outgrow one message (84 bytes an example at 4
+// classes: 13,000 examples take 1.1 MB). It is refused with the remedy the scope allows, and
+// the memory's map, which fits, is answered.
+TEST(ServiceTest, AMemoryMapOverTheMessageLimitNamesTheScopeThatFits) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--max_message_mb=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", /*multi=*/false, /*epochs=*/1)).ok());
+  auto s = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(13000, {0, 1, 2}, 5), 4096);
+  ASSERT_TRUE(s.ok()) << s.status();
+  WaitJobs(*client, *s);
+  v1::MemoryMapRequest all;
+  all.set_model("m");
+  all.set_scope(v1::SCOPE_ALL);
+  const absl::Status refused = client->MemoryMap(all).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::HasSubstr("more than this server sends in one message (1048576, "
+                                   "--max_message_mb): ask for scope memory"));
+  v1::MemoryMapRequest memory = all;
+  memory.set_scope(v1::SCOPE_MEMORY);
+  auto map = client->MemoryMap(memory);
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(Floats(map->example_ids()).numel(), 20);
+}
+
 // A task's classes are a set: a later stream may name them in another order, not other ones.
 TEST(ServiceTest, ALaterStreamNamesItsTasksClassesInAnyOrder) {
   TempDir dir;
