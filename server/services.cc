@@ -86,6 +86,17 @@ constexpr int64_t kMaxTopK = 10000;
 // the message's own framing (a full 1 MiB of data is a 1,048,580-byte message).
 constexpr size_t kSnapshotChunk = (size_t{1} << 20) - 1024;
 
+// An answer larger than the server may send would leave as gRPC's own RESOURCE_EXHAUSTED, which
+// names no remedy and which the metrics would count as OK: refuse it here, saying what to ask.
+absl::Status FitsOneMessage(const google::protobuf::Message& answer, int max_message_bytes,
+                            absl::string_view remedy) {
+  const size_t bytes = answer.ByteSizeLong();
+  if (bytes <= static_cast<size_t>(max_message_bytes)) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the answer would take ", bytes, " bytes, more than this server sends in one message (",
+      max_message_bytes, ", --max_message_mb): ", remedy));
+}
+
 // Runs one RPC: role check, the body (LibTorch exceptions become statuses), metrics.
 template <typename Body>
 grpc::Status Handle(const ServiceContext& c, const char* method, grpc::ServerContext* context,
@@ -101,15 +112,19 @@ grpc::Status Handle(const ServiceContext& c, const char* method, grpc::ServerCon
   return ToGrpcStatus(status);
 }
 
-// An answer larger than the server may send would leave as gRPC's own RESOURCE_EXHAUSTED, which
-// names no remedy and which the metrics would count as OK: refuse it here, saying what to ask.
-absl::Status FitsOneMessage(const google::protobuf::Message& answer, int max_message_bytes,
-                            absl::string_view remedy) {
-  const size_t bytes = answer.ByteSizeLong();
-  if (bytes <= static_cast<size_t>(max_message_bytes)) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "the answer would take ", bytes, " bytes, more than this server sends in one message (",
-      max_message_bytes, ", --max_message_mb): ", remedy));
+// Runs a unary query as Handle does, and refuses an answer too large to send. Predict and
+// MemoryMap check theirs first, with the remedy their requests allow; the lists (ListVersions,
+// Evaluate, ListJobs, ...) grow with the versions and jobs kept, and have no smaller request to
+// ask. Calls that change state answer through Handle alone: a refusal after the change would
+// tell the client that nothing changed (their answers are a model's record or a few ids).
+template <typename Body>
+grpc::Status HandleQuery(const ServiceContext& c, const char* method, grpc::ServerContext* context,
+                         Role need, const google::protobuf::Message& answer, Body&& body) {
+  return Handle(c, method, context, need, [&]() -> absl::Status {
+    ADAPTD_RETURN_IF_ERROR(body());
+    return FitsOneMessage(answer, c.max_message_bytes,
+                          "start the server with a larger --max_message_mb");
+  });
 }
 
 absl::StatusOr<std::shared_ptr<const ModelVersion>> VersionOf(const ModelEntry& entry,
@@ -166,7 +181,7 @@ class AdminServiceImpl final : public v1::AdminService::Service {
 
   grpc::Status GetServerInfo(grpc::ServerContext* ctx, const v1::GetServerInfoRequest*,
                              v1::GetServerInfoResponse* response) override {
-    return Handle(c_, "GetServerInfo", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "GetServerInfo", ctx, Role::kReader, *response, [&]() -> absl::Status {
       response->set_version(ADAPTD_VERSION);
       response->set_torch_version(TORCH_VERSION);
       response->set_device(c_.device.str());
@@ -199,7 +214,7 @@ class AdminServiceImpl final : public v1::AdminService::Service {
 
   grpc::Status GetModel(grpc::ServerContext* ctx, const v1::GetModelRequest* request,
                         v1::ModelInfo* response) override {
-    return Handle(c_, "GetModel", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "GetModel", ctx, Role::kReader, *response, [&]() -> absl::Status {
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->name()));
       *response = entry->Info();
       return absl::OkStatus();
@@ -208,7 +223,7 @@ class AdminServiceImpl final : public v1::AdminService::Service {
 
   grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* response) override {
-    return Handle(c_, "ListModels", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "ListModels", ctx, Role::kReader, *response, [&]() -> absl::Status {
       for (const auto& e : c_.registry->List()) *response->add_models() = e->Info();
       return absl::OkStatus();
     });
@@ -222,7 +237,7 @@ class AdminServiceImpl final : public v1::AdminService::Service {
 
   grpc::Status ListVersions(grpc::ServerContext* ctx, const v1::ListVersionsRequest* request,
                             v1::ListVersionsResponse* response) override {
-    return Handle(c_, "ListVersions", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "ListVersions", ctx, Role::kReader, *response, [&]() -> absl::Status {
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->name()));
       for (const auto& v : entry->Versions()) *response->add_versions() = v;
       return absl::OkStatus();
@@ -453,7 +468,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
 
   grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* request,
                         v1::ListJobsResponse* response) override {
-    return Handle(c_, "ListJobs", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "ListJobs", ctx, Role::kReader, *response, [&]() -> absl::Status {
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
       for (const auto& job : entry->Jobs()) *response->add_jobs() = job->Status();
       return absl::OkStatus();
@@ -480,7 +495,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
 
   grpc::Status Predict(grpc::ServerContext* ctx, const v1::PredictRequest* request,
                        v1::PredictResponse* response) override {
-    return Handle(c_, "Predict", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "Predict", ctx, Role::kReader, *response, [&]() -> absl::Status {
       // The request is checked before a version is loaded (which may evict another from the cache).
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
       ADAPTD_ASSIGN_OR_RETURN(at::Tensor x, InputsFromProto(request->x(), entry->spec(), false, "x"));
@@ -531,7 +546,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
 
   grpc::Status Influence(grpc::ServerContext* ctx, const v1::InfluenceRequest* request,
                          v1::InfluenceResponse* response) override {
-    return Handle(c_, "Influence", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "Influence", ctx, Role::kReader, *response, [&]() -> absl::Status {
       ADAPTD_RETURN_IF_ERROR(CheckScope(request->scope()));
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
       ADAPTD_ASSIGN_OR_RETURN(at::Tensor x, InputsFromProto(request->x(), entry->spec(), true, "x"));
@@ -583,7 +598,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
 
   grpc::Status MemoryMap(grpc::ServerContext* ctx, const v1::MemoryMapRequest* request,
                          v1::MemoryMapResponse* response) override {
-    return Handle(c_, "MemoryMap", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "MemoryMap", ctx, Role::kReader, *response, [&]() -> absl::Status {
       ADAPTD_RETURN_IF_ERROR(CheckScope(request->scope()));
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
       ADAPTD_ASSIGN_OR_RETURN(auto version,
@@ -683,7 +698,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
 
   grpc::Status Evaluate(grpc::ServerContext* ctx, const v1::EvaluateRequest* request,
                         v1::EvaluateResponse* response) override {
-    return Handle(c_, "Evaluate", ctx, Role::kReader, [&]() -> absl::Status {
+    return HandleQuery(c_, "Evaluate", ctx, Role::kReader, *response, [&]() -> absl::Status {
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
       auto [versions, served] = entry->VersionsAndCurrent();
       // The current version on tasks whose evaluation examples came after it was published.

@@ -166,6 +166,33 @@ TEST(ServiceTest, AMemoryMapOverTheMessageLimitNamesTheScopeThatFits) {
   EXPECT_EQ(Floats(map->example_ids()).numel(), 20);
 }
 
+// Evaluate's matrix grows with versions times tasks, and no smaller request asks for less: 500
+// versions of 300 tasks take 1.2 MB. The answer over the limit is refused by the server, and
+// counted as such, rather than failed by gRPC's send and counted as OK.
+TEST(ServiceTest, AListOverTheMessageLimitIsRefusedAndCounted) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path(), {"--max_message_mb=1", "--metrics_port=0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", /*multi=*/false)).ok());
+  for (int64_t task = 0; task < 300; ++task) {
+    ASSERT_TRUE(StreamData(*client, "m", task, v1::SPLIT_EVAL, {}, BlobTask(4, {0, 1}, task)).ok());
+  }
+  for (int i = 0; i < 499; ++i) ASSERT_TRUE(client->Rollback("m", 0).ok());
+  const absl::Status refused = client->Evaluate("m").status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::HasSubstr("more than this server sends in one message (1048576, "
+                                   "--max_message_mb): start the server with a larger "
+                                   "--max_message_mb"));
+  EXPECT_EQ(MetricValue((*server)->metrics_port(),
+                        "adaptd_requests_total{code=\"RESOURCE_EXHAUSTED\",method=\"Evaluate\"}"),
+            1);
+  auto versions = client->ListVersions("m");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  EXPECT_EQ(versions->versions_size(), 500);
+}
+
 // A task's classes are a set: a later stream may name them in another order, not other ones.
 TEST(ServiceTest, ALaterStreamNamesItsTasksClassesInAnyOrder) {
   TempDir dir;
