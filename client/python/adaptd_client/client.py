@@ -1,6 +1,7 @@
 """Client: one method per adaptd RPC, numpy arrays in and out."""
 
 import math
+import numbers
 import operator
 import os
 import threading
@@ -46,6 +47,15 @@ def _index(value, name):
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
 
 
+def _seed(value):
+    # PredictRequest.seed is a uint64: a negative seed would fail in protobuf as "Value out of
+    # range", naming no argument.
+    seed = _index(value, "seed")
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
+    return seed
+
+
 def _optional_int(value, name):
     # None leaves a proto3 `optional` field unset.
     return None if value is None else _index(value, name)
@@ -71,7 +81,7 @@ class Client:
     take `timeout=` to override it); streams (stream_examples, watch_job, export/import) have no
     deadline unless given one. keepalive: seconds between pings on a call that carries no data
     (a watch of a queued job), so that a connection that died silently fails the call within
-    keepalive + 20 s instead of leaving it waiting forever; 0 turns it off, and the server
+    keepalive + 20 s instead of leaving it waiting forever; 0 or None turns it off, and the server
     accepts no more often than every 10 s.
 
     Errors from the server raise AdaptdError (.code, a grpc.StatusCode, and .message); values
@@ -88,6 +98,12 @@ class Client:
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
         ]
+        if token is not None and not isinstance(token, str):
+            # bytes would go out as "Bearer b'...'", a token the server does not know.
+            raise TypeError(f"token must be a str, got {type(token).__name__}")
+        if keepalive is not None and (isinstance(keepalive, (bool, np.bool_))
+                                      or not isinstance(keepalive, numbers.Real)):
+            raise TypeError(f"keepalive must be a number of seconds, got {keepalive!r}")
         if keepalive:
             if keepalive < MIN_KEEPALIVE_SECONDS:
                 raise ValueError(f"keepalive must be 0 (off) or at least {MIN_KEEPALIVE_SECONDS} "
@@ -422,7 +438,7 @@ class Client:
                 request = query_pb2.PredictRequest(
                     model=model, x=to_tensor(x[start:start + rows]),
                     mode=enum_value(query_pb2.PredictMode.DESCRIPTOR, mode),
-                    samples=_index(samples, "samples"), seed=_index(seed, "seed"),
+                    samples=_index(samples, "samples"), seed=_seed(seed),
                     task_id=_optional_int(task_id, "task_id"),
                     version=_optional_int(pinned, "version"))
                 try:

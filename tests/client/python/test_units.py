@@ -223,3 +223,25 @@ def test_keepalive_below_what_the_server_accepts_is_refused():
         Client("127.0.0.1:1", keepalive=5)
     Client("127.0.0.1:1", keepalive=0).close()
     Client("127.0.0.1:1", keepalive=10).close()
+    Client("127.0.0.1:1", keepalive=12.5).close()
+    Client("127.0.0.1:1", keepalive=np.int64(30)).close()
+    Client("127.0.0.1:1", keepalive=None).close()  # off, as 0
+    for wrong in ("60", True):
+        with pytest.raises(TypeError, match="keepalive must be a number of seconds"):
+            Client("127.0.0.1:1", keepalive=wrong)
+
+
+def test_a_token_must_be_text():
+    # bytes would go out as "Bearer b'...'" and be refused as an unknown token.
+    with pytest.raises(TypeError, match="token must be a str, got bytes"):
+        Client("127.0.0.1:1", token=b"secret")
+    Client("127.0.0.1:1", token="secret").close()
+
+
+def test_a_seed_outside_uint64_names_the_seed():
+    with Client("127.0.0.1:1") as client:
+        x = np.zeros((2, 2), dtype=np.float32)
+        with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*64\), got -1"):
+            client.predict("m", x, seed=-1)
+        with pytest.raises(ValueError, match="seed must lie in"):
+            client.predict("m", x, seed=2**64)
