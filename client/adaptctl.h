@@ -22,7 +22,9 @@ struct CtlOptions {
   std::string input_shape = "784";
   // create: the number of classes; stream: the task's classes, e.g. "0,1".
   std::string classes;
-  std::string hidden = "256,256";
+  // Empty: 256,256 for an MLP, none otherwise. Widths given go to the server whatever the
+  // architecture, and it refuses them for one that has no hidden layers to size.
+  std::string hidden;
   std::string activation;
   std::string method;
   std::string head;

@@ -595,10 +595,10 @@ absl::StatusOr<v1::CreateModelRequest> BuildCreateRequest(const std::string& nam
   spec.set_num_classes(classes);
   ADAPTD_ASSIGN_OR_RETURN(std::vector<int64_t> input_shape, ParseInt64List(options.input_shape));
   for (int64_t d : input_shape) spec.add_input_shape(d);
-  if (spec.architecture() == "mlp") {
-    ADAPTD_ASSIGN_OR_RETURN(std::vector<int64_t> hidden, ParseInt64List(options.hidden));
-    for (int64_t h : hidden) spec.add_hidden(h);
-  }
+  const std::string widths =
+      options.hidden.empty() && spec.architecture() == "mlp" ? "256,256" : options.hidden;
+  ADAPTD_ASSIGN_OR_RETURN(std::vector<int64_t> hidden, ParseInt64List(widths));
+  for (int64_t h : hidden) spec.add_hidden(h);
   spec.set_activation(options.activation);
   if (!options.torchscript.empty()) {
     ADAPTD_ASSIGN_OR_RETURN(*spec.mutable_torchscript(), ReadFile(options.torchscript));

@@ -45,7 +45,7 @@ ABSL_FLAG(std::string, input_shape, Defaults().input_shape,
           "create: one example's shape, e.g. 784 or 1,28,28");
 ABSL_FLAG(std::string, classes, Defaults().classes,
           "create: the number of classes; stream: the task's classes, e.g. 0,1");
-ABSL_FLAG(std::string, hidden, Defaults().hidden, "create, demo: MLP hidden widths");
+ABSL_FLAG(std::string, hidden, Defaults().hidden, "create, demo: MLP hidden widths (empty: 256,256)");
 ABSL_FLAG(std::string, activation, Defaults().activation, "create: relu or tanh (empty: relu)");
 ABSL_FLAG(std::string, method, Defaults().method,
           "create: kprior, fromp, ewc, replay, finetune or joint (empty: the server's default)");

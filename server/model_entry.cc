@@ -268,10 +268,39 @@ std::string ModelEntry::LogPath(int64_t task_id) const {
   return absl::StrCat(options_.dir, "/examples/", task_id, ".log");
 }
 
+namespace {
+
+// Fields that the architecture would ignore are refused at creation: a logreg given hidden
+// widths is no MLP. Only here, not in ModelSpec::Validate, which also vets the specs of models
+// created before this check, on every start.
+absl::Status CheckFieldsApply(const v1::ModelSpec& spec) {
+  const std::string& arch = spec.architecture();
+  if (arch != "mlp" && spec.hidden_size() > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model spec: hidden widths apply to architecture mlp only; got ",
+        ShapeString(std::vector<int64_t>(spec.hidden().begin(), spec.hidden().end())), " for ",
+        arch));
+  }
+  if (arch != "mlp" && arch != "lenet5" && !spec.activation().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model spec: activation applies to architectures mlp and lenet5 only; got '",
+        spec.activation(), "' for ", arch));
+  }
+  if (arch != "torchscript" && !spec.torchscript().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model spec: TorchScript bytes apply to architecture torchscript only; got ",
+        spec.torchscript().size(), " bytes for ", arch));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<ModelEntry::Blueprint> ModelEntry::Plan(const v1::ModelSpec& spec,
                                                        const v1::LearningConfig& config) {
   Blueprint b;
   ADAPTD_ASSIGN_OR_RETURN(b.spec, SpecFromProto(spec));
+  ADAPTD_RETURN_IF_ERROR(CheckFieldsApply(spec));
   ADAPTD_ASSIGN_OR_RETURN(b.config, NormalizeConfig(config));
   ADAPTD_ASSIGN_OR_RETURN(b.adapt, ConfigFromProto(b.config));
   ADAPTD_ASSIGN_OR_RETURN(b.state, InitialState(b.spec, b.config.seed()));

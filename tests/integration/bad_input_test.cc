@@ -195,6 +195,20 @@ TEST_F(BadInputTest, ModelsAndQueriesAreRejectedAndChangeNothing) {
   v1::CreateModelRequest arch = BlobModel("x", false);
   arch.mutable_spec()->set_architecture("transformer");
   EXPECT_STATUS(client_->CreateModel(arch).status(), kInvalidArgument, "transformer");
+  // Fields the architecture would ignore: a logreg given hidden widths is no MLP.
+  arch.mutable_spec()->set_architecture("logreg");
+  EXPECT_STATUS(client_->CreateModel(arch).status(), kInvalidArgument,
+                "model spec: hidden widths apply to architecture mlp only; got [16] for logreg");
+  arch.mutable_spec()->clear_hidden();
+  arch.mutable_spec()->set_activation("tanh");
+  EXPECT_STATUS(client_->CreateModel(arch).status(), kInvalidArgument,
+                "model spec: activation applies to architectures mlp and lenet5 only; got 'tanh' "
+                "for logreg");
+  arch.mutable_spec()->clear_activation();
+  arch.mutable_spec()->set_torchscript("PK");
+  EXPECT_STATUS(client_->CreateModel(arch).status(), kInvalidArgument,
+                "model spec: TorchScript bytes apply to architecture torchscript only; got 2 "
+                "bytes for logreg");
   // Config values refused at creation, each named in the message: values that would overflow
   // the step or memory arithmetic, an unknown head mode, and values that used to fall back to a
   // default in silence.

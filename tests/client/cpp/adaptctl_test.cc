@@ -103,7 +103,8 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
   EXPECT_EQ(r->config().min_steps(), 50);
   EXPECT_DOUBLE_EQ(r->config().adapt_after_seconds(), 30);
 
-  // Hidden widths belong to MLPs only; a TorchScript file sets the architecture.
+  // Default hidden widths go to MLPs only, and widths the user gave go to the server, which
+  // refuses them for other architectures; a TorchScript file sets the architecture.
   o.arch = "lenet5";
   o.input_shape = "1,28,28";
   {
@@ -116,6 +117,9 @@ TEST(AdaptctlTest, BuildsTheCreateRequest) {
     EXPECT_EQ(d->config().ivon().clip_radius(), 0);
   }
   EXPECT_EQ(BuildCreateRequest("c", o)->spec().hidden_size(), 0);
+  o.hidden = "512";
+  EXPECT_EQ(BuildCreateRequest("c", o)->spec().hidden_size(), 1);
+  o.hidden.clear();
   o.torchscript = WriteFile("module.pt", "TORCHSCRIPT");
   EXPECT_EQ(BuildCreateRequest("t", o)->spec().architecture(), "torchscript");
   EXPECT_EQ(BuildCreateRequest("t", o)->spec().torchscript(), "TORCHSCRIPT");
