@@ -263,12 +263,11 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
     log->size_ = static_cast<int64_t>(upgraded.size());
     return log;
   }
-  if (committed_end != bytes.size()) {
-    if (::ftruncate(fd, static_cast<off_t>(committed_end)) != 0 || ::fsync(fd) != 0) {
-      return Errno("truncate", path);
-    }
-  }
+  // The tail is cut by the next append, not here: a model that the start then refuses as
+  // damaged (a job that took more examples than the log holds, say) keeps its files as they
+  // were, for whoever looks into it.
   log->size_ = static_cast<int64_t>(committed_end);
+  log->uncut_tail_ = committed_end != bytes.size();
   return log;
 }
 
@@ -285,6 +284,12 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
   const ScopedFd file(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
   if (file.fd < 0) return Errno("open", path_);
   const int fd = file.fd;
+  if (uncut_tail_) {
+    if (::ftruncate(fd, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd) != 0) {
+      return Errno("truncate", path_);
+    }
+    uncut_tail_ = false;
+  }
   // Leave no partial stream behind (Open() would drop it anyway), whether a write fails or
   // encoding throws. After a failed fdatasync the page cache may already hold the commit:
   // unless the cut is itself durable, a crash could bring back a stream its client was told

@@ -58,8 +58,9 @@ struct LogRecovery {
 // Thread-compatible: the owner serializes Append calls.
 class ExampleLog {
  public:
-  // Opens the log at `path`, reads its committed batches into `recovery` and truncates the
-  // file after the last commit record (an uncommitted tail); a log without a key is replaced
+  // Opens the log at `path` and reads its committed batches into `recovery`; what follows the
+  // last commit record (an uncommitted tail) is ignored, and cut from the file by the first
+  // AppendCommitted, so that opening alone leaves the file as it is. A log without a key is replaced
   // by its committed records under a new key. DATA_LOSS, with the file left as
   // it is, if a commit record follows a record that cannot be read (damage after the write,
   // not a crash), if a whole record does not decode or is not one a log holds, or if the
@@ -89,6 +90,8 @@ class ExampleLog {
   // Set when a failed append could not be cut back durably: what the file holds past size_ is
   // unknown, so no more appends until a restart recovers it from disk.
   bool broken_ = false;
+  // Open found an uncommitted tail past size_, still in the file.
+  bool uncut_tail_ = false;
 };
 
 }  // namespace adaptd

@@ -381,7 +381,7 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     LogRecovery rec;
     ADAPTD_ASSIGN_OR_RETURN(te.log, ExampleLog::Open(e.LogPath(t.task_id), &rec));
     if (rec.truncated_bytes > 0) {
-      std::fprintf(stderr, "adaptd: model %s task %lld: dropped %lld bytes of an unfinished stream\n",
+      std::fprintf(stderr, "adaptd: model %s task %lld: left out %lld bytes of an unfinished stream\n",
                    row.name.c_str(), static_cast<long long>(t.task_id),
                    static_cast<long long>(rec.truncated_bytes));
     }

@@ -549,7 +549,7 @@ TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
     auto server = ServerProcess::Start(dir.path());
     ASSERT_TRUE(server.ok()) << server.status();
     auto client = (*server)->Client();
-    for (const char* name : {"good", "gone", "emptied"}) {
+    for (const char* name : {"good", "gone", "emptied", "cut"}) {
       ASSERT_TRUE(client->CreateModel(BlobModel(name, false, 1)).ok());
       auto s = StreamData(*client, name, 0, v1::SPLIT_TRAIN, {}, BlobTask(50, {0, 1}, 1));
       ASSERT_TRUE(s.ok()) << s.status();
@@ -558,6 +558,10 @@ TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
   }
   ASSERT_EQ(::unlink((dir.path() + "/models/gone/examples/0.log").c_str()), 0);
   ASSERT_EQ(::truncate((dir.path() + "/models/emptied/examples/0.log").c_str(), 0), 0);
+  // Cut inside its only stream: what is left reads as a crash's torn tail, but a job took the
+  // examples. The model stays offline, and its log as it was found.
+  const std::string cut = dir.path() + "/models/cut/examples/0.log";
+  ASSERT_EQ(::truncate(cut.c_str(), 100), 0);
   // A start with a smaller --keep_versions thins the loaded models' checkpoints, and leaves the
   // offline ones all their rollback points.
   auto server = ServerProcess::Start(dir.path(), {"--keep_versions=1"});
@@ -568,11 +572,13 @@ TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
   EXPECT_EQ(ListDir(dir.path() + "/models/emptied/versions").size(), 2u);
   for (const auto& [name, why] :
        {std::pair<std::string, std::string>{"gone", "0.log is missing"},
-        {"emptied", "task 0's example log holds 0 training examples"}}) {
+        {"emptied", "task 0's example log holds 0 training examples"},
+        {"cut", "task 0's example log holds 0 training examples"}}) {
     auto bad = client->GetModel(name);
     EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << name << ": " << bad.status();
     EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr(why)) << name;
   }
+  EXPECT_EQ(std::filesystem::file_size(cut), 100u);
 }
 
 // A catalog restored from a copy older than the files: the start finds more checkpoints and

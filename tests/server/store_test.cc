@@ -178,12 +178,20 @@ TEST(ExampleLogTest, RecoveryKeepsCommittedStreamsAndCutsEverythingAfter) {
   EXPECT_EQ(rec.truncated_bytes, static_cast<int64_t>(batch_a.size() + batch_a.size() / 2));
   EXPECT_EQ((*log)->size_bytes(), static_cast<int64_t>(bytes.size()));
   ExpectBatches(rec, {&a, &b, &c});
-  // The file itself was cut back, so a second open reads the same and cuts nothing.
+  // Opening leaves the file as it is (a model refused at start keeps its files); the next
+  // append cuts the tail before it writes, so a later open finds both streams and no tail.
+  EXPECT_EQ(ReadFile(path)->size(), bytes.size() + batch_a.size() + batch_a.size() / 2);
   LogRecovery again;
-  ASSERT_TRUE(ExampleLog::Open(path, &again).ok());
-  EXPECT_EQ(again.truncated_bytes, 0);
-  EXPECT_EQ(again.batches.size(), 3u);
-  EXPECT_EQ(*ReadFile(path), bytes);
+  auto reopened = ExampleLog::Open(path, &again);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ(again.truncated_bytes, rec.truncated_bytes);
+  const ExampleBatchData d = Batch(15, 1, 4);
+  ASSERT_TRUE((*reopened)->AppendCommitted({d}).ok());
+  LogRecovery last;
+  ASSERT_TRUE(ExampleLog::Open(path, &last).ok());
+  EXPECT_EQ(last.truncated_bytes, 0);
+  ExpectBatches(last, {&a, &b, &c, &d});
+  EXPECT_EQ(static_cast<int64_t>(ReadFile(path)->size()), (*reopened)->size_bytes());
 }
 
 TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
@@ -298,7 +306,7 @@ TEST(ExampleLogTest, ALogHoldsNoFileOpenBetweenCalls) {
 
 // A crash while a stream is written may leave any of its pages on disk and not others (the
 // kernel writes pages back in no set order). Its commit record is written only after the
-// rest is durable, so the stream was not acknowledged, and is cut however it was torn.
+// rest is durable, so the stream was not acknowledged, and is left out however it was torn.
 TEST(ExampleLogTest, AStreamTornInAnyOrderIsCutWhenItsCommitIsMissing) {
   TempDir dir;
   const std::string path = dir.path() + "/0.log";
@@ -318,7 +326,14 @@ TEST(ExampleLogTest, AStreamTornInAnyOrderIsCutWhenItsCommitIsMissing) {
     ASSERT_TRUE(log.ok()) << log.status();
     ExpectBatches(rec, {&a});
     EXPECT_EQ(rec.truncated_bytes, static_cast<int64_t>(torn.size() - at[3]));
-    EXPECT_EQ(*ReadFile(path), bytes.substr(0, at[3]));
+    EXPECT_EQ(*ReadFile(path), torn);  // cut by the next append, not by opening
+    const ExampleBatchData c = Batch(4, 1, 4);
+    ASSERT_TRUE((*log)->AppendCommitted({c}).ok());
+    EXPECT_EQ(ReadFile(path)->substr(0, at[3]), bytes.substr(0, at[3]));
+    LogRecovery after;
+    ASSERT_TRUE(ExampleLog::Open(path, &after).ok());
+    ExpectBatches(after, {&a, &c});
+    EXPECT_EQ(after.truncated_bytes, 0);
   }
 }
 
