@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <cerrno>
 #include <cstring>
 #include <set>
 #include <utility>
@@ -29,8 +30,22 @@ CREATE TABLE IF NOT EXISTS jobs(
   progress BLOB NOT NULL DEFAULT x'', cancel_requested INTEGER NOT NULL DEFAULT 0);
 )sql";
 
-absl::Status SqlError(sqlite3* db, const std::string& what) {
-  return absl::InternalError(absl::StrCat("catalog: ", what, ": ", sqlite3_errmsg(db)));
+// The failure of the last call on `db`, naming the catalog's file. A full disk or quota is
+// RESOURCE_EXHAUSTED (worth a retry once space is freed), with the system's reason where SQLite
+// kept one ("disk I/O error" alone does not say that the disk is full).
+absl::Status SqlError(sqlite3* db, const std::string& what, const char* message = nullptr) {
+  const int code = sqlite3_errcode(db) & 0xff;
+  const int sys =
+      code == SQLITE_IOERR || code == SQLITE_FULL || code == SQLITE_CANTOPEN ? sqlite3_system_errno(db) : 0;
+  const char* file = sqlite3_db_filename(db, "main");
+  std::string text = absl::StrCat("catalog ", file != nullptr ? file : "", ": ", what,
+                                  what.empty() ? "" : ": ", message ? message : sqlite3_errmsg(db));
+  if (sys != 0) absl::StrAppend(&text, " (", std::strerror(sys), ")");
+  if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(text, "; free space on the data directory's filesystem"));
+  }
+  return absl::InternalError(text);
 }
 
 // One prepared statement; binds are 1-based, in the order given.
@@ -102,11 +117,19 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                              SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
-    const std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    const absl::Status error = db ? SqlError(db, "open")
+                                  : absl::ResourceExhaustedError("catalog: open: out of memory");
     sqlite3_close(db);
-    return absl::InternalError(absl::StrCat("catalog: open ", path, ": ", msg));
+    return error;
   }
   auto catalog = std::unique_ptr<Catalog>(new Catalog(db));
+  // SQLite opens a file it may not write read-only, without an error: every write would fail
+  // later, a stream's job among them.
+  if (sqlite3_db_readonly(db, "main") == 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "catalog ", path, " can only be opened read-only (its permissions, its owner or the "
+        "filesystem's mount): the server writes it"));
+  }
   std::lock_guard<std::mutex> lock(catalog->mu_);
   ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(
       "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"));
@@ -154,7 +177,7 @@ absl::Status Catalog::ExecLocked(const std::string& sql) {
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     const std::string msg = err ? err : "unknown error";
     sqlite3_free(err);
-    return absl::InternalError(absl::StrCat("catalog: ", msg));
+    return SqlError(db_, "", msg.c_str());
   }
   return absl::OkStatus();
 }

@@ -68,7 +68,7 @@ absl::StatusOr<ExampleBatchData> DecodeBatch(absl::string_view body) {
 }
 
 absl::Status Errno(const std::string& what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+  return ServerErrno(what, path);
 }
 
 // Writes `bytes` at `offset`, whole.

@@ -16,8 +16,15 @@
 namespace adaptd {
 
 absl::Status ServerFault(const absl::Status& status) {
-  if (status.ok() || status.code() == absl::StatusCode::kDataLoss) return status;
+  if (status.ok() || status.code() == absl::StatusCode::kDataLoss ||
+      status.code() == absl::StatusCode::kResourceExhausted) {
+    return status;
+  }
   return absl::InternalError(status.message());
+}
+
+absl::Status ServerErrno(const std::string& what, const std::string& path) {
+  return ServerFault(FileError(errno, what, path));
 }
 
 absl::Status MakeDirs(const std::string& path) {
@@ -29,7 +36,11 @@ absl::Status MakeDirs(const std::string& path) {
     if (::mkdir(prefix.c_str(), 0755) == 0) {
       ADAPTD_RETURN_IF_ERROR(ServerFault(FsyncParentDirectory(prefix)));  // the entry is durable
     } else if (errno != EEXIST) {
-      return absl::InternalError(absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
+      return ServerErrno("mkdir", prefix);
+    } else if (struct stat st; ::stat(prefix.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+      // EEXIST says nothing of what exists: a file in a directory's place fails later, and
+      // less clearly (a CreateModel's "Not a directory").
+      return absl::InternalError(absl::StrCat("mkdir ", prefix, ": exists and is not a directory"));
     } else if (pos == std::string::npos) {
       // The directory asked for exists, but a crash may have come between its mkdir and that
       // fsync: make its entry durable now, as a fresh mkdir would have. (Ancestors that already

@@ -11,10 +11,15 @@
 
 namespace adaptd {
 
-// A failure of the server's own files as a caller sees it: DATA_LOSS (damage) as it is, anything
-// else INTERNAL with the same message. core/files.h's other codes (NOT_FOUND, INVALID_ARGUMENT,
-// RESOURCE_EXHAUSTED, FAILED_PRECONDITION) would read as a fault of the request.
+// A failure of the server's own files as a caller sees it: DATA_LOSS (damage) and
+// RESOURCE_EXHAUSTED (a full disk or quota, no descriptor left: worth a retry once freed) as
+// they are, anything else INTERNAL with the same message. core/files.h's other codes
+// (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION) would read as a fault of the request.
 absl::Status ServerFault(const absl::Status& status);
+
+// `what path: strerror(errno)` for a failed call on one of the server's files, as ServerFault
+// would pass it on.
+absl::Status ServerErrno(const std::string& what, const std::string& path);
 
 // mkdir -p; every directory it creates, and `path` itself, is made durable (its parent is
 // fsynced).

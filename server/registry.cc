@@ -39,7 +39,7 @@ void LogIfFailed(const absl::Status& s) {
 absl::Status Mark(const std::string& dir, const char* marker) {
   const std::string path = dir + "/" + marker;
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat("create ", path, ": ", std::strerror(errno)));
+  if (fd < 0) return ServerErrno("create", path);
   ::close(fd);
   return ServerFault(FsyncParentDirectory(path));
 }

@@ -1,6 +1,9 @@
 // The storage pieces on their own: CRC-32C, the example log's recovery of torn and
 // uncommitted tails, and the catalog's transactions.
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -20,6 +23,52 @@
 namespace adaptd {
 namespace {
 
+
+// A file where a directory belongs: EEXIST says nothing of what exists, so MakeDirs looks.
+TEST(FsUtilTest, MakeDirsRefusesAFileInADirectorysPlace) {
+  TempDir dir;
+  const std::string file = dir.path() + "/models";
+  ASSERT_TRUE(WriteFileAtomically(file, "x").ok());
+  const absl::Status refused = MakeDirs(file);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInternal) << refused;
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::HasSubstr("mkdir " + file + ": exists and is not a directory"));
+  EXPECT_FALSE(MakeDirs(file + "/m").ok());
+  EXPECT_TRUE(MakeDirs(dir.path() + "/a/b").ok());
+  EXPECT_TRUE(MakeDirs(dir.path() + "/a/b").ok());
+}
+
+// SQLite opens a catalog it may not write read-only, without an error; the server would then
+// fail every write. Open refuses it. (Root writes past permissions: the file is made
+// immutable instead, where the filesystem allows it.)
+TEST(CatalogTest, ACatalogThatCanOnlyBeReadIsRefused) {
+  TempDir dir;
+  const std::string path = dir.path() + "/catalog.sqlite";
+  ASSERT_TRUE(Catalog::Open(path).ok());
+  ASSERT_EQ(::chmod(path.c_str(), 0444), 0);
+  bool immutable = false;
+  if (::geteuid() == 0) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    int flags = 0;
+    immutable = ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 &&
+                (flags |= FS_IMMUTABLE_FL, ::ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0);
+    ::close(fd);
+    if (!immutable) GTEST_SKIP() << "root, on a filesystem without immutable files";
+  }
+  const absl::Status refused = Catalog::Open(path).status();
+  if (immutable) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    int flags = 0;
+    ASSERT_EQ(::ioctl(fd, FS_IOC_GETFLAGS, &flags), 0);
+    flags &= ~FS_IMMUTABLE_FL;
+    ASSERT_EQ(::ioctl(fd, FS_IOC_SETFLAGS, &flags), 0);
+    ::close(fd);
+  }
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::HasSubstr("catalog " + path + " can only be opened read-only"));
+}
 
 TEST(Crc32cTest, MatchesTheStandardCheckValues) {
   // The check value of CRC-32C (Castagnoli) and RFC 3720's test vectors.
