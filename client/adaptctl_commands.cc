@@ -194,6 +194,8 @@ absl::Status Stream(const AdaptdClient& client, const CtlOptions& options,
     absl::PrintF("  example ids %d..%d\n", ids.first(), ids.first() + ids.count() - 1);
   }
   for (const std::string& job : response.job_ids()) absl::PrintF("  job %s queued\n", job);
+  // Stored, and not to be sent again; but nothing learns them yet: a script must hear it.
+  if (!response.no_job_reason().empty()) return absl::UnavailableError(response.no_job_reason());
   if (!options.watch) return absl::OkStatus();
   for (const std::string& job : response.job_ids()) {
     ADAPTD_ASSIGN_OR_RETURN(v1::JobStatus status, WatchWithProgress(client, job));

@@ -973,10 +973,21 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
   if (adapt && plan.split == ExampleSplit::kTrain) {
     auto job = QueueJobLocked(task_id);
     if (!job.ok()) {
-      // The examples are stored; they stay pending until the task's next stream queues a job.
       std::fprintf(stderr, "adaptd: model %s task %lld: could not queue a job (or add the "
                    "examples to the task's queued one): %s\n",
                    name_.c_str(), static_cast<long long>(task_id), job.status().ToString().c_str());
+      // A stream of no examples came only to queue the job: it failed, and stored nothing.
+      if (total == 0) {
+        return absl::Status(job.status().code(),
+                            absl::StrCat("no job was queued for task ", task_id,
+                                         "'s examples not learnt yet: ", job.status().message()));
+      }
+      // The examples are stored; they stay pending until the task's next closing stream queues
+      // a job. The answer says so, since it carries no job to wait for.
+      result.no_job_reason = absl::StrCat(
+          "the examples are stored, but no job was queued to learn them (", job.status().message(),
+          "); they stay pending until a later closing stream of task ", task_id,
+          " (adaptctl adapt) queues one");
     } else if (*job) {
       result.job_ids.push_back((*job)->id());
     }

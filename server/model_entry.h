@@ -186,6 +186,8 @@ struct CommitResult {
   std::vector<std::pair<int64_t, int64_t>> id_ranges;  // (first, count)
   std::vector<std::string> job_ids;
   int64_t version = 0;
+  // Set when the examples were stored but no job could be queued to learn them.
+  std::string no_job_reason;
 };
 
 class ModelEntry {

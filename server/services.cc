@@ -361,6 +361,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           }
         }
         response->set_version(r.version);
+        if (!r.no_job_reason.empty()) response->set_no_job_reason(r.no_job_reason);
         return absl::OkStatus();
       };
       // What a refusal leaves stored: nothing, or the online chunks committed before it (their

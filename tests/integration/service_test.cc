@@ -21,6 +21,7 @@
 #include "server/convert.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
+#include "tests/testing/immutable.h"
 
 namespace adaptd {
 namespace {
@@ -191,6 +192,49 @@ TEST(ServiceTest, AListOverTheMessageLimitIsRefusedAndCounted) {
   auto versions = client->ListVersions("m");
   ASSERT_TRUE(versions.ok()) << versions.status();
   EXPECT_EQ(versions->versions_size(), 500);
+}
+
+// The examples are durable in their log before a job is queued in the catalog. When the catalog
+// cannot record the job (here its write-ahead log refuses writes), a stream of examples is
+// still acknowledged, and says that no job learns them; a stream of none, which comes only to
+// queue the job, fails. Once the catalog takes writes again, a closing stream queues the job.
+TEST(ServiceTest, AStreamWhoseJobCannotBeQueuedSaysSo) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", /*multi=*/false)).ok());
+  ASSERT_TRUE(StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(60, {0, 1}, 1), 64,
+                         /*keep_open=*/true)
+                  .ok());
+  v1::StreamHeader header;
+  header.set_model("m");
+  header.set_task_id(0);
+  {
+    ImmutableFile frozen(dir.path() + "/catalog.sqlite-wal");
+    if (!frozen.set()) GTEST_SKIP() << "needs root and a filesystem with immutable files";
+    const absl::Status empty =
+        client->StreamExamples(header, std::vector<v1::ExampleBatch>()).status();
+    EXPECT_FALSE(empty.ok());
+    EXPECT_THAT(std::string(empty.message()),
+                ::testing::HasSubstr("no job was queued for task 0's examples not learnt yet: "
+                                     "catalog " + dir.path() + "/catalog.sqlite"));
+    auto stored = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(40, {0, 1}, 2));
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    EXPECT_EQ(stored->examples(), 40);
+    EXPECT_EQ(stored->job_ids_size(), 0);
+    EXPECT_THAT(stored->no_job_reason(),
+                ::testing::HasSubstr("the examples are stored, but no job was queued to learn "
+                                     "them"));
+  }
+  auto queued = client->StreamExamples(header, std::vector<v1::ExampleBatch>());
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  EXPECT_TRUE(queued->no_job_reason().empty());
+  ASSERT_EQ(WaitJobs(*client, *queued), 1);
+  auto info = client->GetModel("m");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->tasks(0).train_examples(), 100);
+  EXPECT_EQ(info->tasks(0).pending_examples(), 0);
 }
 
 // A task's classes are a set: a later stream may name them in another order, not other ones.

@@ -1,16 +1,17 @@
 // The storage pieces on their own: CRC-32C, the example log's recovery of torn and
 // uncommitted tails, and the catalog's transactions.
 #include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+#include <optional>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include "tests/testing/immutable.h"
 #include "tests/testing/temp_dir.h"
 #include <torch/torch.h>
 
@@ -46,25 +47,12 @@ TEST(CatalogTest, ACatalogThatCanOnlyBeReadIsRefused) {
   const std::string path = dir.path() + "/catalog.sqlite";
   ASSERT_TRUE(Catalog::Open(path).ok());
   ASSERT_EQ(::chmod(path.c_str(), 0444), 0);
-  bool immutable = false;
+  std::optional<ImmutableFile> frozen;
   if (::geteuid() == 0) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    ASSERT_GE(fd, 0);
-    int flags = 0;
-    immutable = ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 &&
-                (flags |= FS_IMMUTABLE_FL, ::ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0);
-    ::close(fd);
-    if (!immutable) GTEST_SKIP() << "root, on a filesystem without immutable files";
+    frozen.emplace(path);
+    if (!frozen->set()) GTEST_SKIP() << "root, on a filesystem without immutable files";
   }
   const absl::Status refused = Catalog::Open(path).status();
-  if (immutable) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    int flags = 0;
-    ASSERT_EQ(::ioctl(fd, FS_IOC_GETFLAGS, &flags), 0);
-    flags &= ~FS_IMMUTABLE_FL;
-    ASSERT_EQ(::ioctl(fd, FS_IOC_SETFLAGS, &flags), 0);
-    ::close(fd);
-  }
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
   EXPECT_THAT(std::string(refused.message()),
               ::testing::HasSubstr("catalog " + path + " can only be opened read-only"));

@@ -6,6 +6,7 @@ import operator
 import os
 import threading
 import time
+import warnings
 
 import grpc
 import numpy as np
@@ -263,7 +264,9 @@ class Client:
         examples, possibly the task's running job). The stream is all-or-nothing, with one caveat: an
         error that comes after the end message went out (a timeout, an interrupt while waiting
         for the reply) may come after the server stored the examples. Check get_model's task
-        counts before resending, or the examples are stored twice.
+        counts before resending, or the examples are stored twice. If the examples were
+        stored but no job could be queued to learn them (a full disk, say), the response's
+        no_job_reason says why, a RuntimeWarning repeats it, and job_ids lacks the job.
         """
         self._check_open()
         x = as_features(x)
@@ -330,7 +333,7 @@ class Client:
         calls.append(call)
         started.set()
         try:
-            return call.result()
+            response = call.result()
         except grpc.FutureCancelledError:
             if failure:
                 raise failure[0] from None
@@ -342,6 +345,10 @@ class Client:
         except BaseException:
             call.cancel()  # e.g. KeyboardInterrupt while waiting: store nothing
             raise
+        if response.no_job_reason:
+            # Stored (not to be sent again), but nothing learns them yet.
+            warnings.warn(response.no_job_reason, RuntimeWarning, stacklevel=2)
+        return response
 
     def watch_job(self, job_id, timeout=None):
         """Yields the job's JobStatus on every change until it reaches a terminal state."""

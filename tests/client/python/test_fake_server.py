@@ -61,10 +61,14 @@ class Learning(learning_pb2_grpc.LearningServiceServicer):
             # stores nothing, even when its half-close arrives before the cancellation.
             context.abort(grpc.StatusCode.ABORTED, "the stream lacks its end message")
         self.recorder.streams.append(requests)
-        return learning_pb2.StreamExamplesResponse(
+        response = learning_pb2.StreamExamplesResponse(
             model=requests[0].header.model, task_id=requests[0].header.task_id,
             examples=examples, batches=len(batches),
             ids=[learning_pb2.IdRange(first=0, count=examples)], job_ids=["job-1"])
+        if requests[0].header.model == "nojob":  # stored, but the catalog took no job
+            del response.job_ids[:]
+            response.no_job_reason = "the examples are stored, but no job was queued"
+        return response
 
     def WatchJob(self, request, context):
         final = (learning_pb2.JOB_STATE_FAILED if request.job_id == "bad"
@@ -148,6 +152,13 @@ def test_stream_sends_header_then_batches(fake):
     ids = np.concatenate([from_tensor(b.batch.client_ids) for b in batches])
     assert ids.dtype == np.int64
     np.testing.assert_array_equal(ids, np.arange(100, 110))
+
+
+def test_a_stream_whose_job_was_not_queued_warns(fake):
+    with Client(fake.target) as client:
+        with pytest.warns(RuntimeWarning, match="the examples are stored, but no job was queued"):
+            response = client.stream_examples("nojob", 0, np.zeros((3, 2)), [0, 1, 0])
+    assert response.examples == 3 and not response.job_ids
 
 
 def test_batches_fit_the_message_limit(fake):
