@@ -92,8 +92,8 @@ ABSL_FLAG(uint64_t, seed, Defaults().seed, "create: the model's seed; predict: t
 
 // stream and data files
 ABSL_FLAG(int64_t, task, Defaults().task,
-          "stream, adapt: the task (0, 1, ...); predict, influence: predict within this task's "
-          "classes");
+          "stream, adapt: the task (0, 1, ...), required; predict, influence: predict within "
+          "this task's classes (-1: none)");
 ABSL_FLAG(std::string, split, Defaults().split, "stream: train or eval");
 ABSL_FLAG(std::string, format, Defaults().format, "idx, csv or npy (empty: by file name)");
 ABSL_FLAG(std::string, labels, Defaults().labels,

@@ -4,7 +4,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -19,7 +18,7 @@ CREATE TABLE IF NOT EXISTS models(
   name TEXT PRIMARY KEY, spec BLOB NOT NULL, config BLOB NOT NULL, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks(
   model TEXT NOT NULL, task_id INTEGER NOT NULL, classes TEXT NOT NULL,
-  PRIMARY KEY(model, task_id));
+  log_bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(model, task_id));
 CREATE TABLE IF NOT EXISTS versions(
   model TEXT NOT NULL, version INTEGER NOT NULL, info BLOB NOT NULL,
   checkpoint_crc INTEGER NOT NULL, PRIMARY KEY(model, version));
@@ -141,26 +140,31 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
 Catalog::~Catalog() { sqlite3_close(db_); }
 
 absl::Status Catalog::MigrateLocked() {
-  // Columns of jobs that came after the first release; a catalog written before one gains it,
-  // empty for its jobs. config: they resume with the model's settings, as they did then.
-  // progress: a job that ended before it shows no step counts. cancel_requested: no cancel of
-  // theirs was on record.
-  std::set<std::string> columns;
-  {
-    Statement st(db_, "SELECT name FROM pragma_table_info('jobs')");
-    while (true) {
-      ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
-      if (!more) break;
-      columns.insert(st.Bytes(0));
+  // Columns that came after the first release; a catalog written before one gains it, empty
+  // for its rows. jobs.config: they resume with the model's settings, as they did then.
+  // jobs.progress: a job that ended before it shows no step counts. jobs.cancel_requested: no
+  // cancel of theirs was on record. tasks.log_bytes: not known (the start records it).
+  struct Added {
+    const char* table;
+    const char* column;
+    const char* type;
+  };
+  const Added added[] = {{"jobs", "config", "BLOB NOT NULL DEFAULT x''"},
+                         {"jobs", "progress", "BLOB NOT NULL DEFAULT x''"},
+                         {"jobs", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"},
+                         {"tasks", "log_bytes", "INTEGER NOT NULL DEFAULT 0"}};
+  for (const Added& a : added) {
+    bool present = false;
+    {  // finished before the table changes
+      const std::string sql =
+          absl::StrCat("SELECT 1 FROM pragma_table_info('", a.table, "') WHERE name = ?");
+      Statement st(db_, sql.c_str());
+      st.Bind(std::string(a.column));
+      ADAPTD_ASSIGN_OR_RETURN(present, st.Next());
     }
-  }
-  const std::pair<const char*, const char*> added[] = {
-      {"config", "BLOB NOT NULL DEFAULT x''"},
-      {"progress", "BLOB NOT NULL DEFAULT x''"},
-      {"cancel_requested", "INTEGER NOT NULL DEFAULT 0"}};
-  for (const auto& [column, type] : added) {
-    if (columns.count(column)) continue;
-    ADAPTD_RETURN_IF_ERROR(ExecLocked(absl::StrCat("ALTER TABLE jobs ADD COLUMN ", column, " ", type)));
+    if (present) continue;
+    ADAPTD_RETURN_IF_ERROR(
+        ExecLocked(absl::StrCat("ALTER TABLE ", a.table, " ADD COLUMN ", a.column, " ", a.type)));
   }
   return absl::OkStatus();
 }
@@ -229,19 +233,32 @@ absl::StatusOr<std::vector<ModelRow>> Catalog::ListModels() {
 
 absl::Status Catalog::UpsertTask(const std::string& model, const TaskRow& row) {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_, "INSERT OR REPLACE INTO tasks(model, task_id, classes) VALUES(?, ?, ?)");
-  return st.Bind(model).Bind(row.task_id).Bind(JoinClasses(row.classes)).Run();
+  Statement st(db_, "INSERT OR REPLACE INTO tasks(model, task_id, classes, log_bytes) "
+                    "VALUES(?, ?, ?, ?)");
+  return st.Bind(model).Bind(row.task_id).Bind(JoinClasses(row.classes)).Bind(row.log_bytes).Run();
+}
+
+absl::Status Catalog::SetTaskLogBytes(const std::string& model, int64_t task_id,
+                                      int64_t log_bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement st(db_, "UPDATE tasks SET log_bytes = ? WHERE model = ? AND task_id = ?");
+  ADAPTD_RETURN_IF_ERROR(st.Bind(log_bytes).Bind(model).Bind(task_id).Run());
+  if (sqlite3_changes(db_) == 0) {
+    return absl::NotFoundError(absl::StrCat("catalog: no task ", task_id, " of model ", model));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<TaskRow>> Catalog::ListTasks(const std::string& model) {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_, "SELECT task_id, classes FROM tasks WHERE model = ? ORDER BY task_id");
+  Statement st(db_, "SELECT task_id, classes, log_bytes FROM tasks WHERE model = ? "
+                    "ORDER BY task_id");
   st.Bind(model);
   std::vector<TaskRow> rows;
   while (true) {
     ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
     if (!more) break;
-    rows.push_back({st.Int(0), SplitClasses(st.Bytes(1))});
+    rows.push_back({st.Int(0), SplitClasses(st.Bytes(1)), st.Int(2)});
   }
   return rows;
 }

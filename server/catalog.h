@@ -26,6 +26,10 @@ struct ModelRow {
 struct TaskRow {
   int64_t task_id = 0;
   std::vector<int64_t> classes;
+  // Where the task's example log's last acknowledged stream ends (its commit record's end),
+  // so that a start can tell a log cut after a commit from a crash's torn tail. 0: not known
+  // (a row written before the catalog kept it).
+  int64_t log_bytes = 0;
 };
 
 struct VersionRow {
@@ -70,6 +74,8 @@ class Catalog {
   absl::StatusOr<std::vector<ModelRow>> ListModels();
 
   absl::Status UpsertTask(const std::string& model, const TaskRow& row);
+  // Records where the task's log's acknowledged streams now end; NOT_FOUND without its row.
+  absl::Status SetTaskLogBytes(const std::string& model, int64_t task_id, int64_t log_bytes);
   absl::StatusOr<std::vector<TaskRow>> ListTasks(const std::string& model);
 
   absl::StatusOr<std::vector<VersionRow>> ListVersions(const std::string& model);

@@ -271,6 +271,17 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
   return log;
 }
 
+absl::Status ExampleLog::CutBack(int64_t size) {
+  const ScopedFd file(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
+  if (file.fd < 0 || ::ftruncate(file.fd, static_cast<off_t>(size)) != 0 ||
+      ::fdatasync(file.fd) != 0) {
+    broken_ = true;
+    return Errno("cut back", path_);
+  }
+  size_ = size;
+  return absl::OkStatus();
+}
+
 absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& batches) {
   if (broken_) {
     return absl::InternalError(absl::StrCat(

@@ -78,6 +78,11 @@ class ExampleLog {
   // it returns OK. On failure the file is cut back to its previous length.
   absl::Status AppendCommitted(const std::vector<ExampleBatchData>& batches);
 
+  // Undoes the appends since size_bytes() was `size` (a stream whose acknowledgement then
+  // failed): the file is cut back to it, durably. If that fails, the log takes no more appends
+  // until a restart recovers it from disk.
+  absl::Status CutBack(int64_t size);
+
   int64_t size_bytes() const { return size_; }
 
  private:

@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage("adaptd: continual-learning training service\n"
+  // Abseil prints the program's name before this message.
+  absl::SetProgramUsageMessage("continual-learning training service\n"
                                "  adaptd --data_dir=DIR [--port=50051] [--metrics_port=PORT (off by default)]");
   const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
@@ -142,7 +143,9 @@ int main(int argc, char** argv) {
   auto server = adaptd::Server::Create(options);
   if (!server.ok()) {
     std::fprintf(stderr, "adaptd: %s\n", server.status().ToString().c_str());
-    return 1;
+    // A flag the server refuses is a usage error, as the checks above; any other failure to
+    // start (a locked or damaged data directory, a port in use) is 1.
+    return server.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   std::printf("adaptd listening on %s:%d\n", options.host.c_str(), (*server)->port());
   if ((*server)->metrics_port() > 0) {

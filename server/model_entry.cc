@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <random>
 #include <set>
@@ -378,12 +379,38 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   for (const TaskRow& t : tasks) {
     TaskExamples& te = e.tasks_[t.task_id];
     te.classes = t.classes;
+    // A log that ends, or whose committed streams end, before the last stream the catalog
+    // acknowledged was cut (a partial copy, say), which no crash does: what is left can read
+    // as whole, or as a torn tail, but acknowledged examples went. Its size is checked before
+    // it is read, since reading rewrites a log written before logs had keys.
+    const std::string path = e.LogPath(t.task_id);
+    auto cut = [&](const char* what, int64_t end) {
+      return absl::DataLossError(absl::StrCat(
+          path, ": ", what, " at byte ", end, ", but the catalog acknowledged streams up to byte ",
+          t.log_bytes, ": acknowledged examples were cut from it (was it copied or restored in "
+          "part?)"));
+    };
+    std::error_code size_error;
+    const auto size = std::filesystem::file_size(path, size_error);
+    if (!size_error && static_cast<int64_t>(size) < t.log_bytes) return cut("it ends", size);
     LogRecovery rec;
-    ADAPTD_ASSIGN_OR_RETURN(te.log, ExampleLog::Open(e.LogPath(t.task_id), &rec));
+    ADAPTD_ASSIGN_OR_RETURN(te.log, ExampleLog::Open(path, &rec));
+    const int64_t end = te.log->size_bytes();
+    if (end < t.log_bytes) return cut("its committed streams end", end);
     if (rec.truncated_bytes > 0) {
       std::fprintf(stderr, "adaptd: model %s task %lld: left out %lld bytes of an unfinished stream\n",
                    row.name.c_str(), static_cast<long long>(t.task_id),
                    static_cast<long long>(rec.truncated_bytes));
+    }
+    // A row from before the catalog kept the end, a stream a crash caught between its commit
+    // and its record, or a log rewritten under a key: record the end found, so that the check
+    // above holds from now on. Without it the model still loads, unchecked.
+    if (end != t.log_bytes) {
+      const absl::Status recorded = options.catalog->SetTaskLogBytes(row.name, t.task_id, end);
+      if (!recorded.ok()) {
+        std::fprintf(stderr, "adaptd: model %s task %lld: %s\n", row.name.c_str(),
+                     static_cast<long long>(t.task_id), recorded.ToString().c_str());
+      }
     }
     for (auto& b : rec.batches) {
       if (b.size() > 0) {
@@ -946,8 +973,25 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
     b.ids = at::arange(id, id + b.size(), at::kLong);
     id += b.size();
   }
+  const int64_t log_before = log->size_bytes();
   if (total > 0) ADAPTD_RETURN_IF_ERROR(log->AppendCommitted(batches));
-  if (new_log) ADAPTD_RETURN_IF_ERROR(options_.catalog->UpsertTask(name_, {task_id, plan.classes}));
+  // The catalog records where the acknowledged streams end, so that a start can tell a log cut
+  // after a commit record from a crash's torn tail. A new task's row carries it; if the row
+  // cannot be written, the next stream of the task empties the log again. An existing task's
+  // stream is undone when its end cannot be recorded: the client is told it failed.
+  if (new_log) {
+    ADAPTD_RETURN_IF_ERROR(
+        options_.catalog->UpsertTask(name_, {task_id, plan.classes, log->size_bytes()}));
+  } else if (total > 0) {
+    const absl::Status recorded =
+        options_.catalog->SetTaskLogBytes(name_, task_id, log->size_bytes());
+    if (!recorded.ok()) {
+      const absl::Status undone = log->CutBack(log_before);
+      return undone.ok() ? recorded
+                         : absl::Status(recorded.code(),
+                                        absl::StrCat(recorded.message(), "; ", undone.message()));
+    }
+  }
   // Durable and visible after a restart: acknowledged from here on.
   std::lock_guard<std::mutex> lock(mu_);
   next_example_id_ = id;
@@ -1805,12 +1849,12 @@ absl::Status ModelEntry::WriteImported(std::map<int64_t, TaskExamples>& tasks,
   ModelEntry& e = *this;
   const ModelEntryOptions& options = options_;
   for (auto& [tid, t] : tasks) {
-    absl::Status s = options.catalog->UpsertTask(name, {tid, t.classes});
     auto log = ExampleLog::Create(e.LogPath(tid));
-    if (!s.ok() || !log.ok()) return s.ok() ? log.status() : s;
+    if (!log.ok()) return log.status();
     std::vector<ExampleBatchData> all = t.train;
     all.insert(all.end(), t.eval.begin(), t.eval.end());
-    s = (*log)->AppendCommitted(all);
+    absl::Status s = (*log)->AppendCommitted(all);
+    if (s.ok()) s = options.catalog->UpsertTask(name, {tid, t.classes, (*log)->size_bytes()});
     if (!s.ok()) return s;
     t.log = *std::move(log);
     for (const auto& b : all) {

@@ -25,6 +25,7 @@
 #include "server/registry.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
+#include "tests/testing/immutable.h"
 
 namespace adaptd {
 namespace {
@@ -572,13 +573,102 @@ TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
   EXPECT_EQ(ListDir(dir.path() + "/models/emptied/versions").size(), 2u);
   for (const auto& [name, why] :
        {std::pair<std::string, std::string>{"gone", "0.log is missing"},
-        {"emptied", "task 0's example log holds 0 training examples"},
-        {"cut", "task 0's example log holds 0 training examples"}}) {
+        {"emptied", "0.log: it ends at byte 0, but the catalog acknowledged"},
+        {"cut", "0.log: it ends at byte 100, but the catalog acknowledged"}}) {
     auto bad = client->GetModel(name);
     EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << name << ": " << bad.status();
     EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr(why)) << name;
   }
   EXPECT_EQ(std::filesystem::file_size(cut), 100u);
+}
+
+// A log cut exactly after a commit record reads as whole, and one whose last commit record is
+// damaged reads as a crash's torn tail: only the catalog, which records where the acknowledged
+// streams end, tells that the last stream went. The models stay offline, and their logs as
+// they were found.
+TEST(LifecycleTest, AnExampleLogCutAfterACommitKeepsItsModelOffline) {
+  TempDir dir;
+  auto log = [&](const std::string& model) {
+    return dir.path() + "/models/" + model + "/examples/0.log";
+  };
+  uintmax_t first_stream_end = 0;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    for (const char* model : {"cut", "flipped"}) {
+      ASSERT_TRUE(client->CreateModel(BlobModel(model, false, 1)).ok());
+      for (uint64_t seed : {1, 2}) {
+        ASSERT_TRUE(StreamData(*client, model, 0, v1::SPLIT_TRAIN, {}, BlobTask(30, {0, 1}, seed),
+                               64, /*keep_open=*/true)
+                        .ok());
+        if (seed == 1) first_stream_end = std::filesystem::file_size(log(model));
+      }
+    }
+  }
+  const uintmax_t whole = std::filesystem::file_size(log("cut"));
+  ASSERT_GT(whole, first_stream_end);
+  std::filesystem::resize_file(log("cut"), first_stream_end);
+  {
+    std::fstream f(log("flipped"), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-1, std::ios::end);
+    f.put('\x5a');  // inside the last commit record: it fails its checksum
+  }
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  for (const auto& [model, why] :
+       {std::pair<std::string, std::string>{"cut", absl::StrCat("0.log: it ends at byte ",
+                                                                first_stream_end)},
+        {"flipped", absl::StrCat("0.log: its committed streams end at byte ", first_stream_end)}}) {
+    auto bad = client->GetModel(model);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << model << ": " << bad.status();
+    EXPECT_THAT(std::string(bad.status().message()),
+                ::testing::HasSubstr(why + ", but the catalog acknowledged streams up to byte " +
+                                     std::to_string(whole)))
+        << model;
+  }
+  EXPECT_EQ(std::filesystem::file_size(log("cut")), first_stream_end);
+  EXPECT_EQ(std::filesystem::file_size(log("flipped")), whole);
+}
+
+// A stream whose end the catalog cannot record (here its write-ahead log refuses writes) is
+// undone in the log and refused: after the catalog takes writes again, and after a restart,
+// the task holds the first stream only.
+TEST(LifecycleTest, AStreamWhoseEndTheCatalogCannotRecordStoresNothing) {
+  TempDir dir;
+  const std::string log = dir.path() + "/models/m/examples/0.log";
+  uintmax_t first_stream_end = 0;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    ASSERT_TRUE(client->CreateModel(BlobModel("m", false, 1)).ok());
+    ASSERT_TRUE(StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(30, {0, 1}, 1), 64,
+                           /*keep_open=*/true)
+                    .ok());
+    first_stream_end = std::filesystem::file_size(log);
+    {
+      ImmutableFile frozen(dir.path() + "/catalog.sqlite-wal");
+      if (!frozen.set()) GTEST_SKIP() << "needs root and a filesystem with immutable files";
+      auto refused = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(20, {0, 1}, 2), 64,
+                                /*keep_open=*/true);
+      ASSERT_FALSE(refused.ok());
+      EXPECT_THAT(std::string(refused.status().message()),
+                  ::testing::HasSubstr("nothing was stored"));
+    }
+    EXPECT_EQ(std::filesystem::file_size(log), first_stream_end);
+    EXPECT_EQ(client->GetModel("m")->tasks(0).train_examples(), 30);
+    // The log takes the next stream where the undone one began.
+    ASSERT_TRUE(StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 3), 64,
+                           /*keep_open=*/true)
+                    .ok());
+  }
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto info = (*server)->Client()->GetModel("m");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->tasks(0).train_examples(), 40);
 }
 
 // A catalog restored from a copy older than the files: the start finds more checkpoints and
@@ -1279,6 +1369,13 @@ TEST(LifecycleTest, AnArgumentThatIsNotAFlagIsRefused) {
   EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("(exit status 512)"))
       << refused.status();
   EXPECT_FALSE(std::filesystem::exists(dir.path() + "/data"));
+  // A flag value the server refuses is the same usage error, whichever part checks it.
+  for (const char* flag : {"--queue_capacity=0", "--port=70000", "--threads=0"}) {
+    auto bad = ServerProcess::Start(dir.path() + "/data", {flag});
+    ASSERT_FALSE(bad.ok()) << flag;
+    EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr("(exit status 512)"))
+        << flag << ": " << bad.status();
+  }
 }
 
 }  // namespace

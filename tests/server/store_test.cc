@@ -451,6 +451,37 @@ void WriteOldJobsTable(const std::string& path, const std::string& more, const s
   ASSERT_EQ(rc, SQLITE_OK) << sql;
 }
 
+// A catalog written before tasks recorded where their logs' acknowledged streams end opens with
+// the end unknown (0), and records it from then on.
+TEST(CatalogTest, ACatalogFromBeforeLogEndsGainsThem) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/catalog.sqlite";
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    const int rc = sqlite3_exec(
+        db,
+        "CREATE TABLE tasks(model TEXT NOT NULL, task_id INTEGER NOT NULL, classes TEXT NOT NULL, "
+        "PRIMARY KEY(model, task_id)); INSERT INTO tasks VALUES('m', 0, '1,2');",
+        nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    ASSERT_EQ(rc, SQLITE_OK);
+  }
+  for (int open = 0; open < 2; ++open) {  // the second open finds the column there
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    auto tasks = (*catalog)->ListTasks("m");
+    ASSERT_TRUE(tasks.ok()) << tasks.status();
+    ASSERT_EQ(tasks->size(), 1u);
+    EXPECT_EQ((*tasks)[0].classes, (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ((*tasks)[0].log_bytes, open == 0 ? 0 : 4096);
+    ASSERT_TRUE((*catalog)->SetTaskLogBytes("m", 0, 4096).ok());
+  }
+  auto catalog = Catalog::Open(path);
+  ASSERT_TRUE(catalog.ok()) << catalog.status();
+  EXPECT_EQ((*catalog)->SetTaskLogBytes("m", 7, 1).code(), absl::StatusCode::kNotFound);
+}
+
 // A catalog written before jobs recorded their settings opens, keeps its jobs, and records the
 // settings of the jobs that start from then on.
 TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
