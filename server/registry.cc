@@ -182,7 +182,9 @@ namespace {
 
 std::string NotLoaded(const std::string& name, const std::string& why) {
   return absl::StrCat("model \"", name, "\" exists on disk but is not loaded (", why,
-                      "); DeleteModel removes it");
+                      "); if the cause can be mended (a permission, a full disk, a file restored "
+                      "from a backup), mend it and restart the server; otherwise DeleteModel "
+                      "removes it, examples and all");
 }
 
 }  // namespace
