@@ -163,12 +163,53 @@ absl::StatusOr<v1::DeleteModelResponse> AdaptdClient::DeleteModel(const std::str
   });
 }
 
+namespace {
+
+// A versioned list (ListVersions' versions, Evaluate's rows) asked for a page at a time, so that
+// a long history fits the message limit: pages of up to 1,000 versions, halved while one is
+// refused as too large. `fetch(first_version, max_versions)` asks for one page; `rows_of` names
+// the response's rows. The other fields come from the last page. A server that does not page
+// answers the whole list at once, without a next version.
+template <typename Response, typename Fetch, typename RowsOf>
+absl::StatusOr<Response> AllPages(const Fetch& fetch, const RowsOf& rows_of) {
+  Response last;
+  auto all = *rows_of(last);  // empty, of the rows' type
+  int64_t first = 0;
+  int32_t page = 1000;
+  while (true) {
+    absl::StatusOr<Response> r = fetch(first, page);
+    if (absl::IsResourceExhausted(r.status()) && page > 1) {
+      page /= 2;
+      continue;
+    }
+    if (!r.ok()) return r.status();
+    last = *std::move(r);
+    for (auto& row : *rows_of(last)) *all.Add() = std::move(row);
+    if (!last.has_next_version()) break;
+    if (last.next_version() <= first) {
+      return absl::InternalError(absl::StrCat("the server's next page starts at version ",
+                                              last.next_version(), ", not after ", first));
+    }
+    first = last.next_version();
+  }
+  rows_of(last)->Swap(&all);
+  return last;
+}
+
+}  // namespace
+
 absl::StatusOr<v1::ListVersionsResponse> AdaptdClient::ListVersions(const std::string& name) const {
-  v1::ListVersionsRequest request;
-  request.set_name(name);
-  return Unary<v1::ListVersionsResponse>([&](auto* context, auto* response) {
-    return admin_->ListVersions(context, request, response);
-  });
+  return AllPages<v1::ListVersionsResponse>(
+      [&](int64_t first, int32_t max) {
+        v1::ListVersionsRequest request;
+        request.set_name(name);
+        request.set_first_version(first);
+        request.set_max_versions(max);
+        return Unary<v1::ListVersionsResponse>([&](auto* context, auto* response) {
+          return admin_->ListVersions(context, request, response);
+        });
+      },
+      [](v1::ListVersionsResponse& r) { return r.mutable_versions(); });
 }
 
 absl::StatusOr<v1::ModelInfo> AdaptdClient::Rollback(const std::string& name,
@@ -432,10 +473,17 @@ absl::StatusOr<v1::MemoryMapResponse> AdaptdClient::MemoryMap(
 }
 
 absl::StatusOr<v1::EvaluateResponse> AdaptdClient::Evaluate(const std::string& name) const {
-  v1::EvaluateRequest request;
-  request.set_model(name);
-  return Unary<v1::EvaluateResponse>(
-      [&](auto* context, auto* response) { return query_->Evaluate(context, request, response); });
+  return AllPages<v1::EvaluateResponse>(
+      [&](int64_t first, int32_t max) {
+        v1::EvaluateRequest request;
+        request.set_model(name);
+        request.set_first_version(first);
+        request.set_max_versions(max);
+        return Unary<v1::EvaluateResponse>([&](auto* context, auto* response) {
+          return query_->Evaluate(context, request, response);
+        });
+      },
+      [](v1::EvaluateResponse& r) { return r.mutable_rows(); });
 }
 
 }  // namespace adaptd

@@ -86,6 +86,8 @@ class AdaptdClient {
   absl::StatusOr<v1::ModelInfo> GetModel(const std::string& name) const;
   absl::StatusOr<v1::ListModelsResponse> ListModels() const;
   absl::StatusOr<v1::DeleteModelResponse> DeleteModel(const std::string& name) const;
+  // Every version, oldest first, asked for a page at a time (a long history outgrows one
+  // message).
   absl::StatusOr<v1::ListVersionsResponse> ListVersions(const std::string& name) const;
   absl::StatusOr<v1::ModelInfo> Rollback(const std::string& name, int64_t version) const;
   absl::StatusOr<v1::ModelInfo> UpdateConfig(const v1::UpdateConfigRequest& request) const;
@@ -119,6 +121,8 @@ class AdaptdClient {
   absl::StatusOr<v1::PredictResponse> Predict(const v1::PredictRequest& request) const;
   absl::StatusOr<v1::InfluenceResponse> Influence(const v1::InfluenceRequest& request) const;
   absl::StatusOr<v1::MemoryMapResponse> MemoryMap(const v1::MemoryMapRequest& request) const;
+  // Every version's row, asked for a page at a time as ListVersions does; the summaries come
+  // with the last page.
   absl::StatusOr<v1::EvaluateResponse> Evaluate(const std::string& name) const;
 
   const ClientOptions& options() const { return options_; }

@@ -1,9 +1,11 @@
 #include "server/services.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -119,12 +121,36 @@ grpc::Status Handle(const ServiceContext& c, const char* method, grpc::ServerCon
 // tell the client that nothing changed (their answers are a model's record or a few ids).
 template <typename Body>
 grpc::Status HandleQuery(const ServiceContext& c, const char* method, grpc::ServerContext* context,
-                         Role need, const google::protobuf::Message& answer, Body&& body) {
+                         Role need, const google::protobuf::Message& answer, Body&& body,
+                         absl::string_view remedy = "start the server with a larger --max_message_mb") {
   return Handle(c, method, context, need, [&]() -> absl::Status {
     ADAPTD_RETURN_IF_ERROR(body());
-    return FitsOneMessage(answer, c.max_message_bytes,
-                          "start the server with a larger --max_message_mb");
+    return FitsOneMessage(answer, c.max_message_bytes, remedy);
   });
+}
+
+constexpr absl::string_view kPageRemedy =
+    "ask for a page of versions (max_versions, from first_version), or start the server with a "
+    "larger --max_message_mb";
+
+// Keeps the page of `rows` (oldest version first) that a request asks for: the versions from
+// first_version on, at most max_versions of them (0: all). Returns the first version left out
+// past the page, if any.
+template <typename Rows>
+absl::StatusOr<std::optional<int64_t>> KeepPage(Rows* rows, int64_t first_version,
+                                                int32_t max_versions) {
+  if (first_version < 0 || max_versions < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "first_version and max_versions must be >= 0 (max_versions 0: all); got ",
+        first_version, " and ", max_versions));
+  }
+  auto first = std::find_if(rows->begin(), rows->end(),
+                            [&](const auto& row) { return row.version() >= first_version; });
+  rows->erase(rows->begin(), first);
+  if (max_versions == 0 || rows->size() <= max_versions) return std::optional<int64_t>();
+  const int64_t next = (*rows)[max_versions].version();
+  rows->erase(rows->begin() + max_versions, rows->end());
+  return std::optional<int64_t>(next);
 }
 
 absl::StatusOr<std::shared_ptr<const ModelVersion>> VersionOf(const ModelEntry& entry,
@@ -240,8 +266,12 @@ class AdminServiceImpl final : public v1::AdminService::Service {
     return HandleQuery(c_, "ListVersions", ctx, Role::kReader, *response, [&]() -> absl::Status {
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->name()));
       for (const auto& v : entry->Versions()) *response->add_versions() = v;
+      ADAPTD_ASSIGN_OR_RETURN(
+          std::optional<int64_t> next,
+          KeepPage(response->mutable_versions(), request->first_version(), request->max_versions()));
+      if (next) response->set_next_version(*next);
       return absl::OkStatus();
-    });
+    }, kPageRemedy);
   }
 
   grpc::Status Rollback(grpc::ServerContext* ctx, const v1::RollbackRequest* request,
@@ -707,8 +737,12 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       v1::VersionInfo current = served->info();
       for (v1::TaskAccuracy& a : late) *current.add_eval() = std::move(a);
       *response = SummarizeVersions(std::move(versions), current);
+      ADAPTD_ASSIGN_OR_RETURN(
+          std::optional<int64_t> next,
+          KeepPage(response->mutable_rows(), request->first_version(), request->max_versions()));
+      if (next) response->set_next_version(*next);
       return absl::OkStatus();
-    });
+    }, kPageRemedy);
   }
 
  private:

@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 
 #include "adaptd/v1/learning.grpc.pb.h"
+#include "adaptd/v1/query.grpc.pb.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
 #include "tests/integration/fixtures.h"
@@ -167,10 +168,11 @@ TEST(ServiceTest, AMemoryMapOverTheMessageLimitNamesTheScopeThatFits) {
   EXPECT_EQ(Floats(map->example_ids()).numel(), 20);
 }
 
-// Evaluate's matrix grows with versions times tasks, and no smaller request asks for less: 500
-// versions of 300 tasks take 1.2 MB. The answer over the limit is refused by the server, and
-// counted as such, rather than failed by gRPC's send and counted as OK.
-TEST(ServiceTest, AListOverTheMessageLimitIsRefusedAndCounted) {
+// Evaluate's matrix grows with versions times tasks: 500 versions of 300 tasks take 1.2 MB. The
+// whole answer over the limit is refused by the server, with the page to ask for, and counted as
+// such (not failed by gRPC's send and counted as OK). Pages answer, and the clients ask for the
+// history a page at a time.
+TEST(ServiceTest, AHistoryOverTheMessageLimitIsAskedForInPages) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path(), {"--max_message_mb=1", "--metrics_port=0"});
   ASSERT_TRUE(server.ok()) << server.status();
@@ -180,18 +182,50 @@ TEST(ServiceTest, AListOverTheMessageLimitIsRefusedAndCounted) {
     ASSERT_TRUE(StreamData(*client, "m", task, v1::SPLIT_EVAL, {}, BlobTask(4, {0, 1}, task)).ok());
   }
   for (int i = 0; i < 499; ++i) ASSERT_TRUE(client->Rollback("m", 0).ok());
-  const absl::Status refused = client->Evaluate("m").status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
-  EXPECT_THAT(std::string(refused.message()),
+  auto stub = v1::QueryService::NewStub(
+      grpc::CreateChannel((*server)->target(), grpc::InsecureChannelCredentials()));
+  auto evaluate = [&](int64_t first, int32_t max, v1::EvaluateResponse* response) {
+    grpc::ClientContext ctx;
+    v1::EvaluateRequest request;
+    request.set_model("m");
+    request.set_first_version(first);
+    request.set_max_versions(max);
+    return stub->Evaluate(&ctx, request, response);
+  };
+  v1::EvaluateResponse whole;
+  const grpc::Status refused = evaluate(0, 0, &whole);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(),
               ::testing::HasSubstr("more than this server sends in one message (1048576, "
-                                   "--max_message_mb): start the server with a larger "
-                                   "--max_message_mb"));
+                                   "--max_message_mb): ask for a page of versions (max_versions, "
+                                   "from first_version)"));
   EXPECT_EQ(MetricValue((*server)->metrics_port(),
                         "adaptd_requests_total{code=\"RESOURCE_EXHAUSTED\",method=\"Evaluate\"}"),
             1);
+  v1::EvaluateResponse page;
+  ASSERT_TRUE(evaluate(100, 150, &page).ok());
+  ASSERT_EQ(page.rows_size(), 150);
+  EXPECT_EQ(page.rows(0).version(), 100);
+  EXPECT_EQ(page.rows(149).version(), 249);
+  EXPECT_EQ(page.next_version(), 250);
+  EXPECT_EQ(page.rows(0).accuracy_size(), 300);
+  v1::EvaluateResponse tail;
+  ASSERT_TRUE(evaluate(450, 150, &tail).ok());
+  EXPECT_EQ(tail.rows_size(), 50);
+  EXPECT_FALSE(tail.has_next_version());
+  EXPECT_EQ(evaluate(-1, 10, &tail).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // The clients page: every row, in order, and the summaries.
+  auto all = client->Evaluate("m");
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->rows_size(), 500);
+  for (int i = 0; i < 500; ++i) ASSERT_EQ(all->rows(i).version(), i);
+  EXPECT_FALSE(all->has_next_version());
+  EXPECT_EQ(all->version(), 499);
+  EXPECT_EQ(all->forgetting_size(), page.forgetting_size());
   auto versions = client->ListVersions("m");
   ASSERT_TRUE(versions.ok()) << versions.status();
-  EXPECT_EQ(versions->versions_size(), 500);
+  ASSERT_EQ(versions->versions_size(), 500);
+  EXPECT_EQ(versions->versions(499).version(), 499);
 }
 
 // An empty closing stream comes only to queue a job for the task's pending examples. When the

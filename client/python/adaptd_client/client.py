@@ -193,11 +193,38 @@ class Client:
 
     @wrap_rpc_errors
     def list_versions(self, name, timeout=None):
-        """A list of VersionInfo, oldest first."""
-        response = self._admin.ListVersions(admin_pb2.ListVersionsRequest(name=name),
-                                            timeout=self._deadline(timeout),
-                                            metadata=self._metadata)
-        return list(response.versions)
+        """A list of VersionInfo, oldest first (asked for a page at a time; `timeout` bounds each
+        page)."""
+        versions, _ = self._all_pages(
+            self._admin.ListVersions,
+            lambda first, page: admin_pb2.ListVersionsRequest(name=name, first_version=first,
+                                                              max_versions=page),
+            lambda response: response.versions, timeout)
+        return versions
+
+    def _all_pages(self, method, request, rows_of, timeout):
+        # A versioned list (ListVersions' versions, Evaluate's rows) asked for a page at a time,
+        # so that a long history fits the message limit: up to 1,000 versions a page, halved
+        # while a page is refused as too large. Returns the rows and the last page. A server
+        # that does not page answers the whole list at once, without a next version.
+        rows, first, page = [], 0, 1000
+        while True:
+            try:
+                response = method(request(first, page), timeout=self._deadline(timeout),
+                                  metadata=self._metadata)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and page > 1:
+                    page //= 2
+                    continue
+                raise
+            rows.extend(rows_of(response))
+            if not response.HasField("next_version"):
+                return rows, response
+            if response.next_version <= first:
+                raise AdaptdError(grpc.StatusCode.INTERNAL,
+                                  f"the server's next page starts at version "
+                                  f"{response.next_version}, not after {first}")
+            first = response.next_version
 
     @wrap_rpc_errors
     def rollback(self, name, version, timeout=None):
@@ -546,11 +573,14 @@ class Client:
         Returns a dict: version (current), versions and task_ids (int64 [R], one per row;
         task -1: version 0 or a rollback), accuracy (float64 [R, T], NaN where a task had no
         evaluation examples), average_accuracy, forgetting (float64 [T]),
-        average_forgetting, backward_transfer.
+        average_forgetting, backward_transfer. The rows are asked for a page at a time (`timeout`
+        bounds each page); the summaries come with the last page.
         """
-        response = self._query.Evaluate(query_pb2.EvaluateRequest(model=model),
-                                        timeout=self._deadline(timeout), metadata=self._metadata)
-        rows = response.rows
+        rows, response = self._all_pages(
+            self._query.Evaluate,
+            lambda first, page: query_pb2.EvaluateRequest(model=model, first_version=first,
+                                                          max_versions=page),
+            lambda response: response.rows, timeout)
         width = max((len(row.accuracy) for row in rows), default=0)
         accuracy = np.full((len(rows), width), math.nan, dtype=np.float64)
         for i, row in enumerate(rows):

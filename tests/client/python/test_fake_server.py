@@ -21,6 +21,7 @@ class Recorder:
         self.streams = []
         self.cancelled = threading.Event()
         self.imported = []
+        self.version_pages = []
 
 
 class Admin(admin_pb2_grpc.AdminServiceServicer):
@@ -44,6 +45,18 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
         chunks = list(request_iterator)
         self.recorder.imported = chunks
         return model_pb2.ModelInfo(name=chunks[0].name)
+
+    def ListVersions(self, request, context):
+        # 2,345 versions, of which a message holds at most 600, as a server's limit would.
+        self.recorder.version_pages.append((request.first_version, request.max_versions))
+        if request.max_versions == 0 or request.max_versions > 600:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer would take too many bytes")
+        end = min(request.first_version + request.max_versions, 2345)
+        response = admin_pb2.ListVersionsResponse(
+            versions=[model_pb2.VersionInfo(version=v) for v in range(request.first_version, end)])
+        if end < 2345:
+            response.next_version = end
+        return response
 
 
 class Learning(learning_pb2_grpc.LearningServiceServicer):
@@ -159,6 +172,16 @@ def test_a_stream_whose_job_was_not_queued_warns(fake):
         with pytest.warns(RuntimeWarning, match="the examples are stored, but no job was queued"):
             response = client.stream_examples("nojob", 0, np.zeros((3, 2)), [0, 1, 0])
     assert response.examples == 3 and not response.job_ids
+
+
+def test_a_long_history_is_listed_a_page_at_a_time(fake):
+    with Client(fake.target) as client:
+        versions = client.list_versions("m")
+    assert [v.version for v in versions] == list(range(2345))
+    # A page of 1,000 is refused as too large; 500 fit, and the rest follow from where each
+    # page ended.
+    assert fake.version_pages == [(0, 1000), (0, 500), (500, 500), (1000, 500), (1500, 500),
+                                  (2000, 500)]
 
 
 def test_batches_fit_the_message_limit(fake):
