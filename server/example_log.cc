@@ -271,17 +271,6 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
   return log;
 }
 
-absl::Status ExampleLog::CutBack(int64_t size) {
-  const ScopedFd file(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
-  if (file.fd < 0 || ::ftruncate(file.fd, static_cast<off_t>(size)) != 0 ||
-      ::fdatasync(file.fd) != 0) {
-    broken_ = true;
-    return Errno("cut back", path_);
-  }
-  size_ = size;
-  return absl::OkStatus();
-}
-
 absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& batches) {
   if (broken_) {
     return absl::InternalError(absl::StrCat(
@@ -295,10 +284,10 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
   const ScopedFd file(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
   if (file.fd < 0) return Errno("open", path_);
   const int fd = file.fd;
+  // Durably cuts the file back to size_ (what the log held before this append).
+  auto cut = [&] { return ::ftruncate(fd, static_cast<off_t>(size_)) == 0 && ::fdatasync(fd) == 0; };
   if (uncut_tail_) {
-    if (::ftruncate(fd, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd) != 0) {
-      return Errno("truncate", path_);
-    }
+    if (!cut()) return Errno("truncate", path_);
     uncut_tail_ = false;
   }
   // Leave no partial stream behind (Open() would drop it anyway), whether a write fails or
@@ -306,7 +295,7 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
   // unless the cut is itself durable, a crash could bring back a stream its client was told
   // had failed, so the log takes no more.
   auto cut_back = [&] {
-    if (::ftruncate(fd, static_cast<off_t>(size_)) != 0 || ::fdatasync(fd) != 0) broken_ = true;
+    if (!cut()) broken_ = true;
   };
   int64_t end = size_;
   absl::Status status;

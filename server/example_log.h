@@ -6,8 +6,9 @@
 // SerializeTensors map (split, x, y, ids, client_ids); a kCommit record's body is the key, and
 // it makes every batch since the previous commit part of the log. A stream writes its batches
 // and fdatasyncs, then writes its commit record and fdatasyncs, so a stream is all-or-nothing
-// and a commit on disk vouches for every byte before it: after a crash, Open() cuts whatever
-// follows the last commit record (a stream that never finished, torn in any order). No
+// and a commit on disk vouches for every byte before it: after a crash, Open() leaves out
+// whatever follows the last commit record (a stream that never finished, torn in any order),
+// and the next append cuts it from the file. No
 // example's bytes can pass for a commit record without the key. (A log written before keys
 // had none, and empty commit records: Open writes its committed records again under a key.)
 #ifndef ADAPTD_SERVER_EXAMPLE_LOG_H_
@@ -52,7 +53,7 @@ std::vector<ExampleBatchData> SliceBatches(const std::vector<ExampleBatchData>& 
 
 struct LogRecovery {
   std::vector<ExampleBatchData> batches;  // every committed batch, in order
-  int64_t truncated_bytes = 0;            // dropped after the last commit record
+  int64_t truncated_bytes = 0;            // left out after the last commit record
 };
 
 // Thread-compatible: the owner serializes Append calls.
@@ -78,12 +79,9 @@ class ExampleLog {
   // it returns OK. On failure the file is cut back to its previous length.
   absl::Status AppendCommitted(const std::vector<ExampleBatchData>& batches);
 
-  // Undoes the appends since size_bytes() was `size` (a stream whose acknowledgement then
-  // failed): the file is cut back to it, durably. If that fails, the log takes no more appends
-  // until a restart recovers it from disk.
-  absl::Status CutBack(int64_t size);
-
   int64_t size_bytes() const { return size_; }
+  // A failed append could not be cut back: the log takes no more until a restart.
+  bool broken() const { return broken_; }
 
  private:
   static absl::StatusOr<std::unique_ptr<ExampleLog>> OpenFile(const std::string& path,

@@ -54,13 +54,11 @@ absl::Status MakeDirs(const std::string& path) {
 absl::Status RemoveTree(const std::string& path, const std::string& last) {
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) {
-    return errno == ENOENT ? absl::OkStatus()
-                           : absl::InternalError(absl::StrCat("stat ", path, ": ",
-                                                              std::strerror(errno)));
+    return errno == ENOENT ? absl::OkStatus() : ServerErrno("stat", path);
   }
   if (!S_ISDIR(st.st_mode)) {
     if (::unlink(path.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat("unlink ", path, ": ", std::strerror(errno)));
+      return ServerErrno("unlink", path);
     }
     return absl::OkStatus();
   }
@@ -71,7 +69,7 @@ absl::Status RemoveTree(const std::string& path, const std::string& last) {
   }
   if (!last.empty()) ADAPTD_RETURN_IF_ERROR(RemoveTree(path + "/" + last));
   if (::rmdir(path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("rmdir ", path, ": ", std::strerror(errno)));
+    return ServerErrno("rmdir", path);
   }
   return ServerFault(FsyncParentDirectory(path));
 }
@@ -88,7 +86,7 @@ bool HoldsFiles(const std::string& path) {
 absl::StatusOr<std::vector<std::string>> ReadDir(const std::string& path) {
   DIR* dir = ::opendir(path.c_str());
   if (dir == nullptr) {
-    return absl::InternalError(absl::StrCat("opendir ", path, ": ", std::strerror(errno)));
+    return ServerErrno("opendir", path);
   }
   std::vector<std::string> out;
   int err = 0;
@@ -103,7 +101,7 @@ absl::StatusOr<std::vector<std::string>> ReadDir(const std::string& path) {
     if (n != "." && n != "..") out.push_back(n);
   }
   ::closedir(dir);
-  if (err != 0) return absl::InternalError(absl::StrCat("readdir ", path, ": ", std::strerror(err)));
+  if (err != 0) return ServerFault(FileError(err, "readdir", path));
   return out;
 }
 
@@ -116,7 +114,7 @@ absl::StatusOr<std::unique_ptr<DirectoryLock>> DirectoryLock::Acquire(const std:
   const std::string path = dir + "/LOCK";
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+    return ServerErrno("cannot open", path);
   }
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
@@ -126,7 +124,7 @@ absl::StatusOr<std::unique_ptr<DirectoryLock>> DirectoryLock::Acquire(const std:
           "data directory ", dir, " is in use by another adaptd server (", path,
           " is locked); one server per data directory"));
     }
-    return absl::InternalError(absl::StrCat("cannot lock ", path, ": ", std::strerror(err)));
+    return ServerFault(FileError(err, "cannot lock", path));
   }
   return std::unique_ptr<DirectoryLock>(new DirectoryLock(fd));
 }

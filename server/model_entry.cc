@@ -282,7 +282,10 @@ absl::Status CheckFieldsApply(const v1::ModelSpec& spec) {
         ShapeString(std::vector<int64_t>(spec.hidden().begin(), spec.hidden().end())), " for ",
         arch));
   }
-  if (arch != "mlp" && arch != "lenet5" && !spec.activation().empty()) {
+  // "relu" is what an unset activation means, and what GetModel shows for every model: a spec
+  // read back from GetModel creates its model again.
+  if (arch != "mlp" && arch != "lenet5" && !spec.activation().empty() &&
+      spec.activation() != "relu") {
     return absl::InvalidArgumentError(absl::StrCat(
         "model spec: activation applies to architectures mlp and lenet5 only; got '",
         spec.activation(), "' for ", arch));
@@ -374,7 +377,7 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
       new ModelEntry(row.name, std::move(spec), std::move(config), std::move(adapt), options));
   ModelEntry& e = *entry;
 
-  // Examples: every committed batch of every task; torn tails are cut off.
+  // Examples: every committed batch of every task; torn tails are left out.
   ADAPTD_ASSIGN_OR_RETURN(std::vector<TaskRow> tasks, options.catalog->ListTasks(row.name));
   for (const TaskRow& t : tasks) {
     TaskExamples& te = e.tasks_[t.task_id];
@@ -923,6 +926,15 @@ absl::StatusOr<ExampleBatchData> ModelEntry::ValidateBatch(const StreamPlan& pla
   return b;
 }
 
+absl::Status OutcomeUnknown(absl::Status status) {
+  status.SetPayload("adaptd/outcome-unknown", absl::Cord());
+  return status;
+}
+
+bool IsOutcomeUnknown(const absl::Status& status) {
+  return status.GetPayload("adaptd/outcome-unknown").has_value();
+}
+
 absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
                                                 std::vector<ExampleBatchData> batches,
                                                 bool adapt) {
@@ -973,12 +985,26 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
     b.ids = at::arange(id, id + b.size(), at::kLong);
     id += b.size();
   }
-  const int64_t log_before = log->size_bytes();
-  if (total > 0) ADAPTD_RETURN_IF_ERROR(log->AppendCommitted(batches));
+  if (total > 0) {
+    const bool was_broken = log->broken();
+    const absl::Status appended = log->AppendCommitted(batches);
+    if (!appended.ok() && !was_broken && log->broken()) {
+      // The failed append could not be cut back: its commit record may be on disk, and then a
+      // restart brings the stream back. Its ids stay taken, and the client hears that the
+      // outcome is unknown, not that nothing was stored.
+      std::lock_guard<std::mutex> lock(mu_);
+      next_example_id_ = id;
+      return OutcomeUnknown(absl::UnavailableError(absl::StrCat(
+          appended.message(), "; the stream may or may not be stored: restart the server, then "
+          "check the task's counts (GetModel) before sending it again")));
+    }
+    ADAPTD_RETURN_IF_ERROR(appended);
+  }
   // The catalog records where the acknowledged streams end, so that a start can tell a log cut
   // after a commit record from a crash's torn tail. A new task's row carries it; if the row
-  // cannot be written, the next stream of the task empties the log again. An existing task's
-  // stream is undone when its end cannot be recorded: the client is told it failed.
+  // cannot be written, the stream fails and the next stream of the task empties the log again.
+  // For an existing task the record is a check, not the data: if it cannot be written the
+  // stream is still acknowledged, and the next stream or start records the end.
   if (new_log) {
     ADAPTD_RETURN_IF_ERROR(
         options_.catalog->UpsertTask(name_, {task_id, plan.classes, log->size_bytes()}));
@@ -986,10 +1012,8 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
     const absl::Status recorded =
         options_.catalog->SetTaskLogBytes(name_, task_id, log->size_bytes());
     if (!recorded.ok()) {
-      const absl::Status undone = log->CutBack(log_before);
-      return undone.ok() ? recorded
-                         : absl::Status(recorded.code(),
-                                        absl::StrCat(recorded.message(), "; ", undone.message()));
+      std::fprintf(stderr, "adaptd: model %s task %lld: the log's end is not recorded: %s\n",
+                   name_.c_str(), static_cast<long long>(task_id), recorded.ToString().c_str());
     }
   }
   // Durable and visible after a restart: acknowledged from here on.
@@ -1020,18 +1044,8 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
       std::fprintf(stderr, "adaptd: model %s task %lld: could not queue a job (or add the "
                    "examples to the task's queued one): %s\n",
                    name_.c_str(), static_cast<long long>(task_id), job.status().ToString().c_str());
-      // A stream of no examples came only to queue the job: it failed, and stored nothing.
-      if (total == 0) {
-        return absl::Status(job.status().code(),
-                            absl::StrCat("no job was queued for task ", task_id,
-                                         "'s examples not learnt yet: ", job.status().message()));
-      }
-      // The examples are stored; they stay pending until the task's next closing stream queues
-      // a job. The answer says so, since it carries no job to wait for.
-      result.no_job_reason = absl::StrCat(
-          "the examples are stored, but no job was queued to learn them (", job.status().message(),
-          "); they stay pending until a later closing stream of task ", task_id,
-          " (adaptctl adapt) queues one");
+      // The stream (services.cc) tells the client: its examples are stored, or it stored none.
+      result.no_job = job.status();
     } else if (*job) {
       result.job_ids.push_back((*job)->id());
     }

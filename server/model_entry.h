@@ -186,9 +186,14 @@ struct CommitResult {
   std::vector<std::pair<int64_t, int64_t>> id_ranges;  // (first, count)
   std::vector<std::string> job_ids;
   int64_t version = 0;
-  // Set when the examples were stored but no job could be queued to learn them.
-  std::string no_job_reason;
+  // Why no job could be queued for the task's pending examples (OK: one was, or none needed).
+  absl::Status no_job;
 };
+
+// A status whose stream may or may not be stored (a failed append that could not be undone):
+// the stream's refusal then does not say that nothing was stored.
+absl::Status OutcomeUnknown(absl::Status status);
+bool IsOutcomeUnknown(const absl::Status& status);
 
 class ModelEntry {
  public:

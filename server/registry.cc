@@ -55,7 +55,7 @@ absl::Status Unmark(const std::string& dir, const char* marker) {
   const std::string path = dir + "/" + marker;
   if (!Exists(path)) return absl::OkStatus();
   if (::unlink(path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("unlink ", path, ": ", std::strerror(errno)));
+    return ServerErrno("unlink", path);
   }
   return ServerFault(FsyncParentDirectory(path));
 }

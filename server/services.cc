@@ -391,7 +391,24 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           }
         }
         response->set_version(r.version);
-        if (!r.no_job_reason.empty()) response->set_no_job_reason(r.no_job_reason);
+        if (!r.no_job.ok()) {
+          // A stream that stored nothing came only to queue the job: it failed. A commit of no
+          // examples after online chunks that queued theirs leaves nothing pending of its own.
+          if (response->examples() == 0) {
+            return absl::Status(r.no_job.code(),
+                                absl::StrCat("no job was queued for task ", plan.header.task_id(),
+                                             "'s examples not learnt yet: ", r.no_job.message()));
+          }
+          if (!r.id_ranges.empty()) {
+            response->set_no_job_reason(absl::StrCat(
+                "the examples are stored, but no job was queued to learn them (",
+                r.no_job.message(), "); they stay pending until a later closing stream of task ",
+                plan.header.task_id(), " (adaptctl adapt) queues one"));
+          }
+        } else if (!r.job_ids.empty()) {
+          // A job takes every pending example when it starts, an earlier chunk's among them.
+          response->clear_no_job_reason();
+        }
         return absl::OkStatus();
       };
       // What a refusal leaves stored: nothing, or the online chunks committed before it (their
@@ -403,7 +420,8 @@ class LearningServiceImpl final : public v1::LearningService::Service {
           absl::StrAppend(&ranges, ranges.empty() ? "" : ", ", "[", r.first(), ", ",
                           r.first() + r.count(), ")");
         }
-        return absl::StrCat("the online chunks before it were stored and queued (",
+        return absl::StrCat("the online chunks before it were stored",
+                            response->no_job_reason().empty() ? " and queued" : "", " (",
                             response->examples(), " examples, ids ", ranges,
                             "); nothing after them was");
       };
@@ -459,7 +477,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         return commit(!plan.header.keep_open());
       };
       const absl::Status received_all = receive();
-      if (received_all.ok()) return received_all;
+      if (received_all.ok() || IsOutcomeUnknown(received_all)) return received_all;
       return absl::Status(received_all.code(),
                           absl::StrCat(received_all.message(), "; ", stored()));
     });

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <sqlite3.h>
 #include <torch/torch.h>
 
 #include "adaptd/v1/learning.grpc.pb.h"
@@ -28,6 +29,19 @@ namespace adaptd {
 namespace {
 
 using namespace testing_service;  // NOLINT
+
+// Runs `sql` on the data directory's catalog beside the running server (WAL allows it).
+void CatalogExec(const std::string& data_dir, const std::string& sql) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((data_dir + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  char* error = nullptr;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
+  const std::string message = error != nullptr ? error : "";
+  sqlite3_free(error);
+  sqlite3_close(db);
+  ASSERT_EQ(rc, SQLITE_OK) << sql << ": " << message;
+}
 
 at::Tensor Floats(const v1::Tensor& t) {
   auto out = TensorFromProto(t, "response");
@@ -228,10 +242,11 @@ TEST(ServiceTest, AHistoryOverTheMessageLimitIsAskedForInPages) {
   EXPECT_EQ(versions->versions(499).version(), 499);
 }
 
-// An empty closing stream comes only to queue a job for the task's pending examples. When the
-// catalog cannot record the job (here its write-ahead log refuses writes), it fails with the
-// reason, rather than answer OK with no job as if nothing were pending. Once the catalog takes
-// writes again, it queues the job.
+// The examples are durable in their log before their job is recorded in the catalog. When the
+// catalog cannot record the job (here its write-ahead log refuses writes), a stream of examples
+// is still acknowledged and says that no job learns them; a stream of none, which comes only to
+// queue the job, fails with the reason. Once the catalog takes writes again, a closing stream
+// queues the job, which learns them all.
 TEST(ServiceTest, AStreamWhoseJobCannotBeQueuedSaysSo) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path());
@@ -253,6 +268,14 @@ TEST(ServiceTest, AStreamWhoseJobCannotBeQueuedSaysSo) {
     EXPECT_THAT(std::string(empty.message()),
                 ::testing::HasSubstr("no job was queued for task 0's examples not learnt yet: "
                                      "catalog " + dir.path() + "/catalog.sqlite"));
+    EXPECT_THAT(std::string(empty.message()), ::testing::HasSubstr("nothing was stored"));
+    auto stored = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(40, {0, 1}, 2));
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    EXPECT_EQ(stored->examples(), 40);
+    EXPECT_EQ(stored->job_ids_size(), 0);
+    EXPECT_THAT(stored->no_job_reason(),
+                ::testing::HasSubstr("the examples are stored, but no job was queued to learn "
+                                     "them"));
   }
   auto queued = client->StreamExamples(header, std::vector<v1::ExampleBatch>());
   ASSERT_TRUE(queued.ok()) << queued.status();
@@ -260,8 +283,55 @@ TEST(ServiceTest, AStreamWhoseJobCannotBeQueuedSaysSo) {
   ASSERT_EQ(WaitJobs(*client, *queued), 1);
   auto info = client->GetModel("m");
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->tasks(0).train_examples(), 60);
+  EXPECT_EQ(info->tasks(0).train_examples(), 100);
   EXPECT_EQ(info->tasks(0).pending_examples(), 0);
+}
+
+// An online stream whose first chunk's job the catalog refuses (a trigger refuses that one
+// row) but whose second chunk's job it takes: the answer names the job and no reason, since the
+// job takes every pending example when it starts, the first chunk's too.
+TEST(ServiceTest, ALaterChunksJobCoversTheChunkThatHadNone) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest online = BlobModel("m", /*multi=*/false);
+  online.mutable_config()->set_adapt_every(10);
+  ASSERT_TRUE(client->CreateModel(online).ok());
+  ASSERT_NO_FATAL_FAILURE(CatalogExec(
+      dir.path(), "CREATE TRIGGER refuse_first BEFORE INSERT ON jobs WHEN NEW.end_pos = 10 "
+                  "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"));
+  auto stream = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(20, {0, 1}, 1), 10);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  EXPECT_EQ(stream->examples(), 20);
+  EXPECT_TRUE(stream->no_job_reason().empty()) << stream->no_job_reason();
+  ASSERT_EQ(stream->job_ids_size(), 1);
+  ASSERT_NO_FATAL_FAILURE(CatalogExec(dir.path(), "DROP TRIGGER refuse_first;"));
+  WaitJobs(*client, *stream);
+  auto info = client->GetModel("m");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->tasks(0).pending_examples(), 0);
+}
+
+// CreateModel refuses spec fields that the architecture ignores, but a spec read back from
+// GetModel, which shows the default activation for every model, creates its model again.
+TEST(ServiceTest, ASpecReadBackCreatesItsModelAgain) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  v1::CreateModelRequest lr = BlobModel("lr", /*multi=*/false);
+  lr.mutable_spec()->set_architecture("logreg");
+  lr.mutable_spec()->clear_hidden();
+  ASSERT_TRUE(client->CreateModel(lr).ok());
+  auto info = client->GetModel("lr");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->spec().activation(), "relu");
+  v1::CreateModelRequest again = lr;
+  again.set_name("lr2");
+  *again.mutable_spec() = info->spec();
+  const absl::Status created = client->CreateModel(again).status();
+  EXPECT_TRUE(created.ok()) << created;
 }
 
 // A task's classes are a set: a later stream may name them in another order, not other ones.
