@@ -90,13 +90,19 @@ constexpr size_t kSnapshotChunk = (size_t{1} << 20) - 1024;
 
 // An answer larger than the server may send would leave as gRPC's own RESOURCE_EXHAUSTED, which
 // names no remedy and which the metrics would count as OK: refuse it here, saying what to ask.
-absl::Status FitsOneMessage(const google::protobuf::Message& answer, int max_message_bytes,
-                            absl::string_view remedy) {
-  const size_t bytes = answer.ByteSizeLong();
+// `at_least`: `bytes` is a lower bound, known before the answer is built.
+absl::Status FitsOneMessage(size_t bytes, int max_message_bytes, absl::string_view remedy,
+                            bool at_least = false) {
   if (bytes <= static_cast<size_t>(max_message_bytes)) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
-      "the answer would take ", bytes, " bytes, more than this server sends in one message (",
-      max_message_bytes, ", --max_message_mb): ", remedy));
+      "the answer would take ", at_least ? "at least " : "", bytes,
+      " bytes, more than this server sends in one message (", max_message_bytes,
+      ", --max_message_mb): ", remedy));
+}
+
+absl::Status FitsOneMessage(const google::protobuf::Message& answer, int max_message_bytes,
+                            absl::string_view remedy) {
+  return FitsOneMessage(answer.ByteSizeLong(), max_message_bytes, remedy);
 }
 
 // Runs one RPC: role check, the body (LibTorch exceptions become statuses), metrics.
@@ -681,9 +687,10 @@ class QueryServiceImpl final : public v1::QueryService::Service {
         }
         if (groups.empty()) return empty();
       }
-      // Which examples the map covers, in the answer's order, is known before any is scored: an
+      // Which examples the map covers is known before any is scored, and so is the least its
+      // answer takes (four int64 ids, three float32 rows of K and a float32 per example): an
       // answer too large to send is refused before the work (51 s for 6,000 examples of 1,000
-      // classes), with placeholders of the scores' sizes standing in for them.
+      // classes) and before anything its size is allocated.
       std::vector<int64_t> heads;
       std::vector<at::Tensor> order;
       for (int64_t g : groups) {
@@ -694,22 +701,13 @@ class QueryServiceImpl final : public v1::QueryService::Service {
         order.push_back(std::move(index));
       }
       const at::Tensor idx = at::cat(order);
-      const int64_t m = idx.numel();
-      *response->mutable_example_ids() = TensorToProto(ex.ids.index_select(0, idx));
-      *response->mutable_client_ids() = TensorToProto(ex.client_ids.index_select(0, idx));
-      *response->mutable_labels() = TensorToProto(ex.data.y.index_select(0, idx));
-      *response->mutable_task_ids() = TensorToProto(ex.task_ids.index_select(0, idx));
-      for (auto* t : {response->mutable_error(), response->mutable_variance(), response->mutable_lambda()}) {
-        *t = TensorToProto(at::zeros({m, k}));
-      }
-      *response->mutable_sensitivity() = TensorToProto(at::zeros({m}));
-      response->set_loo_nll(1);
-      response->set_loo_accuracy(1);
-      ADAPTD_RETURN_IF_ERROR(FitsOneMessage(
-          *response, c_.max_message_bytes,
+      const absl::string_view remedy =
           request->scope() == v1::SCOPE_ALL
               ? "ask for scope memory, or start the server with a larger --max_message_mb"
-              : "start the server with a larger --max_message_mb"));
+              : "start the server with a larger --max_message_mb";
+      ADAPTD_RETURN_IF_ERROR(FitsOneMessage(
+          static_cast<size_t>(idx.numel()) * static_cast<size_t>(4 * 8 + 3 * 4 * k + 4),
+          c_.max_message_bytes, remedy, /*at_least=*/true));
 
       ADAPTD_ASSIGN_OR_RETURN(ModelVersion::Lease lease, version->Acquire());
       const Covariance sigma = Covariance::FromPosterior(posterior);
@@ -735,13 +733,18 @@ class QueryServiceImpl final : public v1::QueryService::Service {
         acc_sum += loo.accuracy * d.size();
         n += d.size();
       }
+      *response->mutable_example_ids() = TensorToProto(ex.ids.index_select(0, idx));
+      *response->mutable_client_ids() = TensorToProto(ex.client_ids.index_select(0, idx));
+      *response->mutable_labels() = TensorToProto(ex.data.y.index_select(0, idx));
+      *response->mutable_task_ids() = TensorToProto(ex.task_ids.index_select(0, idx));
       *response->mutable_error() = TensorToProto(at::cat(err).to(at::kFloat));
       *response->mutable_variance() = TensorToProto(at::cat(var).to(at::kFloat));
       *response->mutable_lambda() = TensorToProto(at::cat(lam).to(at::kFloat));
       *response->mutable_sensitivity() = TensorToProto(at::cat(sens).to(at::kFloat));
       response->set_loo_nll(nll_sum / n);
       response->set_loo_accuracy(acc_sum / n);
-      return absl::OkStatus();  // no larger than the placeholders checked above
+      // The lower bound above leaves out the messages' framing: the exact check.
+      return FitsOneMessage(*response, c_.max_message_bytes, remedy);
     });
   }
 
