@@ -1086,6 +1086,8 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   // A job of the task that has not started takes every example pending when it starts: a
   // second one would find nothing left to learn. Not a resumed one (above).
   if (std::shared_ptr<Job> queued = QueuedJobLocked(task_id, /*joinable=*/true)) {
+    // Nothing new to join (an online stream's final commit of no examples): no write.
+    if (queued->end() >= te.train_count) return queued;
     // On record first, as a new job is: a restart (or a cancel after a crash) must find the
     // examples the job answers for. Refused, the examples stay pending, as they would be if a
     // new job could not be recorded; the job still takes them if it starts first.
