@@ -1288,6 +1288,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     JobSlots* slots;
     ~SlotGuard() { slots->Release(); }
   } slot{options_.slots};
+  // Acquire returns once a slot is free, even if a cancel came in the same wait: that cancel was
+  // answered "waiting for a training slot", so the job ends as unstarted.
+  if (job->cancel_requested()) return cancelled_unstarted();
 
   // The data: the task's training examples not yet learnt, and the config, fixed now.
   TaskData task;

@@ -1191,6 +1191,31 @@ TEST(ServiceTest, CancelEndsAJobWaitingForATrainingSlot) {
   ASSERT_TRUE(client->CancelJob(hog).ok());
 }
 
+// A job cancelled while it waits for a training slot ends cancelled, unstarted, even when the
+// slot frees within the same wait (the hog is cancelled at once after it). It used to start
+// then: it learnt the examples and ended "cancelled while running", or found them learnt and
+// ended SUCCEEDED, "nothing new to learn" (a stress run found it).
+TEST(ServiceTest, AJobCancelledAsItsSlotFreesEndsUnstarted) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  for (int round = 0; round < 3; ++round) {
+    std::string hog, waiter;
+    ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &waiter));
+    auto asked = client->CancelJob(waiter);
+    ASSERT_TRUE(asked.ok()) << asked.status();
+    EXPECT_EQ(asked->state(), v1::JOB_STATE_QUEUED) << asked->message();
+    ASSERT_TRUE(client->CancelJob(hog).ok());
+    auto ended = client->WatchJob(waiter);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    EXPECT_EQ(ended->state(), v1::JOB_STATE_CANCELLED) << round << ": " << ended->message();
+    EXPECT_EQ(ended->message(), "cancelled while queued") << round;
+    ASSERT_TRUE(client->DeleteModel("hog").ok());
+    ASSERT_TRUE(client->DeleteModel("waiter").ok());
+  }
+}
+
 // A job that the actor took from the queue and that is cancelled while it waits for a training
 // slot keeps the examples that joined it in the queue: its status counts them, and its catalog
 // row holds them, so that after a restart the adapt_after_seconds timer leaves them alone, as
