@@ -119,6 +119,11 @@ std::string CommitRecord(const std::string& key) {
   return c;
 }
 
+// Durably cuts the file back to `size` bytes.
+bool CutTo(int fd, int64_t size) {
+  return ::ftruncate(fd, static_cast<off_t>(size)) == 0 && ::fdatasync(fd) == 0;
+}
+
 }  // namespace
 
 int64_t HeldBytes(const ExampleBatchData& b) {
@@ -271,6 +276,15 @@ absl::StatusOr<std::unique_ptr<ExampleLog>> ExampleLog::OpenFile(const std::stri
   return log;
 }
 
+absl::Status ExampleLog::CutUncommittedTail() {
+  if (!uncut_tail_) return absl::OkStatus();
+  const ScopedFd file(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
+  if (file.fd < 0) return Errno("open", path_);
+  if (!CutTo(file.fd, size_)) return Errno("truncate", path_);
+  uncut_tail_ = false;
+  return absl::OkStatus();
+}
+
 absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& batches) {
   if (broken_) {
     return absl::InternalError(absl::StrCat(
@@ -281,15 +295,12 @@ absl::Status ExampleLog::AppendCommitted(const std::vector<ExampleBatchData>& ba
   // their commit record is written, so a commit on disk vouches for every byte before it (Open
   // relies on it); one write and one fdatasync would let a crash leave the commit on disk and
   // an earlier page of its stream not.
+  ADAPTD_RETURN_IF_ERROR(CutUncommittedTail());
   const ScopedFd file(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
   if (file.fd < 0) return Errno("open", path_);
   const int fd = file.fd;
   // Durably cuts the file back to size_ (what the log held before this append).
-  auto cut = [&] { return ::ftruncate(fd, static_cast<off_t>(size_)) == 0 && ::fdatasync(fd) == 0; };
-  if (uncut_tail_) {
-    if (!cut()) return Errno("truncate", path_);
-    uncut_tail_ = false;
-  }
+  auto cut = [&] { return CutTo(fd, size_); };
   // Leave no partial stream behind (Open() would drop it anyway), whether a write fails or
   // encoding throws. After a failed fdatasync the page cache may already hold the commit:
   // unless the cut is itself durable, a crash could bring back a stream its client was told

@@ -60,8 +60,9 @@ struct LogRecovery {
 class ExampleLog {
  public:
   // Opens the log at `path` and reads its committed batches into `recovery`; what follows the
-  // last commit record (an uncommitted tail) is ignored, and cut from the file by the first
-  // AppendCommitted, so that opening alone leaves the file as it is. A log without a key is replaced
+  // last commit record (an uncommitted tail) is ignored, and cut from the file by
+  // CutUncommittedTail or the first AppendCommitted, so that opening alone leaves the file as
+  // it is (the evidence of damage, if the caller finds some). A log without a key is replaced
   // by its committed records under a new key. DATA_LOSS, with the file left as
   // it is, if a commit record follows a record that cannot be read (damage after the write,
   // not a crash), if a whole record does not decode or is not one a log holds, or if the
@@ -78,6 +79,9 @@ class ExampleLog {
   // Appends the batches and then a commit record, each followed by fdatasync: durable when
   // it returns OK. On failure the file is cut back to its previous length.
   absl::Status AppendCommitted(const std::vector<ExampleBatchData>& batches);
+
+  // Durably cuts the uncommitted tail Open found, if any (a no-op otherwise).
+  absl::Status CutUncommittedTail();
 
   int64_t size_bytes() const { return size_; }
   // A failed append could not be cut back: the log takes no more until a restart.

@@ -35,6 +35,8 @@ namespace {
 
 constexpr char kInterruptedByShutdown[] = "interrupted by shutdown; resumes on restart";
 constexpr char kCancelRequested[] = "cancel requested; the job stops at its next step";
+constexpr char kCancelRequestedUnstarted[] =
+    "cancel requested; the job ends before it trains";
 constexpr char kCancelledWhileQueued[] = "cancelled while queued";
 constexpr char kCancelledWhileRunning[] = "cancelled while running";
 
@@ -550,6 +552,16 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   // for inspection keeps all its rollback points.
   // A smaller --keep_versions than before applies from this start.
   e.DeleteOldCheckpoints();
+  // The logs checked out, so their unfinished streams' bytes are no evidence of anything: cut
+  // now, they are not reported again at the next start. A cut that fails is retried by the
+  // task's next append.
+  for (auto& [tid, te] : e.tasks_) {
+    const absl::Status cut = te.log->CutUncommittedTail();
+    if (!cut.ok()) {
+      std::fprintf(stderr, "adaptd: model %s task %lld: %s\n", row.name.c_str(),
+                   static_cast<long long>(tid), cut.ToString().c_str());
+    }
+  }
   // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
   for (const std::string& f : ListDir(options.dir + "/versions")) {
     if (known.count(f) == 0) {
@@ -1275,7 +1287,9 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
   if (job->cancel_requested()) return cancelled_unstarted();
   // Waiting for a training slot (other models hold them all) ends at a cancel too.
   auto waiting = [&] {
-    job->Update([](v1::JobStatus& s) {
+    job->Update([&](v1::JobStatus& s) {
+      // A cancel asked meanwhile keeps its message (it is asked before its message is set).
+      if (job->cancel_requested()) return;
       s.set_message("waiting for a training slot (other models' jobs hold all --max_concurrent_jobs)");
     });
   };
@@ -1616,8 +1630,11 @@ absl::StatusOr<v1::JobStatus> ModelEntry::Cancel(const std::shared_ptr<Job>& job
     EndJob(job, v1::JOB_STATE_CANCELLED, kCancelledWhileQueued);
     return job->Status();
   }
+  // A job the actor holds before it trains (QUEUED, waiting for a slot) ends within the slot
+  // wait's next check; a running one at its next step. Either way the answer says it is coming.
   job->Update([](v1::JobStatus& s) {
     if (s.state() == v1::JOB_STATE_RUNNING) s.set_message(kCancelRequested);
+    if (s.state() == v1::JOB_STATE_QUEUED) s.set_message(kCancelRequestedUnstarted);
   });
   return job->Status();
 }

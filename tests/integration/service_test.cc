@@ -1177,7 +1177,11 @@ TEST(ServiceTest, CancelEndsAJobWaitingForATrainingSlot) {
   ASSERT_NO_FATAL_FAILURE(StartHogAndWaiter(*client, &hog, &waiter));
   // Its actor has taken it, and it says why it does not run.
   EXPECT_EQ(client->ListJobs("waiter")->jobs(0).state(), v1::JOB_STATE_QUEUED);
-  ASSERT_TRUE(client->CancelJob(waiter).ok());
+  auto asked = client->CancelJob(waiter);
+  ASSERT_TRUE(asked.ok()) << asked.status();
+  // The answer says that the cancel is coming, not that the job waits for a slot.
+  EXPECT_EQ(asked->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(asked->message(), "cancel requested; the job ends before it trains");
   // Polled, not watched: a watch would wait for as long as the hog runs.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   v1::JobStatus ended = client->ListJobs("waiter")->jobs(0);
@@ -1206,6 +1210,7 @@ TEST(ServiceTest, AJobCancelledAsItsSlotFreesEndsUnstarted) {
     auto asked = client->CancelJob(waiter);
     ASSERT_TRUE(asked.ok()) << asked.status();
     EXPECT_EQ(asked->state(), v1::JOB_STATE_QUEUED) << asked->message();
+    EXPECT_EQ(asked->message(), "cancel requested; the job ends before it trains");
     ASSERT_TRUE(client->CancelJob(hog).ok());
     auto ended = client->WatchJob(waiter);
     ASSERT_TRUE(ended.ok()) << ended.status();
