@@ -466,24 +466,47 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   // than the files (restored from a copy): nothing is deleted, and the model stays offline.
   const auto unlisted = [](const std::string& dir, absl::string_view suffix,
                            const std::function<bool(int64_t)>& listed) {
-    int64_t count = 0;
+    std::vector<int64_t> found;
     for (const std::string& f : ListDir(dir)) {
       absl::string_view stem = f;
       int64_t n;
-      if (absl::ConsumeSuffix(&stem, suffix) && absl::SimpleAtoi(stem, &n) && !listed(n)) ++count;
+      if (absl::ConsumeSuffix(&stem, suffix) && absl::SimpleAtoi(stem, &n) && !listed(n)) {
+        found.push_back(n);
+      }
     }
-    return count;
+    return found;
   };
   const int64_t newest = e.versions_.back().first.version();
-  const int64_t newer_checkpoints =
-      unlisted(options.dir + "/versions", ".ckpt", [&](int64_t v) { return v <= newest; });
-  const int64_t unlisted_logs = unlisted(options.dir + "/examples", ".log",
-                                         [&](int64_t t) { return e.tasks_.count(t) > 0; });
-  if (newer_checkpoints > 1 || unlisted_logs > 1) {
+  const size_t newer_checkpoints =
+      unlisted(options.dir + "/versions", ".ckpt", [&](int64_t v) { return v <= newest; }).size();
+  const std::vector<int64_t> unlisted_logs = unlisted(
+      options.dir + "/examples", ".log", [&](int64_t t) { return e.tasks_.count(t) > 0; });
+  if (newer_checkpoints > 1 || unlisted_logs.size() > 1) {
     return absl::DataLossError(absl::StrCat(
         "model ", row.name, ": ", newer_checkpoints, " checkpoint(s) newer than its newest version (",
-        newest, ") and ", unlisted_logs, " example log(s) of tasks the catalog does not list; a "
-        "crash leaves at most one of each (was catalog.sqlite restored from an older copy?)"));
+        newest, ") and ", unlisted_logs.size(), " example log(s) of tasks the catalog does not "
+        "list; a crash leaves at most one of each (was catalog.sqlite restored from an older "
+        "copy?)"));
+  }
+  // The one unlisted log is the next task's first stream, which a crash caught between its
+  // commit and its task row, so it was never acknowledged; but a catalog that lost its last
+  // writes (its write-ahead log deleted, say) leaves the same, with acknowledged examples in
+  // it. The start cannot tell the two apart, so it says what the file holds before the task's
+  // next stream replaces it.
+  for (const int64_t task : unlisted_logs) {
+    LogRecovery held;
+    const std::string path = e.LogPath(task);
+    if (!ExampleLog::Open(path, &held).ok()) continue;  // it holds nothing readable
+    int64_t examples = 0;
+    for (const ExampleBatchData& b : held.batches) examples += b.size();
+    if (examples == 0) continue;
+    std::fprintf(stderr,
+                 "adaptd: model %s: %s holds %lld committed examples of task %lld, which the "
+                 "catalog does not list: a stream a crash caught before it was acknowledged, "
+                 "or a catalog that lost its last writes; the task's next stream replaces the "
+                 "file (copy it aside to keep it)\n",
+                 row.name.c_str(), path.c_str(), static_cast<long long>(examples),
+                 static_cast<long long>(task));
   }
 
   // Jobs: finished ones are history; queued or running ones start again from the published

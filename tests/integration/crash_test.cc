@@ -21,6 +21,7 @@
 #include "core/tensor_io.h"
 #include "server/catalog.h"
 #include "server/convert.h"
+#include "server/example_log.h"
 #include "server/fs_util.h"
 #include "server/registry.h"
 #include "tests/integration/fixtures.h"
@@ -595,6 +596,40 @@ TEST(LifecycleTest, AnExampleLogThatLostLearntExamplesKeepsItsModelOffline) {
     EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr(why)) << name;
   }
   EXPECT_EQ(std::filesystem::file_size(cut), 100u);
+}
+
+// A log of a task the catalog does not list is a stream a crash caught before its task row
+// was written, or a catalog that lost its last writes: a start cannot tell which, so it says
+// what the file holds (for a log with examples in it) and loads the model as before.
+TEST(LifecycleTest, AStartSaysWhatAnUnlistedLogHolds) {
+  TempDir dir;
+  auto examples = [&](const std::string& model) { return dir.path() + "/models/" + model + "/examples/"; };
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = (*server)->Client();
+    for (const char* name : {"held", "empty"}) {
+      ASSERT_TRUE(client->CreateModel(BlobModel(name, false, 1)).ok());
+      auto s = StreamData(*client, name, 0, v1::SPLIT_TRAIN, {}, BlobTask(40, {0, 1}, 1), 64,
+                          /*keep_open=*/true);
+      ASSERT_TRUE(s.ok()) << s.status();
+    }
+  }
+  std::filesystem::copy_file(examples("held") + "0.log", examples("held") + "1.log");
+  ASSERT_TRUE(ExampleLog::Create(examples("empty") + "1.log").ok());
+  RegistryOptions options;
+  options.data_dir = dir.path();
+  ::testing::internal::CaptureStderr();
+  auto registry = Registry::Open(options);
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  EXPECT_THAT(said, ::testing::HasSubstr("models/held/examples/1.log holds 40 committed examples "
+                                         "of task 1, which the catalog does not list"));
+  EXPECT_THAT(said, ::testing::Not(::testing::HasSubstr("empty/examples/1.log")));
+  for (const char* name : {"held", "empty"}) {
+    auto model = (*registry)->Get(name);
+    ASSERT_TRUE(model.ok()) << name << ": " << model.status();
+  }
 }
 
 // A log cut exactly after a commit record reads as whole, and one whose last commit record is
