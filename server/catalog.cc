@@ -36,8 +36,9 @@ absl::Status SqlError(sqlite3* db, const std::string& what, const char* message 
   const int code = sqlite3_errcode(db) & 0xff;
   const int sys =
       code == SQLITE_IOERR || code == SQLITE_FULL || code == SQLITE_CANTOPEN ? sqlite3_system_errno(db) : 0;
-  const char* file = sqlite3_db_filename(db, "main");
-  std::string text = absl::StrCat("catalog ", file != nullptr ? file : "", ": ", what,
+  const char* file = sqlite3_db_filename(db, "main");  // null or empty before the file is open
+  std::string text = absl::StrCat("catalog", file != nullptr && *file != '\0' ? " " : "",
+                                  file != nullptr ? file : "", ": ", what,
                                   what.empty() ? "" : ": ", message ? message : sqlite3_errmsg(db));
   if (sys != 0) absl::StrAppend(&text, " (", std::strerror(sys), ")");
   if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT) {
@@ -116,7 +117,7 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                              SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
-    const absl::Status error = db ? SqlError(db, "open")
+    const absl::Status error = db ? SqlError(db, absl::StrCat("open ", path))
                                   : absl::ResourceExhaustedError("catalog: open: out of memory");
     sqlite3_close(db);
     return error;

@@ -58,6 +58,18 @@ TEST(CatalogTest, ACatalogThatCanOnlyBeReadIsRefused) {
               ::testing::HasSubstr("catalog " + path + " can only be opened read-only"));
 }
 
+// A catalog SQLite cannot open at all (here a link to a directory that does not exist) is
+// refused with its path named: before the file is open SQLite knows no name for it.
+TEST(CatalogTest, ACatalogThatCannotBeOpenedIsNamed) {
+  TempDir dir;
+  const std::string path = dir.path() + "/catalog.sqlite";
+  ASSERT_EQ(::symlink((dir.path() + "/gone/catalog.sqlite").c_str(), path.c_str()), 0);
+  const absl::Status refused = Catalog::Open(path).status();
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::StartsWith("catalog: open " + path + ": unable to open"));
+}
+
 TEST(Crc32cTest, MatchesTheStandardCheckValues) {
   // The check value of CRC-32C (Castagnoli) and RFC 3720's test vectors.
   EXPECT_EQ(Crc32c("123456789"), 0xE3069283u);
