@@ -106,6 +106,10 @@ class Client:
                                       or not isinstance(keepalive, numbers.Real)):
             raise TypeError(f"keepalive must be a number of seconds, got {keepalive!r}")
         if keepalive:
+            # gRPC takes the interval as a C int of milliseconds.
+            if not math.isfinite(keepalive) or keepalive * 1000 > 2**31 - 1:
+                raise ValueError(f"keepalive must be a finite number of seconds, at most "
+                                 f"{(2**31 - 1) // 1000}, got {keepalive}")
             if keepalive < MIN_KEEPALIVE_SECONDS:
                 raise ValueError(f"keepalive must be 0 (off) or at least {MIN_KEEPALIVE_SECONDS} "
                                  f"seconds (the server refuses more frequent pings), got {keepalive}")
