@@ -1020,18 +1020,23 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
     b.ids = at::arange(id, id + b.size(), at::kLong);
     id += b.size();
   }
+  // A write whose outcome is unknown: the stream's ids stay taken (if it did reach the disk, a
+  // restart brings the stream back with them), and the client hears that it may be stored.
+  auto outcome_unknown = [&](absl::StatusCode code, absl::string_view why) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      next_example_id_ = id;
+    }
+    return OutcomeUnknown(absl::Status(
+        code, absl::StrCat(why, "; the stream may or may not be stored: restart the server, "
+                           "then check the task's counts (GetModel) before sending it again")));
+  };
   if (total > 0) {
     const bool was_broken = log->broken();
     const absl::Status appended = log->AppendCommitted(batches);
     if (!appended.ok() && !was_broken && log->broken()) {
-      // The failed append could not be cut back: its commit record may be on disk, and then a
-      // restart brings the stream back. Its ids stay taken, and the client hears that the
-      // outcome is unknown, not that nothing was stored.
-      std::lock_guard<std::mutex> lock(mu_);
-      next_example_id_ = id;
-      return OutcomeUnknown(absl::UnavailableError(absl::StrCat(
-          appended.message(), "; the stream may or may not be stored: restart the server, then "
-          "check the task's counts (GetModel) before sending it again")));
+      // The failed append could not be cut back: its commit record may be on disk.
+      return outcome_unknown(absl::StatusCode::kUnavailable, appended.message());
     }
     ADAPTD_RETURN_IF_ERROR(appended);
   }
@@ -1041,8 +1046,12 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
   // For an existing task the record is a check, not the data: if it cannot be written the
   // stream is still acknowledged, and the next stream or start records the end.
   if (new_log) {
-    ADAPTD_RETURN_IF_ERROR(
-        options_.catalog->UpsertTask(name_, {task_id, plan.classes, log->size_bytes()}));
+    const absl::Status row =
+        options_.catalog->UpsertTask(name_, {task_id, plan.classes, log->size_bytes()});
+    // A full disk refused the write, so the row is not there and nothing is stored. Another
+    // failure (an fsync that failed, say) may come after SQLite's commit reached its file.
+    if (row.code() == absl::StatusCode::kResourceExhausted) return row;
+    if (!row.ok()) return outcome_unknown(row.code(), row.message());
   } else if (total > 0) {
     const absl::Status recorded =
         options_.catalog->SetTaskLogBytes(name_, task_id, log->size_bytes());
@@ -1124,9 +1133,18 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
     // Nothing new to join (an online stream's final commit of no examples): no write.
     if (queued->end() >= te.train_count) return queued;
     // On record first, as a new job is: a restart (or a cancel after a crash) must find the
-    // examples the job answers for. Refused, the examples stay pending, as they would be if a
-    // new job could not be recorded; the job still takes them if it starts first.
-    ADAPTD_RETURN_IF_ERROR(options_.catalog->GrowJob(queued->id(), te.train_count));
+    // examples the job answers for. Refused, the job still answers for them: it takes every
+    // pending example when it starts, after a restart too (only a started job keeps its
+    // range). What the record would add is the examples' count in the job's status, and their
+    // being taken if the job is cancelled: without it they stay pending for the next job.
+    const absl::Status grown = options_.catalog->GrowJob(queued->id(), te.train_count);
+    if (!grown.ok()) {
+      std::fprintf(stderr, "adaptd: model %s task %lld: job %s takes the new examples when it "
+                   "starts, but its record could not be extended: %s\n", name_.c_str(),
+                   static_cast<long long>(task_id), queued->id().c_str(),
+                   grown.ToString().c_str());
+      return queued;
+    }
     queued->Join(te.train_count);
     te.taken = std::max(te.taken, te.train_count);
     const int64_t unlearnt = UnlearntLocked(*queued);
@@ -1326,7 +1344,10 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
     ~SlotGuard() { slots->Release(); }
   } slot{options_.slots};
   // Acquire returns once a slot is free, even if a cancel came in the same wait: that cancel was
-  // answered "waiting for a training slot", so the job ends as unstarted.
+  // answered that the job ends before it trains, so it ends as unstarted. From this check until
+  // the job shows RUNNING, Cancel waits (end_mu_), so a cancel either comes before it (the job
+  // ends unstarted, as its answer said) or finds the job running (it stops at its next step).
+  std::unique_lock<std::mutex> start_lock(end_mu_);
   if (job->cancel_requested()) return cancelled_unstarted();
 
   // The data: the task's training examples not yet learnt, and the config, fixed now.
@@ -1409,6 +1430,7 @@ void ModelEntry::RunJob(const std::shared_ptr<Job>& job) {
                                      task.task_id, " from version ", base->version()));
     s.set_examples(end - begin);
   });
+  start_lock.unlock();
   auto progress = [&](const StepReport& r) {
     const double t = elapsed();
     job->Update(

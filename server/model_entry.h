@@ -376,8 +376,9 @@ class ModelEntry {
   const ModelEntryOptions options_;
 
   std::mutex commit_mu_;  // serializes log appends and publishing
-  // Held by Cancel, and by a job from its last cancel check through its publish: a cancel that
-  // finds the job unfinished is one the job obeys. Taken before commit_mu_ and mu_.
+  // Held by Cancel; by a job from its cancel check after the slot wait until it shows RUNNING,
+  // and from its last cancel check through its publish: a cancel that finds the job unfinished
+  // is one the job obeys, as its answer says. Taken before commit_mu_ and mu_.
   std::mutex end_mu_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -120,10 +120,10 @@ grpc::Status Handle(const ServiceContext& c, const char* method, grpc::ServerCon
   return ToGrpcStatus(status);
 }
 
-// Runs a unary query as Handle does, and refuses an answer too large to send. Predict and
-// MemoryMap check theirs first, with the remedy their requests allow; the lists (ListVersions,
-// Evaluate, ListJobs, ...) grow with the versions and jobs kept, and have no smaller request to
-// ask. Calls that change state answer through Handle alone: a refusal after the change would
+// Runs a unary query as Handle does, and refuses an answer too large to send, naming the
+// remedy: Predict and MemoryMap check theirs first, with the remedy their requests allow;
+// ListVersions and Evaluate name their pages; the other lists (ListJobs, ListModels) grow with
+// the jobs and models kept, and have no smaller request to ask. Calls that change state answer through Handle alone: a refusal after the change would
 // tell the client that nothing changed (their answers are a model's record or a few ids).
 template <typename Body>
 grpc::Status HandleQuery(const ServiceContext& c, const char* method, grpc::ServerContext* context,
@@ -139,17 +139,22 @@ constexpr absl::string_view kPageRemedy =
     "ask for a page of versions (max_versions, from first_version), or start the server with a "
     "larger --max_message_mb";
 
+absl::Status CheckPage(int64_t first_version, int32_t max_versions) {
+  if (first_version < 0 || max_versions < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "first_version and max_versions must be >= 0 (max_versions 0: all); got ",
+        first_version, " and ", max_versions));
+  }
+  return absl::OkStatus();
+}
+
 // Keeps the page of `rows` (oldest version first) that a request asks for: the versions from
 // first_version on, at most max_versions of them (0: all). Returns the first version left out
 // past the page, if any.
 template <typename Rows>
 absl::StatusOr<std::optional<int64_t>> KeepPage(Rows* rows, int64_t first_version,
                                                 int32_t max_versions) {
-  if (first_version < 0 || max_versions < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "first_version and max_versions must be >= 0 (max_versions 0: all); got ",
-        first_version, " and ", max_versions));
-  }
+  ADAPTD_RETURN_IF_ERROR(CheckPage(first_version, max_versions));
   auto first = std::find_if(rows->begin(), rows->end(),
                             [&](const auto& row) { return row.version() >= first_version; });
   rows->erase(rows->begin(), first);
@@ -418,8 +423,8 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         return absl::OkStatus();
       };
       // What a refusal leaves stored: nothing, or the online chunks committed before it (their
-      // ids, so that a client resends only the rest).
-      auto stored = [&]() -> std::string {
+      // ids, so that a client resends only the rest). `rest` says what became of the others.
+      auto stored = [&](absl::string_view rest = "nothing after them was") -> std::string {
         if (response->examples() == 0) return "nothing was stored";
         std::string ranges;
         for (const v1::IdRange& r : response->ids()) {
@@ -428,8 +433,7 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         }
         return absl::StrCat("the online chunks before it were stored",
                             response->no_job_reason().empty() ? " and queued" : "", " (",
-                            response->examples(), " examples, ids ", ranges,
-                            "); nothing after them was");
+                            response->examples(), " examples, ids ", ranges, "); ", rest);
       };
       // Every refusal from here on says what the stream left stored.
       auto receive = [&]() -> absl::Status {
@@ -483,9 +487,15 @@ class LearningServiceImpl final : public v1::LearningService::Service {
         return commit(!plan.header.keep_open());
       };
       const absl::Status received_all = receive();
-      if (received_all.ok() || IsOutcomeUnknown(received_all)) return received_all;
-      return absl::Status(received_all.code(),
-                          absl::StrCat(received_all.message(), "; ", stored()));
+      if (received_all.ok()) return received_all;
+      // A commit whose outcome is unknown still knows the chunks committed before it.
+      if (IsOutcomeUnknown(received_all) && response->examples() == 0) return received_all;
+      return absl::Status(
+          received_all.code(),
+          absl::StrCat(received_all.message(), "; ",
+                       IsOutcomeUnknown(received_all)
+                           ? stored("the examples after them may or may not be")
+                           : stored()));
     });
   }
 
@@ -751,6 +761,9 @@ class QueryServiceImpl final : public v1::QueryService::Service {
   grpc::Status Evaluate(grpc::ServerContext* ctx, const v1::EvaluateRequest* request,
                         v1::EvaluateResponse* response) override {
     return HandleQuery(c_, "Evaluate", ctx, Role::kReader, *response, [&]() -> absl::Status {
+      // Refused before the scoring below, which every page repeats (the summary covers every
+      // version, the current one on its late examples too).
+      ADAPTD_RETURN_IF_ERROR(CheckPage(request->first_version(), request->max_versions()));
       ADAPTD_ASSIGN_OR_RETURN(auto entry, c_.registry->Get(request->model()));
       auto [versions, served] = entry->VersionsAndCurrent();
       // The current version on tasks whose evaluation examples came after it was published.

@@ -175,6 +175,8 @@ TEST(ServiceTest, AMemoryMapOverTheMessageLimitNamesTheScopeThatFits) {
   EXPECT_THAT(std::string(refused.message()),
               ::testing::HasSubstr("more than this server sends in one message (1048576, "
                                    "--max_message_mb): ask for scope memory"));
+  // Refused from its lower bound, before any example was scored.
+  EXPECT_THAT(std::string(refused.message()), ::testing::HasSubstr("would take at least "));
   v1::MemoryMapRequest memory = all;
   memory.set_scope(v1::SCOPE_MEMORY);
   auto map = client->MemoryMap(memory);
@@ -228,6 +230,17 @@ TEST(ServiceTest, AHistoryOverTheMessageLimitIsAskedForInPages) {
   EXPECT_EQ(tail.rows_size(), 50);
   EXPECT_FALSE(tail.has_next_version());
   EXPECT_EQ(evaluate(-1, 10, &tail).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    // Refused before the model is looked up (and its late examples scored).
+    grpc::ClientContext ctx;
+    v1::EvaluateRequest bad;
+    bad.set_model("absent");
+    bad.set_max_versions(-1);
+    const grpc::Status refused_page = stub->Evaluate(&ctx, bad, &tail);
+    EXPECT_EQ(refused_page.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(refused_page.error_message(),
+                ::testing::HasSubstr("first_version and max_versions must be >= 0"));
+  }
   // The clients page: every row, in order, and the summaries.
   auto all = client->Evaluate("m");
   ASSERT_TRUE(all.ok()) << all.status();
@@ -285,6 +298,40 @@ TEST(ServiceTest, AStreamWhoseJobCannotBeQueuedSaysSo) {
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->tasks(0).train_examples(), 100);
   EXPECT_EQ(info->tasks(0).pending_examples(), 0);
+}
+
+// A new task's first stream is durable in its log before the task's row is written. When the
+// catalog fails that write with anything but a full disk, the row may still have reached its
+// file, so the stream may be stored: the answer says so, and its ids stay taken, so that a
+// stream that comes back after a restart cannot share ids with a later one. (Here a trigger
+// refuses the row, so it is not stored, and the task's next stream replaces the log.)
+TEST(ServiceTest, ANewTasksStreamWhoseRowFailsMayBeStored) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  ASSERT_TRUE(client->CreateModel(BlobModel("m", /*multi=*/false)).ok());
+  auto first = StreamData(*client, "m", 0, v1::SPLIT_TRAIN, {}, BlobTask(30, {0, 1}, 1), 64,
+                          /*keep_open=*/true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_NO_FATAL_FAILURE(CatalogExec(
+      dir.path(), "CREATE TRIGGER refuse_task BEFORE INSERT ON tasks WHEN NEW.task_id = 1 "
+                  "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"));
+  auto failed = StreamData(*client, "m", 1, v1::SPLIT_TRAIN, {}, BlobTask(20, {2, 3}, 2), 64,
+                           /*keep_open=*/true);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
+  EXPECT_THAT(std::string(failed.status().message()),
+              ::testing::HasSubstr("refused by the test; the stream may or may not be stored"));
+  EXPECT_EQ(client->GetModel("m")->tasks_size(), 1);
+  ASSERT_NO_FATAL_FAILURE(CatalogExec(dir.path(), "DROP TRIGGER refuse_task;"));
+  auto later = StreamData(*client, "m", 1, v1::SPLIT_TRAIN, {}, BlobTask(10, {2, 3}, 3), 64,
+                          /*keep_open=*/true);
+  ASSERT_TRUE(later.ok()) << later.status();
+  EXPECT_EQ(later->ids(0).first(), 30 + 20);
+  auto info = client->GetModel("m");
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->tasks_size(), 2);
+  EXPECT_EQ(info->tasks(1).train_examples(), 10);
 }
 
 // An online stream whose first chunk's job the catalog refuses (a trigger refuses that one
@@ -1268,6 +1315,41 @@ TEST(ServiceTest, AJobCancelledWaitingForASlotKeepsTheExamplesThatJoinedIt) {
   ASSERT_EQ(after->jobs_size(), 2);
   EXPECT_EQ(after->jobs(1).examples(), 120);
   EXPECT_EQ(client2->GetModel("waiter")->tasks(0).pending_examples(), 120);
+}
+
+// A stream that would join a queued job whose record the catalog will not extend (a trigger
+// refuses it) is answered with that job and no reason: the job takes every pending example when
+// it starts, these too. It used to say that no job was queued, and a client that sent the
+// examples again stored them twice.
+TEST(ServiceTest, AJoinTheCatalogRefusesIsStillAnsweredWithTheQueuedJob) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  std::string hog, first, second;
+  ASSERT_NO_FATAL_FAILURE(QueueBehindTheWaiter(*client, &hog, &first, &second));
+  ASSERT_NO_FATAL_FAILURE(CatalogExec(
+      dir.path(), "CREATE TRIGGER refuse_join BEFORE UPDATE OF end_pos ON jobs "
+                  "WHEN NEW.state = OLD.state BEGIN SELECT RAISE(ABORT, 'refused by the test'); "
+                  "END;"));
+  auto joined = StreamData(*client, "waiter", 0, v1::SPLIT_TRAIN, {}, BlobTask(10, {0, 1}, 4));
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_TRUE(joined->no_job_reason().empty()) << joined->no_job_reason();
+  ASSERT_EQ(joined->job_ids_size(), 1);
+  EXPECT_EQ(joined->job_ids(0), second);
+  ASSERT_NO_FATAL_FAILURE(CatalogExec(dir.path(), "DROP TRIGGER refuse_join;"));
+  // The first job, which waited for the slot, takes all 120 as it starts (as it would have
+  // without the trigger), and the second ends with nothing left to learn.
+  ASSERT_TRUE(client->CancelJob(hog).ok());
+  for (const std::string& id : {first, second}) {
+    auto ended = client->WatchJob(id);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    EXPECT_EQ(ended->state(), v1::JOB_STATE_SUCCEEDED) << ended->message();
+  }
+  auto info = client->GetModel("waiter");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->tasks(0).train_examples(), 120);
+  EXPECT_EQ(info->tasks(0).pending_examples(), 0);
 }
 
 // A stream that joins a queued job grows the job's range on record at once: after a crash while
