@@ -46,8 +46,8 @@ ABSL_FLAG(int64_t, keep_jobs, 1000,
           "WatchJob and CancelJob; older ones stay in the catalog only");
 ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across models");
 ABSL_FLAG(int, max_threads, 1024,
-          "gRPC handler threads; each call in progress holds one (an open stream or WatchJob "
-          "for its whole life), and a call that finds none free is refused with "
+          "calls in progress at once, each on its own gRPC handler thread (an open stream or "
+          "WatchJob for its whole life); a call that finds none free is refused with "
           "RESOURCE_EXHAUSTED (at least 4)");
 ABSL_FLAG(int, training_nice, 10,
           "nice value of the training threads, so that queries come first (0: same priority)");

@@ -1155,7 +1155,17 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   row.id = NewJobId();
   row.model = name_;
   row.task_id = task_id;
+  // The examples of a started job of the task (its range is fixed: the running one, or one a
+  // crash or a shutdown interrupted) are that job's; this one answers for those after them.
+  // Should that job fail, this one takes its examples too as it starts, and says so then.
   row.begin = te.learned;
+  if (running_ != nullptr && running_->task_id() == task_id &&
+      running_->Status().state() == v1::JOB_STATE_RUNNING) {
+    row.begin = std::max(row.begin, running_->end());
+  }
+  for (const auto& job : queue_) {
+    if (job->task_id() == task_id && job->resumed_range()) row.begin = std::max(row.begin, job->end());
+  }
   row.end = te.train_count;
   row.state = v1::JOB_STATE_QUEUED;
   row.message = "queued";

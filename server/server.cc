@@ -146,7 +146,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   // clients' kMinKeepaliveSeconds and docs/api.md say the same).
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10 * 1000);
   grpc::ResourceQuota quota("adaptd");
-  quota.SetMaxThreads(options.max_threads);
+  // gRPC keeps one thread polling for new calls, so max_threads calls need one more.
+  quota.SetMaxThreads(options.max_threads + 1);
   builder.SetResourceQuota(quota);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
