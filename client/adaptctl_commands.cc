@@ -256,8 +256,8 @@ absl::Status Cancel(const AdaptdClient& client, const CtlOptions&,
     absl::PrintF("job %s had already ended: %s, %s\n", status.job_id(),
                  JobStateName(status.state()), status.message());
   } else {
-    absl::PrintF("job %s: cancellation requested (it was %s)\n", status.job_id(),
-                 JobStateName(status.state()));
+    absl::PrintF("job %s is %s: %s\n", status.job_id(), JobStateName(status.state()),
+                 status.message());
   }
   return absl::OkStatus();
 }

@@ -60,9 +60,9 @@ struct LogRecovery {
 class ExampleLog {
  public:
   // Opens the log at `path` and reads its committed batches into `recovery`; what follows the
-  // last commit record (an uncommitted tail) is ignored, and cut from the file by
-  // CutUncommittedTail or the first AppendCommitted, so that opening alone leaves the file as
-  // it is (the evidence of damage, if the caller finds some). A log without a key is replaced
+  // last commit record (an uncommitted tail) is ignored, and cut from the file by the first
+  // AppendCommitted, so that opening alone leaves the file as it is (the evidence of damage,
+  // if the caller finds some). A log without a key is replaced
   // by its committed records under a new key. DATA_LOSS, with the file left as
   // it is, if a commit record follows a record that cannot be read (damage after the write,
   // not a crash), if a whole record does not decode or is not one a log holds, or if the
@@ -80,9 +80,6 @@ class ExampleLog {
   // it returns OK. On failure the file is cut back to its previous length.
   absl::Status AppendCommitted(const std::vector<ExampleBatchData>& batches);
 
-  // Durably cuts the uncommitted tail Open found, if any (a no-op otherwise).
-  absl::Status CutUncommittedTail();
-
   int64_t size_bytes() const { return size_; }
   // A failed append could not be cut back: the log takes no more until a restart.
   bool broken() const { return broken_; }
@@ -91,6 +88,8 @@ class ExampleLog {
   static absl::StatusOr<std::unique_ptr<ExampleLog>> OpenFile(const std::string& path,
                                                               LogRecovery* recovery, bool fresh);
   ExampleLog(std::string path, int64_t size) : path_(std::move(path)), size_(size) {}
+  // Durably cuts the uncommitted tail Open found, if any (a no-op otherwise).
+  absl::Status CutUncommittedTail();
   std::string path_;  // opened for each append, not held: a server may hold many tasks' logs
   int64_t size_;
   std::string key_;  // the commit records' body

@@ -48,7 +48,7 @@ ABSL_FLAG(int, max_concurrent_jobs, 1, "adaptation jobs training at once across 
 ABSL_FLAG(int, max_threads, 1024,
           "calls in progress at once, each on its own gRPC handler thread (an open stream or "
           "WatchJob for its whole life); a call that finds none free is refused with "
-          "RESOURCE_EXHAUSTED (at least 4)");
+          "RESOURCE_EXHAUSTED (4 to 1000000)");
 ABSL_FLAG(int, training_nice, 10,
           "nice value of the training threads, so that queries come first (0: same priority)");
 

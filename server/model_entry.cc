@@ -402,8 +402,12 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
     ADAPTD_ASSIGN_OR_RETURN(te.log, ExampleLog::Open(path, &rec));
     const int64_t end = te.log->size_bytes();
     if (end < t.log_bytes) return cut("its committed streams end", end);
+    // Said at every start until the task's next stream cuts them: they are the only trace of
+    // a stream whose commit record was damaged after it was acknowledged, if one was.
     if (rec.truncated_bytes > 0) {
-      std::fprintf(stderr, "adaptd: model %s task %lld: left out %lld bytes of an unfinished stream\n",
+      std::fprintf(stderr, "adaptd: model %s task %lld: left out %lld bytes after the log's "
+                   "last commit record (a stream a crash or a failed write left unfinished); "
+                   "the task's next stream cuts them\n",
                    row.name.c_str(), static_cast<long long>(t.task_id),
                    static_cast<long long>(rec.truncated_bytes));
     }
@@ -496,7 +500,13 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   for (const int64_t task : unlisted_logs) {
     LogRecovery held;
     const std::string path = e.LogPath(task);
-    if (!ExampleLog::Open(path, &held).ok()) continue;  // it holds nothing readable
+    const auto read = ExampleLog::Open(path, &held);
+    if (!read.ok()) {
+      std::fprintf(stderr, "adaptd: model %s: %s, of a task the catalog does not list, cannot be "
+                   "read (%s); the task's next stream replaces the file (copy it aside to keep "
+                   "it)\n", row.name.c_str(), path.c_str(), read.status().ToString().c_str());
+      continue;
+    }
     int64_t examples = 0;
     for (const ExampleBatchData& b : held.batches) examples += b.size();
     if (examples == 0) continue;
@@ -575,16 +585,6 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> ModelEntry::Recover(const ModelRow& 
   // for inspection keeps all its rollback points.
   // A smaller --keep_versions than before applies from this start.
   e.DeleteOldCheckpoints();
-  // The logs checked out, so their unfinished streams' bytes are no evidence of anything: cut
-  // now, they are not reported again at the next start. A cut that fails is retried by the
-  // task's next append.
-  for (auto& [tid, te] : e.tasks_) {
-    const absl::Status cut = te.log->CutUncommittedTail();
-    if (!cut.ok()) {
-      std::fprintf(stderr, "adaptd: model %s task %lld: %s\n", row.name.c_str(),
-                   static_cast<long long>(tid), cut.ToString().c_str());
-    }
-  }
   // A checkpoint written just before a crash, whose catalog row never committed, is garbage.
   for (const std::string& f : ListDir(options.dir + "/versions")) {
     if (known.count(f) == 0) {
@@ -1048,9 +1048,9 @@ absl::StatusOr<CommitResult> ModelEntry::Commit(StreamPlan& plan,
   if (new_log) {
     const absl::Status row =
         options_.catalog->UpsertTask(name_, {task_id, plan.classes, log->size_bytes()});
-    // A full disk refused the write, so the row is not there and nothing is stored. Another
-    // failure (an fsync that failed, say) may come after SQLite's commit reached its file.
-    if (row.code() == absl::StatusCode::kResourceExhausted) return row;
+    // A failure may come after SQLite's commit reached its write-ahead log (an fsync that
+    // failed, even for want of space), and then a restart finds the row: unknown, whatever
+    // the code (which still tells a full disk).
     if (!row.ok()) return outcome_unknown(row.code(), row.message());
   } else if (total > 0) {
     const absl::Status recorded =
@@ -1158,9 +1158,11 @@ absl::StatusOr<std::shared_ptr<Job>> ModelEntry::QueueJobLocked(int64_t task_id)
   // The examples of a started job of the task (its range is fixed: the running one, or one a
   // crash or a shutdown interrupted) are that job's; this one answers for those after them.
   // Should that job fail, this one takes its examples too as it starts, and says so then.
+  // (A job the actor holds that has not started takes every pending example as it starts, so
+  // the range is not fixed, and one asked to cancel will not learn its examples.)
   row.begin = te.learned;
-  if (running_ != nullptr && running_->task_id() == task_id &&
-      running_->Status().state() == v1::JOB_STATE_RUNNING) {
+  if (running_ != nullptr && running_->task_id() == task_id && !running_->cancel_requested() &&
+      (running_->resumed_range() || running_->Status().state() == v1::JOB_STATE_RUNNING)) {
     row.begin = std::max(row.begin, running_->end());
   }
   for (const auto& job : queue_) {

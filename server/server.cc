@@ -68,9 +68,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return absl::InvalidArgumentError(
         absl::StrCat("max_concurrent_jobs must be >= 1; got ", options.max_concurrent_jobs));
   }
-  if (options.max_threads < 4) {
+  if (options.max_threads < 4 || options.max_threads > 1000000) {
     return absl::InvalidArgumentError(
-        absl::StrCat("max_threads must be >= 4; got ", options.max_threads));
+        absl::StrCat("max_threads must be in [4, 1000000]; got ", options.max_threads));
   }
   if (options.training_nice < 0 || options.training_nice > 19) {
     return absl::InvalidArgumentError(

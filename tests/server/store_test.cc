@@ -243,32 +243,6 @@ TEST(ExampleLogTest, RecoveryKeepsCommittedStreamsAndCutsEverythingAfter) {
   EXPECT_EQ(static_cast<int64_t>(ReadFile(path)->size()), (*reopened)->size_bytes());
 }
 
-// What a start does with a log whose model loaded: the tail goes, the streams stay, and a log
-// without a tail is left alone.
-TEST(ExampleLogTest, CuttingTheUncommittedTailKeepsEveryCommittedStream) {
-  TempDir dir;
-  const std::string path = dir.path() + "/0.log";
-  const ExampleBatchData a = Batch(0, 5, 1), b = Batch(5, 7, 2);
-  const std::string bytes = WriteLog(path, {{a}, {b}});
-  const std::vector<size_t> at = RecordStarts(bytes);
-  Append(path, bytes.substr(at[1], 9));  // a torn batch record
-  LogRecovery rec;
-  auto log = ExampleLog::Open(path, &rec);
-  ASSERT_TRUE(log.ok()) << log.status();
-  EXPECT_EQ(rec.truncated_bytes, 9);
-  ASSERT_TRUE((*log)->CutUncommittedTail().ok());
-  EXPECT_EQ(ReadFile(path)->size(), bytes.size());
-  LogRecovery again;
-  auto reopened = ExampleLog::Open(path, &again);
-  ASSERT_TRUE(reopened.ok()) << reopened.status();
-  EXPECT_EQ(again.truncated_bytes, 0);
-  ExpectBatches(again, {&a, &b});
-  // Without a tail it cuts nothing, even if the file has grown since it was opened.
-  Append(path, "x");
-  ASSERT_TRUE((*reopened)->CutUncommittedTail().ok());
-  EXPECT_EQ(ReadFile(path)->size(), bytes.size() + 1);
-}
-
 TEST(ExampleLogTest, DamageBeforeACommitIsDataLossNotATornTail) {
   TempDir dir;
   const std::string path = dir.path() + "/0.log";

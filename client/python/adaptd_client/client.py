@@ -106,15 +106,17 @@ class Client:
                                       or not isinstance(keepalive, numbers.Real)):
             raise TypeError(f"keepalive must be a number of seconds, got {keepalive!r}")
         if keepalive:
-            # gRPC takes the interval as a C int of milliseconds.
-            if not math.isfinite(keepalive) or keepalive * 1000 > 2**31 - 1:
+            # As a float first: numpy's integers wrap around when multiplied. gRPC takes the
+            # interval as a C int of milliseconds.
+            seconds = float(keepalive)
+            if not math.isfinite(seconds) or seconds * 1000 > 2**31 - 1:
                 raise ValueError(f"keepalive must be a finite number of seconds, at most "
                                  f"{(2**31 - 1) // 1000}, got {keepalive}")
-            if keepalive < MIN_KEEPALIVE_SECONDS:
+            if seconds < MIN_KEEPALIVE_SECONDS:
                 raise ValueError(f"keepalive must be 0 (off) or at least {MIN_KEEPALIVE_SECONDS} "
                                  f"seconds (the server refuses more frequent pings), got {keepalive}")
             channel_options += [
-                ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+                ("grpc.keepalive_time_ms", int(seconds * 1000)),
                 ("grpc.keepalive_timeout_ms", 20000),
                 ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle call
             ]

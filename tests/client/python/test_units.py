@@ -227,7 +227,7 @@ def test_keepalive_below_what_the_server_accepts_is_refused():
     Client("127.0.0.1:1", keepalive=12.5).close()
     Client("127.0.0.1:1", keepalive=np.int64(30)).close()
     Client("127.0.0.1:1", keepalive=None).close()  # off, as 0
-    for wrong in (math.nan, math.inf, 2**31):
+    for wrong in (math.nan, math.inf, 2**31, np.int64(18446744073709562)):
         with pytest.raises(ValueError, match="keepalive must be a finite number of seconds, "
                                              "at most 2147483"):
             Client("127.0.0.1:1", keepalive=wrong)
