@@ -1112,8 +1112,9 @@ TEST(ServiceTest, ACancelledQueuedJobKeepsTheExamplesThatJoinedIt) {
     auto cancelled = client->CancelJob(queued->job_ids(0));
     ASSERT_TRUE(cancelled.ok()) << cancelled.status();
     EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED);
-    // A job's range starts at the task's last learnt example: here all 120 (110 when queued).
-    EXPECT_EQ(cancelled->examples(), 120);
+    // A job queued behind a running job of its task answers for the examples after that
+    // job's: 20 here (10 when queued).
+    EXPECT_EQ(cancelled->examples(), 20);
     ASSERT_TRUE(client->CancelJob(running->job_ids(0)).ok());
     ASSERT_EQ(JobsOnceEnded(*client, "busy", 2).size(), 2u);
   }
@@ -1125,7 +1126,7 @@ TEST(ServiceTest, ACancelledQueuedJobKeepsTheExamplesThatJoinedIt) {
   ASSERT_TRUE(jobs.ok()) << jobs.status();
   ASSERT_EQ(jobs->jobs_size(), 2);
   EXPECT_EQ(jobs->jobs(1).state(), v1::JOB_STATE_CANCELLED);
-  EXPECT_EQ(jobs->jobs(1).examples(), 120);
+  EXPECT_EQ(jobs->jobs(1).examples(), 20);
   EXPECT_EQ(client->GetModel("busy")->tasks(0).pending_examples(), 120);
 }
 
