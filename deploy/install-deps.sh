@@ -11,6 +11,8 @@ PACKAGES=(
   # Service: gRPC, Protobuf, SQLite, Prometheus, HTTP.
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libsqlite3-dev prometheus-cpp-dev libcpp-httplib-dev
+  # The server binary's allocator.
+  libjemalloc-dev
   # Tests and benchmarks.
   libgtest-dev libgmock-dev libbenchmark-dev
   # Data sets: Fashion-MNIST and scikit-learn's bundled sets.

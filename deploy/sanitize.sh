@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 jobs="${ADAPTD_JOBS:-$(nproc)}"
 flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DADAPTD_BUILD_BENCH=OFF \
+  -DADAPTD_MALLOC=system \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
   -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined"
 cmake --build build-sanitize -j "$jobs"

@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
     return absl::EndsWith(path, "server/main.cc");
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return std::string("adaptd " ADAPTD_VERSION "\n"); };
   absl::SetFlagsUsageConfig(usage);
   // Abseil prints the program's name before this message.
   absl::SetProgramUsageMessage("continual-learning training service\n"
