@@ -28,7 +28,7 @@ std::string Output(const std::string& command) {
 // MALLOC_CONF asks, and no other allocator reads that variable.
 TEST(BinaryTest, RunsOnTheAllocatorTheBuildChose) {
   const std::string out =
-      Output(std::string("MALLOC_CONF=stats_print:true ") + ADAPTD_SERVER_BIN + " --version");
+      Output(std::string("MALLOC_CONF=stats_print:true '") + ADAPTD_SERVER_BIN + "' --version");
   ASSERT_NE(out.find("adaptd "), std::string::npos) << out.substr(0, 2000);  // the version
   EXPECT_EQ(out.find("jemalloc statistics") != std::string::npos, ADAPTD_LINKS_JEMALLOC)
       << out.substr(0, 2000);
