@@ -38,6 +38,21 @@ def data(rng, n, task=0):
     return x.astype(np.float32), y
 
 
+# The load's three kinds of call; the fresh restart makes the last two once.
+def stream(client, r):
+    task = int(r.integers(0, 3))
+    client.stream_examples("m", task, *data(r, 256, task), batch_size=32)
+
+
+def memory_map_all(client, r=None):
+    client.memory_map("m", scope="all")
+
+
+def export(client, r=None):
+    client.import_model("copy", client.export_model("m"))
+    client.delete_model("copy")
+
+
 SETTLE_S = 15  # longer than jemalloc's 10 s decay of freed pages
 
 
@@ -123,17 +138,9 @@ def measure(binary, seconds, data_dir):
                 failures.append(f"{name}: {e}")
                 stop.set()
 
-        def stream(client, r):
-            task = int(r.integers(0, 3))
-            client.stream_examples("m", task, *data(r, 256, task), batch_size=32)
-
-        def export(client, r):
-            client.import_model("copy", client.export_model("m"))
-            client.delete_model("copy")
-
         threads = [threading.Thread(target=loop, args=a, daemon=True) for a in (
             ("stream", stream, 1.0),
-            ("memory_map", lambda client, r: client.memory_map("m", scope="all"), 0.02),
+            ("memory_map", memory_map_all, 0.02),
             ("export", export, 3.0))]
         for t in threads:
             t.start()
@@ -160,9 +167,8 @@ def measure(binary, seconds, data_dir):
     server = Server(binary, data_dir)
     try:
         c = Client(server.target)
-        c.memory_map("m", scope="all")
-        c.import_model("copy", c.export_model("m"))
-        c.delete_model("copy")
+        memory_map_all(c)
+        export(c)
         time.sleep(SETTLE_S)
         fresh = server.rss_mb()
     finally:
