@@ -8,26 +8,105 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "core/status_macros.h"
+#include "server/crc32c.h"
 
 namespace adaptd {
 namespace {
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS models(
-  name TEXT PRIMARY KEY, spec BLOB NOT NULL, config BLOB NOT NULL, created_ms INTEGER NOT NULL);
+  name TEXT PRIMARY KEY, spec BLOB NOT NULL, config BLOB NOT NULL, created_ms INTEGER NOT NULL,
+  crc INTEGER);
 CREATE TABLE IF NOT EXISTS tasks(
   model TEXT NOT NULL, task_id INTEGER NOT NULL, classes TEXT NOT NULL,
-  log_bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(model, task_id));
+  log_bytes INTEGER NOT NULL DEFAULT 0, crc INTEGER, PRIMARY KEY(model, task_id));
 CREATE TABLE IF NOT EXISTS versions(
   model TEXT NOT NULL, version INTEGER NOT NULL, info BLOB NOT NULL,
-  checkpoint_crc INTEGER NOT NULL, PRIMARY KEY(model, version));
+  checkpoint_crc INTEGER NOT NULL, crc INTEGER, PRIMARY KEY(model, version));
 CREATE TABLE IF NOT EXISTS jobs(
   id TEXT PRIMARY KEY, model TEXT NOT NULL, task_id INTEGER NOT NULL, begin_pos INTEGER NOT NULL,
   end_pos INTEGER NOT NULL, state INTEGER NOT NULL, message TEXT NOT NULL,
   version INTEGER NOT NULL, created_ms INTEGER NOT NULL, config BLOB NOT NULL DEFAULT x'',
-  progress BLOB NOT NULL DEFAULT x'', cancel_requested INTEGER NOT NULL DEFAULT 0);
+  progress BLOB NOT NULL DEFAULT x'', cancel_requested INTEGER NOT NULL DEFAULT 0, crc INTEGER);
 )sql";
+
+// Every row carries a CRC-32C of its other columns, so that bytes damaged on disk (which SQLite
+// does not check: a flipped byte in a stored config reads back as another valid config) are
+// found when the row is read at start. Triggers keep it current on every insert and update, so
+// no write path can forget it; the SQL function they call exists only in the server's own
+// connection, so a write by any other program fails rather than leave a stale checksum.
+constexpr const char* kRowCrcFunction = "adaptd_row_crc";
+
+struct Table {
+  const char* name;
+  const char* columns;  // every column but crc, in the order the checksum covers them
+};
+constexpr Table kModels{"models", "name, spec, config, created_ms"};
+constexpr Table kTasks{"tasks", "model, task_id, classes, log_bytes"};
+constexpr Table kVersions{"versions", "model, version, info, checkpoint_crc"};
+constexpr Table kJobs{"jobs",
+                      "id, model, task_id, begin_pos, end_pos, state, message, version, "
+                      "created_ms, config, progress, cancel_requested"};
+constexpr Table kTables[] = {kModels, kTasks, kVersions, kJobs};
+
+// `columns` with each name prefixed ("NEW." inside a trigger).
+std::string Prefixed(const char* columns, const char* prefix) {
+  std::vector<std::string> names = absl::StrSplit(columns, ", ");
+  for (std::string& n : names) n = absl::StrCat(prefix, n);
+  return absl::StrJoin(names, ", ");
+}
+
+std::string RowCrc(const Table& t, const char* prefix = "") {
+  return absl::StrCat(kRowCrcFunction, "(", Prefixed(t.columns, prefix), ")");
+}
+
+// A select-list entry that is 1 where the row's checksum does not match its columns.
+std::string Damaged(const Table& t) { return absl::StrCat("crc IS NOT ", RowCrc(t)); }
+
+// The checksum of its arguments, each with its type and (for text and blobs) its length, so that
+// no two different rows share their input bytes.
+void RowCrcFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  uint32_t crc = 0;
+  for (int i = 0; i < argc; ++i) {
+    const int type = sqlite3_value_type(argv[i]);
+    char head[9];
+    head[0] = static_cast<char>(type);
+    int64_t n = 0;
+    if (type == SQLITE_INTEGER) {
+      n = sqlite3_value_int64(argv[i]);
+    } else if (type == SQLITE_FLOAT) {
+      const double d = sqlite3_value_double(argv[i]);
+      std::memcpy(&n, &d, sizeof(n));
+    } else if (type == SQLITE_TEXT || type == SQLITE_BLOB) {
+      n = sqlite3_value_bytes(argv[i]);
+    }
+    for (int b = 0; b < 8; ++b) head[1 + b] = static_cast<char>((static_cast<uint64_t>(n) >> (8 * b)) & 0xff);
+    crc = Crc32cExtend(crc, absl::string_view(head, sizeof(head)));
+    if (type == SQLITE_TEXT || type == SQLITE_BLOB) {
+      const void* p = type == SQLITE_TEXT ? static_cast<const void*>(sqlite3_value_text(argv[i]))
+                                          : sqlite3_value_blob(argv[i]);
+      if (p != nullptr) crc = Crc32cExtend(crc, absl::string_view(static_cast<const char*>(p), n));
+    }
+  }
+  sqlite3_result_int64(ctx, crc);
+}
+
+// The triggers that set each row's checksum after an insert or an update of its columns (the
+// checksum's own update does not fire them again).
+std::string RowCrcTriggers() {
+  std::string sql;
+  for (const Table& t : kTables) {
+    const std::string set = absl::StrCat("BEGIN UPDATE ", t.name, " SET crc = ", RowCrc(t, "NEW."),
+                                         " WHERE rowid = NEW.rowid; END;\n");
+    absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_insert AFTER INSERT ON ",
+                    t.name, " ", set);
+    absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_update AFTER UPDATE OF ",
+                    t.columns, " ON ", t.name, " ", set);
+  }
+  return sql;
+}
 
 // The failure of the last call on `db`, naming the catalog's file. A full disk or quota is
 // RESOURCE_EXHAUSTED (worth a retry once space is freed), with the system's reason where SQLite
@@ -111,6 +190,15 @@ std::vector<int64_t> SplitClasses(const std::string& s) {
   return out;
 }
 
+// DATA_LOSS for a row of `what` whose bytes do not match its checksum.
+absl::Status DamagedRow(sqlite3* db, const std::string& what) {
+  const char* file = sqlite3_db_filename(db, "main");
+  return absl::DataLossError(absl::StrCat(
+      "catalog ", file != nullptr ? file : "", ": the row of ", what,
+      " does not match its checksum: the file was damaged on disk (restore catalog.sqlite from a "
+      "backup)"));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) {
@@ -131,10 +219,16 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
         "filesystem's mount): the server writes it"));
   }
   std::lock_guard<std::mutex> lock(catalog->mu_);
+  if (sqlite3_create_function_v2(db, kRowCrcFunction, -1, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                                 nullptr, RowCrcFunction, nullptr, nullptr,
+                                 nullptr) != SQLITE_OK) {
+    return SqlError(db, "registering the row checksum");
+  }
   ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(
       "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"));
   ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(kSchema));
   ADAPTD_RETURN_IF_ERROR(catalog->MigrateLocked());
+  ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(RowCrcTriggers()));
   return catalog;
 }
 
@@ -144,7 +238,8 @@ absl::Status Catalog::MigrateLocked() {
   // Columns that came after the first release; a catalog written before one gains it, empty
   // for its rows. jobs.config: they resume with the model's settings, as they did then.
   // jobs.progress: a job that ended before it shows no step counts. jobs.cancel_requested: no
-  // cancel of theirs was on record. tasks.log_bytes: not known (the start records it).
+  // cancel of theirs was on record. tasks.log_bytes: not known (the start records it). crc:
+  // each row's checksum, computed from the row as it stands (the rows are trusted once).
   struct Added {
     const char* table;
     const char* column;
@@ -153,7 +248,11 @@ absl::Status Catalog::MigrateLocked() {
   const Added added[] = {{"jobs", "config", "BLOB NOT NULL DEFAULT x''"},
                          {"jobs", "progress", "BLOB NOT NULL DEFAULT x''"},
                          {"jobs", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"},
-                         {"tasks", "log_bytes", "INTEGER NOT NULL DEFAULT 0"}};
+                         {"tasks", "log_bytes", "INTEGER NOT NULL DEFAULT 0"},
+                         {"models", "crc", "INTEGER"},
+                         {"tasks", "crc", "INTEGER"},
+                         {"versions", "crc", "INTEGER"},
+                         {"jobs", "crc", "INTEGER"}};
   for (const Added& a : added) {
     bool present = false;
     {  // finished before the table changes
@@ -166,6 +265,11 @@ absl::Status Catalog::MigrateLocked() {
     if (present) continue;
     ADAPTD_RETURN_IF_ERROR(
         ExecLocked(absl::StrCat("ALTER TABLE ", a.table, " ADD COLUMN ", a.column, " ", a.type)));
+    if (std::string(a.column) != "crc") continue;
+    for (const Table& t : kTables) {
+      if (std::string(t.name) != a.table) continue;
+      ADAPTD_RETURN_IF_ERROR(ExecLocked(absl::StrCat("UPDATE ", t.name, " SET crc = ", RowCrc(t))));
+    }
   }
   return absl::OkStatus();
 }
@@ -222,12 +326,14 @@ absl::Status Catalog::DeleteModel(const std::string& name) {
 
 absl::StatusOr<std::vector<ModelRow>> Catalog::ListModels() {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_, "SELECT name, spec, config, created_ms FROM models ORDER BY name");
+  const std::string sql =
+      absl::StrCat("SELECT name, spec, config, created_ms, ", Damaged(kModels), " FROM models ORDER BY name");
+  Statement st(db_, sql.c_str());
   std::vector<ModelRow> rows;
   while (true) {
     ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
     if (!more) break;
-    rows.push_back({st.Bytes(0), st.Bytes(1), st.Bytes(2), st.Int(3)});
+    rows.push_back({st.Bytes(0), st.Bytes(1), st.Bytes(2), st.Int(3), st.Int(4) != 0});
   }
   return rows;
 }
@@ -252,13 +358,17 @@ absl::Status Catalog::SetTaskLogBytes(const std::string& model, int64_t task_id,
 
 absl::StatusOr<std::vector<TaskRow>> Catalog::ListTasks(const std::string& model) {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_, "SELECT task_id, classes, log_bytes FROM tasks WHERE model = ? "
-                    "ORDER BY task_id");
+  const std::string sql = absl::StrCat("SELECT task_id, classes, log_bytes, ", Damaged(kTasks),
+                                       " FROM tasks WHERE model = ? ORDER BY task_id");
+  Statement st(db_, sql.c_str());
   st.Bind(model);
   std::vector<TaskRow> rows;
   while (true) {
     ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
     if (!more) break;
+    if (st.Int(3) != 0) {
+      return DamagedRow(db_, absl::StrCat("task ", st.Int(0), " of model \"", model, "\""));
+    }
     rows.push_back({st.Int(0), SplitClasses(st.Bytes(1)), st.Int(2)});
   }
   return rows;
@@ -266,14 +376,17 @@ absl::StatusOr<std::vector<TaskRow>> Catalog::ListTasks(const std::string& model
 
 absl::StatusOr<std::vector<VersionRow>> Catalog::ListVersions(const std::string& model) {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_,
-               "SELECT version, info, checkpoint_crc FROM versions WHERE model = ? "
-               "ORDER BY version");
+  const std::string sql = absl::StrCat("SELECT version, info, checkpoint_crc, ", Damaged(kVersions),
+                                       " FROM versions WHERE model = ? ORDER BY version");
+  Statement st(db_, sql.c_str());
   st.Bind(model);
   std::vector<VersionRow> rows;
   while (true) {
     ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
     if (!more) break;
+    if (st.Int(3) != 0) {
+      return DamagedRow(db_, absl::StrCat("version ", st.Int(0), " of model \"", model, "\""));
+    }
     rows.push_back({st.Int(0), st.Bytes(1), static_cast<uint32_t>(st.Int(2))});
   }
   return rows;
@@ -339,14 +452,17 @@ absl::Status Catalog::StartJob(const std::string& id, int64_t begin, int64_t end
 
 absl::StatusOr<std::vector<JobRow>> Catalog::ListJobs(const std::string& model) {
   std::lock_guard<std::mutex> lock(mu_);
-  Statement st(db_,
-               "SELECT id, model, task_id, begin_pos, end_pos, state, message, version, created_ms, "
-               "config, progress, cancel_requested FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
+  const std::string sql = absl::StrCat("SELECT ", kJobs.columns, ", ", Damaged(kJobs),
+                                       " FROM jobs WHERE model = ? ORDER BY created_ms, rowid");
+  Statement st(db_, sql.c_str());
   st.Bind(model);
   std::vector<JobRow> rows;
   while (true) {
     ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
     if (!more) break;
+    if (st.Int(12) != 0) {
+      return DamagedRow(db_, absl::StrCat("job ", st.Bytes(0), " of model \"", model, "\""));
+    }
     JobRow r;
     r.id = st.Bytes(0);
     r.model = st.Bytes(1);

@@ -1,6 +1,7 @@
 // The catalog: models, tasks, versions and jobs in SQLite (WAL, synchronous=FULL), so that a
 // row written is a row that survives a crash. Blobs hold the public protos (ModelSpec,
-// LearningConfig, VersionInfo) serialized.
+// LearningConfig, VersionInfo) serialized. Every row carries a CRC-32C of its columns, checked
+// as it is read: ListModels marks a damaged row, the other lists fail with DATA_LOSS.
 #ifndef ADAPTD_SERVER_CATALOG_H_
 #define ADAPTD_SERVER_CATALOG_H_
 
@@ -21,6 +22,9 @@ struct ModelRow {
   std::string spec;    // v1::ModelSpec
   std::string config;  // v1::LearningConfig
   int64_t created_ms = 0;
+  // Set by ListModels: the row's bytes do not match its checksum (damaged on disk), so none of
+  // its fields, the name included, can be trusted.
+  bool damaged = false;
 };
 
 struct TaskRow {

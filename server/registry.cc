@@ -79,21 +79,38 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   ADAPTD_ASSIGN_OR_RETURN(r.catalog_, Catalog::Open(options.data_dir + "/catalog.sqlite"));
   ADAPTD_ASSIGN_OR_RETURN(std::vector<ModelRow> rows, r.catalog_->ListModels());
   std::set<std::string> known;
+  // One damaged model must not keep the others offline: it stays on disk, with the reason, for
+  // inspection until DeleteModel removes it.
+  const auto offline = [&r](const std::string& name, std::string why) {
+    std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", name.c_str(), why.c_str());
+    r.failed_[name] = std::move(why);
+  };
   for (const ModelRow& row : rows) {
-    ADAPTD_ASSIGN_OR_RETURN(std::vector<VersionRow> versions, r.catalog_->ListVersions(row.name));
     const std::string dir = options.data_dir + "/models/" + row.name;
     known.insert(row.name);
+    // A damaged row must neither load nor, read as a creation that never finished, be removed:
+    // the model stays offline, its files kept, until it is deleted or the catalog restored.
+    absl::StatusOr<std::vector<VersionRow>> listed =
+        row.damaged ? absl::DataLossError(absl::StrCat(
+                          "its catalog row (spec and settings) does not match its checksum: "
+                          "catalog.sqlite was damaged on disk (restore it from a backup)"))
+                    : r.catalog_->ListVersions(row.name);
+    if (absl::IsDataLoss(listed.status())) {
+      offline(row.name, std::string(listed.status().message()));
+      continue;
+    }
+    ADAPTD_RETURN_IF_ERROR(listed.status());
+    const std::vector<VersionRow>& versions = *listed;
     if (versions.empty()) {
       // Creation (or import) never reached version 0, so it was never acknowledged. Its rows
       // go, and the loop below removes its files, which the marker (or their absence) names
       // as such. Files without it are kept: a catalog copied while a creation ran shows the
       // creation unfinished, though it finished since.
       if (MarkerIn(dir) == nullptr && Exists(dir) && HoldsFiles(dir)) {
-        r.failed_[row.name] =
-            "its catalog rows show a creation that never reached version 0, but its files carry "
-            "no creation marker (was catalog.sqlite restored from an older copy?); they are kept";
-        std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", row.name.c_str(),
-                     r.failed_[row.name].c_str());
+        offline(row.name,
+                "its catalog rows show a creation that never reached version 0, but its files "
+                "carry no creation marker (was catalog.sqlite restored from an older copy?); they "
+                "are kept");
         continue;
       }
       std::fprintf(stderr, "adaptd: removing model %s: its creation did not complete\n",
@@ -108,19 +125,13 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
     absl::Status unmarked = Unmark(dir, kDeletingMarker);
     if (unmarked.ok()) unmarked = Unmark(dir, kCreatingMarker);
     if (!unmarked.ok()) {
-      r.failed_[row.name] = absl::StrCat("a stale marker could not be removed: ", unmarked.ToString());
-      std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", row.name.c_str(),
-                   r.failed_[row.name].c_str());
+      offline(row.name, absl::StrCat("a stale marker could not be removed: ", unmarked.ToString()));
       continue;
     }
     // A throw (a stored module this LibTorch cannot run, say) keeps only this model offline.
     auto entry = CallTorch([&] { return ModelEntry::Recover(row, r.EntryOptions(row.name)); });
     if (!entry.ok()) {
-      // One damaged model must not keep the others offline; it stays on disk for inspection
-      // until DeleteModel removes it.
-      std::fprintf(stderr, "adaptd: model %s not loaded: %s\n", row.name.c_str(),
-                   entry.status().ToString().c_str());
-      r.failed_[row.name] = absl::StrCat("loading it at start failed: ", entry.status().ToString());
+      offline(row.name, absl::StrCat("loading it at start failed: ", entry.status().ToString()));
       continue;
     }
     r.models_[row.name] = *std::move(entry);

@@ -26,6 +26,7 @@
 #include "server/registry.h"
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
+#include "tests/testing/damage.h"
 #include "tests/testing/immutable.h"
 
 namespace adaptd {
@@ -541,6 +542,61 @@ TEST(LifecycleTest, UnfinishedCreationAndStrayFilesAreRemovedAtStart) {
   EXPECT_TRUE(client->CreateModel(BlobModel("kept", false, 1)).ok());
   EXPECT_TRUE(client->CreateModel(BlobModel("restored", false, 1)).ok());
   EXPECT_EQ(client->ListModels()->models_size(), 4);
+}
+
+// A catalog row damaged on disk keeps only its own model offline, with the reason, whether the
+// model's own row (its settings) or one of its version rows was hit; the other models load. The
+// damaged model's files stay until DeleteModel, after which the name is free again.
+TEST(LifecycleTest, ACatalogRowDamagedOnDiskKeepsOnlyItsModelOffline) {
+  TempDir dir;
+  {
+    auto server = ServerProcess::Start(dir.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    // Its own epochs, so that no other row holds its settings' bytes.
+    ASSERT_TRUE((*server)->Client()->CreateModel(BlobModel("settings", false, 7)).ok());
+    for (const char* name : {"version", "live"}) {
+      ASSERT_TRUE((*server)->Client()->CreateModel(BlobModel(name, false, 1)).ok());
+    }
+  }
+  std::string settings, version_info;
+  {
+    auto catalog = Catalog::Open(dir.path() + "/catalog.sqlite");
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    auto models = (*catalog)->ListModels();
+    ASSERT_TRUE(models.ok()) << models.status();
+    for (const ModelRow& m : *models) {
+      if (m.name == "settings") settings = m.config;
+    }
+    auto versions = (*catalog)->ListVersions("version");
+    auto live = (*catalog)->ListVersions("live");
+    ASSERT_TRUE(versions.ok() && live.ok());
+    version_info = versions->at(0).info;
+    ASSERT_NE(version_info, live->at(0).info);
+  }
+  ASSERT_FALSE(settings.empty());
+  ASSERT_NO_FATAL_FAILURE(FlipBitIn(dir.path() + "/catalog.sqlite", settings));
+  ASSERT_NO_FATAL_FAILURE(FlipBitIn(dir.path() + "/catalog.sqlite", version_info));
+  auto server = ServerProcess::Start(dir.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = (*server)->Client();
+  auto models = client->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->models_size(), 1);
+  EXPECT_EQ(models->models(0).name(), "live");
+  EXPECT_TRUE(client->GetModel("live").ok());
+  for (const auto& [name, named] : std::vector<std::pair<std::string, std::string>>{
+           {"settings", "its catalog row (spec and settings)"},
+           {"version", "the row of version 0 of model \"version\""}}) {
+    const absl::Status offline = client->GetModel(name).status();
+    EXPECT_EQ(offline.code(), absl::StatusCode::kDataLoss) << offline;
+    EXPECT_THAT(std::string(offline.message()),
+                ::testing::AllOf(::testing::HasSubstr(named),
+                                 ::testing::HasSubstr("does not match its checksum")));
+    EXPECT_FALSE(SortedDir(dir.path() + "/models/" + name).empty());
+    EXPECT_TRUE(client->DeleteModel(name).ok());
+    EXPECT_TRUE(client->CreateModel(BlobModel(name, false, 1)).ok());
+  }
+  EXPECT_EQ(client->ListModels()->models_size(), 3);
 }
 
 // An example log that lost acknowledged examples (removed, or emptied) is damage, not an empty

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include "tests/testing/damage.h"
 #include "tests/testing/immutable.h"
 #include "tests/testing/temp_dir.h"
 #include <torch/torch.h>
@@ -446,6 +447,102 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   EXPECT_EQ(*(*reopened)->Dump(), before);
   ASSERT_TRUE((*reopened)->DeleteModel("m").ok());
   EXPECT_EQ(*(*reopened)->Dump(), "");
+}
+
+// A value damaged on disk reads back from SQLite as another valid value (a flipped byte in a
+// stored config once changed a model's epochs). Every row's checksum finds it: ListModels marks
+// the model's row, and the lists of a model's tasks, versions and jobs fail with DATA_LOSS,
+// naming the row. The rows beside it read as before.
+TEST(CatalogTest, ARowDamagedOnDiskIsFoundWhenRead) {
+  struct Case {
+    const char* table;
+    std::string bytes;  // of model m's row in that table
+    std::string named;  // in the list's error
+  };
+  const Case cases[] = {{"models", "settings-of-model-m", ""},
+                        {"tasks", "31415,27182", "task 1 of model \"m\""},
+                        {"versions", "info-of-version-1-m", "version 1 of model \"m\""},
+                        {"jobs", "message-of-job-m", "job job-m of model \"m\""}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.table);
+    TempDir tmp;
+    const std::string path = tmp.path() + "/catalog.sqlite";
+    {
+      auto catalog = Catalog::Open(path);
+      ASSERT_TRUE(catalog.ok()) << catalog.status();
+      for (const std::string m : {"m", "n"}) {
+        Catalog& cat = **catalog;
+        ASSERT_TRUE(cat.InsertModel({m, "spec", "settings-of-model-" + m, 1}).ok());
+        ASSERT_TRUE(cat.UpsertTask(m, {0, {0, 1}}).ok());
+        ASSERT_TRUE(cat.UpsertTask(m, {1, m == "m" ? std::vector<int64_t>{31415, 27182}
+                                                   : std::vector<int64_t>{2, 3}}).ok());
+        ASSERT_TRUE(cat.SetTaskLogBytes(m, 1, 4096).ok());
+        ASSERT_TRUE(cat.InsertJob({"job-" + m, m, 1, 0, 10, 1, "queued", -1, 5, "", ""}).ok());
+        ASSERT_TRUE(cat.StartJob("job-" + m, 0, 10, "settings", 2, "running").ok());
+        ASSERT_TRUE(cat.GrowJob("job-" + m, 12).ok());
+        ASSERT_TRUE(cat.Publish(m, {0, "info-of-version-0-" + m, 1}, "", 0, "", "").ok());
+        ASSERT_TRUE(cat.Publish(m, {1, "info-of-version-1-" + m, 2}, "job-" + m, 3,
+                                "message-of-job-" + m, "progress").ok());
+        ASSERT_TRUE(cat.UpdateModelConfig(m, "settings-of-model-" + m).ok());
+      }
+    }  // closing the last connection moves every row from the write-ahead log into the file
+    ASSERT_NO_FATAL_FAILURE(FlipBitIn(path, c.bytes));
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    auto models = (*catalog)->ListModels();
+    ASSERT_TRUE(models.ok()) << models.status();
+    ASSERT_EQ(models->size(), 2u);
+    EXPECT_EQ((*models)[0].damaged, std::string(c.table) == "models");
+    EXPECT_FALSE((*models)[1].damaged);
+    EXPECT_EQ((*models)[1].config, "settings-of-model-n");
+    for (const std::string m : {"m", "n"}) {
+      const bool damaged = m == "m";
+      const absl::Status lists[] = {(*catalog)->ListTasks(m).status(),
+                                    (*catalog)->ListVersions(m).status(),
+                                    (*catalog)->ListJobs(m).status()};
+      const char* tables[] = {"tasks", "versions", "jobs"};
+      for (int i = 0; i < 3; ++i) {
+        if (!damaged || c.table != std::string(tables[i])) {
+          EXPECT_TRUE(lists[i].ok()) << m << " " << tables[i] << ": " << lists[i];
+          continue;
+        }
+        EXPECT_EQ(lists[i].code(), absl::StatusCode::kDataLoss) << lists[i];
+        EXPECT_THAT(std::string(lists[i].message()),
+                    ::testing::AllOf(::testing::HasSubstr(c.named),
+                                     ::testing::HasSubstr("does not match its checksum"),
+                                     ::testing::HasSubstr(path)));
+      }
+    }
+  }
+}
+
+// The checksums are kept by the server's own connection: another program's write is refused
+// rather than left with a stale checksum, and the rows stay as they were.
+TEST(CatalogTest, AWriteByAnotherProgramIsRefused) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/catalog.sqlite";
+  {
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    ASSERT_TRUE((*catalog)->InsertModel({"m", "spec", "settings", 1}).ok());
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  char* error = nullptr;
+  const int rc = sqlite3_exec(db, "UPDATE models SET config = 'other' WHERE name = 'm'", nullptr,
+                              nullptr, &error);
+  const std::string message = error != nullptr ? error : "";
+  sqlite3_free(error);
+  sqlite3_close(db);
+  EXPECT_NE(rc, SQLITE_OK);
+  EXPECT_THAT(message, ::testing::HasSubstr("adaptd_row_crc"));
+  auto catalog = Catalog::Open(path);
+  ASSERT_TRUE(catalog.ok()) << catalog.status();
+  auto models = (*catalog)->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->size(), 1u);
+  EXPECT_EQ((*models)[0].config, "settings");
+  EXPECT_FALSE((*models)[0].damaged);
 }
 
 // A jobs table as an older release wrote it: the first release's columns plus `more`, with
