@@ -591,6 +591,41 @@ TEST(CatalogTest, ACatalogFromBeforeLogEndsGainsThem) {
   EXPECT_EQ((*catalog)->SetTaskLogBytes("m", 7, 1).code(), absl::StatusCode::kNotFound);
 }
 
+// A catalog written before rows carried checksums gains them, computed from its rows, and its
+// rows read back whole at every open since.
+TEST(CatalogTest, ACatalogFromBeforeChecksumsGainsThem) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/catalog.sqlite";
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    const int rc = sqlite3_exec(
+        db,
+        "CREATE TABLE models(name TEXT PRIMARY KEY, spec BLOB NOT NULL, config BLOB NOT NULL, "
+        "created_ms INTEGER NOT NULL); INSERT INTO models VALUES('m', x'01', x'02', 5);"
+        "CREATE TABLE versions(model TEXT NOT NULL, version INTEGER NOT NULL, info BLOB NOT NULL, "
+        "checkpoint_crc INTEGER NOT NULL, PRIMARY KEY(model, version));"
+        "INSERT INTO versions VALUES('m', 0, x'03', 77);",
+        nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    ASSERT_EQ(rc, SQLITE_OK);
+  }
+  for (int open = 0; open < 2; ++open) {
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    auto models = (*catalog)->ListModels();
+    ASSERT_TRUE(models.ok()) << models.status();
+    ASSERT_EQ(models->size(), 1u);
+    EXPECT_FALSE((*models)[0].damaged);
+    EXPECT_EQ((*models)[0].config, open == 0 ? "\x02" : "\x04");
+    auto versions = (*catalog)->ListVersions("m");
+    ASSERT_TRUE(versions.ok()) << versions.status();
+    ASSERT_EQ(versions->size(), 1u);
+    EXPECT_EQ((*versions)[0].checkpoint_crc, 77u);
+    ASSERT_TRUE((*catalog)->UpdateModelConfig("m", "\x04").ok());
+  }
+}
+
 // A catalog written before jobs recorded their settings opens, keeps its jobs, and records the
 // settings of the jobs that start from then on.
 TEST(CatalogTest, ACatalogFromBeforeJobSettingsGainsThem) {
