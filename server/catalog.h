@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 
 struct sqlite3;
 
@@ -118,10 +119,22 @@ class Catalog {
   absl::StatusOr<std::string> Dump();
 
  private:
+  // A column that came after the first release.
+  struct Added {
+    const char* table;
+    const char* column;
+    const char* type;
+  };
+
   explicit Catalog(sqlite3* db) : db_(db) {}
   absl::Status ExecLocked(const std::string& sql);
-  // Brings a catalog written by an earlier release up to the schema.
+  // Brings a catalog written by an earlier release up to the schema, in one transaction.
   absl::Status MigrateLocked();
+  absl::Status AddColumnsLocked(absl::Span<const Added> added);  // in a transaction
+  // DATA_LOSS unless SQLite's integrity check passes (the pages and the indexes).
+  absl::Status CheckIntegrityLocked();
+  // DATA_LOSS for a damaged row that names no model (its key was hit).
+  absl::Status CheckOwnersLocked();
   absl::Status CommitLocked();
   std::mutex mu_;
   sqlite3* db_;

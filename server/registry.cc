@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <set>
@@ -140,13 +141,20 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   // its own (or wrote no file yet): they go. Any other holds data that a lost catalog (removed,
   // or restored from an older copy) no longer lists: it is kept, offline, until DeleteModel
   // removes it. Anything but a directory is not the server's and is left alone.
+  // A model row damaged in its name leaves its directory unlisted: then none is removed.
+  const bool names_damaged =
+      std::any_of(rows.begin(), rows.end(), [](const ModelRow& row) { return row.damaged; });
   for (const std::string& dir : ListDir(options.data_dir + "/models")) {
     if (known.count(dir) != 0) continue;
     const std::string path = options.data_dir + "/models/" + dir;
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) continue;
     const char* marker = MarkerIn(path);
-    if (marker != nullptr || !HoldsFiles(path)) {
+    if (names_damaged) {
+      r.failed_[dir] =
+          "its files have no row in catalog.sqlite, and a model row there is damaged (its name "
+          "may have been this one); they are kept";
+    } else if (marker != nullptr || !HoldsFiles(path)) {
       std::fprintf(stderr, "adaptd: removing models/%s: an interrupted %s\n", dir.c_str(),
                    marker == kDeletingMarker ? "deletion" : "creation");
       const absl::Status removed = RemoveTree(path, marker != nullptr ? marker : "");
