@@ -24,6 +24,7 @@
 #include "tests/integration/fixtures.h"
 #include "tests/integration/server_process.h"
 #include "tests/testing/immutable.h"
+#include "tests/testing/sqlite.h"
 
 namespace adaptd {
 namespace {
@@ -32,15 +33,7 @@ using namespace testing_service;  // NOLINT
 
 // Runs `sql` on the data directory's catalog beside the running server (WAL allows it).
 void CatalogExec(const std::string& data_dir, const std::string& sql) {
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((data_dir + "/catalog.sqlite").c_str(), &db), SQLITE_OK);
-  sqlite3_busy_timeout(db, 5000);
-  char* error = nullptr;
-  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
-  const std::string message = error != nullptr ? error : "";
-  sqlite3_free(error);
-  sqlite3_close(db);
-  ASSERT_EQ(rc, SQLITE_OK) << sql << ": " << message;
+  ASSERT_EQ(SqlExec(data_dir + "/catalog.sqlite", sql), "") << sql;
 }
 
 at::Tensor Floats(const v1::Tensor& t) {

@@ -13,6 +13,7 @@
 
 #include "tests/testing/damage.h"
 #include "tests/testing/immutable.h"
+#include "tests/testing/sqlite.h"
 #include "tests/testing/temp_dir.h"
 #include <torch/torch.h>
 
@@ -39,6 +40,11 @@ TEST(FsUtilTest, MakeDirsRefusesAFileInADirectorysPlace) {
   EXPECT_FALSE(MakeDirs(file + "/m").ok());
   EXPECT_TRUE(MakeDirs(dir.path() + "/a/b").ok());
   EXPECT_TRUE(MakeDirs(dir.path() + "/a/b").ok());
+}
+
+// Runs `sql` on the catalog as another program would; a fatal failure if it fails.
+void RawExec(const std::string& path, const std::string& sql) {
+  ASSERT_EQ(SqlExec(path, sql), "") << sql;
 }
 
 // SQLite opens a catalog it may not write read-only, without an error; the server would then
@@ -527,16 +533,8 @@ TEST(CatalogTest, AWriteByAnotherProgramIsRefused) {
     ASSERT_TRUE(catalog.ok()) << catalog.status();
     ASSERT_TRUE((*catalog)->InsertModel({"m", "spec", "settings", 1}).ok());
   }
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  char* error = nullptr;
-  const int rc = sqlite3_exec(db, "UPDATE models SET config = 'other' WHERE name = 'm'", nullptr,
-                              nullptr, &error);
-  const std::string message = error != nullptr ? error : "";
-  sqlite3_free(error);
-  sqlite3_close(db);
-  EXPECT_NE(rc, SQLITE_OK);
-  EXPECT_THAT(message, ::testing::HasSubstr("adaptd_row_crc"));
+  EXPECT_THAT(SqlExec(path, "UPDATE models SET config = 'other' WHERE name = 'm'"),
+              ::testing::HasSubstr("adaptd_row_crc"));
   auto catalog = Catalog::Open(path);
   ASSERT_TRUE(catalog.ok()) << catalog.status();
   auto models = (*catalog)->ListModels();
@@ -597,20 +595,13 @@ TEST(CatalogTest, ACatalogFromBeforeLogEndsGainsThem) {
 TEST(CatalogTest, ACatalogFromBeforeChecksumsGainsThem) {
   TempDir tmp;
   const std::string path = tmp.path() + "/catalog.sqlite";
-  {
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-    const int rc = sqlite3_exec(
-        db,
-        "CREATE TABLE models(name TEXT PRIMARY KEY, spec BLOB NOT NULL, config BLOB NOT NULL, "
-        "created_ms INTEGER NOT NULL); INSERT INTO models VALUES('m', x'01', x'02', 5);"
-        "CREATE TABLE versions(model TEXT NOT NULL, version INTEGER NOT NULL, info BLOB NOT NULL, "
-        "checkpoint_crc INTEGER NOT NULL, PRIMARY KEY(model, version));"
-        "INSERT INTO versions VALUES('m', 0, x'03', 77);",
-        nullptr, nullptr, nullptr);
-    sqlite3_close(db);
-    ASSERT_EQ(rc, SQLITE_OK);
-  }
+  ASSERT_NO_FATAL_FAILURE(RawExec(
+      path,
+      "CREATE TABLE models(name TEXT PRIMARY KEY, spec BLOB NOT NULL, config BLOB NOT NULL, "
+      "created_ms INTEGER NOT NULL); INSERT INTO models VALUES('m', x'01', x'02', 5);"
+      "CREATE TABLE versions(model TEXT NOT NULL, version INTEGER NOT NULL, info BLOB NOT NULL, "
+      "checkpoint_crc INTEGER NOT NULL, PRIMARY KEY(model, version));"
+      "INSERT INTO versions VALUES('m', 0, x'03', 77);"));
   for (int open = 0; open < 2; ++open) {
     auto catalog = Catalog::Open(path);
     ASSERT_TRUE(catalog.ok()) << catalog.status();
@@ -625,18 +616,6 @@ TEST(CatalogTest, ACatalogFromBeforeChecksumsGainsThem) {
     EXPECT_EQ((*versions)[0].checkpoint_crc, 77u);
     ASSERT_TRUE((*catalog)->UpdateModelConfig("m", "\x04").ok());
   }
-}
-
-// Runs `sql` on the catalog through a connection of its own, as another program would.
-void RawExec(const std::string& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  char* error = nullptr;
-  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
-  const std::string message = error != nullptr ? error : "";
-  sqlite3_free(error);
-  sqlite3_close(db);
-  ASSERT_EQ(rc, SQLITE_OK) << sql << ": " << message;
 }
 
 // A damaged row whose model is not a model row was hit in its key: no model's list would see
