@@ -72,8 +72,10 @@ void RowCrcFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   uint32_t crc = 0;
   for (int i = 0; i < argc; ++i) {
     const int type = sqlite3_value_type(argv[i]);
-    char head[9];
-    head[0] = static_cast<char>(type);
+    // The bytes first, then their length (SQLite's order: asking for the bytes may convert).
+    const void* bytes = type == SQLITE_TEXT   ? static_cast<const void*>(sqlite3_value_text(argv[i]))
+                        : type == SQLITE_BLOB ? sqlite3_value_blob(argv[i])
+                                              : nullptr;
     int64_t n = 0;
     if (type == SQLITE_INTEGER) {
       n = sqlite3_value_int64(argv[i]);
@@ -83,12 +85,14 @@ void RowCrcFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
     } else if (type == SQLITE_TEXT || type == SQLITE_BLOB) {
       n = sqlite3_value_bytes(argv[i]);
     }
-    for (int b = 0; b < 8; ++b) head[1 + b] = static_cast<char>((static_cast<uint64_t>(n) >> (8 * b)) & 0xff);
+    char head[9];
+    head[0] = static_cast<char>(type);
+    for (int b = 0; b < 8; ++b) {
+      head[1 + b] = static_cast<char>((static_cast<uint64_t>(n) >> (8 * b)) & 0xff);
+    }
     crc = Crc32cExtend(crc, absl::string_view(head, sizeof(head)));
-    if (type == SQLITE_TEXT || type == SQLITE_BLOB) {
-      const void* p = type == SQLITE_TEXT ? static_cast<const void*>(sqlite3_value_text(argv[i]))
-                                          : sqlite3_value_blob(argv[i]);
-      if (p != nullptr) crc = Crc32cExtend(crc, absl::string_view(static_cast<const char*>(p), n));
+    if (bytes != nullptr) {
+      crc = Crc32cExtend(crc, absl::string_view(static_cast<const char*>(bytes), n));
     }
   }
   sqlite3_result_int64(ctx, crc);
