@@ -73,9 +73,9 @@ void RowCrcFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   for (int i = 0; i < argc; ++i) {
     const int type = sqlite3_value_type(argv[i]);
     // The bytes first, then their length (SQLite's order: asking for the bytes may convert).
-    const void* bytes = type == SQLITE_TEXT   ? static_cast<const void*>(sqlite3_value_text(argv[i]))
-                        : type == SQLITE_BLOB ? sqlite3_value_blob(argv[i])
-                                              : nullptr;
+    const void* bytes = nullptr;
+    if (type == SQLITE_TEXT) bytes = sqlite3_value_text(argv[i]);
+    if (type == SQLITE_BLOB) bytes = sqlite3_value_blob(argv[i]);
     int64_t n = 0;
     if (type == SQLITE_INTEGER) {
       n = sqlite3_value_int64(argv[i]);
@@ -381,7 +381,8 @@ absl::Status Catalog::DeleteModel(const std::string& name) {
 absl::StatusOr<std::vector<ModelRow>> Catalog::ListModels() {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string sql =
-      absl::StrCat("SELECT name, spec, config, created_ms, ", Damaged(kModels), " FROM models ORDER BY name");
+      absl::StrCat("SELECT name, spec, config, created_ms, ", Damaged(kModels),
+                   " FROM models ORDER BY name");
   Statement st(db_, sql.c_str());
   std::vector<ModelRow> rows;
   while (true) {

@@ -635,8 +635,9 @@ TEST(CatalogTest, ARowDamagedInItsModelNameStopsTheOpen) {
       ASSERT_TRUE((*catalog)->InsertJob({"j", "m", 0, 0, 10, 1, "queued", -1, 5, "", ""}).ok());
     }
     // The damage, written around the checksum (its trigger dropped; the open restores it).
-    ASSERT_NO_FATAL_FAILURE(RawExec(path, absl::StrCat("DROP TRIGGER ", table, "_crc_update; UPDATE ",
-                                                       table, " SET model = 'l'")));
+    ASSERT_NO_FATAL_FAILURE(RawExec(
+        path, absl::StrCat("DROP TRIGGER ", table, "_crc_update; UPDATE ", table,
+                           " SET model = 'l'")));
     auto refused = Catalog::Open(path);
     ASSERT_FALSE(refused.ok());
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss) << refused.status();
