@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "core/status_macros.h"
 #include "server/crc32c.h"
 
@@ -98,11 +99,20 @@ void RowCrcFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   sqlite3_result_int64(ctx, crc);
 }
 
-// The triggers that set each row's checksum after an insert or an update of its columns (the
-// checksum's own update does not fire them again).
+// The start of the error a trigger raises when a write would change a row whose checksum no
+// longer matches; the table's name follows (SQLite 3.40 takes only a literal there).
+constexpr absl::string_view kDamagedRaise = "adaptd damaged row in table ";
+
+// The triggers that keep each row's checksum: after an insert or an update of its columns they
+// set it (the checksum's own update does not fire them again), and before such an update they
+// check the row as it stands. Without that check, a row damaged while the server runs would be
+// given a fresh checksum over its damaged bytes by the server's next update of it.
 std::string RowCrcTriggers() {
   std::string sql;
   for (const Table& t : kTables) {
+    absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_check BEFORE UPDATE OF ",
+                    t.columns, " ON ", t.name, " WHEN OLD.crc IS NOT ", RowCrc(t, "OLD."),
+                    " BEGIN SELECT RAISE(ABORT, '", kDamagedRaise, t.name, "'); END;\n");
     const std::string set = absl::StrCat("BEGIN UPDATE ", t.name, " SET crc = ", RowCrc(t, "NEW."),
                                          " WHERE rowid = NEW.rowid; END;\n");
     absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_insert AFTER INSERT ON ",
@@ -113,10 +123,25 @@ std::string RowCrcTriggers() {
   return sql;
 }
 
+// DATA_LOSS for a row of `what` whose bytes do not match its checksum.
+absl::Status DamagedRow(sqlite3* db, const std::string& what) {
+  const char* file = sqlite3_db_filename(db, "main");
+  return absl::DataLossError(absl::StrCat(
+      "catalog ", file != nullptr ? file : "", ": the row of ", what,
+      " does not match its checksum: the file was damaged on disk (restore catalog.sqlite from a "
+      "backup)"));
+}
+
 // The failure of the last call on `db`, naming the catalog's file. A full disk or quota is
 // RESOURCE_EXHAUSTED (worth a retry once space is freed), with the system's reason where SQLite
-// kept one ("disk I/O error" alone does not say that the disk is full).
+// kept one ("disk I/O error" alone does not say that the disk is full). A write refused by the
+// checksum check is DATA_LOSS.
 absl::Status SqlError(sqlite3* db, const std::string& what, const char* message = nullptr) {
+  absl::string_view raised = sqlite3_errmsg(db);
+  if (sqlite3_extended_errcode(db) == SQLITE_CONSTRAINT_TRIGGER &&
+      absl::ConsumePrefix(&raised, kDamagedRaise)) {
+    return DamagedRow(db, absl::StrCat("table ", raised, " that this write would change"));
+  }
   const int code = sqlite3_errcode(db) & 0xff;
   const int sys =
       code == SQLITE_IOERR || code == SQLITE_FULL || code == SQLITE_CANTOPEN ? sqlite3_system_errno(db) : 0;
@@ -193,15 +218,6 @@ std::vector<int64_t> SplitClasses(const std::string& s) {
     pos = comma + 1;
   }
   return out;
-}
-
-// DATA_LOSS for a row of `what` whose bytes do not match its checksum.
-absl::Status DamagedRow(sqlite3* db, const std::string& what) {
-  const char* file = sqlite3_db_filename(db, "main");
-  return absl::DataLossError(absl::StrCat(
-      "catalog ", file != nullptr ? file : "", ": the row of ", what,
-      " does not match its checksum: the file was damaged on disk (restore catalog.sqlite from a "
-      "backup)"));
 }
 
 }  // namespace

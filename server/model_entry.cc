@@ -1300,8 +1300,11 @@ void ModelEntry::EndJob(const std::shared_ptr<Job>& job, v1::JobState state,
     // the user looks, rather than let the job come back unannounced.
     std::fprintf(stderr, "adaptd: the end of job %s was not recorded: %s\n", job->id().c_str(),
                  recorded.ToString().c_str());
+    // A damaged row (DATA_LOSS) keeps the model offline at the next start instead.
     absl::StrAppend(&shown, " (not recorded in the catalog: ", recorded.message(),
-                    state == v1::JOB_STATE_CANCELLED
+                    recorded.code() == absl::StatusCode::kDataLoss
+                        ? "; the next start keeps the model offline until the catalog is restored)"
+                    : state == v1::JOB_STATE_CANCELLED
                         ? "; its cancel is, so a restart ends it as cancelled)"
                         : "; a restart runs the job again)");
   }

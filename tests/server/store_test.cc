@@ -456,6 +456,26 @@ TEST(CatalogTest, PublishIsOneTransactionAndDeleteRemovesEveryRow) {
   EXPECT_EQ(*(*reopened)->Dump(), "");
 }
 
+// Models m and n, each with a row in every table, written through every kind of write: two
+// tasks, a job (started, grown and ended by a publish) and two versions. Model m's values are
+// unique in the file, for damage to find.
+void AddModelsMAndN(Catalog& cat) {
+  for (const std::string m : {"m", "n"}) {
+    ASSERT_TRUE(cat.InsertModel({m, "spec", "settings-of-model-" + m, 1}).ok());
+    ASSERT_TRUE(cat.UpsertTask(m, {0, {0, 1}}).ok());
+    ASSERT_TRUE(cat.UpsertTask(m, {1, m == "m" ? std::vector<int64_t>{31415, 27182}
+                                               : std::vector<int64_t>{2, 3}}).ok());
+    ASSERT_TRUE(cat.SetTaskLogBytes(m, 1, 4096).ok());
+    ASSERT_TRUE(cat.InsertJob({"job-" + m, m, 1, 0, 10, 1, "queued", -1, 5, "", ""}).ok());
+    ASSERT_TRUE(cat.StartJob("job-" + m, 0, 10, "settings", 2, "running").ok());
+    ASSERT_TRUE(cat.GrowJob("job-" + m, 12).ok());
+    ASSERT_TRUE(cat.Publish(m, {0, "info-of-version-0-" + m, 1}, "", 0, "", "").ok());
+    ASSERT_TRUE(cat.Publish(m, {1, "info-of-version-1-" + m, 2}, "job-" + m, 3,
+                            "message-of-job-" + m, "progress").ok());
+    ASSERT_TRUE(cat.UpdateModelConfig(m, "settings-of-model-" + m).ok());
+  }
+}
+
 // A value damaged on disk reads back from SQLite as another valid value (a flipped byte in a
 // stored config once changed a model's epochs). Every row's checksum finds it: ListModels marks
 // the model's row, and the lists of a model's tasks, versions and jobs fail with DATA_LOSS,
@@ -477,21 +497,7 @@ TEST(CatalogTest, ARowDamagedOnDiskIsFoundWhenRead) {
     {
       auto catalog = Catalog::Open(path);
       ASSERT_TRUE(catalog.ok()) << catalog.status();
-      for (const std::string m : {"m", "n"}) {
-        Catalog& cat = **catalog;
-        ASSERT_TRUE(cat.InsertModel({m, "spec", "settings-of-model-" + m, 1}).ok());
-        ASSERT_TRUE(cat.UpsertTask(m, {0, {0, 1}}).ok());
-        ASSERT_TRUE(cat.UpsertTask(m, {1, m == "m" ? std::vector<int64_t>{31415, 27182}
-                                                   : std::vector<int64_t>{2, 3}}).ok());
-        ASSERT_TRUE(cat.SetTaskLogBytes(m, 1, 4096).ok());
-        ASSERT_TRUE(cat.InsertJob({"job-" + m, m, 1, 0, 10, 1, "queued", -1, 5, "", ""}).ok());
-        ASSERT_TRUE(cat.StartJob("job-" + m, 0, 10, "settings", 2, "running").ok());
-        ASSERT_TRUE(cat.GrowJob("job-" + m, 12).ok());
-        ASSERT_TRUE(cat.Publish(m, {0, "info-of-version-0-" + m, 1}, "", 0, "", "").ok());
-        ASSERT_TRUE(cat.Publish(m, {1, "info-of-version-1-" + m, 2}, "job-" + m, 3,
-                                "message-of-job-" + m, "progress").ok());
-        ASSERT_TRUE(cat.UpdateModelConfig(m, "settings-of-model-" + m).ok());
-      }
+      ASSERT_NO_FATAL_FAILURE(AddModelsMAndN(**catalog));
     }  // closing the last connection moves every row from the write-ahead log into the file
     ASSERT_NO_FATAL_FAILURE(FlipBitIn(path, c.bytes));
     auto catalog = Catalog::Open(path);
@@ -542,6 +548,93 @@ TEST(CatalogTest, AWriteByAnotherProgramIsRefused) {
   ASSERT_EQ(models->size(), 1u);
   EXPECT_EQ((*models)[0].config, "settings");
   EXPECT_FALSE((*models)[0].damaged);
+}
+
+// Changes a row the way damage on disk would, while the server's connection stays open: `sql`
+// runs with the table's checksum triggers set aside, and they are put back as they were, in one
+// transaction.
+void DamageAroundTheChecksum(const std::string& path, const std::string& table,
+                             const std::string& sql) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  std::string drop, create;
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                                   "AND tbl_name = ?", -1, &st, nullptr), SQLITE_OK);
+  sqlite3_bind_text(st, 1, table.c_str(), -1, SQLITE_TRANSIENT);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    absl::StrAppend(&drop, "DROP TRIGGER ", reinterpret_cast<const char*>(sqlite3_column_text(st, 0)),
+                    ";");
+    absl::StrAppend(&create, reinterpret_cast<const char*>(sqlite3_column_text(st, 1)), ";");
+  }
+  sqlite3_finalize(st);
+  const std::string all = absl::StrCat("BEGIN IMMEDIATE;", drop, sql, ";", create, "COMMIT;");
+  const int rc = sqlite3_exec(db, all.c_str(), nullptr, nullptr, nullptr);
+  const std::string error = sqlite3_errmsg(db);
+  sqlite3_close(db);
+  ASSERT_FALSE(drop.empty()) << "no triggers on " << table;
+  ASSERT_EQ(rc, SQLITE_OK) << all << ": " << error;
+}
+
+// A row damaged while the server runs is not given a fresh checksum by the server's next update
+// of it: the update is refused with DATA_LOSS, the row stays as the damage left it, and its
+// list still reports it. The other model's rows update as before.
+TEST(CatalogTest, AnUpdateOfARowDamagedWhileOpenIsRefused) {
+  struct Case {
+    const char* table;
+    const char* damage;  // of model m's row, in a column the update leaves alone
+  };
+  const Case cases[] = {{"models", "UPDATE models SET created_ms = 9 WHERE name = 'm'"},
+                        {"tasks", "UPDATE tasks SET classes = '2,7' WHERE model = 'm' AND task_id = 1"},
+                        {"versions",
+                         "UPDATE versions SET checkpoint_crc = 9 WHERE model = 'm' AND version = 1"},
+                        {"jobs", "UPDATE jobs SET message = 'other' WHERE model = 'm'"}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.table);
+    TempDir tmp;
+    const std::string path = tmp.path() + "/catalog.sqlite";
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    Catalog& cat = **catalog;
+    ASSERT_NO_FATAL_FAILURE(AddModelsMAndN(cat));
+    ASSERT_NO_FATAL_FAILURE(DamageAroundTheChecksum(path, c.table, c.damage));
+    for (const std::string m : {"m", "n"}) {
+      const absl::Status updates[] = {
+          cat.UpdateModelConfig(m, "new settings"), cat.SetTaskLogBytes(m, 1, 8192),
+          cat.UpdateVersionInfos(m, {{1, "new info", 0}}),
+          cat.UpdateJob("job-" + m, 4, "failed", -1, "")};
+      const char* tables[] = {"models", "tasks", "versions", "jobs"};
+      for (int i = 0; i < 4; ++i) {
+        if (m == "n" || c.table != std::string(tables[i])) {
+          EXPECT_TRUE(updates[i].ok()) << m << " " << tables[i] << ": " << updates[i];
+          continue;
+        }
+        EXPECT_EQ(updates[i].code(), absl::StatusCode::kDataLoss) << updates[i];
+        EXPECT_THAT(std::string(updates[i].message()),
+                    ::testing::AllOf(::testing::HasSubstr(absl::StrCat(
+                                         "the row of table ", c.table, " that this write would "
+                                         "change does not match its checksum")),
+                                     ::testing::HasSubstr(path)));
+      }
+    }
+    // m's refused row is as the damage left it, and still reads as damaged.
+    auto models = cat.ListModels();
+    ASSERT_TRUE(models.ok()) << models.status();
+    const bool model_row = std::string(c.table) == "models";
+    EXPECT_EQ((*models)[0].damaged, model_row);
+    EXPECT_EQ((*models)[0].created_ms, model_row ? 9 : 1);
+    EXPECT_EQ((*models)[0].config, model_row ? "settings-of-model-m" : "new settings");
+    EXPECT_EQ((*models)[1].config, "new settings");
+    const absl::Status lists[] = {cat.ListTasks("m").status(), cat.ListVersions("m").status(),
+                                  cat.ListJobs("m").status()};
+    const char* listed[] = {"tasks", "versions", "jobs"};
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(lists[i].code(), c.table == std::string(listed[i]) ? absl::StatusCode::kDataLoss
+                                                                   : absl::StatusCode::kOk)
+          << listed[i] << ": " << lists[i];
+    }
+  }
 }
 
 // A jobs table as an older release wrote it: the first release's columns plus `more`, with
@@ -634,10 +727,8 @@ TEST(CatalogTest, ARowDamagedInItsModelNameStopsTheOpen) {
       ASSERT_TRUE((*catalog)->Publish("m", {0, "info", 1}, "", 0, "", "").ok());
       ASSERT_TRUE((*catalog)->InsertJob({"j", "m", 0, 0, 10, 1, "queued", -1, 5, "", ""}).ok());
     }
-    // The damage, written around the checksum (its trigger dropped; the open restores it).
-    ASSERT_NO_FATAL_FAILURE(RawExec(
-        path, absl::StrCat("DROP TRIGGER ", table, "_crc_update; UPDATE ", table,
-                           " SET model = 'l'")));
+    ASSERT_NO_FATAL_FAILURE(
+        DamageAroundTheChecksum(path, table, absl::StrCat("UPDATE ", table, " SET model = 'l'")));
     auto refused = Catalog::Open(path);
     ASSERT_FALSE(refused.ok());
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss) << refused.status();
