@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -53,15 +54,13 @@ constexpr Table kJobs{"jobs",
                       "created_ms, config, progress, cancel_requested"};
 constexpr Table kTables[] = {kModels, kTasks, kVersions, kJobs};
 
-// `columns` with each name prefixed ("NEW." inside a trigger).
-std::string Prefixed(const char* columns, const char* prefix) {
-  std::vector<std::string> names = absl::StrSplit(columns, ", ");
-  for (std::string& n : names) n = absl::StrCat(prefix, n);
-  return absl::StrJoin(names, ", ");
-}
-
-std::string RowCrc(const Table& t, const char* prefix = "") {
-  return absl::StrCat(kRowCrcFunction, "(", Prefixed(t.columns, prefix), ")");
+// The checksum of a row of `t`, its columns named with `prefix` ("NEW." inside a trigger), and
+// with the SQL `value` in place of the column `swapped` where one is given.
+std::string RowCrc(const Table& t, const std::string& prefix = "", absl::string_view swapped = "",
+                   absl::string_view value = "") {
+  std::vector<std::string> names = absl::StrSplit(t.columns, ", ");
+  for (std::string& n : names) n = n == swapped ? std::string(value) : absl::StrCat(prefix, n);
+  return absl::StrCat(kRowCrcFunction, "(", absl::StrJoin(names, ", "), ")");
 }
 
 // A select-list entry that is 1 where the row's checksum does not match its columns.
@@ -106,13 +105,15 @@ constexpr absl::string_view kDamagedRaise = "adaptd damaged row in table ";
 // The triggers that keep each row's checksum: after an insert or an update of its columns they
 // set it (the checksum's own update does not fire them again), and before such an update they
 // check the row as it stands. Without that check, a row damaged while the server runs would be
-// given a fresh checksum over its damaged bytes by the server's next update of it.
+// given a fresh checksum over its damaged bytes by the server's next update of it. An update
+// that makes a damaged row match its checksum again restores it, and passes.
 std::string RowCrcTriggers() {
   std::string sql;
   for (const Table& t : kTables) {
     absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_check BEFORE UPDATE OF ",
                     t.columns, " ON ", t.name, " WHEN OLD.crc IS NOT ", RowCrc(t, "OLD."),
-                    " BEGIN SELECT RAISE(ABORT, '", kDamagedRaise, t.name, "'); END;\n");
+                    " AND OLD.crc IS NOT ", RowCrc(t, "NEW."), " BEGIN SELECT RAISE(ABORT, '",
+                    kDamagedRaise, t.name, "'); END;\n");
     const std::string set = absl::StrCat("BEGIN UPDATE ", t.name, " SET crc = ", RowCrc(t, "NEW."),
                                          " WHERE rowid = NEW.rowid; END;\n");
     absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_insert AFTER INSERT ON ",
@@ -253,7 +254,7 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
   ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(kSchema));
   ADAPTD_RETURN_IF_ERROR(catalog->MigrateLocked());
   ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(RowCrcTriggers()));
-  ADAPTD_RETURN_IF_ERROR(catalog->CheckOwnersLocked());
+  ADAPTD_RETURN_IF_ERROR(catalog->CheckKeysLocked());
   return catalog;
 }
 
@@ -325,21 +326,54 @@ absl::Status Catalog::CheckIntegrityLocked() {
       "`sqlite3 catalog.sqlite REINDEX` rebuilds them from the rows"));
 }
 
-absl::Status Catalog::CheckOwnersLocked() {
-  // A row whose checksum fails and whose model is not a model row was damaged in its key: which
-  // model lost it cannot be told, so no model's check would find it.
+absl::Status Catalog::CheckKeysLocked() {
+  // A row damaged in its model's name alone lists under another name: a model's that does not
+  // exist (no model's check would see it), or another model's (that model would go offline, and
+  // the one that lost the row would not notice; names one bit apart, "m1" and "m3", are common).
+  // Its checksum still matches its other columns under its true name, so each damaged row is
+  // tried under every model's name: a match (a chance one has odds of 2^-32 per name) restores
+  // it. A row that names no model and matches none stops the open.
   for (const Table& t : {kTasks, kVersions, kJobs}) {
-    const std::string sql =
-        absl::StrCat("SELECT rowid, model FROM ", t.name, " WHERE ", Damaged(t),
-                     " AND model NOT IN (SELECT name FROM models) LIMIT 1");
-    Statement st(db_, sql.c_str());
-    ADAPTD_ASSIGN_OR_RETURN(bool found, st.Next());
-    if (!found) continue;
-    return DamagedRow(db_, absl::StrCat(
-        "rowid ", st.Int(0), " in table ", t.name, ", which names no model (\"",
-        absl::CHexEscape(st.Bytes(1)), "\"), so its key was damaged and the model that lost it "
-        "cannot be told; to go on without the row, delete it: sqlite3 catalog.sqlite "
-        "'DELETE FROM ", t.name, " WHERE rowid = ", st.Int(0), "'"));
+    std::vector<std::pair<int64_t, std::string>> damaged;  // rowid, model
+    {
+      const std::string sql = absl::StrCat("SELECT rowid, model FROM ", t.name, " WHERE ", Damaged(t));
+      Statement st(db_, sql.c_str());
+      while (true) {
+        ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+        if (!more) break;
+        damaged.emplace_back(st.Int(0), st.Bytes(1));
+      }
+    }
+    for (const auto& [rowid, model] : damaged) {
+      const std::string find = absl::StrCat(
+          "SELECT models.name FROM models, ", t.name, " WHERE ", t.name, ".rowid = ? AND models.name "
+          "IS NOT ", t.name, ".model AND ", t.name, ".crc = ",
+          RowCrc(t, absl::StrCat(t.name, "."), "model", "models.name"));
+      Statement st(db_, find.c_str());
+      st.Bind(rowid);
+      ADAPTD_ASSIGN_OR_RETURN(const bool matched, st.Next());
+      if (matched) {
+        const std::string owner = st.Bytes(0);
+        const std::string restore =
+            absl::StrCat("UPDATE ", t.name, " SET model = ? WHERE rowid = ?");
+        ADAPTD_RETURN_IF_ERROR(Statement(db_, restore.c_str()).Bind(owner).Bind(rowid).Run());
+        std::fprintf(stderr,
+                     "adaptd: catalog: rowid %lld in table %s named model \"%s\", but its checksum "
+                     "matches it under model \"%s\": its name was damaged on disk, and is restored\n",
+                     static_cast<long long>(rowid), t.name, absl::CHexEscape(model).c_str(),
+                     owner.c_str());
+        continue;
+      }
+      Statement known(db_, "SELECT 1 FROM models WHERE name = ?");
+      known.Bind(model);
+      ADAPTD_ASSIGN_OR_RETURN(const bool named, known.Next());
+      if (named) continue;  // that model's own check finds it
+      return DamagedRow(db_, absl::StrCat(
+          "rowid ", rowid, " in table ", t.name, ", which names no model (\"",
+          absl::CHexEscape(model), "\"), so its key was damaged and the model that lost it "
+          "cannot be told; to go on without the row, delete it: sqlite3 catalog.sqlite "
+          "'DELETE FROM ", t.name, " WHERE rowid = ", rowid, "'"));
+    }
   }
   return absl::OkStatus();
 }
@@ -425,6 +459,44 @@ absl::Status Catalog::SetTaskLogBytes(const std::string& model, int64_t task_id,
     return absl::NotFoundError(absl::StrCat("catalog: no task ", task_id, " of model ", model));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> Catalog::RestoreModelNames(
+    const std::vector<std::string>& names) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> damaged;
+  {
+    const std::string sql = absl::StrCat("SELECT name FROM models WHERE ", Damaged(kModels));
+    Statement st(db_, sql.c_str());
+    while (true) {
+      ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+      if (!more) break;
+      damaged.push_back(st.Bytes(0));
+    }
+  }
+  const std::string match = absl::StrCat("SELECT 1 FROM models WHERE name = ? AND crc = ",
+                                         RowCrc(kModels, "", "name", "?"));
+  std::vector<std::string> restored;
+  for (const std::string& name : damaged) {
+    for (const std::string& candidate : names) {
+      Statement st(db_, match.c_str());
+      st.Bind(name).Bind(candidate);
+      ADAPTD_ASSIGN_OR_RETURN(const bool matched, st.Next());
+      if (!matched) continue;
+      ADAPTD_RETURN_IF_ERROR(Statement(db_, "UPDATE models SET name = ? WHERE name = ?")
+                                 .Bind(candidate)
+                                 .Bind(name)
+                                 .Run());
+      std::fprintf(stderr,
+                   "adaptd: catalog: the row of model \"%s\" matches its checksum under the name "
+                   "\"%s\", whose directory no row listed: its name was damaged on disk, and is "
+                   "restored\n",
+                   absl::CHexEscape(name).c_str(), candidate.c_str());
+      restored.push_back(candidate);
+      break;
+    }
+  }
+  return restored;
 }
 
 absl::StatusOr<std::vector<TaskRow>> Catalog::ListTasks(const std::string& model) {

@@ -77,6 +77,9 @@ class Catalog {
   // Removes the model and every row that belongs to it, in one transaction.
   absl::Status DeleteModel(const std::string& name);
   absl::StatusOr<std::vector<ModelRow>> ListModels();
+  // A damaged model row whose checksum matches under one of `names` (the model directories that
+  // no row lists) was hit in its name alone: it gets that name back. Returns the names restored.
+  absl::StatusOr<std::vector<std::string>> RestoreModelNames(const std::vector<std::string>& names);
 
   absl::Status UpsertTask(const std::string& model, const TaskRow& row);
   // Records where the task's log's acknowledged streams now end; NOT_FOUND without its row.
@@ -133,8 +136,9 @@ class Catalog {
   absl::Status AddColumnsLocked(absl::Span<const Added> added);  // in a transaction
   // DATA_LOSS unless SQLite's integrity check passes (the pages and the indexes).
   absl::Status CheckIntegrityLocked();
-  // DATA_LOSS for a damaged row that names no model (its key was hit).
-  absl::Status CheckOwnersLocked();
+  // Restores the model's name of a damaged row whose checksum matches under another model's
+  // name; DATA_LOSS for a damaged row that names no model and matches none.
+  absl::Status CheckKeysLocked();
   absl::Status CommitLocked();
   std::mutex mu_;
   sqlite3* db_;

@@ -79,6 +79,22 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   ADAPTD_ASSIGN_OR_RETURN(r.lock_, DirectoryLock::Acquire(options.data_dir));
   ADAPTD_ASSIGN_OR_RETURN(r.catalog_, Catalog::Open(options.data_dir + "/catalog.sqlite"));
   ADAPTD_ASSIGN_OR_RETURN(std::vector<ModelRow> rows, r.catalog_->ListModels());
+  // A model row damaged in its name alone lists under a name no directory has, and its own
+  // directory under no row: its checksum matches under that directory's name, which it gets
+  // back.
+  if (std::any_of(rows.begin(), rows.end(), [](const ModelRow& row) { return row.damaged; })) {
+    std::set<std::string> listed;
+    for (const ModelRow& row : rows) listed.insert(row.name);
+    std::vector<std::string> unlisted;
+    for (const std::string& dir : ListDir(options.data_dir + "/models")) {
+      if (listed.count(dir) == 0) unlisted.push_back(dir);
+    }
+    ADAPTD_ASSIGN_OR_RETURN(const std::vector<std::string> restored,
+                            r.catalog_->RestoreModelNames(unlisted));
+    if (!restored.empty()) {
+      ADAPTD_ASSIGN_OR_RETURN(rows, r.catalog_->ListModels());
+    }
+  }
   std::set<std::string> known;
   // One damaged model must not keep the others offline: it stays on disk, with the reason, for
   // inspection until DeleteModel removes it.
