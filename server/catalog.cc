@@ -2,12 +2,16 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <utility>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -54,13 +58,18 @@ constexpr Table kJobs{"jobs",
                       "created_ms, config, progress, cancel_requested"};
 constexpr Table kTables[] = {kModels, kTasks, kVersions, kJobs};
 
-// The checksum of a row of `t`, its columns named with `prefix` ("NEW." inside a trigger), and
-// with the SQL `value` in place of the column `swapped` where one is given.
-std::string RowCrc(const Table& t, const std::string& prefix = "", absl::string_view swapped = "",
-                   absl::string_view value = "") {
+// The columns of a row of `t`, named with `prefix` ("NEW." inside a trigger), and with the SQL
+// `value` in place of the column `swapped` where one is given; and their checksum.
+std::string Columns(const Table& t, const std::string& prefix, absl::string_view swapped,
+                    absl::string_view value) {
   std::vector<std::string> names = absl::StrSplit(t.columns, ", ");
   for (std::string& n : names) n = n == swapped ? std::string(value) : absl::StrCat(prefix, n);
-  return absl::StrCat(kRowCrcFunction, "(", absl::StrJoin(names, ", "), ")");
+  return absl::StrJoin(names, ", ");
+}
+
+std::string RowCrc(const Table& t, const std::string& prefix = "", absl::string_view swapped = "",
+                   absl::string_view value = "") {
+  return absl::StrCat(kRowCrcFunction, "(", Columns(t, prefix, swapped, value), ")");
 }
 
 // A select-list entry that is 1 where the row's checksum does not match its columns.
@@ -106,22 +115,26 @@ constexpr absl::string_view kDamagedRaise = "adaptd damaged row in table ";
 // set it (the checksum's own update does not fire them again), and before such an update they
 // check the row as it stands. Without that check, a row damaged while the server runs would be
 // given a fresh checksum over its damaged bytes by the server's next update of it. An update
-// that makes a damaged row match its checksum again restores it, and passes.
-std::string RowCrcTriggers() {
-  std::string sql;
+// that makes a damaged row match its checksum again restores it, and passes. Each open puts
+// back any whose text differs (SQLite keeps a trigger's statement as written, without the final
+// semicolon), so that a catalog written by another release runs this release's triggers.
+std::vector<std::pair<std::string, std::string>> RowCrcTriggers() {
+  std::vector<std::pair<std::string, std::string>> triggers;  // name, CREATE statement
+  const auto create = [&triggers](const std::string& name, const std::string& rest) {
+    triggers.emplace_back(name, absl::StrCat("CREATE TRIGGER ", name, " ", rest));
+  };
   for (const Table& t : kTables) {
-    absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_check BEFORE UPDATE OF ",
-                    t.columns, " ON ", t.name, " WHEN OLD.crc IS NOT ", RowCrc(t, "OLD."),
-                    " AND OLD.crc IS NOT ", RowCrc(t, "NEW."), " BEGIN SELECT RAISE(ABORT, '",
-                    kDamagedRaise, t.name, "'); END;\n");
+    create(absl::StrCat(t.name, "_crc_check"),
+           absl::StrCat("BEFORE UPDATE OF ", t.columns, " ON ", t.name, " WHEN OLD.crc IS NOT ",
+                        RowCrc(t, "OLD."), " AND OLD.crc IS NOT ", RowCrc(t, "NEW."),
+                        " BEGIN SELECT RAISE(ABORT, '", kDamagedRaise, t.name, "'); END"));
     const std::string set = absl::StrCat("BEGIN UPDATE ", t.name, " SET crc = ", RowCrc(t, "NEW."),
-                                         " WHERE rowid = NEW.rowid; END;\n");
-    absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_insert AFTER INSERT ON ",
-                    t.name, " ", set);
-    absl::StrAppend(&sql, "CREATE TRIGGER IF NOT EXISTS ", t.name, "_crc_update AFTER UPDATE OF ",
-                    t.columns, " ON ", t.name, " ", set);
+                                         " WHERE rowid = NEW.rowid; END");
+    create(absl::StrCat(t.name, "_crc_insert"), absl::StrCat("AFTER INSERT ON ", t.name, " ", set));
+    create(absl::StrCat(t.name, "_crc_update"),
+           absl::StrCat("AFTER UPDATE OF ", t.columns, " ON ", t.name, " ", set));
   }
-  return sql;
+  return triggers;
 }
 
 // DATA_LOSS for a row of `what` whose bytes do not match its checksum.
@@ -253,7 +266,7 @@ absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) 
   ADAPTD_RETURN_IF_ERROR(catalog->CheckIntegrityLocked());
   ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(kSchema));
   ADAPTD_RETURN_IF_ERROR(catalog->MigrateLocked());
-  ADAPTD_RETURN_IF_ERROR(catalog->ExecLocked(RowCrcTriggers()));
+  ADAPTD_RETURN_IF_ERROR(catalog->PutBackTriggersLocked());
   ADAPTD_RETURN_IF_ERROR(catalog->CheckKeysLocked());
   return catalog;
 }
@@ -286,13 +299,37 @@ absl::Status Catalog::MigrateLocked() {
   if (missing.empty()) return absl::OkStatus();
   // One transaction: a crash between a column's addition and its fill must not leave the
   // column there and empty (every row would then read as damaged).
+  return InTransactionLocked([&]() -> absl::Status { return AddColumnsLocked(missing); });
+}
+
+absl::Status Catalog::InTransactionLocked(const std::function<absl::Status()>& body) {
   ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
-  absl::Status status = AddColumnsLocked(missing);
+  const absl::Status status = body();
   if (!status.ok()) {
     (void)ExecLocked("ROLLBACK");
     return status;
   }
   return CommitLocked();
+}
+
+absl::Status Catalog::PutBackTriggersLocked() {
+  std::map<std::string, std::string> stored;
+  {
+    Statement st(db_, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'");
+    while (true) {
+      ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
+      if (!more) break;
+      stored[st.Bytes(0)] = st.Bytes(1);
+    }
+  }
+  std::string sql;
+  for (const auto& [name, create] : RowCrcTriggers()) {
+    const auto it = stored.find(name);
+    if (it != stored.end() && it->second == create) continue;
+    absl::StrAppend(&sql, "DROP TRIGGER IF EXISTS ", name, "; ", create, ";\n");
+  }
+  if (sql.empty()) return absl::OkStatus();  // an open that finds them current writes nothing
+  return InTransactionLocked([&]() -> absl::Status { return ExecLocked(sql); });
 }
 
 absl::Status Catalog::AddColumnsLocked(absl::Span<const Added> added) {
@@ -308,9 +345,7 @@ absl::Status Catalog::AddColumnsLocked(absl::Span<const Added> added) {
   return absl::OkStatus();
 }
 
-absl::Status Catalog::CheckIntegrityLocked() {
-  // Indexes are SQLite's, not checksummed: a damaged entry would hide its row from a lookup by
-  // model, and a version hidden so would read as one that a crash left unpublished.
+absl::StatusOr<std::vector<std::string>> Catalog::IntegrityProblemsLocked() {
   Statement st(db_, "PRAGMA integrity_check(10)");
   std::vector<std::string> problems;
   while (true) {
@@ -318,12 +353,124 @@ absl::Status Catalog::CheckIntegrityLocked() {
     if (!more) break;
     if (st.Bytes(0) != "ok") problems.push_back(st.Bytes(0));
   }
+  return problems;
+}
+
+absl::Status Catalog::CheckIntegrityLocked() {
+  // Indexes are SQLite's, not checksummed: a damaged entry would hide its row from a lookup by
+  // model, and a version hidden so would read as one that a crash left unpublished.
+  ADAPTD_ASSIGN_OR_RETURN(std::vector<std::string> problems, IntegrityProblemsLocked());
+  if (problems.empty()) return absl::OkStatus();
+  // A row hit in its key (a model's name, a task's or version's model) disagrees with the index
+  // of its key, and may now hold another row's key, so that a REINDEX fails on the duplicate.
+  // If such indexes are all that is named, their tables are rebuilt from their rows, a task's,
+  // version's or job's model name restored where its checksum matches under another model's.
+  // The check lists at most 10 problems, so a table named only once the others are mended is
+  // rebuilt in a later round; each table is rebuilt once at most.
+  std::vector<std::string> rebuilt_tables;
+  std::string rebuild_failed;
+  while (!problems.empty() && rebuild_failed.empty()) {
+    std::vector<std::string> keyed;  // the tables whose key index the problems name
+    bool only_keys = true;
+    for (const std::string& p : problems) {
+      const auto named = std::find_if(std::begin(kTables), std::end(kTables), [&](const Table& t) {
+        return absl::StrContains(p, absl::StrCat("index sqlite_autoindex_", t.name, "_1"));
+      });
+      if (named == std::end(kTables)) {
+        only_keys = false;
+      } else if (std::find(keyed.begin(), keyed.end(), named->name) == keyed.end()) {
+        keyed.push_back(named->name);
+      }
+    }
+    if (!only_keys) break;
+    for (const std::string& t : keyed) {
+      if (std::find(rebuilt_tables.begin(), rebuilt_tables.end(), t) != rebuilt_tables.end()) {
+        only_keys = false;  // rebuilt already, and its index still disagrees: not ours to mend
+      }
+    }
+    if (!only_keys) break;
+    const absl::Status rebuilt = InTransactionLocked([&]() -> absl::Status {
+      for (const std::string& t : keyed) ADAPTD_RETURN_IF_ERROR(RebuildRestoringNamesLocked(t));
+      return absl::OkStatus();
+    });
+    if (absl::IsDataLoss(rebuilt)) {
+      rebuild_failed = absl::StrCat("; rebuilding the table from its rows was undone: ",
+                                    rebuilt.message());
+      break;
+    }
+    if (!rebuilt.ok()) {  // not the data's fault (a full disk, say): the same status, explained
+      return absl::Status(rebuilt.code(), absl::StrCat("rebuilding a table of the catalog whose "
+                                                       "index disagrees with its rows: ",
+                                                       rebuilt.message()));
+    }
+    rebuilt_tables.insert(rebuilt_tables.end(), keyed.begin(), keyed.end());
+    ADAPTD_ASSIGN_OR_RETURN(problems, IntegrityProblemsLocked());
+  }
   if (problems.empty()) return absl::OkStatus();
   const char* file = sqlite3_db_filename(db_, "main");
   return absl::DataLossError(absl::StrCat(
       "catalog ", file != nullptr ? file : "", " fails SQLite's integrity check (",
-      absl::StrJoin(problems, "; "), "): restore it from a backup; if only indexes are named, "
-      "`sqlite3 catalog.sqlite REINDEX` rebuilds them from the rows"));
+      absl::StrJoin(problems, "; "), rebuild_failed, "): restore it from a backup",
+      rebuild_failed.empty() ? "; if only indexes are named, `sqlite3 catalog.sqlite REINDEX` "
+                               "rebuilds them from the rows"
+                             : ""));
+}
+
+absl::Status Catalog::RebuildRestoringNamesLocked(const std::string& table) {
+  const Table& t = *std::find_if(std::begin(kTables), std::end(kTables),
+                                 [&](const Table& k) { return table == k.name; });
+  // The table as this catalog declares it (with any column a migration added), under a new name
+  // (SQLite keeps the name quoted once a table was renamed, as a rebuild does). Each statement
+  // ends before the table is dropped: SQLite refuses to drop a table that a statement reads.
+  std::string create;
+  {
+    Statement st(db_, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?");
+    st.Bind(std::string(t.name));
+    ADAPTD_ASSIGN_OR_RETURN(const bool found, st.Next());
+    if (found) create = st.Bytes(0);
+  }
+  const size_t columns = create.find('(');
+  if (!absl::StartsWith(create, "CREATE TABLE ") || columns == std::string::npos) {
+    return absl::InternalError(absl::StrCat("table ", t.name, " has no declaration to copy"));
+  }
+  const std::string rebuilt = absl::StrCat(t.name, "_rebuilt");
+  create.replace(0, columns, absl::StrCat("CREATE TABLE ", rebuilt));
+  ADAPTD_RETURN_IF_ERROR(ExecLocked(create));
+  // Each row as it stands, read without the index; a damaged one whose checksum matches under
+  // another model's name gets that name (a model's own row has no model column to restore).
+  const std::string owner = absl::StrCat(
+      "(SELECT models.name FROM models WHERE models.name IS NOT r.model AND r.crc = ",
+      RowCrc(t, "r.", "model", "models.name"), ")");
+  const std::string model = absl::StrCat("CASE WHEN r.crc IS NOT ", RowCrc(t, "r."),
+                                         " THEN COALESCE(", owner, ", r.model) ELSE r.model END");
+  const absl::Status copied = ExecLocked(absl::StrCat(
+      "INSERT INTO ", rebuilt, "(rowid, ", t.columns, ", crc) SELECT r.rowid, ",
+      Columns(t, "r.", "model", model), ", r.crc FROM ", t.name, " AS r NOT INDEXED"));
+  if (!copied.ok() && (sqlite3_errcode(db_) & 0xff) == SQLITE_CONSTRAINT) {
+    // Two rows with one key: a row damaged beyond its name whose key is another row's.
+    return absl::DataLossError(copied.message());
+  }
+  ADAPTD_RETURN_IF_ERROR(copied);
+  const auto count_damaged = [&]() -> absl::StatusOr<int64_t> {
+    const std::string sql =
+        absl::StrCat("SELECT count(*) FROM ", t.name, " NOT INDEXED WHERE ", Damaged(t));
+    Statement st(db_, sql.c_str());
+    ADAPTD_ASSIGN_OR_RETURN(const bool counted, st.Next());
+    return counted ? st.Int(0) : 0;
+  };
+  ADAPTD_ASSIGN_OR_RETURN(const int64_t damaged_before, count_damaged());
+  ADAPTD_RETURN_IF_ERROR(ExecLocked(absl::StrCat("DROP TABLE ", t.name, "; ALTER TABLE ", rebuilt,
+                                                 " RENAME TO ", t.name)));
+  ADAPTD_ASSIGN_OR_RETURN(const int64_t damaged_after, count_damaged());
+  const std::string restored =
+      std::string(t.name) == kModels.name  // its names are restored from the directories' names
+          ? ""
+          : absl::StrCat(", restoring the model's name of ", damaged_before - damaged_after,
+                         " rows from their checksums");
+  std::fprintf(stderr,
+               "adaptd: catalog: the index of table %s disagreed with its rows; rebuilt it from "
+               "them%s\n", t.name, restored.c_str());
+  return absl::OkStatus();
 }
 
 absl::Status Catalog::CheckKeysLocked() {
@@ -336,7 +483,8 @@ absl::Status Catalog::CheckKeysLocked() {
   for (const Table& t : {kTasks, kVersions, kJobs}) {
     std::vector<std::pair<int64_t, std::string>> damaged;  // rowid, model
     {
-      const std::string sql = absl::StrCat("SELECT rowid, model FROM ", t.name, " WHERE ", Damaged(t));
+      const std::string sql =
+          absl::StrCat("SELECT rowid, model FROM ", t.name, " WHERE ", Damaged(t));
       Statement st(db_, sql.c_str());
       while (true) {
         ADAPTD_ASSIGN_OR_RETURN(bool more, st.Next());
@@ -346,8 +494,8 @@ absl::Status Catalog::CheckKeysLocked() {
     }
     for (const auto& [rowid, model] : damaged) {
       const std::string find = absl::StrCat(
-          "SELECT models.name FROM models, ", t.name, " WHERE ", t.name, ".rowid = ? AND models.name "
-          "IS NOT ", t.name, ".model AND ", t.name, ".crc = ",
+          "SELECT models.name FROM models, ", t.name, " WHERE ", t.name,
+          ".rowid = ? AND models.name IS NOT ", t.name, ".model AND ", t.name, ".crc = ",
           RowCrc(t, absl::StrCat(t.name, "."), "model", "models.name"));
       Statement st(db_, find.c_str());
       st.Bind(rowid);
@@ -356,10 +504,18 @@ absl::Status Catalog::CheckKeysLocked() {
         const std::string owner = st.Bytes(0);
         const std::string restore =
             absl::StrCat("UPDATE ", t.name, " SET model = ? WHERE rowid = ?");
-        ADAPTD_RETURN_IF_ERROR(Statement(db_, restore.c_str()).Bind(owner).Bind(rowid).Run());
+        const absl::Status restored = Statement(db_, restore.c_str()).Bind(owner).Bind(rowid).Run();
+        if (!restored.ok() && (sqlite3_errcode(db_) & 0xff) != SQLITE_CONSTRAINT) return restored;
+        if (!restored.ok()) {
+          return DamagedRow(db_, absl::StrCat("rowid ", rowid, " in table ", t.name,
+                                              ", whose checksum matches under model \"", owner,
+                                              "\" (restoring that name failed: ",
+                                              restored.message(), "),"));
+        }
         std::fprintf(stderr,
-                     "adaptd: catalog: rowid %lld in table %s named model \"%s\", but its checksum "
-                     "matches it under model \"%s\": its name was damaged on disk, and is restored\n",
+                     "adaptd: catalog: rowid %lld in table %s named model \"%s\", but its "
+                     "checksum matches it under model \"%s\": its name was damaged on disk, and "
+                     "is restored\n",
                      static_cast<long long>(rowid), t.name, absl::CHexEscape(model).c_str(),
                      owner.c_str());
         continue;
@@ -413,19 +569,14 @@ absl::Status Catalog::UpdateModelConfig(const std::string& name, const std::stri
 
 absl::Status Catalog::DeleteModel(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
-  ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
-  absl::Status status;
-  for (const char* sql : {"DELETE FROM models WHERE name = ?", "DELETE FROM tasks WHERE model = ?",
-                          "DELETE FROM versions WHERE model = ?",
-                          "DELETE FROM jobs WHERE model = ?"}) {
-    status = Statement(db_, sql).Bind(name).Run();
-    if (!status.ok()) break;
-  }
-  if (!status.ok()) {
-    (void)ExecLocked("ROLLBACK");
-    return status;
-  }
-  return CommitLocked();
+  return InTransactionLocked([&]() -> absl::Status {
+    for (const char* sql :
+         {"DELETE FROM models WHERE name = ?", "DELETE FROM tasks WHERE model = ?",
+          "DELETE FROM versions WHERE model = ?", "DELETE FROM jobs WHERE model = ?"}) {
+      ADAPTD_RETURN_IF_ERROR(Statement(db_, sql).Bind(name).Run());
+    }
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<std::vector<ModelRow>> Catalog::ListModels() {
@@ -477,16 +628,26 @@ absl::StatusOr<std::vector<std::string>> Catalog::RestoreModelNames(
   const std::string match = absl::StrCat("SELECT 1 FROM models WHERE name = ? AND crc = ",
                                          RowCrc(kModels, "", "name", "?"));
   std::vector<std::string> restored;
+  std::vector<std::string> left = names;  // a name goes to one row at most
   for (const std::string& name : damaged) {
-    for (const std::string& candidate : names) {
+    for (auto candidate_it = left.begin(); candidate_it != left.end(); ++candidate_it) {
+      const std::string candidate = *candidate_it;
       Statement st(db_, match.c_str());
       st.Bind(name).Bind(candidate);
       ADAPTD_ASSIGN_OR_RETURN(const bool matched, st.Next());
       if (!matched) continue;
-      ADAPTD_RETURN_IF_ERROR(Statement(db_, "UPDATE models SET name = ? WHERE name = ?")
-                                 .Bind(candidate)
-                                 .Bind(name)
-                                 .Run());
+      const absl::Status renamed = Statement(db_, "UPDATE models SET name = ? WHERE name = ?")
+                                       .Bind(candidate)
+                                       .Bind(name)
+                                       .Run();
+      if (!renamed.ok() && (sqlite3_errcode(db_) & 0xff) != SQLITE_CONSTRAINT) return renamed;
+      if (!renamed.ok()) {
+        return DamagedRow(db_, absl::StrCat("model \"", absl::CHexEscape(name),
+                                            "\", whose checksum matches under the name \"",
+                                            candidate, "\" (restoring that name failed: ",
+                                            renamed.message(), "),"));
+      }
+      left.erase(candidate_it);
       std::fprintf(stderr,
                    "adaptd: catalog: the row of model \"%s\" matches its checksum under the name "
                    "\"%s\", whose directory no row listed: its name was damaged on disk, and is "
@@ -628,54 +789,46 @@ absl::Status Catalog::Publish(const std::string& model, const VersionRow& versio
                               const std::string& job_id, int job_state,
                               const std::string& message, const std::string& progress) {
   std::lock_guard<std::mutex> lock(mu_);
-  ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
-  absl::Status status =
-      Statement(db_, "INSERT INTO versions(model, version, info, checkpoint_crc) VALUES(?, ?, ?, ?)")
-          .Bind(model)
-          .Bind(version.version)
-          .Bind(version.info, true)
-          .Bind(static_cast<int64_t>(version.checkpoint_crc))
-          .Run();
-  if (status.ok() && !job_id.empty()) {
-    status = Statement(db_,
-                       "UPDATE jobs SET state = ?, message = ?, version = ?, progress = ? "
-                       "WHERE id = ?")
-                 .Bind(job_state)
-                 .Bind(message)
-                 .Bind(version.version)
-                 .Bind(progress, true)
-                 .Bind(job_id)
-                 .Run();
-  }
-  if (!status.ok()) {
-    (void)ExecLocked("ROLLBACK");
-    return status;
-  }
-  return CommitLocked();
+  return InTransactionLocked([&]() -> absl::Status {
+    ADAPTD_RETURN_IF_ERROR(
+        Statement(db_,
+                  "INSERT INTO versions(model, version, info, checkpoint_crc) VALUES(?, ?, ?, ?)")
+            .Bind(model)
+            .Bind(version.version)
+            .Bind(version.info, true)
+            .Bind(static_cast<int64_t>(version.checkpoint_crc))
+            .Run());
+    if (job_id.empty()) return absl::OkStatus();
+    return Statement(db_,
+                     "UPDATE jobs SET state = ?, message = ?, version = ?, progress = ? "
+                     "WHERE id = ?")
+        .Bind(job_state)
+        .Bind(message)
+        .Bind(version.version)
+        .Bind(progress, true)
+        .Bind(job_id)
+        .Run();
+  });
 }
 
 absl::Status Catalog::UpdateVersionInfos(const std::string& model,
                                          const std::vector<VersionRow>& rows) {
   std::lock_guard<std::mutex> lock(mu_);
-  ADAPTD_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
-  absl::Status status;
-  for (const VersionRow& row : rows) {
-    status = Statement(db_, "UPDATE versions SET info = ? WHERE model = ? AND version = ?")
-                 .Bind(row.info, true)
-                 .Bind(model)
-                 .Bind(row.version)
-                 .Run();
-    if (status.ok() && sqlite3_changes(db_) != 1) {
-      status = absl::NotFoundError(
-          absl::StrCat("model ", model, " has no version row ", row.version, " to update"));
+  return InTransactionLocked([&]() -> absl::Status {
+    for (const VersionRow& row : rows) {
+      ADAPTD_RETURN_IF_ERROR(
+          Statement(db_, "UPDATE versions SET info = ? WHERE model = ? AND version = ?")
+              .Bind(row.info, true)
+              .Bind(model)
+              .Bind(row.version)
+              .Run());
+      if (sqlite3_changes(db_) != 1) {
+        return absl::NotFoundError(
+            absl::StrCat("model ", model, " has no version row ", row.version, " to update"));
+      }
     }
-    if (!status.ok()) break;
-  }
-  if (!status.ok()) {
-    (void)ExecLocked("ROLLBACK");
-    return status;
-  }
-  return CommitLocked();
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<std::string> Catalog::Dump() {

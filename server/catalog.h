@@ -6,6 +6,7 @@
 #define ADAPTD_SERVER_CATALOG_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -131,11 +132,21 @@ class Catalog {
 
   explicit Catalog(sqlite3* db) : db_(db) {}
   absl::Status ExecLocked(const std::string& sql);
+  // Runs `body` in one transaction, committed if it succeeds and rolled back if not.
+  absl::Status InTransactionLocked(const std::function<absl::Status()>& body);
+  // Creates the checksum triggers, or replaces those whose text differs, in one transaction.
+  absl::Status PutBackTriggersLocked();
   // Brings a catalog written by an earlier release up to the schema, in one transaction.
   absl::Status MigrateLocked();
   absl::Status AddColumnsLocked(absl::Span<const Added> added);  // in a transaction
-  // DATA_LOSS unless SQLite's integrity check passes (the pages and the indexes).
+  // DATA_LOSS unless SQLite's integrity check passes (the pages and the indexes), after the
+  // tables whose key index alone disagrees with their rows are rebuilt from them.
   absl::Status CheckIntegrityLocked();
+  absl::StatusOr<std::vector<std::string>> IntegrityProblemsLocked();
+  // Rebuilds the table from its rows, read without its index, restoring the model's name of any
+  // damaged task, version or job row whose checksum matches under another model's name. In a
+  // transaction.
+  absl::Status RebuildRestoringNamesLocked(const std::string& table);
   // Restores the model's name of a damaged row whose checksum matches under another model's
   // name; DATA_LOSS for a damaged row that names no model and matches none.
   absl::Status CheckKeysLocked();

@@ -1300,10 +1300,12 @@ void ModelEntry::EndJob(const std::shared_ptr<Job>& job, v1::JobState state,
     // the user looks, rather than let the job come back unannounced.
     std::fprintf(stderr, "adaptd: the end of job %s was not recorded: %s\n", job->id().c_str(),
                  recorded.ToString().c_str());
-    // A damaged row (DATA_LOSS) keeps the model offline at the next start instead.
+    // A damaged row (DATA_LOSS) keeps the model offline at the next start instead, unless the
+    // damage was to the row's model name alone, which that start restores.
     absl::StrAppend(&shown, " (not recorded in the catalog: ", recorded.message(),
                     recorded.code() == absl::StatusCode::kDataLoss
-                        ? "; the next start keeps the model offline until the catalog is restored)"
+                        ? "; the next start keeps the model offline until the catalog is restored, "
+                          "or restores the row if only its model's name was damaged)"
                     : state == v1::JOB_STATE_CANCELLED
                         ? "; its cancel is, so a restart ends it as cancelled)"
                         : "; a restart runs the job again)");

@@ -550,6 +550,30 @@ TEST(CatalogTest, AWriteByAnotherProgramIsRefused) {
   EXPECT_FALSE((*models)[0].damaged);
 }
 
+// Each open replaces the checksum triggers, so a catalog last opened by another release runs
+// this release's: here an old trigger that refuses every update of a job.
+TEST(CatalogTest, AnOpenReplacesTheTriggersItFinds) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/catalog.sqlite";
+  {
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    ASSERT_TRUE((*catalog)->InsertModel({"m", "spec", "settings", 1}).ok());
+    ASSERT_TRUE((*catalog)->InsertJob({"j", "m", 0, 0, 10, 1, "queued", -1, 5, "", ""}).ok());
+  }
+  ASSERT_NO_FATAL_FAILURE(RawExec(
+      path, "DROP TRIGGER jobs_crc_check; CREATE TRIGGER jobs_crc_check BEFORE UPDATE OF state "
+            "ON jobs BEGIN SELECT RAISE(ABORT, 'an old release'); END"));
+  auto catalog = Catalog::Open(path);
+  ASSERT_TRUE(catalog.ok()) << catalog.status();
+  const absl::Status updated = (*catalog)->UpdateJob("j", 2, "running", -1, "");
+  EXPECT_TRUE(updated.ok()) << updated;
+  auto jobs = (*catalog)->ListJobs("m");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  ASSERT_EQ(jobs->size(), 1u);
+  EXPECT_EQ((*jobs)[0].message, "running");
+}
+
 // Changes a row the way damage on disk would, while the server's connection stays open: `sql`
 // runs with the table's checksum triggers set aside, and they are put back as they were, in one
 // transaction.
@@ -564,8 +588,8 @@ void DamageAroundTheChecksum(const std::string& path, const std::string& table,
                                    "AND tbl_name = ?", -1, &st, nullptr), SQLITE_OK);
   sqlite3_bind_text(st, 1, table.c_str(), -1, SQLITE_TRANSIENT);
   while (sqlite3_step(st) == SQLITE_ROW) {
-    absl::StrAppend(&drop, "DROP TRIGGER ", reinterpret_cast<const char*>(sqlite3_column_text(st, 0)),
-                    ";");
+    absl::StrAppend(&drop, "DROP TRIGGER ",
+                    reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), ";");
     absl::StrAppend(&create, reinterpret_cast<const char*>(sqlite3_column_text(st, 1)), ";");
   }
   sqlite3_finalize(st);
@@ -586,9 +610,11 @@ TEST(CatalogTest, AnUpdateOfARowDamagedWhileOpenIsRefused) {
     const char* damage;  // of model m's row, in a column the update leaves alone
   };
   const Case cases[] = {{"models", "UPDATE models SET created_ms = 9 WHERE name = 'm'"},
-                        {"tasks", "UPDATE tasks SET classes = '2,7' WHERE model = 'm' AND task_id = 1"},
+                        {"tasks",
+                         "UPDATE tasks SET classes = '2,7' WHERE model = 'm' AND task_id = 1"},
                         {"versions",
-                         "UPDATE versions SET checkpoint_crc = 9 WHERE model = 'm' AND version = 1"},
+                         "UPDATE versions SET checkpoint_crc = 9 "
+                         "WHERE model = 'm' AND version = 1"},
                         {"jobs", "UPDATE jobs SET message = 'other' WHERE model = 'm'"}};
   for (const Case& c : cases) {
     SCOPED_TRACE(c.table);
@@ -731,7 +757,8 @@ TEST(CatalogTest, ARowDamagedInItsModelNameAloneIsRestored) {
         before = *(*catalog)->Dump();
       }
       ASSERT_NO_FATAL_FAILURE(DamageAroundTheChecksum(
-          path, table, absl::StrCat("UPDATE ", table, " SET model = '", name, "' WHERE model = 'm'")));
+          path, table,
+          absl::StrCat("UPDATE ", table, " SET model = '", name, "' WHERE model = 'm'")));
       auto catalog = Catalog::Open(path);
       ASSERT_TRUE(catalog.ok()) << catalog.status();
       EXPECT_EQ(*(*catalog)->Dump(), before);
@@ -745,52 +772,105 @@ TEST(CatalogTest, ARowDamagedInItsModelNameAloneIsRestored) {
 }
 
 // The same damage as a disk leaves it: one flipped bit turns the model's name in a row into
-// another model's. In a job's row ("1-model" to "3-model") no index covers the name, so the
-// open restores it at once. In a task's row ("model-a" to "model-c") the task's index entry
-// then disagrees with its row: the integrity check stops the open until a REINDEX, and the open
-// after it restores the name.
+// another model's. In a job's row ("1-model" to "3-model") no index covers the name. In a
+// task's and a version's row ("model-a" to "model-c") the index of the key then disagrees with
+// the row, and the row holds a key model-c holds too, so a REINDEX would fail on the duplicate:
+// the open rebuilds those tables from their rows instead. Every row is its model's again.
 TEST(CatalogTest, AModelNameFlippedOnDiskIsRestored) {
   TempDir tmp;
   const std::string path = tmp.path() + "/catalog.sqlite";
   {
     auto catalog = Catalog::Open(path);
     ASSERT_TRUE(catalog.ok()) << catalog.status();
+    Catalog& cat = **catalog;
     for (const std::string m : {"1-model", "3-model", "model-a", "model-c"}) {
+      ASSERT_TRUE(cat.InsertModel({m, "spec", "settings", 1}).ok());
+    }
+    ASSERT_TRUE(cat.InsertJob({"job-abc", "1-model", 0, 0, 10, 1, "queued", -1, 5, "", ""}).ok());
+    ASSERT_TRUE(cat.UpsertTask("model-a", {0, {2, 3, 4, 5}}).ok());
+    ASSERT_TRUE(cat.UpsertTask("model-c", {0, {7, 8}}).ok());
+    ASSERT_TRUE(cat.Publish("model-a", {0, "xyzzy-info", 1}, "", 0, "", "").ok());
+    ASSERT_TRUE(cat.Publish("model-c", {0, "other-info", 2}, "", 0, "", "").ok());
+  }
+  // A row holds its columns' values side by side (task and version 0 take no bytes); the
+  // middle byte of each string is the one a bit flip turns into the other model's. The same
+  // damage comes twice: a table is rebuilt again as it was the first time.
+  for (int open = 0; open < 4; ++open) {  // each damage, then an open that finds nothing to mend
+    if (open % 2 == 0) {
+      for (const char* bytes : {"job-abc1-model", "model-a2,3,4,", "model-axyzzy"}) {
+        ASSERT_NO_FATAL_FAILURE(FlipBitIn(path, bytes));
+      }
+    }
+    SCOPED_TRACE(open);
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    Catalog& cat = **catalog;
+    auto jobs = cat.ListJobs("1-model");
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    ASSERT_EQ(jobs->size(), 1u);
+    EXPECT_EQ((*jobs)[0].id, "job-abc");
+    EXPECT_TRUE(cat.ListJobs("3-model")->empty());
+    for (const auto& [m, classes, info] :
+         {std::tuple<std::string, std::vector<int64_t>, std::string>{"model-a", {2, 3, 4, 5},
+                                                                     "xyzzy-info"},
+          {"model-c", {7, 8}, "other-info"}}) {
+      auto tasks = cat.ListTasks(m);
+      ASSERT_TRUE(tasks.ok()) << m << ": " << tasks.status();
+      ASSERT_EQ(tasks->size(), 1u) << m;
+      EXPECT_EQ((*tasks)[0].classes, classes) << m;
+      auto versions = cat.ListVersions(m);
+      ASSERT_TRUE(versions.ok()) << m << ": " << versions.status();
+      ASSERT_EQ(versions->size(), 1u) << m;
+      EXPECT_EQ((*versions)[0].info, info) << m;
+    }
+  }
+}
+
+// A version row hit in its model's name and elsewhere matches no model's name: rebuilt as it
+// stands it would duplicate the key model-c holds, so the rebuild is undone and the open fails,
+// naming the duplicate.
+TEST(CatalogTest, AKeyDamagedBeyondItsNameStopsTheOpen) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/catalog.sqlite";
+  {
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    for (const std::string m : {"model-a", "model-c"}) {
       ASSERT_TRUE((*catalog)->InsertModel({m, "spec", "settings", 1}).ok());
     }
-    ASSERT_TRUE((*catalog)->InsertJob({"job-abc", "1-model", 0, 0, 10, 1, "queued", -1, 5, "", ""})
-                    .ok());
-    ASSERT_TRUE((*catalog)->UpsertTask("model-a", {0, {2, 3, 4}}).ok());
+    ASSERT_TRUE((*catalog)->Publish("model-a", {0, "xyzzy-info", 1}, "", 0, "", "").ok());
+    ASSERT_TRUE((*catalog)->Publish("model-c", {0, "other-info", 2}, "", 0, "", "").ok());
   }
-  // A row holds its columns' values side by side (task 0 takes no bytes); the middle byte of
-  // each string is the one a bit flip turns into the other model's.
-  ASSERT_NO_FATAL_FAILURE(FlipBitIn(path, "job-abc1-model"));
-  ASSERT_NO_FATAL_FAILURE(FlipBitIn(path, "model-a2,3,4"));
+  ASSERT_NO_FATAL_FAILURE(FlipBitIn(path, "model-axyzzy"));
+  ASSERT_NO_FATAL_FAILURE(FlipBitIn(path, "y-info"));
   auto refused = Catalog::Open(path);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss) << refused.status();
-  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("REINDEX"));
-  ASSERT_NO_FATAL_FAILURE(RawExec(path, "REINDEX"));
-  auto catalog = Catalog::Open(path);
-  ASSERT_TRUE(catalog.ok()) << catalog.status();
-  for (const std::string m : {"3-model", "model-c"}) {
-    auto jobs = (*catalog)->ListJobs(m);
-    ASSERT_TRUE(jobs.ok()) << jobs.status();
-    EXPECT_TRUE(jobs->empty()) << m;
-    auto tasks = (*catalog)->ListTasks(m);
-    ASSERT_TRUE(tasks.ok()) << tasks.status();
-    EXPECT_TRUE(tasks->empty()) << m;
-  }
-  auto jobs = (*catalog)->ListJobs("1-model");
-  ASSERT_TRUE(jobs.ok()) << jobs.status();
-  ASSERT_EQ(jobs->size(), 1u);
-  EXPECT_EQ((*jobs)[0].id, "job-abc");
-  auto tasks = (*catalog)->ListTasks("model-a");
-  ASSERT_TRUE(tasks.ok()) << tasks.status();
-  ASSERT_EQ(tasks->size(), 1u);
-  EXPECT_EQ((*tasks)[0].classes, (std::vector<int64_t>{2, 3, 4}));
-  catalog->reset();
-  EXPECT_TRUE(Catalog::Open(path).ok());  // the restored rows agree with their index
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::AllOf(::testing::HasSubstr("integrity check"),
+                               ::testing::HasSubstr("sqlite_autoindex_versions_1"),
+                               ::testing::HasSubstr("rebuilding the table from its rows was "
+                                                    "undone"),
+                               ::testing::HasSubstr("UNIQUE"),
+                               ::testing::HasSubstr("restore it from a backup")));
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::Not(::testing::HasSubstr("REINDEX")));
+  refused = Catalog::Open(path);  // the same again: the rebuild changed nothing
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss) << refused.status();
+  // Nothing of the undone rebuild is left, and the rows are as the damage left them.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM sqlite_master WHERE name LIKE "
+                                   "'%rebuilt%'), (SELECT group_concat(model || ':' || info, ' ') "
+                                   "FROM versions NOT INDEXED)", -1, &st, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(st, 0), 0);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, 1))),
+            "model-c:xyzzy-ilfo model-c:other-info");
+  sqlite3_finalize(st);
+  sqlite3_close(db);
 }
 
 // A damaged row that names no model and matches no model's name was hit in its key and
@@ -828,8 +908,8 @@ TEST(CatalogTest, ARowDamagedInItsModelNameAndElsewhereStopsTheOpen) {
 }
 
 // Indexes carry no checksum of ours: a damaged index entry could hide its row from a lookup by
-// model. SQLite's integrity check finds it, and the open fails with the way to rebuild them.
-TEST(CatalogTest, ADamagedIndexStopsTheOpenUntilRebuilt) {
+// model. SQLite's integrity check finds it, and the open rebuilds the table from its rows.
+TEST(CatalogTest, ADamagedIndexIsRebuiltFromItsRows) {
   TempDir tmp;
   const std::string path = tmp.path() + "/catalog.sqlite";
   {
@@ -862,18 +942,14 @@ TEST(CatalogTest, ADamagedIndexStopsTheOpenUntilRebuilt) {
   ASSERT_GE(static_cast<int64_t>(bytes->size()), root * page);
   (*bytes)[root * page - 1] ^= 0x04;
   ASSERT_TRUE(WriteFileAtomically(path, *bytes).ok());
-  auto refused = Catalog::Open(path);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss) << refused.status();
-  EXPECT_THAT(std::string(refused.status().message()),
-              ::testing::AllOf(::testing::HasSubstr("integrity check"),
-                               ::testing::HasSubstr("REINDEX")));
-  ASSERT_NO_FATAL_FAILURE(RawExec(path, "REINDEX"));
-  auto catalog = Catalog::Open(path);
-  ASSERT_TRUE(catalog.ok()) << catalog.status();
-  auto versions = (*catalog)->ListVersions("m");
-  ASSERT_TRUE(versions.ok()) << versions.status();
-  EXPECT_EQ(versions->size(), 3u);
+  for (int open = 0; open < 2; ++open) {
+    auto catalog = Catalog::Open(path);
+    ASSERT_TRUE(catalog.ok()) << catalog.status();
+    auto versions = (*catalog)->ListVersions("m");
+    ASSERT_TRUE(versions.ok()) << versions.status();
+    ASSERT_EQ(versions->size(), 3u);
+    for (int64_t v = 0; v < 3; ++v) EXPECT_EQ((*versions)[v].version, v);
+  }
 }
 
 // The checksums' migration is one transaction: a fill that fails leaves the catalog as it was,
